@@ -1,0 +1,211 @@
+//! The `Tenant` API (`silo.dev/v1alpha1`): what users write, and what Silo reports back.
+//!
+//! Every rule the API server can judge lives here, as OpenAPI schema bounds or CEL rules
+//! (`x-kubernetes-validations`), so bad input is refused at admission with a message that
+//! names the field. `silo crd` prints the CRDs generated from these types; the checked-in
+//! copies under `crds/` must equal that output (`make crds-check`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The API group every Silo resource belongs to.
+pub const GROUP: &str = "silo.dev";
+
+/// Desired state of one tenant's AWS account.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "silo.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    plural = "tenants",
+    shortname = "tn",
+    status = "TenantStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A Tenant is one customer of the platform, isolated in a dedicated AWS account that Silo creates (or adopts), places in an organizational unit, tags, and bootstraps.",
+    printcolumn(name = "Account", type_ = "string", json_path = ".status.accountId", description = "AWS account id"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether everything is done for the current generation"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the tenant is in its lifecycle"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the tenant is (not) ready"),
+    printcolumn(name = "OU", type_ = "string", json_path = ".spec.organizationalUnit", description = "Requested organizational unit"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 50 || has(self.spec.accountName)")
+        .message("metadata.name is longer than 50 characters, the most an AWS account name may have: set spec.accountName")
+        .field_path(".spec.accountName"),
+)]
+#[x_kube(
+    validation = Rule::new("!has(oldSelf.email) || (has(self.email) && self.email == oldSelf.email)")
+        .message("spec.email cannot change once set: AWS ties an account to its email forever")
+        .field_path(".email"),
+    validation = Rule::new("!has(oldSelf.accountId) || (has(self.accountId) && self.accountId == oldSelf.accountId)")
+        .message("spec.accountId cannot change once set: create a new Tenant to adopt another account")
+        .field_path(".accountId"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Name of the AWS account: 1 to 50 printable ASCII characters. Defaults to metadata.name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50))]
+    #[x_kube(validation = Rule::new("self.matches('^[ -~]+$')").message("spec.accountName may contain only printable ASCII characters (letters, digits, spaces, punctuation)"))]
+    pub account_name: Option<String>,
+
+    /// Email of the account's root user: 6 to 64 characters with exactly one '@'. AWS never
+    /// lets an email be used twice, even after the account is closed. Defaults to the
+    /// controller's --email-template with {tenant} replaced by metadata.name. Cannot change
+    /// once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 6, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[^@\\\\s]+@[^@\\\\s]+$')").message("spec.email must contain exactly one '@' and no spaces, like tenant@example.com"))]
+    pub email: Option<String>,
+
+    /// Adopt this existing 12-digit account of the organization instead of creating one.
+    /// Silo tags it and never creates anything. Cannot change once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 12))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{12}$')").message("spec.accountId must be a 12-digit AWS account id"))]
+    pub account_id: Option<String>,
+
+    /// Organizational unit to place the account in: an OU id like ou-ab12-cdef3456, or a
+    /// path of OU names from the root like /Tenants/Production ("/" is the root itself).
+    /// Unset: the account stays where AWS Organizations put it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}$') || self.matches('^/$|^(/[^/]{1,128})+$')")
+        .message("spec.organizationalUnit must be an OU id like ou-ab12-cdef3456 or a path from the root like /Tenants/Production"))]
+    pub organizational_unit: Option<String>,
+
+    /// Tags for the account, besides the silo.dev/* tags Silo adds itself. At most 50;
+    /// keys 1 to 128 characters and not starting with "aws:", values at most 256 characters.
+    /// Silo removes only tags it applied before; tags others put on the account stay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 50, "additionalProperties" = {"type": "string", "maxLength": 256}))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128)").message("spec.tags keys must be 1 to 128 characters long"),
+        validation = Rule::new("self.all(k, !k.startsWith('aws:'))").message("spec.tags keys must not start with 'aws:', which AWS reserves"),
+        validation = Rule::new("self.all(k, !k.startsWith('silo.dev/'))").message("spec.tags keys must not start with 'silo.dev/', which Silo reserves for its own tags"),
+    )]
+    pub tags: BTreeMap<String, String>,
+
+    /// Baseline to bootstrap in the account, with parameter overrides for this tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineRef>,
+
+    /// What happens to the AWS account when this Tenant is deleted. Retain (default) leaves
+    /// the account, its OU and its tags as they are. Close closes the account, and only when
+    /// the controller runs with --allow-account-closure.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// While true, Silo makes no AWS calls for this tenant; a condition says it is paused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// A reference to a Baseline, with this tenant's parameter overrides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineRef {
+    /// Name of the Baseline to apply.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Parameter values for this tenant; they override the Baseline's defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// What Silo does with the AWS account when its Tenant is deleted.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Keep the account, its OU and its tags.
+    #[default]
+    Retain,
+    /// Close the account (only with --allow-account-closure on the controller).
+    Close,
+}
+
+/// What Silo observed and did. Written only by the controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The AWS account id, once the account exists or was adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+
+    /// The account's ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_arn: Option<String>,
+
+    /// The effective account name, fixed before the first AWS call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+
+    /// The effective email, fixed before the first AWS call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+
+    /// Id of the CreateAccount request, recorded as soon as AWS returned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_account_request_id: Option<String>,
+
+    /// Id of the account's current parent (an OU id, or the root id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizational_unit_id: Option<String>,
+
+    /// Keys of the tags Silo applied to the account; only these are ever removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_tag_keys: Vec<String>,
+
+    /// A one-word summary for humans: Pending, Creating, Ready, Paused, Stalled, Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+
+    /// The metadata.generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, AccountReady, PlacementReady, BaselineReady, Reconciling and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Every CRD Silo owns, in the order `silo crd` prints them.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    vec![Tenant::crd()]
+}
+
+/// The YAML `silo crd` prints: every CRD, as one multi-document stream.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_crds_match_the_generator() {
+        let generated = crds_yaml().unwrap();
+        let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/silo.dev.yaml"))
+            .expect("crds/silo.dev.yaml is missing: run `make crds`");
+        assert!(
+            generated == on_disk,
+            "crds/silo.dev.yaml differs from `silo crd`: run `make crds` and commit the result"
+        );
+    }
+
+    #[test]
+    fn deletion_policy_defaults_to_retain() {
+        let spec: TenantSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.deletion_policy, DeletionPolicy::Retain);
+    }
+}

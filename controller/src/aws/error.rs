@@ -1,0 +1,137 @@
+//! AWS errors, classified once, here.
+//!
+//! The SDK already retries throttling and transient errors a few times with backoff. What
+//! still comes out of it is sorted into three kinds, and the rest of Silo only ever looks at
+//! the kind:
+//! - [`AwsErrorKind::Throttled`]: AWS asked us to slow down. Normal weather for a fleet of
+//!   thousands of accounts: the tenant is retried later with jittered backoff, and nothing is
+//!   shown to the user as a failure.
+//! - [`AwsErrorKind::Transient`]: a 5xx, a timeout, a dropped connection. Retried the same way.
+//! - [`AwsErrorKind::Terminal`]: AWS understood and refused. The caller decides which
+//!   condition to report; the code and message are kept for it.
+
+use aws_sdk_organizations::error::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+/// Error codes AWS services use to say "slow down".
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "PriorRequestNotComplete",
+];
+
+/// Error codes AWS services use for a passing fault on their side.
+const TRANSIENT_CODES: &[&str] =
+    &["ServiceException", "InternalFailure", "InternalError", "ServiceUnavailable", "RequestTimeout"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    Throttled,
+    Transient,
+    Terminal,
+}
+
+/// One failed AWS call, classified.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("AWS {operation} failed ({kind:?}, {}): {message}", code.as_deref().unwrap_or("no code"))]
+pub struct AwsError {
+    pub operation: &'static str,
+    pub kind: AwsErrorKind,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl AwsError {
+    /// Whether retrying later, unchanged, is the right answer.
+    pub fn is_retryable(&self) -> bool {
+        self.kind != AwsErrorKind::Terminal
+    }
+
+    /// An answer that lacks what AWS documents it to carry; retried like a transient fault.
+    pub fn unexpected_answer(operation: &'static str, message: impl Into<String>) -> Self {
+        Self { operation, kind: AwsErrorKind::Transient, code: None, message: message.into() }
+    }
+
+    pub fn has_code(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+
+    /// Classifies what an SDK call returned.
+    pub fn from_sdk<E, R>(operation: &'static str, err: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        match &err {
+            SdkError::ServiceError(ctx) => {
+                let code = ctx.err().code().map(str::to_string);
+                let message = ctx.err().message().unwrap_or_default().to_string();
+                let kind = classify(code.as_deref(), Some(ctx.raw().status_code()));
+                Self { operation, kind, code, message }
+            }
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                Self { operation, kind: AwsErrorKind::Transient, code: None, message: error_chain(&err) }
+            }
+            _ => Self { operation, kind: AwsErrorKind::Terminal, code: None, message: error_chain(&err) },
+        }
+    }
+}
+
+/// The HTTP status of a raw response, for classification.
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// The pure classification rule, by error code first and HTTP status second.
+pub fn classify(code: Option<&str>, status: Option<u16>) -> AwsErrorKind {
+    match (code, status) {
+        (Some(code), _) if THROTTLING_CODES.contains(&code) => AwsErrorKind::Throttled,
+        (_, Some(429)) => AwsErrorKind::Throttled,
+        (Some(code), _) if TRANSIENT_CODES.contains(&code) => AwsErrorKind::Transient,
+        (_, Some(status)) if status >= 500 => AwsErrorKind::Transient,
+        _ => AwsErrorKind::Terminal,
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_is_recognised_by_code_or_status() {
+        assert_eq!(classify(Some("TooManyRequestsException"), Some(400)), AwsErrorKind::Throttled);
+        assert_eq!(classify(Some("Throttling"), Some(400)), AwsErrorKind::Throttled);
+        assert_eq!(classify(None, Some(429)), AwsErrorKind::Throttled);
+    }
+
+    #[test]
+    fn server_faults_are_transient_and_refusals_terminal() {
+        assert_eq!(classify(Some("ServiceException"), Some(500)), AwsErrorKind::Transient);
+        assert_eq!(classify(None, Some(503)), AwsErrorKind::Transient);
+        assert_eq!(classify(Some("AccountNotFoundException"), Some(400)), AwsErrorKind::Terminal);
+        assert_eq!(classify(Some("AccessDeniedException"), Some(403)), AwsErrorKind::Terminal);
+    }
+}

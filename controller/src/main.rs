@@ -1,0 +1,81 @@
+//! The `silo` command: `silo run` runs the controller, `silo crd` prints its CRDs.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use silo::{
+    aws::Aws,
+    telemetry::{self, LogFormat},
+    tenant::{self, Settings},
+};
+
+#[derive(Parser)]
+#[command(name = "silo", version, about = "Gives every tenant of a SaaS platform its own AWS account")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller. Kubernetes access comes from the usual places (KUBECONFIG,
+    /// ~/.kube/config, in-cluster); AWS credentials, region and endpoint from the standard
+    /// AWS SDK chain (AWS_ENDPOINT_URL points Silo at a simulator).
+    Run(RunArgs),
+    /// Print every CRD Silo owns, as YAML, for `kubectl apply -f -`.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Email for Tenants without spec.email; {tenant} is replaced by the Tenant's name.
+    #[arg(long, env = "SILO_EMAIL_TEMPLATE", default_value = "aws+{tenant}@example.com")]
+    email_template: String,
+
+    /// Create organizational units named in spec.organizationalUnit paths that do not exist.
+    #[arg(long, env = "SILO_CREATE_MISSING_OUS")]
+    create_missing_ous: bool,
+
+    /// How often a Ready tenant is verified against AWS, in seconds (jittered up to twice).
+    #[arg(long, env = "SILO_RESYNC_SECONDS", default_value_t = 3 * 3600)]
+    resync_seconds: u64,
+
+    /// How many Tenants are reconciled at once.
+    #[arg(long, env = "SILO_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+
+    /// Log format.
+    #[arg(long, env = "SILO_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", silo::api::crds_yaml()?);
+            Ok(())
+        }
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let settings = Settings {
+                email_template: args.email_template,
+                create_missing_ous: args.create_missing_ous,
+                resync_period: Duration::from_secs(args.resync_seconds),
+                concurrency: args.concurrency,
+            };
+            let client = kube::Client::try_default().await?;
+            let aws = Aws::from_env().await;
+            tenant::run(client, aws, settings, shutdown_signal()).await
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,119 @@
+//! Step 3: placement of the account in the requested organizational unit.
+//!
+//! `spec.organizationalUnit` is an OU id (`ou-ab12-cdef3456`) or a path of OU names from the
+//! root (`/Tenants/Production`, or `/` for the root itself). A missing OU stalls the tenant
+//! with `OrganizationalUnitNotFound`, unless the controller runs with `--create-missing-ous`.
+
+use std::time::Duration;
+
+use kube::runtime::events::EventType;
+
+use super::{Context, Error, status::Report};
+use crate::{api::Tenant, conditions::StepOutcome};
+
+const RECHECK_STALLED: Duration = Duration::from_secs(600);
+
+/// What `spec.organizationalUnit` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// No placement requested: the account stays where it is.
+    Unspecified,
+    Id(String),
+    /// OU names from the root; empty for the root itself.
+    Path(Vec<String>),
+}
+
+/// Parses `spec.organizationalUnit`. Pure; the schema has already checked the shape.
+pub fn target(spec: Option<&str>) -> Target {
+    match spec {
+        None => Target::Unspecified,
+        Some(path) if path.starts_with('/') => {
+            Target::Path(path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect())
+        }
+        Some(id) => Target::Id(id.to_string()),
+    }
+}
+
+/// Runs the placement step; returns when to come back if it is not done.
+pub async fn run(tenant: &Tenant, report: &mut Report<'_>, ctx: &Context) -> Result<Duration, Error> {
+    let Some(account_id) = report.status.account_id.clone() else {
+        return Ok(Duration::MAX);
+    };
+    let wanted = tenant.spec.organizational_unit.as_deref();
+    let target_id = match resolve(target(wanted), ctx).await? {
+        Resolved::Parent(id) => Some(id),
+        Resolved::Stay => None,
+        Resolved::NotFound => {
+            let wanted = wanted.unwrap_or_default();
+            report.placement = Some(StepOutcome::stalled(
+                "OrganizationalUnitNotFound",
+                format!(
+                    "Organizational unit {wanted} does not exist: create it in AWS Organizations, fix spec.organizationalUnit, \
+                     or run the controller with --create-missing-ous"
+                ),
+            ));
+            return Ok(RECHECK_STALLED);
+        }
+    };
+    let org = &ctx.aws.organizations;
+    let current = org.parent_of(&account_id).await?;
+    let Some(target_id) = target_id else {
+        report.status.organizational_unit_id = Some(current);
+        report.placement = Some(StepOutcome::done("NoPlacementRequested", "The account stays where it is"));
+        return Ok(Duration::MAX);
+    };
+    if current != target_id {
+        org.move_account(&account_id, &current, &target_id).await?;
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "AccountMoved",
+            format!("Moved account {account_id} from {current} to {target_id}"),
+        )
+        .await;
+    }
+    report.status.organizational_unit_id = Some(target_id.clone());
+    report.placement = Some(StepOutcome::done("Placed", format!("The account is in {target_id}")));
+    Ok(Duration::MAX)
+}
+
+/// Where a target points in the organization tree.
+enum Resolved {
+    Stay,
+    Parent(String),
+    NotFound,
+}
+
+/// Resolves a target to a parent id, walking paths from the root.
+async fn resolve(target: Target, ctx: &Context) -> Result<Resolved, Error> {
+    let org = &ctx.aws.organizations;
+    match target {
+        Target::Unspecified => Ok(Resolved::Stay),
+        Target::Id(id) => Ok(if org.unit_exists(&id).await? { Resolved::Parent(id) } else { Resolved::NotFound }),
+        Target::Path(names) => {
+            let mut parent = org.root_id().await?;
+            for name in names {
+                let children = org.child_units(&parent).await?;
+                parent = match children.into_iter().find(|ou| ou.name == name) {
+                    Some(ou) => ou.id,
+                    None if ctx.settings.create_missing_ous => org.create_unit(&parent, &name).await?.id,
+                    None => return Ok(Resolved::NotFound),
+                };
+            }
+            Ok(Resolved::Parent(parent))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_ids_or_paths_from_the_root() {
+        assert_eq!(target(None), Target::Unspecified);
+        assert_eq!(target(Some("ou-ab12-cdef3456")), Target::Id("ou-ab12-cdef3456".into()));
+        assert_eq!(target(Some("/Tenants/Production")), Target::Path(vec!["Tenants".into(), "Production".into()]));
+        assert_eq!(target(Some("/")), Target::Path(vec![]));
+    }
+}

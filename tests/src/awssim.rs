@@ -1,0 +1,141 @@
+//! The AWS simulator: moto's server behind Silo's own fault and quota layer
+//! (`tests/awssim/silo_awssim.py`), run with the Python from the project's venv.
+//!
+//! moto alone is happy-path only; the layer makes creations take time, refuses duplicate
+//! emails, throttles like AWS, injects 5xx and latency, takes closures through
+//! PENDING_CLOSURE and fails stacks on demand. Each test configures it through
+//! [`AwsSim::configure`] after a [`AwsSim::reset`].
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_organizations::config::Credentials;
+use serde_json::Value;
+
+use crate::process::{Process, free_port, tail};
+
+/// moto's management account: the organization's owner, and the identity of plain credentials.
+pub const MANAGEMENT_ACCOUNT: &str = "123456789012";
+
+/// The Python interpreter of the project's venv (`make tools`).
+pub fn python() -> PathBuf {
+    match std::env::var_os("SILO_VENV") {
+        Some(dir) => PathBuf::from(dir).join("bin/python"),
+        None => crate::cache_dir().join("venv/bin/python"),
+    }
+}
+
+/// A running simulator.
+pub struct AwsSim {
+    pub endpoint: String,
+    _process: Process,
+}
+
+impl AwsSim {
+    /// Starts the simulator on a random loopback port and waits until it answers.
+    pub async fn start(dir: &Path) -> Result<Self> {
+        let python = python();
+        if !python.exists() {
+            bail!("{} is missing: run `make tools` to create the simulator's venv", python.display());
+        }
+        let script = crate::repo_dir().join("tests/awssim/silo_awssim.py");
+        let port = free_port()?;
+        let mut command = Command::new(python);
+        command.arg(&script).arg("--host").arg("127.0.0.1").arg("--port").arg(port.to_string());
+        let mut process = Process::start("aws simulator", command, &dir.join("awssim.log"))?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            process.check_running()?;
+            if reqwest::get(format!("{endpoint}/_silo/health")).await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the AWS simulator did not answer within 60 s; log:\n{}", tail(&process.log, 30));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self { endpoint, _process: process })
+    }
+}
+
+/// A handle on a simulator by its endpoint; cheap, and usable from any runtime.
+#[derive(Clone, Debug)]
+pub struct SimClient {
+    pub endpoint: String,
+}
+
+impl SimClient {
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self { endpoint: endpoint.into() }
+    }
+
+    /// Forgets every account, stack and fault, then creates the organization anew.
+    pub async fn reset(&self) -> Result<()> {
+        self.admin_post("reset", &serde_json::json!({})).await?;
+        self.organizations()
+            .create_organization()
+            .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+            .send()
+            .await
+            .context("CreateOrganization after reset")?;
+        Ok(())
+    }
+
+    /// Merges `config` into the fault layer's configuration (see silo_awssim.py for keys).
+    pub async fn configure(&self, config: Value) -> Result<()> {
+        self.admin_post("config", &config).await.map(drop)
+    }
+
+    /// Request counters: `requests`, `throttled`, `injected_errors`, ...
+    pub async fn stats(&self) -> Result<Value> {
+        let response = reqwest::get(format!("{}/_silo/stats", self.endpoint)).await?;
+        Ok(response.error_for_status()?.json().await?)
+    }
+
+    async fn admin_post(&self, path: &str, body: &Value) -> Result<Value> {
+        let response = reqwest::Client::new().post(format!("{}/_silo/{path}", self.endpoint)).json(body).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("simulator /_silo/{path} answered {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// AWS configuration for the management account, pointed at the simulator.
+    pub fn sdk_config(&self) -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_organizations::config::SharedCredentialsProvider::new(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "silo-tests",
+            )))
+            .build()
+    }
+
+    /// An Organizations client of the management account, for test assertions.
+    pub fn organizations(&self) -> aws_sdk_organizations::Client {
+        aws_sdk_organizations::Client::new(&self.sdk_config())
+    }
+
+    /// The environment a separate `silo run` process needs to reach the simulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}

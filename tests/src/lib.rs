@@ -1,0 +1,283 @@
+//! Silo's test environment, shared by the end-to-end suites and `make demo`.
+//!
+//! [`Env::start`] brings up, on loopback addresses with random ports:
+//! - a real Kubernetes API server with etcd ([`control_plane`]), with Silo's CRDs installed;
+//! - the AWS simulator: moto behind Silo's fault and quota layer ([`awssim`]).
+//!
+//! Everything it starts is stopped by process id when the [`Env`] is dropped, or when the
+//! process that started it dies ([`process`]). Nothing is skipped when a piece is missing:
+//! starting fails loudly with what to run.
+//!
+//! End-to-end tests call [`test_case`]: one environment per test binary, started on first use,
+//! with tests serialised and the simulator reset between them.
+
+pub mod awssim;
+pub mod control_plane;
+pub mod process;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::wait::{await_condition, conditions},
+};
+use silo::{
+    Tenant,
+    aws::Aws,
+    tenant::{self, Settings},
+};
+
+pub use awssim::{AwsSim, SimClient};
+pub use control_plane::ControlPlane;
+
+/// Where built binaries, the venv and scratch directories live: `$SILO_CACHE`, else
+/// `~/.cache/silo`. Outside the clone, so repeated runs are fast; never required to exist.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("SILO_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/silo"),
+    }
+}
+
+/// The repository root.
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A running control plane and AWS simulator.
+pub struct Env {
+    pub dir: PathBuf,
+    pub aws: AwsSim,
+    pub kube: ControlPlane,
+}
+
+impl Env {
+    /// Starts both halves under a fresh scratch directory and installs Silo's CRDs.
+    pub async fn start() -> Result<Self> {
+        install_crypto_provider();
+        let dir = cache_dir().join("run").join(format!("env-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let kube_dir = dir.join("kube");
+        let (kube, aws) = tokio::try_join!(ControlPlane::start(&kube_dir), AwsSim::start(&dir))?;
+        let env = Self { dir, aws, kube };
+        install_crds(&env.client().await?).await?;
+        env.sim().reset().await?;
+        Ok(env)
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        control_plane::client_from(&self.kube.kubeconfig).await
+    }
+
+    pub fn sim(&self) -> SimClient {
+        SimClient::new(&self.aws.endpoint)
+    }
+
+    pub fn info(&self) -> EnvInfo {
+        EnvInfo {
+            kubeconfig: self.kube.kubeconfig.clone(),
+            kube_version: self.kube.version.clone(),
+            aws_endpoint: self.aws.endpoint.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+/// Picks rustls's crypto provider for the process: the test crates link both aws-lc-rs (kube,
+/// the AWS SDK) and ring (reqwest, rcgen), and rustls refuses to guess between them.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Applies every CRD in `crds/` (what users install) and waits until each is established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let text = std::fs::read_to_string(repo_dir().join("crds/silo.dev.yaml"))?;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)?;
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("silo-testenv").force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("install CRD {name}"))?;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} was not established within 30 s"))??;
+    }
+    Ok(())
+}
+
+/// Addresses of a running environment; plain data, usable from any tokio runtime.
+#[derive(Clone, Debug)]
+pub struct EnvInfo {
+    pub kubeconfig: PathBuf,
+    pub kube_version: String,
+    pub aws_endpoint: String,
+    pub dir: PathBuf,
+}
+
+/// The environment of this test binary, started on first use on a thread of its own that
+/// keeps it alive until the process exits. Panics with the reason if it cannot start.
+pub fn shared() -> &'static EnvInfo {
+    static SHARED: OnceLock<Result<EnvInfo, String>> = OnceLock::new();
+    let started = SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("testenv".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+                runtime.block_on(async move {
+                    let started = Instant::now();
+                    match Env::start().await {
+                        Ok(env) => {
+                            eprintln!(
+                                "testenv: kube-apiserver {} at {} and the AWS simulator at {} ready in {:.1} s (logs in {})",
+                                env.kube.version,
+                                env.kube.server,
+                                env.aws.endpoint,
+                                started.elapsed().as_secs_f64(),
+                                env.dir.display()
+                            );
+                            let _ = tx.send(Ok(env.info()));
+                            std::future::pending::<()>().await;
+                        }
+                        Err(err) => {
+                            let _ = tx.send(Err(format!("{err:#}")));
+                        }
+                    }
+                });
+            })
+            .expect("spawn the testenv thread");
+        rx.recv().unwrap_or_else(|_| Err("the testenv thread died".into()))
+    });
+    match started {
+        Ok(info) => info,
+        Err(err) => panic!("the test environment could not start: {err}"),
+    }
+}
+
+/// One end-to-end test's hold on the shared environment: exclusive, with the simulator reset
+/// and no Tenants left from earlier tests. Controllers it started stop when it is dropped.
+pub struct TestCase {
+    pub client: Client,
+    pub sim: SimClient,
+    pub info: &'static EnvInfo,
+    controllers: Vec<tokio::task::JoinHandle<()>>,
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Takes the shared environment for one test.
+pub async fn test_case() -> TestCase {
+    static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let exclusive = EXCLUSIVE.lock().await;
+    install_crypto_provider();
+    let info = shared();
+    let client = control_plane::client_from(&info.kubeconfig).await.expect("client for the test API server");
+    let sim = SimClient::new(&info.aws_endpoint);
+    remove_all_tenants(&client).await.expect("remove Tenants left by an earlier test");
+    sim.reset().await.expect("reset the AWS simulator");
+    TestCase { client, sim, info, controllers: vec![], _exclusive: exclusive }
+}
+
+impl TestCase {
+    /// Settings for an in-process controller, as `silo run` would default them.
+    pub fn settings() -> Settings {
+        Settings {
+            email_template: "aws+{tenant}@example.com".into(),
+            create_missing_ous: false,
+            resync_period: Duration::from_secs(3600),
+            concurrency: 8,
+        }
+    }
+
+    /// Runs the Tenant controller in this process against the environment.
+    pub fn start_controller(&mut self, settings: Settings) {
+        let client = self.client.clone();
+        let aws = Aws::from_config(&self.sim.sdk_config());
+        self.controllers.push(tokio::spawn(async move {
+            if let Err(err) = tenant::run(client, aws, settings, std::future::pending()).await {
+                panic!("controller failed: {err:#}");
+            }
+        }));
+    }
+
+    pub fn tenants(&self) -> Api<Tenant> {
+        Api::all(self.client.clone())
+    }
+
+    /// Creates or updates a Tenant from YAML with server-side apply.
+    pub async fn apply(&self, yaml: &str) -> Result<Tenant, kube::Error> {
+        let tenant: Tenant = serde_yaml::from_str(yaml).expect("test Tenant YAML parses");
+        self.tenants()
+            .patch(&tenant.name_any(), &PatchParams::apply("silo-tests").force(), &Patch::Apply(&tenant))
+            .await
+    }
+
+    /// Waits until the Tenant's condition has the given status, and returns the Tenant.
+    pub async fn wait_for(&self, name: &str, condition: &str, status: &str, timeout: Duration) -> Result<Tenant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tenant = self.tenants().get(name).await?;
+            let found = tenant.status.as_ref().and_then(|s| silo::conditions::find(&s.conditions, condition));
+            if found.is_some_and(|c| c.status == status) {
+                return Ok(tenant);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Tenant {name}: {condition} is not {status} after {timeout:?}; status: {}",
+                    serde_json::to_string_pretty(&tenant.status).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until the Tenant is gone.
+    pub async fn wait_deleted(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.tenants().get_opt(name).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!("Tenant {name} still exists after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestCase {
+    fn drop(&mut self) {
+        for controller in &self.controllers {
+            controller.abort();
+        }
+    }
+}
+
+/// Deletes every Tenant, removing finalizers first so nothing waits on a stopped controller.
+async fn remove_all_tenants(client: &Client) -> Result<()> {
+    let api = Api::<Tenant>::all(client.clone());
+    for tenant in api.list(&Default::default()).await? {
+        let name = tenant.name_any();
+        let patch = serde_json::json!({"metadata": {"finalizers": null}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !api.list(&Default::default()).await?.items.is_empty() {
+        if Instant::now() > deadline {
+            bail!("Tenants were not deleted within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Child processes of the test environment: started with their output in a log file, and
+//! stopped by process id.
+//!
+//! ## Guarantee
+//! Every process is stopped when its [`Process`] is dropped, and also when the process that
+//! started it dies, however it dies: children are spawned from one thread that lives as long
+//! as the test process, with `PR_SET_PDEATHSIG` set to SIGKILL (Linux delivers it when the
+//! spawning *thread* exits, so spawning from short-lived test threads would kill them early).
+
+use std::{
+    fs::File,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        OnceLock,
+        mpsc::{Sender, channel},
+    },
+};
+
+use anyhow::{Context as _, Result, bail};
+
+type SpawnRequest = (Command, Sender<std::io::Result<Child>>);
+
+/// The long-lived thread that spawns every child.
+fn spawner() -> &'static std::sync::Mutex<Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<std::sync::Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("testenv-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+                // The channel never closes while the process lives; park to keep children alive.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn the spawner thread");
+        std::sync::Mutex::new(tx)
+    })
+}
+
+/// A running child process.
+pub struct Process {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Process {
+    /// Starts `command`, with stdout and stderr appended to `log`.
+    pub fn start(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+        let out =
+            File::options().create(true).append(true).open(log).with_context(|| format!("open {}", log.display()))?;
+        command.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (tx, rx) = channel();
+        spawner().lock().expect("spawner lock").send((command, tx)).context("spawner thread is gone")?;
+        let child = rx.recv().context("spawner thread is gone")?.with_context(|| format!("start {name}"))?;
+        Ok(Self { name: name.into(), log: log.into(), child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the end of the log if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}); last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30));
+        }
+        Ok(())
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A free TCP port on 127.0.0.1 (released before use; the window for a race is tiny).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,253 @@
+//! The API server itself refuses bad Tenants: OpenAPI schema bounds plus CEL rules from
+//! `crds/`, judged by a real kube-apiserver. No controller runs here.
+
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
+    core::GroupVersionKind,
+};
+use serde_json::{Value, json};
+use silo::Tenant;
+use silo_testenv::{TestCase, test_case};
+
+/// Tenants as raw JSON, the way kubectl sends them, so the API server judges every value.
+fn raw_tenants(case: &TestCase) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("silo.dev", "v1alpha1", "Tenant");
+    Api::all_with(case.client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "tenants"))
+}
+
+fn tenant(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "silo.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("test Tenant is well-formed JSON")
+}
+
+fn tags(count: usize, key_len: usize, value_len: usize) -> Value {
+    let map: serde_json::Map<String, Value> = (0..count)
+        .map(|i| {
+            let key = format!("{i:03}{}", "k".repeat(key_len.saturating_sub(3)));
+            (key, Value::String("v".repeat(value_len)))
+        })
+        .collect();
+    Value::Object(map)
+}
+
+/// What the API server must say when it refuses a Tenant: every fragment must appear.
+struct Refusal {
+    case: &'static str,
+    tenant: DynamicObject,
+    says: &'static [&'static str],
+}
+
+fn refusals() -> Vec<Refusal> {
+    let long_name = "a".repeat(51);
+    vec![
+        Refusal {
+            case: "empty account name",
+            tenant: tenant("t1", json!({"accountName": ""})),
+            says: &["spec.accountName", "at least 1 chars long"],
+        },
+        Refusal {
+            case: "account name of 51 characters",
+            tenant: tenant("t2", json!({"accountName": "n".repeat(51)})),
+            says: &["spec.accountName", "may not be more than 50"],
+        },
+        Refusal {
+            case: "non-ASCII account name",
+            tenant: tenant("t3", json!({"accountName": "Acmé"})),
+            says: &["spec.accountName may contain only printable ASCII characters"],
+        },
+        Refusal {
+            case: "account name with a tab",
+            tenant: tenant("t4", json!({"accountName": "a\tb"})),
+            says: &["spec.accountName may contain only printable ASCII characters"],
+        },
+        Refusal {
+            case: "email of 5 characters",
+            tenant: tenant("t5", json!({"email": "a@b.c"})),
+            says: &["spec.email", "at least 6 chars long"],
+        },
+        Refusal {
+            case: "email of 65 characters",
+            tenant: tenant("t6", json!({"email": format!("{}@example.com", "e".repeat(53))})),
+            says: &["spec.email", "may not be more than 64"],
+        },
+        Refusal {
+            case: "email without @",
+            tenant: tenant("t7", json!({"email": "tenant.example.com"})),
+            says: &["spec.email must contain exactly one '@'"],
+        },
+        Refusal {
+            case: "email with two @",
+            tenant: tenant("t8", json!({"email": "a@b@example.com"})),
+            says: &["spec.email must contain exactly one '@'"],
+        },
+        Refusal {
+            case: "email with a space",
+            tenant: tenant("t9", json!({"email": "a b@example.com"})),
+            says: &["spec.email must contain exactly one '@' and no spaces"],
+        },
+        Refusal {
+            case: "long metadata.name without accountName",
+            tenant: tenant(&long_name, json!({})),
+            says: &["metadata.name is longer than 50 characters", "set spec.accountName"],
+        },
+        Refusal {
+            case: "account id of 5 digits",
+            tenant: tenant("t11", json!({"accountId": "12345"})),
+            says: &["spec.accountId must be a 12-digit AWS account id"],
+        },
+        Refusal {
+            case: "account id with letters",
+            tenant: tenant("t12", json!({"accountId": "abcdefghijkl"})),
+            says: &["spec.accountId must be a 12-digit AWS account id"],
+        },
+        Refusal {
+            case: "OU path without leading slash",
+            tenant: tenant("t13", json!({"organizationalUnit": "Tenants/Production"})),
+            says: &["spec.organizationalUnit must be an OU id like ou-ab12-cdef3456 or a path"],
+        },
+        Refusal {
+            case: "malformed OU id",
+            tenant: tenant("t14", json!({"organizationalUnit": "ou-XY"})),
+            says: &["spec.organizationalUnit must be an OU id"],
+        },
+        Refusal {
+            case: "OU path with an empty segment",
+            tenant: tenant("t15", json!({"organizationalUnit": "/Tenants//Production"})),
+            says: &["spec.organizationalUnit must be an OU id"],
+        },
+        Refusal {
+            case: "51 tags",
+            tenant: tenant("t16", json!({"tags": tags(51, 8, 8)})),
+            says: &["spec.tags", "must have at most 50 items"],
+        },
+        Refusal {
+            case: "tag key starting with aws:",
+            tenant: tenant("t17", json!({"tags": {"aws:cost-center": "x"}})),
+            says: &["spec.tags keys must not start with 'aws:'"],
+        },
+        Refusal {
+            case: "tag key of 129 characters",
+            tenant: tenant("t18", json!({"tags": tags(1, 129, 1)})),
+            says: &["spec.tags keys must be 1 to 128 characters long"],
+        },
+        Refusal {
+            case: "tag value of 257 characters",
+            tenant: tenant("t19", json!({"tags": tags(1, 8, 257)})),
+            says: &["spec.tags", "may not be more than 256"],
+        },
+        Refusal {
+            case: "tag key in Silo's namespace",
+            tenant: tenant("t20", json!({"tags": {"silo.dev/tenant": "x"}})),
+            says: &["spec.tags keys must not start with 'silo.dev/'"],
+        },
+        Refusal {
+            case: "unknown deletion policy",
+            tenant: tenant("t21", json!({"deletionPolicy": "Delete"})),
+            says: &["spec.deletionPolicy", "Unsupported value: \"Delete\"", "\"Retain\"", "\"Close\""],
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tenants_are_refused_with_a_message_naming_the_rule() {
+    let case = test_case().await;
+    eprintln!("admission checks against kube-apiserver {}", case.info.kube_version);
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let mut failures = vec![];
+    let refusals = refusals();
+    assert!(refusals.len() >= 15);
+    for refusal in &refusals {
+        match raw_tenants(&case).create(&dry_run, &refusal.tenant).await {
+            Ok(_) => failures.push(format!("{}: accepted", refusal.case)),
+            Err(kube::Error::Api(status)) => {
+                let missing: Vec<_> = refusal.says.iter().filter(|s| !status.message.contains(**s)).collect();
+                if !missing.is_empty() {
+                    failures.push(format!("{}: message {:?} lacks {missing:?}", refusal.case, status.message));
+                }
+            }
+            Err(other) => failures.push(format!("{}: unexpected error {other}", refusal.case)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} refusals were wrong:\n{}",
+        failures.len(),
+        refusals.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_edge_cases_are_accepted() {
+    let case = test_case().await;
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let accepted = [
+        ("50-character name", tenant(&"a".repeat(50), json!({}))),
+        (
+            "long name with accountName",
+            tenant(&"b".repeat(63), json!({"accountName": "Acme Corp. (EU) #1 ~ all printable!"})),
+        ),
+        ("50-character account name", tenant("e2", json!({"accountName": "x".repeat(50)}))),
+        ("64-character email", tenant("e3", json!({"email": format!("{}@example.com", "e".repeat(52))}))),
+        ("6-character email", tenant("e4", json!({"email": "a@b.co"}))),
+        ("50 tags at the size limits", tenant("e5", json!({"tags": tags(50, 128, 256)}))),
+        ("OU id", tenant("e6", json!({"organizationalUnit": "ou-ab12-cdef3456"}))),
+        ("OU path", tenant("e7", json!({"organizationalUnit": "/Tenants/Production"}))),
+        ("the root", tenant("e8", json!({"organizationalUnit": "/"}))),
+        ("adoption by id", tenant("e9", json!({"accountId": "111122223333"}))),
+        (
+            "Close policy, paused, baseline",
+            tenant(
+                "e10",
+                json!({"deletionPolicy": "Close", "paused": true, "baseline": {"name": "standard", "parameters": {"Env": "prod"}}}),
+            ),
+        ),
+    ];
+    let mut failures = vec![];
+    for (what, tenant) in &accepted {
+        if let Err(err) = raw_tenants(&case).create(&dry_run, tenant).await {
+            failures.push(format!("{what}: {err}"));
+        }
+    }
+    assert!(failures.is_empty(), "valid Tenants were refused:\n{}", failures.join("\n"));
+
+    raw_tenants(&case).create(&PostParams::default(), &tenant("defaults", json!({}))).await.unwrap();
+    let created: Tenant = case.tenants().get("defaults").await.unwrap();
+    assert_eq!(created.spec.deletion_policy, silo::api::DeletionPolicy::Retain, "deletionPolicy defaults to Retain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_and_account_id_cannot_change_once_set() {
+    let case = test_case().await;
+    let original = tenant("fixed", json!({"email": "fixed@example.com", "accountId": "111122223333"}));
+    raw_tenants(&case).create(&PostParams::default(), &original).await.unwrap();
+
+    let changes = [
+        ("email changed", json!({"spec": {"email": "other@example.com"}}), "spec.email cannot change once set"),
+        ("email removed", json!({"spec": {"email": null}}), "spec.email cannot change once set"),
+        ("account id changed", json!({"spec": {"accountId": "444455556666"}}), "spec.accountId cannot change once set"),
+    ];
+    for (what, patch, says) in changes {
+        match case.tenants().patch("fixed", &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(kube::Error::Api(status)) => {
+                assert!(status.message.contains(says), "{what}: {:?} lacks {says:?}", status.message)
+            }
+            Err(other) => panic!("{what}: {other}"),
+        }
+    }
+    // Setting a field that was unset is allowed.
+    let unset = tenant("settable", json!({}));
+    raw_tenants(&case).create(&PostParams::default(), &unset).await.unwrap();
+    let patch = json!({"spec": {"email": "late@example.com"}});
+    case.tenants()
+        .patch("settable", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("email may be set once");
+}
