@@ -1,0 +1,832 @@
+#!/usr/bin/env python3
+"""silo-awssim: moto's server plus the AWS faults and quotas moto lacks.
+
+moto's server runs in-process (werkzeug, threaded). A thin WSGI middleware
+(`SiloLayer`) sits in front of it and, per request, can delay, throttle or fail
+it, enforce Organizations quotas, and rewrite moto's answers so that slow or
+failing AWS workflows (account creation, account closure, stack creation,
+role assumption) look the way they do on real AWS. Faults are off by default;
+a test switches them on through the admin API under /_silo/:
+
+    POST /_silo/reset    reset moto and every fault, counter and config key
+    POST /_silo/config   merge a JSON object into the config (unknown key: 400)
+    GET  /_silo/config   the current config
+    GET  /_silo/stats    request, throttle and error counters
+    GET  /_silo/health   {"ok": true}
+
+Run: python silo_awssim.py --host 127.0.0.1 --port PORT  (PORT 0 picks one).
+It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import logging
+import os
+import random
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+PARTITION = "aws"
+ORG_JSON = "application/x-amz-json-1.1"
+QUERY_XMLNS = {
+    "sts": "https://sts.amazonaws.com/doc/2011-06-15/",
+    "cloudformation": "http://cloudformation.amazonaws.com/doc/2010-05-15/",
+    "iam": "https://iam.amazonaws.com/doc/2010-05-08/",
+    "sns": "http://sns.amazonaws.com/doc/2010-03-31/",
+}
+ORG_THROTTLE_MESSAGE = (
+    "AWS Organizations can't complete your request because another request is "
+    "already in progress. Try again later."
+)
+ORG_SERVICE_MESSAGE = (
+    "AWS Organizations can't complete your request because of an internal "
+    "service error. Try again later."
+)
+
+log = logging.getLogger("silo-awssim")
+
+
+# --------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    """Per-test fault configuration; POST /_silo/reset restores these defaults."""
+
+    create_account_delay_seconds: float = 0
+    unique_emails: bool = True
+    account_limit: int | None = None
+    max_concurrent_creations: int | None = 5
+    rate_limits: dict[str, float] = field(default_factory=dict)
+    throttle_rate: float = 0.0
+    throttle_operations: list[str] | None = None
+    error_rate: float = 0.0
+    error_operations: list[str] | None = None
+    latency_ms: float = 0
+    latency_rate: float = 0.0
+    close_pending_seconds: float = 0
+    close_quota: int | None = None
+    failing_stacks: dict[str, str] = field(default_factory=dict)
+    stack_failure_seconds: float = 2
+    unassumable_roles_seconds: float = 0
+
+    def merged(self, updates: Any) -> Config:
+        """A copy with `updates` applied; ValueError says what is wrong."""
+        if not isinstance(updates, dict):
+            raise ValueError("config must be a JSON object")
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(updates) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}; known: {sorted(known)}")
+        for key, value in updates.items():
+            _validate(key, value)
+        return dataclasses.replace(self, **updates)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _validate(key: str, value: Any) -> None:
+    ok: bool
+    if key == "unique_emails":
+        ok = isinstance(value, bool)
+    elif key in ("throttle_rate", "error_rate", "latency_rate"):
+        ok = _number(value) and value <= 1
+    elif key in ("account_limit", "max_concurrent_creations", "close_quota"):
+        ok = value is None or (_number(value) and int(value) == value)
+    elif key in ("throttle_operations", "error_operations"):
+        ok = value is None or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value))
+    elif key == "rate_limits":
+        ok = isinstance(value, dict) and all(_number(v) for v in value.values())
+    elif key == "failing_stacks":
+        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        for pattern in value if ok else ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"failing_stacks: bad regex {pattern!r}: {exc}")
+    else:
+        ok = _number(value)
+    if not ok:
+        raise ValueError(f"bad value for {key}: {value!r}")
+
+
+def _matches(key: str, patterns: list[str] | None) -> bool:
+    """True if `service:Operation` is selected by patterns (None = all;
+    entries may be `service:Operation`, `service:*` or `*`)."""
+    if patterns is None:
+        return True
+    service = key.split(":", 1)[0]
+    return key in patterns or f"{service}:*" in patterns or "*" in patterns
+
+
+# --------------------------------------------------------------------------
+# Requests and responses
+# --------------------------------------------------------------------------
+
+@dataclass
+class Call:
+    """One AWS API call as the layer sees it."""
+
+    environ: dict[str, Any]
+    service: str          # credential-scope service, e.g. "organizations"
+    operation: str        # e.g. "CreateAccount"
+    params: dict[str, Any]
+    protocol: str         # "json", "query" or "rest"
+
+    @property
+    def key(self) -> str:
+        return f"{self.service}:{self.operation}"
+
+    @property
+    def access_key(self) -> str:
+        m = re.search(r"Credential=([^/]+)/", self.environ.get("HTTP_AUTHORIZATION", ""))
+        return m.group(1) if m else ""
+
+    @property
+    def account(self) -> str:
+        """The account moto will act as (moto maps access keys to accounts)."""
+        if self.environ.get("HTTP_X_MOTO_ACCOUNT_ID"):
+            return self.environ["HTTP_X_MOTO_ACCOUNT_ID"]
+        from moto.iam.models import get_account_id_from
+
+        return get_account_id_from(self.access_key)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"{}")
+
+    def with_json(self, payload: Any) -> Response:
+        """This response with a rewritten JSON body."""
+        headers = [(k, v) for k, v in self.headers if k.lower() != "content-length"]
+        return Response(self.status, headers, json.dumps(payload).encode())
+
+
+def _status_line(code: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Unknown"
+
+
+def json_response(status: int, payload: Any, content_type: str = "application/json",
+                  extra: list[tuple[str, str]] | None = None) -> Response:
+    headers = [("Content-Type", content_type), ("x-amzn-RequestId", str(uuid.uuid4()))]
+    return Response(status, headers + (extra or []), json.dumps(payload).encode())
+
+
+def aws_error(call: Call, status: int, code: str, message: str,
+              **fields: Any) -> Response:
+    """An error in the shape the caller's protocol uses, so SDKs parse `code`."""
+    request_id = str(uuid.uuid4())
+    if call.protocol == "json":
+        content_type = call.environ.get("CONTENT_TYPE") or ORG_JSON
+        body = {"__type": code, "Message": message, **fields}
+        return json_response(status, body, content_type,
+                             [("x-amzn-ErrorType", code)])
+    kind = "Receiver" if status >= 500 else "Sender"
+    error = (f"<Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
+             f"<Message>{escape(message)}</Message></Error>")
+    if call.protocol == "query":
+        xmlns = QUERY_XMLNS.get(call.service, f"https://{call.service}.amazonaws.com/doc/")
+        xml = (f'<ErrorResponse xmlns="{xmlns}">{error}'
+               f"<RequestId>{request_id}</RequestId></ErrorResponse>")
+    else:  # REST-XML (S3 style)
+        xml = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{escape(code)}</Code>'
+               f"<Message>{escape(message)}</Message><RequestId>{request_id}</RequestId></Error>")
+    headers = [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)]
+    return Response(status, headers, xml.encode())
+
+
+def throttling_error(call: Call) -> Response:
+    """What AWS answers when a caller exceeds a request rate."""
+    if call.service == "organizations":
+        return aws_error(call, 400, "TooManyRequestsException", ORG_THROTTLE_MESSAGE,
+                         Type="TOO_MANY_REQUESTS")
+    if call.protocol == "json":
+        return aws_error(call, 400, "ThrottlingException", "Rate exceeded")
+    if call.protocol == "query":
+        return aws_error(call, 400, "Throttling", "Rate exceeded")
+    return aws_error(call, 503, "SlowDown", "Please reduce your request rate.")
+
+
+def internal_error(call: Call) -> Response:
+    """What AWS answers on an internal service failure (HTTP 500)."""
+    if call.service == "organizations":
+        return aws_error(call, 500, "ServiceException", ORG_SERVICE_MESSAGE)
+    if call.protocol == "rest":
+        return aws_error(call, 500, "InternalError", "We encountered an internal error.")
+    return aws_error(call, 500, "InternalFailure",
+                     "The request processing has failed because of an unknown error.")
+
+
+# --------------------------------------------------------------------------
+# Layer state
+# --------------------------------------------------------------------------
+
+@dataclass
+class Creation:
+    """A CreateAccount request: moto-made account, or a synthetic failure."""
+
+    request_id: str
+    name: str
+    org_account: str            # management account of the organization
+    requested_at: float         # wall clock, for timestamps
+    ready_at: float             # monotonic: when it stops being IN_PROGRESS
+    ready_wall: float
+    account_id: str | None = None
+    failure_reason: str | None = None
+
+    def state(self, now: float) -> str:
+        if now < self.ready_at:
+            return "IN_PROGRESS"
+        return "FAILED" if self.failure_reason else "SUCCEEDED"
+
+    def status(self, now: float) -> dict[str, Any]:
+        out = {"Id": self.request_id, "AccountName": self.name,
+               "State": self.state(now), "RequestedTimestamp": self.requested_at}
+        if out["State"] != "IN_PROGRESS":
+            out["CompletedTimestamp"] = self.ready_wall
+        if out["State"] == "SUCCEEDED":
+            out["AccountId"] = self.account_id
+        if out["State"] == "FAILED":
+            out["FailureReason"] = self.failure_reason
+        return out
+
+
+@dataclass
+class FailedStack:
+    stack: Any                  # moto Stack
+    resource: str               # logical id of the resource that "failed"
+    resource_type: str
+    rollback_at: float
+
+
+@dataclass
+class Bucket:
+    tokens: float
+    updated: float
+
+
+@dataclass
+class State:
+    config: Config = field(default_factory=Config)
+    creations: dict[str, Creation] = field(default_factory=dict)
+    closing: dict[str, tuple[Any, float]] = field(default_factory=dict)  # id -> (account, until)
+    failed_stacks: list[FailedStack] = field(default_factory=list)
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+    closes: int = 0
+    stats: dict[str, Any] = field(default_factory=lambda: {
+        "requests": {}, "throttled": {}, "injected_errors": {}, "latency_injected": {},
+        "accounts_created": 0, "create_account_failures": {}, "accounts_closed": 0,
+        "stacks_failed": 0, "assume_role_denied": 0,
+    })
+
+    def count(self, table: str, key: str) -> None:
+        self.stats[table][key] = self.stats[table].get(key, 0) + 1
+
+
+def reset_moto() -> None:
+    """Same as moto's POST /moto-api/reset, plus the member->management map
+    that moto's reset keeps."""
+    from moto.moto_api._internal.models import moto_api_backend
+    from moto.organizations.models import organizations_backends
+
+    moto_api_backend.reset()
+    organizations_backends.master_accounts.clear()
+
+
+def org_backend(account: str) -> Any:
+    from moto.organizations.models import organizations_backends
+
+    return organizations_backends[account][PARTITION]
+
+
+# --------------------------------------------------------------------------
+# The middleware
+# --------------------------------------------------------------------------
+
+class SiloLayer:
+    """WSGI middleware in front of moto's DomainDispatcherApplication."""
+
+    def __init__(self, inner: Callable[..., Any]):
+        self.inner = inner
+        self.lock = threading.Lock()         # guards self.state
+        self.org_lock = threading.Lock()     # serialises check+create / check+close
+        self.random = random.Random()
+        self.state = State()
+
+    def reset(self) -> None:
+        """Reset moto and every fault, counter and config key."""
+        with self.org_lock, self.lock:
+            reset_moto()
+            self.state = State()
+
+    # ---- WSGI entry -------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_silo/"):
+            resp = self.admin(environ, path)
+        else:
+            body = self._buffer_body(environ)
+            if path.startswith("/moto-api") or path == "/favicon.ico":
+                if path.rstrip("/") == "/moto-api/reset" and environ["REQUEST_METHOD"] == "POST":
+                    self.reset()
+                    resp = json_response(200, {"status": "ok"})
+                else:
+                    resp = self.forward(environ)
+            else:
+                resp = self.handle(self._parse(environ, body))
+        headers = list(resp.headers)
+        if not any(k.lower() == "content-length" for k, _ in headers):
+            headers.append(("Content-Length", str(len(resp.body))))  # moto's stays (HEAD)
+        start_response(_status_line(resp.status), headers)
+        return [resp.body]
+
+    @staticmethod
+    def _buffer_body(environ: dict[str, Any]) -> bytes:
+        """Read the whole body and hand moto a fresh stream of it."""
+        stream = environ["wsgi.input"]
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            body = stream.read(int(length))
+        elif environ.get("wsgi.input_terminated"):
+            body = stream.read()
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        else:
+            body = b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return body
+
+    @staticmethod
+    def _parse(environ: dict[str, Any], body: bytes) -> Call:
+        """Service from the SigV4 credential scope, operation from X-Amz-Target
+        (JSON protocols) or the Action field (query protocol)."""
+        m = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/",
+                      environ.get("HTTP_AUTHORIZATION", ""))
+        service = m.group(1).lower() if m else "unknown"
+        target = environ.get("HTTP_X_AMZ_TARGET")
+        if target:
+            try:
+                params = json.loads(body or b"{}")
+            except ValueError:
+                params = {}
+            return Call(environ, service, target.rsplit(".", 1)[-1],
+                        params if isinstance(params, dict) else {}, "json")
+        form: dict[str, Any] = {}
+        if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if not form.get("Action"):
+            form.update(parse_qsl(environ.get("QUERY_STRING", "")))
+        if form.get("Action"):
+            return Call(environ, service, form["Action"], form, "query")
+        return Call(environ, service, environ.get("REQUEST_METHOD", "GET"), form, "rest")
+
+    def forward(self, environ: dict[str, Any]) -> Response:
+        """Run the request through moto and capture its answer."""
+        captured: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+            captured["status"], captured["headers"] = int(status.split()[0]), headers
+            return lambda data: None
+
+        result = self.inner(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return Response(captured["status"], list(captured["headers"]), body)
+
+    # ---- per-request pipeline ---------------------------------------------
+
+    def handle(self, call: Call) -> Response:
+        with self.lock:
+            self.advance_clock()
+            state = self.state
+            cfg = state.config
+            state.count("requests", call.key)
+            delay = self.random.random() < cfg.latency_rate and cfg.latency_ms > 0
+            if delay:
+                state.count("latency_injected", call.key)
+        if delay:
+            time.sleep(cfg.latency_ms / 1000.0)   # never under the lock
+        with self.lock:
+            fault = self.rate_limited(call) or self.random_fault(call)
+        if fault is not None:
+            return fault
+        handler = {
+            "organizations:CreateAccount": self.create_account,
+            "organizations:DescribeCreateAccountStatus": self.describe_create_account_status,
+            "organizations:ListCreateAccountStatus": self.list_create_account_status,
+            "organizations:CloseAccount": self.close_account,
+            "cloudformation:CreateStack": self.create_stack,
+            "sts:AssumeRole": self.assume_role,
+        }.get(call.key)
+        if handler is None and call.service == "organizations":
+            handler = self.hide_pending_accounts
+        return handler(call) if handler else self.forward(call.environ)
+
+    def advance_clock(self) -> None:
+        """Lazy time-based transitions (caller holds the lock): closing accounts
+        become SUSPENDED, failed stacks finish their rollback."""
+        now = time.monotonic()
+        for account_id, (account, until) in list(self.state.closing.items()):
+            if now >= until:
+                if account.status == "PENDING_CLOSURE":
+                    account.status = account.state = "SUSPENDED"
+                del self.state.closing[account_id]
+        for failed in list(self.state.failed_stacks):
+            if now >= failed.rollback_at:
+                self.state.failed_stacks.remove(failed)
+                if failed.stack.status == "CREATE_FAILED":
+                    _stack_event(failed.stack, "DELETE_COMPLETE", failed.resource,
+                                 failed.resource_type)
+                    _stack_event(failed.stack, "ROLLBACK_COMPLETE")
+                    failed.stack.status = "ROLLBACK_COMPLETE"
+
+    def rate_limited(self, call: Call) -> Response | None:
+        """Per-key request-rate quotas (token bucket, burst = max(1, rate)) as
+        AWS enforces them per account and API; the most specific configured
+        key (`service:Operation`, `service:*`, `*`) applies."""
+        limits = self.state.config.rate_limits
+        key = next((k for k in (call.key, f"{call.service}:*", "*") if k in limits), None)
+        if key is None:
+            return None
+        rate, now = float(limits[key]), time.monotonic()
+        burst = max(1.0, rate)
+        bucket = self.state.buckets.setdefault(key, Bucket(burst, now))
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return None
+        self.state.count("throttled", call.key)
+        return throttling_error(call)
+
+    def random_fault(self, call: Call) -> Response | None:
+        """Random throttling and internal errors, as any AWS API sometimes
+        returns them; the request never reaches moto."""
+        cfg = self.state.config
+        if cfg.throttle_rate and _matches(call.key, cfg.throttle_operations) \
+                and self.random.random() < cfg.throttle_rate:
+            self.state.count("throttled", call.key)
+            return throttling_error(call)
+        if cfg.error_rate and _matches(call.key, cfg.error_operations) \
+                and self.random.random() < cfg.error_rate:
+            self.state.count("injected_errors", call.key)
+            return internal_error(call)
+        return None
+
+    # ---- Organizations: account creation ----------------------------------
+
+    def create_account(self, call: Call) -> Response:
+        """CreateAccount is asynchronous on AWS: it answers IN_PROGRESS and the
+        account appears minutes later. Failures (duplicate email, account
+        quota) are only reported by DescribeCreateAccountStatus, and AWS
+        throttles a caller with too many creations in flight."""
+        backend = org_backend(call.account)
+        if backend.org is None:
+            return self.forward(call.environ)
+        with self.org_lock:
+            with self.lock:
+                cfg, now = self.state.config, time.monotonic()
+                in_flight = sum(c.state(now) == "IN_PROGRESS"
+                                for c in self.state.creations.values())
+                if cfg.max_concurrent_creations is not None \
+                        and in_flight >= cfg.max_concurrent_creations:
+                    self.state.count("throttled", call.key)
+                    return throttling_error(call)
+                reason = self.creation_failure(call, backend)
+            if reason is None:
+                resp = self.forward(call.environ)
+                if resp.status != 200:
+                    return resp
+                status = resp.json()["CreateAccountStatus"]
+                request_id, account_id = status["Id"], status["AccountId"]
+            else:
+                request_id, account_id = "car-" + uuid.uuid4().hex, None
+            with self.lock:
+                delay = self.state.config.create_account_delay_seconds
+                creation = Creation(
+                    request_id=request_id, name=call.params.get("AccountName", ""),
+                    org_account=backend.account_id, requested_at=time.time(),
+                    ready_at=time.monotonic() + delay, ready_wall=time.time() + delay,
+                    account_id=account_id, failure_reason=reason)
+                self.state.creations[request_id] = creation
+                if reason is None:
+                    self.state.stats["accounts_created"] += 1
+                else:
+                    self.state.count("create_account_failures", reason)
+        if reason is None and delay <= 0:
+            return resp        # moto's own immediate SUCCEEDED answer
+        return json_response(200, {"CreateAccountStatus": creation.status(float("-inf"))},
+                             ORG_JSON)   # as at request time: IN_PROGRESS
+
+    def creation_failure(self, call: Call, backend: Any) -> str | None:
+        """EMAIL_ALREADY_EXISTS / ACCOUNT_LIMIT_EXCEEDED, or None (lock held)."""
+        cfg = self.state.config
+        email = str(call.params.get("Email", "")).lower()
+        if cfg.unique_emails and any(a.email.lower() == email for a in backend.accounts):
+            return "EMAIL_ALREADY_EXISTS"
+        if cfg.account_limit is not None and len(backend.accounts) >= cfg.account_limit:
+            return "ACCOUNT_LIMIT_EXCEEDED"
+        return None
+
+    def describe_create_account_status(self, call: Call) -> Response:
+        """The status of a creation as time goes by: IN_PROGRESS without an
+        AccountId, then SUCCEEDED or FAILED with a FailureReason. Every
+        creation passes through this layer, so an unknown id is AWS's
+        CreateAccountStatusNotFoundException (moto says AccountNotFound)."""
+        with self.lock:
+            creation = self.state.creations.get(call.params.get("CreateAccountRequestId", ""))
+            status = creation.status(time.monotonic()) if creation else None
+        if status is None:
+            return aws_error(call, 400, "CreateAccountStatusNotFoundException",
+                             "We can't find a create account request with the "
+                             "CreateAccountRequestId that you specified.")
+        return json_response(200, {"CreateAccountStatus": status}, ORG_JSON)
+
+    def list_create_account_status(self, call: Call) -> Response:
+        """All creation requests of the caller's organization with their
+        current state, filtered by States; NextToken is an offset."""
+        backend = org_backend(call.account)
+        if backend.org is None:
+            return self.forward(call.environ)
+        now = time.monotonic()
+        with self.lock:
+            ours = [c for c in self.state.creations.values()
+                    if c.org_account == backend.account_id]
+            statuses = [c.status(now) for c in ours]
+        known = {c.account_id for c in ours}
+        statuses = [a.create_account_status["CreateAccountStatus"] for a in backend.accounts
+                    if a.id != backend.org.master_account_id and a.id not in known] + statuses
+        states = call.params.get("States") or ["IN_PROGRESS", "SUCCEEDED", "FAILED"]
+        statuses = [s for s in statuses if s["State"] in states]
+        start = int(call.params.get("NextToken") or 0)
+        size = int(call.params.get("MaxResults") or 20)
+        out: dict[str, Any] = {"CreateAccountStatuses": statuses[start:start + size]}
+        if start + size < len(statuses):
+            out["NextToken"] = str(start + size)
+        return json_response(200, out, ORG_JSON)
+
+    def pending_accounts(self) -> set[str]:
+        now = time.monotonic()
+        with self.lock:
+            return {c.account_id for c in self.state.creations.values()
+                    if c.account_id and c.state(now) == "IN_PROGRESS"}
+
+    def hide_pending_accounts(self, call: Call) -> Response:
+        """An account whose creation is IN_PROGRESS does not exist yet: it is
+        missing from listings and unknown to calls that name it."""
+        pending = self.pending_accounts()
+        if not pending:
+            return self.forward(call.environ)
+        if call.params.get("AccountId") in pending:
+            return aws_error(call, 400, "AccountNotFoundException",
+                             "You specified an account that doesn't exist.")
+        if call.params.get("ChildId") in pending:
+            return aws_error(call, 400, "ChildNotFoundException",
+                             "You specified a child that doesn't exist.")
+        resp = self.forward(call.environ)
+        list_key = {"ListAccounts": "Accounts", "ListAccountsForParent": "Accounts",
+                    "ListChildren": "Children"}.get(call.operation)
+        if resp.status != 200 or list_key is None:
+            return resp
+        payload = resp.json()
+        payload[list_key] = [a for a in payload.get(list_key) or [] if a["Id"] not in pending]
+        return resp.with_json(payload)
+
+    # ---- Organizations: account closure -----------------------------------
+
+    def close_account(self, call: Call) -> Response:
+        """CloseAccount: the account stays PENDING_CLOSURE for a while before
+        it is SUSPENDED, a second close is AccountAlreadyClosedException, and
+        AWS allows only a few closures per period (CLOSE_ACCOUNT_QUOTA_EXCEEDED)."""
+        account_id = call.params.get("AccountId", "")
+        if account_id in self.pending_accounts():
+            return aws_error(call, 400, "AccountNotFoundException",
+                             "You specified an account that doesn't exist.")
+        backend = org_backend(call.account)
+        account = next((a for a in backend.accounts if a.id == account_id), None)
+        with self.org_lock:
+            if account is not None and account.status in ("PENDING_CLOSURE", "SUSPENDED"):
+                return aws_error(call, 400, "AccountAlreadyClosedException",
+                                 "The provided account is already closed.")
+            with self.lock:
+                quota = self.state.config.close_quota
+                if quota is not None and self.state.closes >= quota:
+                    return aws_error(
+                        call, 400, "ConstraintViolationException",
+                        "You have exceeded close account quota for the past 30 days.",
+                        Reason="CLOSE_ACCOUNT_QUOTA_EXCEEDED")
+            resp = self.forward(call.environ)
+            if resp.status != 200:
+                return resp
+            with self.lock:
+                self.state.closes += 1
+                self.state.stats["accounts_closed"] += 1
+                pending = self.state.config.close_pending_seconds
+                if account is not None and pending > 0:
+                    account.status = account.state = "PENDING_CLOSURE"
+                    self.state.closing[account_id] = (account, time.monotonic() + pending)
+        return resp
+
+    # ---- CloudFormation ----------------------------------------------------
+
+    def create_stack(self, call: Call) -> Response:
+        """A stack whose name matches `failing_stacks` fails to create: one
+        resource is CREATE_FAILED with the configured reason, the stack is
+        CREATE_FAILED, nothing it made remains, and after
+        `stack_failure_seconds` it is ROLLBACK_COMPLETE."""
+        name = call.params.get("StackName", "")
+        with self.lock:
+            reason = next((r for p, r in self.state.config.failing_stacks.items()
+                           if re.search(p, name)), None)
+        resp = self.forward(call.environ)
+        if reason is None or resp.status != 200:
+            return resp
+        m = re.search(rb"<StackId>([^<]+)</StackId>", resp.body)
+        if not m:
+            return resp
+        stack_id = m.group(1).decode()
+        _, _, _, region, account, _ = stack_id.split(":", 5)
+        from moto.cloudformation.models import cloudformation_backends
+
+        cfn = cloudformation_backends[account][region]
+        stack = cfn.stacks[stack_id]
+        resources = stack.template_dict.get("Resources") or {}
+        logical_id = next(iter(resources), name)
+        resource_type = (resources.get(logical_id) or {}).get("Type", "AWS::CloudFormation::Stack")
+        with self.lock:
+            try:
+                stack.resource_map.delete()
+            except Exception as exc:  # noqa: BLE001 - best effort, like a rollback
+                log.warning("rollback of %s left resources: %s", name, exc)
+            # moto maps resolve resources lazily: empty them so nothing comes back.
+            stack.resource_map._resource_json_map = {}
+            stack.output_map._output_json_map = {}
+            for export_name in [n for n, e in cfn.exports.items()
+                                if e.exporting_stack_id == stack_id]:
+                del cfn.exports[export_name]
+            stack.events = [e for e in stack.events if e.resource_status != "CREATE_COMPLETE"]
+            _stack_event(stack, "CREATE_IN_PROGRESS", logical_id, resource_type)
+            _stack_event(stack, "CREATE_FAILED", logical_id, resource_type, reason)
+            summary = f"The following resource(s) failed to create: [{logical_id}]. "
+            _stack_event(stack, "CREATE_FAILED", reason=summary)
+            stack.status = "CREATE_FAILED"
+            stack.stack_status_reason = summary
+            self.state.stats["stacks_failed"] += 1
+            self.state.failed_stacks.append(FailedStack(
+                stack, logical_id, resource_type,
+                time.monotonic() + self.state.config.stack_failure_seconds))
+        return resp
+
+    # ---- STS -----------------------------------------------------------------
+
+    def assume_role(self, call: Call) -> Response:
+        """Roles in a brand-new account cannot be assumed at once on AWS (IAM
+        is eventually consistent): AccessDenied until the account is
+        `unassumable_roles_seconds` old, counted from when it became ready."""
+        role_arn = call.params.get("RoleArn", "")
+        parts = role_arn.split(":")
+        target = parts[4] if len(parts) > 5 else ""
+        with self.lock:
+            creation = next((c for c in self.state.creations.values()
+                             if c.account_id == target and c.account_id), None)
+            wait = self.state.config.unassumable_roles_seconds
+            denied = creation is not None and \
+                time.monotonic() < creation.ready_at + wait
+            if denied:
+                self.state.stats["assume_role_denied"] += 1
+        if not denied:
+            return self.forward(call.environ)
+        caller = f"arn:aws:iam::{call.account}:user/moto"
+        return aws_error(call, 403, "AccessDenied",
+                         f"User: {caller} is not authorized to perform: "
+                         f"sts:AssumeRole on resource: {role_arn}")
+
+    # ---- admin API ------------------------------------------------------------
+
+    def admin(self, environ: dict[str, Any], path: str) -> Response:
+        method = environ.get("REQUEST_METHOD", "GET")
+        route = (method, path.rstrip("/"))
+        if route == ("GET", "/_silo/health"):
+            return json_response(200, {"ok": True})
+        if route == ("POST", "/_silo/reset"):
+            self.reset()
+            return json_response(200, {"ok": True})
+        if route == ("GET", "/_silo/config"):
+            with self.lock:
+                return json_response(200, dataclasses.asdict(self.state.config))
+        if route == ("POST", "/_silo/config"):
+            raw = self._buffer_body(environ)
+            try:
+                updates = json.loads(raw or b"{}")
+                with self.lock:
+                    self.state.config = self.state.config.merged(updates)
+                    if "rate_limits" in updates:
+                        self.state.buckets.clear()
+                    return json_response(200, dataclasses.asdict(self.state.config))
+            except ValueError as exc:
+                return json_response(400, {"error": str(exc)})
+        if route == ("GET", "/_silo/stats"):
+            pending = sorted(self.pending_accounts())
+            with self.lock:
+                stats = json.loads(json.dumps(self.state.stats))
+            return json_response(200, {**stats, "accounts_pending": pending})
+        known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats"}
+        if path.rstrip("/") in known:
+            return json_response(405, {"error": f"{method} not allowed on {path}"})
+        return json_response(404, {"error": f"no admin endpoint {path}"})
+
+
+def _stack_event(stack: Any, status: str, logical_id: str | None = None,
+                 resource_type: str = "AWS::CloudFormation::Stack",
+                 reason: str | None = None) -> None:
+    """Append a moto stack event; stack-level when logical_id is None."""
+    from moto.cloudformation.models import Event
+
+    stack.events.append(Event(
+        stack_id=stack.stack_id, stack_name=stack.name,
+        logical_resource_id=logical_id or stack.name,
+        physical_resource_id="" if logical_id else stack.stack_id,
+        resource_type=resource_type if logical_id else "AWS::CloudFormation::Stack",
+        resource_status=status, resource_status_reason=reason,
+        resource_properties=None))
+
+
+# --------------------------------------------------------------------------
+# Server
+# --------------------------------------------------------------------------
+
+def build_app() -> SiloLayer:
+    inner = DomainDispatcherApplication(create_backend_app)
+    # Build the backends we always use now, not on the first (slow) request.
+    for service in ("organizations", "sts", "cloudformation", "iam"):
+        inner.app_instances[service] = create_backend_app(service)
+    return SiloLayer(inner)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000, help="0 picks a free port")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="silo-awssim %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.ERROR)
+
+    server = make_server(args.host, args.port, build_app(), threaded=True,
+                         request_handler=MotoRequestHandler)
+    port = server.server_address[1]
+    os.environ.setdefault("MOTO_PORT", str(port))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="serve", daemon=True)
+    thread.start()
+    print(f"silo-awssim listening on http://{args.host}:{port}", flush=True)
+    while not stop.wait(0.5):
+        if not thread.is_alive():
+            return 1
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""Tests for silo_awssim: every fault and quota, driven through boto3.
+
+Run from the repository root:  python -m pytest -q tests/awssim
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIMULATOR = os.path.join(HERE, "silo_awssim.py")
+REGION = "us-east-1"
+# botocore's retries["max_attempts"] counts retries *after* the first attempt
+# (max_attempts=1 means two requests); total_max_attempts counts all attempts.
+NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+ONE_RETRY = Config(retries={"total_max_attempts": 2, "mode": "standard"})
+ROLE = "OrganizationAccountAccessRole"
+
+
+
+def template(suffix: str) -> str:
+    """A stack with an SNS topic and an SSM parameter named after `suffix`."""
+    return json.dumps({
+        "Resources": {
+            "Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": f"t-{suffix}"}},
+            "Param": {"Type": "AWS::SSM::Parameter",
+                      "Properties": {"Name": f"/silo/{suffix}", "Type": "String",
+                                     "Value": "v"}},
+        },
+        "Outputs": {"TopicArn": {"Value": {"Ref": "Topic"}}},
+    })
+
+
+# ---- fixtures -------------------------------------------------------------
+
+class Sim:
+    """A running simulator: its URL, admin API and boto3 clients."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def admin(self, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data,
+                                     method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def configure(self, **config: Any) -> None:
+        status, body = self.admin("/_silo/config", config)
+        assert status == 200, body
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("/_silo/stats")[1]
+
+    def client(self, service: str, creds: dict[str, str] | None = None,
+               config: Config = NO_RETRIES) -> Any:
+        creds = creds or {"aws_access_key_id": "testing",
+                          "aws_secret_access_key": "testing"}
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
+                            config=config, **creds)
+
+
+@pytest.fixture(scope="module")
+def sim_server():
+    """Start the simulator on a free loopback port (--port 0); fail loudly if it can't."""
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION=REGION)
+    env.pop("AWS_ENDPOINT_URL", None)
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, SIMULATOR, "--host", "127.0.0.1", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=90)
+    match = re.match(r"silo-awssim listening on (http://127\.0\.0\.1:\d+)$",
+                     line[0].strip() if line else "")
+    if not match:
+        proc.kill()
+        proc.wait()
+        stderr.seek(0)
+        pytest.fail(f"simulator did not start (exit {proc.returncode}, stdout {line!r}):\n"
+                    f"{stderr.read().decode(errors='replace')}", pytrace=False)
+    yield Sim(match.group(1))
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=20) == 0, "simulator did not exit cleanly on SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stderr.close()
+
+
+@pytest.fixture
+def sim(sim_server: Sim) -> Sim:
+    status, body = sim_server.admin("/_silo/reset", {})
+    assert (status, body) == (200, {"ok": True})
+    return sim_server
+
+
+@pytest.fixture
+def org(sim: Sim) -> Any:
+    client = sim.client("organizations")
+    client.create_organization(FeatureSet="ALL")
+    return client
+
+
+def create_account(org: Any, name: str, email: str | None = None) -> str:
+    resp = org.create_account(AccountName=name, Email=email or f"{name}@example.com")
+    return resp["CreateAccountStatus"]["Id"]
+
+
+def wait_status(org: Any, request_id: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = org.describe_create_account_status(
+            CreateAccountRequestId=request_id)["CreateAccountStatus"]
+        if status["State"] != "IN_PROGRESS" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def new_account(org: Any, name: str) -> str:
+    status = wait_status(org, create_account(org, name))
+    assert status["State"] == "SUCCEEDED", status
+    return status["AccountId"]
+
+
+def error_code(excinfo: pytest.ExceptionInfo) -> str:
+    return excinfo.value.response["Error"]["Code"]
+
+
+def http_status(excinfo: pytest.ExceptionInfo) -> int:
+    return excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def assume(sim: Sim, account_id: str) -> dict[str, str]:
+    creds = sim.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{account_id}:role/{ROLE}",
+        RoleSessionName="silo")["Credentials"]
+    return {"aws_access_key_id": creds["AccessKeyId"],
+            "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"]}
+
+
+def account_ids(org: Any) -> set[str]:
+    return {a["Id"] for a in org.list_accounts()["Accounts"]}
+
+
+# ---- admin API ------------------------------------------------------------
+
+def test_admin_api(sim: Sim) -> None:
+    assert sim.admin("/_silo/health") == (200, {"ok": True})
+    status, body = sim.admin("/_silo/config", {"no_such_key": 1})
+    assert status == 400 and "no_such_key" in body["error"]
+    assert sim.admin("/_silo/config", {"throttle_rate": 2})[0] == 400
+    assert sim.admin("/_silo/config", {"failing_stacks": {"(": "x"}})[0] == 400
+    sim.configure(throttle_rate=0.5, rate_limits={"*": 3})
+    sim.configure(close_quota=2)
+    config = sim.admin("/_silo/config")[1]
+    assert config["throttle_rate"] == 0.5 and config["close_quota"] == 2
+    assert config["rate_limits"] == {"*": 3} and config["unique_emails"] is True
+    sim.admin("/_silo/reset", {})
+    assert sim.admin("/_silo/config")[1]["throttle_rate"] == 0.0
+    assert sim.stats()["requests"] == {}
+
+
+def test_moto_api_reset_also_resets_layer(sim: Sim, org: Any) -> None:
+    sim.configure(error_rate=0.25)
+    assert sim.stats()["requests"]["organizations:CreateOrganization"] == 1
+    with urllib.request.urlopen(urllib.request.Request(
+            sim.url + "/moto-api/reset", data=b"", method="POST"), timeout=30) as resp:
+        assert resp.status == 200
+    assert sim.admin("/_silo/config")[1]["error_rate"] == 0.0
+    assert sim.stats()["requests"] == {}
+    with pytest.raises(ClientError) as exc:
+        org.describe_organization()
+    assert error_code(exc) == "AWSOrganizationsNotInUseException"
+
+
+# ---- Organizations: CreateAccount ------------------------------------------
+
+def test_create_account_delay_then_succeeded(sim: Sim, org: Any) -> None:
+    sim.configure(create_account_delay_seconds=1.5)
+    request_id = create_account(org, "tenant-a")
+    status = org.describe_create_account_status(CreateAccountRequestId=request_id)
+    status = status["CreateAccountStatus"]
+    assert status["State"] == "IN_PROGRESS" and "AccountId" not in status
+    listed = org.list_create_account_status(States=["IN_PROGRESS"])["CreateAccountStatuses"]
+    assert [s["Id"] for s in listed] == [request_id]
+
+    [pending] = sim.stats()["accounts_pending"]
+    root = org.list_roots()["Roots"][0]["Id"]
+    assert pending not in account_ids(org) and len(account_ids(org)) == 1
+    assert pending not in {a["Id"] for a in org.list_accounts_for_parent(ParentId=root)["Accounts"]}
+    children = org.list_children(ParentId=root, ChildType="ACCOUNT")["Children"]
+    assert pending not in {c["Id"] for c in children}
+    with pytest.raises(ClientError) as exc:
+        org.describe_account(AccountId=pending)
+    assert error_code(exc) == "AccountNotFoundException"
+
+    status = wait_status(org, request_id)
+    assert status["State"] == "SUCCEEDED" and status["AccountId"] == pending
+    assert status["CompletedTimestamp"] >= status["RequestedTimestamp"]
+    assert pending in account_ids(org)
+    assert org.describe_account(AccountId=pending)["Account"]["Status"] == "ACTIVE"
+    children = org.list_children(ParentId=root, ChildType="ACCOUNT")["Children"]
+    assert pending in {c["Id"] for c in children}
+    assert sim.stats()["accounts_created"] == 1
+
+
+def test_create_account_without_delay_is_immediate(sim: Sim, org: Any) -> None:
+    status = org.create_account(AccountName="t", Email="t@example.com")["CreateAccountStatus"]
+    assert status["State"] == "SUCCEEDED" and status["AccountId"] in account_ids(org)
+    with pytest.raises(ClientError) as exc:
+        org.describe_create_account_status(CreateAccountRequestId="car-0123456789")
+    assert error_code(exc) == "CreateAccountStatusNotFoundException"
+
+
+def test_duplicate_email_fails(sim: Sim, org: Any) -> None:
+    sim.configure(create_account_delay_seconds=1)
+    first = create_account(org, "one", "Tenant@Example.com")
+    dup = org.create_account(AccountName="two", Email="tenant@example.COM")["CreateAccountStatus"]
+    assert dup["State"] == "IN_PROGRESS" and dup["Id"] != first
+    assert re.fullmatch(r"car-[a-z0-9]{8,32}", dup["Id"])
+    status = org.describe_create_account_status(CreateAccountRequestId=dup["Id"])
+    assert status["CreateAccountStatus"]["State"] == "IN_PROGRESS"
+    status = wait_status(org, dup["Id"])
+    assert status["State"] == "FAILED" and status["FailureReason"] == "EMAIL_ALREADY_EXISTS"
+    assert "AccountId" not in status
+    assert wait_status(org, first)["State"] == "SUCCEEDED"
+    failed = org.list_create_account_status(States=["FAILED"])["CreateAccountStatuses"]
+    assert [s["Id"] for s in failed] == [dup["Id"]]
+    assert len(account_ids(org)) == 2
+    # The management account's email is taken too.
+    master_email = org.describe_organization()["Organization"]["MasterAccountEmail"]
+    status = wait_status(org, create_account(org, "three", master_email))
+    assert status["FailureReason"] == "EMAIL_ALREADY_EXISTS"
+    sim.configure(unique_emails=False)
+    assert wait_status(org, create_account(org, "four", "TENANT@example.com"))["State"] == "SUCCEEDED"
+
+
+def test_account_limit(sim: Sim, org: Any) -> None:
+    sim.configure(account_limit=2)
+    assert wait_status(org, create_account(org, "one"))["State"] == "SUCCEEDED"
+    status = wait_status(org, create_account(org, "two"))
+    assert status["State"] == "FAILED" and status["FailureReason"] == "ACCOUNT_LIMIT_EXCEEDED"
+    assert len(account_ids(org)) == 2
+    assert sim.stats()["create_account_failures"] == {"ACCOUNT_LIMIT_EXCEEDED": 1}
+
+
+def test_sixth_concurrent_creation_is_throttled(sim: Sim, org: Any) -> None:
+    sim.configure(create_account_delay_seconds=60)
+    for i in range(5):
+        create_account(org, f"t{i}")
+    with pytest.raises(ClientError) as exc:
+        create_account(org, "t5")
+    assert error_code(exc) == "TooManyRequestsException" and http_status(exc) == 400
+    in_progress = org.list_create_account_status(States=["IN_PROGRESS"])
+    assert len(in_progress["CreateAccountStatuses"]) == 5
+    stats = sim.stats()
+    assert stats["accounts_created"] == 5 and len(stats["accounts_pending"]) == 5
+    assert stats["throttled"] == {"organizations:CreateAccount": 1}
+
+
+def test_concurrent_creation_limit_holds_under_parallel_calls(sim: Sim, org: Any) -> None:
+    sim.configure(create_account_delay_seconds=60, max_concurrent_creations=3)
+    clients = [sim.client("organizations") for _ in range(8)]
+    outcomes: list[str] = []
+
+    def create(i: int) -> None:
+        try:
+            create_account(clients[i], f"p{i}")
+            outcomes.append("ok")
+        except ClientError as err:
+            outcomes.append(err.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["TooManyRequestsException"] * 5 + ["ok"] * 3
+    assert sim.stats()["accounts_created"] == 3
+
+
+# ---- rate limits, throttling, errors, latency -------------------------------
+
+def test_rate_limits_most_specific_key_wins(sim: Sim, org: Any) -> None:
+    sim.configure(rate_limits={"organizations:DescribeOrganization": 0.1,
+                               "organizations:*": 100, "*": 0.1})
+    org.describe_organization()
+    with pytest.raises(ClientError) as exc:
+        org.describe_organization()
+    assert error_code(exc) == "TooManyRequestsException"
+    for _ in range(3):   # organizations:* (100/s) applies, not "*"
+        org.list_roots()
+    sts = sim.client("sts")
+    sts.get_caller_identity()   # "*" (burst 1)
+    with pytest.raises(ClientError) as exc:
+        sts.get_caller_identity()
+    assert error_code(exc) == "Throttling"
+    assert sim.stats()["throttled"] == {"organizations:DescribeOrganization": 1,
+                                        "sts:GetCallerIdentity": 1}
+
+
+def test_throttle_rate_one_throttles_everything(sim: Sim, org: Any) -> None:
+    sim.configure(throttle_rate=1.0)
+    with pytest.raises(ClientError) as exc:
+        org.create_account(AccountName="x", Email="x@example.com")
+    assert error_code(exc) == "TooManyRequestsException" and http_status(exc) == 400
+    assert "another request is already in progress" in exc.value.response["Error"]["Message"]
+    for client, call in ((sim.client("sts"), "get_caller_identity"),
+                         (sim.client("cloudformation"), "list_stacks")):
+        with pytest.raises(ClientError) as exc:
+            getattr(client, call)()
+        assert error_code(exc) == "Throttling" and http_status(exc) == 400
+        assert exc.value.response["Error"]["Message"] == "Rate exceeded"
+    # boto3 classifies them as retryable throttling errors: one retry is spent.
+    with pytest.raises(ClientError) as exc:
+        sim.client("organizations", config=ONE_RETRY).list_roots()
+    assert exc.value.response["ResponseMetadata"]["RetryAttempts"] == 1
+    # Throttled requests never reached moto.
+    sim.configure(throttle_rate=0.0)
+    assert len(account_ids(org)) == 1 and sim.stats()["accounts_created"] == 0
+
+
+def test_throttle_operations_selects_operations(sim: Sim, org: Any) -> None:
+    sim.configure(throttle_rate=1.0, throttle_operations=["sts:GetCallerIdentity"])
+    org.list_roots()
+    with pytest.raises(ClientError) as exc:
+        sim.client("sts").get_caller_identity()
+    assert error_code(exc) == "Throttling"
+
+
+def test_error_rate_one_gives_500s(sim: Sim, org: Any) -> None:
+    sim.configure(error_rate=1.0)
+    with pytest.raises(ClientError) as exc:
+        org.create_account(AccountName="x", Email="x@example.com")
+    assert error_code(exc) == "ServiceException" and http_status(exc) == 500
+    for client, call in ((sim.client("sts"), "get_caller_identity"),
+                         (sim.client("cloudformation"), "list_stacks")):
+        with pytest.raises(ClientError) as exc:
+            getattr(client, call)()
+        assert error_code(exc) == "InternalFailure" and http_status(exc) == 500
+    sim.configure(error_rate=1.0, error_operations=["cloudformation:ListStacks"])
+    assert len(account_ids(org)) == 1
+    stats = sim.stats()
+    assert stats["injected_errors"]["organizations:CreateAccount"] == 1
+    assert stats["accounts_created"] == 0
+
+
+def test_latency(sim: Sim, org: Any) -> None:
+    sim.configure(latency_ms=300, latency_rate=1.0)
+    start = time.monotonic()
+    org.list_roots()
+    assert time.monotonic() - start >= 0.3
+    assert sim.stats()["latency_injected"] == {"organizations:ListRoots": 1}
+
+
+# ---- Organizations: CloseAccount -------------------------------------------
+
+def test_close_goes_through_pending_closure(sim: Sim, org: Any) -> None:
+    account = new_account(org, "closing")
+    sim.configure(close_pending_seconds=1.5)
+    org.close_account(AccountId=account)
+    assert org.describe_account(AccountId=account)["Account"]["Status"] == "PENDING_CLOSURE"
+    listed = {a["Id"]: a for a in org.list_accounts()["Accounts"]}
+    assert listed[account]["Status"] == listed[account]["State"] == "PENDING_CLOSURE"
+    with pytest.raises(ClientError) as exc:
+        org.close_account(AccountId=account)
+    assert error_code(exc) == "AccountAlreadyClosedException"
+    deadline = time.monotonic() + 30
+    while org.describe_account(AccountId=account)["Account"]["Status"] == "PENDING_CLOSURE":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    described = org.describe_account(AccountId=account)["Account"]
+    assert described["Status"] == described["State"] == "SUSPENDED"
+    with pytest.raises(ClientError) as exc:
+        org.close_account(AccountId=account)
+    assert error_code(exc) == "AccountAlreadyClosedException"
+
+
+def test_close_quota(sim: Sim, org: Any) -> None:
+    first, second = new_account(org, "c1"), new_account(org, "c2")
+    sim.configure(close_quota=1)
+    org.close_account(AccountId=first)
+    with pytest.raises(ClientError) as exc:
+        org.close_account(AccountId=second)
+    assert error_code(exc) == "ConstraintViolationException" and http_status(exc) == 400
+    assert exc.value.response["Reason"] == "CLOSE_ACCOUNT_QUOTA_EXCEEDED"
+    assert org.describe_account(AccountId=second)["Account"]["Status"] == "ACTIVE"
+    assert org.describe_account(AccountId=first)["Account"]["Status"] == "SUSPENDED"
+
+
+# ---- CloudFormation ------------------------------------------------------------
+
+def test_failing_stack(sim: Sim) -> None:
+    reason = "Resource handler returned message: \"quota exceeded\""
+    sim.configure(failing_stacks={"^tenant-.*-fail$": reason}, stack_failure_seconds=1)
+    cfn, sns, ssm = (sim.client(s) for s in ("cloudformation", "sns", "ssm"))
+    stack_id = cfn.create_stack(StackName="tenant-a-fail", TemplateBody=template("a"))["StackId"]
+    assert re.fullmatch(r"arn:aws:cloudformation:us-east-1:123456789012:stack/tenant-a-fail/.+",
+                        stack_id)
+    stack = cfn.describe_stacks(StackName="tenant-a-fail")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_FAILED"
+    assert "Topic" in stack["StackStatusReason"] and "Outputs" not in stack
+    events = cfn.describe_stack_events(StackName="tenant-a-fail")["StackEvents"]
+    failed = [e for e in events if e["ResourceStatus"] == "CREATE_FAILED"
+              and e["ResourceType"] != "AWS::CloudFormation::Stack"]
+    assert [(e["LogicalResourceId"], e["ResourceType"], e["ResourceStatusReason"])
+            for e in failed] == [("Topic", "AWS::SNS::Topic", reason)]
+    assert not any(e["ResourceStatus"] == "CREATE_COMPLETE" for e in events)
+    # Nothing the stack made remains.
+    assert sns.list_topics()["Topics"] == []
+    assert ssm.describe_parameters()["Parameters"] == []
+    assert cfn.describe_stack_resources(StackName="tenant-a-fail")["StackResources"] == []
+
+    deadline = time.monotonic() + 30
+    while cfn.describe_stacks(StackName=stack_id)["Stacks"][0]["StackStatus"] == "CREATE_FAILED":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert cfn.describe_stacks(StackName=stack_id)["Stacks"][0]["StackStatus"] == "ROLLBACK_COMPLETE"
+    events = cfn.describe_stack_events(StackName=stack_id)["StackEvents"]
+    assert events[0]["ResourceStatus"] == "ROLLBACK_COMPLETE"
+    assert events[0]["ResourceType"] == "AWS::CloudFormation::Stack"
+    assert any(e.get("ResourceStatusReason") == reason for e in events)
+    assert sns.list_topics()["Topics"] == []
+    cfn.delete_stack(StackName="tenant-a-fail")
+
+    # A stack that does not match is created normally.
+    cfn.create_stack(StackName="tenant-b", TemplateBody=template("b"))
+    assert cfn.describe_stacks(StackName="tenant-b")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+    assert len(sns.list_topics()["Topics"]) == 1
+    assert sim.stats()["stacks_failed"] == 1
+
+
+# ---- STS -------------------------------------------------------------------------
+
+def test_unassumable_role_then_assumable(sim: Sim, org: Any) -> None:
+    sim.configure(unassumable_roles_seconds=1.5)
+    account = new_account(org, "fresh")
+    sts = sim.client("sts")
+    role_arn = f"arn:aws:iam::{account}:role/{ROLE}"
+    with pytest.raises(ClientError) as exc:
+        sts.assume_role(RoleArn=role_arn, RoleSessionName="silo")
+    assert error_code(exc) == "AccessDenied" and http_status(exc) == 403
+    assert f"sts:AssumeRole on resource: {role_arn}" in exc.value.response["Error"]["Message"]
+    # The management account's own roles are not affected.
+    sts.assume_role(RoleArn="arn:aws:iam::123456789012:role/admin", RoleSessionName="other")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="silo")["Credentials"]
+            break
+        except ClientError as err:
+            assert err.response["Error"]["Code"] == "AccessDenied"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert creds["AccessKeyId"]
+    assert sim.stats()["assume_role_denied"] >= 1
+
+
+def test_assumed_role_acts_in_member_account(sim: Sim, org: Any) -> None:
+    account = new_account(org, "member")
+    creds = assume(sim, account)
+    assert sim.client("sts", creds).get_caller_identity()["Account"] == account
+    member_cfn = sim.client("cloudformation", creds)
+    stack_id = member_cfn.create_stack(StackName="tenant-member",
+                                       TemplateBody=template("member"))["StackId"]
+    assert stack_id.split(":")[4] == account
+    stacks = member_cfn.describe_stacks()["Stacks"]
+    assert [s["StackName"] for s in stacks] == ["tenant-member"]
+    topic = sim.client("sns", creds).list_topics()["Topics"][0]["TopicArn"]
+    assert topic.split(":")[4] == account
+    management_cfn = sim.client("cloudformation")
+    assert management_cfn.describe_stacks()["Stacks"] == []
+    with pytest.raises(ClientError) as exc:
+        management_cfn.describe_stacks(StackName="tenant-member")
+    assert error_code(exc) == "ValidationError"
+    assert sim.client("sns").list_topics()["Topics"] == []
+    # Failing stacks fail in member accounts too.
+    sim.configure(failing_stacks={"member-fail": "boom"})
+    member_cfn.create_stack(StackName="member-fail", TemplateBody=template("fail"))
+    stack = member_cfn.describe_stacks(StackName="member-fail")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_FAILED"
+    assert len(sim.client("sns", creds).list_topics()["Topics"]) == 1   # tenant-member's
