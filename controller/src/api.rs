@@ -182,10 +182,31 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     let mut out = String::new();
     for crd in crds() {
+        let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+        unwrap_descriptions(&mut value);
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_yaml::to_string(&value)?);
     }
     Ok(out)
+}
+
+/// Doc comments are wrapped at 100 columns; `kubectl explain` wraps again. Joins wrapped
+/// lines so descriptions read as paragraphs (blank lines still separate paragraphs).
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text.split("\n\n").map(|p| p.replace('\n', " ")).collect::<Vec<_>>().join("\n\n");
+                    }
+                    _ => unwrap_descriptions(v),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             telemetry::init(args.log_format);
+            // kube and the AWS SDK both use rustls; pick its crypto provider once, explicitly,
+            // so a build that links more than one provider cannot panic at the first request.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let settings = Settings {
                 email_template: args.email_template,
                 create_missing_ous: args.create_missing_ous,

@@ -56,6 +56,11 @@ struct DemoArgs {
     #[arg(long, default_value = "examples")]
     examples: PathBuf,
 
+    /// With the local simulator: how long AWS takes to create an account, as in real life
+    /// (where it takes a minute or more).
+    #[arg(long, default_value_t = 5)]
+    creation_delay_seconds: u64,
+
     /// Exit (successfully) once every example tenant is Ready; for scripted checks.
     #[arg(long)]
     exit_when_ready: bool,
@@ -108,7 +113,11 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let aws_env: Vec<(&str, String)> = match (&args.aws_endpoint, &local) {
         (Some(endpoint), _) if endpoint == "aws" => vec![],
         (Some(endpoint), _) => vec![("AWS_ENDPOINT_URL", endpoint.clone())],
-        (None, Some(env)) => SimClient::new(&env.aws.endpoint).env(),
+        (None, Some(env)) => {
+            let sim = SimClient::new(&env.aws.endpoint);
+            sim.configure(serde_json::json!({"create_account_delay_seconds": args.creation_delay_seconds})).await?;
+            sim.env()
+        }
         (None, None) => bail!("no AWS endpoint: pass --aws-endpoint"),
     };
     if let Some(env) = &local {
