@@ -9,7 +9,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -17,7 +17,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_organizations::config::Credentials;
 use serde_json::Value;
 
-use crate::process::{Process, free_port, tail};
+use crate::process::{Process, free_port, wait_until};
 
 /// moto's management account: the organization's owner, and the identity of plain credentials.
 pub const MANAGEMENT_ACCOUNT: &str = "123456789012";
@@ -49,17 +49,10 @@ impl AwsSim {
         command.arg(&script).arg("--host").arg("127.0.0.1").arg("--port").arg(port.to_string());
         let mut process = Process::start("aws simulator", command, &dir.join("awssim.log"))?;
         let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            process.check_running()?;
-            if reqwest::get(format!("{endpoint}/_silo/health")).await.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the AWS simulator did not answer within 60 s; log:\n{}", tail(&process.log, 30));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(&mut process, "the AWS simulator did not answer", Duration::from_secs(60), || async {
+            reqwest::get(format!("{endpoint}/_silo/health")).await.is_ok_and(|r| r.status().is_success()).then_some(())
+        })
+        .await?;
         Ok(Self { endpoint, _process: process })
     }
 }

@@ -8,14 +8,14 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use kube::{Client, Config, config::Kubeconfig};
 
-use crate::process::{Process, free_port, tail};
+use crate::process::{Process, free_port, wait_until};
 
 /// Where the built kube-apiserver and kubectl are, set by the Makefile; the default is the
 /// cache directory `tests/kube/build.sh` fills.
@@ -76,7 +76,7 @@ impl ControlPlane {
         let mut apiserver = Process::start("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
 
         let server = format!("https://127.0.0.1:{port}");
-        let ca = wait_for_file(&certs.join("apiserver.crt"), &mut apiserver).await?;
+        let ca = wait_for_certificate(&certs.join("apiserver.crt"), &mut apiserver).await?;
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &ca, &token))?;
         let client = client_from(&kubeconfig).await?;
@@ -112,50 +112,31 @@ fn start_etcd(dir: &Path) -> Result<(Process, String)> {
 
 /// Waits until etcd answers its /health endpoint.
 async fn etcd_wait(etcd: &mut Process, url: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        etcd.check_running()?;
-        if reqwest::get(format!("{url}/health")).await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("etcd did not become healthy within 60 s; log:\n{}", tail(&etcd.log, 30));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(etcd, "etcd did not become healthy", Duration::from_secs(60), || async {
+        reqwest::get(format!("{url}/health")).await.is_ok_and(|r| r.status().is_success()).then_some(())
+    })
+    .await
 }
 
-async fn wait_for_file(path: &Path, apiserver: &mut Process) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        apiserver.check_running()?;
-        if let Ok(text) = std::fs::read_to_string(path)
-            && text.contains("END CERTIFICATE")
-        {
-            return Ok(text);
-        }
-        if Instant::now() > deadline {
-            bail!("kube-apiserver wrote no serving certificate within 60 s; log:\n{}", tail(&apiserver.log, 30));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until the API server has written its serving certificate, and returns it.
+async fn wait_for_certificate(path: &Path, apiserver: &mut Process) -> Result<String> {
+    wait_until(apiserver, "kube-apiserver wrote no serving certificate", Duration::from_secs(60), || async {
+        std::fs::read_to_string(path).ok().filter(|text| text.contains("END CERTIFICATE"))
+    })
+    .await
 }
 
 /// Waits until `/readyz` answers ok, and returns the server's version.
 async fn wait_ready(client: &Client, apiserver: &mut Process) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        apiserver.check_running()?;
-        let ready = client.request_text(http::Request::get("/readyz").body(Vec::new())?).await;
-        if ready.as_deref().is_ok_and(|body| body.trim() == "ok") {
-            let version = client.apiserver_version().await?;
-            return Ok(version.git_version);
+    wait_until(apiserver, "kube-apiserver was not ready", Duration::from_secs(120), || async {
+        let request = http::Request::get("/readyz").body(Vec::new()).ok()?;
+        let ready = client.request_text(request).await.ok()?;
+        if ready.trim() != "ok" {
+            return None;
         }
-        if Instant::now() > deadline {
-            bail!("kube-apiserver was not ready within 120 s ({ready:?}); log:\n{}", tail(&apiserver.log, 30));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        client.apiserver_version().await.ok().map(|v| v.git_version)
+    })
+    .await
 }
 
 fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {

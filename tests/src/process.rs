@@ -96,6 +96,30 @@ impl Drop for Process {
     }
 }
 
+/// Polls `probe` until it yields a value. Fails with the end of the process's log if the
+/// process exits first or `timeout` passes.
+pub async fn wait_until<T, Fut>(
+    process: &mut Process,
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> Result<T>
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        process.check_running()?;
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{what} within {timeout:?}; last lines of {}:\n{}", process.log.display(), tail(&process.log, 30));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
