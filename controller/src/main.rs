@@ -1,10 +1,10 @@
 //! The `silo` command: `silo run` runs the controller, `silo crd` prints its CRDs.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
 
 use clap::{Parser, Subcommand};
 use silo::{
-    aws::Aws,
+    aws::{Aws, BudgetLimits},
     telemetry::{self, LogFormat},
     tenant::{self, Settings},
 };
@@ -44,6 +44,28 @@ struct RunArgs {
     #[arg(long, env = "SILO_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
 
+    /// Close the AWS account of a deleted Tenant whose deletionPolicy is Close. Without this
+    /// flag such Tenants wait, Stalled with AccountClosureDisabled, and nothing is closed.
+    #[arg(long, env = "SILO_ALLOW_ACCOUNT_CLOSURE")]
+    allow_account_closure: bool,
+
+    /// Close at most this many accounts in any 24 hours; further closures wait in a queue.
+    /// A guard against a GitOps prune deleting many Tenants at once.
+    #[arg(long, env = "SILO_MAX_ACCOUNT_CLOSURES_PER_DAY", default_value_t = 10)]
+    max_account_closures_per_day: u32,
+
+    /// Namespace Silo runs in; the closure ledger ConfigMap lives there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "silo-system")]
+    namespace: String,
+
+    /// AWS Organizations requests started per second, for the whole fleet.
+    #[arg(long, env = "SILO_AWS_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(8).unwrap())]
+    aws_requests_per_second: NonZeroU32,
+
+    /// AWS Organizations requests in flight at once, for the whole fleet.
+    #[arg(long, env = "SILO_AWS_MAX_IN_FLIGHT", default_value_t = 8)]
+    aws_max_in_flight: usize,
+
     /// Log format.
     #[arg(long, env = "SILO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -66,9 +88,16 @@ async fn main() -> anyhow::Result<()> {
                 create_missing_ous: args.create_missing_ous,
                 resync_period: Duration::from_secs(args.resync_seconds),
                 concurrency: args.concurrency,
+                allow_account_closure: args.allow_account_closure,
+                max_account_closures_per_day: args.max_account_closures_per_day,
+                namespace: args.namespace,
+            };
+            let limits = BudgetLimits {
+                requests_per_second: args.aws_requests_per_second,
+                max_in_flight: args.aws_max_in_flight,
             };
             let client = kube::Client::try_default().await?;
-            let aws = Aws::from_env().await;
+            let aws = Aws::from_env(limits).await;
             tenant::run(client, aws, settings, shutdown_signal()).await
         }
     }

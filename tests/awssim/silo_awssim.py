@@ -14,6 +14,28 @@ a test switches them on through the admin API under /_silo/:
     GET  /_silo/stats    request, throttle and error counters
     GET  /_silo/health   {"ok": true}
 
+Config keys are listed (with defaults) on `Config`. Dict-valued keys are
+replaced whole by a config update, not merged. Keys that name operations use
+`service:Operation` (credential-scope service, e.g. "organizations:CreateAccount"),
+`service:*` or `*`; where one value is picked, the most specific key wins.
+
+Stats (GET /_silo/stats), per `service:Operation` unless noted:
+    requests                  every AWS request the layer saw
+    answered                  requests answered by moto or the layer's own
+                              handlers without an injected fault (not
+                              throttled, no injected 5xx); AWS-style 4xx
+                              answers such as AccountNotFoundException count
+    throttled                 throttling answers (rates, quotas, concurrency)
+    injected_errors           injected 5xx answers
+    latency_injected          requests delayed before processing (latency_*)
+    response_delayed          answers held back after processing (response_delays_ms)
+    accounts_created          (int) creations that made an account
+    create_account_failures   {FailureReason: n} synthetic failed creations
+    accounts_closed, stacks_failed, assume_role_denied   (ints)
+    accounts_pending          (ids) creation still IN_PROGRESS: unknown to every call
+    accounts_unlisted         (ids) ACTIVE but still missing from listings
+                              (list_accounts_lag_seconds)
+
 Run: python silo_awssim.py --host 127.0.0.1 --port PORT  (PORT 0 picks one).
 It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
 """
@@ -71,12 +93,39 @@ log = logging.getLogger("silo-awssim")
 
 @dataclass
 class Config:
-    """Per-test fault configuration; POST /_silo/reset restores these defaults."""
+    """Per-test fault configuration; POST /_silo/reset restores these defaults.
+
+    create_account_delay_seconds  how long a CreateAccount stays IN_PROGRESS
+    create_account_delays         {regex: seconds}: a CreateAccount whose Email
+                                  matches (re.search, case-sensitive; use (?i))
+                                  the first pattern in order uses that delay
+                                  instead, for real and synthetic-failure creations
+    unique_emails                 a reused email fails with EMAIL_ALREADY_EXISTS
+    account_limit                 accounts (management included) in the org, else
+                                  ACCOUNT_LIMIT_EXCEEDED; None = no limit
+    max_concurrent_creations      creations IN_PROGRESS at once, else throttled
+    list_accounts_lag_seconds     an account missing from ListAccounts,
+                                  ListAccountsForParent and ListChildren for this
+                                  long after it became ACTIVE (other calls see it)
+    rate_limits                   {op key: requests per second} token buckets
+    throttle_rate/_operations     probability of throttling the selected ops
+    error_rate/error_operations   probability of a 5xx on the selected ops
+    latency_ms, latency_rate      delay before a request is processed
+    response_delays_ms            {op key: ms}: hold the answer back this long
+                                  AFTER moto processed the request
+    close_pending_seconds         PENDING_CLOSURE time before SUSPENDED
+    close_quota                   CloseAccount calls allowed; None = no quota
+    failing_stacks                {stack-name regex: failure reason}
+    stack_failure_seconds         CREATE_FAILED time before ROLLBACK_COMPLETE
+    unassumable_roles_seconds     AccessDenied on AssumeRole into a new account
+    """
 
     create_account_delay_seconds: float = 0
+    create_account_delays: dict[str, float] = field(default_factory=dict)
     unique_emails: bool = True
     account_limit: int | None = None
     max_concurrent_creations: int | None = 5
+    list_accounts_lag_seconds: float = 0
     rate_limits: dict[str, float] = field(default_factory=dict)
     throttle_rate: float = 0.0
     throttle_operations: list[str] | None = None
@@ -84,6 +133,7 @@ class Config:
     error_operations: list[str] | None = None
     latency_ms: float = 0
     latency_rate: float = 0.0
+    response_delays_ms: dict[str, float] = field(default_factory=dict)
     close_pending_seconds: float = 0
     close_quota: int | None = None
     failing_stacks: dict[str, str] = field(default_factory=dict)
@@ -118,19 +168,32 @@ def _validate(key: str, value: Any) -> None:
     elif key in ("throttle_operations", "error_operations"):
         ok = value is None or (
             isinstance(value, list) and all(isinstance(v, str) for v in value))
-    elif key == "rate_limits":
+    elif key in ("rate_limits", "response_delays_ms"):
         ok = isinstance(value, dict) and all(_number(v) for v in value.values())
     elif key == "failing_stacks":
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-        for pattern in value if ok else ():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"failing_stacks: bad regex {pattern!r}: {exc}")
+        _check_regexes(key, value if ok else {})
+    elif key == "create_account_delays":
+        ok = isinstance(value, dict) and all(_number(v) for v in value.values())
+        _check_regexes(key, value if ok else {})
     else:
         ok = _number(value)
     if not ok:
         raise ValueError(f"bad value for {key}: {value!r}")
+
+
+def _check_regexes(key: str, patterns: dict[str, Any]) -> None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{key}: bad regex {pattern!r}: {exc}")
+
+
+def _most_specific(call: Call, table: dict[str, Any]) -> str | None:
+    """The key of `table` that applies to the call: `service:Operation`, else
+    `service:*`, else `*`; None if none is configured."""
+    return next((k for k in (call.key, f"{call.service}:*", "*") if k in table), None)
 
 
 def _matches(key: str, patterns: list[str] | None) -> bool:
@@ -180,6 +243,7 @@ class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    fault: bool = False     # an injected throttle or 5xx, not a real answer
 
     def json(self) -> Any:
         return json.loads(self.body or b"{}")
@@ -187,7 +251,7 @@ class Response:
     def with_json(self, payload: Any) -> Response:
         """This response with a rewritten JSON body."""
         headers = [(k, v) for k, v in self.headers if k.lower() != "content-length"]
-        return Response(self.status, headers, json.dumps(payload).encode())
+        return Response(self.status, headers, json.dumps(payload).encode(), self.fault)
 
 
 def _status_line(code: int) -> str:
@@ -231,23 +295,27 @@ def aws_error(call: Call, status: int, code: str, message: str,
 def throttling_error(call: Call) -> Response:
     """What AWS answers when a caller exceeds a request rate."""
     if call.service == "organizations":
-        return aws_error(call, 400, "TooManyRequestsException", ORG_THROTTLE_MESSAGE,
+        resp = aws_error(call, 400, "TooManyRequestsException", ORG_THROTTLE_MESSAGE,
                          Type="TOO_MANY_REQUESTS")
-    if call.protocol == "json":
-        return aws_error(call, 400, "ThrottlingException", "Rate exceeded")
-    if call.protocol == "query":
-        return aws_error(call, 400, "Throttling", "Rate exceeded")
-    return aws_error(call, 503, "SlowDown", "Please reduce your request rate.")
+    elif call.protocol == "json":
+        resp = aws_error(call, 400, "ThrottlingException", "Rate exceeded")
+    elif call.protocol == "query":
+        resp = aws_error(call, 400, "Throttling", "Rate exceeded")
+    else:
+        resp = aws_error(call, 503, "SlowDown", "Please reduce your request rate.")
+    return dataclasses.replace(resp, fault=True)
 
 
 def internal_error(call: Call) -> Response:
     """What AWS answers on an internal service failure (HTTP 500)."""
     if call.service == "organizations":
-        return aws_error(call, 500, "ServiceException", ORG_SERVICE_MESSAGE)
-    if call.protocol == "rest":
-        return aws_error(call, 500, "InternalError", "We encountered an internal error.")
-    return aws_error(call, 500, "InternalFailure",
-                     "The request processing has failed because of an unknown error.")
+        resp = aws_error(call, 500, "ServiceException", ORG_SERVICE_MESSAGE)
+    elif call.protocol == "rest":
+        resp = aws_error(call, 500, "InternalError", "We encountered an internal error.")
+    else:
+        resp = aws_error(call, 500, "InternalFailure",
+                         "The request processing has failed because of an unknown error.")
+    return dataclasses.replace(resp, fault=True)
 
 
 # --------------------------------------------------------------------------
@@ -307,9 +375,10 @@ class State:
     buckets: dict[str, Bucket] = field(default_factory=dict)
     closes: int = 0
     stats: dict[str, Any] = field(default_factory=lambda: {
-        "requests": {}, "throttled": {}, "injected_errors": {}, "latency_injected": {},
-        "accounts_created": 0, "create_account_failures": {}, "accounts_closed": 0,
-        "stacks_failed": 0, "assume_role_denied": 0,
+        "requests": {}, "answered": {}, "throttled": {}, "injected_errors": {},
+        "latency_injected": {}, "response_delayed": {}, "accounts_created": 0,
+        "create_account_failures": {}, "accounts_closed": 0, "stacks_failed": 0,
+        "assume_role_denied": 0,
     })
 
     def count(self, table: str, key: str) -> None:
@@ -456,8 +525,27 @@ class SiloLayer:
             "sts:AssumeRole": self.assume_role,
         }.get(call.key)
         if handler is None and call.service == "organizations":
-            handler = self.hide_pending_accounts
-        return handler(call) if handler else self.forward(call.environ)
+            handler = self.hide_unready_accounts
+        resp = handler(call) if handler else self.forward(call.environ)
+        if resp.fault:
+            return resp
+        with self.lock:
+            self.state.count("answered", call.key)
+            hold_ms = self.response_delay_ms(call)
+            if hold_ms > 0:
+                self.state.count("response_delayed", call.key)
+        if hold_ms > 0:
+            time.sleep(hold_ms / 1000.0)   # never under the lock
+        return resp
+
+    def response_delay_ms(self, call: Call) -> float:
+        """`response_delays_ms`: AWS acted, but its answer is slow to reach
+        the caller (a long network path, a stalled connection), so a caller
+        can time out or die after the change was made and never learn its
+        result. Lock held; the most specific key applies."""
+        delays = self.state.config.response_delays_ms
+        key = _most_specific(call, delays)
+        return float(delays[key]) if key is not None else 0.0
 
     def advance_clock(self) -> None:
         """Lazy time-based transitions (caller holds the lock): closing accounts
@@ -482,7 +570,7 @@ class SiloLayer:
         AWS enforces them per account and API; the most specific configured
         key (`service:Operation`, `service:*`, `*`) applies."""
         limits = self.state.config.rate_limits
-        key = next((k for k in (call.key, f"{call.service}:*", "*") if k in limits), None)
+        key = _most_specific(call, limits)
         if key is None:
             return None
         rate, now = float(limits[key]), time.monotonic()
@@ -516,10 +604,13 @@ class SiloLayer:
         """CreateAccount is asynchronous on AWS: it answers IN_PROGRESS and the
         account appears minutes later. Failures (duplicate email, account
         quota) are only reported by DescribeCreateAccountStatus, and AWS
-        throttles a caller with too many creations in flight."""
+        throttles a caller with too many creations in flight. Every creation
+        is recorded, instant ones included, for ListCreateAccountStatus and
+        the listing lag."""
         backend = org_backend(call.account)
         if backend.org is None:
             return self.forward(call.environ)
+        requested_at = time.time()
         with self.org_lock:
             with self.lock:
                 cfg, now = self.state.config, time.monotonic()
@@ -539,10 +630,10 @@ class SiloLayer:
             else:
                 request_id, account_id = "car-" + uuid.uuid4().hex, None
             with self.lock:
-                delay = self.state.config.create_account_delay_seconds
+                delay = self.creation_delay(call)
                 creation = Creation(
                     request_id=request_id, name=call.params.get("AccountName", ""),
-                    org_account=backend.account_id, requested_at=time.time(),
+                    org_account=backend.account_id, requested_at=requested_at,
                     ready_at=time.monotonic() + delay, ready_wall=time.time() + delay,
                     account_id=account_id, failure_reason=reason)
                 self.state.creations[request_id] = creation
@@ -554,6 +645,15 @@ class SiloLayer:
             return resp        # moto's own immediate SUCCEEDED answer
         return json_response(200, {"CreateAccountStatus": creation.status(float("-inf"))},
                              ORG_JSON)   # as at request time: IN_PROGRESS
+
+    def creation_delay(self, call: Call) -> float:
+        """Account creation takes minutes on AWS, and not equally long for
+        every request: the first `create_account_delays` pattern found in the
+        Email picks the delay, else `create_account_delay_seconds` (lock held)."""
+        cfg = self.state.config
+        email = str(call.params.get("Email", ""))
+        return next((float(seconds) for pattern, seconds in cfg.create_account_delays.items()
+                     if re.search(pattern, email)), float(cfg.create_account_delay_seconds))
 
     def creation_failure(self, call: Call, backend: Any) -> str | None:
         """EMAIL_ALREADY_EXISTS / ACCOUNT_LIMIT_EXCEEDED, or None (lock held)."""
@@ -580,39 +680,69 @@ class SiloLayer:
         return json_response(200, {"CreateAccountStatus": status}, ORG_JSON)
 
     def list_create_account_status(self, call: Call) -> Response:
-        """All creation requests of the caller's organization with their
-        current state, filtered by States; NextToken is an offset."""
+        """Every creation request of the caller's organization (real ones,
+        instant ones, synthetic failures) with its current state, oldest
+        request first, filtered by States, MaxResults per page (AWS: at most
+        20); NextToken is an offset."""
         backend = org_backend(call.account)
         if backend.org is None:
             return self.forward(call.environ)
+        try:
+            start = int(call.params.get("NextToken") or 0)
+            size = int(call.params.get("MaxResults") or 20)
+            if start < 0 or size < 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            return aws_error(call, 400, "InvalidInputException",
+                             "You provided an invalid NextToken or MaxResults value.",
+                             Reason="INVALID_NEXT_TOKEN")
         now = time.monotonic()
         with self.lock:
             ours = [c for c in self.state.creations.values()
                     if c.org_account == backend.account_id]
             statuses = [c.status(now) for c in ours]
         known = {c.account_id for c in ours}
-        statuses = [a.create_account_status["CreateAccountStatus"] for a in backend.accounts
-                    if a.id != backend.org.master_account_id and a.id not in known] + statuses
+        # Accounts moto made without this layer (none today) still get an entry.
+        statuses += [a.create_account_status["CreateAccountStatus"] for a in backend.accounts
+                     if a.id != backend.org.master_account_id and a.id not in known]
+        statuses.sort(key=lambda s: s["RequestedTimestamp"])
         states = call.params.get("States") or ["IN_PROGRESS", "SUCCEEDED", "FAILED"]
         statuses = [s for s in statuses if s["State"] in states]
-        start = int(call.params.get("NextToken") or 0)
-        size = int(call.params.get("MaxResults") or 20)
         out: dict[str, Any] = {"CreateAccountStatuses": statuses[start:start + size]}
         if start + size < len(statuses):
             out["NextToken"] = str(start + size)
         return json_response(200, out, ORG_JSON)
 
     def pending_accounts(self) -> set[str]:
+        return self.unready_accounts()[0]
+
+    def unready_accounts(self) -> tuple[set[str], set[str]]:
+        """(pending, unlisted): accounts whose creation is IN_PROGRESS, and
+        accounts ACTIVE for less than `list_accounts_lag_seconds`. Only
+        created accounts have a creation record, so the management account
+        is never in either."""
         now = time.monotonic()
         with self.lock:
-            return {c.account_id for c in self.state.creations.values()
-                    if c.account_id and c.state(now) == "IN_PROGRESS"}
+            lag = self.state.config.list_accounts_lag_seconds
+            pending, unlisted = set(), set()
+            for c in self.state.creations.values():
+                if not c.account_id:
+                    continue
+                if c.state(now) == "IN_PROGRESS":
+                    pending.add(c.account_id)
+                elif now < c.ready_at + lag:
+                    unlisted.add(c.account_id)
+            return pending, unlisted
 
-    def hide_pending_accounts(self, call: Call) -> Response:
+    def hide_unready_accounts(self, call: Call) -> Response:
         """An account whose creation is IN_PROGRESS does not exist yet: it is
-        missing from listings and unknown to calls that name it."""
-        pending = self.pending_accounts()
-        if not pending:
+        missing from listings and unknown to calls that name it (tags
+        included). Organizations listings are also eventually consistent: an
+        account that just became ACTIVE is missing from ListAccounts,
+        ListAccountsForParent and ListChildren for `list_accounts_lag_seconds`
+        while DescribeAccount, ListParents, ListTagsForResource etc. see it."""
+        pending, unlisted = self.unready_accounts()
+        if not pending and not unlisted:
             return self.forward(call.environ)
         if call.params.get("AccountId") in pending:
             return aws_error(call, 400, "AccountNotFoundException",
@@ -620,13 +750,17 @@ class SiloLayer:
         if call.params.get("ChildId") in pending:
             return aws_error(call, 400, "ChildNotFoundException",
                              "You specified a child that doesn't exist.")
+        if call.params.get("ResourceId") in pending:
+            return aws_error(call, 400, "TargetNotFoundException",
+                             "You specified a target that doesn't exist.")
         resp = self.forward(call.environ)
         list_key = {"ListAccounts": "Accounts", "ListAccountsForParent": "Accounts",
                     "ListChildren": "Children"}.get(call.operation)
         if resp.status != 200 or list_key is None:
             return resp
+        hidden = pending | unlisted
         payload = resp.json()
-        payload[list_key] = [a for a in payload.get(list_key) or [] if a["Id"] not in pending]
+        payload[list_key] = [a for a in payload.get(list_key) or [] if a["Id"] not in hidden]
         return resp.with_json(payload)
 
     # ---- Organizations: account closure -----------------------------------
@@ -763,10 +897,11 @@ class SiloLayer:
             except ValueError as exc:
                 return json_response(400, {"error": str(exc)})
         if route == ("GET", "/_silo/stats"):
-            pending = sorted(self.pending_accounts())
+            pending, unlisted = self.unready_accounts()
             with self.lock:
                 stats = json.loads(json.dumps(self.state.stats))
-            return json_response(200, {**stats, "accounts_pending": pending})
+            return json_response(200, {**stats, "accounts_pending": sorted(pending),
+                                       "accounts_unlisted": sorted(unlisted)})
         known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats"}
         if path.rstrip("/") in known:
             return json_response(405, {"error": f"{method} not allowed on {path}"})

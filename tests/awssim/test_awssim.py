@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIMULATOR = os.path.join(HERE, "silo_awssim.py")
@@ -167,6 +167,26 @@ def account_ids(org: Any) -> set[str]:
     return {a["Id"] for a in org.list_accounts()["Accounts"]}
 
 
+def listings(org: Any) -> list[set[str]]:
+    """Account ids from ListAccounts, ListAccountsForParent and ListChildren(root)."""
+    root = org.list_roots()["Roots"][0]["Id"]
+    return [account_ids(org),
+            {a["Id"] for a in org.list_accounts_for_parent(ParentId=root)["Accounts"]},
+            {c["Id"] for c in org.list_children(ParentId=root, ChildType="ACCOUNT")["Children"]}]
+
+
+def all_create_statuses(org: Any, page_size: int, **kwargs: Any) -> list[list[dict[str, Any]]]:
+    """ListCreateAccountStatus page by page."""
+    pages = org.get_paginator("list_create_account_status").paginate(
+        PaginationConfig={"PageSize": page_size}, **kwargs)
+    return [page["CreateAccountStatuses"] for page in pages]
+
+
+def tags_of(org: Any, resource_id: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"]
+            for t in org.list_tags_for_resource(ResourceId=resource_id)["Tags"]}
+
+
 # ---- admin API ------------------------------------------------------------
 
 def test_admin_api(sim: Sim) -> None:
@@ -183,6 +203,28 @@ def test_admin_api(sim: Sim) -> None:
     sim.admin("/_silo/reset", {})
     assert sim.admin("/_silo/config")[1]["throttle_rate"] == 0.0
     assert sim.stats()["requests"] == {}
+
+
+def test_admin_api_delay_lag_and_response_keys(sim: Sim) -> None:
+    for bad in ({"create_account_delays": {"(": 1}}, {"create_account_delays": {"a": -1}},
+                {"create_account_delays": ["a"]}, {"list_accounts_lag_seconds": -1},
+                {"list_accounts_lag_seconds": "3"}, {"response_delays_ms": {"*": "5"}},
+                {"response_delays_ms": {"*": True}}):
+        status, body = sim.admin("/_silo/config", bad)
+        assert status == 400 and next(iter(bad)) in body["error"], (bad, body)
+    sim.configure(create_account_delays={"slow": 30, "fast": 1}, list_accounts_lag_seconds=2,
+                  response_delays_ms={"organizations:CreateAccount": 500})
+    config = sim.admin("/_silo/config")[1]
+    assert list(config["create_account_delays"].items()) == [("slow", 30), ("fast", 1)]
+    assert config["list_accounts_lag_seconds"] == 2
+    assert config["response_delays_ms"] == {"organizations:CreateAccount": 500}
+    sim.admin("/_silo/reset", {})
+    config = sim.admin("/_silo/config")[1]
+    assert config["create_account_delays"] == {} and config["response_delays_ms"] == {}
+    assert config["list_accounts_lag_seconds"] == 0
+    stats = sim.stats()
+    assert stats["answered"] == {} and stats["response_delayed"] == {}
+    assert stats["accounts_unlisted"] == []
 
 
 def test_moto_api_reset_also_resets_layer(sim: Sim, org: Any) -> None:
@@ -304,6 +346,128 @@ def test_concurrent_creation_limit_holds_under_parallel_calls(sim: Sim, org: Any
     assert sim.stats()["accounts_created"] == 3
 
 
+def test_create_account_delays_per_email(sim: Sim, org: Any) -> None:
+    # First matching pattern wins: "fast" (1 s) before "f" (60 s).
+    sim.configure(create_account_delay_seconds=60,
+                  create_account_delays={r"@slow\.example\.com$": 30, "fast": 1, "f": 60})
+    fast = create_account(org, "fast", "tenant@fast.example.com")
+    slow = create_account(org, "slow", "tenant@slow.example.com")
+    other = create_account(org, "other", "tenant@other.example.com")
+    assert wait_status(org, fast)["State"] == "SUCCEEDED"
+    for request_id in (slow, other):
+        status = org.describe_create_account_status(CreateAccountRequestId=request_id)
+        assert status["CreateAccountStatus"]["State"] == "IN_PROGRESS"
+    # A synthetic failure (duplicate email) takes the matching delay too.
+    dup = create_account(org, "dup", "tenant@fast.example.com")
+    status = wait_status(org, dup)
+    assert status["State"] == "FAILED" and status["FailureReason"] == "EMAIL_ALREADY_EXISTS"
+    assert len(sim.stats()["accounts_pending"]) == 2
+
+
+def test_list_create_account_status_lists_every_creation(sim: Sim, org: Any) -> None:
+    instant = [org.create_account(AccountName=f"i{i}", Email=f"i{i}@example.com")
+               ["CreateAccountStatus"] for i in range(3)]
+    assert [s["State"] for s in instant] == ["SUCCEEDED"] * 3
+    sim.configure(create_account_delay_seconds=60, create_account_delays={"^i0@": 0})
+    pending = create_account(org, "p", "p@example.com")
+    failed = create_account(org, "dup", "i0@example.com")
+    everything = [s for page in all_create_statuses(org, 20) for s in page]
+    assert [s["Id"] for s in everything] == [s["Id"] for s in instant] + [pending, failed]
+    stamps = [s["RequestedTimestamp"] for s in everything]
+    assert stamps == sorted(stamps)
+
+    succeeded = org.list_create_account_status(States=["SUCCEEDED"])["CreateAccountStatuses"]
+    assert [(s["Id"], s["AccountId"]) for s in succeeded] == \
+        [(s["Id"], s["AccountId"]) for s in instant]
+    assert all(s["CompletedTimestamp"] >= s["RequestedTimestamp"] for s in succeeded)
+    [in_progress] = org.list_create_account_status(
+        States=["IN_PROGRESS"])["CreateAccountStatuses"]
+    assert in_progress["Id"] == pending and "AccountId" not in in_progress
+    assert "CompletedTimestamp" not in in_progress
+    [fail] = org.list_create_account_status(States=["FAILED"])["CreateAccountStatuses"]
+    assert (fail["Id"], fail["FailureReason"]) == (failed, "EMAIL_ALREADY_EXISTS")
+    assert "AccountId" not in fail
+
+    pages = all_create_statuses(org, 2)
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [s["Id"] for p in pages for s in p] == [s["Id"] for s in everything]
+    pages = all_create_statuses(org, 3, States=["SUCCEEDED", "FAILED"])
+    assert [[s["State"] for s in p] for p in pages] == \
+        [["SUCCEEDED"] * 3, ["FAILED"]]
+    with pytest.raises(ClientError) as exc:
+        org.list_create_account_status(NextToken="not-a-token")
+    assert error_code(exc) == "InvalidInputException"
+
+
+# ---- Organizations: tags ---------------------------------------------------
+
+def test_account_tags(sim: Sim, org: Any) -> None:
+    status = org.create_account(AccountName="tagged", Email="tagged@example.com", Tags=[
+        {"Key": "silo.io/tenant", "Value": "a"}, {"Key": "team", "Value": "x"}],
+    )["CreateAccountStatus"]
+    account = status["AccountId"]
+    assert tags_of(org, account) == {"silo.io/tenant": "a", "team": "x"}
+    org.tag_resource(ResourceId=account, Tags=[{"Key": "team", "Value": "y"},
+                                                {"Key": "env", "Value": "test"}])
+    assert tags_of(org, account) == {"silo.io/tenant": "a", "team": "y", "env": "test"}
+    org.untag_resource(ResourceId=account, TagKeys=["team", "absent"])
+    assert tags_of(org, account) == {"silo.io/tenant": "a", "env": "test"}
+    with pytest.raises(ClientError) as exc:
+        org.list_tags_for_resource(ResourceId="111111111111")
+    assert error_code(exc) == "TargetNotFoundException"
+
+    # A delayed creation: unknown while IN_PROGRESS, then carries its tags.
+    sim.configure(create_account_delay_seconds=1)
+    request_id = org.create_account(AccountName="later", Email="later@example.com", Tags=[
+        {"Key": "silo.io/tenant", "Value": "b"}])["CreateAccountStatus"]["Id"]
+    [pending] = sim.stats()["accounts_pending"]
+    with pytest.raises(ClientError) as exc:
+        org.list_tags_for_resource(ResourceId=pending)
+    assert error_code(exc) == "TargetNotFoundException"
+    with pytest.raises(ClientError) as exc:
+        org.tag_resource(ResourceId=pending, Tags=[{"Key": "k", "Value": "v"}])
+    assert error_code(exc) == "TargetNotFoundException"
+    assert wait_status(org, request_id)["AccountId"] == pending
+    assert tags_of(org, pending) == {"silo.io/tenant": "b"}
+    org.tag_resource(ResourceId=pending, Tags=[{"Key": "k", "Value": "v"}])
+    assert tags_of(org, pending) == {"silo.io/tenant": "b", "k": "v"}
+    assert tags_of(org, account) == {"silo.io/tenant": "a", "env": "test"}
+
+
+# ---- Organizations: eventually consistent listings --------------------------
+
+def test_list_accounts_lag(sim: Sim, org: Any) -> None:
+    sim.configure(list_accounts_lag_seconds=4, create_account_delays={"^late@": 1})
+    master = org.describe_organization()["Organization"]["MasterAccountId"]
+    root = org.list_roots()["Roots"][0]["Id"]
+    status = org.create_account(AccountName="now", Email="now@example.com")["CreateAccountStatus"]
+    assert status["State"] == "SUCCEEDED"
+    instant = status["AccountId"]
+    late_request = create_account(org, "late", "late@example.com")
+    for ids in listings(org):
+        assert instant not in ids and master in ids
+    # Every call that names the account already sees it.
+    assert org.describe_account(AccountId=instant)["Account"]["Status"] == "ACTIVE"
+    assert org.list_parents(ChildId=instant)["Parents"] == [{"Id": root, "Type": "ROOT"}]
+    assert tags_of(org, instant) == {}
+    assert instant in sim.stats()["accounts_unlisted"]
+
+    status = wait_status(org, late_request)
+    assert status["State"] == "SUCCEEDED"
+    late = status["AccountId"]
+    assert org.describe_account(AccountId=late)["Account"]["Status"] == "ACTIVE"
+    for ids in listings(org):
+        assert late not in ids and master in ids
+
+    deadline = time.monotonic() + 30
+    while not {instant, late} <= account_ids(org):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for ids in listings(org):
+        assert ids == {master, instant, late}
+    assert sim.stats()["accounts_unlisted"] == []
+
+
 # ---- rate limits, throttling, errors, latency -------------------------------
 
 def test_rate_limits_most_specific_key_wins(sim: Sim, org: Any) -> None:
@@ -376,6 +540,66 @@ def test_latency(sim: Sim, org: Any) -> None:
     org.list_roots()
     assert time.monotonic() - start >= 0.3
     assert sim.stats()["latency_injected"] == {"organizations:ListRoots": 1}
+
+
+def test_response_delay_after_processing(sim: Sim, org: Any) -> None:
+    sim.configure(response_delays_ms={"organizations:CreateAccount": 3000})
+    impatient = sim.client("organizations", config=Config(
+        read_timeout=1, retries={"total_max_attempts": 1, "mode": "standard"}))
+    with pytest.raises(ReadTimeoutError):
+        impatient.create_account(AccountName="lost", Email="lost@example.com")
+    # AWS acted although the caller never learned it; other calls are not held up.
+    deadline = time.monotonic() + 30
+    while sim.stats()["response_delayed"] != {"organizations:CreateAccount": 1}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    [status] = org.list_create_account_status()["CreateAccountStatuses"]
+    assert status["State"] == "SUCCEEDED" and status["AccountName"] == "lost"
+    assert status["AccountId"] in account_ids(org)
+
+    sim.configure(response_delays_ms={"organizations:*": 1000, "organizations:ListRoots": 0,
+                                      "*": 0})
+    start = time.monotonic()
+    org.describe_organization()
+    assert time.monotonic() - start >= 1.0
+    org.list_roots()
+    sim.client("sts").get_caller_identity()
+    # Injected faults never reached moto: nothing to hold back.
+    sim.configure(throttle_rate=1.0, response_delays_ms={"*": 1000})
+    with pytest.raises(ClientError) as exc:
+        org.list_roots()
+    assert error_code(exc) == "TooManyRequestsException"
+    assert sim.stats()["response_delayed"] == {"organizations:CreateAccount": 1,
+                                               "organizations:DescribeOrganization": 1}
+
+
+def test_answered_stats(sim: Sim, org: Any) -> None:
+    with pytest.raises(ClientError) as exc:
+        org.describe_account(AccountId="111111111111")
+    assert error_code(exc) == "AccountNotFoundException"   # a real answer
+    sim.configure(max_concurrent_creations=0)
+    with pytest.raises(ClientError) as exc:
+        create_account(org, "x")
+    assert error_code(exc) == "TooManyRequestsException"
+    sim.configure(throttle_rate=1.0, throttle_operations=["organizations:ListRoots"],
+                  error_rate=1.0, error_operations=["sts:GetCallerIdentity"])
+    with pytest.raises(ClientError):
+        org.list_roots()
+    with pytest.raises(ClientError):
+        sim.client("sts").get_caller_identity()
+    sim.configure(throttle_rate=0.0, rate_limits={"organizations:ListRoots": 0.1})
+    org.list_roots()
+    with pytest.raises(ClientError):
+        org.list_roots()
+    stats = sim.stats()
+    assert stats["answered"] == {"organizations:CreateOrganization": 1,
+                                 "organizations:DescribeAccount": 1,
+                                 "organizations:ListRoots": 1}
+    assert stats["requests"] == {"organizations:CreateOrganization": 1,
+                                 "organizations:DescribeAccount": 1,
+                                 "organizations:CreateAccount": 1,
+                                 "organizations:ListRoots": 3,
+                                 "sts:GetCallerIdentity": 1}
 
 
 # ---- Organizations: CloseAccount -------------------------------------------

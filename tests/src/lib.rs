@@ -30,7 +30,7 @@ use kube::{
 };
 use silo::{
     Tenant,
-    aws::Aws,
+    aws::{Aws, BudgetLimits},
     tenant::{self, Settings},
 };
 
@@ -68,7 +68,9 @@ impl Env {
         let kube_dir = dir.join("kube");
         let (kube, aws) = tokio::try_join!(ControlPlane::start(&kube_dir), AwsSim::start(&dir))?;
         let env = Self { dir, aws, kube };
-        install_crds(&env.client().await?).await?;
+        let client = env.client().await?;
+        install_crds(&client).await?;
+        create_namespace(&client, CONTROLLER_NAMESPACE).await?;
         env.sim().reset().await?;
         Ok(env)
     }
@@ -114,6 +116,16 @@ pub async fn install_crds(client: &Client) -> Result<()> {
         .await
         .with_context(|| format!("CRD {name} was not established within 30 s"))??;
     }
+    Ok(())
+}
+
+/// The namespace the controller runs in (as in `manifests/`), for its closure ledger.
+pub const CONTROLLER_NAMESPACE: &str = "silo-system";
+
+async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+    let api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    api.patch(name, &PatchParams::apply("silo-testenv").force(), &Patch::Apply(&ns)).await?;
     Ok(())
 }
 
@@ -197,13 +209,21 @@ impl TestCase {
             create_missing_ous: false,
             resync_period: Duration::from_secs(3600),
             concurrency: 8,
+            allow_account_closure: false,
+            max_account_closures_per_day: 10,
+            namespace: CONTROLLER_NAMESPACE.into(),
         }
+    }
+
+    /// AWS request limits for an in-process controller: Silo's defaults.
+    pub fn limits() -> BudgetLimits {
+        BudgetLimits { requests_per_second: std::num::NonZeroU32::new(8).unwrap(), max_in_flight: 8 }
     }
 
     /// Runs the Tenant controller in this process against the environment.
     pub fn start_controller(&mut self, settings: Settings) {
         let client = self.client.clone();
-        let aws = Aws::from_config(&self.sim.sdk_config());
+        let aws = Aws::from_config(&self.sim.sdk_config(), Self::limits());
         self.controllers.push(tokio::spawn(async move {
             if let Err(err) = tenant::run(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");

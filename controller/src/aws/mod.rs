@@ -5,11 +5,13 @@
 //! a simulator. The SDK retries throttling and transient errors with jittered exponential
 //! backoff; whatever still fails is classified in [`error`].
 
+pub mod budget;
 pub mod error;
 pub mod organizations;
 
 use aws_config::{BehaviorVersion, Region, retry::RetryConfig};
 
+pub use budget::{Budget, BudgetLimits};
 pub use error::{AwsError, AwsErrorKind};
 pub use organizations::Organizations;
 
@@ -27,19 +29,21 @@ pub struct Aws {
 
 impl Aws {
     /// Loads the standard AWS configuration from the environment.
-    pub async fn from_env() -> Self {
+    pub async fn from_env(limits: BudgetLimits) -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .region(
                 aws_config::meta::region::RegionProviderChain::default_provider().or_else(Region::new(DEFAULT_REGION)),
             )
             .load()
             .await;
-        Self::from_config(&config)
+        Self::from_config(&config, limits)
     }
 
-    /// Clients from a loaded configuration, with Silo's retry policy.
-    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
+    /// Clients from a loaded configuration, with Silo's retry policy and one shared budget
+    /// for the organization.
+    pub fn from_config(config: &aws_config::SdkConfig, limits: BudgetLimits) -> Self {
         let config = config.to_builder().retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS)).build();
-        Self { organizations: Organizations::new(aws_sdk_organizations::Client::new(&config)) }
+        let client = aws_sdk_organizations::Client::new(&config);
+        Self { organizations: Organizations::new(client, Budget::new(limits)) }
     }
 }

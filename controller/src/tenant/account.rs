@@ -35,6 +35,14 @@ pub const TENANT_UID_TAG: &str = "silo.dev/tenant-uid";
 
 /// How often an in-progress CreateAccount request is polled.
 const POLL_CREATION: Duration = Duration::from_secs(10);
+/// How old a shared listing of accounts or creation requests may be when looking for
+/// earlier work. Requests this process sends are added to the snapshot at once.
+const LISTING_MAX_AGE: Duration = Duration::from_secs(60);
+/// AWS runs at most this many CreateAccount requests of an organization at once.
+const MAX_CONCURRENT_CREATIONS: usize = 5;
+/// After EMAIL_ALREADY_EXISTS, how long the account may stay missing from ListAccounts
+/// (which is eventually consistent) before Silo concludes it lies outside the organization.
+const EMAIL_OWNER_GRACE: Duration = Duration::from_secs(300);
 /// How soon a Stalled account step is looked at again, in case the world changed.
 const RECHECK_STALLED: Duration = Duration::from_secs(600);
 
@@ -141,7 +149,7 @@ async fn verify(tenant: &Tenant, account_id: &str, report: &mut Report<'_>, ctx:
         report.account = not_active(&account);
         return Ok(RECHECK_STALLED);
     }
-    ensure_tags(tenant, &account, report, ctx).await?;
+    ensure_tags(tenant, &account, report, ctx, TagRepair::Report).await?;
     report.account = StepOutcome::done("AccountActive", format!("Account {} is active", account.id));
     Ok(Duration::MAX)
 }
@@ -167,7 +175,7 @@ async fn adopt(tenant: &Tenant, account_id: &str, report: &mut Report<'_>, ctx: 
     }
     record_account(report, &account);
     report.write(ctx).await?;
-    ensure_tags(tenant, &account, report, ctx).await?;
+    ensure_tags(tenant, &account, report, ctx, TagRepair::Silent).await?;
     ctx.event(tenant, EventType::Normal, "AccountAdopted", format!("Adopted account {}", account.id)).await;
     report.account = StepOutcome::done("AccountAdopted", format!("Account {} was adopted", account.id));
     Ok(Duration::MAX)
@@ -181,6 +189,13 @@ async fn poll(
     ctx: &Context,
 ) -> Result<Duration, Error> {
     let request = ctx.aws.organizations.describe_create_request(request_id).await?;
+    {
+        let mut creations = ctx.creations.lock().expect("creations lock");
+        match request.state {
+            CreationState::InProgress => creations.insert(request_id.to_string()),
+            _ => creations.remove(request_id),
+        };
+    }
     match request.state {
         CreationState::InProgress => {
             report.account = StepOutcome::in_progress(
@@ -205,13 +220,15 @@ async fn poll(
             }
             record_account(report, &account);
             report.write(ctx).await?;
-            ensure_tags(tenant, &account, report, ctx).await?;
+            ensure_tags(tenant, &account, report, ctx, TagRepair::Silent).await?;
             info!(tenant = %tenant.name_any(), account = %account.id, "account created");
             ctx.event(tenant, EventType::Normal, "AccountCreated", format!("Created account {}", account.id)).await;
             report.account = StepOutcome::done("AccountCreated", format!("Account {} was created", account.id));
             Ok(Duration::MAX)
         }
-        CreationState::Failed { reason } => on_creation_failed(tenant, identity, &reason, report, ctx).await,
+        CreationState::Failed { reason, failed_for } => {
+            on_creation_failed(tenant, identity, &reason, failed_for, report, ctx).await
+        }
     }
 }
 
@@ -219,40 +236,54 @@ async fn on_creation_failed(
     tenant: &Tenant,
     identity: &Identity,
     reason: &str,
+    failed_for: Option<Duration>,
     report: &mut Report<'_>,
     ctx: &Context,
 ) -> Result<Duration, Error> {
-    report.status.create_account_request_id = None;
     match on_failure(reason) {
         FailureResponse::LookUpByEmail => {
-            let accounts = ctx.aws.organizations.list_accounts().await?;
-            match accounts.iter().find(|a| a.email.eq_ignore_ascii_case(&identity.email)) {
-                Some(account) => adopt_found(tenant, account, report, ctx).await,
-                None => {
-                    report.account = StepOutcome::stalled(
-                        "EmailInUse",
-                        format!(
-                            "AWS refused the email {}: it belongs to an account outside this organization \
-                             or to a closed account, and an email can never be reused; set spec.email to a new address",
-                            identity.email
-                        ),
-                    );
-                    Ok(RECHECK_STALLED)
-                }
+            // The truth, not a snapshot: AWS just said an account has this email.
+            let accounts = ctx.aws.organizations.accounts(Duration::ZERO).await?;
+            if let Some(account) = accounts.iter().find(|a| a.email.eq_ignore_ascii_case(&identity.email)) {
+                report.status.create_account_request_id = None;
+                return adopt_found(tenant, account, report, ctx).await;
             }
+            if failed_for.is_some_and(|age| age < EMAIL_OWNER_GRACE) {
+                // Keep the failed request in the status: its age bounds the wait.
+                report.account = StepOutcome::in_progress(
+                    "LookingForEmailOwner",
+                    format!("AWS says {} is in use; looking for that account in the organization", identity.email),
+                );
+                return Ok(Duration::from_secs(15));
+            }
+            report.status.create_account_request_id = None;
+            report.account = StepOutcome::stalled(
+                "EmailInUse",
+                format!(
+                    "AWS refused the email {}: it belongs to an account outside this organization or to a closed \
+                     account, and an email can never be reused. If spec.email is unset, set it to a new address; \
+                     otherwise create a new Tenant with another email",
+                    identity.email
+                ),
+            );
+            Ok(RECHECK_STALLED)
         }
         FailureResponse::RetryLater(after) => {
+            report.status.create_account_request_id = None;
             report.account = StepOutcome::in_progress("RetryingCreation", format!("AWS answered {reason}; retrying"));
             Ok(after)
         }
         FailureResponse::AccountLimit => {
+            report.status.create_account_request_id = None;
             report.account = StepOutcome::stalled(
                 "OrganizationAccountLimit",
-                "The organization has reached its account quota (ACCOUNT_LIMIT_EXCEEDED): ask AWS to raise it; Silo retries every hour",
+                "The organization has reached its account quota (ACCOUNT_LIMIT_EXCEEDED): ask AWS to raise it; \
+                 Silo retries every hour",
             );
             Ok(Duration::from_secs(3600))
         }
         FailureResponse::Stalled => {
+            report.status.create_account_request_id = None;
             report.account = StepOutcome::stalled(
                 "AccountCreationFailed",
                 format!("AWS could not create the account: {reason}; fix the cause, then touch the Tenant to retry"),
@@ -271,24 +302,45 @@ async fn find_or_create(
     let org = &ctx.aws.organizations;
 
     // Earlier work, first: an account with this email (created before a crash)...
-    let accounts = org.list_accounts().await?;
+    let accounts = org.accounts(LISTING_MAX_AGE).await?;
     if let Some(account) = accounts.iter().find(|a| a.email.eq_ignore_ascii_case(&identity.email)) {
         return adopt_found(tenant, account, report, ctx).await;
     }
-    // ... or a request still in progress for this account name.
-    let open = org.list_open_create_requests().await?;
-    if let Some(request) =
-        open.iter().find(|r| r.account_name == identity.account_name && r.state == CreationState::InProgress)
-    {
-        report.status.create_account_request_id = Some(request.id.clone());
-        report.write(ctx).await?;
-        return poll(tenant, identity, &request.id.clone(), report, ctx).await;
+    // ... or a request for this account name. Names are not unique: a succeeded request is
+    // this tenant's only if its account has this tenant's email; one still in progress
+    // cannot be told apart yet, so it is followed until it ends (see `poll`).
+    let requests = org.open_create_requests(LISTING_MAX_AGE).await?;
+    for request in requests.iter().filter(|r| r.account_name == identity.account_name) {
+        match &request.state {
+            CreationState::InProgress => {
+                report.status.create_account_request_id = Some(request.id.clone());
+                report.write(ctx).await?;
+                return poll(tenant, identity, &request.id, report, ctx).await;
+            }
+            CreationState::Succeeded { account_id } => {
+                if let Some(account) = org.describe_account(account_id).await?
+                    && account.email.eq_ignore_ascii_case(&identity.email)
+                {
+                    return adopt_found(tenant, &account, report, ctx).await;
+                }
+            }
+            CreationState::Failed { .. } => {}
+        }
+    }
+
+    if ctx.creations.lock().expect("creations lock").len() >= MAX_CONCURRENT_CREATIONS {
+        report.account = StepOutcome::in_progress(
+            "WaitingForCreationSlot",
+            format!("AWS creates at most {MAX_CONCURRENT_CREATIONS} accounts at once; this one is next in line"),
+        );
+        return Ok(POLL_CREATION);
     }
 
     // Nothing found. The identity is in the status before the call...
     report.account = StepOutcome::in_progress("CreatingAccount", "Requesting a new account");
     report.write(ctx).await?;
     let request = org.create_account(&identity.account_name, &identity.email, &desired_tags(tenant)).await?;
+    ctx.creations.lock().expect("creations lock").insert(request.id.clone());
     // ... and the request id right after it.
     report.status.create_account_request_id = Some(request.id.clone());
     report.status.applied_tag_keys = desired_tags(tenant).into_keys().collect();
@@ -320,7 +372,7 @@ async fn adopt_found(
         Claim::ThisTenant => {
             record_account(report, account);
             report.write(ctx).await?;
-            ensure_tags(tenant, account, report, ctx).await?;
+            ensure_tags(tenant, account, report, ctx, TagRepair::Silent).await?;
             ctx.event(tenant, EventType::Normal, "AccountAdopted", format!("Found and adopted account {}", account.id))
                 .await;
             report.account = StepOutcome::done("AccountAdopted", format!("Account {} was adopted", account.id));
@@ -344,16 +396,58 @@ async fn adopt_found(
     }
 }
 
-/// Puts Silo's tags and `spec.tags` on the account, and removes nothing it did not apply.
-async fn ensure_tags(tenant: &Tenant, account: &Account, report: &mut Report<'_>, ctx: &Context) -> Result<(), Error> {
+/// Whether a tag repair is news: on an account that was already Ready it is drift.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TagRepair {
+    Silent,
+    Report,
+}
+
+/// What to change so the account carries the desired tags. Pure.
+///
+/// Only keys Silo applied before (`previously_applied`) are ever removed; tags someone else
+/// put on the account are never touched.
+pub fn plan_tags(
+    desired: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+    previously_applied: &[String],
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let to_set =
+        desired.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let to_remove =
+        previously_applied.iter().filter(|k| !desired.contains_key(*k) && current.contains_key(*k)).cloned().collect();
+    (to_set, to_remove)
+}
+
+/// Puts Silo's tags and `spec.tags` on the account, and removes only keys Silo applied.
+async fn ensure_tags(
+    tenant: &Tenant,
+    account: &Account,
+    report: &mut Report<'_>,
+    ctx: &Context,
+    repair: TagRepair,
+) -> Result<(), Error> {
     let desired = desired_tags(tenant);
     let current = ctx.aws.organizations.list_tags(&account.id).await?;
-    let missing: BTreeMap<String, String> =
-        desired.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
-    if !missing.is_empty() {
-        ctx.aws.organizations.tag_account(&account.id, &missing).await?;
+    let (to_set, to_remove) = plan_tags(&desired, &current, &report.status.applied_tag_keys);
+    if !to_set.is_empty() {
+        ctx.aws.organizations.tag_account(&account.id, &to_set).await?;
+    }
+    if !to_remove.is_empty() {
+        ctx.aws.organizations.untag_account(&account.id, &to_remove).await?;
     }
     report.status.applied_tag_keys = desired.into_keys().collect();
+    if repair == TagRepair::Report && (!to_set.is_empty() || !to_remove.is_empty()) {
+        let changed: Vec<&str> =
+            to_set.keys().map(String::as_str).chain(to_remove.iter().map(String::as_str)).collect();
+        ctx.event(
+            tenant,
+            EventType::Normal,
+            "TagsRepaired",
+            format!("Set or removed tags {changed:?} on account {}", account.id),
+        )
+        .await;
+    }
     Ok(())
 }
 
@@ -428,6 +522,21 @@ mod tests {
         assert_eq!(claim(&tags, "uid-1"), Claim::ThisTenant);
         tags.insert(TENANT_TAG.to_string(), "globex".to_string());
         assert_eq!(claim(&tags, "uid-2"), Claim::OtherTenant("globex".into()));
+    }
+
+    #[test]
+    fn only_tags_silo_applied_are_removed() {
+        let desired = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let current = BTreeMap::from([
+            ("team".to_string(), "b".to_string()),
+            ("old".to_string(), "x".to_string()),
+            ("foreign".to_string(), "y".to_string()),
+        ]);
+        let (set, remove) = plan_tags(&desired, &current, &["team".to_string(), "old".to_string()]);
+        assert_eq!(set, desired, "drifted values are set back");
+        assert_eq!(remove, vec!["old".to_string()], "a key Silo applied and no longer wants goes");
+        let (set, remove) = plan_tags(&desired, &BTreeMap::from([("team".into(), "a".into())]), &[]);
+        assert!(set.is_empty() && remove.is_empty(), "nothing to do when the account matches");
     }
 
     #[test]

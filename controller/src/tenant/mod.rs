@@ -21,11 +21,16 @@
 //!   with jittered backoff ([`error_policy`]).
 
 pub mod account;
+pub mod closure;
 pub mod identity;
 pub mod placement;
 pub mod status;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use kube::{
@@ -64,6 +69,12 @@ pub struct Settings {
     pub resync_period: Duration,
     /// Tenants reconciled at once.
     pub concurrency: u16,
+    /// Close accounts of deleted `Close` Tenants. Off by default: see [`closure`].
+    pub allow_account_closure: bool,
+    /// At most this many closures in any 24 hours.
+    pub max_account_closures_per_day: u32,
+    /// The controller's namespace, where the closure ledger lives.
+    pub namespace: String,
 }
 
 /// What every reconcile shares.
@@ -72,13 +83,31 @@ pub struct Context {
     pub aws: Aws,
     pub settings: Settings,
     pub recorder: Recorder,
+    pub closures: closure::ClosureLedger,
+    /// CreateAccount requests this process saw in progress; AWS allows 5 at once.
+    pub creations: Mutex<HashSet<String>>,
+    /// OU paths and ids already resolved, shared by the fleet (see `placement`).
+    pub ous: Mutex<HashMap<String, String>>,
+    /// Consecutive failed reconciles per Tenant, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, aws: Aws, settings: Settings) -> Self {
         let reporter = Reporter { controller: "silo".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, aws, settings, recorder }
+        let closures =
+            closure::ClosureLedger::new(client.clone(), &settings.namespace, settings.max_account_closures_per_day);
+        Self {
+            client,
+            aws,
+            settings,
+            recorder,
+            closures,
+            creations: Mutex::default(),
+            ous: Mutex::default(),
+            failures: Mutex::default(),
+        }
     }
 
     /// Publishes a Kubernetes Event about a tenant; failures are logged, never fatal.
@@ -97,9 +126,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Aws(#[from] AwsError),
-    /// Deletion waits for a person; the Stalled condition says what to do.
-    #[error("deletion of tenant is blocked: {0}")]
-    DeletionBlocked(String),
+    /// Deletion waits (for a person, a budget or AWS); the conditions say why.
+    #[error("deletion waits: {reason}")]
+    DeletionPending { reason: &'static str, retry_after: Duration },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
@@ -111,7 +140,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Aws(err) if err.is_retryable() => "aws_retryable",
             Error::Aws(_) => "aws_terminal",
-            Error::DeletionBlocked(_) => "deletion_blocked",
+            Error::DeletionPending { .. } => "deletion_pending",
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(err) | finalizer::Error::CleanupFailed(err) => err.metric_label(),
                 _ => "finalizer",
@@ -149,8 +178,12 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(err) = result {
-                warn!(%err, "reconcile failed");
+            match result {
+                Ok(_) => {}
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) => {
+                    info!(tenant = %obj.name, label = err.metric_label(), "{err}");
+                }
+                Err(err) => warn!(%err, "controller error"),
             }
         })
         .await;
@@ -161,27 +194,42 @@ pub async fn run(
 /// Reconciles one Tenant: adds the finalizer first, then applies or cleans up.
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api = Api::<Tenant>::all(ctx.client.clone());
-    finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
+    let name = tenant.name_any();
+    let result = finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             FinalizerEvent::Apply(tenant) => apply(&tenant, &ctx).await,
             FinalizerEvent::Cleanup(tenant) => cleanup(&tenant, &ctx).await,
         }
     })
     .await
-    .map_err(|err| Error::Finalizer(Box::new(err)))
+    .map_err(|err| Error::Finalizer(Box::new(err)));
+    if result.is_ok() {
+        ctx.failures.lock().expect("failures lock").remove(&name);
+    }
+    result
 }
 
-/// Retries a failed reconcile. AWS throttling and faults are weather, not failures: the
-/// tenant is retried after a jittered delay and nothing is shown to the user.
-pub fn error_policy(tenant: Arc<Tenant>, err: &Error, _ctx: Arc<Context>) -> Action {
-    let base = match err.innermost() {
-        Error::Aws(aws) if aws.is_retryable() => Duration::from_secs(5),
-        Error::DeletionBlocked(_) => Duration::from_secs(300),
-        Error::Aws(_) => Duration::from_secs(60),
-        _ => Duration::from_secs(5),
+/// Retries a failed reconcile with jittered exponential backoff (5 s doubling to 5 min).
+/// AWS throttling and faults are weather, not failures: nothing is shown to the user.
+pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::DeletionPending { retry_after, .. } = err.innermost() {
+        return Action::requeue(jittered(*retry_after / 2).min(*retry_after + Duration::from_secs(60)));
+    }
+    let attempt = {
+        let mut failures = ctx.failures.lock().expect("failures lock");
+        let count = failures.entry(tenant.name_any()).or_default();
+        *count = count.saturating_add(1);
+        *count
     };
-    warn!(tenant = %tenant.name_any(), error = %err, label = err.metric_label(), "reconcile failed, retrying");
-    Action::requeue(jittered(base))
+    let base = Duration::from_secs(5).saturating_mul(1 << attempt.min(6)) / 2;
+    let delay = jittered(base).min(Duration::from_secs(300));
+    match err.innermost() {
+        Error::Aws(aws) if aws.is_retryable() => {
+            info!(tenant = %tenant.name_any(), error = %err, attempt, "AWS asked to slow down or failed transiently; retrying");
+        }
+        _ => warn!(tenant = %tenant.name_any(), error = %err, attempt, "reconcile failed; retrying"),
+    }
+    Action::requeue(delay)
 }
 
 /// `base` stretched by a random factor in [1, 2), so a fleet retrying together spreads out.
@@ -240,25 +288,14 @@ fn baseline_outcome(tenant: &Tenant) -> StepOutcome {
 
 /// Settles the AWS side of a deleted Tenant before its finalizer goes.
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
-    let status = tenant.status.clone().unwrap_or_default();
-    let touched_aws = status.account_id.is_some() || status.create_account_request_id.is_some();
     match tenant.spec.deletion_policy {
         DeletionPolicy::Retain => {
-            if let Some(account_id) = &status.account_id {
+            if let Some(account_id) = tenant.status.as_ref().and_then(|s| s.account_id.as_ref()) {
                 ctx.event(tenant, EventType::Normal, "AccountRetained", format!("Account {account_id} is retained"))
                     .await;
             }
-            Ok(Action::await_change())
         }
-        DeletionPolicy::Close if !touched_aws => Ok(Action::await_change()),
-        DeletionPolicy::Close => {
-            let message = "deletionPolicy is Close, and this version of Silo does not close accounts: \
-                           set spec.deletionPolicy to Retain to let the Tenant go and close the account by hand";
-            let mut report = status::Report::new(tenant);
-            report.account = StepOutcome::stalled("AccountClosureDisabled", message);
-            report.phase = Some("Deleting");
-            report.write(ctx).await?;
-            Err(Error::DeletionBlocked(message.into()))
-        }
+        DeletionPolicy::Close => closure::close(tenant, ctx).await?,
     }
+    Ok(Action::await_change())
 }

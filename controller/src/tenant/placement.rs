@@ -63,7 +63,13 @@ pub async fn run(tenant: &Tenant, report: &mut Report<'_>, ctx: &Context) -> Res
         return Ok(Duration::MAX);
     };
     if current != target_id {
-        org.move_account(&account_id, &current, &target_id).await?;
+        if let Err(err) = org.move_account(&account_id, &current, &target_id).await {
+            if err.has_code("DestinationParentNotFoundException") {
+                // The cached OU was deleted since: forget what we knew and look again.
+                ctx.ous.lock().expect("OU cache lock").clear();
+            }
+            return Err(err.into());
+        }
         ctx.event(
             tenant,
             EventType::Normal,
@@ -85,21 +91,45 @@ enum Resolved {
 }
 
 /// Resolves a target to a parent id, walking paths from the root.
+///
+/// Resolved ids and paths are cached for the whole fleet ([`Context::ous`]); a miss walks
+/// the tree again, so an OU created since is found. A cached OU that was deleted since is
+/// dropped when MoveAccount reports it missing.
 async fn resolve(target: Target, ctx: &Context) -> Result<Resolved, Error> {
     let org = &ctx.aws.organizations;
+    let cached = |key: &str| ctx.ous.lock().expect("OU cache lock").get(key).cloned();
+    let remember = |key: String, id: &str| ctx.ous.lock().expect("OU cache lock").insert(key, id.to_string());
     match target {
         Target::Unspecified => Ok(Resolved::Stay),
-        Target::Id(id) => Ok(if org.unit_exists(&id).await? { Resolved::Parent(id) } else { Resolved::NotFound }),
+        Target::Id(id) => {
+            if cached(&id).is_some() || org.unit_exists(&id).await? {
+                remember(id.clone(), &id);
+                return Ok(Resolved::Parent(id));
+            }
+            Ok(Resolved::NotFound)
+        }
         Target::Path(names) => {
+            let full = format!("/{}", names.join("/"));
+            if let Some(id) = cached(&full) {
+                return Ok(Resolved::Parent(id));
+            }
             let mut parent = org.root_id().await?;
+            let mut path = String::new();
             for name in names {
+                path = format!("{path}/{name}");
                 let children = org.child_units(&parent).await?;
                 parent = match children.into_iter().find(|ou| ou.name == name) {
                     Some(ou) => ou.id,
-                    None if ctx.settings.create_missing_ous => org.create_unit(&parent, &name).await?.id,
+                    None if ctx.settings.create_missing_ous => {
+                        let created = org.create_unit(&parent, &name).await?;
+                        tracing::info!(path, ou = %created.id, "created organizational unit");
+                        created.id
+                    }
                     None => return Ok(Resolved::NotFound),
                 };
+                remember(path.clone(), &parent);
             }
+            remember(full, &parent);
             Ok(Resolved::Parent(parent))
         }
     }

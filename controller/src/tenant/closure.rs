@@ -1,0 +1,245 @@
+//! Closing a Tenant's account when a `Close` Tenant is deleted.
+//!
+//! Closing an account is slow to undo (90 days of support tickets) and AWS lets an
+//! organization close only a few per month. The real danger is a GitOps accident: a prune
+//! that deletes thousands of Tenants at once. Two rails stand in the way:
+//!
+//! 1. Nothing is closed unless the controller runs with `--allow-account-closure`. Without
+//!    it, deleted `Close` Tenants wait, `Stalled` with `AccountClosureDisabled`.
+//! 2. At most `--max-account-closures-per-day` accounts are closed in any 24 hours. The
+//!    closures are recorded in a ConfigMap ([`ClosureLedger`]) before CloseAccount is sent, so
+//!    the budget survives restarts and a crash-looping controller cannot reset it. Closures
+//!    over the budget wait in a queue, `Reconciling` with `ClosureQueued`.
+//!
+//! The finalizer goes only once AWS reports the account PENDING_CLOSURE or SUSPENDED.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::ConfigMap,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ObjectMeta, PostParams},
+    runtime::events::EventType,
+};
+use tracing::info;
+
+use super::{Context, Error, status::Report};
+use crate::{
+    api::Tenant,
+    aws::organizations::{CloseRefusal, CreationState},
+    conditions::StepOutcome,
+};
+
+/// Name of the ConfigMap that records recent closures, in the controller's namespace.
+pub const LEDGER_NAME: &str = "silo-account-closures";
+const WINDOW: SignedDuration = SignedDuration::from_hours(24);
+/// How long Silo waits after AWS refused a closure for quota reasons.
+const QUOTA_BACKOFF: Duration = Duration::from_secs(4 * 3600);
+const POLL: Duration = Duration::from_secs(10);
+
+/// Whether a closure may go ahead now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Recorded (or already recorded): close it.
+    Proceed,
+    /// The budget for the last 24 hours is spent; the next slot opens at this time.
+    Queued { next_slot: Timestamp },
+}
+
+/// Decides a closure against the ledger's entries (account id -> when its closure was
+/// recorded). Pure: returns the decision and the entries to store.
+pub fn decide(
+    entries: &BTreeMap<String, Timestamp>,
+    account_id: &str,
+    now: Timestamp,
+    per_day: u32,
+) -> (Decision, BTreeMap<String, Timestamp>) {
+    let mut recent: BTreeMap<String, Timestamp> =
+        entries.iter().filter(|(_, at)| now.duration_since(**at) < WINDOW).map(|(k, v)| (k.clone(), *v)).collect();
+    if recent.contains_key(account_id) {
+        return (Decision::Proceed, recent);
+    }
+    if recent.len() >= per_day as usize {
+        let oldest = recent.values().min().copied().unwrap_or(now);
+        return (Decision::Queued { next_slot: oldest + WINDOW }, recent);
+    }
+    recent.insert(account_id.to_string(), now);
+    (Decision::Proceed, recent)
+}
+
+/// The record of recent closures, kept in a ConfigMap so it outlives the controller process.
+pub struct ClosureLedger {
+    api: Api<ConfigMap>,
+    per_day: u32,
+}
+
+impl ClosureLedger {
+    pub fn new(client: kube::Client, namespace: &str, per_day: u32) -> Self {
+        Self { api: Api::namespaced(client, namespace), per_day }
+    }
+
+    /// Records the closure of `account_id` if the budget allows. Writes use the ConfigMap's
+    /// resourceVersion, so two reconciles cannot both take the last slot: the loser gets a
+    /// conflict and is retried.
+    pub async fn reserve(&self, account_id: &str, now: Timestamp) -> Result<Decision, kube::Error> {
+        let existing = self.api.get_opt(LEDGER_NAME).await?;
+        let entries: BTreeMap<String, Timestamp> = existing
+            .as_ref()
+            .and_then(|cm| cm.data.as_ref())
+            .map(|data| data.iter().filter_map(|(k, v)| Some((k.clone(), v.parse().ok()?))).collect())
+            .unwrap_or_default();
+        let (decision, keep) = decide(&entries, account_id, now, self.per_day);
+        if keep != entries || existing.is_none() {
+            let data = keep.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+            let mut cm = existing.clone().unwrap_or_else(|| ConfigMap {
+                metadata: ObjectMeta { name: Some(LEDGER_NAME.into()), ..Default::default() },
+                ..Default::default()
+            });
+            cm.data = Some(data);
+            match existing {
+                Some(_) => self.api.replace(LEDGER_NAME, &PostParams::default(), &cm).await?,
+                None => self.api.create(&PostParams::default(), &cm).await?,
+            };
+        }
+        Ok(decision)
+    }
+}
+
+/// Cleanup of a deleted `Close` Tenant. `Ok` lets the finalizer go; `Err(DeletionPending)`
+/// keeps it and comes back after the given delay.
+pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
+    let mut report = Report::new(tenant);
+    report.phase = Some("Deleting");
+    let status = tenant.status.clone().unwrap_or_default();
+    let org = &ctx.aws.organizations;
+
+    let account_id = match (&status.account_id, &status.create_account_request_id) {
+        (Some(id), _) => id.clone(),
+        (None, Some(request_id)) => match org.describe_create_request(request_id).await?.state {
+            CreationState::Succeeded { account_id } => account_id,
+            CreationState::Failed { .. } => return Ok(()),
+            CreationState::InProgress => {
+                let outcome = StepOutcome::in_progress(
+                    "WaitingForCreation",
+                    "The account is still being created; it is closed once it exists",
+                );
+                return pending(&mut report, ctx, outcome, POLL).await;
+            }
+        },
+        (None, None) => return Ok(()),
+    };
+
+    if !ctx.settings.allow_account_closure {
+        let outcome = StepOutcome::stalled(
+            "AccountClosureDisabled",
+            format!(
+                "deletionPolicy is Close, but the controller runs without --allow-account-closure: \
+                 restart it with the flag to close account {account_id}, or set spec.deletionPolicy to Retain \
+                 to keep the account and let the Tenant go"
+            ),
+        );
+        return pending(&mut report, ctx, outcome, Duration::from_secs(3600)).await;
+    }
+
+    match org.describe_account(&account_id).await? {
+        None => return Ok(()),
+        Some(account) if account.is_closing_or_closed() => {
+            ctx.event(tenant, EventType::Normal, "AccountClosed", format!("Account {account_id} is {}", account.state))
+                .await;
+            return Ok(());
+        }
+        Some(_) => {}
+    }
+
+    let now = Timestamp::now();
+    if let Decision::Queued { next_slot } = ctx.closures.reserve(&account_id, now).await? {
+        let outcome = StepOutcome::in_progress(
+            "ClosureQueued",
+            format!(
+                "Silo closes at most {} accounts in 24 hours (--max-account-closures-per-day); \
+                 account {account_id} is queued and closes at about {next_slot}",
+                ctx.settings.max_account_closures_per_day
+            ),
+        );
+        let wait = Duration::try_from(next_slot.duration_since(now)).unwrap_or(POLL);
+        return pending(&mut report, ctx, outcome, wait.max(POLL)).await;
+    }
+
+    match org.close_account(&account_id).await? {
+        Ok(()) | Err(CloseRefusal::AlreadyClosed) => {
+            info!(tenant = %tenant.name_any(), account = %account_id, "account closure requested");
+            ctx.event(
+                tenant,
+                EventType::Normal,
+                "ClosureRequested",
+                format!("Requested closure of account {account_id}"),
+            )
+            .await;
+            let outcome = StepOutcome::in_progress("ClosingAccount", format!("AWS is closing account {account_id}"));
+            pending(&mut report, ctx, outcome, POLL).await
+        }
+        Err(CloseRefusal::Quota(why)) => {
+            let next = now + SignedDuration::try_from(QUOTA_BACKOFF).expect("a few hours fit");
+            let outcome = StepOutcome::in_progress(
+                "ClosureQuotaExceeded",
+                format!("AWS refused to close account {account_id} ({why}); the next try is at about {next}"),
+            );
+            pending(&mut report, ctx, outcome, QUOTA_BACKOFF).await
+        }
+    }
+}
+
+/// Reports why deletion waits, then keeps the finalizer until `retry_after`.
+async fn pending(
+    report: &mut Report<'_>,
+    ctx: &Context,
+    outcome: StepOutcome,
+    retry_after: Duration,
+) -> Result<(), Error> {
+    let reason = outcome.reason();
+    report.account = outcome;
+    report.write(ctx).await?;
+    Err(Error::DeletionPending { reason, retry_after })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(hours: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + hours * 3600).unwrap()
+    }
+
+    #[test]
+    fn closures_within_budget_are_recorded() {
+        let (decision, kept) = decide(&BTreeMap::new(), "111111111111", at(0), 2);
+        assert_eq!(decision, Decision::Proceed);
+        assert_eq!(kept.get("111111111111"), Some(&at(0)));
+    }
+
+    #[test]
+    fn over_budget_closures_queue_until_the_oldest_expires() {
+        let entries = BTreeMap::from([("a".to_string(), at(0)), ("b".to_string(), at(5))]);
+        let (decision, _) = decide(&entries, "c", at(6), 2);
+        assert_eq!(decision, Decision::Queued { next_slot: at(24) });
+    }
+
+    #[test]
+    fn a_recorded_closure_proceeds_again_after_a_crash() {
+        let entries = BTreeMap::from([("a".to_string(), at(0)), ("b".to_string(), at(1))]);
+        let (decision, kept) = decide(&entries, "a", at(2), 2);
+        assert_eq!(decision, Decision::Proceed, "the account's own slot is still its own");
+        assert_eq!(kept, entries);
+    }
+
+    #[test]
+    fn entries_older_than_a_day_are_forgotten() {
+        let entries = BTreeMap::from([("a".to_string(), at(0))]);
+        let (decision, kept) = decide(&entries, "b", at(25), 1);
+        assert_eq!(decision, Decision::Proceed);
+        assert!(!kept.contains_key("a"));
+    }
+}
