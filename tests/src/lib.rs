@@ -194,9 +194,12 @@ pub async fn test_case() -> TestCase {
     let exclusive = EXCLUSIVE.lock().await;
     install_crypto_provider();
     let info = shared();
+    log_to(&info.dir.join("controller.log"));
     let client = control_plane::client_from(&info.kubeconfig).await.expect("client for the test API server");
     let sim = SimClient::new(&info.aws_endpoint);
     remove_all_tenants(&client).await.expect("remove Tenants left by an earlier test");
+    let ledger = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
+    let _ = ledger.delete(silo::tenant::closure::LEDGER_NAME, &DeleteParams::default()).await;
     sim.reset().await.expect("reset the AWS simulator");
     TestCase { client, sim, info, controllers: vec![], _exclusive: exclusive }
 }
@@ -229,6 +232,21 @@ impl TestCase {
                 panic!("controller failed: {err:#}");
             }
         }));
+    }
+
+    /// Starts `silo run` as a separate process against the environment, with extra flags.
+    /// The binary is the one built next to this test binary (`cargo build -p silo`).
+    pub fn spawn_controller(&self, args: &[&str], log_name: &str) -> Result<process::Process> {
+        let bin = silo_binary()?;
+        let mut command = std::process::Command::new(bin);
+        command
+            .arg("run")
+            .args(args)
+            .env("KUBECONFIG", &self.info.kubeconfig)
+            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
+            .env("RUST_LOG", "info")
+            .envs(self.sim.env());
+        process::Process::start("silo run", command, &self.info.dir.join(log_name))
     }
 
     pub fn tenants(&self) -> Api<Tenant> {
@@ -281,6 +299,31 @@ impl Drop for TestCase {
             controller.abort();
         }
     }
+}
+
+/// The `silo` binary of the same build as the running test binary (target/debug/silo).
+pub fn silo_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
+    let bin = dir.join("silo");
+    if !bin.exists() {
+        bail!("{} is missing: build it first (`cargo build -p silo`, or `make e2e`)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Sends the logs of in-process controllers to a file of the environment (once per process).
+fn log_to(path: &Path) {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if let Ok(file) = std::fs::File::options().create(true).append(true).open(path) {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info,silo=debug"))
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .try_init();
+        }
+    });
 }
 
 /// Deletes every Tenant, removing finalizers first so nothing waits on a stopped controller.

@@ -379,7 +379,14 @@ async fn adopt_found(
             Ok(Duration::MAX)
         }
         Claim::OtherTenant(other) => {
-            report.account = claimed_by(&account.id, &other);
+            report.account = StepOutcome::stalled(
+                "EmailInUse",
+                format!(
+                    "The email {} belongs to account {}, which is Tenant {other:?}'s (tag {TENANT_UID_TAG}); \
+                     give this Tenant another spec.email",
+                    account.email, account.id
+                ),
+            );
             Ok(RECHECK_STALLED)
         }
         Claim::Nobody => {

@@ -1,0 +1,348 @@
+//! The account lifecycle against AWS's less happy paths: emails already taken, out-of-band
+//! changes, OU moves, account quotas, and deletion with closure and its budget.
+
+use std::time::Duration;
+
+use aws_sdk_organizations::{Client as Organizations, types::Tag};
+use k8s_openapi::api::{core::v1::ConfigMap, events::v1::Event};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use serde_json::json;
+use silo::{Tenant, conditions, tenant::closure::LEDGER_NAME};
+use silo_testenv::{CONTROLLER_NAMESPACE, TestCase, test_case};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+async fn tags_of(org: &Organizations, account_id: &str) -> Vec<(String, String)> {
+    let out = org.list_tags_for_resource().resource_id(account_id).send().await.expect("ListTagsForResource");
+    out.tags().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
+}
+
+async fn parent_of(org: &Organizations, account_id: &str) -> String {
+    let out = org.list_parents().child_id(account_id).send().await.expect("ListParents");
+    out.parents()[0].id().unwrap().to_string()
+}
+
+/// How often an event was recorded for the tenant (repeats are folded into a series).
+async fn event_count(case: &TestCase, tenant: &Tenant, reason: &str) -> usize {
+    let events = Api::<Event>::all(case.client.clone()).list(&Default::default()).await.expect("list events");
+    events
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == tenant.uid().as_deref())
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count as usize))
+        .sum()
+}
+
+fn reason_of(tenant: &Tenant, condition: &str) -> String {
+    conditions::find(&tenant.status.as_ref().unwrap().conditions, condition).unwrap().reason.clone()
+}
+
+/// Creates an account out of band, as if by an earlier controller, carrying the given UID.
+async fn create_account_outside_silo(case: &TestCase, name: &str, email: &str, uid: &str) -> String {
+    let org = case.sim.organizations();
+    let tags = [
+        Tag::builder().key("silo.dev/tenant").value(name).build().unwrap(),
+        Tag::builder().key("silo.dev/tenant-uid").value(uid).build().unwrap(),
+    ];
+    let out = org
+        .create_account()
+        .account_name(format!("{name}-from-before"))
+        .email(email)
+        .set_tags(Some(tags.to_vec()))
+        .send()
+        .await
+        .unwrap();
+    out.create_account_status().and_then(|s| s.account_id()).expect("created at once").to_string()
+}
+
+async fn paused_tenant(case: &TestCase, name: &str) -> Tenant {
+    case.apply(&format!(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{paused: true}}"
+    ))
+    .await
+    .unwrap()
+}
+
+async fn unpause(case: &TestCase, name: &str) {
+    let patch = json!({"spec": {"paused": false}});
+    case.tenants().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_already_exists_with_this_tenants_uid_is_adopted() {
+    let mut case = test_case().await;
+    let tenant = paused_tenant(&case, "phoenix").await;
+    let uid = tenant.uid().unwrap();
+    // ListAccounts lags (eventual consistency), so Silo's look for earlier work misses the
+    // account and CreateAccount fails with EMAIL_ALREADY_EXISTS.
+    case.sim.configure(json!({"list_accounts_lag_seconds": 20})).await.unwrap();
+    let existing = create_account_outside_silo(&case, "phoenix", "aws+phoenix@example.com", &uid).await;
+
+    case.start_controller(TestCase::settings());
+    unpause(&case, "phoenix").await;
+    let tenant = case.wait_for("phoenix", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(tenant.status.as_ref().unwrap().account_id.as_deref(), Some(existing.as_str()));
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(stats["create_account_failures"]["EMAIL_ALREADY_EXISTS"], json!(1), "{stats}");
+    assert_eq!(stats["accounts_created"], json!(1), "only the out-of-band account exists: {stats}");
+    assert_eq!(event_count(&case, &tenant, "AccountAdopted").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_already_exists_with_another_uid_is_refused() {
+    let mut case = test_case().await;
+    paused_tenant(&case, "icarus").await;
+    case.sim.configure(json!({"list_accounts_lag_seconds": 5})).await.unwrap();
+    let existing = create_account_outside_silo(&case, "someone-else", "aws+icarus@example.com", "another-uid").await;
+
+    case.start_controller(TestCase::settings());
+    unpause(&case, "icarus").await;
+    let tenant = case.wait_for("icarus", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason_of(&tenant, conditions::STALLED), "EmailInUse");
+    let message = &conditions::find(&tenant.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap().message;
+    assert!(message.contains(&existing) && message.contains("spec.email"), "says whose and what to do: {message}");
+    assert!(tenant.status.as_ref().unwrap().account_id.is_none(), "nothing adopted");
+    let org = case.sim.organizations();
+    assert!(
+        !tags_of(&org, &existing).await.iter().any(|(_, v)| v == &tenant.uid().unwrap()),
+        "the account is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopting_an_account_claimed_by_another_tenant_is_refused() {
+    let mut case = test_case().await;
+    let existing = create_account_outside_silo(&case, "owner", "owner@example.com", "owner-uid").await;
+    case.start_controller(TestCase::settings());
+    case.apply(&format!(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: thief}}\nspec: {{accountId: '{existing}'}}"
+    ))
+    .await
+    .unwrap();
+    let tenant = case.wait_for("thief", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason_of(&tenant, conditions::STALLED), "AccountClaimedByAnotherTenant");
+    assert!(tenant.status.unwrap().account_id.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_ou_moves_the_account_and_moves_out_of_band_are_undone() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.create_missing_ous = true;
+    settings.resync_period = Duration::from_secs(2);
+    case.start_controller(settings);
+    case.apply(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: nomad}\nspec: {organizationalUnit: /Tenants/A}",
+    )
+    .await
+    .unwrap();
+    let tenant = case.wait_for("nomad", conditions::READY, "True", WITHIN).await.unwrap();
+    let status = tenant.status.clone().unwrap();
+    let account_id = status.account_id.unwrap();
+    let in_a = status.organizational_unit_id.unwrap();
+    let org = case.sim.organizations();
+    assert_eq!(parent_of(&org, &account_id).await, in_a);
+
+    // The spec changes: the account moves.
+    let patch = json!({"spec": {"organizationalUnit": "/Tenants/B"}});
+    case.tenants().patch("nomad", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let in_b = loop {
+        let tenant = case.tenants().get("nomad").await.unwrap();
+        let status = tenant.status.clone().unwrap();
+        if status.observed_generation == tenant.metadata.generation
+            && conditions::is_true(&status.conditions, conditions::READY)
+            && status.organizational_unit_id.as_deref() != Some(in_a.as_str())
+        {
+            break status.organizational_unit_id.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the account did not move to /Tenants/B: {status:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(parent_of(&org, &account_id).await, in_b);
+
+    // Someone moves it back to A by hand: drift is repaired on the next verification.
+    org.move_account()
+        .account_id(&account_id)
+        .source_parent_id(&in_b)
+        .destination_parent_id(&in_a)
+        .send()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while parent_of(&org, &account_id).await != in_b {
+        assert!(tokio::time::Instant::now() < deadline, "the out-of-band move was not undone");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let tenant = case.tenants().get("nomad").await.unwrap();
+    assert!(event_count(&case, &tenant, "AccountMoved").await >= 3, "initial placement, spec change and repair");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_drift_is_repaired_without_touching_foreign_tags() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.resync_period = Duration::from_secs(2);
+    case.start_controller(settings);
+    case.apply(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: tidy}\nspec: {tags: {team: core, tier: gold}}",
+    )
+    .await
+    .unwrap();
+    let tenant = case.wait_for("tidy", conditions::READY, "True", WITHIN).await.unwrap();
+    let account_id = tenant.status.clone().unwrap().account_id.unwrap();
+    let org = case.sim.organizations();
+
+    // Out of band: a Silo tag is removed, one of the tenant's tags changed, a foreign tag added.
+    org.untag_resource().resource_id(&account_id).tag_keys("silo.dev/tenant").send().await.unwrap();
+    let foreign = [
+        Tag::builder().key("team").value("hijacked").build().unwrap(),
+        Tag::builder().key("owner").value("finance").build().unwrap(),
+    ];
+    org.tag_resource().resource_id(&account_id).set_tags(Some(foreign.to_vec())).send().await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let tags = tags_of(&org, &account_id).await;
+        let has = |k: &str, v: &str| tags.iter().any(|(key, val)| key == k && val == v);
+        if has("team", "core") && has("silo.dev/tenant", "tidy") {
+            assert!(has("owner", "finance"), "the foreign tag stays: {tags:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "tags were not repaired: {tags:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(event_count(&case, &tenant, "TagsRepaired").await >= 1);
+
+    // A key leaves the spec: Silo removes it, because Silo applied it; the foreign tag stays.
+    let patch = json!({"spec": {"tags": {"team": "core", "tier": null}}});
+    case.tenants().patch("tidy", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let tags = tags_of(&org, &account_id).await;
+        if !tags.iter().any(|(k, _)| k == "tier") {
+            assert!(tags.iter().any(|(k, v)| k == "owner" && v == "finance"), "the foreign tag stays: {tags:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "tier was not removed: {tags:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The status forgets the key too (it is written right after the AWS calls).
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let status = case.tenants().get("tidy").await.unwrap().status.unwrap();
+        if !status.applied_tag_keys.contains(&"tier".to_string()) {
+            assert!(status.applied_tag_keys.contains(&"team".to_string()));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "status still lists tier: {:?}", status.applied_tag_keys);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_suspended_out_of_band_stalls_the_tenant() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.resync_period = Duration::from_secs(2);
+    case.start_controller(settings);
+    case.apply("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: frozen}\nspec: {}").await.unwrap();
+    let tenant = case.wait_for("frozen", conditions::READY, "True", WITHIN).await.unwrap();
+    let account_id = tenant.status.unwrap().account_id.unwrap();
+    case.sim.organizations().close_account().account_id(&account_id).send().await.unwrap();
+    let tenant = case.wait_for("frozen", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason_of(&tenant, conditions::STALLED), "AccountNotActive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_organizations_account_limit_stalls_creation() {
+    let mut case = test_case().await;
+    case.sim.configure(json!({"account_limit": 1})).await.unwrap();
+    case.start_controller(TestCase::settings());
+    case.apply("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: overflow}\nspec: {}").await.unwrap();
+    let tenant = case.wait_for("overflow", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason_of(&tenant, conditions::STALLED), "OrganizationAccountLimit");
+    let message = &conditions::find(&tenant.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap().message;
+    assert!(message.contains("quota"), "{message}");
+}
+
+async fn ready_close_tenant(case: &TestCase, name: &str) -> String {
+    case.apply(&format!(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{deletionPolicy: Close}}"
+    ))
+    .await
+    .unwrap();
+    let tenant = case.wait_for(name, conditions::READY, "True", WITHIN).await.unwrap();
+    tenant.status.unwrap().account_id.unwrap()
+}
+
+async fn account_state(org: &Organizations, account_id: &str) -> String {
+    let out = org.describe_account().account_id(account_id).send().await.unwrap();
+    out.account().and_then(|a| a.state()).map(|s| s.as_str().to_string()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_allow_account_closure_closes_and_then_lets_the_tenant_go() {
+    let mut case = test_case().await;
+    case.sim.configure(json!({"close_pending_seconds": 600})).await.unwrap();
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    case.start_controller(settings);
+    let account_id = ready_close_tenant(&case, "sunset").await;
+    let retained = ready_close_tenant(&case, "keeper").await;
+
+    case.tenants().delete("sunset", &DeleteParams::default()).await.unwrap();
+    case.wait_deleted("sunset", WITHIN).await.unwrap();
+    let org = case.sim.organizations();
+    assert_eq!(account_state(&org, &account_id).await, "PENDING_CLOSURE");
+    assert_eq!(account_state(&org, &retained).await, "ACTIVE", "only the deleted tenant's account is closed");
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(stats["requests"]["organizations:CloseAccount"], json!(1), "{stats}");
+
+    let ledger =
+        Api::<ConfigMap>::namespaced(case.client.clone(), CONTROLLER_NAMESPACE).get(LEDGER_NAME).await.unwrap();
+    assert!(ledger.data.unwrap().contains_key(&account_id), "the closure is recorded in the ledger");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_closure_budget_queues_closures_beyond_it() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    settings.max_account_closures_per_day = 1;
+    case.start_controller(settings);
+    let first = ready_close_tenant(&case, "gone-1").await;
+    let second = ready_close_tenant(&case, "gone-2").await;
+
+    for name in ["gone-1", "gone-2"] {
+        case.tenants().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    // One of the two is closed; the other waits in the queue with a condition that says so.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let (queued, queued_account) = loop {
+        let remaining: Vec<Tenant> = case.tenants().list(&Default::default()).await.unwrap().items;
+        if remaining.len() == 1 {
+            let t = remaining.into_iter().next().unwrap();
+            if t.status.as_ref().is_some_and(|s| {
+                conditions::find(&s.conditions, conditions::READY).is_some_and(|c| c.reason == "ClosureQueued")
+            }) {
+                let account = if t.name_any() == "gone-1" { first.clone() } else { second.clone() };
+                break (t, account);
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "expected one closed and one queued tenant");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let status = queued.status.unwrap();
+    let ready = conditions::find(&status.conditions, conditions::READY).unwrap();
+    assert!(ready.message.contains("--max-account-closures-per-day"), "{}", ready.message);
+    assert!(conditions::is_true(&status.conditions, conditions::RECONCILING), "queued is progress, not a failure");
+    let org = case.sim.organizations();
+    assert_eq!(account_state(&org, &queued_account).await, "ACTIVE", "the queued account is not closed");
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(stats["requests"]["organizations:CloseAccount"], json!(1), "{stats}");
+}
