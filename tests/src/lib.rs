@@ -234,6 +234,31 @@ impl TestCase {
         }));
     }
 
+    /// Runs the Tenant controller in this process as the `silo` ServiceAccount of
+    /// `manifests/rbac.yaml`, with a token the API server issued for it: only what that RBAC
+    /// grants is allowed.
+    pub async fn start_controller_as_service_account(&mut self, settings: Settings) -> Result<()> {
+        apply_manifest(&self.client, &repo_dir().join("manifests/rbac.yaml")).await?;
+        let accounts =
+            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
+        let request =
+            serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
+        let token = accounts.create_token_request("silo", &Default::default(), &request).await?;
+        let token = token.status.and_then(|s| s.token).context("the TokenRequest returned no token")?;
+
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.info.kubeconfig)?;
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+        let client = Client::try_from(config)?;
+        let aws = Aws::from_config(&self.sim.sdk_config(), Self::limits());
+        self.controllers.push(tokio::spawn(async move {
+            if let Err(err) = tenant::run(client, aws, settings, std::future::pending()).await {
+                panic!("controller failed: {err:#}");
+            }
+        }));
+        Ok(())
+    }
+
     /// Starts `silo run` as a separate process against the environment, with extra flags.
     /// The binary is the one built next to this test binary (`cargo build -p silo`).
     pub fn spawn_controller(&self, args: &[&str], log_name: &str) -> Result<process::Process> {
@@ -299,6 +324,38 @@ impl Drop for TestCase {
             controller.abort();
         }
     }
+}
+
+/// Applies the RBAC objects of a manifest file (ServiceAccount, ClusterRole, Role and their
+/// bindings) with server-side apply.
+pub async fn apply_manifest(client: &Client, path: &Path) -> Result<()> {
+    use k8s_openapi::api::{
+        core::v1::ServiceAccount,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let params = PatchParams::apply("silo-testenv").force();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        let name = value["metadata"]["name"].as_str().context("manifest object without a name")?.to_string();
+        let ns = value["metadata"]["namespace"].as_str().unwrap_or(CONTROLLER_NAMESPACE).to_string();
+        let patch = Patch::Apply(&value);
+        match value["kind"].as_str() {
+            Some("ServiceAccount") => {
+                drop(Api::<ServiceAccount>::namespaced(client.clone(), &ns).patch(&name, &params, &patch).await?)
+            }
+            Some("ClusterRole") => drop(Api::<ClusterRole>::all(client.clone()).patch(&name, &params, &patch).await?),
+            Some("ClusterRoleBinding") => {
+                drop(Api::<ClusterRoleBinding>::all(client.clone()).patch(&name, &params, &patch).await?)
+            }
+            Some("Role") => drop(Api::<Role>::namespaced(client.clone(), &ns).patch(&name, &params, &patch).await?),
+            Some("RoleBinding") => {
+                drop(Api::<RoleBinding>::namespaced(client.clone(), &ns).patch(&name, &params, &patch).await?)
+            }
+            other => bail!("{}: cannot apply kind {other:?}", path.display()),
+        }
+    }
+    Ok(())
 }
 
 /// The `silo` binary of the same build as the running test binary (target/debug/silo).

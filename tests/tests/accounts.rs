@@ -346,3 +346,27 @@ async fn the_closure_budget_queues_closures_beyond_it() {
     let stats = case.sim.stats().await.unwrap();
     assert_eq!(stats["requests"]["organizations:CloseAccount"], json!(1), "{stats}");
 }
+
+/// The RBAC in manifests/ is enough for the whole lifecycle, including events and the
+/// closure ledger: the controller runs with a token of the `silo` ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_rbac_is_enough_for_create_place_tag_and_close() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    settings.create_missing_ous = true;
+    case.start_controller_as_service_account(settings).await.unwrap();
+    case.apply(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: least-privilege}\n\
+         spec: {deletionPolicy: Close, organizationalUnit: /Tenants/RBAC, tags: {team: security}}",
+    )
+    .await
+    .unwrap();
+    let tenant = case.wait_for("least-privilege", conditions::READY, "True", WITHIN).await.unwrap();
+    assert!(event_count(&case, &tenant, "AccountCreated").await >= 1, "events are allowed");
+    let account_id = tenant.status.unwrap().account_id.unwrap();
+    case.tenants().delete("least-privilege", &DeleteParams::default()).await.unwrap();
+    case.wait_deleted("least-privilege", WITHIN).await.unwrap();
+    let org = case.sim.organizations();
+    assert_ne!(account_state(&org, &account_id).await, "ACTIVE", "closed through the ledger");
+}
