@@ -200,7 +200,7 @@ spec: {paused: true}",
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_waits_for_a_person_and_never_closes_in_this_version() {
+async fn close_without_allow_account_closure_waits_for_a_person() {
     let mut case = test_case().await;
     case.start_controller(TestCase::settings());
     case.apply(
