@@ -167,15 +167,216 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// The baseline bootstrapped in the account: one stack per region, with its outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<TenantBaselineStatus>,
+
     /// Ready, AccountReady, PlacementReady, BaselineReady, Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
+/// The baseline of one tenant, as applied.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantBaselineStatus {
+    /// Name of the Baseline.
+    pub name: String,
+    /// What this tenant should run: a hash of the Baseline's revision and this tenant's
+    /// parameters. Each stack carries the revision it runs as the tag silo.dev/revision.
+    pub revision: String,
+    /// One entry per region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<StackReport>,
+}
+
+/// One baseline stack in one region of the tenant's account.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StackReport {
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    /// CloudFormation's stack status, as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_status: Option<String>,
+    /// The revision the stack runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// How many times a failed creation was deleted and created again for this revision.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub create_attempts: u32,
+    /// The revision last sent with CreateStack or UpdateStack. A stack that rolled back from
+    /// it is reported, and not retried until the revision changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted_revision: Option<String>,
+    /// The stack's outputs, for GitOps and other controllers to consume.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A baseline: the CloudFormation stack every tenant account that opts in gets, in each of
+/// the listed regions, run through a role assumed in the tenant's account.
+#[allow(clippy::duplicated_attributes)] // three integer printer columns look alike to clippy
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "silo.dev",
+    version = "v1alpha1",
+    kind = "Baseline",
+    plural = "baselines",
+    status = "BaselineStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A Baseline is the CloudFormation stack Silo bootstraps in every tenant account that names it: the roles, buckets, topics and parameters each tenant gets.",
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.revision"),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.tenants.current",
+        description = "Tenants at the current revision"
+    ),
+    printcolumn(name = "InProgress", type_ = "integer", json_path = ".status.tenants.inProgress"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.tenants.failed"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("has(self.template) != has(self.templateURL)")
+        .message("set exactly one of spec.template (inline, up to 51,200 bytes) and spec.templateURL"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineSpec {
+    /// The CloudFormation template, inline as YAML or JSON, up to CloudFormation's inline
+    /// limit of 51,200 bytes. Larger templates go to spec.templateURL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 51200))]
+    pub template: Option<String>,
+
+    /// An https:// or s3:// URL of a template, for templates over 51,200 bytes.
+    #[serde(default, rename = "templateURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('s3://')").message("spec.templateURL must start with https:// or s3://"))]
+    pub template_url: Option<String>,
+
+    /// Default parameter values; a Tenant's spec.baseline.parameters override them. Silo fills
+    /// in TenantName and AccountId itself when the template declares them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+
+    /// Regions to run the stack in. Default: the controller's region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 32)))]
+    #[x_kube(validation = Rule::new("self.all(r, r.matches('^[a-z]{2}(-[a-z]+)+-[0-9]$'))").message("spec.regions must be AWS region names like us-east-1"))]
+    pub regions: Vec<String>,
+
+    /// Name of the stack in each region. Default: silo-baseline.
+    #[serde(default = "default_stack_name")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z][-a-zA-Z0-9]*$')").message("spec.stackName must start with a letter and contain only letters, digits and hyphens"))]
+    pub stack_name: String,
+
+    /// CloudFormation capabilities the template needs, like CAPABILITY_NAMED_IAM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<Capability>,
+
+    /// Turn on the stack's termination protection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub termination_protection: bool,
+
+    /// The role Silo assumes in the tenant account. Default: OrganizationAccountAccessRole.
+    #[serde(default = "default_role_name")]
+    #[schemars(length(min = 1, max = 64))]
+    pub role_name: String,
+
+    /// A Secret holding the external id the role's trust policy requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<SecretKeyRef>,
+
+    /// An IAM policy document (JSON) passed as AssumeRole's session policy: the bootstrap
+    /// session can never do more than this states, whatever the role allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub session_policy: Option<String>,
+}
+
+fn default_stack_name() -> String {
+    "silo-baseline".into()
+}
+
+fn default_role_name() -> String {
+    "OrganizationAccountAccessRole".into()
+}
+
+/// A CloudFormation capability.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
+pub enum Capability {
+    #[serde(rename = "CAPABILITY_IAM")]
+    Iam,
+    #[serde(rename = "CAPABILITY_NAMED_IAM")]
+    NamedIam,
+    #[serde(rename = "CAPABILITY_AUTO_EXPAND")]
+    AutoExpand,
+}
+
+impl Capability {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Capability::Iam => "CAPABILITY_IAM",
+            Capability::NamedIam => "CAPABILITY_NAMED_IAM",
+            Capability::AutoExpand => "CAPABILITY_AUTO_EXPAND",
+        }
+    }
+}
+
+/// A key of a Secret in the controller's namespace (Silo reads Secrets nowhere else).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// What the Baseline controller observed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineStatus {
+    /// A content hash of the template, parameters, regions and stack settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// How many tenants use this Baseline, by state.
+    #[serde(default)]
+    pub tenants: TenantCounts,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Tenants of a Baseline, by where their stacks stand.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantCounts {
+    /// At the current revision in every region.
+    pub current: u32,
+    /// Being created or updated.
+    pub in_progress: u32,
+    /// Failed or stalled.
+    pub failed: u32,
+}
+
 /// Every CRD Silo owns, in the order `silo crd` prints them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![Tenant::crd()]
+    vec![Tenant::crd(), Baseline::crd()]
 }
 
 /// The YAML `silo crd` prints: every CRD, as one multi-document stream.

@@ -6,12 +6,31 @@
 //!   baseline -> status); [`tenant::account`] is where an account is created or adopted.
 //! - [`aws`]: the one client layer every AWS call goes through, and the classification of
 //!   AWS errors into throttled, transient and terminal.
+//! - [`baseline`]: the Baseline API's logic: revisions, parameters, the stack state machine,
+//!   and the Baseline controller.
 //! - [`conditions`]: kstatus-style conditions that keep their transition times.
 
 pub mod api;
 pub mod aws;
+pub mod baseline;
 pub mod conditions;
 pub mod telemetry;
 pub mod tenant;
 
-pub use api::{Tenant, TenantSpec, TenantStatus};
+pub use api::{Baseline, Tenant, TenantSpec, TenantStatus};
+
+use futures::FutureExt;
+
+/// Runs the Tenant and Baseline controllers until `shutdown` completes.
+pub async fn run(
+    client: kube::Client,
+    aws: aws::Aws,
+    settings: tenant::Settings,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown.shared();
+    let baselines = baseline::controller::run(client.clone(), shutdown.clone());
+    let tenants = tenant::run(client, aws, settings, shutdown);
+    let (result, ()) = tokio::join!(tenants, baselines);
+    result
+}

@@ -4,9 +4,9 @@ use std::{num::NonZeroU32, time::Duration};
 
 use clap::{Parser, Subcommand};
 use silo::{
-    aws::{Aws, BudgetLimits},
+    aws::{Aws, AwsSettings, BudgetLimits},
     telemetry::{self, LogFormat},
-    tenant::{self, Settings},
+    tenant::Settings,
 };
 
 #[derive(Parser)]
@@ -66,6 +66,16 @@ struct RunArgs {
     #[arg(long, env = "SILO_AWS_MAX_IN_FLIGHT", default_value_t = 8)]
     aws_max_in_flight: usize,
 
+    /// A role in the management account to assume before anything else (the controller's
+    /// own identity comes from the standard AWS chain: environment, IRSA, EKS Pod Identity).
+    #[arg(long, env = "SILO_MANAGEMENT_ROLE_ARN")]
+    management_role_arn: Option<String>,
+
+    /// Tag each tenant session with the tenant (CloudTrail shows it). The role's trust policy
+    /// must allow sts:TagSession; set to false for roles that do not.
+    #[arg(long, env = "SILO_SESSION_TAGS", default_value_t = true, action = clap::ArgAction::Set)]
+    session_tags: bool,
+
     /// Log format.
     #[arg(long, env = "SILO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -92,13 +102,17 @@ async fn main() -> anyhow::Result<()> {
                 max_account_closures_per_day: args.max_account_closures_per_day,
                 namespace: args.namespace,
             };
-            let limits = BudgetLimits {
-                requests_per_second: args.aws_requests_per_second,
-                max_in_flight: args.aws_max_in_flight,
+            let aws_settings = AwsSettings {
+                limits: BudgetLimits {
+                    requests_per_second: args.aws_requests_per_second,
+                    max_in_flight: args.aws_max_in_flight,
+                },
+                management_role_arn: args.management_role_arn,
+                tag_sessions: args.session_tags,
             };
             let client = kube::Client::try_default().await?;
-            let aws = Aws::from_env(limits).await;
-            tenant::run(client, aws, settings, shutdown_signal()).await
+            let aws = Aws::from_env(&aws_settings).await;
+            silo::run(client, aws, settings, shutdown_signal()).await
         }
     }
 }

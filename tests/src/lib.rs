@@ -30,8 +30,8 @@ use kube::{
 };
 use silo::{
     Tenant,
-    aws::{Aws, BudgetLimits},
-    tenant::{self, Settings},
+    aws::{Aws, AwsSettings, BudgetLimits},
+    tenant::Settings,
 };
 
 pub use awssim::{AwsSim, SimClient};
@@ -218,17 +218,21 @@ impl TestCase {
         }
     }
 
-    /// AWS request limits for an in-process controller: Silo's defaults.
-    pub fn limits() -> BudgetLimits {
-        BudgetLimits { requests_per_second: std::num::NonZeroU32::new(8).unwrap(), max_in_flight: 8 }
+    /// How an in-process controller reaches AWS: Silo's defaults.
+    pub fn aws_settings() -> AwsSettings {
+        AwsSettings {
+            limits: BudgetLimits { requests_per_second: std::num::NonZeroU32::new(8).unwrap(), max_in_flight: 8 },
+            management_role_arn: None,
+            tag_sessions: true,
+        }
     }
 
     /// Runs the Tenant controller in this process against the environment.
     pub fn start_controller(&mut self, settings: Settings) {
         let client = self.client.clone();
-        let aws = Aws::from_config(&self.sim.sdk_config(), Self::limits());
+        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_settings());
         self.controllers.push(tokio::spawn(async move {
-            if let Err(err) = tenant::run(client, aws, settings, std::future::pending()).await {
+            if let Err(err) = silo::run(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");
             }
         }));
@@ -250,9 +254,9 @@ impl TestCase {
         let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
         let client = Client::try_from(config)?;
-        let aws = Aws::from_config(&self.sim.sdk_config(), Self::limits());
+        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_settings());
         self.controllers.push(tokio::spawn(async move {
-            if let Err(err) = tenant::run(client, aws, settings, std::future::pending()).await {
+            if let Err(err) = silo::run(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");
             }
         }));

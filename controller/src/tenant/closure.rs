@@ -144,6 +144,11 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
         return pending(&mut report, ctx, outcome, Duration::from_secs(3600)).await;
     }
 
+    // The baseline stacks go first, in every region, while the account can still be entered.
+    if let Some(deleting) = super::bootstrap::delete_stacks(tenant, ctx).await? {
+        return pending(&mut report, ctx, deleting, POLL).await;
+    }
+
     match org.describe_account(&account_id).await? {
         None => return Ok(()),
         Some(account) if account.is_closing_or_closed() => {

@@ -6,7 +6,7 @@
 //! 1. [`identity`]: fix the account name and email before any AWS call.
 //! 2. [`account`]: create or adopt the account (`AccountReady`), and keep Silo's tags on it.
 //! 3. [`placement`]: move it into the requested OU (`PlacementReady`).
-//! 4. baseline: bootstrap the baseline stack (`BaselineReady`).
+//! 4. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`).
 //! 5. [`status`]: derive `Ready`, `Reconciling`, `Stalled` and write the status once.
 //!
 //! A step runs only when the steps before it are done.
@@ -21,6 +21,7 @@
 //!   with jittered backoff ([`error_policy`]).
 
 pub mod account;
+pub mod bootstrap;
 pub mod closure;
 pub mod identity;
 pub mod placement;
@@ -40,6 +41,7 @@ use kube::{
         controller::Action,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
         finalizer::{self, Event as FinalizerEvent},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -47,7 +49,7 @@ use rand::Rng;
 use tracing::{info, warn};
 
 use crate::{
-    api::{DeletionPolicy, Tenant},
+    api::{Baseline, DeletionPolicy, Tenant},
     aws::{Aws, AwsError},
     conditions::StepOutcome,
 };
@@ -171,9 +173,22 @@ pub async fn run(
         anyhow::anyhow!("cannot list Tenants ({err}); are the CRDs installed (`silo crd | kubectl apply -f -`)?")
     })?;
     let concurrency = settings.concurrency;
-    let ctx = Arc::new(Context::new(client, aws, settings));
+    let ctx = Arc::new(Context::new(client.clone(), aws, settings));
     info!(concurrency, "starting the Tenant controller");
-    Controller::new(tenants, watcher::Config::default().any_semantic())
+    let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // A changed Baseline reconciles every Tenant that uses it.
+    let uses = move |baseline: Baseline| {
+        let name = baseline.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name))
+            .map(|t| ObjectRef::from_obj(t.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .watches(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic(), uses)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -262,28 +277,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         next = next.min(placement::run(tenant, &mut report, ctx).await?);
     }
     if report.placement.as_ref().is_some_and(StepOutcome::is_done) {
-        report.baseline = Some(baseline_outcome(tenant));
+        next = next.min(bootstrap::run(tenant, &mut report, ctx).await?);
     }
     report.fill_unreached();
     report.write(ctx).await?;
 
     let requeue = if report.all_done() { jittered(ctx.settings.resync_period) } else { next };
     Ok(Action::requeue(requeue))
-}
-
-/// Baselines are bootstrapped by a later version of Silo; until then a Tenant that asks for
-/// one says so plainly instead of pretending.
-fn baseline_outcome(tenant: &Tenant) -> StepOutcome {
-    match &tenant.spec.baseline {
-        None => StepOutcome::done("NoBaseline", "No baseline requested"),
-        Some(baseline) => StepOutcome::stalled(
-            "BaselinesNotSupported",
-            format!(
-                "This version of Silo cannot bootstrap baselines yet; remove spec.baseline ({}) or upgrade Silo",
-                baseline.name
-            ),
-        ),
-    }
 }
 
 /// Settles the AWS side of a deleted Tenant before its finalizer goes.

@@ -1,0 +1,218 @@
+//! CloudFormation in one tenant account and region, as the baseline step uses it.
+//!
+//! A [`Stacks`] is built from a tenant session's credentials (see [`super::tenant_access`])
+//! and can only ever act in that account: there is no way to switch it to another.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use aws_config::{Region, SdkConfig, retry::RetryConfig};
+use aws_credential_types::Credentials;
+use aws_sdk_cloudformation::{
+    Client,
+    types::{Capability, Parameter, ResourceStatus, Tag},
+};
+
+use super::error::AwsError;
+use crate::baseline::stack::Observed;
+
+/// What the stack operations need to know of the template and its settings.
+#[derive(Clone, Debug)]
+pub struct StackSpec<'a> {
+    pub name: &'a str,
+    pub template_body: Option<&'a str>,
+    pub template_url: Option<&'a str>,
+    pub parameters: &'a BTreeMap<String, String>,
+    pub capabilities: Vec<&'static str>,
+    pub tags: BTreeMap<String, String>,
+    pub termination_protection: bool,
+}
+
+/// A stack as DescribeStacks sees it.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub id: String,
+    pub observed: Observed,
+    pub outputs: BTreeMap<String, String>,
+    pub termination_protection: bool,
+}
+
+/// Whether UpdateStack started an update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    Started,
+    /// "No updates are to be performed": the stack already matches. Success.
+    NothingToDo,
+}
+
+/// The stacks of one account in one region.
+pub struct Stacks {
+    client: Client,
+}
+
+impl Stacks {
+    /// A client acting with `credentials` in `region`, with the endpoint and retry policy of
+    /// the base configuration.
+    pub fn new(base: &SdkConfig, credentials: Credentials, region: &str, max_attempts: u32) -> Self {
+        let config = aws_sdk_cloudformation::config::Builder::from(base)
+            .region(Region::new(region.to_string()))
+            .credentials_provider(credentials)
+            .retry_config(RetryConfig::standard().with_max_attempts(max_attempts))
+            .build();
+        Self { client: Client::from_conf(config) }
+    }
+
+    /// DescribeStacks for one stack; `None` when it does not exist.
+    pub async fn describe(&self, name: &str, revision_tag: &str) -> Result<Option<Stack>, AwsError> {
+        let out = match self.client.describe_stacks().stack_name(name).send().await {
+            Ok(out) => out,
+            Err(err) => {
+                let err = AwsError::from_sdk("DescribeStacks", err);
+                return if err.has_code("ValidationError") && err.message.contains("does not exist") {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+        };
+        let Some(stack) = out.stacks.unwrap_or_default().into_iter().next() else { return Ok(None) };
+        let changed = stack.last_updated_time.or(stack.creation_time);
+        let since = changed
+            .and_then(|t| {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+                now.checked_sub(Duration::from_secs(u64::try_from(t.secs()).ok()?))
+            })
+            .unwrap_or_default();
+        let observed = Observed {
+            status: stack.stack_status.as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            reason: stack.stack_status_reason.clone(),
+            revision: stack
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(revision_tag))
+                .and_then(|t| t.value().map(str::to_string)),
+            since,
+        };
+        let outputs = stack
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
+            .collect();
+        Ok(Some(Stack {
+            id: stack.stack_id.clone().unwrap_or_default(),
+            observed,
+            outputs,
+            termination_protection: stack.enable_termination_protection.unwrap_or(false),
+        }))
+    }
+
+    /// CreateStack. The token makes a retried call a no-op.
+    pub async fn create(&self, spec: &StackSpec<'_>, token: &str) -> Result<String, AwsError> {
+        let out = self
+            .client
+            .create_stack()
+            .stack_name(spec.name)
+            .set_template_body(spec.template_body.map(str::to_string))
+            .set_template_url(spec.template_url.map(str::to_string))
+            .set_parameters(Some(parameters(spec.parameters)))
+            .set_capabilities(Some(spec.capabilities.iter().map(|c| Capability::from(*c)).collect()))
+            .set_tags(Some(tags(&spec.tags)))
+            .enable_termination_protection(spec.termination_protection)
+            .client_request_token(token)
+            .send()
+            .await
+            .map_err(|err| AwsError::from_sdk("CreateStack", err))?;
+        Ok(out.stack_id.unwrap_or_default())
+    }
+
+    /// UpdateStack. The token makes a retried call a no-op.
+    pub async fn update(&self, spec: &StackSpec<'_>, token: &str) -> Result<Update, AwsError> {
+        let result = self
+            .client
+            .update_stack()
+            .stack_name(spec.name)
+            .set_template_body(spec.template_body.map(str::to_string))
+            .set_template_url(spec.template_url.map(str::to_string))
+            .set_parameters(Some(parameters(spec.parameters)))
+            .set_capabilities(Some(spec.capabilities.iter().map(|c| Capability::from(*c)).collect()))
+            .set_tags(Some(tags(&spec.tags)))
+            .client_request_token(token)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Update::Started),
+            Err(err) => {
+                let err = AwsError::from_sdk("UpdateStack", err);
+                if err.has_code("ValidationError") && err.message.contains("No updates are to be performed") {
+                    Ok(Update::NothingToDo)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// DeleteStack (turning termination protection off first, when it is on).
+    pub async fn delete(&self, stack: &Stack, token: &str) -> Result<(), AwsError> {
+        if stack.termination_protection {
+            self.client
+                .update_termination_protection()
+                .stack_name(&stack.id)
+                .enable_termination_protection(false)
+                .send()
+                .await
+                .map_err(|err| AwsError::from_sdk("UpdateTerminationProtection", err))?;
+        }
+        self.client
+            .delete_stack()
+            .stack_name(&stack.id)
+            .client_request_token(token)
+            .send()
+            .await
+            .map_err(|err| AwsError::from_sdk("DeleteStack", err))?;
+        Ok(())
+    }
+
+    /// ContinueUpdateRollback.
+    pub async fn continue_rollback(&self, name: &str, token: &str) -> Result<(), AwsError> {
+        self.client
+            .continue_update_rollback()
+            .stack_name(name)
+            .client_request_token(token)
+            .send()
+            .await
+            .map_err(|err| AwsError::from_sdk("ContinueUpdateRollback", err))?;
+        Ok(())
+    }
+
+    /// The first resource that failed, with its reason, from the stack's events.
+    pub async fn first_failure(&self, stack_id: &str) -> Result<Option<String>, AwsError> {
+        let out = self
+            .client
+            .describe_stack_events()
+            .stack_name(stack_id)
+            .send()
+            .await
+            .map_err(|err| AwsError::from_sdk("DescribeStackEvents", err))?;
+        // Events come newest first; the first failure is the last failed one listed.
+        let failed = out.stack_events().iter().rev().find(|e| {
+            matches!(e.resource_status(), Some(ResourceStatus::CreateFailed | ResourceStatus::UpdateFailed))
+                && e.resource_type() != Some("AWS::CloudFormation::Stack")
+        });
+        Ok(failed.map(|e| {
+            format!(
+                "{} ({}): {}",
+                e.logical_resource_id().unwrap_or("?"),
+                e.resource_type().unwrap_or("?"),
+                e.resource_status_reason().unwrap_or("no reason given")
+            )
+        }))
+    }
+}
+
+fn parameters(values: &BTreeMap<String, String>) -> Vec<Parameter> {
+    values.iter().map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build()).collect()
+}
+
+fn tags(values: &BTreeMap<String, String>) -> Vec<Tag> {
+    values.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
