@@ -1,0 +1,343 @@
+//! Baselines end to end: a role assumed in each tenant's account, a CloudFormation stack per
+//! region there, outputs in the Tenant's status, updates, failures and deletion.
+
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_organizations::config::{Credentials, SharedCredentialsProvider};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use serde_json::json;
+use silo::{Baseline, Tenant, conditions};
+use silo_testenv::{SimClient, TestCase, test_case};
+
+const WITHIN: Duration = Duration::from_secs(120);
+
+const TEMPLATE: &str = r#"
+Parameters:
+  TenantName: {Type: String}
+  AccountId: {Type: String}
+  Env: {Type: String, Default: dev}
+Resources:
+  Events:
+    Type: AWS::SNS::Topic
+    Properties:
+      TopicName: !Sub "${TenantName}-events"
+Outputs:
+  TopicArn:
+    Value: !Ref Events
+  Env:
+    Value: !Ref Env
+  Account:
+    Value: !Ref AccountId
+"#;
+
+async fn apply_baseline(case: &TestCase, name: &str, spec: serde_json::Value) {
+    let baseline: Baseline = serde_json::from_value(json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<Baseline>::all(case.client.clone())
+        .patch(name, &PatchParams::apply("silo-tests").force(), &Patch::Apply(&baseline))
+        .await
+        .unwrap();
+}
+
+async fn apply_tenant(case: &TestCase, name: &str, baseline: serde_json::Value, extra: serde_json::Value) -> Tenant {
+    let mut spec = json!({"baseline": baseline});
+    spec.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+    let yaml = serde_yaml::to_string(&json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    case.apply(&yaml).await.unwrap()
+}
+
+/// Credentials inside a tenant's account, assumed like Silo does (through the management account).
+async fn inside(sim: &SimClient, account_id: &str, region: &str) -> SdkConfig {
+    let sts = aws_sdk_sts::Client::new(&sim.sdk_config());
+    let out = sts
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"))
+        .role_session_name("silo-tests")
+        .send()
+        .await
+        .expect("AssumeRole into the tenant account");
+    let c = out.credentials.unwrap();
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(&sim.endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            None,
+            "tests",
+        )))
+        .build()
+}
+
+async fn stack_names(config: &SdkConfig) -> Vec<(String, String)> {
+    let cfn = aws_sdk_cloudformation::Client::new(config);
+    let out = cfn.describe_stacks().send().await.unwrap();
+    out.stacks()
+        .iter()
+        .map(|s| {
+            (
+                s.stack_name().unwrap_or_default().to_string(),
+                s.stack_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn topics(config: &SdkConfig) -> Vec<String> {
+    let sns = aws_sdk_sns::Client::new(config);
+    let out = sns.list_topics().send().await.unwrap();
+    out.topics().iter().filter_map(|t| t.topic_arn().map(str::to_string)).collect()
+}
+
+fn outputs(tenant: &Tenant, region: &str) -> std::collections::BTreeMap<String, String> {
+    let baseline = tenant.status.as_ref().unwrap().baseline.as_ref().expect("status.baseline");
+    baseline.stacks.iter().find(|s| s.region == region).expect("a stack per region").outputs.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baseline_in_two_regions_runs_in_each_tenants_own_account_only() {
+    let mut case = test_case().await;
+    case.start_controller(TestCase::settings());
+    apply_baseline(&case, "standard", json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"]})).await;
+    apply_tenant(&case, "alpha", json!({"name": "standard"}), json!({})).await;
+    apply_tenant(&case, "beta", json!({"name": "standard", "parameters": {"Env": "prod"}}), json!({})).await;
+
+    let alpha = case.wait_for("alpha", conditions::READY, "True", WITHIN).await.unwrap();
+    let beta = case.wait_for("beta", conditions::READY, "True", WITHIN).await.unwrap();
+    let alpha_account = alpha.status.as_ref().unwrap().account_id.clone().unwrap();
+    let beta_account = beta.status.as_ref().unwrap().account_id.clone().unwrap();
+    for region in ["us-east-1", "eu-west-1"] {
+        let out = outputs(&alpha, region);
+        assert!(out["TopicArn"].contains(&alpha_account) && out["TopicArn"].contains(region), "{out:?}");
+        assert!(out["TopicArn"].ends_with("alpha-events"));
+        assert_eq!(out["Env"], "dev");
+        assert_eq!(out["Account"], alpha_account, "AccountId is filled in by Silo");
+        assert_eq!(outputs(&beta, region)["Env"], "prod", "the tenant's override wins");
+    }
+
+    // Isolation: each account holds its own stack and topic and nothing of the other's;
+    // the management account holds none of them.
+    for region in ["us-east-1", "eu-west-1"] {
+        let a = inside(&case.sim, &alpha_account, region).await;
+        let b = inside(&case.sim, &beta_account, region).await;
+        assert_eq!(stack_names(&a).await, vec![("silo-baseline".to_string(), "CREATE_COMPLETE".to_string())]);
+        assert_eq!(stack_names(&b).await, vec![("silo-baseline".to_string(), "CREATE_COMPLETE".to_string())]);
+        let (ta, tb) = (topics(&a).await, topics(&b).await);
+        assert!(
+            ta.iter().all(|t| t.contains(&alpha_account) && t.ends_with("alpha-events")) && ta.len() == 1,
+            "{ta:?}"
+        );
+        assert!(tb.iter().all(|t| t.contains(&beta_account) && t.ends_with("beta-events")) && tb.len() == 1, "{tb:?}");
+        let mut management = case.sim.sdk_config().to_builder();
+        management.set_region(Some(Region::new(region)));
+        let management = management.build();
+        assert!(stack_names(&management).await.is_empty(), "no stack in the management account");
+        assert!(topics(&management).await.is_empty(), "no topic in the management account");
+    }
+
+    let baseline = Api::<Baseline>::all(case.client.clone()).get("standard").await.unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let mut baseline = baseline;
+    while baseline.status.as_ref().map(|s| s.tenants.current) != Some(2) {
+        assert!(Instant::now() < deadline, "Baseline status never counted 2 current tenants: {:?}", baseline.status);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        baseline = Api::<Baseline>::all(case.client.clone()).get("standard").await.unwrap();
+    }
+    assert!(baseline.status.unwrap().revision.is_some());
+}
+
+/// The revision tag of the tenant's stack.
+async fn running_revision(case: &TestCase, account_id: &str) -> String {
+    let config = inside(&case.sim, account_id, "us-east-1").await;
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+    let out = cfn.describe_stacks().stack_name("silo-baseline").send().await.unwrap();
+    let stack = &out.stacks()[0];
+    stack.tags().iter().find(|t| t.key() == Some("silo.dev/revision")).and_then(|t| t.value()).unwrap().to_string()
+}
+
+async fn wait_for_output(case: &TestCase, name: &str, key: &str, value: &str) -> Tenant {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let tenant = case.tenants().get(name).await.unwrap();
+        let ready = tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY));
+        if ready
+            && tenant
+                .status
+                .as_ref()
+                .and_then(|s| s.baseline.as_ref())
+                .is_some_and(|_| outputs(&tenant, "us-east-1").get(key).map(String::as_str) == Some(value))
+        {
+            return tenant;
+        }
+        assert!(Instant::now() < deadline, "{name}: output {key} never became {value}: {:?}", tenant.status);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_changes_update_every_tenant_and_parameter_changes_only_one() {
+    let mut case = test_case().await;
+    case.start_controller(TestCase::settings());
+    apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
+    apply_tenant(&case, "one", json!({"name": "standard"}), json!({})).await;
+    apply_tenant(&case, "two", json!({"name": "standard"}), json!({})).await;
+    let one = case.wait_for("one", conditions::READY, "True", WITHIN).await.unwrap();
+    let two = case.wait_for("two", conditions::READY, "True", WITHIN).await.unwrap();
+    let one_account = one.status.unwrap().account_id.unwrap();
+    let two_account = two.status.unwrap().account_id.unwrap();
+
+    // A new output in the template: both tenants' stacks are updated.
+    let changed = format!("{TEMPLATE}  Version:\n    Value: v2\n");
+    apply_baseline(&case, "standard", json!({"template": changed})).await;
+    wait_for_output(&case, "one", "Version", "v2").await;
+    wait_for_output(&case, "two", "Version", "v2").await;
+    let two_revision = running_revision(&case, &two_account).await;
+
+    // One tenant's parameter: only that tenant's stack changes.
+    let patch = json!({"spec": {"baseline": {"name": "standard", "parameters": {"Env": "staging"}}}});
+    case.tenants().patch("one", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for_output(&case, "one", "Env", "staging").await;
+    assert_ne!(running_revision(&case, &one_account).await, two_revision);
+    assert_eq!(running_revision(&case, &two_account).await, two_revision, "the other tenant's stack is untouched");
+    assert_eq!(outputs(&case.tenants().get("two").await.unwrap(), "us-east-1")["Env"], "dev");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_template_is_recreated_then_stalls_and_recovers_when_fixed() {
+    let mut case = test_case().await;
+    case.sim
+        .configure(json!({"failing_stacks": {"^silo-baseline$": "Topic name is not allowed by the SCP"}, "stack_failure_seconds": 1}))
+        .await
+        .unwrap();
+    case.start_controller(TestCase::settings());
+    apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
+    apply_tenant(&case, "flaky", json!({"name": "standard"}), json!({})).await;
+
+    let tenant = case.wait_for("flaky", conditions::STALLED, "True", Duration::from_secs(180)).await.unwrap();
+    let status = tenant.status.clone().unwrap();
+    let stalled = conditions::find(&status.conditions, conditions::STALLED).unwrap();
+    assert_eq!(stalled.reason, "StackCreateFailed");
+    assert!(
+        stalled.message.contains("Topic name is not allowed by the SCP"),
+        "the first failing resource's reason: {}",
+        stalled.message
+    );
+    assert!(!conditions::is_true(&status.conditions, conditions::BASELINE_READY));
+    assert!(conditions::is_true(&status.conditions, conditions::ACCOUNT_READY));
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(
+        stats["stacks_failed"],
+        json!(1 + silo::tenant::bootstrap::MAX_CREATE_ATTEMPTS),
+        "created, then recreated N times: {stats}"
+    );
+
+    // The template is fixed (here: the fault goes away and the Baseline changes).
+    case.sim.configure(json!({"failing_stacks": {}})).await.unwrap();
+    let fixed = format!("{TEMPLATE}  Fixed:\n    Value: 'yes'\n");
+    apply_baseline(&case, "standard", json!({"template": fixed})).await;
+    wait_for_output(&case, "flaky", "Fixed", "yes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_baseline_or_undeclared_parameter_applies_nothing() {
+    let mut case = test_case().await;
+    case.start_controller(TestCase::settings());
+    apply_tenant(&case, "orphan", json!({"name": "nope"}), json!({})).await;
+    let tenant = case.wait_for("orphan", conditions::BASELINE_READY, "False", WITHIN).await.unwrap();
+    let reason = |t: &Tenant| {
+        conditions::find(&t.status.as_ref().unwrap().conditions, conditions::BASELINE_READY).unwrap().reason.clone()
+    };
+    let tenant = if reason(&tenant) == "BaselineNotFound" {
+        tenant
+    } else {
+        case.wait_for("orphan", conditions::STALLED, "True", WITHIN).await.unwrap()
+    };
+    assert_eq!(reason(&tenant), "BaselineNotFound");
+
+    apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
+    apply_tenant(&case, "typo", json!({"name": "standard", "parameters": {"Evn": "prod"}}), json!({})).await;
+    let tenant = case.wait_for("typo", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason(&tenant), "UndeclaredParameter");
+    let stats = case.sim.stats().await.unwrap();
+    assert!(stats["requests"].get("cloudformation:CreateStack").is_none(), "nothing applied: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_not_assumable_for_20_seconds_only_delays_ready() {
+    let mut case = test_case().await;
+    case.sim.configure(json!({"unassumable_roles_seconds": 20})).await.unwrap();
+    case.start_controller(TestCase::settings());
+    apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
+    apply_tenant(&case, "newborn", json!({"name": "standard"}), json!({})).await;
+
+    let mut saw_waiting = false;
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let tenant = case.tenants().get("newborn").await.unwrap();
+        let status = tenant.status.clone().unwrap_or_default();
+        assert!(!conditions::is_true(&status.conditions, conditions::STALLED), "never Stalled: {status:?}");
+        if conditions::find(&status.conditions, conditions::BASELINE_READY)
+            .is_some_and(|c| c.reason == "WaitingForRole")
+        {
+            saw_waiting = true;
+        }
+        if conditions::is_true(&status.conditions, conditions::READY) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not Ready: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_waiting, "the tenant reported WaitingForRole while the role was not assumable");
+    assert!(case.sim.stats().await.unwrap()["assume_role_denied"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    case.start_controller(settings);
+    apply_baseline(&case, "standard", json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"]})).await;
+    apply_tenant(&case, "leaving", json!({"name": "standard"}), json!({"deletionPolicy": "Close"})).await;
+    let tenant = case.wait_for("leaving", conditions::READY, "True", WITHIN).await.unwrap();
+    let account_id = tenant.status.unwrap().account_id.unwrap();
+
+    case.tenants().delete("leaving", &DeleteParams::default()).await.unwrap();
+    let org = case.sim.organizations();
+    let mut reasons = vec![];
+    let deadline = Instant::now() + WITHIN;
+    while let Some(tenant) = case.tenants().get_opt("leaving").await.unwrap() {
+        if let Some(ready) = tenant.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY)) {
+            let state = org.describe_account().account_id(&account_id).send().await.unwrap();
+            let active = state.account().and_then(|a| a.state()).map(|s| s.as_str()) == Some("ACTIVE");
+            if reasons.last().map(|(r, _): &(String, bool)| r != &ready.reason).unwrap_or(true) {
+                reasons.push((ready.reason.clone(), active));
+            }
+        }
+        assert!(Instant::now() < deadline, "the Tenant was not deleted: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reasons.iter().any(|(r, active)| r == "DeletingBaseline" && *active),
+        "stacks deleted while the account was active: {reasons:?}"
+    );
+    for region in ["us-east-1", "eu-west-1"] {
+        let config = inside(&case.sim, &account_id, region).await;
+        let remaining: Vec<_> =
+            stack_names(&config).await.into_iter().filter(|(_, s)| s != "DELETE_COMPLETE").collect();
+        assert!(remaining.is_empty(), "stacks left in {region}: {remaining:?}");
+    }
+    let state = org.describe_account().account_id(&account_id).send().await.unwrap();
+    assert_ne!(state.account().and_then(|a| a.state()).map(|s| s.as_str()), Some("ACTIVE"), "the account is closed");
+}
