@@ -19,7 +19,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
 };
-use silo::{Tenant, conditions};
+use silo::{Baseline, Tenant, conditions};
 use silo_testenv::{Env, SimClient, control_plane, process::Process};
 
 #[derive(Parser)]
@@ -152,11 +152,15 @@ async fn demo(args: DemoArgs) -> Result<()> {
         controller.check_running()?;
         let list = tenants.list(&Default::default()).await?.items;
         let ready = list.iter().filter(|t| names.contains(&t.name_any()) && is_ready(t)).count();
+        let outputs: Vec<String> = list.iter().filter_map(stack_outputs).collect();
         if !args.exit_when_ready {
             // Redraw in place: clear the screen, home the cursor.
             print!("\x1b[2J\x1b[H");
         }
         print_table(&list, started.elapsed());
+        for line in &outputs {
+            println!("{line}");
+        }
         println!(
             "{ready}/{} example tenants Ready{}",
             names.len(),
@@ -177,8 +181,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
     }
 }
 
+/// Applies every Baseline and Tenant in `dir`; returns the Tenants' names.
 async fn apply_examples(client: &Client, dir: &std::path::Path) -> Result<Vec<String>> {
     let api = Api::<Tenant>::all(client.clone());
+    let baselines = Api::<Baseline>::all(client.clone());
     let mut names = vec![];
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
@@ -189,8 +195,15 @@ async fn apply_examples(client: &Client, dir: &std::path::Path) -> Result<Vec<St
     for file in files {
         let text = std::fs::read_to_string(&file)?;
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let tenant: Tenant =
-                serde::Deserialize::deserialize(doc).with_context(|| format!("parse {}", file.display()))?;
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+            if value["kind"] == "Baseline" {
+                let baseline: Baseline =
+                    serde_json::from_value(value).with_context(|| format!("parse {}", file.display()))?;
+                let name = baseline.name_any();
+                baselines.patch(&name, &PatchParams::apply("silo-demo").force(), &Patch::Apply(&baseline)).await?;
+                continue;
+            }
+            let tenant: Tenant = serde_json::from_value(value).with_context(|| format!("parse {}", file.display()))?;
             let name = tenant.name_any();
             api.patch(&name, &PatchParams::apply("silo-demo").force(), &Patch::Apply(&tenant))
                 .await
@@ -199,6 +212,21 @@ async fn apply_examples(client: &Client, dir: &std::path::Path) -> Result<Vec<St
         }
     }
     Ok(names)
+}
+
+/// "globex: us-east-1 EventsTopicArn=arn:..." lines for tenants whose baseline is applied.
+fn stack_outputs(tenant: &Tenant) -> Option<String> {
+    let baseline = tenant.status.as_ref()?.baseline.as_ref()?;
+    let stacks: Vec<String> = baseline
+        .stacks
+        .iter()
+        .filter(|s| !s.outputs.is_empty())
+        .map(|s| {
+            let outputs: Vec<String> = s.outputs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("  {} {}", s.region, outputs.join(" "))
+        })
+        .collect();
+    (!stacks.is_empty()).then(|| format!("{} (baseline {}):\n{}", tenant.name_any(), baseline.name, stacks.join("\n")))
 }
 
 fn is_ready(tenant: &Tenant) -> bool {

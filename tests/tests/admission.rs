@@ -251,3 +251,73 @@ async fn email_and_account_id_cannot_change_once_set() {
         .await
         .expect("email may be set once");
 }
+
+fn baseline(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "silo.dev/v1alpha1",
+        "kind": "Baseline",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("test Baseline is well-formed JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_baselines_are_refused_and_valid_ones_accepted() {
+    let case = test_case().await;
+    let gvk = GroupVersionKind::gvk("silo.dev", "v1alpha1", "Baseline");
+    let api: Api<DynamicObject> =
+        Api::all_with(case.client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "baselines"));
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let template = "Resources: {}";
+    let refused = [
+        ("no template", baseline("b1", json!({})), "set exactly one of spec.template"),
+        (
+            "template and templateURL",
+            baseline("b2", json!({"template": template, "templateURL": "https://example.com/t.yaml"})),
+            "set exactly one of spec.template",
+        ),
+        (
+            "template over 51,200 bytes",
+            baseline("b3", json!({"template": "#".repeat(51_201)})),
+            "may not be more than 51200",
+        ),
+        (
+            "templateURL over http",
+            baseline("b4", json!({"templateURL": "http://example.com/t.yaml"})),
+            "must start with https:// or s3://",
+        ),
+        (
+            "bad region",
+            baseline("b5", json!({"template": template, "regions": ["mars-1"]})),
+            "spec.regions must be AWS region names",
+        ),
+        (
+            "bad stack name",
+            baseline("b6", json!({"template": template, "stackName": "1-stack"})),
+            "spec.stackName must start with a letter",
+        ),
+        (
+            "unknown capability",
+            baseline("b7", json!({"template": template, "capabilities": ["CAPABILITY_ALL"]})),
+            "Unsupported value",
+        ),
+    ];
+    let mut failures = vec![];
+    for (what, object, says) in &refused {
+        match api.create(&dry_run, object).await {
+            Ok(_) => failures.push(format!("{what}: accepted")),
+            Err(kube::Error::Api(status)) if status.message.contains(says) => {}
+            Err(other) => failures.push(format!("{what}: {other} lacks {says:?}")),
+        }
+    }
+    let valid = baseline(
+        "ok",
+        json!({"template": "#".repeat(51_200), "regions": ["us-east-1", "eu-west-1"], "capabilities": ["CAPABILITY_NAMED_IAM"],
+               "externalId": {"name": "silo-external-id", "key": "id"}, "sessionPolicy": "{}"}),
+    );
+    if let Err(err) = api.create(&dry_run, &valid).await {
+        failures.push(format!("a valid Baseline was refused: {err}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
