@@ -17,13 +17,18 @@ fn raw_tenants(case: &TestCase) -> Api<DynamicObject> {
 }
 
 fn tenant(name: &str, spec: Value) -> DynamicObject {
+    object("Tenant", name, spec)
+}
+
+/// A Silo object as raw JSON.
+fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "silo.dev/v1alpha1",
-        "kind": "Tenant",
+        "kind": kind,
         "metadata": {"name": name},
         "spec": spec,
     }))
-    .expect("test Tenant is well-formed JSON")
+    .expect("test object is well-formed JSON")
 }
 
 fn tags(count: usize, key_len: usize, value_len: usize) -> Value {
@@ -253,13 +258,7 @@ async fn email_and_account_id_cannot_change_once_set() {
 }
 
 fn baseline(name: &str, spec: Value) -> DynamicObject {
-    serde_json::from_value(json!({
-        "apiVersion": "silo.dev/v1alpha1",
-        "kind": "Baseline",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("test Baseline is well-formed JSON")
+    object("Baseline", name, spec)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
