@@ -32,6 +32,7 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
     accounts_created          (int) creations that made an account
     create_account_failures   {FailureReason: n} synthetic failed creations
     accounts_closed, stacks_failed, assume_role_denied   (ints)
+    sessions   (the last 500 AssumeRole requests: role, name, tags, external_id, policy)
     accounts_pending          (ids) creation still IN_PROGRESS: unknown to every call
     accounts_unlisted         (ids) ACTIVE but still missing from listings
                               (list_accounts_lag_seconds)
@@ -378,7 +379,7 @@ class State:
         "requests": {}, "answered": {}, "throttled": {}, "injected_errors": {},
         "latency_injected": {}, "response_delayed": {}, "accounts_created": 0,
         "create_account_failures": {}, "accounts_closed": 0, "stacks_failed": 0,
-        "assume_role_denied": 0,
+        "assume_role_denied": 0, "sessions": [],
     })
 
     def count(self, table: str, key: str) -> None:
@@ -857,6 +858,7 @@ class SiloLayer:
         role_arn = call.params.get("RoleArn", "")
         parts = role_arn.split(":")
         target = parts[4] if len(parts) > 5 else ""
+        self.record_session(call, role_arn)
         with self.lock:
             creation = next((c for c in self.state.creations.values()
                              if c.account_id == target and c.account_id), None)
@@ -871,6 +873,20 @@ class SiloLayer:
         return aws_error(call, 403, "AccessDenied",
                          f"User: {caller} is not authorized to perform: "
                          f"sts:AssumeRole on resource: {role_arn}")
+
+    def record_session(self, call: Call, role_arn: str) -> None:
+        """Keeps what a caller asked AssumeRole for (moto ignores session names, tags,
+        external ids and session policies), so tests can check it: the last 500 in
+        stats["sessions"]."""
+        params = call.params
+        tags = {params[k]: params.get(k[: -len("Key")] + "Value", "")
+                for k in params if k.startswith("Tags.member.") and k.endswith(".Key")}
+        session = {"role": role_arn, "name": params.get("RoleSessionName", ""), "tags": tags,
+                   "external_id": params.get("ExternalId"), "policy": params.get("Policy")}
+        with self.lock:
+            sessions = self.state.stats["sessions"]
+            sessions.append(session)
+            del sessions[:-500]
 
     # ---- admin API ------------------------------------------------------------
 

@@ -341,3 +341,51 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     let state = org.describe_account().account_id(&account_id).send().await.unwrap();
     assert_ne!(state.account().and_then(|a| a.state()).map(|s| s.as_str()), Some("ACTIVE"), "the account is closed");
 }
+
+/// The whole chain, with `silo run` as a process: its own identity -> the management role ->
+/// the tenant role, with the session named and tagged after the tenant, the external id
+/// from a Secret and the session policy passed along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_limits() {
+    use k8s_openapi::api::core::v1::Secret;
+    let case = test_case().await;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "silo-external-ids", "namespace": silo_testenv::CONTROLLER_NAMESPACE},
+        "stringData": {"standard": "ext-1234"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(case.client.clone(), silo_testenv::CONTROLLER_NAMESPACE)
+        .patch("silo-external-ids", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&secret))
+        .await
+        .unwrap();
+    let policy =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"cloudformation:*","Resource":"*"}]}"#;
+    apply_baseline(
+        &case,
+        "limited",
+        json!({"template": TEMPLATE, "externalId": {"name": "silo-external-ids", "key": "standard"}, "sessionPolicy": policy}),
+    )
+    .await;
+    apply_tenant(&case, "audited", json!({"name": "limited"}), json!({})).await;
+    let management_role = "arn:aws:iam::123456789012:role/silo-management";
+    let mut controller = case.spawn_controller(&["--management-role-arn", management_role], "chain.log").unwrap();
+    let tenant = case.wait_for("audited", conditions::READY, "True", WITHIN).await;
+    controller.kill();
+    let tenant = tenant.unwrap();
+    let account_id = tenant.status.unwrap().account_id.unwrap();
+
+    let sessions = case.sim.stats().await.unwrap()["sessions"].as_array().cloned().unwrap();
+    assert!(
+        sessions.iter().any(|s| s["role"] == management_role && s["name"] == "silo-controller"),
+        "the management role is assumed first: {sessions:?}"
+    );
+    let tenant_session = sessions
+        .iter()
+        .find(|s| s["role"] == format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"))
+        .unwrap_or_else(|| panic!("no session into the tenant's account: {sessions:?}"));
+    assert_eq!(tenant_session["name"], "silo-audited");
+    assert_eq!(tenant_session["tags"]["silo-tenant"], "audited");
+    assert_eq!(tenant_session["external_id"], "ext-1234");
+    assert_eq!(tenant_session["policy"], policy);
+}
