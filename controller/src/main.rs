@@ -5,6 +5,7 @@ use std::{num::NonZeroU32, time::Duration};
 use clap::{Parser, Subcommand};
 use silo::{
     aws::{Aws, AwsSettings, BudgetLimits},
+    metrics::{self, Readiness},
     telemetry::{self, LogFormat},
     tenant::Settings,
 };
@@ -76,6 +77,10 @@ struct RunArgs {
     #[arg(long, env = "SILO_SESSION_TAGS", default_value_t = true, action = clap::ArgAction::Set)]
     session_tags: bool,
 
+    /// Where to serve /metrics (Prometheus), /healthz and /readyz.
+    #[arg(long, env = "SILO_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
+
     /// Log format.
     #[arg(long, env = "SILO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -110,9 +115,14 @@ async fn main() -> anyhow::Result<()> {
                 management_role_arn: args.management_role_arn,
                 tag_sessions: args.session_tags,
             };
+            let readiness = Readiness::default();
+            let server = tokio::spawn(metrics::serve(args.metrics_address, readiness.clone()));
             let client = kube::Client::try_default().await?;
             let aws = Aws::from_env(&aws_settings).await;
-            silo::run(client, aws, settings, shutdown_signal()).await
+            readiness.set_ready();
+            let result = silo::run(client, aws, settings, shutdown_signal()).await;
+            server.abort();
+            result
         }
     }
 }

@@ -268,9 +268,11 @@ impl TestCase {
     pub fn spawn_controller(&self, args: &[&str], log_name: &str) -> Result<process::Process> {
         let bin = silo_binary()?;
         let mut command = std::process::Command::new(bin);
+        command.arg("run").args(args);
+        if !args.contains(&"--metrics-address") {
+            command.args(["--metrics-address", "127.0.0.1:0"]);
+        }
         command
-            .arg("run")
-            .args(args)
             .env("KUBECONFIG", &self.info.kubeconfig)
             .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
             .env("RUST_LOG", "info")

@@ -126,13 +126,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
 
     let dir = local.as_ref().map(|e| e.dir.clone()).unwrap_or_else(|| silo_testenv::cache_dir().join("run"));
     std::fs::create_dir_all(&dir)?;
+    let metrics = format!("127.0.0.1:{}", silo_testenv::process::free_port()?);
     let mut command = Command::new(&args.silo);
-    command.arg("run").arg("--create-missing-ous").envs(aws_env);
+    command.arg("run").arg("--create-missing-ous").args(["--metrics-address", &metrics]).envs(aws_env);
     if let Some(path) = &kubeconfig {
         command.env("KUBECONFIG", path);
     }
     let mut controller = Process::start("silo run", command, &dir.join("silo.log"))?;
-    println!("silo run is running; its log: {}", controller.log.display());
+    println!("silo run is running; its log: {}; its metrics: http://{metrics}/metrics", controller.log.display());
 
     let names = apply_examples(&client, &args.examples).await?;
     println!("Applied {} tenants from {}: {}", names.len(), args.examples.display(), names.join(", "));

@@ -369,9 +369,17 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     .await;
     apply_tenant(&case, "audited", json!({"name": "limited"}), json!({})).await;
     let management_role = "arn:aws:iam::123456789012:role/silo-management";
-    let mut controller = case.spawn_controller(&["--management-role-arn", management_role], "chain.log").unwrap();
+    let metrics = format!("127.0.0.1:{}", silo_testenv::process::free_port().unwrap());
+    let mut controller = case
+        .spawn_controller(&["--management-role-arn", management_role, "--metrics-address", &metrics], "chain.log")
+        .unwrap();
     let tenant = case.wait_for("audited", conditions::READY, "True", WITHIN).await;
+    let scraped = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    let ready = reqwest::get(format!("http://{metrics}/readyz")).await.unwrap().status();
     controller.kill();
+    assert!(ready.is_success());
+    assert!(scraped.contains("silo_reconciles_total{controller=\"tenant\",result=\"ok\"}"), "{scraped}");
+    assert!(scraped.contains("silo_milestones_total{milestone=\"AccountCreated\"} 1"), "{scraped}");
     let tenant = tenant.unwrap();
     let account_id = tenant.status.unwrap().account_id.unwrap();
 

@@ -32,6 +32,9 @@ pub struct StackSpec<'a> {
 pub struct Stack {
     pub id: String,
     pub observed: Observed,
+    /// When the stack last changed state (seconds since the epoch): part of request tokens,
+    /// so a retried call repeats its token and the next operation gets a new one.
+    pub changed_at: i64,
     pub outputs: BTreeMap<String, String>,
     pub termination_protection: bool,
 }
@@ -76,6 +79,7 @@ impl Stacks {
         };
         let Some(stack) = out.stacks.unwrap_or_default().into_iter().next() else { return Ok(None) };
         let changed = stack.last_updated_time.or(stack.creation_time);
+        let changed_at = changed.map(|t| t.secs()).unwrap_or_default();
         let since = changed
             .and_then(|t| {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
@@ -100,6 +104,7 @@ impl Stacks {
         Ok(Some(Stack {
             id: stack.stack_id.clone().unwrap_or_default(),
             observed,
+            changed_at,
             outputs,
             termination_protection: stack.enable_termination_protection.unwrap_or(false),
         }))

@@ -11,6 +11,8 @@
 //!   condition to report; the code and message are kept for it.
 
 use aws_sdk_organizations::error::SdkError;
+
+use crate::metrics::{AwsErrorLabels, METRICS};
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Error codes AWS services use to say "slow down".
@@ -68,7 +70,7 @@ impl AwsError {
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug + HttpStatus,
     {
-        match &err {
+        let classified = match &err {
             SdkError::ServiceError(ctx) => {
                 let code = ctx.err().code().map(str::to_string);
                 let message = ctx.err().message().unwrap_or_default().to_string();
@@ -79,7 +81,14 @@ impl AwsError {
                 Self { operation, kind: AwsErrorKind::Transient, code: None, message: error_chain(&err) }
             }
             _ => Self { operation, kind: AwsErrorKind::Terminal, code: None, message: error_chain(&err) },
-        }
+        };
+        let kind = match classified.kind {
+            AwsErrorKind::Throttled => "throttled",
+            AwsErrorKind::Transient => "transient",
+            AwsErrorKind::Terminal => "terminal",
+        };
+        METRICS.aws_errors.get_or_create(&AwsErrorLabels { operation, kind }).inc();
+        classified
     }
 }
 

@@ -19,6 +19,7 @@ use crate::{
     api::{Baseline, Tenant, TenantCounts},
     baseline,
     conditions::{self, Conditions},
+    metrics::METRICS,
     tenant::FIELD_MANAGER,
 };
 
@@ -45,10 +46,18 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Syn
 }
 
 async fn reconcile(baseline: Arc<Baseline>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+    let started = std::time::Instant::now();
+    let result = publish(&baseline, &ctx).await;
+    METRICS.reconciled("baseline", if result.is_ok() { "ok" } else { "kube" }, started.elapsed().as_secs_f64());
+    result
+}
+
+/// Recounts the Baseline's tenants and writes its status if it changed.
+async fn publish(baseline: &Baseline, ctx: &Context) -> Result<Action, kube::Error> {
     let name = baseline.name_any();
     let revision = baseline::revision(&baseline.spec);
     let tenants = Api::<Tenant>::all(ctx.client.clone()).list(&Default::default()).await?;
-    let counts = count(&baseline, &revision, tenants.items.iter());
+    let counts = count(baseline, &revision, tenants.items.iter());
 
     let mut status = baseline.status.clone().unwrap_or_default();
     status.revision = Some(revision.clone());

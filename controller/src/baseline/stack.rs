@@ -104,10 +104,12 @@ pub fn next_action(observed: Option<&Observed>, desired: &str, memory: &Memory, 
     }
 }
 
-/// A ClientRequestToken for an operation on a revision: the same retried call carries the
-/// same token, so CloudFormation applies it once.
-pub fn request_token(operation: &str, revision: &str, attempt: u32) -> String {
-    format!("silo-{operation}-{revision}-{attempt}")
+/// A ClientRequestToken for an operation towards a revision, from a stack in a given state
+/// (`generation`: the attempt number for a create, the time the stack last changed for the
+/// others). A retried call repeats its token, so CloudFormation applies it once; the next
+/// operation on the stack gets a new one, even towards a revision tried before.
+pub fn request_token(operation: &str, revision: &str, generation: i64) -> String {
+    format!("silo-{operation}-{revision}-{generation}")
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ async fn converge(
         StackAction::Create => {
             stack_report(report, index).attempted_revision = Some(revision.to_string());
             report.write(ctx).await?;
-            let token = request_token("create", revision, memory.create_attempts);
+            let token = request_token("create", revision, i64::from(memory.create_attempts));
             match stacks.create(spec, &token).await {
                 Ok(id) => {
                     stack_report(report, index).stack_id = Some(id);
@@ -221,7 +221,8 @@ async fn converge(
         StackAction::Update => {
             stack_report(report, index).attempted_revision = Some(revision.to_string());
             report.write(ctx).await?;
-            match stacks.update(spec, &request_token("update", revision, 0)).await {
+            let changed_at = observed.as_ref().map_or(0, |s| s.changed_at);
+            match stacks.update(spec, &request_token("update", revision, changed_at)).await {
                 Ok(Update::Started) => {
                     let message = in_region(format!("Updating stack {} to revision {revision}", spec.name));
                     (StepOutcome::in_progress("UpdatingStack", message), POLL)
@@ -243,7 +244,7 @@ async fn converge(
             // Intent first: the attempt counts even if the controller dies during the delete.
             stack_report(report, index).create_attempts += 1;
             report.write(ctx).await?;
-            stacks.delete(stack, &request_token("delete", revision, memory.create_attempts)).await?;
+            stacks.delete(stack, &request_token("delete", revision, stack.changed_at)).await?;
             let message = format!(
                 "Stack {} failed to create ({why}); deleting it to create it again (attempt {} of {MAX_CREATE_ATTEMPTS})",
                 spec.name,
@@ -252,7 +253,8 @@ async fn converge(
             (StepOutcome::in_progress("RecreatingStack", in_region(message)), POLL)
         }
         StackAction::ContinueRollback => {
-            stacks.continue_rollback(spec.name, &request_token("continue-rollback", revision, 0)).await?;
+            let changed_at = observed.as_ref().map_or(0, |s| s.changed_at);
+            stacks.continue_rollback(spec.name, &request_token("continue-rollback", revision, changed_at)).await?;
             (
                 StepOutcome::in_progress(
                     "ContinuingRollback",
@@ -342,7 +344,7 @@ pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<Step
         match stack.observed.status.as_str() {
             "DELETE_COMPLETE" => continue,
             "DELETE_IN_PROGRESS" => {}
-            _ => stacks.delete(&stack, &request_token("delete", &applied.revision, 99)).await?,
+            _ => stacks.delete(&stack, &request_token("delete", &applied.revision, stack.changed_at)).await?,
         }
         remaining.push(entry.region.clone());
     }

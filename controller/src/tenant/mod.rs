@@ -52,6 +52,7 @@ use crate::{
     api::{Baseline, DeletionPolicy, Tenant},
     aws::{Aws, AwsError},
     conditions::StepOutcome,
+    metrics::{METRICS, MilestoneLabels},
 };
 
 /// The finalizer that guards every Tenant until its AWS side is settled.
@@ -114,6 +115,7 @@ impl Context {
 
     /// Publishes a Kubernetes Event about a tenant; failures are logged, never fatal.
     pub async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
+        METRICS.milestones.get_or_create(&MilestoneLabels { milestone: reason.to_string() }).inc();
         let event =
             KubeEvent { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
         if let Err(err) = self.recorder.publish(&event, &tenant.object_ref(&())).await {
@@ -210,6 +212,7 @@ pub async fn run(
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api = Api::<Tenant>::all(ctx.client.clone());
     let name = tenant.name_any();
+    let started = std::time::Instant::now();
     let result = finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             FinalizerEvent::Apply(tenant) => apply(&tenant, &ctx).await,
@@ -221,6 +224,8 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&name);
     }
+    let label = result.as_ref().map_or_else(Error::metric_label, |_| "ok");
+    METRICS.reconciled("tenant", label, started.elapsed().as_secs_f64());
     result
 }
 
