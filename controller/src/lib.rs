@@ -14,6 +14,7 @@ pub mod api;
 pub mod aws;
 pub mod baseline;
 pub mod conditions;
+pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 pub mod tenant;

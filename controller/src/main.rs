@@ -5,6 +5,7 @@ use std::{num::NonZeroU32, time::Duration};
 use clap::{Parser, Subcommand};
 use silo::{
     aws::{Aws, AwsSettings, BudgetLimits},
+    leader::Leadership,
     metrics::{self, Readiness},
     telemetry::{self, LogFormat},
     tenant::Settings,
@@ -77,6 +78,19 @@ struct RunArgs {
     #[arg(long, env = "SILO_SESSION_TAGS", default_value_t = true, action = clap::ArgAction::Set)]
     session_tags: bool,
 
+    /// Run the controllers only while holding a Lease, so several replicas can run and only
+    /// one acts. Turn off only for a single replica you start by hand.
+    #[arg(long, env = "SILO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+
+    /// Name of the leader-election Lease, in --namespace.
+    #[arg(long, env = "SILO_LEASE_NAME", default_value = "silo-controller")]
+    lease_name: String,
+
+    /// How long the Lease lasts without renewal: how soon a replica takes over from a dead leader.
+    #[arg(long, env = "SILO_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+
     /// Where to serve /metrics (Prometheus), /healthz and /readyz.
     #[arg(long, env = "SILO_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
@@ -120,7 +134,23 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default().await?;
             let aws = Aws::from_env(&aws_settings).await;
             readiness.set_ready();
-            let result = silo::run(client, aws, settings, shutdown_signal()).await;
+            let result = if args.leader_election {
+                let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("silo-{}", std::process::id()));
+                let namespace = settings.namespace.clone();
+                let leadership = tokio::select! {
+                    leadership = Leadership::acquire(client.clone(), &namespace, &args.lease_name, &identity, args.lease_seconds) => leadership?,
+                    _ = shutdown_signal() => return Ok(()),
+                };
+                let stop = async move {
+                    tokio::select! {
+                        _ = shutdown_signal() => {}
+                        _ = leadership.lost() => {}
+                    }
+                };
+                silo::run(client, aws, settings, stop).await
+            } else {
+                silo::run(client, aws, settings, shutdown_signal()).await
+            };
             server.abort();
             result
         }

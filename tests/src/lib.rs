@@ -272,6 +272,10 @@ impl TestCase {
         if !args.contains(&"--metrics-address") {
             command.args(["--metrics-address", "127.0.0.1:0"]);
         }
+        if !args.contains(&"--lease-seconds") {
+            // A killed leader's Lease must expire before a new process may act: keep it short.
+            command.args(["--lease-seconds", "3"]);
+        }
         command
             .env("KUBECONFIG", &self.info.kubeconfig)
             .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)

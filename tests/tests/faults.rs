@@ -100,7 +100,8 @@ async fn thirty_percent_throttling_is_weather_not_failure() {
 /// the controller could record it (the simulator holds CreateAccount's answer back).
 ///
 /// The simulator accepts duplicate emails here: AWS's own refusal would hide a duplicate
-/// that Silo tried to create, and Silo must not rely on it.
+/// that Silo tried to create, and Silo must not rely on it. Leader election is off so every
+/// kill lands on a process that is acting, not one waiting for the Lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
     const TENANTS: usize = 20;
@@ -125,7 +126,9 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
     let mut after_create = 0;
     let mut rng = rand::rng();
     while kills < KILLS {
-        let mut controller = case.spawn_controller(&["--concurrency", "4"], "crash-controller.log").unwrap();
+        let mut controller = case
+            .spawn_controller(&["--concurrency", "4", "--leader-election", "false"], "crash-controller.log")
+            .unwrap();
         let created_before = case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0);
         if after_create < AFTER_CREATE_KILLS {
             // Kill as soon as AWS has processed a CreateAccount: its answer is still held back,
@@ -149,7 +152,8 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
         kills += 1;
     }
 
-    let mut controller = case.spawn_controller(&["--concurrency", "4"], "crash-controller.log").unwrap();
+    let mut controller =
+        case.spawn_controller(&["--concurrency", "4", "--leader-election", "false"], "crash-controller.log").unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         controller.check_running().unwrap();
@@ -174,4 +178,32 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
         "{kills} SIGKILLs, {after_create} of them after CreateAccount was processed and before its answer arrived"
     );
     assert!(after_create >= 5, "enough kills hit the window between CreateAccount and the status write");
+}
+
+/// Two `silo run` processes: only the one holding the Lease acts; when it dies, the other
+/// takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts_and_a_follower_takes_over() {
+    let case = test_case().await;
+    let mut first = case.spawn_controller(&["--concurrency", "2"], "leader-1.log").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut second = case.spawn_controller(&["--concurrency", "2"], "leader-2.log").unwrap();
+    case.apply(&tenant_yaml("led-1")).await.unwrap();
+    case.wait_for("led-1", conditions::READY, "True", Duration::from_secs(90)).await.unwrap();
+
+    let leaders = |log: &std::path::Path| {
+        std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("became the leader")).count()
+    };
+    assert_eq!(leaders(&first.log) + leaders(&second.log), 1, "exactly one process leads");
+    let (leader, follower) =
+        if leaders(&first.log) == 1 { (&mut first, &mut second) } else { (&mut second, &mut first) };
+    leader.kill();
+    case.apply(&tenant_yaml("led-2")).await.unwrap();
+    case.wait_for("led-2", conditions::READY, "True", Duration::from_secs(90)).await.unwrap();
+    follower.check_running().unwrap();
+    assert_eq!(leaders(&follower.log), 1, "the follower took over");
+    follower.kill();
+    let counts = accounts_by_email(&case.sim).await;
+    assert_eq!(counts.get("aws+led-1@example.com"), Some(&1));
+    assert_eq!(counts.get("aws+led-2@example.com"), Some(&1));
 }
