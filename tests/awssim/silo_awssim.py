@@ -412,6 +412,10 @@ class SiloLayer:
     def __init__(self, inner: Callable[..., Any]):
         self.inner = inner
         self.lock = threading.Lock()         # guards self.state
+        # moto's backends are not thread-safe (CloudFormation parses templates and resolves
+        # outputs lazily in shared objects): one request at a time reaches moto. Faults,
+        # latency and held-back answers happen outside this lock.
+        self.moto_lock = threading.Lock()
         self.org_lock = threading.Lock()     # serialises check+create / check+close
         self.random = random.Random()
         self.state = State()
@@ -492,12 +496,13 @@ class SiloLayer:
             captured["status"], captured["headers"] = int(status.split()[0]), headers
             return lambda data: None
 
-        result = self.inner(environ, start_response)
-        try:
-            body = b"".join(result)
-        finally:
-            if hasattr(result, "close"):
-                result.close()
+        with self.moto_lock:
+            result = self.inner(environ, start_response)
+            try:
+                body = b"".join(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
         return Response(captured["status"], list(captured["headers"]), body)
 
     # ---- per-request pipeline ---------------------------------------------
