@@ -370,3 +370,31 @@ async fn the_manifests_rbac_is_enough_for_create_place_tag_and_close() {
     let org = case.sim.organizations();
     assert_ne!(account_state(&org, &account_id).await, "ACTIVE", "closed through the ledger");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aws_closure_quota_backs_off_for_hours_and_says_when() {
+    let mut case = test_case().await;
+    case.sim.configure(json!({"close_quota": 0})).await.unwrap();
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    case.start_controller(settings);
+    let account_id = ready_close_tenant(&case, "quota").await;
+    case.tenants().delete("quota", &DeleteParams::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let condition = loop {
+        let tenant = case.tenants().get("quota").await.unwrap();
+        let ready = tenant.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY)).cloned();
+        if let Some(ready) = ready.filter(|c| c.reason == "ClosureQuotaExceeded") {
+            break ready;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ClosureQuotaExceeded: {:?}", tenant.status);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(condition.message.contains("CLOSE_ACCOUNT_QUOTA_EXCEEDED"), "{}", condition.message);
+    assert!(condition.message.contains("next try is at"), "{}", condition.message);
+    // No hot loop: one refused CloseAccount, and nothing more while the back-off runs.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(stats["requests"]["organizations:CloseAccount"], json!(1), "{stats}");
+    assert_eq!(account_state(&case.sim.organizations(), &account_id).await, "ACTIVE");
+}

@@ -173,6 +173,13 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
         return pending(&mut report, ctx, outcome, wait.max(POLL)).await;
     }
 
+    // AWS refused for quota reasons not long ago: wait out the back-off without asking again.
+    // The recorded condition is reused as it is, so the status does not change and no new
+    // reconcile is triggered.
+    if let Some((outcome, wait)) = quota_backoff(tenant, now) {
+        return pending(&mut report, ctx, outcome, wait).await;
+    }
+
     match org.close_account(&account_id).await? {
         Ok(()) | Err(CloseRefusal::AlreadyClosed) => {
             info!(tenant = %tenant.name_any(), account = %account_id, "account closure requested");
@@ -195,6 +202,18 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
             pending(&mut report, ctx, outcome, QUOTA_BACKOFF).await
         }
     }
+}
+
+/// The quota back-off still running, from the `ClosureQuotaExceeded` condition's time.
+fn quota_backoff(tenant: &Tenant, now: Timestamp) -> Option<(StepOutcome, Duration)> {
+    let status = tenant.status.as_ref()?;
+    let ready = crate::conditions::find(&status.conditions, crate::conditions::READY)?;
+    if ready.reason != "ClosureQuotaExceeded" {
+        return None;
+    }
+    let next = ready.last_transition_time.0 + SignedDuration::try_from(QUOTA_BACKOFF).ok()?;
+    let wait = Duration::try_from(next.duration_since(now)).ok().filter(|w| !w.is_zero())?;
+    Some((StepOutcome::in_progress("ClosureQuotaExceeded", ready.message.clone()), wait))
 }
 
 /// Reports why deletion waits, then keeps the finalizer until `retry_after`.
