@@ -167,6 +167,10 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// When Silo asks AWS again to close the account, after AWS refused for quota reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_closure_attempt: Option<String>,
+
     /// The baseline bootstrapped in the account: one stack per region, with its outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<TenantBaselineStatus>,

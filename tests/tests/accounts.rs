@@ -398,3 +398,22 @@ async fn an_aws_closure_quota_backs_off_for_hours_and_says_when() {
     assert_eq!(stats["requests"]["organizations:CloseAccount"], json!(1), "{stats}");
     assert_eq!(account_state(&case.sim.organizations(), &account_id).await, "ACTIVE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_without_this_tenants_uid_is_never_closed() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    case.start_controller(settings);
+    let account_id = ready_close_tenant(&case, "disowned").await;
+    // Let the reconcile that Silo's own status write triggers finish (it would repair the tag).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Someone strips Silo's ownership tag: Silo can no longer prove the account is this Tenant's.
+    let org = case.sim.organizations();
+    org.untag_resource().resource_id(&account_id).tag_keys("silo.dev/tenant-uid").send().await.unwrap();
+    case.tenants().delete("disowned", &DeleteParams::default()).await.unwrap();
+    let tenant = case.wait_for("disowned", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason_of(&tenant, conditions::STALLED), "AccountNotOwned");
+    assert_eq!(account_state(&org, &account_id).await, "ACTIVE");
+    assert!(case.sim.stats().await.unwrap()["requests"].get("organizations:CloseAccount").is_none());
+}

@@ -192,9 +192,13 @@ async fn poll(
     {
         let mut creations = ctx.creations.lock().expect("creations lock");
         match request.state {
-            CreationState::InProgress => creations.insert(request_id.to_string()),
-            _ => creations.remove(request_id),
-        };
+            CreationState::InProgress => {
+                creations.entry(request_id.to_string()).or_insert_with(std::time::Instant::now);
+            }
+            _ => {
+                creations.remove(request_id);
+            }
+        }
     }
     match request.state {
         CreationState::InProgress => {
@@ -211,9 +215,12 @@ async fn poll(
                     StepOutcome::in_progress("CreatingAccount", format!("Waiting for account {account_id} to appear"));
                 return Ok(POLL_CREATION);
             };
-            if !account.email.eq_ignore_ascii_case(&identity.email) {
-                // An in-progress request of the same name found by `find_or_create` turned out
-                // to be another tenant's: forget it and start over.
+            // A request of the same name found by `find_or_create` may be another tenant's:
+            // it is ours only with our email and without another Tenant's UID on the account.
+            let tags = ctx.aws.organizations.list_tags(&account.id).await?;
+            let others = matches!(claim(&tags, &tenant.uid().unwrap_or_default()), Claim::OtherTenant(_));
+            if !account.email.eq_ignore_ascii_case(&identity.email) || others {
+                ctx.foreign_requests.lock().expect("foreign requests lock").insert(request_id.to_string());
                 report.status.create_account_request_id = None;
                 report.account = StepOutcome::in_progress("Pending", "Looking for this tenant's account");
                 return Ok(Duration::from_secs(1));
@@ -257,6 +264,8 @@ async fn on_creation_failed(
                 return Ok(Duration::from_secs(15));
             }
             report.status.create_account_request_id = None;
+            // AWS refused the email: it was never used for this tenant, so it may change.
+            report.status.email = None;
             report.account = StepOutcome::stalled(
                 "EmailInUse",
                 format!(
@@ -310,7 +319,8 @@ async fn find_or_create(
     // this tenant's only if its account has this tenant's email; one still in progress
     // cannot be told apart yet, so it is followed until it ends (see `poll`).
     let requests = org.open_create_requests(LISTING_MAX_AGE).await?;
-    for request in requests.iter().filter(|r| r.account_name == identity.account_name) {
+    let foreign = ctx.foreign_requests.lock().expect("foreign requests lock").clone();
+    for request in requests.iter().filter(|r| r.account_name == identity.account_name && !foreign.contains(&r.id)) {
         match &request.state {
             CreationState::InProgress => {
                 report.status.create_account_request_id = Some(request.id.clone());
@@ -328,7 +338,7 @@ async fn find_or_create(
         }
     }
 
-    if ctx.creations.lock().expect("creations lock").len() >= MAX_CONCURRENT_CREATIONS {
+    if in_flight_creations(ctx) >= MAX_CONCURRENT_CREATIONS {
         report.account = StepOutcome::in_progress(
             "WaitingForCreationSlot",
             format!("AWS creates at most {MAX_CONCURRENT_CREATIONS} accounts at once; this one is next in line"),
@@ -340,7 +350,7 @@ async fn find_or_create(
     report.account = StepOutcome::in_progress("CreatingAccount", "Requesting a new account");
     report.write(ctx).await?;
     let request = org.create_account(&identity.account_name, &identity.email, &desired_tags(tenant)).await?;
-    ctx.creations.lock().expect("creations lock").insert(request.id.clone());
+    ctx.creations.lock().expect("creations lock").insert(request.id.clone(), std::time::Instant::now());
     // ... and the request id right after it.
     report.status.create_account_request_id = Some(request.id.clone());
     report.status.applied_tag_keys = desired_tags(tenant).into_keys().collect();
@@ -358,6 +368,14 @@ async fn find_or_create(
     )
     .await;
     Ok(POLL_CREATION)
+}
+
+/// Creations this process saw in progress recently. Entries older than an hour are not
+/// counted: a Tenant deleted while its account was being created never polls again.
+fn in_flight_creations(ctx: &Context) -> usize {
+    let mut creations = ctx.creations.lock().expect("creations lock");
+    creations.retain(|_, seen| seen.elapsed() < Duration::from_secs(3600));
+    creations.len()
 }
 
 /// Adopts an account found by this tenant's email, if its tags say it is this tenant's.
@@ -379,6 +397,7 @@ async fn adopt_found(
             Ok(Duration::MAX)
         }
         Claim::OtherTenant(other) => {
+            report.status.email = None;
             report.account = StepOutcome::stalled(
                 "EmailInUse",
                 format!(
@@ -390,6 +409,7 @@ async fn adopt_found(
             Ok(RECHECK_STALLED)
         }
         Claim::Nobody => {
+            report.status.email = None;
             report.account = StepOutcome::stalled(
                 "EmailInUse",
                 format!(

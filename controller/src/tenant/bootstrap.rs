@@ -149,9 +149,9 @@ pub async fn run(tenant: &Tenant, report: &mut Report<'_>, ctx: &Context) -> Res
                 ));
             }
             Err(Error::Aws(err)) if is_access_denied(&err) || err.has_code("InvalidClientTokenId") => {
-                // The session went stale (or the role changed): make a new one next time.
+                // The session went stale (or the role changed): make a new one and retry soon.
                 ctx.aws.tenants.forget(&key).await;
-                return Err(Error::Aws(err));
+                return Err(Error::Aws(AwsError { kind: crate::aws::AwsErrorKind::Transient, ..err }));
             }
             Err(err) => return Err(err),
         }
@@ -254,7 +254,10 @@ async fn converge(
         }
         StackAction::ContinueRollback => {
             let changed_at = observed.as_ref().map_or(0, |s| s.changed_at);
-            stacks.continue_rollback(spec.name, &request_token("continue-rollback", revision, changed_at)).await?;
+            match stacks.continue_rollback(spec.name, &request_token("continue-rollback", revision, changed_at)).await {
+                Err(err) if !err.is_retryable() => return Ok((refused(&err, &in_region), RECHECK_STALLED)),
+                other => other?,
+            }
             (
                 StepOutcome::in_progress(
                     "ContinuingRollback",

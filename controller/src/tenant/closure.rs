@@ -26,6 +26,7 @@ use kube::{
 };
 use tracing::info;
 
+use super::account::{Claim, TENANT_UID_TAG, claim};
 use super::{Context, Error, status::Report};
 use crate::{
     api::Tenant,
@@ -64,7 +65,7 @@ pub fn decide(
     }
     if recent.len() >= per_day as usize {
         let oldest = recent.values().min().copied().unwrap_or(now);
-        return (Decision::Queued { next_slot: oldest + WINDOW }, recent);
+        return (Decision::Queued { next_slot: oldest.checked_add(WINDOW).unwrap_or(oldest) }, recent);
     }
     recent.insert(account_id.to_string(), now);
     (Decision::Proceed, recent)
@@ -118,6 +119,8 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
 
     let account_id = match (&status.account_id, &status.create_account_request_id) {
         (Some(id), _) => id.clone(),
+        // Only an account that carries this Tenant's UID is ever closed (checked below), so a
+        // request of a shared account name that was another tenant's is never closed here.
         (None, Some(request_id)) => match org.describe_create_request(request_id).await?.state {
             CreationState::Succeeded { account_id } => account_id,
             CreationState::Failed { .. } => return Ok(()),
@@ -159,6 +162,19 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
         Some(_) => {}
     }
 
+    // The last rail: never close an account that is not provably this Tenant's.
+    let tags = org.list_tags(&account_id).await?;
+    if claim(&tags, &tenant.uid().unwrap_or_default()) != Claim::ThisTenant {
+        let outcome = StepOutcome::stalled(
+            "AccountNotOwned",
+            format!(
+                "Account {account_id} does not carry this Tenant's {TENANT_UID_TAG} tag, so Silo will not close it: \
+                 set spec.deletionPolicy to Retain, or restore the tag if the account is this Tenant's"
+            ),
+        );
+        return pending(&mut report, ctx, outcome, Duration::from_secs(3600)).await;
+    }
+
     let now = Timestamp::now();
     if let Decision::Queued { next_slot } = ctx.closures.reserve(&account_id, now).await? {
         let outcome = StepOutcome::in_progress(
@@ -194,7 +210,9 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
             pending(&mut report, ctx, outcome, POLL).await
         }
         Err(CloseRefusal::Quota(why)) => {
-            let next = now + SignedDuration::try_from(QUOTA_BACKOFF).expect("a few hours fit");
+            let next =
+                now.checked_add(SignedDuration::try_from(QUOTA_BACKOFF).expect("a few hours fit")).unwrap_or(now);
+            report.status.next_closure_attempt = Some(next.to_string());
             let outcome = StepOutcome::in_progress(
                 "ClosureQuotaExceeded",
                 format!("AWS refused to close account {account_id} ({why}); the next try is at about {next}"),
@@ -204,16 +222,16 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
     }
 }
 
-/// The quota back-off still running, from the `ClosureQuotaExceeded` condition's time.
+/// The quota back-off still running, from `status.nextClosureAttempt`: the recorded
+/// condition is reused as it is, so the status does not change while Silo waits.
 fn quota_backoff(tenant: &Tenant, now: Timestamp) -> Option<(StepOutcome, Duration)> {
     let status = tenant.status.as_ref()?;
-    let ready = crate::conditions::find(&status.conditions, crate::conditions::READY)?;
-    if ready.reason != "ClosureQuotaExceeded" {
-        return None;
-    }
-    let next = ready.last_transition_time.0 + SignedDuration::try_from(QUOTA_BACKOFF).ok()?;
+    let next: Timestamp = status.next_closure_attempt.as_deref()?.parse().ok()?;
     let wait = Duration::try_from(next.duration_since(now)).ok().filter(|w| !w.is_zero())?;
-    Some((StepOutcome::in_progress("ClosureQuotaExceeded", ready.message.clone()), wait))
+    let message = crate::conditions::find(&status.conditions, crate::conditions::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    Some((StepOutcome::in_progress("ClosureQuotaExceeded", message), wait))
 }
 
 /// Reports why deletion waits, then keeps the finalizer until `retry_after`.

@@ -29,7 +29,10 @@ pub fn plan(tenant: &Tenant, email_template: &str) -> Result<Identity, StepOutco
 
     let recorded_email = recorded.and_then(|s| s.email.clone());
     let email = match (&tenant.spec.email, &recorded_email) {
-        (Some(spec), Some(recorded)) if spec != recorded && account_started(tenant) => {
+        // Once recorded, the email may already have been sent with CreateAccount (a crash can
+        // come before the request id is written), so it cannot change: a second email would
+        // mean a second account. Silo forgets a recorded email only when AWS refused it.
+        (Some(spec), Some(recorded)) if spec != recorded => {
             return Err(StepOutcome::stalled(
                 "EmailMismatch",
                 format!(
@@ -49,11 +52,6 @@ pub fn plan(tenant: &Tenant, email_template: &str) -> Result<Identity, StepOutco
         ));
     }
     Ok(Identity { account_name, email })
-}
-
-/// Whether an AWS account was already requested or found for this tenant.
-fn account_started(tenant: &Tenant) -> bool {
-    tenant.status.as_ref().is_some_and(|s| s.account_id.is_some() || s.create_account_request_id.is_some())
 }
 
 /// AWS's rules for a root email, the same as the Tenant schema's: 6 to 64 characters,
@@ -113,6 +111,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(plan(&t, "x+{tenant}@example.com").unwrap_err().reason(), "EmailMismatch");
+    }
+
+    #[test]
+    fn a_recorded_email_cannot_change_even_before_a_request_id_is_known() {
+        let mut t = tenant("acme");
+        t.spec.email = Some("new@acme.example".into());
+        t.status = Some(TenantStatus { email: Some("aws+acme@example.com".into()), ..Default::default() });
+        assert_eq!(plan(&t, "aws+{tenant}@example.com").unwrap_err().reason(), "EmailMismatch");
     }
 
     #[test]

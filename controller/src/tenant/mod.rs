@@ -87,8 +87,10 @@ pub struct Context {
     pub settings: Settings,
     pub recorder: Recorder,
     pub closures: closure::ClosureLedger,
-    /// CreateAccount requests this process saw in progress; AWS allows 5 at once.
-    pub creations: Mutex<HashSet<String>>,
+    /// CreateAccount requests this process saw in progress, and since when; AWS allows 5.
+    pub creations: Mutex<HashMap<String, std::time::Instant>>,
+    /// Requests of a shared account name that turned out to be other tenants'.
+    pub foreign_requests: Mutex<HashSet<String>>,
     /// OU paths and ids already resolved, shared by the fleet (see `placement`).
     pub ous: Mutex<HashMap<String, String>>,
     /// Consecutive failed reconciles per Tenant, for exponential backoff.
@@ -108,6 +110,7 @@ impl Context {
             recorder,
             closures,
             creations: Mutex::default(),
+            foreign_requests: Mutex::default(),
             ous: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -277,18 +280,52 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     };
     report.record_identity(&identity);
 
-    let mut next = account::run(tenant, &identity, &mut report, ctx).await?;
+    let mut next = match surface(account::run(tenant, &identity, &mut report, ctx).await)? {
+        Ok(after) => after,
+        Err(refused) => {
+            report.account = refused;
+            REFUSED_RETRY
+        }
+    };
     if report.account.is_done() {
-        next = next.min(placement::run(tenant, &mut report, ctx).await?);
+        match surface(placement::run(tenant, &mut report, ctx).await)? {
+            Ok(after) => next = next.min(after),
+            Err(refused) => report.placement = Some(refused),
+        }
     }
     if report.placement.as_ref().is_some_and(StepOutcome::is_done) {
-        next = next.min(bootstrap::run(tenant, &mut report, ctx).await?);
+        match surface(bootstrap::run(tenant, &mut report, ctx).await)? {
+            Ok(after) => next = next.min(after),
+            Err(refused) => report.baseline = Some(refused),
+        }
     }
     report.fill_unreached();
     report.write(ctx).await?;
 
     let requeue = if report.all_done() { jittered(ctx.settings.resync_period) } else { next };
     Ok(Action::requeue(requeue))
+}
+
+/// How soon a step AWS refused is tried again.
+const REFUSED_RETRY: Duration = Duration::from_secs(600);
+
+/// Sorts a step's error: a terminal AWS refusal becomes the step's `Stalled` outcome, so a
+/// person sees AWS's words in the conditions; throttling, transient faults and Kubernetes
+/// errors go on to the error policy and are retried quietly.
+fn surface(result: Result<Duration, Error>) -> Result<Result<Duration, StepOutcome>, Error> {
+    match result {
+        Ok(after) => Ok(Ok(after)),
+        Err(Error::Aws(err)) if !err.is_retryable() => Ok(Err(StepOutcome::stalled(
+            "AwsRequestRefused",
+            format!(
+                "AWS refused {} ({}): {}; fix the cause (often an IAM permission), Silo retries every 10 minutes",
+                err.operation,
+                err.code.as_deref().unwrap_or("no code"),
+                err.message
+            ),
+        ))),
+        Err(other) => Err(other),
+    }
 }
 
 /// Settles the AWS side of a deleted Tenant before its finalizer goes.
