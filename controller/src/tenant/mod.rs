@@ -337,6 +337,14 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
                     .await;
             }
         }
+        DeletionPolicy::Close if tenant.spec.paused => {
+            // Paused means no AWS calls, deletion included.
+            let mut report = status::Report::new(tenant);
+            report.phase = Some("Deleting");
+            report.paused();
+            report.write(ctx).await?;
+            return Err(Error::DeletionPending { reason: "Paused", retry_after: Duration::from_secs(3600) });
+        }
         DeletionPolicy::Close => closure::close(tenant, ctx).await?,
     }
     Ok(Action::await_change())

@@ -100,7 +100,7 @@ impl<'t> Report<'t> {
             conds.set(conditions::READY, false, "Paused", message);
             conds.set(conditions::RECONCILING, false, "Paused", "");
             conds.set(conditions::STALLED, false, "Paused", "");
-            self.status.phase = Some("Paused".into());
+            self.status.phase = Some(self.phase.unwrap_or("Paused").into());
             return;
         }
         conds.step(conditions::ACCOUNT_READY, &self.account);
