@@ -91,6 +91,11 @@ pub fn next_action(observed: Option<&Observed>, desired: &str, memory: &Memory, 
                 StackAction::Failed { reason: "StackCreateFailed" }
             }
         }
+        // Continued until an hour after the update began; a rollback that keeps failing
+        // longer needs a person.
+        "UPDATE_ROLLBACK_FAILED" if stack.since > limits.in_progress_timeout => {
+            StackAction::Failed { reason: "StackRollbackFailed" }
+        }
         "UPDATE_ROLLBACK_FAILED" => StackAction::ContinueRollback,
         "DELETE_FAILED" => StackAction::Failed { reason: "StackDeleteFailed" },
         in_progress if in_progress.ends_with("_IN_PROGRESS") || in_progress == "UPDATE_FAILED" => {
@@ -179,6 +184,15 @@ mod tests {
         );
         let older = Memory { create_attempts: 0, attempted: Some("r0".into()) };
         assert_eq!(next("UPDATE_ROLLBACK_COMPLETE", "r1", older), StackAction::Update, "r2 is new: try it");
+    }
+
+    #[test]
+    fn a_rollback_that_keeps_failing_is_reported() {
+        let old = Observed { since: Duration::from_secs(7200), ..stack("UPDATE_ROLLBACK_FAILED", "r1") };
+        assert_eq!(
+            next_action(Some(&old), "r2", &Memory::default(), LIMITS),
+            StackAction::Failed { reason: "StackRollbackFailed" }
+        );
     }
 
     #[test]
