@@ -279,6 +279,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
     };
     report.record_identity(&identity);
+    // Until a step has run, it counts as not done: a write in the middle of a step (intent
+    // before an AWS call) must never report Ready.
+    report.fill_unreached();
 
     let mut next = match surface(account::run(tenant, &identity, &mut report, ctx).await)? {
         Ok(after) => after,
@@ -288,12 +291,14 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
     };
     if report.account.is_done() {
+        report.placement = Some(StepOutcome::in_progress("Placing", "Placing the account"));
         match surface(placement::run(tenant, &mut report, ctx).await)? {
             Ok(after) => next = next.min(after),
             Err(refused) => report.placement = Some(refused),
         }
     }
     if report.placement.as_ref().is_some_and(StepOutcome::is_done) {
+        report.baseline = Some(StepOutcome::in_progress("ApplyingBaseline", "Applying the baseline"));
         match surface(bootstrap::run(tenant, &mut report, ctx).await)? {
             Ok(after) => next = next.min(after),
             Err(refused) => report.baseline = Some(refused),

@@ -123,3 +123,27 @@ impl<'t> Report<'t> {
         self.status.phase = Some(self.phase.unwrap_or(derived).into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TenantSpec;
+
+    #[test]
+    fn a_step_that_has_not_run_keeps_ready_false() {
+        let tenant = Tenant::new("acme", TenantSpec::default());
+        let mut report = Report::new(&tenant);
+        report.fill_unreached();
+        report.account = StepOutcome::done("AccountCreated", "ok");
+        report.placement = Some(StepOutcome::done("Placed", "ok"));
+        // The baseline step is running: a write now (intent before CreateStack) is not Ready.
+        report.render(Timestamp::now());
+        assert!(!conditions::is_true(&report.status.conditions, conditions::READY));
+        assert_eq!(conditions::find(&report.status.conditions, conditions::BASELINE_READY).unwrap().status, "False");
+
+        report.baseline = Some(StepOutcome::done("BaselineApplied", "ok"));
+        report.render(Timestamp::now());
+        assert!(conditions::is_true(&report.status.conditions, conditions::READY));
+        assert_eq!(report.status.phase.as_deref(), Some("Ready"));
+    }
+}
