@@ -3,7 +3,7 @@
 //! A [`Stacks`] is built from a tenant session's credentials (see [`super::tenant_access`])
 //! and can only ever act in that account: there is no way to switch it to another.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use aws_config::{Region, SdkConfig, retry::RetryConfig};
 use aws_credential_types::Credentials;
@@ -80,12 +80,7 @@ impl Stacks {
         let Some(stack) = out.stacks.unwrap_or_default().into_iter().next() else { return Ok(None) };
         let changed = stack.last_updated_time.or(stack.creation_time);
         let changed_at = changed.map(|t| t.secs()).unwrap_or_default();
-        let since = changed
-            .and_then(|t| {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
-                now.checked_sub(Duration::from_secs(u64::try_from(t.secs()).ok()?))
-            })
-            .unwrap_or_default();
+        let since = changed.as_ref().and_then(super::age).unwrap_or_default();
         let observed = Observed {
             status: stack.stack_status.as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
             reason: stack.stack_status_reason.clone(),
@@ -112,15 +107,16 @@ impl Stacks {
 
     /// CreateStack. The token makes a retried call a no-op.
     pub async fn create(&self, spec: &StackSpec<'_>, token: &str) -> Result<String, AwsError> {
+        let input = StackInput::from(spec);
         let out = self
             .client
             .create_stack()
             .stack_name(spec.name)
-            .set_template_body(spec.template_body.map(str::to_string))
-            .set_template_url(spec.template_url.map(str::to_string))
-            .set_parameters(Some(parameters(spec.parameters)))
-            .set_capabilities(Some(spec.capabilities.iter().map(|c| Capability::from(*c)).collect()))
-            .set_tags(Some(tags(&spec.tags)))
+            .set_template_body(input.template_body)
+            .set_template_url(input.template_url)
+            .set_parameters(Some(input.parameters))
+            .set_capabilities(Some(input.capabilities))
+            .set_tags(Some(input.tags))
             .enable_termination_protection(spec.termination_protection)
             .client_request_token(token)
             .send()
@@ -131,15 +127,16 @@ impl Stacks {
 
     /// UpdateStack. The token makes a retried call a no-op.
     pub async fn update(&self, spec: &StackSpec<'_>, token: &str) -> Result<Update, AwsError> {
+        let input = StackInput::from(spec);
         let result = self
             .client
             .update_stack()
             .stack_name(spec.name)
-            .set_template_body(spec.template_body.map(str::to_string))
-            .set_template_url(spec.template_url.map(str::to_string))
-            .set_parameters(Some(parameters(spec.parameters)))
-            .set_capabilities(Some(spec.capabilities.iter().map(|c| Capability::from(*c)).collect()))
-            .set_tags(Some(tags(&spec.tags)))
+            .set_template_body(input.template_body)
+            .set_template_url(input.template_url)
+            .set_parameters(Some(input.parameters))
+            .set_capabilities(Some(input.capabilities))
+            .set_tags(Some(input.tags))
             .client_request_token(token)
             .send()
             .await;
@@ -214,10 +211,27 @@ impl Stacks {
     }
 }
 
-fn parameters(values: &BTreeMap<String, String>) -> Vec<Parameter> {
-    values.iter().map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build()).collect()
+/// What CreateStack and UpdateStack both send, in the SDK's types.
+struct StackInput {
+    template_body: Option<String>,
+    template_url: Option<String>,
+    parameters: Vec<Parameter>,
+    capabilities: Vec<Capability>,
+    tags: Vec<Tag>,
 }
 
-fn tags(values: &BTreeMap<String, String>) -> Vec<Tag> {
-    values.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+impl From<&StackSpec<'_>> for StackInput {
+    fn from(spec: &StackSpec<'_>) -> Self {
+        Self {
+            template_body: spec.template_body.map(str::to_string),
+            template_url: spec.template_url.map(str::to_string),
+            parameters: spec
+                .parameters
+                .iter()
+                .map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build())
+                .collect(),
+            capabilities: spec.capabilities.iter().map(|c| Capability::from(*c)).collect(),
+            tags: spec.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect(),
+        }
+    }
 }

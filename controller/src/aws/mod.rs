@@ -20,6 +20,12 @@ pub use error::{AwsError, AwsErrorKind};
 pub use organizations::Organizations;
 pub use tenant_access::{SessionKey, TenantAccess};
 
+/// How long ago an AWS timestamp was; `None` for a time in the future or out of range.
+pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+    now.checked_sub(std::time::Duration::from_secs(u64::try_from(time.secs()).ok()?))
+}
+
 /// AWS Organizations is a global service served from us-east-1; used when no region is set.
 const DEFAULT_REGION: &str = "us-east-1";
 

@@ -403,10 +403,7 @@ fn create_request_from(s: aws_sdk_organizations::types::CreateAccountStatus) -> 
         },
         Some(CreateAccountState::Failed) => CreationState::Failed {
             reason: s.failure_reason.map(|r| r.as_str().to_string()).unwrap_or_else(|| "UNKNOWN".to_string()),
-            failed_for: s.completed_timestamp.and_then(|t| {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
-                now.checked_sub(Duration::from_secs(u64::try_from(t.secs()).ok()?))
-            }),
+            failed_for: s.completed_timestamp.as_ref().and_then(super::age),
         },
         _ => CreationState::InProgress,
     };
