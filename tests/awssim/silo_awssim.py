@@ -12,6 +12,7 @@ a test switches them on through the admin API under /_silo/:
     POST /_silo/config   merge a JSON object into the config (unknown key: 400)
     GET  /_silo/config   the current config
     GET  /_silo/stats    request, throttle and error counters
+    GET  /_silo/log?since=N&limit=L   the per-request log, oldest first (below)
     GET  /_silo/health   {"ok": true}
 
 Config keys are listed (with defaults) on `Config`. Dict-valued keys are
@@ -36,6 +37,39 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
     accounts_pending          (ids) creation still IN_PROGRESS: unknown to every call
     accounts_unlisted         (ids) ACTIVE but still missing from listings
                               (list_accounts_lag_seconds)
+    by_access_key             {access key: {service:Operation: n}} every AWS
+                              request by the access key that signed it
+    writes_by_access_key      the same, for mutating Organizations,
+                              CloudFormation and Account Management calls
+                              only: every operation of those services whose
+                              name does not start with Describe, List, Get,
+                              Validate or Estimate (CreateAccount, MoveAccount,
+                              TagResource, CreateStack, ExecuteChangeSet,
+                              AttachPolicy, PutAlternateContact, ...)
+    Like `requests`, both count every request, throttled or failed ones too.
+
+Request log (GET /_silo/log): every AWS request the layer answered, in the
+order the answers were sent, as {"next": M, "entries": [...], "more": bool,
+"dropped": n}. `since=N` (default 0) returns entries with seq >= N, at most
+`limit` (default 10,000) of them; pass `next` as the next `since`; `more` says
+more entries are already waiting, `dropped` how many entries at or after N are
+gone. The layer keeps the last 200,000 entries (LOG_LIMIT; older ones are
+dropped; that is about 150 MB at most); reset clears it and restarts seq at 0. An entry:
+    seq             0, 1, 2, ... in answer order
+    time            wall clock (float seconds) when the request arrived
+    duration        seconds from arrival to answer (latency and holds included)
+    service, operation, key   credential-scope service, operation, service:Operation
+    caller_account  the account moto acts as for the request's access key
+    access_key      the access key id from the SigV4 Authorization header
+    user_agent      the HTTP User-Agent
+    status          the HTTP status returned
+    outcome         "throttled" (counted in stats throttled), "error" (an
+                    injected 5xx) or "answered" (everything else, AWS-style
+                    4xx answers included: see `status`)
+    stack_name      the StackName parameter, when present
+    account_id      the AccountId, else ResourceId, else ChildId parameter,
+                    when present
+    region          the region of the SigV4 credential scope, when present
 
 Run: python silo_awssim.py --host 127.0.0.1 --port PORT  (PORT 0 picks one).
 It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
@@ -44,8 +78,11 @@ It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import functools
 import io
+import itertools
 import json
 import logging
 import os
@@ -58,7 +95,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl
 from xml.sax.saxutils import escape
 
 from moto.moto_server.werkzeug_app import (
@@ -80,6 +117,11 @@ ORG_THROTTLE_MESSAGE = (
     "AWS Organizations can't complete your request because another request is "
     "already in progress. Try again later."
 )
+RATE_LIMIT_SCOPES = ("global", "account", "account-region")
+LOG_LIMIT = 200_000          # request-log entries kept
+LOG_PAGE = 10_000            # default entries per GET /_silo/log
+WRITE_SERVICES = ("organizations", "cloudformation", "account")
+READ_PREFIXES = ("Describe", "List", "Get", "Validate", "Estimate")
 ORG_SERVICE_MESSAGE = (
     "AWS Organizations can't complete your request because of an internal "
     "service error. Try again later."
@@ -109,6 +151,14 @@ class Config:
                                   ListAccountsForParent and ListChildren for this
                                   long after it became ACTIVE (other calls see it)
     rate_limits                   {op key: requests per second} token buckets
+    rate_limit_scope              {op key: "global" | "account" | "account-region"}:
+                                  what one `rate_limits` bucket covers for the
+                                  calls the key selects (most specific key wins;
+                                  default global: one bucket for every caller).
+                                  "account": a bucket per caller account (the
+                                  account moto acts as); "account-region": per
+                                  account and credential-scope region, as AWS
+                                  meters CloudFormation and STS
     throttle_rate/_operations     probability of throttling the selected ops
     error_rate/error_operations   probability of a 5xx on the selected ops
     latency_ms, latency_rate      delay before a request is processed
@@ -128,6 +178,7 @@ class Config:
     max_concurrent_creations: int | None = 5
     list_accounts_lag_seconds: float = 0
     rate_limits: dict[str, float] = field(default_factory=dict)
+    rate_limit_scope: dict[str, str] = field(default_factory=dict)
     throttle_rate: float = 0.0
     throttle_operations: list[str] | None = None
     error_rate: float = 0.0
@@ -169,6 +220,9 @@ def _validate(key: str, value: Any) -> None:
     elif key in ("throttle_operations", "error_operations"):
         ok = value is None or (
             isinstance(value, list) and all(isinstance(v, str) for v in value))
+    elif key == "rate_limit_scope":
+        ok = isinstance(value, dict) and all(
+            v in RATE_LIMIT_SCOPES for v in value.values())
     elif key in ("rate_limits", "response_delays_ms"):
         ok = isinstance(value, dict) and all(_number(v) for v in value.values())
     elif key == "failing_stacks":
@@ -230,6 +284,12 @@ class Call:
         return m.group(1) if m else ""
 
     @property
+    def region(self) -> str:
+        """The region of the SigV4 credential scope ("" if unsigned)."""
+        m = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/", self.environ.get("HTTP_AUTHORIZATION", ""))
+        return m.group(1) if m else ""
+
+    @functools.cached_property
     def account(self) -> str:
         """The account moto will act as (moto maps access keys to accounts)."""
         if self.environ.get("HTTP_X_MOTO_ACCOUNT_ID"):
@@ -238,13 +298,22 @@ class Call:
 
         return get_account_id_from(self.access_key)
 
+    @property
+    def is_write(self) -> bool:
+        """A mutating Organizations, CloudFormation or Account Management call."""
+        return self.service in WRITE_SERVICES and not self.operation.startswith(READ_PREFIXES)
+
+    def param(self, name: str) -> str | None:
+        value = self.params.get(name)
+        return value if isinstance(value, str) and value else None
+
 
 @dataclass
 class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
-    fault: bool = False     # an injected throttle or 5xx, not a real answer
+    fault: str = ""         # "throttled" or "error": an injected fault, not a real answer
 
     def json(self) -> Any:
         return json.loads(self.body or b"{}")
@@ -304,7 +373,7 @@ def throttling_error(call: Call) -> Response:
         resp = aws_error(call, 400, "Throttling", "Rate exceeded")
     else:
         resp = aws_error(call, 503, "SlowDown", "Please reduce your request rate.")
-    return dataclasses.replace(resp, fault=True)
+    return dataclasses.replace(resp, fault="throttled")
 
 
 def internal_error(call: Call) -> Response:
@@ -316,7 +385,7 @@ def internal_error(call: Call) -> Response:
     else:
         resp = aws_error(call, 500, "InternalFailure",
                          "The request processing has failed because of an unknown error.")
-    return dataclasses.replace(resp, fault=True)
+    return dataclasses.replace(resp, fault="error")
 
 
 # --------------------------------------------------------------------------
@@ -375,15 +444,25 @@ class State:
     failed_stacks: list[FailedStack] = field(default_factory=list)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     closes: int = 0
+    log: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=LOG_LIMIT))
+    log_next: int = 0           # seq of the next log entry
     stats: dict[str, Any] = field(default_factory=lambda: {
         "requests": {}, "answered": {}, "throttled": {}, "injected_errors": {},
         "latency_injected": {}, "response_delayed": {}, "accounts_created": 0,
         "create_account_failures": {}, "accounts_closed": 0, "stacks_failed": 0,
-        "assume_role_denied": 0, "sessions": [],
+        "assume_role_denied": 0, "sessions": [], "by_access_key": {},
+        "writes_by_access_key": {},
     })
 
     def count(self, table: str, key: str) -> None:
         self.stats[table][key] = self.stats[table].get(key, 0) + 1
+
+    def count_caller(self, call: Call) -> None:
+        tables = ["by_access_key"] + (["writes_by_access_key"] if call.is_write else [])
+        for table in tables:
+            per_key = self.stats[table].setdefault(call.access_key, {})
+            per_key[call.key] = per_key.get(call.key, 0) + 1
 
 
 def reset_moto() -> None:
@@ -441,7 +520,9 @@ class SiloLayer:
                 else:
                     resp = self.forward(environ)
             else:
-                resp = self.handle(self._parse(environ, body))
+                call, started = self._parse(environ, body), time.time()
+                resp = self.handle(call)
+                self.record(call, resp, started)
         headers = list(resp.headers)
         if not any(k.lower() == "content-length" for k, _ in headers):
             headers.append(("Content-Length", str(len(resp.body))))  # moto's stays (HEAD)
@@ -508,11 +589,13 @@ class SiloLayer:
     # ---- per-request pipeline ---------------------------------------------
 
     def handle(self, call: Call) -> Response:
+        call.account    # noqa: B018 - resolve it (moto's key map) before taking locks
         with self.lock:
             self.advance_clock()
             state = self.state
             cfg = state.config
             state.count("requests", call.key)
+            state.count_caller(call)
             delay = self.random.random() < cfg.latency_rate and cfg.latency_ms > 0
             if delay:
                 state.count("latency_injected", call.key)
@@ -581,7 +664,7 @@ class SiloLayer:
             return None
         rate, now = float(limits[key]), time.monotonic()
         burst = max(1.0, rate)
-        bucket = self.state.buckets.setdefault(key, Bucket(burst, now))
+        bucket = self.state.buckets.setdefault(self.bucket_key(call, key), Bucket(burst, now))
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1:
@@ -589,6 +672,19 @@ class SiloLayer:
             return None
         self.state.count("throttled", call.key)
         return throttling_error(call)
+
+    def bucket_key(self, call: Call, limit_key: str) -> str:
+        """The bucket a call draws from for the `rate_limits` key `limit_key`:
+        one for everyone, or one per caller account (and region), as
+        `rate_limit_scope` says (lock held)."""
+        scopes = self.state.config.rate_limit_scope
+        scope_key = _most_specific(call, scopes)
+        scope = scopes[scope_key] if scope_key is not None else "global"
+        if scope == "account":
+            return f"{limit_key}|{call.account}"
+        if scope == "account-region":
+            return f"{limit_key}|{call.account}|{call.region}"
+        return limit_key
 
     def random_fault(self, call: Call) -> Response | None:
         """Random throttling and internal errors, as any AWS API sometimes
@@ -893,6 +989,48 @@ class SiloLayer:
             sessions.append(session)
             del sessions[:-500]
 
+    # ---- request log ----------------------------------------------------------
+
+    def record(self, call: Call, resp: Response, started: float) -> None:
+        """Append the answered request to the log (see the module docstring)."""
+        entry: dict[str, Any] = {
+            "time": started, "duration": time.time() - started,
+            "service": call.service, "operation": call.operation, "key": call.key,
+            "caller_account": call.account, "access_key": call.access_key,
+            "user_agent": call.environ.get("HTTP_USER_AGENT", ""),
+            "status": resp.status, "outcome": resp.fault or "answered",
+        }
+        if call.param("StackName"):
+            entry["stack_name"] = call.param("StackName")
+        account_id = call.param("AccountId") or call.param("ResourceId") or call.param("ChildId")
+        if account_id:
+            entry["account_id"] = account_id
+        if call.region:
+            entry["region"] = call.region
+        with self.lock:
+            entry["seq"] = self.state.log_next
+            self.state.log_next += 1
+            self.state.log.append(entry)
+
+    def read_log(self, query: str) -> Response:
+        """GET /_silo/log?since=N&limit=L."""
+        args = {k: v[-1] for k, v in parse_qs(query).items()}
+        try:
+            since, limit = int(args.get("since", 0)), int(args.get("limit", LOG_PAGE))
+            if since < 0 or limit < 0:
+                raise ValueError
+        except ValueError:
+            return json_response(400, {"error": "since and limit must be integers >= 0"})
+        with self.lock:
+            log = self.state.log
+            first = log[0]["seq"] if log else self.state.log_next
+            start = max(0, since - first)
+            entries = list(itertools.islice(log, start, start + limit))
+            last = self.state.log_next
+        nxt = entries[-1]["seq"] + 1 if entries else min(max(since, first), last)
+        return json_response(200, {"next": nxt, "entries": entries, "more": nxt < last,
+                                    "dropped": max(0, first - since)})
+
     # ---- admin API ------------------------------------------------------------
 
     def admin(self, environ: dict[str, Any], path: str) -> Response:
@@ -912,7 +1050,7 @@ class SiloLayer:
                 updates = json.loads(raw or b"{}")
                 with self.lock:
                     self.state.config = self.state.config.merged(updates)
-                    if "rate_limits" in updates:
+                    if "rate_limits" in updates or "rate_limit_scope" in updates:
                         self.state.buckets.clear()
                     return json_response(200, dataclasses.asdict(self.state.config))
             except ValueError as exc:
@@ -923,7 +1061,10 @@ class SiloLayer:
                 stats = json.loads(json.dumps(self.state.stats))
             return json_response(200, {**stats, "accounts_pending": sorted(pending),
                                        "accounts_unlisted": sorted(unlisted)})
-        known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats"}
+        if route == ("GET", "/_silo/log"):
+            return self.read_log(environ.get("QUERY_STRING", ""))
+        known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats",
+                 "/_silo/log"}
         if path.rstrip("/") in known:
             return json_response(405, {"error": f"{method} not allowed on {path}"})
         return json_response(404, {"error": f"no admin endpoint {path}"})

@@ -729,3 +729,168 @@ def test_assumed_role_acts_in_member_account(sim: Sim, org: Any) -> None:
     stack = member_cfn.describe_stacks(StackName="member-fail")["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_FAILED"
     assert len(sim.client("sns", creds).list_topics()["Topics"]) == 1   # tenant-member's
+
+
+# ---- request log and per-caller counters --------------------------------------
+
+def read_log(sim: Sim, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+    query = f"?since={since}" + ("" if limit is None else f"&limit={limit}")
+    status, body = sim.admin("/_silo/log" + query)
+    assert status == 200, body
+    return body
+
+
+def test_request_log(sim: Sim, org: Any) -> None:
+    agent = Config(user_agent="silo-test/1.0", retries={"total_max_attempts": 1})
+    tagged = sim.client("organizations", config=agent)
+    account = new_account(org, "logged")
+    tagged.tag_resource(ResourceId=account, Tags=[{"Key": "k", "Value": "v"}])
+    with pytest.raises(ClientError):
+        tagged.describe_account(AccountId="111111111111")
+    sim.configure(throttle_rate=1.0, throttle_operations=["organizations:ListRoots"],
+                  error_rate=1.0, error_operations=["sts:GetCallerIdentity"])
+    with pytest.raises(ClientError):
+        org.list_roots()
+    with pytest.raises(ClientError):
+        sim.client("sts").get_caller_identity()
+    cfn = boto3.client("cloudformation", endpoint_url=sim.url, region_name="eu-west-1",
+                       config=NO_RETRIES, aws_access_key_id="AKIDLOG",
+                       aws_secret_access_key="x")
+    with pytest.raises(ClientError):
+        cfn.describe_stacks(StackName="nope")
+
+    log = read_log(sim)
+    entries = log["entries"]
+    assert [e["seq"] for e in entries] == list(range(len(entries)))
+    assert log["next"] == len(entries) and log["more"] is False and log["dropped"] == 0
+    assert [e["key"] for e in entries] == [
+        "organizations:CreateOrganization", "organizations:CreateAccount",
+        "organizations:DescribeCreateAccountStatus", "organizations:TagResource",
+        "organizations:DescribeAccount", "organizations:ListRoots",
+        "sts:GetCallerIdentity", "cloudformation:DescribeStacks"]
+    tag, missing, throttled, failed, stack = entries[3:]
+    assert tag["user_agent"].startswith("silo-test/1.0") and tag["account_id"] == account
+    assert (tag["status"], tag["outcome"], tag["region"]) == (200, "answered", REGION)
+    assert (tag["service"], tag["operation"]) == ("organizations", "TagResource")
+    assert tag["caller_account"] == "123456789012" and tag["access_key"] == "testing"
+    assert "Boto3" in entries[0]["user_agent"] and "stack_name" not in tag
+    assert (missing["status"], missing["outcome"]) == (400, "answered")
+    assert (throttled["status"], throttled["outcome"]) == (400, "throttled")
+    assert (failed["status"], failed["outcome"]) == (500, "error")
+    assert stack["stack_name"] == "nope" and stack["region"] == "eu-west-1"
+    assert stack["access_key"] == "AKIDLOG" and stack["status"] == 400
+    assert "account_id" not in stack
+    now = time.time()
+    assert all(now - 60 < e["time"] <= now and e["duration"] >= 0 for e in entries)
+    assert [e["time"] for e in entries] == sorted(e["time"] for e in entries)
+
+    # Paging with since/limit; admin calls are not logged.
+    page = read_log(sim, since=2, limit=3)
+    assert [e["seq"] for e in page["entries"]] == [2, 3, 4]
+    assert page["next"] == 5 and page["more"] is True
+    assert read_log(sim, since=page["next"])["entries"] == entries[5:]
+    assert read_log(sim, since=len(entries)) == {"next": len(entries), "entries": [],
+                                                 "more": False, "dropped": 0}
+    assert sim.admin("/_silo/log?since=x")[0] == 400
+    sim.admin("/_silo/reset", {})
+    assert read_log(sim) == {"next": 0, "entries": [], "more": False, "dropped": 0}
+
+
+def test_request_log_keeps_the_last_entries(sim: Sim) -> None:
+    # The bound is LOG_LIMIT (200,000); checked on the layer object itself so the
+    # test stays fast.
+    sys.path.insert(0, HERE)
+    import silo_awssim
+
+    layer = silo_awssim.SiloLayer(lambda environ, start: [])
+    assert layer.state.log.maxlen == silo_awssim.LOG_LIMIT == 200_000
+    layer.state.log = silo_awssim.collections.deque(maxlen=3)
+    env = {"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AKID/20250101/us-east-1/sts/aws4_request",
+           "HTTP_X_MOTO_ACCOUNT_ID": "123456789012"}
+    for _ in range(5):
+        call = silo_awssim.Call(env, "sts", "GetCallerIdentity", {}, "query")
+        layer.record(call, silo_awssim.Response(200, [], b""), time.time())
+    body = json.loads(layer.read_log("since=0").body)
+    assert [e["seq"] for e in body["entries"]] == [2, 3, 4]
+    assert body["dropped"] == 2 and body["next"] == 5
+
+
+def test_callers_with_different_access_keys_share_the_management_account(sim: Sim) -> None:
+    org = sim.client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    # Another process, configured only through the environment, with another key.
+    script = (
+        "import boto3, json\n"
+        "org = boto3.client('organizations')\n"
+        "made = org.create_account(AccountName='other', Email='other@example.com')\n"
+        "account = made['CreateAccountStatus']['AccountId']\n"
+        "org.tag_resource(ResourceId=account, Tags=[{'Key': 'by', 'Value': 'testing2'}])\n"
+        "print(json.dumps({'master': org.describe_organization()['Organization']['MasterAccountId'],\n"
+        "                  'accounts': sorted(a['Id'] for a in org.list_accounts()['Accounts']),\n"
+        "                  'me': boto3.client('sts').get_caller_identity()['Account']}))\n")
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing2", AWS_SECRET_ACCESS_KEY="testing2",
+               AWS_DEFAULT_REGION=REGION, AWS_ENDPOINT_URL=sim.url)
+    env.pop("AWS_SESSION_TOKEN", None)
+    env.pop("AWS_PROFILE", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    other = json.loads(out)
+    assert other["master"] == other["me"] == "123456789012"
+    assert other["accounts"] == sorted(a["Id"] for a in org.list_accounts()["Accounts"])
+    assert len(other["accounts"]) == 2
+    new = next(a for a in other["accounts"] if a != "123456789012")
+    assert tags_of(org, new) == {"by": "testing2"}
+    org.move_account(AccountId=new, SourceParentId=org.list_roots()["Roots"][0]["Id"],
+                     DestinationParentId=org.create_organizational_unit(
+                         ParentId=org.list_roots()["Roots"][0]["Id"], Name="ou")
+                     ["OrganizationalUnit"]["Id"])
+
+    stats = sim.stats()
+    assert stats["by_access_key"]["testing2"] == {
+        "organizations:CreateAccount": 1, "organizations:TagResource": 1,
+        "organizations:DescribeOrganization": 1, "organizations:ListAccounts": 1,
+        "sts:GetCallerIdentity": 1}
+    assert stats["writes_by_access_key"]["testing2"] == {
+        "organizations:CreateAccount": 1, "organizations:TagResource": 1}
+    assert stats["by_access_key"]["testing"] == {
+        "organizations:CreateOrganization": 1, "organizations:ListAccounts": 1,
+        "organizations:ListTagsForResource": 1, "organizations:ListRoots": 2,
+        "organizations:CreateOrganizationalUnit": 1, "organizations:MoveAccount": 1}
+    assert stats["writes_by_access_key"]["testing"] == {
+        "organizations:CreateOrganization": 1, "organizations:CreateOrganizationalUnit": 1,
+        "organizations:MoveAccount": 1}
+    callers = {(e["access_key"], e["caller_account"]) for e in read_log(sim)["entries"]}
+    assert callers == {("testing", "123456789012"), ("testing2", "123456789012")}
+
+
+def test_rate_limit_scope(sim: Sim, org: Any) -> None:
+    member = assume(sim, new_account(org, "scoped"))
+    mgmt_east, member_east = sim.client("sts"), sim.client("sts", member)
+    mgmt_west = boto3.client("sts", endpoint_url=sim.url, region_name="eu-west-1",
+                             config=NO_RETRIES, aws_access_key_id="testing",
+                             aws_secret_access_key="testing")
+
+    def outcomes(*clients: Any) -> list[str]:
+        out = []
+        for client in clients:
+            try:
+                client.get_caller_identity()
+                out.append("ok")
+            except ClientError as err:
+                out.append(err.response["Error"]["Code"])
+        return out
+
+    sim.configure(rate_limits={"sts:GetCallerIdentity": 0.01})   # burst 1, then ~none
+    assert outcomes(mgmt_east, member_east, mgmt_west) == ["ok", "Throttling", "Throttling"]
+    sim.configure(rate_limit_scope={"sts:*": "account"})
+    assert outcomes(mgmt_east, member_east, mgmt_west, member_east) == \
+        ["ok", "ok", "Throttling", "Throttling"]
+    sim.configure(rate_limit_scope={"sts:GetCallerIdentity": "account-region",
+                                    "*": "global"})
+    assert outcomes(mgmt_east, member_east, mgmt_west, mgmt_east, mgmt_west) == \
+        ["ok", "ok", "ok", "Throttling", "Throttling"]
+    assert sim.admin("/_silo/config", {"rate_limit_scope": {"*": "per-tenant"}})[0] == 400
+    assert sim.admin("/_silo/config")[1]["rate_limit_scope"] == {
+        "sts:GetCallerIdentity": "account-region", "*": "global"}
+    sim.admin("/_silo/reset", {})
+    assert sim.admin("/_silo/config")[1]["rate_limit_scope"] == {}
