@@ -13,6 +13,7 @@ a test switches them on through the admin API under /_silo/:
     GET  /_silo/config   the current config
     GET  /_silo/stats    request, throttle and error counters
     GET  /_silo/log?since=N&limit=L   the per-request log, oldest first (below)
+    GET  /_silo/stack_operations   every stack operation (below)
     GET  /_silo/health   {"ok": true}
 
 Config keys are listed (with defaults) on `Config`. Dict-valued keys are
@@ -32,7 +33,9 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
     response_delayed          answers held back after processing (response_delays_ms)
     accounts_created          (int) creations that made an account
     create_account_failures   {FailureReason: n} synthetic failed creations
-    accounts_closed, stacks_failed, assume_role_denied   (ints)
+    accounts_closed, assume_role_denied   (ints)
+    stacks_failed             (int) stack operations made to fail (failing_stacks,
+                              stack_failures): creations and updates
     sessions   (the last 500 AssumeRole requests: role, name, tags, external_id, policy)
     accounts_pending          (ids) creation still IN_PROGRESS: unknown to every call
     accounts_unlisted         (ids) ACTIVE but still missing from listings
@@ -71,6 +74,72 @@ dropped; that is about 150 MB at most); reset clears it and restarts seq at 0. A
                     when present
     region          the region of the SigV4 credential scope, when present
 
+Stack operations (GET /_silo/stack_operations): a JSON list, oldest first, of
+every CreateStack, UpdateStack, ExecuteChangeSet and DeleteStack that moto
+accepted (the last 200,000), each {account, region, stack_name, stack_id,
+operation, started, finished, result}: wall-clock seconds; `finished` and
+`result` (the stack status it ended in: CREATE_COMPLETE, ROLLBACK_COMPLETE,
+UPDATE_COMPLETE, UPDATE_ROLLBACK_COMPLETE, ...) are null while in flight.
+`finished` is when the operation was due to end, even if the layer only
+noticed later. DeleteStack is instant (started == finished, DELETE_COMPLETE);
+an operation cut short by DeleteStack ends then, with DELETE_COMPLETE.
+
+Stacks over time. moto makes and updates a stack's resources at once; the layer
+then reports the stack the way AWS does over `stack_operation_seconds`:
+  CreateStack (or executing a CREATE change set): CREATE_IN_PROGRESS without
+    Outputs, then CREATE_COMPLETE with them.
+  UpdateStack (or executing an UPDATE change set): UPDATE_IN_PROGRESS, then
+    UPDATE_COMPLETE (an UPDATE_COMPLETE_CLEANUP_IN_PROGRESS event just before
+    it, never a status one can see). While UPDATE_IN_PROGRESS, DescribeStacks
+    already shows the new template, parameters, tags and outputs.
+  A stack that is not CREATE_COMPLETE, UPDATE_COMPLETE or
+  UPDATE_ROLLBACK_COMPLETE cannot be updated: UpdateStack and an UPDATE
+  ExecuteChangeSet answer ValidationError "Stack:<id> is in <STATUS> state and
+  can not be updated." DeleteStack is accepted in every state (as moto does).
+Failing stack operations (`failing_stacks`, `stack_failures`; the first
+matching rule wins, failing_stacks first):
+  a creation is CREATE_IN_PROGRESS for stack_operation_seconds, then
+    CREATE_FAILED (a resource CREATE_FAILED event with the reason; nothing it
+    made remains: no resources, outputs or exports, from the start) for
+    stack_failure_seconds, then ROLLBACK_COMPLETE;
+  an update is applied by moto, UPDATE_IN_PROGRESS for stack_operation_seconds,
+    then UPDATE_ROLLBACK_IN_PROGRESS (a resource UPDATE_FAILED event with the
+    reason, on the first resource the update adds or modifies, else the first
+    one) for stack_failure_seconds, then UPDATE_ROLLBACK_COMPLETE: moto
+    re-applies the previous template and parameters to the resources, and the
+    stack has its previous template, parameters, outputs and tags again.
+  The change set executed, if any, is EXECUTE_IN_PROGRESS meanwhile, then
+  EXECUTE_FAILED (else EXECUTE_COMPLETE).
+
+Change sets. moto 5.2.5 implements CreateChangeSet (ChangeSetType CREATE and
+UPDATE), DescribeChangeSet, ExecuteChangeSet, DeleteChangeSet and
+ListChangeSets; the layer fills some gaps. What the simulator's change sets show:
+  Changes: a Resource change per changed resource, comparing the stack's
+    current template resources (none for a CREATE change set) with the change
+    set's: Action Add (a new logical id), Remove (one that is gone) or Modify
+    (its JSON differs, or it Refs / ${}-substitutes a parameter whose value
+    changes: moto missed those), with LogicalResourceId, ResourceType, and
+    PhysicalResourceId where moto has one. A Modify also has Scope (the
+    top-level attributes that differ: Properties, Metadata, DependsOn, ...;
+    Properties when only a parameter changes) and Replacement: "True" if the
+    resource Type changed, else always "Conditional" (the simulator does not
+    know which properties force a replacement). Never shown: Details,
+    Replacement "False", changes of stack tags alone (no resource change),
+    nested stacks, imports, drift.
+  A change set without any change is FAILED / UNAVAILABLE with AWS's reason
+    (moto). Status is CREATE_COMPLETE at once (never CREATE_PENDING or
+    CREATE_IN_PROGRESS); DescribeChangeSet's Tags are always empty (moto).
+  ExecuteChangeSet: the stack goes through the states above; the change set's
+    tags, parameters and outputs are applied (moto kept the old tags and lost
+    the outputs); an unknown change set is ChangeSetNotFound (moto: HTTP 500),
+    one not AVAILABLE (executed, failed) is InvalidChangeSetStatus. Other
+    change sets of the stack are not marked OBSOLETE.
+  DescribeChangeSet / DeleteChangeSet: a name is looked up within StackName
+    (moto ignored it); an unknown one is ChangeSetNotFound.
+  ListChangeSets lists only StackName's change sets (moto listed all).
+  moto cannot apply a change of a resource's Type (ExecuteChangeSet or
+    UpdateStack answer HTTP 500); describing such a change set works.
+
 Run: python silo_awssim.py --host 127.0.0.1 --port PORT  (PORT 0 picks one).
 It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
 """
@@ -79,6 +148,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import dataclasses
 import functools
 import io
@@ -118,6 +188,11 @@ ORG_THROTTLE_MESSAGE = (
     "already in progress. Try again later."
 )
 RATE_LIMIT_SCOPES = ("global", "account", "account-region")
+STACK_OPERATIONS = ("CreateStack", "UpdateStack")
+STACK_FAILURE_KEYS = {"operations", "account", "stack", "parameters", "reason"}
+DEFAULT_STACK_FAILURE = 'Resource handler returned message: "Simulated failure (silo-awssim)"'
+STACK_OPS_LIMIT = 200_000    # stack operations kept for /_silo/stack_operations
+UPDATABLE_STACK = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE")
 LOG_LIMIT = 200_000          # request-log entries kept
 LOG_PAGE = 10_000            # default entries per GET /_silo/log
 WRITE_SERVICES = ("organizations", "cloudformation", "account")
@@ -166,8 +241,28 @@ class Config:
                                   AFTER moto processed the request
     close_pending_seconds         PENDING_CLOSURE time before SUSPENDED
     close_quota                   CloseAccount calls allowed; None = no quota
-    failing_stacks                {stack-name regex: failure reason}
-    stack_failure_seconds         CREATE_FAILED time before ROLLBACK_COMPLETE
+    failing_stacks                {stack-name regex: failure reason}: CreateStack
+                                  of a matching stack fails (see stack_failures)
+    stack_failures                [rule]: stack operations that fail, each rule
+                                  {"operations": ["CreateStack", "UpdateStack"],
+                                   "account": regex on the stack's account id,
+                                   "stack": regex on the stack name,
+                                   "parameters": {name: regex on the value},
+                                   "reason": the failure message}; every match
+                                  field is optional (operations: both), all
+                                  those given must match (re.search); a
+                                  parameter matches on the value the operation
+                                  would run with (passed, previous value, or
+                                  the template default; a parameter it does
+                                  not have never matches). Executing a change
+                                  set counts as CreateStack / UpdateStack by
+                                  its type. reason defaults to a generic
+                                  handler message.
+    stack_operation_seconds       how long CreateStack, UpdateStack and
+                                  ExecuteChangeSet stay *_IN_PROGRESS
+    stack_failure_seconds         CREATE_FAILED time before ROLLBACK_COMPLETE,
+                                  UPDATE_ROLLBACK_IN_PROGRESS time before
+                                  UPDATE_ROLLBACK_COMPLETE
     unassumable_roles_seconds     AccessDenied on AssumeRole into a new account
     """
 
@@ -189,6 +284,8 @@ class Config:
     close_pending_seconds: float = 0
     close_quota: int | None = None
     failing_stacks: dict[str, str] = field(default_factory=dict)
+    stack_failures: list[dict[str, Any]] = field(default_factory=list)
+    stack_operation_seconds: float = 0
     stack_failure_seconds: float = 2
     unassumable_roles_seconds: float = 0
 
@@ -228,6 +325,8 @@ def _validate(key: str, value: Any) -> None:
     elif key == "failing_stacks":
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
         _check_regexes(key, value if ok else {})
+    elif key == "stack_failures":
+        ok = isinstance(value, list) and all(_stack_failure_rule_ok(r) for r in value)
     elif key == "create_account_delays":
         ok = isinstance(value, dict) and all(_number(v) for v in value.values())
         _check_regexes(key, value if ok else {})
@@ -235,6 +334,21 @@ def _validate(key: str, value: Any) -> None:
         ok = _number(value)
     if not ok:
         raise ValueError(f"bad value for {key}: {value!r}")
+
+
+def _stack_failure_rule_ok(rule: Any) -> bool:
+    """A `stack_failures` rule: known keys, known operations, valid regexes."""
+    if not isinstance(rule, dict) or set(rule) - STACK_FAILURE_KEYS:
+        return False
+    ops = rule.get("operations", list(STACK_OPERATIONS))
+    params = rule.get("parameters", {})
+    patterns = [rule.get("account", ""), rule.get("stack", "")]
+    if not (isinstance(ops, list) and set(ops) <= set(STACK_OPERATIONS)
+            and isinstance(params, dict) and isinstance(rule.get("reason", ""), str)
+            and all(isinstance(p, str) for p in patterns + list(params.values()))):
+        return False
+    _check_regexes("stack_failures", dict.fromkeys(patterns + list(params.values())))
+    return True
 
 
 def _check_regexes(key: str, patterns: dict[str, Any]) -> None:
@@ -423,11 +537,50 @@ class Creation:
 
 
 @dataclass
-class FailedStack:
-    stack: Any                  # moto Stack
-    resource: str               # logical id of the resource that "failed"
-    resource_type: str
-    rollback_at: float
+class StackSnapshot:
+    """What a rolled-back update gives a stack back."""
+
+    template: Any
+    template_dict: dict[str, Any]
+    parameters: dict[str, Any]
+    input_parameters: dict[str, Any]
+    tags: dict[str, str]
+    role_arn: str | None
+    description: str | None
+
+    @classmethod
+    def of(cls, stack: Any) -> StackSnapshot:
+        return cls(stack.template, copy.deepcopy(stack.template_dict), dict(stack.parameters),
+                   dict(stack.resource_map.input_parameters), dict(stack.tags),
+                   stack.role_arn, stack.description)
+
+
+@dataclass
+class StackOp:
+    """One stack operation (GET /_silo/stack_operations) and the status
+    changes still to come: `steps` are (monotonic due time, step name)."""
+
+    account: str
+    region: str
+    stack_name: str
+    stack_id: str
+    operation: str
+    started: float                       # wall clock
+    stack: Any = None                    # the moto Stack
+    steps: list[tuple[float, str]] = field(default_factory=list)
+    finished: float | None = None
+    result: str | None = None
+    reason: str | None = None            # why it fails, if it does
+    resource: tuple[str, str] = ("", "")  # (logical id, type) that fails
+    snapshot: StackSnapshot | None = None
+    change_set: Any = None               # the moto ChangeSet executed, if any
+    outputs: Any = None                  # the OutputMap hidden while creating
+
+    def public(self) -> dict[str, Any]:
+        return {"account": self.account, "region": self.region,
+                "stack_name": self.stack_name, "stack_id": self.stack_id,
+                "operation": self.operation, "started": self.started,
+                "finished": self.finished, "result": self.result}
 
 
 @dataclass
@@ -441,7 +594,9 @@ class State:
     config: Config = field(default_factory=Config)
     creations: dict[str, Creation] = field(default_factory=dict)
     closing: dict[str, tuple[Any, float]] = field(default_factory=dict)  # id -> (account, until)
-    failed_stacks: list[FailedStack] = field(default_factory=list)
+    stack_ops: collections.deque[StackOp] = field(
+        default_factory=lambda: collections.deque(maxlen=STACK_OPS_LIMIT))
+    stacks_in_flight: list[StackOp] = field(default_factory=list)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     closes: int = 0
     log: collections.deque[dict[str, Any]] = field(
@@ -482,6 +637,210 @@ def org_backend(account: str) -> Any:
 
 
 # --------------------------------------------------------------------------
+# CloudFormation helpers (moto objects; callers hold moto_lock)
+# --------------------------------------------------------------------------
+
+RESOURCE_ATTRIBUTES = ("Properties", "Metadata", "CreationPolicy", "UpdatePolicy",
+                       "DeletionPolicy", "UpdateReplacePolicy", "DependsOn", "Condition")
+
+
+def _stack_by_id(stack_id: str) -> Any:
+    from moto.cloudformation.models import cloudformation_backends
+
+    _, _, _, region, account, _ = stack_id.split(":", 5)
+    return cloudformation_backends[account][region].stacks.get(stack_id)
+
+
+def _stack_account(stack: Any) -> str:
+    return stack.stack_id.split(":")[4]
+
+
+def _member_list(params: dict[str, Any], name: str) -> list[dict[str, str]]:
+    """A query-protocol list of structures (Name.member.N.Field) as dicts."""
+    items: dict[int, dict[str, str]] = {}
+    for key, value in params.items():
+        m = re.fullmatch(rf"{name}\.member\.(\d+)\.(\w+)", key)
+        if m:
+            items.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    return [items[i] for i in sorted(items)]
+
+
+def _parse_template(body: Any) -> dict[str, Any]:
+    from moto.cloudformation.models import Stack
+
+    try:
+        parsed = Stack.parse_template(body) if isinstance(body, str) else body
+    except Exception:  # noqa: BLE001 - moto will say what is wrong with it
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _template_defaults(template: dict[str, Any]) -> dict[str, Any]:
+    slots = template.get("Parameters") or {}
+    return {k: v["Default"] for k, v in slots.items() if isinstance(v, dict) and "Default" in v}
+
+
+def resolved_parameters(call: Call, stack: Any) -> dict[str, Any]:
+    """The parameter values a CreateStack / UpdateStack would run with: the
+    template's defaults, the values passed, previous values (UsePreviousValue)."""
+    if stack is not None and call.param("UsePreviousTemplate") == "true":
+        template = stack.template_dict
+    else:
+        template = _parse_template(call.param("TemplateBody") or "")
+    values = _template_defaults(template)
+    for p in _member_list(call.params, "Parameters"):
+        key = p.get("ParameterKey", "")
+        if p.get("UsePreviousValue") == "true" and stack is not None:
+            values[key] = stack.resource_map.resolved_parameters.get(key)
+        elif "ParameterValue" in p:
+            values[key] = p["ParameterValue"]
+    return values
+
+
+def with_params(call: Call, **overrides: str) -> dict[str, Any]:
+    """The call's WSGI environ with some query-protocol parameters replaced."""
+    from urllib.parse import urlencode
+
+    body = urlencode({**call.params, **overrides}).encode()
+    environ = dict(call.environ, CONTENT_LENGTH=str(len(body)),
+                   CONTENT_TYPE="application/x-www-form-urlencoded")
+    environ["wsgi.input"] = io.BytesIO(body)
+    return environ
+
+
+def not_updatable(call: Call, stack: Any) -> Response:
+    return aws_error(call, 400, "ValidationError",
+                     f"Stack:{stack.stack_id} is in {stack.status} state and can not be updated.")
+
+
+def change_set_not_found(call: Call) -> Response:
+    return aws_error(call, 404, "ChangeSetNotFound",
+                     f"ChangeSet [{call.param('ChangeSetName') or ''}] does not exist")
+
+
+def _no_outputs(stack: Any) -> Any:
+    from moto.cloudformation.parsing import OutputMap
+
+    return OutputMap(stack.resource_map, {"Outputs": {}}, stack.stack_id)
+
+
+def _remove_stack_resources(stack: Any) -> None:
+    """What a failed creation's rollback leaves: no resources, outputs or exports."""
+    from moto.cloudformation.models import cloudformation_backends
+
+    try:
+        stack.resource_map.delete()
+    except Exception as exc:  # noqa: BLE001 - best effort, like a rollback
+        log.warning("rollback of %s left resources: %s", stack.name, exc)
+    # moto maps resolve resources lazily: empty them so nothing comes back.
+    stack.resource_map._resource_json_map = {}
+    stack.output_map._output_json_map = {}
+    _, _, _, region, account, _ = stack.stack_id.split(":", 5)
+    exports = cloudformation_backends[account][region].exports
+    for name in [n for n, e in exports.items() if e.exporting_stack_id == stack.stack_id]:
+        del exports[name]
+
+
+def _restore_stack(stack: Any, snap: StackSnapshot) -> None:
+    """Roll an update back: moto re-applies the previous template and
+    parameters to the resources; the stack gets its previous metadata back."""
+    try:
+        stack.resource_map.update(copy.deepcopy(snap.template_dict), snap.input_parameters)
+    except Exception as exc:  # noqa: BLE001 - best effort, like a rollback
+        log.warning("rollback of %s's update left changes: %s", stack.name, exc)
+    stack.resource_map.input_parameters = dict(snap.input_parameters)
+    stack.template, stack.template_dict = snap.template, snap.template_dict
+    stack.parameters, stack.tags = snap.parameters, snap.tags
+    stack.role_arn, stack.description = snap.role_arn, snap.description
+    stack.output_map = stack._create_output_map()
+
+
+def _references(node: Any) -> set[str]:
+    """Names a template fragment refers to: {"Ref": X} and ${X} in Fn::Sub."""
+    if isinstance(node, list):
+        return set().union(*(_references(n) for n in node))
+    if not isinstance(node, dict):
+        return set()
+    found = set()
+    for key, value in node.items():
+        if key == "Ref" and isinstance(value, str):
+            found.add(value)
+        elif key == "Fn::Sub":
+            text = value[0] if isinstance(value, list) and value else value
+            if isinstance(text, str):
+                found |= set(re.findall(r"\$\{([^!}][^}]*)\}", text))
+        found |= _references(value)
+    return found
+
+
+def _resource_diff(old: dict[str, Any], new: dict[str, Any],
+                   changed_params: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(action, logical id, details) per changed resource, new template's
+    order first, then removals; details: Type, Scope, Replacement."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for logical_id, resource in new.items():
+        before = old.get(logical_id)
+        if before is None:
+            out.append(("Add", logical_id, {"Type": resource.get("Type")}))
+            continue
+        scope = [a for a in RESOURCE_ATTRIBUTES if before.get(a) != resource.get(a)]
+        if not scope and _references(resource) & changed_params:
+            scope = ["Properties"]
+        type_changed = before.get("Type") != resource.get("Type")
+        if scope or type_changed:
+            out.append(("Modify", logical_id, {
+                "Type": resource.get("Type"), "Scope": scope,
+                "Replacement": "True" if type_changed else "Conditional"}))
+    out += [("Remove", logical_id, {"Type": resource.get("Type")})
+            for logical_id, resource in old.items() if logical_id not in new]
+    return out
+
+
+def _first_changed_resource(old: dict[str, Any], new: dict[str, Any],
+                            stack_name: str) -> tuple[str, str]:
+    """(logical id, type) of the resource an update "fails" on."""
+    resources = new.get("Resources") or {}
+    diff = _resource_diff(old.get("Resources") or {}, resources, set())
+    changed = [(lid, d["Type"]) for action, lid, d in diff if action != "Remove"]
+    if changed:
+        return changed[0]
+    first = next(iter(resources), None)
+    if first is None:
+        return stack_name, "AWS::CloudFormation::Stack"
+    return first, resources[first].get("Type", "AWS::CloudFormation::Stack")
+
+
+def change_set_changes(change_set: Any) -> list[Any]:
+    """The Changes of a change set, as moto Change objects with the extra
+    attributes moto's serializer picks up (Replacement, Scope, PhysicalResourceId)."""
+    from moto.cloudformation.models import Change
+
+    stack = change_set.stack
+    creating = change_set.change_set_type == "CREATE"
+    old = {} if creating else (stack.template_dict.get("Resources") or {})
+    old_params = {} if creating else dict(stack.resource_map.resolved_parameters)
+    new_params = {**_template_defaults(change_set.template_dict), **change_set.parameters}
+    changed = {k for k in set(old_params) | set(new_params)
+               if str(old_params.get(k)) != str(new_params.get(k))}
+    changes = []
+    for action, logical_id, details in _resource_diff(
+            old, change_set.template_dict.get("Resources") or {}, changed):
+        change = Change(action, logical_id, details["Type"])
+        if action == "Modify":
+            change.replacement, change.scope = details["Replacement"], details["Scope"]
+        if action != "Add":
+            resource = stack.resource_map._parsed_resources.get(logical_id)
+            try:
+                physical_id = getattr(resource, "physical_resource_id", None)
+            except Exception:  # noqa: BLE001 - some moto models compute it lazily
+                physical_id = None
+            if isinstance(physical_id, str):
+                change.physical_resource_id = physical_id
+        changes.append(change)
+    return changes
+
+
+# --------------------------------------------------------------------------
 # The middleware
 # --------------------------------------------------------------------------
 
@@ -494,14 +853,16 @@ class SiloLayer:
         # moto's backends are not thread-safe (CloudFormation parses templates and resolves
         # outputs lazily in shared objects): one request at a time reaches moto. Faults,
         # latency and held-back answers happen outside this lock.
-        self.moto_lock = threading.Lock()
+        # Reentrant: a handler may hold it around forward() to read moto state, call
+        # moto and fix up its answer as one step. Lock order: org_lock, moto_lock, lock.
+        self.moto_lock = threading.RLock()
         self.org_lock = threading.Lock()     # serialises check+create / check+close
         self.random = random.Random()
         self.state = State()
 
     def reset(self) -> None:
         """Reset moto and every fault, counter and config key."""
-        with self.org_lock, self.lock:
+        with self.org_lock, self.moto_lock, self.lock:
             reset_moto()
             self.state = State()
 
@@ -590,8 +951,8 @@ class SiloLayer:
 
     def handle(self, call: Call) -> Response:
         call.account    # noqa: B018 - resolve it (moto's key map) before taking locks
+        self.advance_clock()
         with self.lock:
-            self.advance_clock()
             state = self.state
             cfg = state.config
             state.count("requests", call.key)
@@ -611,6 +972,13 @@ class SiloLayer:
             "organizations:ListCreateAccountStatus": self.list_create_account_status,
             "organizations:CloseAccount": self.close_account,
             "cloudformation:CreateStack": self.create_stack,
+            "cloudformation:UpdateStack": self.update_stack,
+            "cloudformation:DeleteStack": self.delete_stack,
+            "cloudformation:CreateChangeSet": self.create_change_set,
+            "cloudformation:ExecuteChangeSet": self.execute_change_set,
+            "cloudformation:DescribeChangeSet": self.change_set_call,
+            "cloudformation:DeleteChangeSet": self.change_set_call,
+            "cloudformation:ListChangeSets": self.list_change_sets,
             "sts:AssumeRole": self.assume_role,
         }.get(call.key)
         if handler is None and call.service == "organizations":
@@ -637,22 +1005,23 @@ class SiloLayer:
         return float(delays[key]) if key is not None else 0.0
 
     def advance_clock(self) -> None:
-        """Lazy time-based transitions (caller holds the lock): closing accounts
-        become SUSPENDED, failed stacks finish their rollback."""
+        """Lazy time-based transitions, run before every request: closing
+        accounts become SUSPENDED, stack operations take their next steps.
+        Takes moto_lock then lock, and only when something is due."""
         now = time.monotonic()
-        for account_id, (account, until) in list(self.state.closing.items()):
-            if now >= until:
-                if account.status == "PENDING_CLOSURE":
-                    account.status = account.state = "SUSPENDED"
-                del self.state.closing[account_id]
-        for failed in list(self.state.failed_stacks):
-            if now >= failed.rollback_at:
-                self.state.failed_stacks.remove(failed)
-                if failed.stack.status == "CREATE_FAILED":
-                    _stack_event(failed.stack, "DELETE_COMPLETE", failed.resource,
-                                 failed.resource_type)
-                    _stack_event(failed.stack, "ROLLBACK_COMPLETE")
-                    failed.stack.status = "ROLLBACK_COMPLETE"
+        with self.lock:
+            due = any(until <= now for _, until in self.state.closing.values()) or any(
+                op.steps[0][0] <= now for op in self.state.stacks_in_flight)
+        if not due:
+            return
+        with self.moto_lock, self.lock:
+            for account_id, (account, until) in list(self.state.closing.items()):
+                if now >= until:
+                    if account.status == "PENDING_CLOSURE":
+                        account.status = account.state = "SUSPENDED"
+                    del self.state.closing[account_id]
+            for op in list(self.state.stacks_in_flight):
+                self.run_steps(op, now)
 
     def rate_limited(self, call: Call) -> Response | None:
         """Per-key request-rate quotas (token bucket, burst = max(1, rate)) as
@@ -902,53 +1271,316 @@ class SiloLayer:
 
     # ---- CloudFormation ----------------------------------------------------
 
+    STEP_FROM = {   # the status a stack must still be in for a step to apply
+        "create_complete": "CREATE_IN_PROGRESS",
+        "create_failed": "CREATE_IN_PROGRESS",
+        "rollback_complete": "CREATE_FAILED",
+        "update_complete": "UPDATE_IN_PROGRESS",
+        "update_failed": "UPDATE_IN_PROGRESS",
+        "update_rollback_complete": "UPDATE_ROLLBACK_IN_PROGRESS",
+    }
+
     def create_stack(self, call: Call) -> Response:
-        """A stack whose name matches `failing_stacks` fails to create: one
-        resource is CREATE_FAILED with the configured reason, the stack is
-        CREATE_FAILED, nothing it made remains, and after
-        `stack_failure_seconds` it is ROLLBACK_COMPLETE."""
-        name = call.params.get("StackName", "")
-        with self.lock:
-            reason = next((r for p, r in self.state.config.failing_stacks.items()
-                           if re.search(p, name)), None)
+        """moto creates the stack at once; the layer reports it
+        CREATE_IN_PROGRESS for `stack_operation_seconds`, or makes it fail
+        (`failing_stacks`, `stack_failures`): see the module docstring."""
+        name = call.param("StackName") or ""
+        parameters = resolved_parameters(call, None)
+        with self.moto_lock:
+            with self.lock:
+                reason = self.stack_failure("CreateStack", call.account, name, parameters)
+            resp = self.forward(call.environ)
+            m = re.search(rb"<StackId>([^<]+)</StackId>", resp.body)
+            stack = _stack_by_id(m.group(1).decode()) if resp.status == 200 and m else None
+            if stack is not None:
+                with self.lock:
+                    self.start_creation(stack, "CreateStack", reason)
+        return resp
+
+    def update_stack(self, call: Call) -> Response:
+        """moto updates the stack at once; the layer reports it
+        UPDATE_IN_PROGRESS for `stack_operation_seconds`, refuses to update a
+        stack that is not in a stable state, or makes the update fail and roll
+        back (`stack_failures`)."""
+        with self.moto_lock:
+            stack = self.find_stack(call, call.param("StackName"))
+            if stack is None:
+                return self.forward(call.environ)   # moto's "does not exist"
+            if stack.status not in UPDATABLE_STACK:
+                return not_updatable(call, stack)
+            parameters = resolved_parameters(call, stack)
+            snapshot = StackSnapshot.of(stack)
+            with self.lock:
+                reason = self.stack_failure("UpdateStack", _stack_account(stack),
+                                            stack.name, parameters)
+            resp = self.forward(call.environ)
+            if resp.status == 200:
+                with self.lock:
+                    self.start_update(stack, "UpdateStack", reason, snapshot)
+        return resp
+
+    def delete_stack(self, call: Call) -> Response:
+        """moto deletes at once; the layer records the deletion and ends any
+        operation still in flight on the stack."""
+        with self.moto_lock:
+            stack = self.find_stack(call, call.param("StackName"))
+            resp = self.forward(call.environ)
+            if resp.status == 200 and stack is not None and stack.status == "DELETE_COMPLETE":
+                with self.lock:
+                    now = time.monotonic()
+                    for op in [o for o in self.state.stacks_in_flight if o.stack is stack]:
+                        self.finish(op, now)
+                    self.begin(self.stack_op(stack, "DeleteStack"), now)
+        return resp
+
+    def create_change_set(self, call: Call) -> Response:
+        """moto makes the change set; the layer replaces its Changes with its
+        own comparison of the old and new template (see the module docstring)."""
+        with self.moto_lock:
+            resp = self.forward(call.environ)
+            m = re.search(rb"<Id>([^<]+)</Id>", resp.body)
+            if resp.status == 200 and m:
+                change_set = self.cfn_backend(call).change_sets.get(m.group(1).decode())
+                if change_set is not None:
+                    change_set.changes = change_set_changes(change_set)
+        return resp
+
+    def execute_change_set(self, call: Call) -> Response:
+        """Executing a change set is a creation or an update of its stack, with
+        the same timing and failure rules; the layer also applies what moto
+        forgets (the change set's tags and parameters, the new outputs)."""
+        with self.moto_lock:
+            change_set = self.find_change_set(call)
+            if change_set is None:
+                return change_set_not_found(call)
+            stack = change_set.stack
+            if change_set.execution_status != "AVAILABLE":
+                return aws_error(call, 400, "InvalidChangeSetStatus",
+                                 f"ChangeSet [{change_set.change_set_id}] cannot be executed "
+                                 f"in its current status of [{change_set.execution_status}]")
+            creating = change_set.change_set_type == "CREATE"
+            if not creating and stack.status not in UPDATABLE_STACK:
+                return not_updatable(call, stack)
+            parameters = {**_template_defaults(change_set.template_dict),
+                          **change_set.parameters}
+            snapshot = None if creating else StackSnapshot.of(stack)
+            with self.lock:
+                reason = self.stack_failure("CreateStack" if creating else "UpdateStack",
+                                            _stack_account(stack), stack.name, parameters)
+            resp = self.forward(with_params(call, ChangeSetName=change_set.change_set_id))
+            if resp.status != 200:
+                return resp
+            stack.template_dict = copy.deepcopy(change_set.template_dict)
+            stack.description = stack.template_dict.get("Description")
+            stack.parameters = dict(change_set.parameters)
+            if change_set.tags:
+                stack.tags = dict(change_set.tags)
+            stack.output_map = stack._create_output_map()
+            with self.lock:
+                if creating:
+                    self.start_creation(stack, "ExecuteChangeSet", reason, change_set)
+                else:
+                    self.start_update(stack, "ExecuteChangeSet", reason, snapshot, change_set)
+        return resp
+
+    def change_set_call(self, call: Call) -> Response:
+        """DescribeChangeSet / DeleteChangeSet: the change set named within
+        StackName (moto ignores StackName), ChangeSetNotFound if there is
+        none (moto: a 500 on delete)."""
+        with self.moto_lock:
+            change_set = self.find_change_set(call)
+            if change_set is None:
+                return change_set_not_found(call)
+            return self.forward(with_params(call, ChangeSetName=change_set.change_set_id))
+
+    def list_change_sets(self, call: Call) -> Response:
+        """ListChangeSets: only StackName's change sets (moto lists them all)."""
         resp = self.forward(call.environ)
-        if reason is None or resp.status != 200:
+        stack = call.param("StackName")
+        if resp.status != 200 or not stack:
             return resp
-        m = re.search(rb"<StackId>([^<]+)</StackId>", resp.body)
-        if not m:
-            return resp
-        stack_id = m.group(1).decode()
-        _, _, _, region, account, _ = stack_id.split(":", 5)
+
+        def keep(m: re.Match[bytes]) -> bytes:
+            names = re.findall(rb"<Stack(?:Name|Id)>([^<]*)</Stack(?:Name|Id)>", m.group(0))
+            return m.group(0) if stack.encode() in names else b""
+
+        body = re.sub(rb"<member>.*?</member>", keep, resp.body, flags=re.S)
+        headers = [(k, v) for k, v in resp.headers if k.lower() != "content-length"]
+        return Response(resp.status, headers, body)
+
+    def cfn_backend(self, call: Call) -> Any:
         from moto.cloudformation.models import cloudformation_backends
 
-        cfn = cloudformation_backends[account][region]
-        stack = cfn.stacks[stack_id]
-        resources = stack.template_dict.get("Resources") or {}
-        logical_id = next(iter(resources), name)
-        resource_type = (resources.get(logical_id) or {}).get("Type", "AWS::CloudFormation::Stack")
-        with self.lock:
-            try:
-                stack.resource_map.delete()
-            except Exception as exc:  # noqa: BLE001 - best effort, like a rollback
-                log.warning("rollback of %s left resources: %s", name, exc)
-            # moto maps resolve resources lazily: empty them so nothing comes back.
-            stack.resource_map._resource_json_map = {}
-            stack.output_map._output_json_map = {}
-            for export_name in [n for n, e in cfn.exports.items()
-                                if e.exporting_stack_id == stack_id]:
-                del cfn.exports[export_name]
-            stack.events = [e for e in stack.events if e.resource_status != "CREATE_COMPLETE"]
-            _stack_event(stack, "CREATE_IN_PROGRESS", logical_id, resource_type)
-            _stack_event(stack, "CREATE_FAILED", logical_id, resource_type, reason)
-            summary = f"The following resource(s) failed to create: [{logical_id}]. "
-            _stack_event(stack, "CREATE_FAILED", reason=summary)
-            stack.status = "CREATE_FAILED"
-            stack.stack_status_reason = summary
+        return cloudformation_backends[call.account][call.region or "us-east-1"]
+
+    def find_stack(self, call: Call, name: str | None) -> Any:
+        """moto's stack by name or id, None if unknown (moto_lock held)."""
+        try:
+            return self.cfn_backend(call).get_stack(name) if name else None
+        except Exception:  # noqa: BLE001 - moto's ValidationError: no such stack
+            return None
+
+    def find_change_set(self, call: Call) -> Any:
+        """The change set ChangeSetName names: an ARN, or a name within
+        StackName when given (moto_lock held); None if there is none."""
+        backend = self.cfn_backend(call)
+        name, stack = call.param("ChangeSetName") or "", call.param("StackName")
+        if name in backend.change_sets:
+            return backend.change_sets[name]
+        found = [cs for cs in backend.change_sets.values() if cs.change_set_name == name
+                 and (stack is None or stack in (cs.stack_name, cs.stack_id))]
+        return found[-1] if found else None
+
+    def stack_failure(self, operation: str, account: str, stack_name: str,
+                      parameters: dict[str, Any]) -> str | None:
+        """The reason the operation fails, from `failing_stacks` (CreateStack
+        only) then `stack_failures`; None if it succeeds (lock held)."""
+        cfg = self.state.config
+        if operation == "CreateStack":
+            reason = next((r for p, r in cfg.failing_stacks.items() if re.search(p, stack_name)),
+                          None)
+            if reason is not None:
+                return reason
+        for rule in cfg.stack_failures:
+            if operation not in rule.get("operations", STACK_OPERATIONS):
+                continue
+            if not re.search(rule.get("account", ""), account) \
+                    or not re.search(rule.get("stack", ""), stack_name):
+                continue
+            if all(name in parameters and re.search(pattern, str(parameters[name]))
+                   for name, pattern in rule.get("parameters", {}).items()):
+                return rule.get("reason", DEFAULT_STACK_FAILURE)
+        return None
+
+    # Stack operations over time. Everything below runs with moto_lock and lock held.
+
+    def stack_op(self, stack: Any, operation: str, change_set: Any = None) -> StackOp:
+        _, _, _, region, account, _ = stack.stack_id.split(":", 5)
+        return StackOp(account, region, stack.name, stack.stack_id, operation, time.time(),
+                       stack=stack, change_set=change_set)
+
+    def start_creation(self, stack: Any, operation: str, reason: str | None,
+                       change_set: Any = None) -> None:
+        """A stack moto just created: CREATE_IN_PROGRESS without outputs, then
+        CREATE_COMPLETE; or, if it fails, nothing it made remains, and it
+        goes CREATE_FAILED, then ROLLBACK_COMPLETE."""
+        cfg, now = self.state.config, time.monotonic()
+        op = self.stack_op(stack, operation, change_set)
+        stack.events = [e for e in stack.events if e.resource_status != "CREATE_COMPLETE"]
+        stack.status = "CREATE_IN_PROGRESS"
+        done = now + cfg.stack_operation_seconds
+        if reason is None:
+            op.outputs = stack.output_map
+            stack.output_map = _no_outputs(stack)
+            op.steps = [(done, "create_complete")]
+        else:
+            resources = stack.template_dict.get("Resources") or {}
+            logical_id = next(iter(resources), stack.name)
+            op.reason = reason
+            op.resource = (logical_id, (resources.get(logical_id) or {}).get(
+                "Type", "AWS::CloudFormation::Stack"))
+            _remove_stack_resources(stack)
+            op.steps = [(done, "create_failed"),
+                        (done + cfg.stack_failure_seconds, "rollback_complete")]
             self.state.stats["stacks_failed"] += 1
-            self.state.failed_stacks.append(FailedStack(
-                stack, logical_id, resource_type,
-                time.monotonic() + self.state.config.stack_failure_seconds))
-        return resp
+        self.begin(op, now)
+
+    def start_update(self, stack: Any, operation: str, reason: str | None,
+                     snapshot: StackSnapshot, change_set: Any = None) -> None:
+        """A stack moto just updated: UPDATE_IN_PROGRESS, then UPDATE_COMPLETE;
+        or, if it fails, UPDATE_ROLLBACK_IN_PROGRESS, then
+        UPDATE_ROLLBACK_COMPLETE with the previous template, parameters,
+        outputs and tags."""
+        cfg, now = self.state.config, time.monotonic()
+        op = self.stack_op(stack, operation, change_set)
+        if stack.events and stack.events[-1].resource_status == "UPDATE_COMPLETE":
+            stack.events.pop()
+        stack.status = "UPDATE_IN_PROGRESS"
+        stack.stack_status_reason = None
+        done = now + cfg.stack_operation_seconds
+        if reason is None:
+            op.steps = [(done, "update_complete")]
+        else:
+            op.reason, op.snapshot = reason, snapshot
+            op.resource = _first_changed_resource(snapshot.template_dict, stack.template_dict,
+                                                  stack.name)
+            op.steps = [(done, "update_failed"),
+                        (done + cfg.stack_failure_seconds, "update_rollback_complete")]
+            self.state.stats["stacks_failed"] += 1
+        self.begin(op, now)
+
+    def begin(self, op: StackOp, now: float) -> None:
+        self.state.stack_ops.append(op)
+        if op.change_set is not None:
+            op.change_set.execution_status = "EXECUTE_IN_PROGRESS"
+        if not op.steps:
+            self.finish(op, now)
+            return
+        self.state.stacks_in_flight.append(op)
+        self.run_steps(op, now)
+
+    def run_steps(self, op: StackOp, now: float) -> None:
+        """Take the steps that are due; a stack no longer in the status a step
+        expects (deleted meanwhile) ends the operation there."""
+        while op.steps and op.steps[0][0] <= now:
+            due, step = op.steps.pop(0)
+            if op.stack.status != self.STEP_FROM[step]:
+                self.finish(op, due)
+                return
+            getattr(self, f"step_{step}")(op)
+            if not op.steps:
+                self.finish(op, due)
+
+    def finish(self, op: StackOp, due: float) -> None:
+        """The operation ended (due: monotonic) in the stack's current status."""
+        op.steps = []
+        op.finished = time.time() - (time.monotonic() - due)
+        op.result = op.stack.status
+        if op.change_set is not None:
+            op.change_set.execution_status = "EXECUTE_FAILED" if op.reason else "EXECUTE_COMPLETE"
+        if op in self.state.stacks_in_flight:
+            self.state.stacks_in_flight.remove(op)
+
+    def step_create_complete(self, op: StackOp) -> None:
+        op.stack.output_map = op.outputs
+        _stack_event(op.stack, "CREATE_COMPLETE")
+        op.stack.status = "CREATE_COMPLETE"
+
+    def step_create_failed(self, op: StackOp) -> None:
+        stack, (logical_id, resource_type) = op.stack, op.resource
+        _stack_event(stack, "CREATE_IN_PROGRESS", logical_id, resource_type)
+        _stack_event(stack, "CREATE_FAILED", logical_id, resource_type, op.reason)
+        summary = f"The following resource(s) failed to create: [{logical_id}]. "
+        _stack_event(stack, "CREATE_FAILED", reason=summary)
+        stack.status = "CREATE_FAILED"
+        stack.stack_status_reason = summary
+
+    def step_rollback_complete(self, op: StackOp) -> None:
+        logical_id, resource_type = op.resource
+        _stack_event(op.stack, "DELETE_COMPLETE", logical_id, resource_type)
+        _stack_event(op.stack, "ROLLBACK_COMPLETE")
+        op.stack.status = "ROLLBACK_COMPLETE"
+
+    def step_update_complete(self, op: StackOp) -> None:
+        _stack_event(op.stack, "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS")
+        _stack_event(op.stack, "UPDATE_COMPLETE")
+        op.stack.status = "UPDATE_COMPLETE"
+
+    def step_update_failed(self, op: StackOp) -> None:
+        stack, (logical_id, resource_type) = op.stack, op.resource
+        _stack_event(stack, "UPDATE_IN_PROGRESS", logical_id, resource_type)
+        _stack_event(stack, "UPDATE_FAILED", logical_id, resource_type, op.reason)
+        summary = f"The following resource(s) failed to update: [{logical_id}]. "
+        _stack_event(stack, "UPDATE_ROLLBACK_IN_PROGRESS", reason=summary)
+        stack.status = "UPDATE_ROLLBACK_IN_PROGRESS"
+        stack.stack_status_reason = summary
+
+    def step_update_rollback_complete(self, op: StackOp) -> None:
+        assert op.snapshot is not None
+        _restore_stack(op.stack, op.snapshot)
+        _stack_event(op.stack, "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS")
+        _stack_event(op.stack, "UPDATE_ROLLBACK_COMPLETE")
+        op.stack.status = "UPDATE_ROLLBACK_COMPLETE"
 
     # ---- STS -----------------------------------------------------------------
 
@@ -1063,8 +1695,12 @@ class SiloLayer:
                                        "accounts_unlisted": sorted(unlisted)})
         if route == ("GET", "/_silo/log"):
             return self.read_log(environ.get("QUERY_STRING", ""))
+        if route == ("GET", "/_silo/stack_operations"):
+            self.advance_clock()
+            with self.lock:
+                return json_response(200, [op.public() for op in self.state.stack_ops])
         known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats",
-                 "/_silo/log"}
+                 "/_silo/log", "/_silo/stack_operations"}
         if path.rstrip("/") in known:
             return json_response(405, {"error": f"{method} not allowed on {path}"})
         return json_response(404, {"error": f"no admin endpoint {path}"})

@@ -5,6 +5,7 @@ Run from the repository root:  python -m pytest -q tests/awssim
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -894,3 +895,300 @@ def test_rate_limit_scope(sim: Sim, org: Any) -> None:
         "sts:GetCallerIdentity": "account-region", "*": "global"}
     sim.admin("/_silo/reset", {})
     assert sim.admin("/_silo/config")[1]["rate_limit_scope"] == {}
+
+
+# ---- CloudFormation: operations over time, failures, change sets ---------------
+
+def revision_template(topics: tuple[str, ...] = ("Topic",), extra: dict[str, Any] | None = None,
+                      default: str | None = None) -> str:
+    """A stack with SNS topics, an SSM parameter holding the Rev parameter, and
+    an output echoing it."""
+    rev: dict[str, Any] = {"Type": "String"}
+    if default is not None:
+        rev["Default"] = default
+    resources: dict[str, Any] = {
+        name: {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": name.lower()}}
+        for name in topics}
+    resources["Param"] = {"Type": "AWS::SSM::Parameter",
+                          "Properties": {"Name": "/silo/rev", "Type": "String",
+                                         "Value": {"Ref": "Rev"}}}
+    resources.update(extra or {})
+    return json.dumps({"Parameters": {"Rev": rev}, "Resources": resources,
+                       "Outputs": {"Rev": {"Value": {"Ref": "Rev"}}}})
+
+
+def rev_args(rev: str) -> dict[str, Any]:
+    return {"Parameters": [{"ParameterKey": "Rev", "ParameterValue": rev}],
+            "Tags": [{"Key": "silo.dev/revision", "Value": rev}]}
+
+
+def stack_of(cfn: Any, name: str) -> dict[str, Any]:
+    return cfn.describe_stacks(StackName=name)["Stacks"][0]
+
+
+def stack_view(cfn: Any, name: str) -> tuple[str, dict[str, str], dict[str, str], dict[str, str]]:
+    """(status, tags, parameters, outputs) of a stack."""
+    s = stack_of(cfn, name)
+    return (s["StackStatus"], {t["Key"]: t["Value"] for t in s.get("Tags", [])},
+            {p["ParameterKey"]: p["ParameterValue"] for p in s.get("Parameters", [])},
+            {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])})
+
+
+def wait_stack(cfn: Any, name: str, leaving: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := stack_of(cfn, name)["StackStatus"]) == leaving:
+        assert time.monotonic() < deadline, f"{name} stuck in {leaving}"
+        time.sleep(0.1)
+    return status
+
+
+def stack_events(cfn: Any, name: str) -> list[tuple[str, str, str | None]]:
+    """(logical id, status, reason), oldest first."""
+    return [(e["LogicalResourceId"], e["ResourceStatus"], e.get("ResourceStatusReason"))
+            for e in cfn.describe_stack_events(StackName=name)["StackEvents"][::-1]]
+
+
+def topic_names(sim: Sim, creds: dict[str, str] | None = None) -> set[str]:
+    return {t["TopicArn"].rsplit(":", 1)[1]
+            for t in sim.client("sns", creds).list_topics()["Topics"]}
+
+
+def test_stack_operations_take_time(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=1)
+    cfn = sim.client("cloudformation")
+    cfn.create_stack(StackName="slow", TemplateBody=revision_template(), **rev_args("1"))
+    assert stack_view(cfn, "slow") == ("CREATE_IN_PROGRESS", {"silo.dev/revision": "1"},
+                                       {"Rev": "1"}, {})
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="slow", TemplateBody=revision_template(), **rev_args("2"))
+    assert error_code(exc) == "ValidationError"
+    assert "is in CREATE_IN_PROGRESS state and can not be updated." in str(exc.value)
+    assert wait_stack(cfn, "slow", "CREATE_IN_PROGRESS") == "CREATE_COMPLETE"
+    assert stack_view(cfn, "slow")[3] == {"Rev": "1"}
+
+    stack_id = cfn.update_stack(StackName="slow", TemplateBody=revision_template(),
+                                **rev_args("2"))["StackId"]
+    assert stack_view(cfn, "slow") == ("UPDATE_IN_PROGRESS", {"silo.dev/revision": "2"},
+                                       {"Rev": "2"}, {"Rev": "2"})
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="slow", TemplateBody=revision_template(), **rev_args("3"))
+    assert error_code(exc) == "ValidationError"
+    assert exc.value.response["Error"]["Message"] == \
+        f"Stack:{stack_id} is in UPDATE_IN_PROGRESS state and can not be updated."
+    assert wait_stack(cfn, "slow", "UPDATE_IN_PROGRESS") == "UPDATE_COMPLETE"
+    assert [s for _, s, _ in stack_events(cfn, "slow")] == [
+        "CREATE_IN_PROGRESS", "CREATE_COMPLETE", "UPDATE_IN_PROGRESS",
+        "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "UPDATE_COMPLETE"]
+
+    # Three creations in a row are in flight together.
+    for name in ("p1", "p2", "p3"):
+        cfn.create_stack(StackName=name, TemplateBody=template(name))
+    ops = sim.admin("/_silo/stack_operations")[1]
+    assert [(o["stack_name"], o["operation"], o["result"]) for o in ops] == [
+        ("slow", "CreateStack", "CREATE_COMPLETE"), ("slow", "UpdateStack", "UPDATE_COMPLETE"),
+        ("p1", "CreateStack", None), ("p2", "CreateStack", None), ("p3", "CreateStack", None)]
+    assert all(o["finished"] is None for o in ops[2:])
+    assert ops[1]["stack_id"] == stack_id and ops[1]["account"] == "123456789012"
+    assert ops[1]["region"] == REGION and 0.9 <= ops[1]["finished"] - ops[1]["started"] < 30
+    cfn.delete_stack(StackName="p3")
+    for name in ("p1", "p2"):
+        wait_stack(cfn, name, "CREATE_IN_PROGRESS")
+    ops = sim.admin("/_silo/stack_operations")[1]
+    assert [(o["stack_name"], o["operation"], o["result"]) for o in ops[2:]] == [
+        ("p1", "CreateStack", "CREATE_COMPLETE"), ("p2", "CreateStack", "CREATE_COMPLETE"),
+        ("p3", "CreateStack", "DELETE_COMPLETE"), ("p3", "DeleteStack", "DELETE_COMPLETE")]
+    events = sorted([(o["started"], 1) for o in ops] + [(o["finished"], -1) for o in ops])
+    in_flight = max(itertools.accumulate(step for _, step in events))
+    assert in_flight == 3
+    sim.admin("/_silo/reset", {})
+    assert sim.admin("/_silo/stack_operations") == (200, [])
+
+
+def test_stack_failures_by_account_and_parameter(sim: Sim, org: Any) -> None:
+    member = assume(sim, new_account(org, "failing"))
+    sim.configure(stack_failure_seconds=1, stack_failures=[
+        {"operations": ["CreateStack"], "account": "^(?!123456789012$)", "reason": "no quota"},
+        {"operations": ["UpdateStack"], "stack": "^tenant-", "parameters": {"Rev": "^bad"},
+         "reason": "Resource handler returned message: \"bad revision\""}])
+    cfn, member_cfn = sim.client("cloudformation"), sim.client("cloudformation", member)
+    member_cfn.create_stack(StackName="tenant-m", TemplateBody=revision_template(), **rev_args("1"))
+    assert stack_view(member_cfn, "tenant-m")[0] == "CREATE_FAILED"
+    assert ("Topic", "CREATE_FAILED", "no quota") in stack_events(member_cfn, "tenant-m")
+    assert topic_names(sim, member) == set()
+    assert wait_stack(member_cfn, "tenant-m", "CREATE_FAILED") == "ROLLBACK_COMPLETE"
+
+    cfn.create_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("1"))
+    cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("2"))
+    assert stack_view(cfn, "tenant-a")[0] == "UPDATE_COMPLETE"
+    ssm = sim.client("ssm")
+    assert ssm.get_parameter(Name="/silo/rev")["Parameter"]["Value"] == "2"
+
+    # A failing update: moto applies it, then it is rolled back.
+    bad = revision_template(("Topic", "Extra"))
+    cfn.update_stack(StackName="tenant-a", TemplateBody=bad, **rev_args("bad-3"))
+    status, tags, params, _ = stack_view(cfn, "tenant-a")
+    assert (status, tags, params) == ("UPDATE_ROLLBACK_IN_PROGRESS",
+                                      {"silo.dev/revision": "bad-3"}, {"Rev": "bad-3"})
+    events = stack_events(cfn, "tenant-a")
+    assert ("Extra", "UPDATE_FAILED", "Resource handler returned message: \"bad revision\"") \
+        in events
+    assert events[-1] == ("tenant-a", "UPDATE_ROLLBACK_IN_PROGRESS",
+                          "The following resource(s) failed to update: [Extra]. ")
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("4"))
+    assert "is in UPDATE_ROLLBACK_IN_PROGRESS state and can not be updated." in str(exc.value)
+    assert wait_stack(cfn, "tenant-a", "UPDATE_ROLLBACK_IN_PROGRESS") == "UPDATE_ROLLBACK_COMPLETE"
+    assert stack_view(cfn, "tenant-a") == ("UPDATE_ROLLBACK_COMPLETE",
+                                           {"silo.dev/revision": "2"}, {"Rev": "2"}, {"Rev": "2"})
+    body = cfn.get_template(StackName="tenant-a")["TemplateBody"]   # boto3 parses JSON
+    assert (json.loads(body) if isinstance(body, str) else body) == json.loads(revision_template())
+    assert ssm.get_parameter(Name="/silo/rev")["Parameter"]["Value"] == "2"
+    assert topic_names(sim) == {"topic"}
+    assert stack_events(cfn, "tenant-a")[-1][1] == "UPDATE_ROLLBACK_COMPLETE"
+
+    # A rolled-back stack can be updated again; the rule also sees defaults.
+    cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("5"))
+    assert stack_view(cfn, "tenant-a")[:2] == ("UPDATE_COMPLETE", {"silo.dev/revision": "5"})
+    cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(default="bad-6"),
+                     Tags=[{"Key": "silo.dev/revision", "Value": "6"}])
+    assert stack_view(cfn, "tenant-a")[0] == "UPDATE_ROLLBACK_IN_PROGRESS"
+    # Other stacks and the management account's creations are not affected.
+    cfn.create_stack(StackName="other", TemplateBody=template("o"))
+    cfn.update_stack(StackName="other", TemplateBody=template("p"))
+    assert stack_of(cfn, "other")["StackStatus"] == "UPDATE_COMPLETE"
+    assert sim.stats()["stacks_failed"] == 3
+    ops = [(o["stack_name"], o["operation"], o["result"])
+           for o in sim.admin("/_silo/stack_operations")[1]]
+    assert ops[:5] == [("tenant-m", "CreateStack", "ROLLBACK_COMPLETE"),
+                       ("tenant-a", "CreateStack", "CREATE_COMPLETE"),
+                       ("tenant-a", "UpdateStack", "UPDATE_COMPLETE"),
+                       ("tenant-a", "UpdateStack", "UPDATE_ROLLBACK_COMPLETE"),
+                       ("tenant-a", "UpdateStack", "UPDATE_COMPLETE")]
+
+
+def test_stack_failures_config_is_checked(sim: Sim) -> None:
+    for bad in ([{"operations": ["DeleteStack"]}], [{"stack": "("}], [{"parameters": {"a": 1}}],
+                [{"parameters": {"a": "["}}], [{"unknown": "x"}], {"stack": "x"}, ["x"],
+                [{"reason": 3}]):
+        status, body = sim.admin("/_silo/config", {"stack_failures": bad})
+        assert status == 400 and "stack_failures" in body["error"], (bad, body)
+    assert sim.admin("/_silo/config", {"stack_operation_seconds": -1})[0] == 400
+    rules = [{"stack": "x"}, {"operations": ["UpdateStack"], "parameters": {"A": "b"}}]
+    sim.configure(stack_failures=rules, stack_operation_seconds=2.5)
+    config = sim.admin("/_silo/config")[1]
+    assert config["stack_failures"] == rules and config["stack_operation_seconds"] == 2.5
+    sim.admin("/_silo/reset", {})
+    config = sim.admin("/_silo/config")[1]
+    assert config["stack_failures"] == [] and config["stack_operation_seconds"] == 0
+    # Without a reason, a failure says it is simulated.
+    sim.configure(stack_failures=[{"stack": "^x$"}])
+    cfn = sim.client("cloudformation")
+    cfn.create_stack(StackName="x", TemplateBody=template("x"))
+    reasons = [r for lid, s, r in stack_events(cfn, "x") if lid == "Topic" and s == "CREATE_FAILED"]
+    assert reasons == ['Resource handler returned message: "Simulated failure (silo-awssim)"']
+
+
+def changes_of(cfn: Any, name: str, stack: str) -> list[tuple[Any, ...]]:
+    changes = cfn.describe_change_set(ChangeSetName=name, StackName=stack)["Changes"]
+    assert all(c["Type"] == "Resource" for c in changes)
+    return [(c["ResourceChange"]["Action"], c["ResourceChange"]["LogicalResourceId"],
+             c["ResourceChange"]["ResourceType"], c["ResourceChange"].get("Replacement"),
+             c["ResourceChange"].get("Scope"))
+            for c in changes]
+
+
+def test_change_sets(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=0.5)
+    cfn = sim.client("cloudformation")
+    made = cfn.create_change_set(StackName="cs", ChangeSetName="rev-1", ChangeSetType="CREATE",
+                                 TemplateBody=revision_template(), **rev_args("1"))
+    assert stack_of(cfn, "cs")["StackStatus"] == "REVIEW_IN_PROGRESS"
+    assert changes_of(cfn, "rev-1", "cs") == [
+        ("Add", "Topic", "AWS::SNS::Topic", None, None),
+        ("Add", "Param", "AWS::SSM::Parameter", None, None)]
+    described = cfn.describe_change_set(ChangeSetName=made["Id"])
+    assert (described["Status"], described["ExecutionStatus"]) == ("CREATE_COMPLETE", "AVAILABLE")
+    cfn.execute_change_set(ChangeSetName="rev-1", StackName="cs")
+    assert stack_view(cfn, "cs")[0] == "CREATE_IN_PROGRESS"
+    assert cfn.describe_change_set(ChangeSetName=made["Id"])["ExecutionStatus"] == \
+        "EXECUTE_IN_PROGRESS"
+    assert wait_stack(cfn, "cs", "CREATE_IN_PROGRESS") == "CREATE_COMPLETE"
+    assert stack_view(cfn, "cs")[1:] == ({"silo.dev/revision": "1"}, {"Rev": "1"}, {"Rev": "1"})
+    assert cfn.describe_change_set(ChangeSetName=made["Id"])["ExecutionStatus"] == \
+        "EXECUTE_COMPLETE"
+    with pytest.raises(ClientError) as exc:
+        cfn.execute_change_set(ChangeSetName="rev-1", StackName="cs")
+    assert error_code(exc) == "InvalidChangeSetStatus"
+
+    # An update: Add, Modify (properties, a changed parameter, a changed type), Remove.
+    queue = {"Queue": {"Type": "AWS::SQS::Queue"}}
+    cfn.update_stack(StackName="cs", TemplateBody=revision_template(extra=queue), **rev_args("1"))
+    wait_stack(cfn, "cs", "UPDATE_IN_PROGRESS")
+    cfn.create_change_set(StackName="cs", ChangeSetName="rev-2", ChangeSetType="UPDATE",
+                          TemplateBody=revision_template(("Other",), extra=queue),
+                          **rev_args("2"))
+    assert changes_of(cfn, "rev-2", "cs") == [
+        ("Add", "Other", "AWS::SNS::Topic", None, None),
+        ("Modify", "Param", "AWS::SSM::Parameter", "Conditional", ["Properties"]),
+        ("Remove", "Topic", "AWS::SNS::Topic", None, None)]
+    # (moto cannot execute a change of type: this one is only described.)
+    cfn.create_change_set(StackName="cs", ChangeSetName="retype", ChangeSetType="UPDATE",
+                          TemplateBody=revision_template(
+                              extra={"Queue": {"Type": "AWS::SNS::Topic",
+                                               "Metadata": {"why": "retype"}}}),
+                          **rev_args("1"))
+    assert changes_of(cfn, "retype", "cs") == [
+        ("Modify", "Queue", "AWS::SNS::Topic", "True", ["Metadata"])]
+    cfn.delete_change_set(ChangeSetName="retype", StackName="cs")
+    [param] = [c for c in cfn.describe_change_set(ChangeSetName="rev-2", StackName="cs")
+               ["Changes"] if c["ResourceChange"]["LogicalResourceId"] == "Param"]
+    assert param["ResourceChange"]["PhysicalResourceId"] == "/silo/rev"
+    # moto reports no change when only a parameter changes; the layer does.
+    cfn.create_change_set(StackName="cs", ChangeSetName="rev-1b", ChangeSetType="UPDATE",
+                          UsePreviousTemplate=True, **rev_args("1b"))
+    assert changes_of(cfn, "rev-1b", "cs") == [
+        ("Modify", "Param", "AWS::SSM::Parameter", "Conditional", ["Properties"])]
+
+    # Change set names are looked up within their stack; listings too.
+    cfn.create_stack(StackName="cs2", TemplateBody=template("cs2"))
+    cfn.create_change_set(StackName="cs2", ChangeSetName="rev-2", ChangeSetType="UPDATE",
+                          TemplateBody=template("cs2-b"))
+    wait_stack(cfn, "cs2", "CREATE_IN_PROGRESS")
+    assert changes_of(cfn, "rev-2", "cs")[0][1] == "Other"
+    assert [c[:2] for c in changes_of(cfn, "rev-2", "cs2")] == [("Modify", "Topic"),
+                                                                ("Modify", "Param")]
+    assert sorted(s["ChangeSetName"] for s in cfn.list_change_sets(StackName="cs")["Summaries"]) \
+        == ["rev-1", "rev-1b", "rev-2"]
+    assert [s["StackName"] for s in cfn.list_change_sets(StackName="cs2")["Summaries"]] == ["cs2"]
+    for call in (cfn.delete_change_set, cfn.describe_change_set, cfn.execute_change_set):
+        with pytest.raises(ClientError) as exc:
+            call(ChangeSetName="rev-9", StackName="cs")
+        assert error_code(exc) == "ChangeSetNotFound"
+    cfn.delete_change_set(ChangeSetName="rev-2", StackName="cs2")
+    assert [s["ChangeSetName"] for s in cfn.list_change_sets(StackName="cs")["Summaries"]
+            if s["ChangeSetName"] == "rev-2"] == ["rev-2"]
+
+    # Executing an update: the change set's tags, parameters and outputs apply.
+    cfn.execute_change_set(ChangeSetName="rev-2", StackName="cs")
+    assert stack_view(cfn, "cs")[0] == "UPDATE_IN_PROGRESS"
+    with pytest.raises(ClientError) as exc:
+        cfn.execute_change_set(ChangeSetName="rev-1b", StackName="cs")
+    assert "is in UPDATE_IN_PROGRESS state and can not be updated." in str(exc.value)
+    assert wait_stack(cfn, "cs", "UPDATE_IN_PROGRESS") == "UPDATE_COMPLETE"
+    assert stack_view(cfn, "cs")[1:] == ({"silo.dev/revision": "2"}, {"Rev": "2"}, {"Rev": "2"})
+    assert topic_names(sim) >= {"other"} and "topic" not in topic_names(sim)
+
+    # A failing update through a change set rolls back and fails the execution.
+    sim.configure(stack_operation_seconds=0, stack_failure_seconds=0.5,
+                  stack_failures=[{"operations": ["UpdateStack"], "parameters": {"Rev": "^3$"}}])
+    cfn.create_change_set(StackName="cs", ChangeSetName="rev-3", ChangeSetType="UPDATE",
+                          TemplateBody=revision_template(("Other", "Third")), **rev_args("3"))
+    cfn.execute_change_set(ChangeSetName="rev-3", StackName="cs")
+    assert stack_view(cfn, "cs")[0] == "UPDATE_ROLLBACK_IN_PROGRESS"
+    assert wait_stack(cfn, "cs", "UPDATE_ROLLBACK_IN_PROGRESS") == "UPDATE_ROLLBACK_COMPLETE"
+    assert stack_view(cfn, "cs")[1:] == ({"silo.dev/revision": "2"}, {"Rev": "2"}, {"Rev": "2"})
+    assert cfn.describe_change_set(ChangeSetName="rev-3", StackName="cs")["ExecutionStatus"] == \
+        "EXECUTE_FAILED"
+    assert "third" not in topic_names(sim)
+    assert [o["operation"] for o in sim.admin("/_silo/stack_operations")[1]].count(
+        "ExecuteChangeSet") == 3
