@@ -140,6 +140,45 @@ ListChangeSets; the layer fills some gaps. What the simulator's change sets show
   moto cannot apply a change of a resource's Type (ExecuteChangeSet or
     UpdateStack answer HTTP 500); describing such a change set works.
 
+Account Management (service "account", REST-JSON: POST /putAlternateContact,
+/getAlternateContact, /deleteAlternateContact, /putAccountName,
+/getAccountInformation). moto 5.2.5 keeps alternate contacts (Put/Get/Delete;
+an invalid AlternateContactType is its AccessDeniedException, as on AWS) but
+checks nothing else and has no PutAccountName / GetAccountInformation. The
+layer adds, for every one of these calls:
+  without AccountId: the caller's own account (management or member).
+  with AccountId: only the management account of an organization may name a
+    member account: from any other caller AccessDeniedException; naming itself
+    ValidationException (AWS: the management account can't specify its own
+    AccountId); if trusted access for account.amazonaws.com was not enabled
+    with organizations:EnableAWSServiceAccess (moto's record, see
+    ListAWSServiceAccessForOrganization) AccessDeniedException "... trusted
+    access ... is not enabled ..."; an account that is not in the organization
+    (or still being created) ResourceNotFoundException. Delegated
+    administrators are not simulated (moto cannot register one for
+    account.amazonaws.com).
+  Get/DeleteAlternateContact of a contact that is not set:
+    ResourceNotFoundException, HTTP 404 (moto: HTTP 400 on get, success on delete).
+  PutAccountName (1 to 50 characters of [ -;=?-~], else ValidationException)
+    renames the account in Organizations: DescribeAccount, ListAccounts and
+    ListAccountsForParent show the new name. GetAccountInformation answers
+    AccountId, AccountName, AccountCreatedDate and AccountState (ACTIVE, or
+    SUSPENDED once Organizations says PENDING_CLOSURE or SUSPENDED); for an
+    account in no organization only AccountId and the name it was given.
+
+Service control policies. moto 5.2.5 implements CreatePolicy, AttachPolicy,
+DetachPolicy, ListPoliciesForTarget and EnablePolicyType. It attaches the
+AWS-managed FullAWSAccess SCP to the root, the management account and every
+account it creates, from CreateOrganization on, whether or not the
+SERVICE_CONTROL_POLICY type is enabled on the root (it never checks that:
+no PolicyTypeNotEnabledException). The layer adds AWS's limit of 5 SCPs on
+one target (root, OU or account), FullAWSAccess included: attaching a 6th is
+ConstraintViolationException with Reason MAX_POLICY_TYPE_ATTACHMENT_LIMIT_
+EXCEEDED (AWS's reason for "too many policies of a type on one entity";
+POLICY_NUMBER_LIMIT_EXCEEDED is its organization-wide policy count, not
+simulated); attaching a policy already attached is
+DuplicatePolicyAttachmentException (moto accepted it silently).
+
 Run: python silo_awssim.py --host 127.0.0.1 --port PORT  (PORT 0 picks one).
 It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
 """
@@ -189,6 +228,9 @@ ORG_THROTTLE_MESSAGE = (
 )
 RATE_LIMIT_SCOPES = ("global", "account", "account-region")
 STACK_OPERATIONS = ("CreateStack", "UpdateStack")
+ACCOUNT_PRINCIPAL = "account.amazonaws.com"
+CONTACT_TYPES = ("BILLING", "OPERATIONS", "SECURITY")
+SCP_ATTACHMENT_LIMIT = 5     # SCPs on one root, OU or account (AWS quota)
 STACK_FAILURE_KEYS = {"operations", "account", "stack", "parameters", "reason"}
 DEFAULT_STACK_FAILURE = 'Resource handler returned message: "Simulated failure (silo-awssim)"'
 STACK_OPS_LIMIT = 200_000    # stack operations kept for /_silo/stack_operations
@@ -386,7 +428,7 @@ class Call:
     service: str          # credential-scope service, e.g. "organizations"
     operation: str        # e.g. "CreateAccount"
     params: dict[str, Any]
-    protocol: str         # "json", "query" or "rest"
+    protocol: str         # "json", "rest-json", "query" or "rest" (REST-XML)
 
     @property
     def key(self) -> str:
@@ -462,6 +504,9 @@ def aws_error(call: Call, status: int, code: str, message: str,
         body = {"__type": code, "Message": message, **fields}
         return json_response(status, body, content_type,
                              [("x-amzn-ErrorType", code)])
+    if call.protocol == "rest-json":
+        return json_response(status, {"__type": code, "message": message, **fields},
+                             extra=[("x-amzn-ErrorType", code)])
     kind = "Receiver" if status >= 500 else "Sender"
     error = (f"<Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
              f"<Message>{escape(message)}</Message></Error>")
@@ -481,6 +526,8 @@ def throttling_error(call: Call) -> Response:
     if call.service == "organizations":
         resp = aws_error(call, 400, "TooManyRequestsException", ORG_THROTTLE_MESSAGE,
                          Type="TOO_MANY_REQUESTS")
+    elif call.protocol == "rest-json":
+        resp = aws_error(call, 429, "TooManyRequestsException", "Rate exceeded")
     elif call.protocol == "json":
         resp = aws_error(call, 400, "ThrottlingException", "Rate exceeded")
     elif call.protocol == "query":
@@ -494,6 +541,8 @@ def internal_error(call: Call) -> Response:
     """What AWS answers on an internal service failure (HTTP 500)."""
     if call.service == "organizations":
         resp = aws_error(call, 500, "ServiceException", ORG_SERVICE_MESSAGE)
+    elif call.protocol == "rest-json":
+        resp = aws_error(call, 500, "InternalServerException", "Internal server error.")
     elif call.protocol == "rest":
         resp = aws_error(call, 500, "InternalError", "We encountered an internal error.")
     else:
@@ -602,6 +651,7 @@ class State:
     log: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=LOG_LIMIT))
     log_next: int = 0           # seq of the next log entry
+    account_names: dict[str, str] = field(default_factory=dict)  # accounts in no org
     stats: dict[str, Any] = field(default_factory=lambda: {
         "requests": {}, "answered": {}, "throttled": {}, "injected_errors": {},
         "latency_injected": {}, "response_delayed": {}, "accounts_created": 0,
@@ -634,6 +684,20 @@ def org_backend(account: str) -> Any:
     from moto.organizations.models import organizations_backends
 
     return organizations_backends[account][PARTITION]
+
+
+def org_account(account_id: str) -> Any:
+    """Organizations' record (moto FakeAccount) of an account, None if it is
+    in no organization."""
+    from moto.organizations.models import organizations_backends
+
+    backend = org_backend(account_id)
+    if backend.org is None:
+        master = organizations_backends.master_accounts.get(account_id)
+        if master is None:
+            return None
+        backend = organizations_backends[master[0]][master[1]]
+    return next((a for a in backend.accounts if a.id == account_id), None)
 
 
 # --------------------------------------------------------------------------
@@ -914,6 +978,16 @@ class SiloLayer:
                       environ.get("HTTP_AUTHORIZATION", ""))
         service = m.group(1).lower() if m else "unknown"
         target = environ.get("HTTP_X_AMZ_TARGET")
+        rest_op = re.fullmatch(r"/([a-z][A-Za-z]+)", environ.get("PATH_INFO", ""))
+        if service == "account" and rest_op and not target:
+            # REST-JSON: POST /putAlternateContact -> PutAlternateContact
+            try:
+                params = json.loads(body or b"{}")
+            except ValueError:
+                params = {}
+            name = rest_op.group(1)
+            return Call(environ, service, name[0].upper() + name[1:],
+                        params if isinstance(params, dict) else {}, "rest-json")
         if target:
             try:
                 params = json.loads(body or b"{}")
@@ -980,6 +1054,12 @@ class SiloLayer:
             "cloudformation:DeleteChangeSet": self.change_set_call,
             "cloudformation:ListChangeSets": self.list_change_sets,
             "sts:AssumeRole": self.assume_role,
+            "organizations:AttachPolicy": self.attach_policy,
+            "account:PutAlternateContact": self.alternate_contact,
+            "account:GetAlternateContact": self.alternate_contact,
+            "account:DeleteAlternateContact": self.alternate_contact,
+            "account:PutAccountName": self.put_account_name,
+            "account:GetAccountInformation": self.get_account_information,
         }.get(call.key)
         if handler is None and call.service == "organizations":
             handler = self.hide_unready_accounts
@@ -1268,6 +1348,122 @@ class SiloLayer:
                     account.status = account.state = "PENDING_CLOSURE"
                     self.state.closing[account_id] = (account, time.monotonic() + pending)
         return resp
+
+    # ---- Organizations: service control policies ---------------------------
+
+    def attach_policy(self, call: Call) -> Response:
+        """AttachPolicy: at most SCP_ATTACHMENT_LIMIT SCPs on one root, OU or
+        account (FullAWSAccess counts), and a policy attached twice is
+        DuplicatePolicyAttachmentException; the rest is moto's."""
+        backend = org_backend(call.account)
+        with self.moto_lock:
+            policy = next((p for p in backend.policies if p.id == call.param("PolicyId")), None)
+            target_id = call.param("TargetId")
+            target = next((t for t in itertools.chain(backend.ou, backend.accounts)
+                           if t.id == target_id), None)
+            if policy is not None and target is not None:
+                if policy in target.attached_policies:
+                    return aws_error(call, 400, "DuplicatePolicyAttachmentException",
+                                     "The selected policy is already attached to the "
+                                     "specified target.")
+                same_type = sum(p.type == policy.type for p in target.attached_policies)
+                if policy.type == "SERVICE_CONTROL_POLICY" and same_type >= SCP_ATTACHMENT_LIMIT:
+                    return aws_error(
+                        call, 400, "ConstraintViolationException",
+                        "You have attached the maximum number of policies of this type "
+                        "to the specified target.",
+                        Reason="MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED")
+            return self.forward(call.environ)
+
+    # ---- Account Management --------------------------------------------------
+
+    def account_target(self, call: Call) -> tuple[str, Response | None]:
+        """The account an Account Management call acts on, or the error AWS
+        answers instead (see the module docstring)."""
+        target = call.param("AccountId")
+        if target is None:
+            return call.account, None
+        denied = (f"User: arn:aws:iam::{call.account}:user/moto is not authorized to perform: "
+                  f"account:{call.operation} on resource: arn:aws:account::{call.account}"
+                  f":account/{target}")
+        backend = org_backend(call.account)
+        if backend.org is None or backend.org.master_account_id != call.account:
+            return target, aws_error(call, 403, "AccessDeniedException",
+                                     f"{denied} (only the management account of the "
+                                     "organization can specify an AccountId)")
+        if target == call.account:
+            return target, aws_error(call, 400, "ValidationException",
+                                     "The management account can't specify its own AccountId; "
+                                     "call the operation without AccountId.")
+        if not any(s.get("ServicePrincipal") == ACCOUNT_PRINCIPAL for s in backend.services):
+            return target, aws_error(call, 403, "AccessDeniedException",
+                                     f"{denied} (trusted access for the AWS Account Management "
+                                     f"service ({ACCOUNT_PRINCIPAL}) is not enabled in your "
+                                     "organization)")
+        if target in self.pending_accounts() or not any(a.id == target for a in backend.accounts):
+            return target, aws_error(call, 404, "ResourceNotFoundException",
+                                     f"The account {target} could not be found in your "
+                                     "organization.")
+        return target, None
+
+    def alternate_contact(self, call: Call) -> Response:
+        """Put/Get/DeleteAlternateContact: moto keeps the contacts; the layer
+        checks who may act on which account, and answers a missing contact
+        with AWS's 404 (moto: 400 on get, nothing on delete)."""
+        target, error = self.account_target(call)
+        if error is not None:
+            return error
+        from moto.account.models import account_backends
+
+        with self.moto_lock:
+            kind = call.param("AlternateContactType")
+            if call.operation != "PutAlternateContact" and kind in CONTACT_TYPES \
+                    and kind not in account_backends[target][PARTITION]._alternate_contacts:
+                return aws_error(call, 404, "ResourceNotFoundException",
+                                 "No contact of the inputted alternate contact type found.")
+            return self.forward(call.environ)
+
+    def put_account_name(self, call: Call) -> Response:
+        """PutAccountName (moto lacks it): renames the account in
+        Organizations, where it has one."""
+        target, error = self.account_target(call)
+        if error is not None:
+            return error
+        name = call.params.get("AccountName")
+        if not isinstance(name, str) or not re.fullmatch(r"[ -;=?-~]{1,50}", name):
+            return aws_error(call, 400, "ValidationException",
+                             "1 validation error detected: Value at 'accountName' failed to "
+                             "satisfy constraint: Member must have length between 1 and 50 "
+                             "and match pattern [ -;=?-~]+")
+        with self.moto_lock:
+            account = org_account(target)
+            if account is not None:
+                account.name = name
+            else:
+                with self.lock:
+                    self.state.account_names[target] = name
+        return json_response(200, {})
+
+    def get_account_information(self, call: Call) -> Response:
+        """GetAccountInformation (moto lacks it), from Organizations' record."""
+        target, error = self.account_target(call)
+        if error is not None:
+            return error
+        from moto.core.utils import iso_8601_datetime_with_milliseconds
+
+        out: dict[str, Any] = {"AccountId": target}
+        with self.moto_lock:
+            account = org_account(target)
+            if account is not None:
+                out.update(AccountName=account.name,
+                           AccountCreatedDate=iso_8601_datetime_with_milliseconds(
+                               account.create_time),
+                           AccountState="SUSPENDED" if account.status in (
+                               "PENDING_CLOSURE", "SUSPENDED") else "ACTIVE")
+        with self.lock:
+            if account is None and target in self.state.account_names:
+                out["AccountName"] = self.state.account_names[target]
+        return json_response(200, out)
 
     # ---- CloudFormation ----------------------------------------------------
 
@@ -1728,7 +1924,7 @@ def _stack_event(stack: Any, status: str, logical_id: str | None = None,
 def build_app() -> SiloLayer:
     inner = DomainDispatcherApplication(create_backend_app)
     # Build the backends we always use now, not on the first (slow) request.
-    for service in ("organizations", "sts", "cloudformation", "iam"):
+    for service in ("organizations", "sts", "cloudformation", "iam", "account"):
         inner.app_instances[service] = create_backend_app(service)
     return SiloLayer(inner)
 

@@ -1192,3 +1192,151 @@ def test_change_sets(sim: Sim) -> None:
     assert "third" not in topic_names(sim)
     assert [o["operation"] for o in sim.admin("/_silo/stack_operations")[1]].count(
         "ExecuteChangeSet") == 3
+
+
+# ---- Account Management and SCPs ---------------------------------------------
+
+CONTACT = {"Name": "Ops", "Title": "On call", "EmailAddress": "ops@example.com",
+           "PhoneNumber": "+1 555 0100"}
+
+
+def test_account_management_needs_trusted_access(sim: Sim, org: Any) -> None:
+    member = new_account(org, "contacts")
+    account = sim.client("account")
+    with pytest.raises(ClientError) as exc:
+        account.put_alternate_contact(AccountId=member, AlternateContactType="OPERATIONS",
+                                      **CONTACT)
+    assert error_code(exc) == "AccessDeniedException" and http_status(exc) == 403
+    message = exc.value.response["Error"]["Message"]
+    assert "trusted access" in message and "not enabled" in message
+    for call in (lambda: account.put_account_name(AccountId=member, AccountName="x"),
+                 lambda: account.get_account_information(AccountId=member)):
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert error_code(exc) == "AccessDeniedException"
+
+    org.enable_aws_service_access(ServicePrincipal="account.amazonaws.com")
+    assert [s["ServicePrincipal"] for s in org.list_aws_service_access_for_organization()
+            ["EnabledServicePrincipals"]] == ["account.amazonaws.com"]
+    for kind in ("BILLING", "OPERATIONS", "SECURITY"):
+        account.put_alternate_contact(AccountId=member, AlternateContactType=kind,
+                                      **dict(CONTACT, Name=kind.lower()))
+    got = account.get_alternate_contact(AccountId=member, AlternateContactType="SECURITY")
+    assert got["AlternateContact"] == dict(CONTACT, Name="security",
+                                           AlternateContactType="SECURITY")
+    account.delete_alternate_contact(AccountId=member, AlternateContactType="SECURITY")
+    for call in (account.get_alternate_contact, account.delete_alternate_contact):
+        with pytest.raises(ClientError) as exc:
+            call(AccountId=member, AlternateContactType="SECURITY")
+        assert error_code(exc) == "ResourceNotFoundException" and http_status(exc) == 404
+    # Contacts are per account: the management account's own are separate.
+    with pytest.raises(ClientError) as exc:
+        account.get_alternate_contact(AlternateContactType="BILLING")
+    assert error_code(exc) == "ResourceNotFoundException"
+    account.put_alternate_contact(AlternateContactType="BILLING", **CONTACT)
+    assert account.get_alternate_contact(AlternateContactType="BILLING")[
+        "AlternateContact"]["Name"] == "Ops"
+    assert account.get_alternate_contact(AccountId=member, AlternateContactType="BILLING")[
+        "AlternateContact"]["Name"] == "billing"
+
+    for bad in ("111111111111", "123456789012"):
+        with pytest.raises(ClientError) as exc:
+            account.get_alternate_contact(AccountId=bad, AlternateContactType="BILLING")
+        assert error_code(exc) == ("ResourceNotFoundException" if bad.startswith("1111")
+                                   else "ValidationException")
+    sim.configure(create_account_delay_seconds=60)
+    create_account(org, "pending")
+    [pending] = sim.stats()["accounts_pending"]
+    with pytest.raises(ClientError) as exc:
+        account.get_account_information(AccountId=pending)
+    assert error_code(exc) == "ResourceNotFoundException"
+    # A member account may not name another account.
+    member_account = sim.client("account", assume(sim, member))
+    with pytest.raises(ClientError) as exc:
+        member_account.get_account_information(AccountId="123456789012")
+    assert error_code(exc) == "AccessDeniedException"
+    org.disable_aws_service_access(ServicePrincipal="account.amazonaws.com")
+    with pytest.raises(ClientError) as exc:
+        account.get_alternate_contact(AccountId=member, AlternateContactType="BILLING")
+    assert error_code(exc) == "AccessDeniedException"
+    # Every attempt counts, the denied one too.
+    assert sim.stats()["writes_by_access_key"]["testing"]["account:PutAlternateContact"] == 5
+
+
+def test_put_account_name_renames_in_organizations(sim: Sim, org: Any) -> None:
+    member = new_account(org, "old-name")
+    root = org.list_roots()["Roots"][0]["Id"]
+    org.enable_aws_service_access(ServicePrincipal="account.amazonaws.com")
+    account = sim.client("account")
+    info = account.get_account_information(AccountId=member)
+    assert (info["AccountId"], info["AccountName"], info["AccountState"]) == \
+        (member, "old-name", "ACTIVE")
+    assert abs(info["AccountCreatedDate"].timestamp() - time.time()) < 300
+    account.put_account_name(AccountId=member, AccountName="Acme Corp (prod)")
+    assert account.get_account_information(AccountId=member)["AccountName"] == "Acme Corp (prod)"
+    assert org.describe_account(AccountId=member)["Account"]["Name"] == "Acme Corp (prod)"
+    names = {a["Id"]: a["Name"] for a in org.list_accounts()["Accounts"]}
+    assert names[member] == "Acme Corp (prod)"
+    assert {a["Id"]: a["Name"] for a in org.list_accounts_for_parent(ParentId=root)
+            ["Accounts"]}[member] == "Acme Corp (prod)"
+    unchecked = sim.client("account", config=Config(parameter_validation=False,
+                                                     retries={"total_max_attempts": 1}))
+    for bad in ("", "x" * 51, "a<b"):
+        with pytest.raises(ClientError) as exc:
+            unchecked.put_account_name(AccountId=member, AccountName=bad)
+        assert error_code(exc) == "ValidationException"
+    # A member renames itself without AccountId; the management account too.
+    sim.client("account", assume(sim, member)).put_account_name(AccountName="self-named")
+    assert org.describe_account(AccountId=member)["Account"]["Name"] == "self-named"
+    account.put_account_name(AccountName="Management")
+    assert account.get_account_information()["AccountName"] == "Management"
+    assert org.describe_account(AccountId="123456789012")["Account"]["Name"] == "Management"
+    org.close_account(AccountId=member)
+    assert account.get_account_information(AccountId=member)["AccountState"] == "SUSPENDED"
+
+
+def test_account_calls_are_throttled_the_rest_json_way(sim: Sim) -> None:
+    sim.configure(throttle_rate=1.0, throttle_operations=["account:GetAccountInformation"])
+    with pytest.raises(ClientError) as exc:
+        sim.client("account").get_account_information()
+    assert error_code(exc) == "TooManyRequestsException" and http_status(exc) == 429
+    assert sim.stats()["throttled"] == {"account:GetAccountInformation": 1}
+
+
+def test_scp_limit_per_target(sim: Sim, org: Any) -> None:
+    member = new_account(org, "guarded")
+    root = org.list_roots()["Roots"][0]["Id"]
+    org.enable_policy_type(RootId=root, PolicyType="SERVICE_CONTROL_POLICY")
+
+    def scps(target: str) -> list[str]:
+        return [p["Name"] for p in org.list_policies_for_target(
+            TargetId=target, Filter="SERVICE_CONTROL_POLICY")["Policies"]]
+
+    assert scps(member) == ["FullAWSAccess"]   # moto attaches it to every account
+    content = json.dumps({"Version": "2012-10-17",
+                          "Statement": [{"Effect": "Deny", "Action": "s3:*", "Resource": "*"}]})
+    ids = [org.create_policy(Name=f"deny-{i}", Description="", Type="SERVICE_CONTROL_POLICY",
+                             Content=content)["Policy"]["PolicySummary"]["Id"] for i in range(6)]
+    for policy in ids[:4]:
+        org.attach_policy(PolicyId=policy, TargetId=member)
+    assert len(scps(member)) == 5
+    with pytest.raises(ClientError) as exc:
+        org.attach_policy(PolicyId=ids[4], TargetId=member)
+    assert error_code(exc) == "ConstraintViolationException" and http_status(exc) == 400
+    assert exc.value.response["Reason"] == "MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED"
+    assert len(scps(member)) == 5
+    with pytest.raises(ClientError) as exc:
+        org.attach_policy(PolicyId=ids[0], TargetId=member)
+    assert error_code(exc) == "DuplicatePolicyAttachmentException"
+    # Other policy types do not count; detaching frees a slot; the root has its own 5.
+    tag_policy = org.create_policy(Name="tags", Description="", Type="TAG_POLICY",
+                                   Content=json.dumps({"tags": {}}))["Policy"]["PolicySummary"]
+    org.attach_policy(PolicyId=tag_policy["Id"], TargetId=member)
+    org.detach_policy(PolicyId="p-FullAWSAccess", TargetId=member)
+    org.attach_policy(PolicyId=ids[4], TargetId=member)
+    assert sorted(scps(member)) == [f"deny-{i}" for i in range(5)]
+    for policy in ids[:4]:
+        org.attach_policy(PolicyId=policy, TargetId=root)
+    with pytest.raises(ClientError) as exc:
+        org.attach_policy(PolicyId=ids[5], TargetId=root)
+    assert exc.value.response["Reason"] == "MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED"
