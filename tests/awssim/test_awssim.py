@@ -1340,3 +1340,75 @@ def test_scp_limit_per_target(sim: Sim, org: Any) -> None:
     with pytest.raises(ClientError) as exc:
         org.attach_policy(PolicyId=ids[5], TargetId=root)
     assert exc.value.response["Reason"] == "MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED"
+
+
+# ---- large organizations ---------------------------------------------------------
+
+def test_large_organization_listings(sim: Sim, org: Any) -> None:
+    ids = [org.create_account(AccountName=f"t{i}", Email=f"t{i}@example.com")
+           ["CreateAccountStatus"]["AccountId"] for i in range(300)]
+    master = "123456789012"
+    pages = [p["Accounts"] for p in org.get_paginator("list_accounts").paginate(
+        PaginationConfig={"PageSize": 20})]
+    assert [len(p) for p in pages] == [20] * 15 + [1]
+    assert [a["Id"] for p in pages for a in p] == [master] + ids   # join order
+    assert len(org.list_accounts()["Accounts"]) == 100             # moto's default page
+    root = org.list_roots()["Roots"][0]["Id"]
+    ou = org.create_organizational_unit(ParentId=root, Name="moved")["OrganizationalUnit"]["Id"]
+    for account in ids[::10]:
+        org.move_account(AccountId=account, SourceParentId=root, DestinationParentId=ou)
+
+    def walk(parent: str) -> list[str]:
+        return [a["Id"] for p in org.get_paginator("list_accounts_for_parent").paginate(
+            ParentId=parent, PaginationConfig={"PageSize": 20}) for a in p["Accounts"]]
+
+    assert walk(ou) == ids[::10]
+    assert walk(root) == [master] + [a for i, a in enumerate(ids) if i % 10]
+    token = org.list_accounts_for_parent(ParentId=root, MaxResults=20)["NextToken"]
+    for bad in (token, "garbage"):
+        with pytest.raises(ClientError) as exc:
+            org.list_accounts_for_parent(ParentId=ou, NextToken=bad)
+        assert error_code(exc) == "InvalidInputException"
+    # The account lookups Silo makes stay correct.
+    one = ids[150]
+    assert org.describe_account(AccountId=one)["Account"]["Name"] == "t150"
+    assert org.list_parents(ChildId=ids[10])["Parents"] == [{"Id": ou,
+                                                            "Type": "ORGANIZATIONAL_UNIT"}]
+    assert [p["Name"] for p in org.list_policies_for_target(
+        TargetId=one, Filter="SERVICE_CONTROL_POLICY")["Policies"]] == ["FullAWSAccess"]
+    targets = org.list_targets_for_policy(PolicyId="p-FullAWSAccess")["Targets"]
+    assert len(targets) == 303   # the root, the OU, the management account, 300 accounts
+    create_account(org, "dup", "T7@example.com")   # the email index sees every account
+    failed = org.list_create_account_status(States=["FAILED"])["CreateAccountStatuses"]
+    assert [s["FailureReason"] for s in failed] == ["EMAIL_ALREADY_EXISTS"]
+
+
+def test_moto_speed_ups_keep_its_answers() -> None:
+    """In this process (not the server): the patched access-key lookup finds
+    the same accounts as moto's, without creating IAM backends for every
+    partition of every account as moto's does."""
+    sys.path.insert(0, HERE)
+    import silo_awssim
+    from moto.iam.models import iam_backends
+    from moto.moto_api._internal.models import moto_api_backend
+    from moto.organizations.models import organizations_backends
+
+    silo_awssim.speed_up_moto()
+    from moto.iam.models import get_account_id_from
+
+    try:
+        backend = organizations_backends["123456789012"]["aws"]
+        backend.create_organization(region="us-east-1", FeatureSet="ALL")
+        member = backend.create_account(AccountName="m", Email="m@example.com")[
+            "CreateAccountStatus"]["AccountId"]
+        assert backend.accounts[-1].attached_policies[0].id == "p-FullAWSAccess"
+        assert get_account_id_from("testing") == "123456789012"
+        assert list(dict.keys(iam_backends[member])) == ["aws"]   # moto's made 6
+        key = iam_backends[member]["aws"].create_temp_access_key()
+        assert get_account_id_from(key.access_key_id) == member
+        assert get_account_id_from(key.access_key_id) == member
+        del iam_backends[member]["aws"].access_keys[key.access_key_id]
+        assert get_account_id_from(key.access_key_id) == "123456789012"
+    finally:
+        moto_api_backend.reset()
+        organizations_backends.master_accounts.clear()
