@@ -57,7 +57,8 @@ order the answers were sent, as {"next": M, "entries": [...], "more": bool,
 `limit` (default 10,000) of them; pass `next` as the next `since`; `more` says
 more entries are already waiting, `dropped` how many entries at or after N are
 gone. The layer keeps the last 200,000 entries (LOG_LIMIT; older ones are
-dropped; that is about 150 MB at most); reset clears it and restarts seq at 0. An entry:
+dropped; that is about 150 MB at most); reset clears it and restarts seq at 0.
+An entry:
     seq             0, 1, 2, ... in answer order
     time            wall clock (float seconds) when the request arrived
     duration        seconds from arrival to answer (latency and holds included)
@@ -169,24 +170,25 @@ layer adds, for every one of these calls:
 Service control policies. moto 5.2.5 implements CreatePolicy, AttachPolicy,
 DetachPolicy, ListPoliciesForTarget and EnablePolicyType. It attaches the
 AWS-managed FullAWSAccess SCP to the root, the management account and every
-account it creates, from CreateOrganization on, whether or not the
+account and OU it creates, from CreateOrganization on, whether or not the
 SERVICE_CONTROL_POLICY type is enabled on the root (it never checks that:
 no PolicyTypeNotEnabledException). The layer adds AWS's limit of 5 SCPs on
 one target (root, OU or account), FullAWSAccess included: attaching a 6th is
-ConstraintViolationException with Reason MAX_POLICY_TYPE_ATTACHMENT_LIMIT_
-EXCEEDED (AWS's reason for "too many policies of a type on one entity";
-POLICY_NUMBER_LIMIT_EXCEEDED is its organization-wide policy count, not
-simulated); attaching a policy already attached is
+ConstraintViolationException with Reason
+MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED (AWS's reason for "too many policies
+of a type on one entity"; POLICY_NUMBER_LIMIT_EXCEEDED is its reason for the
+organization-wide number of policies, not simulated); attaching a policy
+already attached is
 DuplicatePolicyAttachmentException (moto accepted it silently).
 
 Large organizations. moto 5.2.5 slowed every request down in proportion to the
 number of accounts (about 180 ms per request at 6,000); the layer patches the
-hot spots at start-up (see "moto speed-ups" below) and keeps its own per-request
-work independent of the number of accounts. scale_check.py (not run by pytest)
-creates 6,000 accounts and times the calls Silo makes. Still proportional:
-ListChildren (moto returns every child in one answer, ~30 ms at 6,000 accounts),
-ListCreateAccountStatus (a few ms), DescribeAccount-style lookups (a scan, well
-under 1 ms).
+hot spots at start-up (see "moto speed-ups" below) and keeps most of its own
+per-request work independent of the number of accounts. scale_check.py (not
+run by pytest) creates 6,000 accounts and times the calls Silo makes. Still
+proportional: ListChildren (moto returns every child in one answer, ~30 ms at
+6,000 accounts), ListCreateAccountStatus (5-15 ms at 6,000), DescribeAccount-
+style lookups (a scan, well under 1 ms).
 
 Run: python silo_awssim.py --host 127.0.0.1 --port PORT  (PORT 0 picks one).
 It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
@@ -451,7 +453,8 @@ class Call:
     @property
     def region(self) -> str:
         """The region of the SigV4 credential scope ("" if unsigned)."""
-        m = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/", self.environ.get("HTTP_AUTHORIZATION", ""))
+        m = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/",
+                      self.environ.get("HTTP_AUTHORIZATION", ""))
         return m.group(1) if m else ""
 
     @functools.cached_property

@@ -806,7 +806,8 @@ def test_request_log_keeps_the_last_entries(sim: Sim) -> None:
     layer = silo_awssim.SiloLayer(lambda environ, start: [])
     assert layer.state.log.maxlen == silo_awssim.LOG_LIMIT == 200_000
     layer.state.log = silo_awssim.collections.deque(maxlen=3)
-    env = {"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AKID/20250101/us-east-1/sts/aws4_request",
+    env = {"HTTP_AUTHORIZATION":
+           "AWS4-HMAC-SHA256 Credential=AKID/20250101/us-east-1/sts/aws4_request",
            "HTTP_X_MOTO_ACCOUNT_ID": "123456789012"}
     for _ in range(5):
         call = silo_awssim.Call(env, "sts", "GetCallerIdentity", {}, "query")
@@ -826,7 +827,8 @@ def test_callers_with_different_access_keys_share_the_management_account(sim: Si
         "made = org.create_account(AccountName='other', Email='other@example.com')\n"
         "account = made['CreateAccountStatus']['AccountId']\n"
         "org.tag_resource(ResourceId=account, Tags=[{'Key': 'by', 'Value': 'testing2'}])\n"
-        "print(json.dumps({'master': org.describe_organization()['Organization']['MasterAccountId'],\n"
+        "master = org.describe_organization()['Organization']['MasterAccountId']\n"
+        "print(json.dumps({'master': master,\n"
         "                  'accounts': sorted(a['Id'] for a in org.list_accounts()['Accounts']),\n"
         "                  'me': boto3.client('sts').get_caller_identity()['Account']}))\n")
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing2", AWS_SECRET_ACCESS_KEY="testing2",
