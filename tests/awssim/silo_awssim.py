@@ -93,6 +93,10 @@ then reports the stack the way AWS does over `stack_operation_seconds`:
     UPDATE_COMPLETE (an UPDATE_COMPLETE_CLEANUP_IN_PROGRESS event just before
     it, never a status one can see). While UPDATE_IN_PROGRESS, DescribeStacks
     already shows the new template, parameters, tags and outputs.
+  ClientRequestToken (moto ignores it): a CreateStack or UpdateStack that
+    repeats the token of an earlier CreateStack / UpdateStack of the same
+    stack is that same request retried: answered with its StackId, nothing
+    changes, no new operation is recorded, whatever state the stack is in.
   A stack that is not CREATE_COMPLETE, UPDATE_COMPLETE or
   UPDATE_ROLLBACK_COMPLETE cannot be updated: UpdateStack and an UPDATE
   ExecuteChangeSet answer ValidationError "Stack:<id> is in <STATUS> state and
@@ -533,6 +537,17 @@ def aws_error(call: Call, status: int, code: str, message: str,
     return Response(status, headers, xml.encode())
 
 
+def query_response(call: Call, result_xml: str) -> Response:
+    """A query-protocol (XML) success answer to the call, as moto writes them."""
+    request_id = str(uuid.uuid4())
+    xmlns = QUERY_XMLNS.get(call.service, f"https://{call.service}.amazonaws.com/doc/")
+    xml = (f'<{call.operation}Response xmlns="{xmlns}"><{call.operation}Result>'
+           f"{result_xml}</{call.operation}Result><ResponseMetadata><RequestId>{request_id}"
+           f"</RequestId></ResponseMetadata></{call.operation}Response>")
+    return Response(200, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)],
+                    xml.encode())
+
+
 def throttling_error(call: Call) -> Response:
     """What AWS answers when a caller exceeds a request rate."""
     if call.service == "organizations":
@@ -636,6 +651,7 @@ class StackOp:
     snapshot: StackSnapshot | None = None
     change_set: Any = None               # the moto ChangeSet executed, if any
     outputs: Any = None                  # the OutputMap hidden while creating
+    token: str | None = None             # its ClientRequestToken
 
     def public(self) -> dict[str, Any]:
         return {"account": self.account, "region": self.region,
@@ -664,6 +680,8 @@ class State:
     stack_ops: collections.deque[StackOp] = field(
         default_factory=lambda: collections.deque(maxlen=STACK_OPS_LIMIT))
     stacks_in_flight: list[StackOp] = field(default_factory=list)
+    # (account, region, operation, stack name, ClientRequestToken) -> the operation
+    stack_tokens: dict[tuple[str, str, str, str, str], StackOp] = field(default_factory=dict)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     closes: int = 0
     log: collections.deque[dict[str, Any]] = field(
@@ -1535,13 +1553,17 @@ class SiloLayer:
         parameters = resolved_parameters(call, None)
         with self.moto_lock:
             with self.lock:
+                retried = self.retried_stack_op(call, name)
+                if retried is not None:
+                    return retried
                 reason = self.stack_failure("CreateStack", call.account, name, parameters)
             resp = self.forward(call.environ)
             m = re.search(rb"<StackId>([^<]+)</StackId>", resp.body)
             stack = _stack_by_id(m.group(1).decode()) if resp.status == 200 and m else None
             if stack is not None:
                 with self.lock:
-                    self.start_creation(stack, "CreateStack", reason)
+                    self.start_creation(stack, "CreateStack", reason, token=call.param(
+                        "ClientRequestToken"))
         return resp
 
     def update_stack(self, call: Call) -> Response:
@@ -1553,6 +1575,10 @@ class SiloLayer:
             stack = self.find_stack(call, call.param("StackName"))
             if stack is None:
                 return self.forward(call.environ)   # moto's "does not exist"
+            with self.lock:
+                retried = self.retried_stack_op(call, stack.name)
+            if retried is not None:
+                return retried
             if stack.status not in UPDATABLE_STACK:
                 return not_updatable(call, stack)
             parameters = resolved_parameters(call, stack)
@@ -1563,7 +1589,8 @@ class SiloLayer:
             resp = self.forward(call.environ)
             if resp.status == 200:
                 with self.lock:
-                    self.start_update(stack, "UpdateStack", reason, snapshot)
+                    self.start_update(stack, "UpdateStack", reason, snapshot,
+                                      token=call.param("ClientRequestToken"))
         return resp
 
     def delete_stack(self, call: Call) -> Response:
@@ -1678,6 +1705,16 @@ class SiloLayer:
                  and (stack is None or stack in (cs.stack_name, cs.stack_id))]
         return found[-1] if found else None
 
+    def retried_stack_op(self, call: Call, stack_name: str) -> Response | None:
+        """The answer to a CreateStack / UpdateStack that repeats an earlier
+        one's ClientRequestToken: that operation's StackId (lock held)."""
+        token = call.param("ClientRequestToken")
+        op = self.state.stack_tokens.get(
+            (call.account, call.region, call.operation, stack_name, token or ""))
+        if token is None or op is None or op.stack.status == "DELETE_COMPLETE":
+            return None
+        return query_response(call, f"<StackId>{escape(op.stack_id)}</StackId>")
+
     def stack_failure(self, operation: str, account: str, stack_name: str,
                       parameters: dict[str, Any]) -> str | None:
         """The reason the operation fails, from `failing_stacks` (CreateStack
@@ -1701,18 +1738,22 @@ class SiloLayer:
 
     # Stack operations over time. Everything below runs with moto_lock and lock held.
 
-    def stack_op(self, stack: Any, operation: str, change_set: Any = None) -> StackOp:
+    def stack_op(self, stack: Any, operation: str, change_set: Any = None,
+                 token: str | None = None) -> StackOp:
         _, _, _, region, account, _ = stack.stack_id.split(":", 5)
-        return StackOp(account, region, stack.name, stack.stack_id, operation, time.time(),
-                       stack=stack, change_set=change_set)
+        op = StackOp(account, region, stack.name, stack.stack_id, operation, time.time(),
+                     stack=stack, change_set=change_set, token=token)
+        if token:
+            self.state.stack_tokens[(account, region, operation, stack.name, token)] = op
+        return op
 
     def start_creation(self, stack: Any, operation: str, reason: str | None,
-                       change_set: Any = None) -> None:
+                       change_set: Any = None, token: str | None = None) -> None:
         """A stack moto just created: CREATE_IN_PROGRESS without outputs, then
         CREATE_COMPLETE; or, if it fails, nothing it made remains, and it
         goes CREATE_FAILED, then ROLLBACK_COMPLETE."""
         cfg, now = self.state.config, time.monotonic()
-        op = self.stack_op(stack, operation, change_set)
+        op = self.stack_op(stack, operation, change_set, token)
         stack.events = [e for e in stack.events if e.resource_status != "CREATE_COMPLETE"]
         stack.status = "CREATE_IN_PROGRESS"
         done = now + cfg.stack_operation_seconds
@@ -1733,13 +1774,14 @@ class SiloLayer:
         self.begin(op, now)
 
     def start_update(self, stack: Any, operation: str, reason: str | None,
-                     snapshot: StackSnapshot, change_set: Any = None) -> None:
+                     snapshot: StackSnapshot, change_set: Any = None,
+                     token: str | None = None) -> None:
         """A stack moto just updated: UPDATE_IN_PROGRESS, then UPDATE_COMPLETE;
         or, if it fails, UPDATE_ROLLBACK_IN_PROGRESS, then
         UPDATE_ROLLBACK_COMPLETE with the previous template, parameters,
         outputs and tags."""
         cfg, now = self.state.config, time.monotonic()
-        op = self.stack_op(stack, operation, change_set)
+        op = self.stack_op(stack, operation, change_set, token)
         if stack.events and stack.events[-1].resource_status == "UPDATE_COMPLETE":
             stack.events.pop()
         stack.status = "UPDATE_IN_PROGRESS"

@@ -1414,3 +1414,39 @@ def test_moto_speed_ups_keep_its_answers() -> None:
     finally:
         moto_api_backend.reset()
         organizations_backends.master_accounts.clear()
+
+
+def test_client_request_token_makes_a_retry_the_same_request(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=1)
+    cfn = sim.client("cloudformation")
+    stack_id = cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                                ClientRequestToken="create-1", **rev_args("1"))["StackId"]
+    again = cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                             ClientRequestToken="create-1", **rev_args("1"))
+    assert again["StackId"] == stack_id
+    with pytest.raises(ClientError) as exc:
+        cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                         ClientRequestToken="create-2", **rev_args("1"))
+    assert error_code(exc) == "AlreadyExistsException"
+    wait_stack(cfn, "tok", "CREATE_IN_PROGRESS")
+    cfn.update_stack(StackName="tok", TemplateBody=revision_template(),
+                     ClientRequestToken="update-2", **rev_args("2"))
+    retried = cfn.update_stack(StackName=stack_id, TemplateBody=revision_template(),
+                               ClientRequestToken="update-2", **rev_args("2"))
+    assert retried["StackId"] == stack_id
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="tok", TemplateBody=revision_template(),
+                         ClientRequestToken="update-3", **rev_args("3"))
+    assert "is in UPDATE_IN_PROGRESS state" in str(exc.value)
+    assert wait_stack(cfn, "tok", "UPDATE_IN_PROGRESS") == "UPDATE_COMPLETE"
+    # Still the same request once it is over: nothing changes.
+    cfn.update_stack(StackName="tok", TemplateBody=revision_template(),
+                     ClientRequestToken="update-2", **rev_args("2"))
+    assert stack_view(cfn, "tok")[:2] == ("UPDATE_COMPLETE", {"silo.dev/revision": "2"})
+    ops = sim.admin("/_silo/stack_operations")[1]
+    assert [(o["operation"], o["result"]) for o in ops] == [
+        ("CreateStack", "CREATE_COMPLETE"), ("UpdateStack", "UPDATE_COMPLETE")]
+    # A deleted stack's token starts a new stack.
+    cfn.delete_stack(StackName="tok")
+    assert cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                            ClientRequestToken="create-1", **rev_args("1"))["StackId"] != stack_id
