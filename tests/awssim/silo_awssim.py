@@ -2014,7 +2014,7 @@ def _stack_event(stack: Any, status: str, logical_id: str | None = None,
 # --------------------------------------------------------------------------
 #
 # At 6,000 accounts moto 5.2.5 spent 100-250 ms on every request (see
-# scale_check.py), growing with the organization. Four targeted monkeypatches,
+# scale_check.py), growing with the organization. Five targeted monkeypatches,
 # applied by build_app(), keep moto's behaviour and remove the cost:
 #
 # 1. get_account_id_from (moto.iam.models): moto maps the request's access key
@@ -2034,6 +2034,10 @@ def _stack_event(stack: Any, status: str, logical_id: str | None = None,
 #    page. The replacements describe one page and find the token with a list
 #    lookup; same order (join time), same page sizes (100 / 20 by default),
 #    NextToken is the base64 of the next page's first account id (and parent).
+# 5. BackendDict._create_account_specific_backend (moto.core.base_backend): run
+#    on every backends[account] lookup (several per request), it copied the list
+#    of every account id to see whether the account is known. The replacement
+#    is moto's code with a dict lookup instead.
 
 
 class AccessKeyAccounts:
@@ -2128,6 +2132,21 @@ def _list_accounts_for_parent(self: Any, parent_id: str, max_results: Any = None
     return _account_page(self, accounts, max_results, next_token, 20, parent_id)
 
 
+def _create_account_specific_backend(self: Any, account_id: str) -> None:
+    from moto.core.base_backend import AccountSpecificBackend, BackendDict, backend_lock
+
+    if dict.__contains__(self, account_id):
+        return
+    with backend_lock:
+        if not dict.__contains__(self, account_id):
+            self[account_id] = AccountSpecificBackend(
+                service_name=self.service_name, account_id=account_id, backend=self.backend,
+                use_boto3_regions=self._use_boto3_regions,
+                additional_regions=self._additional_regions)
+        if self not in BackendDict._instances:
+            BackendDict._instances.append(self)
+
+
 ACCESS_KEY_ACCOUNTS = AccessKeyAccounts()
 
 
@@ -2135,6 +2154,7 @@ def speed_up_moto() -> None:
     """Apply the monkeypatches above (idempotent)."""
     import moto.backends
     import moto.iam.models as iam_models
+    from moto.core.base_backend import BackendDict
     from moto.organizations.models import OrganizationsBackend
 
     if getattr(iam_models, "_silo_sped_up", False):
@@ -2149,6 +2169,7 @@ def speed_up_moto() -> None:
     iam_models.AccessKey.__init__ = access_key_init
     modules = tuple(moto.backends.list_of_moto_modules())
     moto.backends.list_of_moto_modules = lambda: modules
+    BackendDict._create_account_specific_backend = _create_account_specific_backend
     OrganizationsBackend.create_account = _create_account
     OrganizationsBackend.list_accounts = _list_accounts
     OrganizationsBackend.list_accounts_for_parent = _list_accounts_for_parent

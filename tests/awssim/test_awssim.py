@@ -1411,6 +1411,14 @@ def test_moto_speed_ups_keep_its_answers() -> None:
         assert get_account_id_from(key.access_key_id) == member
         del iam_backends[member]["aws"].access_keys[key.access_key_id]
         assert get_account_id_from(key.access_key_id) == "123456789012"
+        # Backends of a new account are made and registered for reset as moto does.
+        from moto.core.base_backend import BackendDict
+        from moto.sns.models import sns_backends
+
+        assert sns_backends["210987654321"]["us-east-1"].account_id == "210987654321"
+        assert sns_backends in BackendDict._instances
+        moto_api_backend.reset()
+        assert "210987654321" not in dict.keys(sns_backends)
     finally:
         moto_api_backend.reset()
         organizations_backends.master_accounts.clear()
