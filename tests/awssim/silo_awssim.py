@@ -281,7 +281,8 @@ class Config:
     max_concurrent_creations      creations IN_PROGRESS at once, else throttled
     list_accounts_lag_seconds     an account missing from ListAccounts,
                                   ListAccountsForParent and ListChildren for this
-                                  long after it became ACTIVE (other calls see it)
+                                  long after it became ACTIVE (other calls see it);
+                                  raising it does not hide accounts already listed
     rate_limits                   {op key: requests per second} token buckets
     rate_limit_scope              {op key: "global" | "account" | "account-region"}:
                                   what one `rate_limits` bucket covers for the
