@@ -12,6 +12,8 @@ a test switches them on through the admin API under /_silo/:
     POST /_silo/config   merge a JSON object into the config (unknown key: 400)
     GET  /_silo/config   the current config
     GET  /_silo/stats    request, throttle and error counters
+    GET  /_silo/log?since=N&limit=L   the per-request log, oldest first (below)
+    GET  /_silo/stack_operations   every stack operation (below)
     GET  /_silo/health   {"ok": true}
 
 Config keys are listed (with defaults) on `Config`. Dict-valued keys are
@@ -31,11 +33,166 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
     response_delayed          answers held back after processing (response_delays_ms)
     accounts_created          (int) creations that made an account
     create_account_failures   {FailureReason: n} synthetic failed creations
-    accounts_closed, stacks_failed, assume_role_denied   (ints)
+    accounts_closed, assume_role_denied   (ints)
+    stacks_failed             (int) stack operations made to fail (failing_stacks,
+                              stack_failures): creations and updates
     sessions   (the last 500 AssumeRole requests: role, name, tags, external_id, policy)
     accounts_pending          (ids) creation still IN_PROGRESS: unknown to every call
     accounts_unlisted         (ids) ACTIVE but still missing from listings
                               (list_accounts_lag_seconds)
+    by_access_key             {access key: {service:Operation: n}} every AWS
+                              request by the access key that signed it
+    writes_by_access_key      the same, for mutating Organizations,
+                              CloudFormation and Account Management calls
+                              only: every operation of those services whose
+                              name does not start with Describe, List, Get,
+                              Validate or Estimate (CreateAccount, MoveAccount,
+                              TagResource, CreateStack, ExecuteChangeSet,
+                              AttachPolicy, PutAlternateContact, ...)
+    Like `requests`, both count every request, throttled or failed ones too.
+
+Request log (GET /_silo/log): every AWS request the layer answered, in the
+order the answers were sent, as {"next": M, "entries": [...], "more": bool,
+"dropped": n}. `since=N` (default 0) returns entries with seq >= N, at most
+`limit` (default 10,000) of them; pass `next` as the next `since`; `more` says
+more entries are already waiting, `dropped` how many entries at or after N are
+gone. The layer keeps the last 200,000 entries (LOG_LIMIT; older ones are
+dropped; that is about 150 MB at most); reset clears it and restarts seq at 0.
+An entry:
+    seq             0, 1, 2, ... in answer order
+    time            wall clock (float seconds) when the request arrived
+    duration        seconds from arrival to answer (latency and holds included)
+    service, operation, key   credential-scope service, operation, service:Operation
+    caller_account  the account moto acts as for the request's access key
+    access_key      the access key id from the SigV4 Authorization header
+    user_agent      the HTTP User-Agent
+    status          the HTTP status returned
+    outcome         "throttled" (counted in stats throttled), "error" (an
+                    injected 5xx) or "answered" (everything else, AWS-style
+                    4xx answers included: see `status`)
+    stack_name      the StackName parameter, when present
+    account_id      the AccountId, else ResourceId, else ChildId parameter,
+                    when present
+    region          the region of the SigV4 credential scope, when present
+
+Stack operations (GET /_silo/stack_operations): a JSON list, oldest first, of
+every CreateStack, UpdateStack, ExecuteChangeSet and DeleteStack that moto
+accepted (the last 200,000), each {account, region, stack_name, stack_id,
+operation, started, finished, result}: wall-clock seconds; `finished` and
+`result` (the stack status it ended in: CREATE_COMPLETE, ROLLBACK_COMPLETE,
+UPDATE_COMPLETE, UPDATE_ROLLBACK_COMPLETE, ...) are null while in flight.
+`finished` is when the operation was due to end, even if the layer only
+noticed later. DeleteStack is instant (started == finished, DELETE_COMPLETE);
+an operation cut short by DeleteStack ends then, with DELETE_COMPLETE.
+
+Stacks over time. moto makes and updates a stack's resources at once; the layer
+then reports the stack the way AWS does over `stack_operation_seconds`:
+  CreateStack (or executing a CREATE change set): CREATE_IN_PROGRESS without
+    Outputs, then CREATE_COMPLETE with them.
+  UpdateStack (or executing an UPDATE change set): UPDATE_IN_PROGRESS, then
+    UPDATE_COMPLETE (an UPDATE_COMPLETE_CLEANUP_IN_PROGRESS event just before
+    it, never a status one can see). While UPDATE_IN_PROGRESS, DescribeStacks
+    already shows the new template, parameters, tags and outputs.
+  ClientRequestToken (moto ignores it): a CreateStack or UpdateStack that
+    repeats the token of an earlier CreateStack / UpdateStack of the same
+    stack is that same request retried: answered with its StackId, nothing
+    changes, no new operation is recorded, whatever state the stack is in.
+  A stack that is not CREATE_COMPLETE, UPDATE_COMPLETE or
+  UPDATE_ROLLBACK_COMPLETE cannot be updated: UpdateStack and an UPDATE
+  ExecuteChangeSet answer ValidationError "Stack:<id> is in <STATUS> state and
+  can not be updated." DeleteStack is accepted in every state (as moto does).
+Failing stack operations (`failing_stacks`, `stack_failures`; the first
+matching rule wins, failing_stacks first):
+  a creation is CREATE_IN_PROGRESS for stack_operation_seconds, then
+    CREATE_FAILED (a resource CREATE_FAILED event with the reason; nothing it
+    made remains: no resources, outputs or exports, from the start) for
+    stack_failure_seconds, then ROLLBACK_COMPLETE;
+  an update is applied by moto, UPDATE_IN_PROGRESS for stack_operation_seconds,
+    then UPDATE_ROLLBACK_IN_PROGRESS (a resource UPDATE_FAILED event with the
+    reason, on the first resource the update adds or modifies, else the first
+    one) for stack_failure_seconds, then UPDATE_ROLLBACK_COMPLETE: moto
+    re-applies the previous template and parameters to the resources, and the
+    stack has its previous template, parameters, outputs and tags again.
+  The change set executed, if any, is EXECUTE_IN_PROGRESS meanwhile, then
+  EXECUTE_FAILED (else EXECUTE_COMPLETE).
+
+Change sets. moto 5.2.5 implements CreateChangeSet (ChangeSetType CREATE and
+UPDATE), DescribeChangeSet, ExecuteChangeSet, DeleteChangeSet and
+ListChangeSets; the layer fills some gaps. What the simulator's change sets show:
+  Changes: a Resource change per changed resource, comparing the stack's
+    current template resources (none for a CREATE change set) with the change
+    set's: Action Add (a new logical id), Remove (one that is gone) or Modify
+    (its JSON differs, or it Refs / ${}-substitutes a parameter whose value
+    changes: moto missed those), with LogicalResourceId, ResourceType, and
+    PhysicalResourceId where moto has one. A Modify also has Scope (the
+    top-level attributes that differ: Properties, Metadata, DependsOn, ...;
+    Properties when only a parameter changes) and Replacement: "True" if the
+    resource Type changed, else always "Conditional" (the simulator does not
+    know which properties force a replacement). Never shown: Details,
+    Replacement "False", changes of stack tags alone (no resource change),
+    nested stacks, imports, drift.
+  A change set without any change is FAILED / UNAVAILABLE with AWS's reason
+    (moto). Status is CREATE_COMPLETE at once (never CREATE_PENDING or
+    CREATE_IN_PROGRESS); DescribeChangeSet's Tags are always empty (moto).
+  ExecuteChangeSet: the stack goes through the states above; the change set's
+    tags, parameters and outputs are applied (moto kept the old tags and lost
+    the outputs); an unknown change set is ChangeSetNotFound (moto: HTTP 500),
+    one not AVAILABLE (executed, failed) is InvalidChangeSetStatus. Other
+    change sets of the stack are not marked OBSOLETE.
+  DescribeChangeSet / DeleteChangeSet: a name is looked up within StackName
+    (moto ignored it); an unknown one is ChangeSetNotFound.
+  ListChangeSets lists only StackName's change sets (moto listed all).
+  moto cannot apply a change of a resource's Type (ExecuteChangeSet or
+    UpdateStack answer HTTP 500); describing such a change set works.
+
+Account Management (service "account", REST-JSON: POST /putAlternateContact,
+/getAlternateContact, /deleteAlternateContact, /putAccountName,
+/getAccountInformation). moto 5.2.5 keeps alternate contacts (Put/Get/Delete;
+an invalid AlternateContactType is its AccessDeniedException, as on AWS) but
+checks nothing else and has no PutAccountName / GetAccountInformation. The
+layer adds, for every one of these calls:
+  without AccountId: the caller's own account (management or member).
+  with AccountId: only the management account of an organization may name a
+    member account: from any other caller AccessDeniedException; naming itself
+    ValidationException (AWS: the management account can't specify its own
+    AccountId); if trusted access for account.amazonaws.com was not enabled
+    with organizations:EnableAWSServiceAccess (moto's record, see
+    ListAWSServiceAccessForOrganization) AccessDeniedException "... trusted
+    access ... is not enabled ..."; an account that is not in the organization
+    (or still being created) ResourceNotFoundException. Delegated
+    administrators are not simulated (moto cannot register one for
+    account.amazonaws.com).
+  Get/DeleteAlternateContact of a contact that is not set:
+    ResourceNotFoundException, HTTP 404 (moto: HTTP 400 on get, success on delete).
+  PutAccountName (1 to 50 characters of [ -;=?-~], else ValidationException)
+    renames the account in Organizations: DescribeAccount, ListAccounts and
+    ListAccountsForParent show the new name. GetAccountInformation answers
+    AccountId, AccountName, AccountCreatedDate and AccountState (ACTIVE, or
+    SUSPENDED once Organizations says PENDING_CLOSURE or SUSPENDED); for an
+    account in no organization only AccountId and the name it was given.
+
+Service control policies. moto 5.2.5 implements CreatePolicy, AttachPolicy,
+DetachPolicy, ListPoliciesForTarget and EnablePolicyType. It attaches the
+AWS-managed FullAWSAccess SCP to the root, the management account and every
+account and OU it creates, from CreateOrganization on, whether or not the
+SERVICE_CONTROL_POLICY type is enabled on the root (it never checks that:
+no PolicyTypeNotEnabledException). The layer adds AWS's limit of 5 SCPs on
+one target (root, OU or account), FullAWSAccess included: attaching a 6th is
+ConstraintViolationException with Reason
+MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED (AWS's reason for "too many policies
+of a type on one entity"; POLICY_NUMBER_LIMIT_EXCEEDED is its reason for the
+organization-wide number of policies, not simulated); attaching a policy
+already attached is
+DuplicatePolicyAttachmentException (moto accepted it silently).
+
+Large organizations. moto 5.2.5 slowed every request down in proportion to the
+number of accounts (about 180 ms per request at 6,000); the layer patches the
+hot spots at start-up (see "moto speed-ups" below) and keeps most of its own
+per-request work independent of the number of accounts. scale_check.py (not
+run by pytest) creates 6,000 accounts and times the calls Silo makes. Still
+proportional: ListChildren (moto returns every child in one answer, ~30 ms at
+6,000 accounts), ListCreateAccountStatus (5-15 ms at 6,000), DescribeAccount-
+style lookups (a scan, well under 1 ms).
 
 Run: python silo_awssim.py --host 127.0.0.1 --port PORT  (PORT 0 picks one).
 It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
@@ -44,8 +201,12 @@ It prints "silo-awssim listening on http://HOST:PORT" once it accepts requests.
 from __future__ import annotations
 
 import argparse
+import collections
+import copy
 import dataclasses
+import functools
 import io
+import itertools
 import json
 import logging
 import os
@@ -58,7 +219,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl
 from xml.sax.saxutils import escape
 
 from moto.moto_server.werkzeug_app import (
@@ -80,6 +241,19 @@ ORG_THROTTLE_MESSAGE = (
     "AWS Organizations can't complete your request because another request is "
     "already in progress. Try again later."
 )
+RATE_LIMIT_SCOPES = ("global", "account", "account-region")
+STACK_OPERATIONS = ("CreateStack", "UpdateStack")
+ACCOUNT_PRINCIPAL = "account.amazonaws.com"
+CONTACT_TYPES = ("BILLING", "OPERATIONS", "SECURITY")
+SCP_ATTACHMENT_LIMIT = 5     # SCPs on one root, OU or account (AWS quota)
+STACK_FAILURE_KEYS = {"operations", "account", "stack", "parameters", "reason"}
+DEFAULT_STACK_FAILURE = 'Resource handler returned message: "Simulated failure (silo-awssim)"'
+STACK_OPS_LIMIT = 200_000    # stack operations kept for /_silo/stack_operations
+UPDATABLE_STACK = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE")
+LOG_LIMIT = 200_000          # request-log entries kept
+LOG_PAGE = 10_000            # default entries per GET /_silo/log
+WRITE_SERVICES = ("organizations", "cloudformation", "account")
+READ_PREFIXES = ("Describe", "List", "Get", "Validate", "Estimate")
 ORG_SERVICE_MESSAGE = (
     "AWS Organizations can't complete your request because of an internal "
     "service error. Try again later."
@@ -107,8 +281,17 @@ class Config:
     max_concurrent_creations      creations IN_PROGRESS at once, else throttled
     list_accounts_lag_seconds     an account missing from ListAccounts,
                                   ListAccountsForParent and ListChildren for this
-                                  long after it became ACTIVE (other calls see it)
+                                  long after it became ACTIVE (other calls see it);
+                                  raising it does not hide accounts already listed
     rate_limits                   {op key: requests per second} token buckets
+    rate_limit_scope              {op key: "global" | "account" | "account-region"}:
+                                  what one `rate_limits` bucket covers for the
+                                  calls the key selects (most specific key wins;
+                                  default global: one bucket for every caller).
+                                  "account": a bucket per caller account (the
+                                  account moto acts as); "account-region": per
+                                  account and credential-scope region, as AWS
+                                  meters CloudFormation and STS
     throttle_rate/_operations     probability of throttling the selected ops
     error_rate/error_operations   probability of a 5xx on the selected ops
     latency_ms, latency_rate      delay before a request is processed
@@ -116,8 +299,28 @@ class Config:
                                   AFTER moto processed the request
     close_pending_seconds         PENDING_CLOSURE time before SUSPENDED
     close_quota                   CloseAccount calls allowed; None = no quota
-    failing_stacks                {stack-name regex: failure reason}
-    stack_failure_seconds         CREATE_FAILED time before ROLLBACK_COMPLETE
+    failing_stacks                {stack-name regex: failure reason}: CreateStack
+                                  of a matching stack fails (see stack_failures)
+    stack_failures                [rule]: stack operations that fail, each rule
+                                  {"operations": ["CreateStack", "UpdateStack"],
+                                   "account": regex on the stack's account id,
+                                   "stack": regex on the stack name,
+                                   "parameters": {name: regex on the value},
+                                   "reason": the failure message}; every match
+                                  field is optional (operations: both), all
+                                  those given must match (re.search); a
+                                  parameter matches on the value the operation
+                                  would run with (passed, previous value, or
+                                  the template default; a parameter it does
+                                  not have never matches). Executing a change
+                                  set counts as CreateStack / UpdateStack by
+                                  its type. reason defaults to a generic
+                                  handler message.
+    stack_operation_seconds       how long CreateStack, UpdateStack and
+                                  ExecuteChangeSet stay *_IN_PROGRESS
+    stack_failure_seconds         CREATE_FAILED time before ROLLBACK_COMPLETE,
+                                  UPDATE_ROLLBACK_IN_PROGRESS time before
+                                  UPDATE_ROLLBACK_COMPLETE
     unassumable_roles_seconds     AccessDenied on AssumeRole into a new account
     """
 
@@ -128,6 +331,7 @@ class Config:
     max_concurrent_creations: int | None = 5
     list_accounts_lag_seconds: float = 0
     rate_limits: dict[str, float] = field(default_factory=dict)
+    rate_limit_scope: dict[str, str] = field(default_factory=dict)
     throttle_rate: float = 0.0
     throttle_operations: list[str] | None = None
     error_rate: float = 0.0
@@ -138,6 +342,8 @@ class Config:
     close_pending_seconds: float = 0
     close_quota: int | None = None
     failing_stacks: dict[str, str] = field(default_factory=dict)
+    stack_failures: list[dict[str, Any]] = field(default_factory=list)
+    stack_operation_seconds: float = 0
     stack_failure_seconds: float = 2
     unassumable_roles_seconds: float = 0
 
@@ -169,11 +375,16 @@ def _validate(key: str, value: Any) -> None:
     elif key in ("throttle_operations", "error_operations"):
         ok = value is None or (
             isinstance(value, list) and all(isinstance(v, str) for v in value))
+    elif key == "rate_limit_scope":
+        ok = isinstance(value, dict) and all(
+            v in RATE_LIMIT_SCOPES for v in value.values())
     elif key in ("rate_limits", "response_delays_ms"):
         ok = isinstance(value, dict) and all(_number(v) for v in value.values())
     elif key == "failing_stacks":
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
         _check_regexes(key, value if ok else {})
+    elif key == "stack_failures":
+        ok = isinstance(value, list) and all(_stack_failure_rule_ok(r) for r in value)
     elif key == "create_account_delays":
         ok = isinstance(value, dict) and all(_number(v) for v in value.values())
         _check_regexes(key, value if ok else {})
@@ -181,6 +392,21 @@ def _validate(key: str, value: Any) -> None:
         ok = _number(value)
     if not ok:
         raise ValueError(f"bad value for {key}: {value!r}")
+
+
+def _stack_failure_rule_ok(rule: Any) -> bool:
+    """A `stack_failures` rule: known keys, known operations, valid regexes."""
+    if not isinstance(rule, dict) or set(rule) - STACK_FAILURE_KEYS:
+        return False
+    ops = rule.get("operations", list(STACK_OPERATIONS))
+    params = rule.get("parameters", {})
+    patterns = [rule.get("account", ""), rule.get("stack", "")]
+    if not (isinstance(ops, list) and set(ops) <= set(STACK_OPERATIONS)
+            and isinstance(params, dict) and isinstance(rule.get("reason", ""), str)
+            and all(isinstance(p, str) for p in patterns + list(params.values()))):
+        return False
+    _check_regexes("stack_failures", dict.fromkeys(patterns + list(params.values())))
+    return True
 
 
 def _check_regexes(key: str, patterns: dict[str, Any]) -> None:
@@ -218,7 +444,7 @@ class Call:
     service: str          # credential-scope service, e.g. "organizations"
     operation: str        # e.g. "CreateAccount"
     params: dict[str, Any]
-    protocol: str         # "json", "query" or "rest"
+    protocol: str         # "json", "rest-json", "query" or "rest" (REST-XML)
 
     @property
     def key(self) -> str:
@@ -230,6 +456,13 @@ class Call:
         return m.group(1) if m else ""
 
     @property
+    def region(self) -> str:
+        """The region of the SigV4 credential scope ("" if unsigned)."""
+        m = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/",
+                      self.environ.get("HTTP_AUTHORIZATION", ""))
+        return m.group(1) if m else ""
+
+    @functools.cached_property
     def account(self) -> str:
         """The account moto will act as (moto maps access keys to accounts)."""
         if self.environ.get("HTTP_X_MOTO_ACCOUNT_ID"):
@@ -238,13 +471,22 @@ class Call:
 
         return get_account_id_from(self.access_key)
 
+    @property
+    def is_write(self) -> bool:
+        """A mutating Organizations, CloudFormation or Account Management call."""
+        return self.service in WRITE_SERVICES and not self.operation.startswith(READ_PREFIXES)
+
+    def param(self, name: str) -> str | None:
+        value = self.params.get(name)
+        return value if isinstance(value, str) and value else None
+
 
 @dataclass
 class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
-    fault: bool = False     # an injected throttle or 5xx, not a real answer
+    fault: str = ""         # "throttled" or "error": an injected fault, not a real answer
 
     def json(self) -> Any:
         return json.loads(self.body or b"{}")
@@ -279,6 +521,9 @@ def aws_error(call: Call, status: int, code: str, message: str,
         body = {"__type": code, "Message": message, **fields}
         return json_response(status, body, content_type,
                              [("x-amzn-ErrorType", code)])
+    if call.protocol == "rest-json":
+        return json_response(status, {"__type": code, "message": message, **fields},
+                             extra=[("x-amzn-ErrorType", code)])
     kind = "Receiver" if status >= 500 else "Sender"
     error = (f"<Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
              f"<Message>{escape(message)}</Message></Error>")
@@ -293,30 +538,45 @@ def aws_error(call: Call, status: int, code: str, message: str,
     return Response(status, headers, xml.encode())
 
 
+def query_response(call: Call, result_xml: str) -> Response:
+    """A query-protocol (XML) success answer to the call, as moto writes them."""
+    request_id = str(uuid.uuid4())
+    xmlns = QUERY_XMLNS.get(call.service, f"https://{call.service}.amazonaws.com/doc/")
+    xml = (f'<{call.operation}Response xmlns="{xmlns}"><{call.operation}Result>'
+           f"{result_xml}</{call.operation}Result><ResponseMetadata><RequestId>{request_id}"
+           f"</RequestId></ResponseMetadata></{call.operation}Response>")
+    return Response(200, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)],
+                    xml.encode())
+
+
 def throttling_error(call: Call) -> Response:
     """What AWS answers when a caller exceeds a request rate."""
     if call.service == "organizations":
         resp = aws_error(call, 400, "TooManyRequestsException", ORG_THROTTLE_MESSAGE,
                          Type="TOO_MANY_REQUESTS")
+    elif call.protocol == "rest-json":
+        resp = aws_error(call, 429, "TooManyRequestsException", "Rate exceeded")
     elif call.protocol == "json":
         resp = aws_error(call, 400, "ThrottlingException", "Rate exceeded")
     elif call.protocol == "query":
         resp = aws_error(call, 400, "Throttling", "Rate exceeded")
     else:
         resp = aws_error(call, 503, "SlowDown", "Please reduce your request rate.")
-    return dataclasses.replace(resp, fault=True)
+    return dataclasses.replace(resp, fault="throttled")
 
 
 def internal_error(call: Call) -> Response:
     """What AWS answers on an internal service failure (HTTP 500)."""
     if call.service == "organizations":
         resp = aws_error(call, 500, "ServiceException", ORG_SERVICE_MESSAGE)
+    elif call.protocol == "rest-json":
+        resp = aws_error(call, 500, "InternalServerException", "Internal server error.")
     elif call.protocol == "rest":
         resp = aws_error(call, 500, "InternalError", "We encountered an internal error.")
     else:
         resp = aws_error(call, 500, "InternalFailure",
                          "The request processing has failed because of an unknown error.")
-    return dataclasses.replace(resp, fault=True)
+    return dataclasses.replace(resp, fault="error")
 
 
 # --------------------------------------------------------------------------
@@ -354,11 +614,51 @@ class Creation:
 
 
 @dataclass
-class FailedStack:
-    stack: Any                  # moto Stack
-    resource: str               # logical id of the resource that "failed"
-    resource_type: str
-    rollback_at: float
+class StackSnapshot:
+    """What a rolled-back update gives a stack back."""
+
+    template: Any
+    template_dict: dict[str, Any]
+    parameters: dict[str, Any]
+    input_parameters: dict[str, Any]
+    tags: dict[str, str]
+    role_arn: str | None
+    description: str | None
+
+    @classmethod
+    def of(cls, stack: Any) -> StackSnapshot:
+        return cls(stack.template, copy.deepcopy(stack.template_dict), dict(stack.parameters),
+                   dict(stack.resource_map.input_parameters), dict(stack.tags),
+                   stack.role_arn, stack.description)
+
+
+@dataclass
+class StackOp:
+    """One stack operation (GET /_silo/stack_operations) and the status
+    changes still to come: `steps` are (monotonic due time, step name)."""
+
+    account: str
+    region: str
+    stack_name: str
+    stack_id: str
+    operation: str
+    started: float                       # wall clock
+    stack: Any = None                    # the moto Stack
+    steps: list[tuple[float, str]] = field(default_factory=list)
+    finished: float | None = None
+    result: str | None = None
+    reason: str | None = None            # why it fails, if it does
+    resource: tuple[str, str] = ("", "")  # (logical id, type) that fails
+    snapshot: StackSnapshot | None = None
+    change_set: Any = None               # the moto ChangeSet executed, if any
+    outputs: Any = None                  # the OutputMap hidden while creating
+    token: str | None = None             # its ClientRequestToken
+
+    def public(self) -> dict[str, Any]:
+        return {"account": self.account, "region": self.region,
+                "stack_name": self.stack_name, "stack_id": self.stack_id,
+                "operation": self.operation, "started": self.started,
+                "finished": self.finished, "result": self.result}
 
 
 @dataclass
@@ -371,19 +671,40 @@ class Bucket:
 class State:
     config: Config = field(default_factory=Config)
     creations: dict[str, Creation] = field(default_factory=dict)
+    creation_of_account: dict[str, Creation] = field(default_factory=dict)
+    # Creations that may still be IN_PROGRESS or unlisted (list_accounts_lag_seconds),
+    # so that per-request checks do not walk every creation of a large organization.
+    settling: list[Creation] = field(default_factory=list)
+    # org account -> (moto's accounts list, length seen, last account seen, emails)
+    email_index: dict[str, tuple[list[Any], int, Any, set[str]]] = field(default_factory=dict)
     closing: dict[str, tuple[Any, float]] = field(default_factory=dict)  # id -> (account, until)
-    failed_stacks: list[FailedStack] = field(default_factory=list)
+    stack_ops: collections.deque[StackOp] = field(
+        default_factory=lambda: collections.deque(maxlen=STACK_OPS_LIMIT))
+    stacks_in_flight: list[StackOp] = field(default_factory=list)
+    # (account, region, operation, stack name, ClientRequestToken) -> the operation
+    stack_tokens: dict[tuple[str, str, str, str, str], StackOp] = field(default_factory=dict)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     closes: int = 0
+    log: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=LOG_LIMIT))
+    log_next: int = 0           # seq of the next log entry
+    account_names: dict[str, str] = field(default_factory=dict)  # accounts in no org
     stats: dict[str, Any] = field(default_factory=lambda: {
         "requests": {}, "answered": {}, "throttled": {}, "injected_errors": {},
         "latency_injected": {}, "response_delayed": {}, "accounts_created": 0,
         "create_account_failures": {}, "accounts_closed": 0, "stacks_failed": 0,
-        "assume_role_denied": 0, "sessions": [],
+        "assume_role_denied": 0, "sessions": [], "by_access_key": {},
+        "writes_by_access_key": {},
     })
 
     def count(self, table: str, key: str) -> None:
         self.stats[table][key] = self.stats[table].get(key, 0) + 1
+
+    def count_caller(self, call: Call) -> None:
+        tables = ["by_access_key"] + (["writes_by_access_key"] if call.is_write else [])
+        for table in tables:
+            per_key = self.stats[table].setdefault(call.access_key, {})
+            per_key[call.key] = per_key.get(call.key, 0) + 1
 
 
 def reset_moto() -> None:
@@ -402,6 +723,224 @@ def org_backend(account: str) -> Any:
     return organizations_backends[account][PARTITION]
 
 
+def org_account(account_id: str) -> Any:
+    """Organizations' record (moto FakeAccount) of an account, None if it is
+    in no organization."""
+    from moto.organizations.models import organizations_backends
+
+    backend = org_backend(account_id)
+    if backend.org is None:
+        master = organizations_backends.master_accounts.get(account_id)
+        if master is None:
+            return None
+        backend = organizations_backends[master[0]][master[1]]
+    return next((a for a in backend.accounts if a.id == account_id), None)
+
+
+# --------------------------------------------------------------------------
+# CloudFormation helpers (moto objects; callers hold moto_lock)
+# --------------------------------------------------------------------------
+
+RESOURCE_ATTRIBUTES = ("Properties", "Metadata", "CreationPolicy", "UpdatePolicy",
+                       "DeletionPolicy", "UpdateReplacePolicy", "DependsOn", "Condition")
+
+
+def _stack_by_id(stack_id: str) -> Any:
+    from moto.cloudformation.models import cloudformation_backends
+
+    _, _, _, region, account, _ = stack_id.split(":", 5)
+    return cloudformation_backends[account][region].stacks.get(stack_id)
+
+
+def _stack_account(stack: Any) -> str:
+    return stack.stack_id.split(":")[4]
+
+
+def _member_list(params: dict[str, Any], name: str) -> list[dict[str, str]]:
+    """A query-protocol list of structures (Name.member.N.Field) as dicts."""
+    items: dict[int, dict[str, str]] = {}
+    for key, value in params.items():
+        m = re.fullmatch(rf"{name}\.member\.(\d+)\.(\w+)", key)
+        if m:
+            items.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    return [items[i] for i in sorted(items)]
+
+
+def _parse_template(body: Any) -> dict[str, Any]:
+    from moto.cloudformation.models import Stack
+
+    try:
+        parsed = Stack.parse_template(body) if isinstance(body, str) else body
+    except Exception:  # noqa: BLE001 - moto will say what is wrong with it
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _template_defaults(template: dict[str, Any]) -> dict[str, Any]:
+    slots = template.get("Parameters") or {}
+    return {k: v["Default"] for k, v in slots.items() if isinstance(v, dict) and "Default" in v}
+
+
+def resolved_parameters(call: Call, stack: Any) -> dict[str, Any]:
+    """The parameter values a CreateStack / UpdateStack would run with: the
+    template's defaults, the values passed, previous values (UsePreviousValue)."""
+    if stack is not None and call.param("UsePreviousTemplate") == "true":
+        template = stack.template_dict
+    else:
+        template = _parse_template(call.param("TemplateBody") or "")
+    values = _template_defaults(template)
+    for p in _member_list(call.params, "Parameters"):
+        key = p.get("ParameterKey", "")
+        if p.get("UsePreviousValue") == "true" and stack is not None:
+            values[key] = stack.resource_map.resolved_parameters.get(key)
+        elif "ParameterValue" in p:
+            values[key] = p["ParameterValue"]
+    return values
+
+
+def with_params(call: Call, **overrides: str) -> dict[str, Any]:
+    """The call's WSGI environ with some query-protocol parameters replaced."""
+    from urllib.parse import urlencode
+
+    body = urlencode({**call.params, **overrides}).encode()
+    environ = dict(call.environ, CONTENT_LENGTH=str(len(body)),
+                   CONTENT_TYPE="application/x-www-form-urlencoded")
+    environ["wsgi.input"] = io.BytesIO(body)
+    return environ
+
+
+def not_updatable(call: Call, stack: Any) -> Response:
+    return aws_error(call, 400, "ValidationError",
+                     f"Stack:{stack.stack_id} is in {stack.status} state and can not be updated.")
+
+
+def change_set_not_found(call: Call) -> Response:
+    return aws_error(call, 404, "ChangeSetNotFound",
+                     f"ChangeSet [{call.param('ChangeSetName') or ''}] does not exist")
+
+
+def _no_outputs(stack: Any) -> Any:
+    from moto.cloudformation.parsing import OutputMap
+
+    return OutputMap(stack.resource_map, {"Outputs": {}}, stack.stack_id)
+
+
+def _remove_stack_resources(stack: Any) -> None:
+    """What a failed creation's rollback leaves: no resources, outputs or exports."""
+    from moto.cloudformation.models import cloudformation_backends
+
+    try:
+        stack.resource_map.delete()
+    except Exception as exc:  # noqa: BLE001 - best effort, like a rollback
+        log.warning("rollback of %s left resources: %s", stack.name, exc)
+    # moto maps resolve resources lazily: empty them so nothing comes back.
+    stack.resource_map._resource_json_map = {}
+    stack.output_map._output_json_map = {}
+    _, _, _, region, account, _ = stack.stack_id.split(":", 5)
+    exports = cloudformation_backends[account][region].exports
+    for name in [n for n, e in exports.items() if e.exporting_stack_id == stack.stack_id]:
+        del exports[name]
+
+
+def _restore_stack(stack: Any, snap: StackSnapshot) -> None:
+    """Roll an update back: moto re-applies the previous template and
+    parameters to the resources; the stack gets its previous metadata back."""
+    try:
+        stack.resource_map.update(copy.deepcopy(snap.template_dict), snap.input_parameters)
+    except Exception as exc:  # noqa: BLE001 - best effort, like a rollback
+        log.warning("rollback of %s's update left changes: %s", stack.name, exc)
+    stack.resource_map.input_parameters = dict(snap.input_parameters)
+    stack.template, stack.template_dict = snap.template, snap.template_dict
+    stack.parameters, stack.tags = snap.parameters, snap.tags
+    stack.role_arn, stack.description = snap.role_arn, snap.description
+    stack.output_map = stack._create_output_map()
+
+
+def _references(node: Any) -> set[str]:
+    """Names a template fragment refers to: {"Ref": X} and ${X} in Fn::Sub."""
+    if isinstance(node, list):
+        return set().union(*(_references(n) for n in node))
+    if not isinstance(node, dict):
+        return set()
+    found = set()
+    for key, value in node.items():
+        if key == "Ref" and isinstance(value, str):
+            found.add(value)
+        elif key == "Fn::Sub":
+            text = value[0] if isinstance(value, list) and value else value
+            if isinstance(text, str):
+                found |= set(re.findall(r"\$\{([^!}][^}]*)\}", text))
+        found |= _references(value)
+    return found
+
+
+def _resource_diff(old: dict[str, Any], new: dict[str, Any],
+                   changed_params: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(action, logical id, details) per changed resource, new template's
+    order first, then removals; details: Type, Scope, Replacement."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for logical_id, resource in new.items():
+        before = old.get(logical_id)
+        if before is None:
+            out.append(("Add", logical_id, {"Type": resource.get("Type")}))
+            continue
+        scope = [a for a in RESOURCE_ATTRIBUTES if before.get(a) != resource.get(a)]
+        if not scope and _references(resource) & changed_params:
+            scope = ["Properties"]
+        type_changed = before.get("Type") != resource.get("Type")
+        if scope or type_changed:
+            out.append(("Modify", logical_id, {
+                "Type": resource.get("Type"), "Scope": scope,
+                "Replacement": "True" if type_changed else "Conditional"}))
+    out += [("Remove", logical_id, {"Type": resource.get("Type")})
+            for logical_id, resource in old.items() if logical_id not in new]
+    return out
+
+
+def _first_changed_resource(old: dict[str, Any], new: dict[str, Any],
+                            stack_name: str) -> tuple[str, str]:
+    """(logical id, type) of the resource an update "fails" on."""
+    resources = new.get("Resources") or {}
+    diff = _resource_diff(old.get("Resources") or {}, resources, set())
+    changed = [(lid, d["Type"]) for action, lid, d in diff if action != "Remove"]
+    if changed:
+        return changed[0]
+    first = next(iter(resources), None)
+    if first is None:
+        return stack_name, "AWS::CloudFormation::Stack"
+    return first, resources[first].get("Type", "AWS::CloudFormation::Stack")
+
+
+def change_set_changes(change_set: Any) -> list[Any]:
+    """The Changes of a change set, as moto Change objects with the extra
+    attributes moto's serializer picks up (Replacement, Scope, PhysicalResourceId)."""
+    from moto.cloudformation.models import Change
+
+    stack = change_set.stack
+    creating = change_set.change_set_type == "CREATE"
+    old = {} if creating else (stack.template_dict.get("Resources") or {})
+    old_params = {} if creating else dict(stack.resource_map.resolved_parameters)
+    new_params = {**_template_defaults(change_set.template_dict), **change_set.parameters}
+    changed = {k for k in set(old_params) | set(new_params)
+               if str(old_params.get(k)) != str(new_params.get(k))}
+    changes = []
+    for action, logical_id, details in _resource_diff(
+            old, change_set.template_dict.get("Resources") or {}, changed):
+        change = Change(action, logical_id, details["Type"])
+        if action == "Modify":
+            change.replacement, change.scope = details["Replacement"], details["Scope"]
+        if action != "Add":
+            resource = stack.resource_map._parsed_resources.get(logical_id)
+            try:
+                physical_id = getattr(resource, "physical_resource_id", None)
+            except Exception:  # noqa: BLE001 - some moto models compute it lazily
+                physical_id = None
+            if isinstance(physical_id, str):
+                change.physical_resource_id = physical_id
+        changes.append(change)
+    return changes
+
+
 # --------------------------------------------------------------------------
 # The middleware
 # --------------------------------------------------------------------------
@@ -415,14 +954,16 @@ class SiloLayer:
         # moto's backends are not thread-safe (CloudFormation parses templates and resolves
         # outputs lazily in shared objects): one request at a time reaches moto. Faults,
         # latency and held-back answers happen outside this lock.
-        self.moto_lock = threading.Lock()
+        # Reentrant: a handler may hold it around forward() to read moto state, call
+        # moto and fix up its answer as one step. Lock order: org_lock, moto_lock, lock.
+        self.moto_lock = threading.RLock()
         self.org_lock = threading.Lock()     # serialises check+create / check+close
         self.random = random.Random()
         self.state = State()
 
     def reset(self) -> None:
         """Reset moto and every fault, counter and config key."""
-        with self.org_lock, self.lock:
+        with self.org_lock, self.moto_lock, self.lock:
             reset_moto()
             self.state = State()
 
@@ -441,7 +982,9 @@ class SiloLayer:
                 else:
                     resp = self.forward(environ)
             else:
-                resp = self.handle(self._parse(environ, body))
+                call, started = self._parse(environ, body), time.time()
+                resp = self.handle(call)
+                self.record(call, resp, started)
         headers = list(resp.headers)
         if not any(k.lower() == "content-length" for k, _ in headers):
             headers.append(("Content-Length", str(len(resp.body))))  # moto's stays (HEAD)
@@ -472,6 +1015,16 @@ class SiloLayer:
                       environ.get("HTTP_AUTHORIZATION", ""))
         service = m.group(1).lower() if m else "unknown"
         target = environ.get("HTTP_X_AMZ_TARGET")
+        rest_op = re.fullmatch(r"/([a-z][A-Za-z]+)", environ.get("PATH_INFO", ""))
+        if service == "account" and rest_op and not target:
+            # REST-JSON: POST /putAlternateContact -> PutAlternateContact
+            try:
+                params = json.loads(body or b"{}")
+            except ValueError:
+                params = {}
+            name = rest_op.group(1)
+            return Call(environ, service, name[0].upper() + name[1:],
+                        params if isinstance(params, dict) else {}, "rest-json")
         if target:
             try:
                 params = json.loads(body or b"{}")
@@ -508,11 +1061,13 @@ class SiloLayer:
     # ---- per-request pipeline ---------------------------------------------
 
     def handle(self, call: Call) -> Response:
+        call.account    # noqa: B018 - resolve it (moto's key map) before taking locks
+        self.advance_clock()
         with self.lock:
-            self.advance_clock()
             state = self.state
             cfg = state.config
             state.count("requests", call.key)
+            state.count_caller(call)
             delay = self.random.random() < cfg.latency_rate and cfg.latency_ms > 0
             if delay:
                 state.count("latency_injected", call.key)
@@ -528,7 +1083,20 @@ class SiloLayer:
             "organizations:ListCreateAccountStatus": self.list_create_account_status,
             "organizations:CloseAccount": self.close_account,
             "cloudformation:CreateStack": self.create_stack,
+            "cloudformation:UpdateStack": self.update_stack,
+            "cloudformation:DeleteStack": self.delete_stack,
+            "cloudformation:CreateChangeSet": self.create_change_set,
+            "cloudformation:ExecuteChangeSet": self.execute_change_set,
+            "cloudformation:DescribeChangeSet": self.change_set_call,
+            "cloudformation:DeleteChangeSet": self.change_set_call,
+            "cloudformation:ListChangeSets": self.list_change_sets,
             "sts:AssumeRole": self.assume_role,
+            "organizations:AttachPolicy": self.attach_policy,
+            "account:PutAlternateContact": self.alternate_contact,
+            "account:GetAlternateContact": self.alternate_contact,
+            "account:DeleteAlternateContact": self.alternate_contact,
+            "account:PutAccountName": self.put_account_name,
+            "account:GetAccountInformation": self.get_account_information,
         }.get(call.key)
         if handler is None and call.service == "organizations":
             handler = self.hide_unready_accounts
@@ -554,22 +1122,23 @@ class SiloLayer:
         return float(delays[key]) if key is not None else 0.0
 
     def advance_clock(self) -> None:
-        """Lazy time-based transitions (caller holds the lock): closing accounts
-        become SUSPENDED, failed stacks finish their rollback."""
+        """Lazy time-based transitions, run before every request: closing
+        accounts become SUSPENDED, stack operations take their next steps.
+        Takes moto_lock then lock, and only when something is due."""
         now = time.monotonic()
-        for account_id, (account, until) in list(self.state.closing.items()):
-            if now >= until:
-                if account.status == "PENDING_CLOSURE":
-                    account.status = account.state = "SUSPENDED"
-                del self.state.closing[account_id]
-        for failed in list(self.state.failed_stacks):
-            if now >= failed.rollback_at:
-                self.state.failed_stacks.remove(failed)
-                if failed.stack.status == "CREATE_FAILED":
-                    _stack_event(failed.stack, "DELETE_COMPLETE", failed.resource,
-                                 failed.resource_type)
-                    _stack_event(failed.stack, "ROLLBACK_COMPLETE")
-                    failed.stack.status = "ROLLBACK_COMPLETE"
+        with self.lock:
+            due = any(until <= now for _, until in self.state.closing.values()) or any(
+                op.steps[0][0] <= now for op in self.state.stacks_in_flight)
+        if not due:
+            return
+        with self.moto_lock, self.lock:
+            for account_id, (account, until) in list(self.state.closing.items()):
+                if now >= until:
+                    if account.status == "PENDING_CLOSURE":
+                        account.status = account.state = "SUSPENDED"
+                    del self.state.closing[account_id]
+            for op in list(self.state.stacks_in_flight):
+                self.run_steps(op, now)
 
     def rate_limited(self, call: Call) -> Response | None:
         """Per-key request-rate quotas (token bucket, burst = max(1, rate)) as
@@ -581,7 +1150,7 @@ class SiloLayer:
             return None
         rate, now = float(limits[key]), time.monotonic()
         burst = max(1.0, rate)
-        bucket = self.state.buckets.setdefault(key, Bucket(burst, now))
+        bucket = self.state.buckets.setdefault(self.bucket_key(call, key), Bucket(burst, now))
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1:
@@ -589,6 +1158,19 @@ class SiloLayer:
             return None
         self.state.count("throttled", call.key)
         return throttling_error(call)
+
+    def bucket_key(self, call: Call, limit_key: str) -> str:
+        """The bucket a call draws from for the `rate_limits` key `limit_key`:
+        one for everyone, or one per caller account (and region), as
+        `rate_limit_scope` says (lock held)."""
+        scopes = self.state.config.rate_limit_scope
+        scope_key = _most_specific(call, scopes)
+        scope = scopes[scope_key] if scope_key is not None else "global"
+        if scope == "account":
+            return f"{limit_key}|{call.account}"
+        if scope == "account-region":
+            return f"{limit_key}|{call.account}|{call.region}"
+        return limit_key
 
     def random_fault(self, call: Call) -> Response | None:
         """Random throttling and internal errors, as any AWS API sometimes
@@ -620,8 +1202,7 @@ class SiloLayer:
         with self.org_lock:
             with self.lock:
                 cfg, now = self.state.config, time.monotonic()
-                in_flight = sum(c.state(now) == "IN_PROGRESS"
-                                for c in self.state.creations.values())
+                in_flight = sum(c.state(now) == "IN_PROGRESS" for c in self.settling(now))
                 if cfg.max_concurrent_creations is not None \
                         and in_flight >= cfg.max_concurrent_creations:
                     self.state.count("throttled", call.key)
@@ -643,6 +1224,9 @@ class SiloLayer:
                     ready_at=time.monotonic() + delay, ready_wall=time.time() + delay,
                     account_id=account_id, failure_reason=reason)
                 self.state.creations[request_id] = creation
+                self.state.settling.append(creation)
+                if account_id:
+                    self.state.creation_of_account[account_id] = creation
                 if reason is None:
                     self.state.stats["accounts_created"] += 1
                 else:
@@ -665,11 +1249,27 @@ class SiloLayer:
         """EMAIL_ALREADY_EXISTS / ACCOUNT_LIMIT_EXCEEDED, or None (lock held)."""
         cfg = self.state.config
         email = str(call.params.get("Email", "")).lower()
-        if cfg.unique_emails and any(a.email.lower() == email for a in backend.accounts):
+        if cfg.unique_emails and email in self.org_emails(backend):
             return "EMAIL_ALREADY_EXISTS"
         if cfg.account_limit is not None and len(backend.accounts) >= cfg.account_limit:
             return "ACCOUNT_LIMIT_EXCEEDED"
         return None
+
+    def org_emails(self, backend: Any) -> set[str]:
+        """The lower-cased emails of the organization's accounts (lock held),
+        kept up to date as moto appends accounts instead of rebuilt per
+        creation; rebuilt when the list changed otherwise (an account removed)."""
+        accounts = backend.accounts
+        cached = self.state.email_index.get(backend.account_id)
+        if cached is not None and cached[0] is accounts and len(accounts) >= cached[1] \
+                and (cached[1] == 0 or accounts[cached[1] - 1] is cached[2]):
+            emails = cached[3]
+            emails.update(a.email.lower() for a in accounts[cached[1]:])
+        else:
+            emails = {a.email.lower() for a in accounts}
+        self.state.email_index[backend.account_id] = (
+            accounts, len(accounts), accounts[-1] if accounts else None, emails)
+        return emails
 
     def describe_create_account_status(self, call: Call) -> Response:
         """The status of a creation as time goes by: IN_PROGRESS without an
@@ -703,19 +1303,26 @@ class SiloLayer:
                              "You provided an invalid NextToken or MaxResults value.",
                              Reason="INVALID_NEXT_TOKEN")
         now = time.monotonic()
+        states = call.params.get("States") or ["IN_PROGRESS", "SUCCEEDED", "FAILED"]
         with self.lock:
             ours = [c for c in self.state.creations.values()
                     if c.org_account == backend.account_id]
-            statuses = [c.status(now) for c in ours]
-        known = {c.account_id for c in ours}
-        # Accounts moto made without this layer (none today) still get an entry.
-        statuses += [a.create_account_status["CreateAccountStatus"] for a in backend.accounts
-                     if a.id != backend.org.master_account_id and a.id not in known]
-        statuses.sort(key=lambda s: s["RequestedTimestamp"])
-        states = call.params.get("States") or ["IN_PROGRESS", "SUCCEEDED", "FAILED"]
-        statuses = [s for s in statuses if s["State"] in states]
-        out: dict[str, Any] = {"CreateAccountStatuses": statuses[start:start + size]}
-        if start + size < len(statuses):
+            known = self.state.creation_of_account
+            # (requested at, Creation or moto account): statuses are built for one page.
+            rows: list[tuple[float, Any]] = [(c.requested_at, c) for c in ours
+                                             if c.state(now) in states]
+            # Accounts moto made without this layer (none today) still get an entry.
+            made = sum(1 for c in ours if c.account_id)
+            if "SUCCEEDED" in states and len(backend.accounts) > made + 1:
+                rows += [(a.create_account_status["CreateAccountStatus"]["RequestedTimestamp"], a)
+                         for a in backend.accounts
+                         if a.id != backend.org.master_account_id and a.id not in known]
+            rows.sort(key=lambda row: row[0])
+            page = [c.status(now) if isinstance(c, Creation)
+                    else c.create_account_status["CreateAccountStatus"]
+                    for _, c in rows[start:start + size]]
+        out: dict[str, Any] = {"CreateAccountStatuses": page}
+        if start + size < len(rows):
             out["NextToken"] = str(start + size)
         return json_response(200, out, ORG_JSON)
 
@@ -729,16 +1336,24 @@ class SiloLayer:
         is never in either."""
         now = time.monotonic()
         with self.lock:
-            lag = self.state.config.list_accounts_lag_seconds
             pending, unlisted = set(), set()
-            for c in self.state.creations.values():
+            for c in self.settling(now):
                 if not c.account_id:
                     continue
                 if c.state(now) == "IN_PROGRESS":
                     pending.add(c.account_id)
-                elif now < c.ready_at + lag:
+                else:
                     unlisted.add(c.account_id)
             return pending, unlisted
+
+    def settling(self, now: float) -> list[Creation]:
+        """Creations still IN_PROGRESS or unlisted (lock held). A creation
+        leaves this list once listed; raising the lag later does not hide it
+        again."""
+        lag = self.state.config.list_accounts_lag_seconds
+        self.state.settling = [c for c in self.state.settling
+                               if now < c.ready_at + (lag if c.account_id else 0)]
+        return self.state.settling
 
     def hide_unready_accounts(self, call: Call) -> Response:
         """An account whose creation is IN_PROGRESS does not exist yet: it is
@@ -804,55 +1419,458 @@ class SiloLayer:
                     self.state.closing[account_id] = (account, time.monotonic() + pending)
         return resp
 
+    # ---- Organizations: service control policies ---------------------------
+
+    def attach_policy(self, call: Call) -> Response:
+        """AttachPolicy: at most SCP_ATTACHMENT_LIMIT SCPs on one root, OU or
+        account (FullAWSAccess counts), and a policy attached twice is
+        DuplicatePolicyAttachmentException; the rest is moto's."""
+        backend = org_backend(call.account)
+        with self.moto_lock:
+            policy = next((p for p in backend.policies if p.id == call.param("PolicyId")), None)
+            target_id = call.param("TargetId")
+            target = next((t for t in itertools.chain(backend.ou, backend.accounts)
+                           if t.id == target_id), None)
+            if policy is not None and target is not None:
+                if policy in target.attached_policies:
+                    return aws_error(call, 400, "DuplicatePolicyAttachmentException",
+                                     "The selected policy is already attached to the "
+                                     "specified target.")
+                same_type = sum(p.type == policy.type for p in target.attached_policies)
+                if policy.type == "SERVICE_CONTROL_POLICY" and same_type >= SCP_ATTACHMENT_LIMIT:
+                    return aws_error(
+                        call, 400, "ConstraintViolationException",
+                        "You have attached the maximum number of policies of this type "
+                        "to the specified target.",
+                        Reason="MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED")
+            return self.forward(call.environ)
+
+    # ---- Account Management --------------------------------------------------
+
+    def account_target(self, call: Call) -> tuple[str, Response | None]:
+        """The account an Account Management call acts on, or the error AWS
+        answers instead (see the module docstring)."""
+        target = call.param("AccountId")
+        if target is None:
+            return call.account, None
+        denied = (f"User: arn:aws:iam::{call.account}:user/moto is not authorized to perform: "
+                  f"account:{call.operation} on resource: arn:aws:account::{call.account}"
+                  f":account/{target}")
+        backend = org_backend(call.account)
+        if backend.org is None or backend.org.master_account_id != call.account:
+            return target, aws_error(call, 403, "AccessDeniedException",
+                                     f"{denied} (only the management account of the "
+                                     "organization can specify an AccountId)")
+        if target == call.account:
+            return target, aws_error(call, 400, "ValidationException",
+                                     "The management account can't specify its own AccountId; "
+                                     "call the operation without AccountId.")
+        if not any(s.get("ServicePrincipal") == ACCOUNT_PRINCIPAL for s in backend.services):
+            return target, aws_error(call, 403, "AccessDeniedException",
+                                     f"{denied} (trusted access for the AWS Account Management "
+                                     f"service ({ACCOUNT_PRINCIPAL}) is not enabled in your "
+                                     "organization)")
+        if target in self.pending_accounts() or not any(a.id == target for a in backend.accounts):
+            return target, aws_error(call, 404, "ResourceNotFoundException",
+                                     f"The account {target} could not be found in your "
+                                     "organization.")
+        return target, None
+
+    def alternate_contact(self, call: Call) -> Response:
+        """Put/Get/DeleteAlternateContact: moto keeps the contacts; the layer
+        checks who may act on which account, and answers a missing contact
+        with AWS's 404 (moto: 400 on get, nothing on delete)."""
+        target, error = self.account_target(call)
+        if error is not None:
+            return error
+        from moto.account.models import account_backends
+
+        with self.moto_lock:
+            kind = call.param("AlternateContactType")
+            if call.operation != "PutAlternateContact" and kind in CONTACT_TYPES \
+                    and kind not in account_backends[target][PARTITION]._alternate_contacts:
+                return aws_error(call, 404, "ResourceNotFoundException",
+                                 "No contact of the inputted alternate contact type found.")
+            return self.forward(call.environ)
+
+    def put_account_name(self, call: Call) -> Response:
+        """PutAccountName (moto lacks it): renames the account in
+        Organizations, where it has one."""
+        target, error = self.account_target(call)
+        if error is not None:
+            return error
+        name = call.params.get("AccountName")
+        if not isinstance(name, str) or not re.fullmatch(r"[ -;=?-~]{1,50}", name):
+            return aws_error(call, 400, "ValidationException",
+                             "1 validation error detected: Value at 'accountName' failed to "
+                             "satisfy constraint: Member must have length between 1 and 50 "
+                             "and match pattern [ -;=?-~]+")
+        with self.moto_lock:
+            account = org_account(target)
+            if account is not None:
+                account.name = name
+            else:
+                with self.lock:
+                    self.state.account_names[target] = name
+        return json_response(200, {})
+
+    def get_account_information(self, call: Call) -> Response:
+        """GetAccountInformation (moto lacks it), from Organizations' record."""
+        target, error = self.account_target(call)
+        if error is not None:
+            return error
+        from moto.core.utils import iso_8601_datetime_with_milliseconds
+
+        out: dict[str, Any] = {"AccountId": target}
+        with self.moto_lock:
+            account = org_account(target)
+            if account is not None:
+                out.update(AccountName=account.name,
+                           AccountCreatedDate=iso_8601_datetime_with_milliseconds(
+                               account.create_time),
+                           AccountState="SUSPENDED" if account.status in (
+                               "PENDING_CLOSURE", "SUSPENDED") else "ACTIVE")
+        with self.lock:
+            if account is None and target in self.state.account_names:
+                out["AccountName"] = self.state.account_names[target]
+        return json_response(200, out)
+
     # ---- CloudFormation ----------------------------------------------------
 
+    STEP_FROM = {   # the status a stack must still be in for a step to apply
+        "create_complete": "CREATE_IN_PROGRESS",
+        "create_failed": "CREATE_IN_PROGRESS",
+        "rollback_complete": "CREATE_FAILED",
+        "update_complete": "UPDATE_IN_PROGRESS",
+        "update_failed": "UPDATE_IN_PROGRESS",
+        "update_rollback_complete": "UPDATE_ROLLBACK_IN_PROGRESS",
+    }
+
     def create_stack(self, call: Call) -> Response:
-        """A stack whose name matches `failing_stacks` fails to create: one
-        resource is CREATE_FAILED with the configured reason, the stack is
-        CREATE_FAILED, nothing it made remains, and after
-        `stack_failure_seconds` it is ROLLBACK_COMPLETE."""
-        name = call.params.get("StackName", "")
-        with self.lock:
-            reason = next((r for p, r in self.state.config.failing_stacks.items()
-                           if re.search(p, name)), None)
+        """moto creates the stack at once; the layer reports it
+        CREATE_IN_PROGRESS for `stack_operation_seconds`, or makes it fail
+        (`failing_stacks`, `stack_failures`): see the module docstring."""
+        name = call.param("StackName") or ""
+        parameters = resolved_parameters(call, None)
+        with self.moto_lock:
+            with self.lock:
+                retried = self.retried_stack_op(call, name)
+                if retried is not None:
+                    return retried
+                reason = self.stack_failure("CreateStack", call.account, name, parameters)
+            resp = self.forward(call.environ)
+            m = re.search(rb"<StackId>([^<]+)</StackId>", resp.body)
+            stack = _stack_by_id(m.group(1).decode()) if resp.status == 200 and m else None
+            if stack is not None:
+                with self.lock:
+                    self.start_creation(stack, "CreateStack", reason, token=call.param(
+                        "ClientRequestToken"))
+        return resp
+
+    def update_stack(self, call: Call) -> Response:
+        """moto updates the stack at once; the layer reports it
+        UPDATE_IN_PROGRESS for `stack_operation_seconds`, refuses to update a
+        stack that is not in a stable state, or makes the update fail and roll
+        back (`stack_failures`)."""
+        with self.moto_lock:
+            stack = self.find_stack(call, call.param("StackName"))
+            if stack is None:
+                return self.forward(call.environ)   # moto's "does not exist"
+            with self.lock:
+                retried = self.retried_stack_op(call, stack.name)
+            if retried is not None:
+                return retried
+            if stack.status not in UPDATABLE_STACK:
+                return not_updatable(call, stack)
+            parameters = resolved_parameters(call, stack)
+            snapshot = StackSnapshot.of(stack)
+            with self.lock:
+                reason = self.stack_failure("UpdateStack", _stack_account(stack),
+                                            stack.name, parameters)
+            resp = self.forward(call.environ)
+            if resp.status == 200:
+                with self.lock:
+                    self.start_update(stack, "UpdateStack", reason, snapshot,
+                                      token=call.param("ClientRequestToken"))
+        return resp
+
+    def delete_stack(self, call: Call) -> Response:
+        """moto deletes at once; the layer records the deletion and ends any
+        operation still in flight on the stack."""
+        with self.moto_lock:
+            stack = self.find_stack(call, call.param("StackName"))
+            resp = self.forward(call.environ)
+            if resp.status == 200 and stack is not None and stack.status == "DELETE_COMPLETE":
+                with self.lock:
+                    now = time.monotonic()
+                    for op in [o for o in self.state.stacks_in_flight if o.stack is stack]:
+                        self.finish(op, now)
+                    self.begin(self.stack_op(stack, "DeleteStack"), now)
+        return resp
+
+    def create_change_set(self, call: Call) -> Response:
+        """moto makes the change set; the layer replaces its Changes with its
+        own comparison of the old and new template (see the module docstring)."""
+        with self.moto_lock:
+            resp = self.forward(call.environ)
+            m = re.search(rb"<Id>([^<]+)</Id>", resp.body)
+            if resp.status == 200 and m:
+                change_set = self.cfn_backend(call).change_sets.get(m.group(1).decode())
+                if change_set is not None:
+                    change_set.changes = change_set_changes(change_set)
+        return resp
+
+    def execute_change_set(self, call: Call) -> Response:
+        """Executing a change set is a creation or an update of its stack, with
+        the same timing and failure rules; the layer also applies what moto
+        forgets (the change set's tags and parameters, the new outputs)."""
+        with self.moto_lock:
+            change_set = self.find_change_set(call)
+            if change_set is None:
+                return change_set_not_found(call)
+            stack = change_set.stack
+            if change_set.execution_status != "AVAILABLE":
+                return aws_error(call, 400, "InvalidChangeSetStatus",
+                                 f"ChangeSet [{change_set.change_set_id}] cannot be executed "
+                                 f"in its current status of [{change_set.execution_status}]")
+            creating = change_set.change_set_type == "CREATE"
+            if not creating and stack.status not in UPDATABLE_STACK:
+                return not_updatable(call, stack)
+            parameters = {**_template_defaults(change_set.template_dict),
+                          **change_set.parameters}
+            snapshot = None if creating else StackSnapshot.of(stack)
+            with self.lock:
+                reason = self.stack_failure("CreateStack" if creating else "UpdateStack",
+                                            _stack_account(stack), stack.name, parameters)
+            resp = self.forward(with_params(call, ChangeSetName=change_set.change_set_id))
+            if resp.status != 200:
+                return resp
+            stack.template_dict = copy.deepcopy(change_set.template_dict)
+            stack.description = stack.template_dict.get("Description")
+            stack.parameters = dict(change_set.parameters)
+            if change_set.tags:
+                stack.tags = dict(change_set.tags)
+            stack.output_map = stack._create_output_map()
+            with self.lock:
+                if creating:
+                    self.start_creation(stack, "ExecuteChangeSet", reason, change_set)
+                else:
+                    self.start_update(stack, "ExecuteChangeSet", reason, snapshot, change_set)
+        return resp
+
+    def change_set_call(self, call: Call) -> Response:
+        """DescribeChangeSet / DeleteChangeSet: the change set named within
+        StackName (moto ignores StackName), ChangeSetNotFound if there is
+        none (moto: a 500 on delete)."""
+        with self.moto_lock:
+            change_set = self.find_change_set(call)
+            if change_set is None:
+                return change_set_not_found(call)
+            return self.forward(with_params(call, ChangeSetName=change_set.change_set_id))
+
+    def list_change_sets(self, call: Call) -> Response:
+        """ListChangeSets: only StackName's change sets (moto lists them all)."""
         resp = self.forward(call.environ)
-        if reason is None or resp.status != 200:
+        stack = call.param("StackName")
+        if resp.status != 200 or not stack:
             return resp
-        m = re.search(rb"<StackId>([^<]+)</StackId>", resp.body)
-        if not m:
-            return resp
-        stack_id = m.group(1).decode()
-        _, _, _, region, account, _ = stack_id.split(":", 5)
+
+        def keep(m: re.Match[bytes]) -> bytes:
+            names = re.findall(rb"<Stack(?:Name|Id)>([^<]*)</Stack(?:Name|Id)>", m.group(0))
+            return m.group(0) if stack.encode() in names else b""
+
+        body = re.sub(rb"<member>.*?</member>", keep, resp.body, flags=re.S)
+        headers = [(k, v) for k, v in resp.headers if k.lower() != "content-length"]
+        return Response(resp.status, headers, body)
+
+    def cfn_backend(self, call: Call) -> Any:
         from moto.cloudformation.models import cloudformation_backends
 
-        cfn = cloudformation_backends[account][region]
-        stack = cfn.stacks[stack_id]
-        resources = stack.template_dict.get("Resources") or {}
-        logical_id = next(iter(resources), name)
-        resource_type = (resources.get(logical_id) or {}).get("Type", "AWS::CloudFormation::Stack")
-        with self.lock:
-            try:
-                stack.resource_map.delete()
-            except Exception as exc:  # noqa: BLE001 - best effort, like a rollback
-                log.warning("rollback of %s left resources: %s", name, exc)
-            # moto maps resolve resources lazily: empty them so nothing comes back.
-            stack.resource_map._resource_json_map = {}
-            stack.output_map._output_json_map = {}
-            for export_name in [n for n, e in cfn.exports.items()
-                                if e.exporting_stack_id == stack_id]:
-                del cfn.exports[export_name]
-            stack.events = [e for e in stack.events if e.resource_status != "CREATE_COMPLETE"]
-            _stack_event(stack, "CREATE_IN_PROGRESS", logical_id, resource_type)
-            _stack_event(stack, "CREATE_FAILED", logical_id, resource_type, reason)
-            summary = f"The following resource(s) failed to create: [{logical_id}]. "
-            _stack_event(stack, "CREATE_FAILED", reason=summary)
-            stack.status = "CREATE_FAILED"
-            stack.stack_status_reason = summary
+        return cloudformation_backends[call.account][call.region or "us-east-1"]
+
+    def find_stack(self, call: Call, name: str | None) -> Any:
+        """moto's stack by name or id, None if unknown (moto_lock held)."""
+        try:
+            return self.cfn_backend(call).get_stack(name) if name else None
+        except Exception:  # noqa: BLE001 - moto's ValidationError: no such stack
+            return None
+
+    def find_change_set(self, call: Call) -> Any:
+        """The change set ChangeSetName names: an ARN, or a name within
+        StackName when given (moto_lock held); None if there is none."""
+        backend = self.cfn_backend(call)
+        name, stack = call.param("ChangeSetName") or "", call.param("StackName")
+        if name in backend.change_sets:
+            return backend.change_sets[name]
+        found = [cs for cs in backend.change_sets.values() if cs.change_set_name == name
+                 and (stack is None or stack in (cs.stack_name, cs.stack_id))]
+        return found[-1] if found else None
+
+    def retried_stack_op(self, call: Call, stack_name: str) -> Response | None:
+        """The answer to a CreateStack / UpdateStack that repeats an earlier
+        one's ClientRequestToken: that operation's StackId (lock held)."""
+        token = call.param("ClientRequestToken")
+        op = self.state.stack_tokens.get(
+            (call.account, call.region, call.operation, stack_name, token or ""))
+        if token is None or op is None or op.stack.status == "DELETE_COMPLETE":
+            return None
+        return query_response(call, f"<StackId>{escape(op.stack_id)}</StackId>")
+
+    def stack_failure(self, operation: str, account: str, stack_name: str,
+                      parameters: dict[str, Any]) -> str | None:
+        """The reason the operation fails, from `failing_stacks` (CreateStack
+        only) then `stack_failures`; None if it succeeds (lock held)."""
+        cfg = self.state.config
+        if operation == "CreateStack":
+            reason = next((r for p, r in cfg.failing_stacks.items() if re.search(p, stack_name)),
+                          None)
+            if reason is not None:
+                return reason
+        for rule in cfg.stack_failures:
+            if operation not in rule.get("operations", STACK_OPERATIONS):
+                continue
+            if not re.search(rule.get("account", ""), account) \
+                    or not re.search(rule.get("stack", ""), stack_name):
+                continue
+            if all(name in parameters and re.search(pattern, str(parameters[name]))
+                   for name, pattern in rule.get("parameters", {}).items()):
+                return rule.get("reason", DEFAULT_STACK_FAILURE)
+        return None
+
+    # Stack operations over time. Everything below runs with moto_lock and lock held.
+
+    def stack_op(self, stack: Any, operation: str, change_set: Any = None,
+                 token: str | None = None) -> StackOp:
+        _, _, _, region, account, _ = stack.stack_id.split(":", 5)
+        op = StackOp(account, region, stack.name, stack.stack_id, operation, time.time(),
+                     stack=stack, change_set=change_set, token=token)
+        if token:
+            self.state.stack_tokens[(account, region, operation, stack.name, token)] = op
+        return op
+
+    def start_creation(self, stack: Any, operation: str, reason: str | None,
+                       change_set: Any = None, token: str | None = None) -> None:
+        """A stack moto just created: CREATE_IN_PROGRESS without outputs, then
+        CREATE_COMPLETE; or, if it fails, nothing it made remains, and it
+        goes CREATE_FAILED, then ROLLBACK_COMPLETE."""
+        cfg, now = self.state.config, time.monotonic()
+        op = self.stack_op(stack, operation, change_set, token)
+        stack.events = [e for e in stack.events if e.resource_status != "CREATE_COMPLETE"]
+        stack.status = "CREATE_IN_PROGRESS"
+        done = now + cfg.stack_operation_seconds
+        if reason is None:
+            op.outputs = stack.output_map
+            stack.output_map = _no_outputs(stack)
+            op.steps = [(done, "create_complete")]
+        else:
+            resources = stack.template_dict.get("Resources") or {}
+            logical_id = next(iter(resources), stack.name)
+            op.reason = reason
+            op.resource = (logical_id, (resources.get(logical_id) or {}).get(
+                "Type", "AWS::CloudFormation::Stack"))
+            _remove_stack_resources(stack)
+            op.steps = [(done, "create_failed"),
+                        (done + cfg.stack_failure_seconds, "rollback_complete")]
             self.state.stats["stacks_failed"] += 1
-            self.state.failed_stacks.append(FailedStack(
-                stack, logical_id, resource_type,
-                time.monotonic() + self.state.config.stack_failure_seconds))
-        return resp
+        self.begin(op, now)
+
+    def start_update(self, stack: Any, operation: str, reason: str | None,
+                     snapshot: StackSnapshot, change_set: Any = None,
+                     token: str | None = None) -> None:
+        """A stack moto just updated: UPDATE_IN_PROGRESS, then UPDATE_COMPLETE;
+        or, if it fails, UPDATE_ROLLBACK_IN_PROGRESS, then
+        UPDATE_ROLLBACK_COMPLETE with the previous template, parameters,
+        outputs and tags."""
+        cfg, now = self.state.config, time.monotonic()
+        op = self.stack_op(stack, operation, change_set, token)
+        if stack.events and stack.events[-1].resource_status == "UPDATE_COMPLETE":
+            stack.events.pop()
+        stack.status = "UPDATE_IN_PROGRESS"
+        stack.stack_status_reason = None
+        done = now + cfg.stack_operation_seconds
+        if reason is None:
+            op.steps = [(done, "update_complete")]
+        else:
+            op.reason, op.snapshot = reason, snapshot
+            op.resource = _first_changed_resource(snapshot.template_dict, stack.template_dict,
+                                                  stack.name)
+            op.steps = [(done, "update_failed"),
+                        (done + cfg.stack_failure_seconds, "update_rollback_complete")]
+            self.state.stats["stacks_failed"] += 1
+        self.begin(op, now)
+
+    def begin(self, op: StackOp, now: float) -> None:
+        self.state.stack_ops.append(op)
+        if op.change_set is not None:
+            op.change_set.execution_status = "EXECUTE_IN_PROGRESS"
+        if not op.steps:
+            self.finish(op, now)
+            return
+        self.state.stacks_in_flight.append(op)
+        self.run_steps(op, now)
+
+    def run_steps(self, op: StackOp, now: float) -> None:
+        """Take the steps that are due; a stack no longer in the status a step
+        expects (deleted meanwhile) ends the operation there."""
+        while op.steps and op.steps[0][0] <= now:
+            due, step = op.steps.pop(0)
+            if op.stack.status != self.STEP_FROM[step]:
+                self.finish(op, due)
+                return
+            getattr(self, f"step_{step}")(op)
+            if not op.steps:
+                self.finish(op, due)
+
+    def finish(self, op: StackOp, due: float) -> None:
+        """The operation ended (due: monotonic) in the stack's current status."""
+        op.steps = []
+        op.finished = time.time() - (time.monotonic() - due)
+        op.result = op.stack.status
+        if op.change_set is not None:
+            op.change_set.execution_status = "EXECUTE_FAILED" if op.reason else "EXECUTE_COMPLETE"
+        if op in self.state.stacks_in_flight:
+            self.state.stacks_in_flight.remove(op)
+
+    def step_create_complete(self, op: StackOp) -> None:
+        op.stack.output_map = op.outputs
+        _stack_event(op.stack, "CREATE_COMPLETE")
+        op.stack.status = "CREATE_COMPLETE"
+
+    def step_create_failed(self, op: StackOp) -> None:
+        stack, (logical_id, resource_type) = op.stack, op.resource
+        _stack_event(stack, "CREATE_IN_PROGRESS", logical_id, resource_type)
+        _stack_event(stack, "CREATE_FAILED", logical_id, resource_type, op.reason)
+        summary = f"The following resource(s) failed to create: [{logical_id}]. "
+        _stack_event(stack, "CREATE_FAILED", reason=summary)
+        stack.status = "CREATE_FAILED"
+        stack.stack_status_reason = summary
+
+    def step_rollback_complete(self, op: StackOp) -> None:
+        logical_id, resource_type = op.resource
+        _stack_event(op.stack, "DELETE_COMPLETE", logical_id, resource_type)
+        _stack_event(op.stack, "ROLLBACK_COMPLETE")
+        op.stack.status = "ROLLBACK_COMPLETE"
+
+    def step_update_complete(self, op: StackOp) -> None:
+        _stack_event(op.stack, "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS")
+        _stack_event(op.stack, "UPDATE_COMPLETE")
+        op.stack.status = "UPDATE_COMPLETE"
+
+    def step_update_failed(self, op: StackOp) -> None:
+        stack, (logical_id, resource_type) = op.stack, op.resource
+        _stack_event(stack, "UPDATE_IN_PROGRESS", logical_id, resource_type)
+        _stack_event(stack, "UPDATE_FAILED", logical_id, resource_type, op.reason)
+        summary = f"The following resource(s) failed to update: [{logical_id}]. "
+        _stack_event(stack, "UPDATE_ROLLBACK_IN_PROGRESS", reason=summary)
+        stack.status = "UPDATE_ROLLBACK_IN_PROGRESS"
+        stack.stack_status_reason = summary
+
+    def step_update_rollback_complete(self, op: StackOp) -> None:
+        assert op.snapshot is not None
+        _restore_stack(op.stack, op.snapshot)
+        _stack_event(op.stack, "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS")
+        _stack_event(op.stack, "UPDATE_ROLLBACK_COMPLETE")
+        op.stack.status = "UPDATE_ROLLBACK_COMPLETE"
 
     # ---- STS -----------------------------------------------------------------
 
@@ -865,8 +1883,7 @@ class SiloLayer:
         target = parts[4] if len(parts) > 5 else ""
         self.record_session(call, role_arn)
         with self.lock:
-            creation = next((c for c in self.state.creations.values()
-                             if c.account_id == target and c.account_id), None)
+            creation = self.state.creation_of_account.get(target)
             wait = self.state.config.unassumable_roles_seconds
             denied = creation is not None and \
                 time.monotonic() < creation.ready_at + wait
@@ -893,6 +1910,48 @@ class SiloLayer:
             sessions.append(session)
             del sessions[:-500]
 
+    # ---- request log ----------------------------------------------------------
+
+    def record(self, call: Call, resp: Response, started: float) -> None:
+        """Append the answered request to the log (see the module docstring)."""
+        entry: dict[str, Any] = {
+            "time": started, "duration": time.time() - started,
+            "service": call.service, "operation": call.operation, "key": call.key,
+            "caller_account": call.account, "access_key": call.access_key,
+            "user_agent": call.environ.get("HTTP_USER_AGENT", ""),
+            "status": resp.status, "outcome": resp.fault or "answered",
+        }
+        if call.param("StackName"):
+            entry["stack_name"] = call.param("StackName")
+        account_id = call.param("AccountId") or call.param("ResourceId") or call.param("ChildId")
+        if account_id:
+            entry["account_id"] = account_id
+        if call.region:
+            entry["region"] = call.region
+        with self.lock:
+            entry["seq"] = self.state.log_next
+            self.state.log_next += 1
+            self.state.log.append(entry)
+
+    def read_log(self, query: str) -> Response:
+        """GET /_silo/log?since=N&limit=L."""
+        args = {k: v[-1] for k, v in parse_qs(query).items()}
+        try:
+            since, limit = int(args.get("since", 0)), int(args.get("limit", LOG_PAGE))
+            if since < 0 or limit < 0:
+                raise ValueError
+        except ValueError:
+            return json_response(400, {"error": "since and limit must be integers >= 0"})
+        with self.lock:
+            log = self.state.log
+            first = log[0]["seq"] if log else self.state.log_next
+            start = max(0, since - first)
+            entries = list(itertools.islice(log, start, start + limit))
+            last = self.state.log_next
+        nxt = entries[-1]["seq"] + 1 if entries else min(max(since, first), last)
+        return json_response(200, {"next": nxt, "entries": entries, "more": nxt < last,
+                                    "dropped": max(0, first - since)})
+
     # ---- admin API ------------------------------------------------------------
 
     def admin(self, environ: dict[str, Any], path: str) -> Response:
@@ -912,7 +1971,7 @@ class SiloLayer:
                 updates = json.loads(raw or b"{}")
                 with self.lock:
                     self.state.config = self.state.config.merged(updates)
-                    if "rate_limits" in updates:
+                    if "rate_limits" in updates or "rate_limit_scope" in updates:
                         self.state.buckets.clear()
                     return json_response(200, dataclasses.asdict(self.state.config))
             except ValueError as exc:
@@ -923,7 +1982,14 @@ class SiloLayer:
                 stats = json.loads(json.dumps(self.state.stats))
             return json_response(200, {**stats, "accounts_pending": sorted(pending),
                                        "accounts_unlisted": sorted(unlisted)})
-        known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats"}
+        if route == ("GET", "/_silo/log"):
+            return self.read_log(environ.get("QUERY_STRING", ""))
+        if route == ("GET", "/_silo/stack_operations"):
+            self.advance_clock()
+            with self.lock:
+                return json_response(200, [op.public() for op in self.state.stack_ops])
+        known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats",
+                 "/_silo/log", "/_silo/stack_operations"}
         if path.rstrip("/") in known:
             return json_response(405, {"error": f"{method} not allowed on {path}"})
         return json_response(404, {"error": f"no admin endpoint {path}"})
@@ -945,13 +2011,181 @@ def _stack_event(stack: Any, status: str, logical_id: str | None = None,
 
 
 # --------------------------------------------------------------------------
+# moto speed-ups for large organizations
+# --------------------------------------------------------------------------
+#
+# At 6,000 accounts moto 5.2.5 spent 100-250 ms on every request (see
+# scale_check.py), growing with the organization. Five targeted monkeypatches,
+# applied by build_app(), keep moto's behaviour and remove the cost:
+#
+# 1. get_account_id_from (moto.iam.models): moto maps the request's access key
+#    to an account by walking every account's IAM backends, twice per request,
+#    creating an IAM backend for each of the six partitions of each account as
+#    it goes. AccessKeyAccounts remembers the account of each key (checked on
+#    every use), walks only the backends that exist, and remembers keys that
+#    are in no account (such as "testing") until moto makes a new access key.
+# 2. list_of_moto_modules (moto.backends): listed moto's package directory on
+#    disk for every request; its answer never changes, so it is cached.
+# 3. OrganizationsBackend.create_account: moto attached FullAWSAccess and
+#    RCPFullAWSAccess to a new account through attach_policy, which looks the
+#    account up among all of them (twice). The replacement attaches them to the
+#    new account directly; otherwise it is moto's code.
+# 4. OrganizationsBackend.list_accounts / list_accounts_for_parent: moto
+#    described every account and scanned them all for the NextToken on every
+#    page. The replacements describe one page and find the token with a list
+#    lookup; same order (join time), same page sizes (100 / 20 by default),
+#    NextToken is the base64 of the next page's first account id (and parent).
+# 5. BackendDict._create_account_specific_backend (moto.core.base_backend): run
+#    on every backends[account] lookup (several per request), it copied the list
+#    of every account id to see whether the account is known. The replacement
+#    is moto's code with a dict lookup instead.
+
+
+class AccessKeyAccounts:
+    """A drop-in for moto.iam.models.get_account_id_from (see above)."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, str] = {}     # access key -> account holding it
+        self.unknown: set[str] = set()      # keys no account held at the last walk
+
+    def __call__(self, access_key: str) -> str:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.iam.models import iam_backends
+
+        account = self.known.get(access_key)
+        if account is not None and self.holds(iam_backends.get(account), access_key):
+            return account
+        if access_key in self.unknown:
+            return DEFAULT_ACCOUNT_ID
+        for account_id, partitions in list(iam_backends.items()):
+            if self.holds(partitions, access_key):
+                self.known[access_key] = account_id
+                return account_id
+        self.unknown.add(access_key)
+        return DEFAULT_ACCOUNT_ID
+
+    @staticmethod
+    def holds(partitions: Any, access_key: str) -> bool:
+        # dict.values: the partitions that exist, without creating the others.
+        return partitions is not None and any(
+            access_key in backend.access_keys for backend in list(dict.values(partitions)))
+
+    def new_key(self) -> None:
+        self.unknown.clear()
+
+
+def _page_token(*parts: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
+
+
+def _account_page(backend: Any, accounts: list[Any], max_results: Any, next_token: Any,
+                  default: int, scope: str = "") -> tuple[list[Any], str | None]:
+    """One page of `accounts` (in order) starting at NextToken."""
+    import base64
+
+    from moto.organizations.exceptions import InvalidInputException
+
+    size = int(max_results or default)
+    start = 0
+    if next_token:
+        try:
+            token_scope, first = base64.urlsafe_b64decode(next_token).decode().split("|")
+            if token_scope != scope:
+                raise ValueError
+            start = [a.id for a in accounts].index(first)
+        except ValueError:
+            raise InvalidInputException("You specified an invalid value for nextToken.")
+    end = start + size
+    token = _page_token(scope, accounts[end].id) if end < len(accounts) else None
+    return accounts[start:end], token
+
+
+def _create_account(self: Any, **kwargs: Any) -> dict[str, Any]:
+    from moto.organizations import utils
+    from moto.organizations.exceptions import AWSOrganizationsNotInUseException
+    from moto.organizations.models import FakeAccount, organizations_backends
+
+    if self.org is None:
+        raise AWSOrganizationsNotInUseException
+    new_account = FakeAccount(self.org, **kwargs)
+    self.accounts.append(new_account)
+    for policy_id in (utils.DEFAULT_SCP_POLICY_ID, utils.DEFAULT_RCP_POLICY_ID):
+        policy = self.get_policy_by_id(policy_id)
+        new_account.attached_policies.append(policy)
+        policy.attachments.append(new_account)
+    organizations_backends.master_accounts[new_account.id] = (self.account_id, self.partition)
+    return new_account.create_account_status
+
+
+def _list_accounts(self: Any, max_results: Any = None, next_token: Any = None) -> Any:
+    accounts = sorted(self.accounts, key=lambda a: a.create_time)
+    page, token = _account_page(self, accounts, max_results, next_token, 100)
+    return [a.describe() for a in page], token
+
+
+def _list_accounts_for_parent(self: Any, parent_id: str, max_results: Any = None,
+                              next_token: Any = None) -> Any:
+    parent_id = self.validate_parent_id(parent_id)
+    accounts = sorted((a for a in self.accounts if a.parent_id == parent_id),
+                      key=lambda a: a.create_time)
+    return _account_page(self, accounts, max_results, next_token, 20, parent_id)
+
+
+def _create_account_specific_backend(self: Any, account_id: str) -> None:
+    from moto.core.base_backend import AccountSpecificBackend, BackendDict, backend_lock
+
+    if dict.__contains__(self, account_id):
+        return
+    with backend_lock:
+        if not dict.__contains__(self, account_id):
+            self[account_id] = AccountSpecificBackend(
+                service_name=self.service_name, account_id=account_id, backend=self.backend,
+                use_boto3_regions=self._use_boto3_regions,
+                additional_regions=self._additional_regions)
+        if self not in BackendDict._instances:
+            BackendDict._instances.append(self)
+
+
+ACCESS_KEY_ACCOUNTS = AccessKeyAccounts()
+
+
+def speed_up_moto() -> None:
+    """Apply the monkeypatches above (idempotent)."""
+    import moto.backends
+    import moto.iam.models as iam_models
+    from moto.core.base_backend import BackendDict
+    from moto.organizations.models import OrganizationsBackend
+
+    if getattr(iam_models, "_silo_sped_up", False):
+        return
+    iam_models.get_account_id_from = ACCESS_KEY_ACCOUNTS
+    original_init = iam_models.AccessKey.__init__
+
+    def access_key_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        ACCESS_KEY_ACCOUNTS.new_key()
+
+    iam_models.AccessKey.__init__ = access_key_init
+    modules = tuple(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: modules
+    BackendDict._create_account_specific_backend = _create_account_specific_backend
+    OrganizationsBackend.create_account = _create_account
+    OrganizationsBackend.list_accounts = _list_accounts
+    OrganizationsBackend.list_accounts_for_parent = _list_accounts_for_parent
+    iam_models._silo_sped_up = True
+
+
+# --------------------------------------------------------------------------
 # Server
 # --------------------------------------------------------------------------
 
 def build_app() -> SiloLayer:
+    speed_up_moto()
     inner = DomainDispatcherApplication(create_backend_app)
     # Build the backends we always use now, not on the first (slow) request.
-    for service in ("organizations", "sts", "cloudformation", "iam"):
+    for service in ("organizations", "sts", "cloudformation", "iam", "account"):
         inner.app_instances[service] = create_backend_app(service)
     return SiloLayer(inner)
 

@@ -5,6 +5,7 @@ Run from the repository root:  python -m pytest -q tests/awssim
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -729,3 +730,731 @@ def test_assumed_role_acts_in_member_account(sim: Sim, org: Any) -> None:
     stack = member_cfn.describe_stacks(StackName="member-fail")["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_FAILED"
     assert len(sim.client("sns", creds).list_topics()["Topics"]) == 1   # tenant-member's
+
+
+# ---- request log and per-caller counters --------------------------------------
+
+def read_log(sim: Sim, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+    query = f"?since={since}" + ("" if limit is None else f"&limit={limit}")
+    status, body = sim.admin("/_silo/log" + query)
+    assert status == 200, body
+    return body
+
+
+def test_request_log(sim: Sim, org: Any) -> None:
+    agent = Config(user_agent="silo-test/1.0", retries={"total_max_attempts": 1})
+    tagged = sim.client("organizations", config=agent)
+    account = new_account(org, "logged")
+    tagged.tag_resource(ResourceId=account, Tags=[{"Key": "k", "Value": "v"}])
+    with pytest.raises(ClientError):
+        tagged.describe_account(AccountId="111111111111")
+    sim.configure(throttle_rate=1.0, throttle_operations=["organizations:ListRoots"],
+                  error_rate=1.0, error_operations=["sts:GetCallerIdentity"])
+    with pytest.raises(ClientError):
+        org.list_roots()
+    with pytest.raises(ClientError):
+        sim.client("sts").get_caller_identity()
+    cfn = boto3.client("cloudformation", endpoint_url=sim.url, region_name="eu-west-1",
+                       config=NO_RETRIES, aws_access_key_id="AKIDLOG",
+                       aws_secret_access_key="x")
+    with pytest.raises(ClientError):
+        cfn.describe_stacks(StackName="nope")
+
+    log = read_log(sim)
+    entries = log["entries"]
+    assert [e["seq"] for e in entries] == list(range(len(entries)))
+    assert log["next"] == len(entries) and log["more"] is False and log["dropped"] == 0
+    assert [e["key"] for e in entries] == [
+        "organizations:CreateOrganization", "organizations:CreateAccount",
+        "organizations:DescribeCreateAccountStatus", "organizations:TagResource",
+        "organizations:DescribeAccount", "organizations:ListRoots",
+        "sts:GetCallerIdentity", "cloudformation:DescribeStacks"]
+    tag, missing, throttled, failed, stack = entries[3:]
+    assert tag["user_agent"].startswith("silo-test/1.0") and tag["account_id"] == account
+    assert (tag["status"], tag["outcome"], tag["region"]) == (200, "answered", REGION)
+    assert (tag["service"], tag["operation"]) == ("organizations", "TagResource")
+    assert tag["caller_account"] == "123456789012" and tag["access_key"] == "testing"
+    assert "Boto3" in entries[0]["user_agent"] and "stack_name" not in tag
+    assert (missing["status"], missing["outcome"]) == (400, "answered")
+    assert (throttled["status"], throttled["outcome"]) == (400, "throttled")
+    assert (failed["status"], failed["outcome"]) == (500, "error")
+    assert stack["stack_name"] == "nope" and stack["region"] == "eu-west-1"
+    assert stack["access_key"] == "AKIDLOG" and stack["status"] == 400
+    assert "account_id" not in stack
+    now = time.time()
+    assert all(now - 60 < e["time"] <= now and e["duration"] >= 0 for e in entries)
+    assert [e["time"] for e in entries] == sorted(e["time"] for e in entries)
+
+    # Paging with since/limit; admin calls are not logged.
+    page = read_log(sim, since=2, limit=3)
+    assert [e["seq"] for e in page["entries"]] == [2, 3, 4]
+    assert page["next"] == 5 and page["more"] is True
+    assert read_log(sim, since=page["next"])["entries"] == entries[5:]
+    assert read_log(sim, since=len(entries)) == {"next": len(entries), "entries": [],
+                                                 "more": False, "dropped": 0}
+    assert sim.admin("/_silo/log?since=x")[0] == 400
+    sim.admin("/_silo/reset", {})
+    assert read_log(sim) == {"next": 0, "entries": [], "more": False, "dropped": 0}
+
+
+def test_request_log_keeps_the_last_entries(sim: Sim) -> None:
+    # The bound is LOG_LIMIT (200,000); checked on the layer object itself so the
+    # test stays fast.
+    sys.path.insert(0, HERE)
+    import silo_awssim
+
+    layer = silo_awssim.SiloLayer(lambda environ, start: [])
+    assert layer.state.log.maxlen == silo_awssim.LOG_LIMIT == 200_000
+    layer.state.log = silo_awssim.collections.deque(maxlen=3)
+    env = {"HTTP_AUTHORIZATION":
+           "AWS4-HMAC-SHA256 Credential=AKID/20250101/us-east-1/sts/aws4_request",
+           "HTTP_X_MOTO_ACCOUNT_ID": "123456789012"}
+    for _ in range(5):
+        call = silo_awssim.Call(env, "sts", "GetCallerIdentity", {}, "query")
+        layer.record(call, silo_awssim.Response(200, [], b""), time.time())
+    body = json.loads(layer.read_log("since=0").body)
+    assert [e["seq"] for e in body["entries"]] == [2, 3, 4]
+    assert body["dropped"] == 2 and body["next"] == 5
+
+
+def test_callers_with_different_access_keys_share_the_management_account(sim: Sim) -> None:
+    org = sim.client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    # Another process, configured only through the environment, with another key.
+    script = (
+        "import boto3, json\n"
+        "org = boto3.client('organizations')\n"
+        "made = org.create_account(AccountName='other', Email='other@example.com')\n"
+        "account = made['CreateAccountStatus']['AccountId']\n"
+        "org.tag_resource(ResourceId=account, Tags=[{'Key': 'by', 'Value': 'testing2'}])\n"
+        "master = org.describe_organization()['Organization']['MasterAccountId']\n"
+        "print(json.dumps({'master': master,\n"
+        "                  'accounts': sorted(a['Id'] for a in org.list_accounts()['Accounts']),\n"
+        "                  'me': boto3.client('sts').get_caller_identity()['Account']}))\n")
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing2", AWS_SECRET_ACCESS_KEY="testing2",
+               AWS_DEFAULT_REGION=REGION, AWS_ENDPOINT_URL=sim.url)
+    env.pop("AWS_SESSION_TOKEN", None)
+    env.pop("AWS_PROFILE", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    other = json.loads(out)
+    assert other["master"] == other["me"] == "123456789012"
+    assert other["accounts"] == sorted(a["Id"] for a in org.list_accounts()["Accounts"])
+    assert len(other["accounts"]) == 2
+    new = next(a for a in other["accounts"] if a != "123456789012")
+    assert tags_of(org, new) == {"by": "testing2"}
+    org.move_account(AccountId=new, SourceParentId=org.list_roots()["Roots"][0]["Id"],
+                     DestinationParentId=org.create_organizational_unit(
+                         ParentId=org.list_roots()["Roots"][0]["Id"], Name="ou")
+                     ["OrganizationalUnit"]["Id"])
+
+    stats = sim.stats()
+    assert stats["by_access_key"]["testing2"] == {
+        "organizations:CreateAccount": 1, "organizations:TagResource": 1,
+        "organizations:DescribeOrganization": 1, "organizations:ListAccounts": 1,
+        "sts:GetCallerIdentity": 1}
+    assert stats["writes_by_access_key"]["testing2"] == {
+        "organizations:CreateAccount": 1, "organizations:TagResource": 1}
+    assert stats["by_access_key"]["testing"] == {
+        "organizations:CreateOrganization": 1, "organizations:ListAccounts": 1,
+        "organizations:ListTagsForResource": 1, "organizations:ListRoots": 2,
+        "organizations:CreateOrganizationalUnit": 1, "organizations:MoveAccount": 1}
+    assert stats["writes_by_access_key"]["testing"] == {
+        "organizations:CreateOrganization": 1, "organizations:CreateOrganizationalUnit": 1,
+        "organizations:MoveAccount": 1}
+    callers = {(e["access_key"], e["caller_account"]) for e in read_log(sim)["entries"]}
+    assert callers == {("testing", "123456789012"), ("testing2", "123456789012")}
+
+
+def test_rate_limit_scope(sim: Sim, org: Any) -> None:
+    member = assume(sim, new_account(org, "scoped"))
+    mgmt_east, member_east = sim.client("sts"), sim.client("sts", member)
+    mgmt_west = boto3.client("sts", endpoint_url=sim.url, region_name="eu-west-1",
+                             config=NO_RETRIES, aws_access_key_id="testing",
+                             aws_secret_access_key="testing")
+
+    def outcomes(*clients: Any) -> list[str]:
+        out = []
+        for client in clients:
+            try:
+                client.get_caller_identity()
+                out.append("ok")
+            except ClientError as err:
+                out.append(err.response["Error"]["Code"])
+        return out
+
+    sim.configure(rate_limits={"sts:GetCallerIdentity": 0.01})   # burst 1, then ~none
+    assert outcomes(mgmt_east, member_east, mgmt_west) == ["ok", "Throttling", "Throttling"]
+    sim.configure(rate_limit_scope={"sts:*": "account"})
+    assert outcomes(mgmt_east, member_east, mgmt_west, member_east) == \
+        ["ok", "ok", "Throttling", "Throttling"]
+    sim.configure(rate_limit_scope={"sts:GetCallerIdentity": "account-region",
+                                    "*": "global"})
+    assert outcomes(mgmt_east, member_east, mgmt_west, mgmt_east, mgmt_west) == \
+        ["ok", "ok", "ok", "Throttling", "Throttling"]
+    assert sim.admin("/_silo/config", {"rate_limit_scope": {"*": "per-tenant"}})[0] == 400
+    assert sim.admin("/_silo/config")[1]["rate_limit_scope"] == {
+        "sts:GetCallerIdentity": "account-region", "*": "global"}
+    sim.admin("/_silo/reset", {})
+    assert sim.admin("/_silo/config")[1]["rate_limit_scope"] == {}
+
+
+# ---- CloudFormation: operations over time, failures, change sets ---------------
+
+def revision_template(topics: tuple[str, ...] = ("Topic",), extra: dict[str, Any] | None = None,
+                      default: str | None = None) -> str:
+    """A stack with SNS topics, an SSM parameter holding the Rev parameter, and
+    an output echoing it."""
+    rev: dict[str, Any] = {"Type": "String"}
+    if default is not None:
+        rev["Default"] = default
+    resources: dict[str, Any] = {
+        name: {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": name.lower()}}
+        for name in topics}
+    resources["Param"] = {"Type": "AWS::SSM::Parameter",
+                          "Properties": {"Name": "/silo/rev", "Type": "String",
+                                         "Value": {"Ref": "Rev"}}}
+    resources.update(extra or {})
+    return json.dumps({"Parameters": {"Rev": rev}, "Resources": resources,
+                       "Outputs": {"Rev": {"Value": {"Ref": "Rev"}}}})
+
+
+def rev_args(rev: str) -> dict[str, Any]:
+    return {"Parameters": [{"ParameterKey": "Rev", "ParameterValue": rev}],
+            "Tags": [{"Key": "silo.dev/revision", "Value": rev}]}
+
+
+def stack_of(cfn: Any, name: str) -> dict[str, Any]:
+    return cfn.describe_stacks(StackName=name)["Stacks"][0]
+
+
+def stack_view(cfn: Any, name: str) -> tuple[str, dict[str, str], dict[str, str], dict[str, str]]:
+    """(status, tags, parameters, outputs) of a stack."""
+    s = stack_of(cfn, name)
+    return (s["StackStatus"], {t["Key"]: t["Value"] for t in s.get("Tags", [])},
+            {p["ParameterKey"]: p["ParameterValue"] for p in s.get("Parameters", [])},
+            {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])})
+
+
+def wait_stack(cfn: Any, name: str, leaving: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := stack_of(cfn, name)["StackStatus"]) == leaving:
+        assert time.monotonic() < deadline, f"{name} stuck in {leaving}"
+        time.sleep(0.1)
+    return status
+
+
+def stack_events(cfn: Any, name: str) -> list[tuple[str, str, str | None]]:
+    """(logical id, status, reason), oldest first."""
+    return [(e["LogicalResourceId"], e["ResourceStatus"], e.get("ResourceStatusReason"))
+            for e in cfn.describe_stack_events(StackName=name)["StackEvents"][::-1]]
+
+
+def topic_names(sim: Sim, creds: dict[str, str] | None = None) -> set[str]:
+    return {t["TopicArn"].rsplit(":", 1)[1]
+            for t in sim.client("sns", creds).list_topics()["Topics"]}
+
+
+def test_stack_operations_take_time(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=1)
+    cfn = sim.client("cloudformation")
+    cfn.create_stack(StackName="slow", TemplateBody=revision_template(), **rev_args("1"))
+    assert stack_view(cfn, "slow") == ("CREATE_IN_PROGRESS", {"silo.dev/revision": "1"},
+                                       {"Rev": "1"}, {})
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="slow", TemplateBody=revision_template(), **rev_args("2"))
+    assert error_code(exc) == "ValidationError"
+    assert "is in CREATE_IN_PROGRESS state and can not be updated." in str(exc.value)
+    assert wait_stack(cfn, "slow", "CREATE_IN_PROGRESS") == "CREATE_COMPLETE"
+    assert stack_view(cfn, "slow")[3] == {"Rev": "1"}
+
+    stack_id = cfn.update_stack(StackName="slow", TemplateBody=revision_template(),
+                                **rev_args("2"))["StackId"]
+    assert stack_view(cfn, "slow") == ("UPDATE_IN_PROGRESS", {"silo.dev/revision": "2"},
+                                       {"Rev": "2"}, {"Rev": "2"})
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="slow", TemplateBody=revision_template(), **rev_args("3"))
+    assert error_code(exc) == "ValidationError"
+    assert exc.value.response["Error"]["Message"] == \
+        f"Stack:{stack_id} is in UPDATE_IN_PROGRESS state and can not be updated."
+    assert wait_stack(cfn, "slow", "UPDATE_IN_PROGRESS") == "UPDATE_COMPLETE"
+    assert [s for _, s, _ in stack_events(cfn, "slow")] == [
+        "CREATE_IN_PROGRESS", "CREATE_COMPLETE", "UPDATE_IN_PROGRESS",
+        "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "UPDATE_COMPLETE"]
+
+    # Three creations in a row are in flight together.
+    for name in ("p1", "p2", "p3"):
+        cfn.create_stack(StackName=name, TemplateBody=template(name))
+    ops = sim.admin("/_silo/stack_operations")[1]
+    assert [(o["stack_name"], o["operation"], o["result"]) for o in ops] == [
+        ("slow", "CreateStack", "CREATE_COMPLETE"), ("slow", "UpdateStack", "UPDATE_COMPLETE"),
+        ("p1", "CreateStack", None), ("p2", "CreateStack", None), ("p3", "CreateStack", None)]
+    assert all(o["finished"] is None for o in ops[2:])
+    assert ops[1]["stack_id"] == stack_id and ops[1]["account"] == "123456789012"
+    assert ops[1]["region"] == REGION and 0.9 <= ops[1]["finished"] - ops[1]["started"] < 30
+    cfn.delete_stack(StackName="p3")
+    for name in ("p1", "p2"):
+        wait_stack(cfn, name, "CREATE_IN_PROGRESS")
+    ops = sim.admin("/_silo/stack_operations")[1]
+    assert [(o["stack_name"], o["operation"], o["result"]) for o in ops[2:]] == [
+        ("p1", "CreateStack", "CREATE_COMPLETE"), ("p2", "CreateStack", "CREATE_COMPLETE"),
+        ("p3", "CreateStack", "DELETE_COMPLETE"), ("p3", "DeleteStack", "DELETE_COMPLETE")]
+    events = sorted([(o["started"], 1) for o in ops] + [(o["finished"], -1) for o in ops])
+    in_flight = max(itertools.accumulate(step for _, step in events))
+    assert in_flight == 3
+    sim.admin("/_silo/reset", {})
+    assert sim.admin("/_silo/stack_operations") == (200, [])
+
+
+def test_stack_failures_by_account_and_parameter(sim: Sim, org: Any) -> None:
+    member = assume(sim, new_account(org, "failing"))
+    sim.configure(stack_failure_seconds=1, stack_failures=[
+        {"operations": ["CreateStack"], "account": "^(?!123456789012$)", "reason": "no quota"},
+        {"operations": ["UpdateStack"], "stack": "^tenant-", "parameters": {"Rev": "^bad"},
+         "reason": "Resource handler returned message: \"bad revision\""}])
+    cfn, member_cfn = sim.client("cloudformation"), sim.client("cloudformation", member)
+    member_cfn.create_stack(StackName="tenant-m", TemplateBody=revision_template(), **rev_args("1"))
+    assert stack_view(member_cfn, "tenant-m")[0] == "CREATE_FAILED"
+    assert ("Topic", "CREATE_FAILED", "no quota") in stack_events(member_cfn, "tenant-m")
+    assert topic_names(sim, member) == set()
+    assert wait_stack(member_cfn, "tenant-m", "CREATE_FAILED") == "ROLLBACK_COMPLETE"
+
+    cfn.create_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("1"))
+    cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("2"))
+    assert stack_view(cfn, "tenant-a")[0] == "UPDATE_COMPLETE"
+    ssm = sim.client("ssm")
+    assert ssm.get_parameter(Name="/silo/rev")["Parameter"]["Value"] == "2"
+
+    # A failing update: moto applies it, then it is rolled back.
+    bad = revision_template(("Topic", "Extra"))
+    cfn.update_stack(StackName="tenant-a", TemplateBody=bad, **rev_args("bad-3"))
+    status, tags, params, _ = stack_view(cfn, "tenant-a")
+    assert (status, tags, params) == ("UPDATE_ROLLBACK_IN_PROGRESS",
+                                      {"silo.dev/revision": "bad-3"}, {"Rev": "bad-3"})
+    events = stack_events(cfn, "tenant-a")
+    assert ("Extra", "UPDATE_FAILED", "Resource handler returned message: \"bad revision\"") \
+        in events
+    assert events[-1] == ("tenant-a", "UPDATE_ROLLBACK_IN_PROGRESS",
+                          "The following resource(s) failed to update: [Extra]. ")
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("4"))
+    assert "is in UPDATE_ROLLBACK_IN_PROGRESS state and can not be updated." in str(exc.value)
+    assert wait_stack(cfn, "tenant-a", "UPDATE_ROLLBACK_IN_PROGRESS") == "UPDATE_ROLLBACK_COMPLETE"
+    assert stack_view(cfn, "tenant-a") == ("UPDATE_ROLLBACK_COMPLETE",
+                                           {"silo.dev/revision": "2"}, {"Rev": "2"}, {"Rev": "2"})
+    body = cfn.get_template(StackName="tenant-a")["TemplateBody"]   # boto3 parses JSON
+    assert (json.loads(body) if isinstance(body, str) else body) == json.loads(revision_template())
+    assert ssm.get_parameter(Name="/silo/rev")["Parameter"]["Value"] == "2"
+    assert topic_names(sim) == {"topic"}
+    assert stack_events(cfn, "tenant-a")[-1][1] == "UPDATE_ROLLBACK_COMPLETE"
+
+    # A rolled-back stack can be updated again; the rule also sees defaults.
+    cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(), **rev_args("5"))
+    assert stack_view(cfn, "tenant-a")[:2] == ("UPDATE_COMPLETE", {"silo.dev/revision": "5"})
+    cfn.update_stack(StackName="tenant-a", TemplateBody=revision_template(default="bad-6"),
+                     Tags=[{"Key": "silo.dev/revision", "Value": "6"}])
+    assert stack_view(cfn, "tenant-a")[0] == "UPDATE_ROLLBACK_IN_PROGRESS"
+    # Other stacks and the management account's creations are not affected.
+    cfn.create_stack(StackName="other", TemplateBody=template("o"))
+    cfn.update_stack(StackName="other", TemplateBody=template("p"))
+    assert stack_of(cfn, "other")["StackStatus"] == "UPDATE_COMPLETE"
+    assert sim.stats()["stacks_failed"] == 3
+    ops = [(o["stack_name"], o["operation"], o["result"])
+           for o in sim.admin("/_silo/stack_operations")[1]]
+    assert ops[:5] == [("tenant-m", "CreateStack", "ROLLBACK_COMPLETE"),
+                       ("tenant-a", "CreateStack", "CREATE_COMPLETE"),
+                       ("tenant-a", "UpdateStack", "UPDATE_COMPLETE"),
+                       ("tenant-a", "UpdateStack", "UPDATE_ROLLBACK_COMPLETE"),
+                       ("tenant-a", "UpdateStack", "UPDATE_COMPLETE")]
+
+
+def test_stack_failures_config_is_checked(sim: Sim) -> None:
+    for bad in ([{"operations": ["DeleteStack"]}], [{"stack": "("}], [{"parameters": {"a": 1}}],
+                [{"parameters": {"a": "["}}], [{"unknown": "x"}], {"stack": "x"}, ["x"],
+                [{"reason": 3}]):
+        status, body = sim.admin("/_silo/config", {"stack_failures": bad})
+        assert status == 400 and "stack_failures" in body["error"], (bad, body)
+    assert sim.admin("/_silo/config", {"stack_operation_seconds": -1})[0] == 400
+    rules = [{"stack": "x"}, {"operations": ["UpdateStack"], "parameters": {"A": "b"}}]
+    sim.configure(stack_failures=rules, stack_operation_seconds=2.5)
+    config = sim.admin("/_silo/config")[1]
+    assert config["stack_failures"] == rules and config["stack_operation_seconds"] == 2.5
+    sim.admin("/_silo/reset", {})
+    config = sim.admin("/_silo/config")[1]
+    assert config["stack_failures"] == [] and config["stack_operation_seconds"] == 0
+    # Without a reason, a failure says it is simulated.
+    sim.configure(stack_failures=[{"stack": "^x$"}])
+    cfn = sim.client("cloudformation")
+    cfn.create_stack(StackName="x", TemplateBody=template("x"))
+    reasons = [r for lid, s, r in stack_events(cfn, "x") if lid == "Topic" and s == "CREATE_FAILED"]
+    assert reasons == ['Resource handler returned message: "Simulated failure (silo-awssim)"']
+
+
+def changes_of(cfn: Any, name: str, stack: str) -> list[tuple[Any, ...]]:
+    changes = cfn.describe_change_set(ChangeSetName=name, StackName=stack)["Changes"]
+    assert all(c["Type"] == "Resource" for c in changes)
+    return [(c["ResourceChange"]["Action"], c["ResourceChange"]["LogicalResourceId"],
+             c["ResourceChange"]["ResourceType"], c["ResourceChange"].get("Replacement"),
+             c["ResourceChange"].get("Scope"))
+            for c in changes]
+
+
+def test_change_sets(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=0.5)
+    cfn = sim.client("cloudformation")
+    made = cfn.create_change_set(StackName="cs", ChangeSetName="rev-1", ChangeSetType="CREATE",
+                                 TemplateBody=revision_template(), **rev_args("1"))
+    assert stack_of(cfn, "cs")["StackStatus"] == "REVIEW_IN_PROGRESS"
+    assert changes_of(cfn, "rev-1", "cs") == [
+        ("Add", "Topic", "AWS::SNS::Topic", None, None),
+        ("Add", "Param", "AWS::SSM::Parameter", None, None)]
+    described = cfn.describe_change_set(ChangeSetName=made["Id"])
+    assert (described["Status"], described["ExecutionStatus"]) == ("CREATE_COMPLETE", "AVAILABLE")
+    cfn.execute_change_set(ChangeSetName="rev-1", StackName="cs")
+    assert stack_view(cfn, "cs")[0] == "CREATE_IN_PROGRESS"
+    assert cfn.describe_change_set(ChangeSetName=made["Id"])["ExecutionStatus"] == \
+        "EXECUTE_IN_PROGRESS"
+    assert wait_stack(cfn, "cs", "CREATE_IN_PROGRESS") == "CREATE_COMPLETE"
+    assert stack_view(cfn, "cs")[1:] == ({"silo.dev/revision": "1"}, {"Rev": "1"}, {"Rev": "1"})
+    assert cfn.describe_change_set(ChangeSetName=made["Id"])["ExecutionStatus"] == \
+        "EXECUTE_COMPLETE"
+    with pytest.raises(ClientError) as exc:
+        cfn.execute_change_set(ChangeSetName="rev-1", StackName="cs")
+    assert error_code(exc) == "InvalidChangeSetStatus"
+
+    # An update: Add, Modify (properties, a changed parameter, a changed type), Remove.
+    queue = {"Queue": {"Type": "AWS::SQS::Queue"}}
+    cfn.update_stack(StackName="cs", TemplateBody=revision_template(extra=queue), **rev_args("1"))
+    wait_stack(cfn, "cs", "UPDATE_IN_PROGRESS")
+    cfn.create_change_set(StackName="cs", ChangeSetName="rev-2", ChangeSetType="UPDATE",
+                          TemplateBody=revision_template(("Other",), extra=queue),
+                          **rev_args("2"))
+    assert changes_of(cfn, "rev-2", "cs") == [
+        ("Add", "Other", "AWS::SNS::Topic", None, None),
+        ("Modify", "Param", "AWS::SSM::Parameter", "Conditional", ["Properties"]),
+        ("Remove", "Topic", "AWS::SNS::Topic", None, None)]
+    # (moto cannot execute a change of type: this one is only described.)
+    cfn.create_change_set(StackName="cs", ChangeSetName="retype", ChangeSetType="UPDATE",
+                          TemplateBody=revision_template(
+                              extra={"Queue": {"Type": "AWS::SNS::Topic",
+                                               "Metadata": {"why": "retype"}}}),
+                          **rev_args("1"))
+    assert changes_of(cfn, "retype", "cs") == [
+        ("Modify", "Queue", "AWS::SNS::Topic", "True", ["Metadata"])]
+    cfn.delete_change_set(ChangeSetName="retype", StackName="cs")
+    [param] = [c for c in cfn.describe_change_set(ChangeSetName="rev-2", StackName="cs")
+               ["Changes"] if c["ResourceChange"]["LogicalResourceId"] == "Param"]
+    assert param["ResourceChange"]["PhysicalResourceId"] == "/silo/rev"
+    # moto reports no change when only a parameter changes; the layer does.
+    cfn.create_change_set(StackName="cs", ChangeSetName="rev-1b", ChangeSetType="UPDATE",
+                          UsePreviousTemplate=True, **rev_args("1b"))
+    assert changes_of(cfn, "rev-1b", "cs") == [
+        ("Modify", "Param", "AWS::SSM::Parameter", "Conditional", ["Properties"])]
+
+    # Change set names are looked up within their stack; listings too.
+    cfn.create_stack(StackName="cs2", TemplateBody=template("cs2"))
+    cfn.create_change_set(StackName="cs2", ChangeSetName="rev-2", ChangeSetType="UPDATE",
+                          TemplateBody=template("cs2-b"))
+    wait_stack(cfn, "cs2", "CREATE_IN_PROGRESS")
+    assert changes_of(cfn, "rev-2", "cs")[0][1] == "Other"
+    assert [c[:2] for c in changes_of(cfn, "rev-2", "cs2")] == [("Modify", "Topic"),
+                                                                ("Modify", "Param")]
+    assert sorted(s["ChangeSetName"] for s in cfn.list_change_sets(StackName="cs")["Summaries"]) \
+        == ["rev-1", "rev-1b", "rev-2"]
+    assert [s["StackName"] for s in cfn.list_change_sets(StackName="cs2")["Summaries"]] == ["cs2"]
+    for call in (cfn.delete_change_set, cfn.describe_change_set, cfn.execute_change_set):
+        with pytest.raises(ClientError) as exc:
+            call(ChangeSetName="rev-9", StackName="cs")
+        assert error_code(exc) == "ChangeSetNotFound"
+    cfn.delete_change_set(ChangeSetName="rev-2", StackName="cs2")
+    assert [s["ChangeSetName"] for s in cfn.list_change_sets(StackName="cs")["Summaries"]
+            if s["ChangeSetName"] == "rev-2"] == ["rev-2"]
+
+    # Executing an update: the change set's tags, parameters and outputs apply.
+    cfn.execute_change_set(ChangeSetName="rev-2", StackName="cs")
+    assert stack_view(cfn, "cs")[0] == "UPDATE_IN_PROGRESS"
+    with pytest.raises(ClientError) as exc:
+        cfn.execute_change_set(ChangeSetName="rev-1b", StackName="cs")
+    assert "is in UPDATE_IN_PROGRESS state and can not be updated." in str(exc.value)
+    assert wait_stack(cfn, "cs", "UPDATE_IN_PROGRESS") == "UPDATE_COMPLETE"
+    assert stack_view(cfn, "cs")[1:] == ({"silo.dev/revision": "2"}, {"Rev": "2"}, {"Rev": "2"})
+    assert topic_names(sim) >= {"other"} and "topic" not in topic_names(sim)
+
+    # A failing update through a change set rolls back and fails the execution.
+    sim.configure(stack_operation_seconds=0, stack_failure_seconds=0.5,
+                  stack_failures=[{"operations": ["UpdateStack"], "parameters": {"Rev": "^3$"}}])
+    cfn.create_change_set(StackName="cs", ChangeSetName="rev-3", ChangeSetType="UPDATE",
+                          TemplateBody=revision_template(("Other", "Third")), **rev_args("3"))
+    cfn.execute_change_set(ChangeSetName="rev-3", StackName="cs")
+    assert stack_view(cfn, "cs")[0] == "UPDATE_ROLLBACK_IN_PROGRESS"
+    assert wait_stack(cfn, "cs", "UPDATE_ROLLBACK_IN_PROGRESS") == "UPDATE_ROLLBACK_COMPLETE"
+    assert stack_view(cfn, "cs")[1:] == ({"silo.dev/revision": "2"}, {"Rev": "2"}, {"Rev": "2"})
+    assert cfn.describe_change_set(ChangeSetName="rev-3", StackName="cs")["ExecutionStatus"] == \
+        "EXECUTE_FAILED"
+    assert "third" not in topic_names(sim)
+    assert [o["operation"] for o in sim.admin("/_silo/stack_operations")[1]].count(
+        "ExecuteChangeSet") == 3
+
+
+# ---- Account Management and SCPs ---------------------------------------------
+
+CONTACT = {"Name": "Ops", "Title": "On call", "EmailAddress": "ops@example.com",
+           "PhoneNumber": "+1 555 0100"}
+
+
+def test_account_management_needs_trusted_access(sim: Sim, org: Any) -> None:
+    member = new_account(org, "contacts")
+    account = sim.client("account")
+    with pytest.raises(ClientError) as exc:
+        account.put_alternate_contact(AccountId=member, AlternateContactType="OPERATIONS",
+                                      **CONTACT)
+    assert error_code(exc) == "AccessDeniedException" and http_status(exc) == 403
+    message = exc.value.response["Error"]["Message"]
+    assert "trusted access" in message and "not enabled" in message
+    for call in (lambda: account.put_account_name(AccountId=member, AccountName="x"),
+                 lambda: account.get_account_information(AccountId=member)):
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert error_code(exc) == "AccessDeniedException"
+
+    org.enable_aws_service_access(ServicePrincipal="account.amazonaws.com")
+    assert [s["ServicePrincipal"] for s in org.list_aws_service_access_for_organization()
+            ["EnabledServicePrincipals"]] == ["account.amazonaws.com"]
+    for kind in ("BILLING", "OPERATIONS", "SECURITY"):
+        account.put_alternate_contact(AccountId=member, AlternateContactType=kind,
+                                      **dict(CONTACT, Name=kind.lower()))
+    got = account.get_alternate_contact(AccountId=member, AlternateContactType="SECURITY")
+    assert got["AlternateContact"] == dict(CONTACT, Name="security",
+                                           AlternateContactType="SECURITY")
+    account.delete_alternate_contact(AccountId=member, AlternateContactType="SECURITY")
+    for call in (account.get_alternate_contact, account.delete_alternate_contact):
+        with pytest.raises(ClientError) as exc:
+            call(AccountId=member, AlternateContactType="SECURITY")
+        assert error_code(exc) == "ResourceNotFoundException" and http_status(exc) == 404
+    # Contacts are per account: the management account's own are separate.
+    with pytest.raises(ClientError) as exc:
+        account.get_alternate_contact(AlternateContactType="BILLING")
+    assert error_code(exc) == "ResourceNotFoundException"
+    account.put_alternate_contact(AlternateContactType="BILLING", **CONTACT)
+    assert account.get_alternate_contact(AlternateContactType="BILLING")[
+        "AlternateContact"]["Name"] == "Ops"
+    assert account.get_alternate_contact(AccountId=member, AlternateContactType="BILLING")[
+        "AlternateContact"]["Name"] == "billing"
+
+    for bad in ("111111111111", "123456789012"):
+        with pytest.raises(ClientError) as exc:
+            account.get_alternate_contact(AccountId=bad, AlternateContactType="BILLING")
+        assert error_code(exc) == ("ResourceNotFoundException" if bad.startswith("1111")
+                                   else "ValidationException")
+    sim.configure(create_account_delay_seconds=60)
+    create_account(org, "pending")
+    [pending] = sim.stats()["accounts_pending"]
+    with pytest.raises(ClientError) as exc:
+        account.get_account_information(AccountId=pending)
+    assert error_code(exc) == "ResourceNotFoundException"
+    # A member account may not name another account.
+    member_account = sim.client("account", assume(sim, member))
+    with pytest.raises(ClientError) as exc:
+        member_account.get_account_information(AccountId="123456789012")
+    assert error_code(exc) == "AccessDeniedException"
+    org.disable_aws_service_access(ServicePrincipal="account.amazonaws.com")
+    with pytest.raises(ClientError) as exc:
+        account.get_alternate_contact(AccountId=member, AlternateContactType="BILLING")
+    assert error_code(exc) == "AccessDeniedException"
+    # Every attempt counts, the denied one too.
+    assert sim.stats()["writes_by_access_key"]["testing"]["account:PutAlternateContact"] == 5
+
+
+def test_put_account_name_renames_in_organizations(sim: Sim, org: Any) -> None:
+    member = new_account(org, "old-name")
+    root = org.list_roots()["Roots"][0]["Id"]
+    org.enable_aws_service_access(ServicePrincipal="account.amazonaws.com")
+    account = sim.client("account")
+    info = account.get_account_information(AccountId=member)
+    assert (info["AccountId"], info["AccountName"], info["AccountState"]) == \
+        (member, "old-name", "ACTIVE")
+    assert abs(info["AccountCreatedDate"].timestamp() - time.time()) < 300
+    account.put_account_name(AccountId=member, AccountName="Acme Corp (prod)")
+    assert account.get_account_information(AccountId=member)["AccountName"] == "Acme Corp (prod)"
+    assert org.describe_account(AccountId=member)["Account"]["Name"] == "Acme Corp (prod)"
+    names = {a["Id"]: a["Name"] for a in org.list_accounts()["Accounts"]}
+    assert names[member] == "Acme Corp (prod)"
+    assert {a["Id"]: a["Name"] for a in org.list_accounts_for_parent(ParentId=root)
+            ["Accounts"]}[member] == "Acme Corp (prod)"
+    unchecked = sim.client("account", config=Config(parameter_validation=False,
+                                                     retries={"total_max_attempts": 1}))
+    for bad in ("", "x" * 51, "a<b"):
+        with pytest.raises(ClientError) as exc:
+            unchecked.put_account_name(AccountId=member, AccountName=bad)
+        assert error_code(exc) == "ValidationException"
+    # A member renames itself without AccountId; the management account too.
+    sim.client("account", assume(sim, member)).put_account_name(AccountName="self-named")
+    assert org.describe_account(AccountId=member)["Account"]["Name"] == "self-named"
+    account.put_account_name(AccountName="Management")
+    assert account.get_account_information()["AccountName"] == "Management"
+    assert org.describe_account(AccountId="123456789012")["Account"]["Name"] == "Management"
+    org.close_account(AccountId=member)
+    assert account.get_account_information(AccountId=member)["AccountState"] == "SUSPENDED"
+
+
+def test_account_calls_are_throttled_the_rest_json_way(sim: Sim) -> None:
+    sim.configure(throttle_rate=1.0, throttle_operations=["account:GetAccountInformation"])
+    with pytest.raises(ClientError) as exc:
+        sim.client("account").get_account_information()
+    assert error_code(exc) == "TooManyRequestsException" and http_status(exc) == 429
+    assert sim.stats()["throttled"] == {"account:GetAccountInformation": 1}
+
+
+def test_scp_limit_per_target(sim: Sim, org: Any) -> None:
+    member = new_account(org, "guarded")
+    root = org.list_roots()["Roots"][0]["Id"]
+    org.enable_policy_type(RootId=root, PolicyType="SERVICE_CONTROL_POLICY")
+
+    def scps(target: str) -> list[str]:
+        return [p["Name"] for p in org.list_policies_for_target(
+            TargetId=target, Filter="SERVICE_CONTROL_POLICY")["Policies"]]
+
+    assert scps(member) == ["FullAWSAccess"]   # moto attaches it to every account
+    content = json.dumps({"Version": "2012-10-17",
+                          "Statement": [{"Effect": "Deny", "Action": "s3:*", "Resource": "*"}]})
+    ids = [org.create_policy(Name=f"deny-{i}", Description="", Type="SERVICE_CONTROL_POLICY",
+                             Content=content)["Policy"]["PolicySummary"]["Id"] for i in range(6)]
+    for policy in ids[:4]:
+        org.attach_policy(PolicyId=policy, TargetId=member)
+    assert len(scps(member)) == 5
+    with pytest.raises(ClientError) as exc:
+        org.attach_policy(PolicyId=ids[4], TargetId=member)
+    assert error_code(exc) == "ConstraintViolationException" and http_status(exc) == 400
+    assert exc.value.response["Reason"] == "MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED"
+    assert len(scps(member)) == 5
+    with pytest.raises(ClientError) as exc:
+        org.attach_policy(PolicyId=ids[0], TargetId=member)
+    assert error_code(exc) == "DuplicatePolicyAttachmentException"
+    # Other policy types do not count; detaching frees a slot; the root has its own 5.
+    tag_policy = org.create_policy(Name="tags", Description="", Type="TAG_POLICY",
+                                   Content=json.dumps({"tags": {}}))["Policy"]["PolicySummary"]
+    org.attach_policy(PolicyId=tag_policy["Id"], TargetId=member)
+    org.detach_policy(PolicyId="p-FullAWSAccess", TargetId=member)
+    org.attach_policy(PolicyId=ids[4], TargetId=member)
+    assert sorted(scps(member)) == [f"deny-{i}" for i in range(5)]
+    for policy in ids[:4]:
+        org.attach_policy(PolicyId=policy, TargetId=root)
+    with pytest.raises(ClientError) as exc:
+        org.attach_policy(PolicyId=ids[5], TargetId=root)
+    assert exc.value.response["Reason"] == "MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED"
+
+
+# ---- large organizations ---------------------------------------------------------
+
+def test_large_organization_listings(sim: Sim, org: Any) -> None:
+    ids = [org.create_account(AccountName=f"t{i}", Email=f"t{i}@example.com")
+           ["CreateAccountStatus"]["AccountId"] for i in range(300)]
+    master = "123456789012"
+    pages = [p["Accounts"] for p in org.get_paginator("list_accounts").paginate(
+        PaginationConfig={"PageSize": 20})]
+    assert [len(p) for p in pages] == [20] * 15 + [1]
+    assert [a["Id"] for p in pages for a in p] == [master] + ids   # join order
+    assert len(org.list_accounts()["Accounts"]) == 100             # moto's default page
+    root = org.list_roots()["Roots"][0]["Id"]
+    ou = org.create_organizational_unit(ParentId=root, Name="moved")["OrganizationalUnit"]["Id"]
+    for account in ids[::10]:
+        org.move_account(AccountId=account, SourceParentId=root, DestinationParentId=ou)
+
+    def walk(parent: str) -> list[str]:
+        return [a["Id"] for p in org.get_paginator("list_accounts_for_parent").paginate(
+            ParentId=parent, PaginationConfig={"PageSize": 20}) for a in p["Accounts"]]
+
+    assert walk(ou) == ids[::10]
+    assert walk(root) == [master] + [a for i, a in enumerate(ids) if i % 10]
+    token = org.list_accounts_for_parent(ParentId=root, MaxResults=20)["NextToken"]
+    for bad in (token, "garbage"):
+        with pytest.raises(ClientError) as exc:
+            org.list_accounts_for_parent(ParentId=ou, NextToken=bad)
+        assert error_code(exc) == "InvalidInputException"
+    # The account lookups Silo makes stay correct.
+    one = ids[150]
+    assert org.describe_account(AccountId=one)["Account"]["Name"] == "t150"
+    assert org.list_parents(ChildId=ids[10])["Parents"] == [{"Id": ou,
+                                                            "Type": "ORGANIZATIONAL_UNIT"}]
+    assert [p["Name"] for p in org.list_policies_for_target(
+        TargetId=one, Filter="SERVICE_CONTROL_POLICY")["Policies"]] == ["FullAWSAccess"]
+    targets = org.list_targets_for_policy(PolicyId="p-FullAWSAccess")["Targets"]
+    assert len(targets) == 303   # the root, the OU, the management account, 300 accounts
+    create_account(org, "dup", "T7@example.com")   # the email index sees every account
+    failed = org.list_create_account_status(States=["FAILED"])["CreateAccountStatuses"]
+    assert [s["FailureReason"] for s in failed] == ["EMAIL_ALREADY_EXISTS"]
+
+
+def test_moto_speed_ups_keep_its_answers() -> None:
+    """In this process (not the server): the patched access-key lookup finds
+    the same accounts as moto's, without creating IAM backends for every
+    partition of every account as moto's does."""
+    sys.path.insert(0, HERE)
+    import silo_awssim
+    from moto.iam.models import iam_backends
+    from moto.moto_api._internal.models import moto_api_backend
+    from moto.organizations.models import organizations_backends
+
+    silo_awssim.speed_up_moto()
+    from moto.iam.models import get_account_id_from
+
+    try:
+        backend = organizations_backends["123456789012"]["aws"]
+        backend.create_organization(region="us-east-1", FeatureSet="ALL")
+        member = backend.create_account(AccountName="m", Email="m@example.com")[
+            "CreateAccountStatus"]["AccountId"]
+        assert backend.accounts[-1].attached_policies[0].id == "p-FullAWSAccess"
+        assert get_account_id_from("testing") == "123456789012"
+        assert list(dict.keys(iam_backends[member])) == ["aws"]   # moto's made 6
+        key = iam_backends[member]["aws"].create_temp_access_key()
+        assert get_account_id_from(key.access_key_id) == member
+        assert get_account_id_from(key.access_key_id) == member
+        del iam_backends[member]["aws"].access_keys[key.access_key_id]
+        assert get_account_id_from(key.access_key_id) == "123456789012"
+        # Backends of a new account are made and registered for reset as moto does.
+        from moto.core.base_backend import BackendDict
+        from moto.sns.models import sns_backends
+
+        assert sns_backends["210987654321"]["us-east-1"].account_id == "210987654321"
+        assert sns_backends in BackendDict._instances
+        moto_api_backend.reset()
+        assert "210987654321" not in dict.keys(sns_backends)
+    finally:
+        moto_api_backend.reset()
+        organizations_backends.master_accounts.clear()
+
+
+def test_client_request_token_makes_a_retry_the_same_request(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=1)
+    cfn = sim.client("cloudformation")
+    stack_id = cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                                ClientRequestToken="create-1", **rev_args("1"))["StackId"]
+    again = cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                             ClientRequestToken="create-1", **rev_args("1"))
+    assert again["StackId"] == stack_id
+    with pytest.raises(ClientError) as exc:
+        cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                         ClientRequestToken="create-2", **rev_args("1"))
+    assert error_code(exc) == "AlreadyExistsException"
+    wait_stack(cfn, "tok", "CREATE_IN_PROGRESS")
+    cfn.update_stack(StackName="tok", TemplateBody=revision_template(),
+                     ClientRequestToken="update-2", **rev_args("2"))
+    retried = cfn.update_stack(StackName=stack_id, TemplateBody=revision_template(),
+                               ClientRequestToken="update-2", **rev_args("2"))
+    assert retried["StackId"] == stack_id
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="tok", TemplateBody=revision_template(),
+                         ClientRequestToken="update-3", **rev_args("3"))
+    assert "is in UPDATE_IN_PROGRESS state" in str(exc.value)
+    assert wait_stack(cfn, "tok", "UPDATE_IN_PROGRESS") == "UPDATE_COMPLETE"
+    # Still the same request once it is over: nothing changes.
+    cfn.update_stack(StackName="tok", TemplateBody=revision_template(),
+                     ClientRequestToken="update-2", **rev_args("2"))
+    assert stack_view(cfn, "tok")[:2] == ("UPDATE_COMPLETE", {"silo.dev/revision": "2"})
+    ops = sim.admin("/_silo/stack_operations")[1]
+    assert [(o["operation"], o["result"]) for o in ops] == [
+        ("CreateStack", "CREATE_COMPLETE"), ("UpdateStack", "UPDATE_COMPLETE")]
+    # A deleted stack's token starts a new stack.
+    cfn.delete_stack(StackName="tok")
+    assert cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
+                            ClientRequestToken="create-1", **rev_args("1"))["StackId"] != stack_id
