@@ -147,7 +147,8 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
 
-    /// Id of the CreateAccount request, recorded as soon as AWS returned it.
+    /// Id of the CreateAccount request Silo sent for this Tenant, recorded as soon as AWS
+    /// returned it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_account_request_id: Option<String>,
 
@@ -166,6 +167,15 @@ pub struct TenantStatus {
     /// The metadata.generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// When Silo last verified the account against AWS (drift checks run once per resync
+    /// period, each tenant at its own moment of the period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<String>,
+
+    /// The value of the silo.dev/verify annotation Silo last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_request: Option<String>,
 
     /// When Silo asks AWS again to close the account, after AWS refused for quota reasons.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,9 +6,14 @@
 //! `observedGeneration`. Each step of the pipeline reports one [`StepOutcome`]; the summary
 //! conditions are derived from the steps in one place ([`Conditions::summarize`]).
 //!
+//! A [`StepOutcome`] also says when to look again: Silo's own status writes never trigger a
+//! reconcile, so a step that is not done must name the time it wants to be called back.
+//!
 //! ## Guarantee
 //! A condition keeps its `lastTransitionTime` while its status does not change, so writing
 //! the same outcome twice produces the same status and does not re-trigger the controller.
+
+use std::{borrow::Cow, time::Duration};
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -22,43 +27,59 @@ pub const BASELINE_READY: &str = "BaselineReady";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
-/// What one step of the pipeline concluded, in words for the user.
+/// What one step of the pipeline decided: the user's words, and when to look again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepOutcome {
     /// The step's part of the world matches the spec.
-    Done { reason: &'static str, message: String },
-    /// Work is under way; the controller comes back by itself.
-    InProgress { reason: &'static str, message: String },
-    /// Progress needs a person; the message says what to do.
-    Stalled { reason: &'static str, message: String },
+    Done { reason: Cow<'static, str>, message: String },
+    /// Work is under way (AWS is working, or it is not this tenant's turn yet); look again
+    /// `after` this long, unless something wakes the tenant sooner.
+    Wait { reason: Cow<'static, str>, message: String, after: Duration },
+    /// Progress needs a person; the message says what to do. Silo still looks again
+    /// `retry_after` this long, in case the world changed.
+    Stalled { reason: Cow<'static, str>, message: String, retry_after: Duration },
 }
 
 impl StepOutcome {
     pub fn done(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::Done { reason, message: message.into() }
+        Self::Done { reason: reason.into(), message: message.into() }
     }
 
-    pub fn in_progress(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::InProgress { reason, message: message.into() }
+    pub fn wait(reason: &'static str, message: impl Into<String>, after: Duration) -> Self {
+        Self::Wait { reason: reason.into(), message: message.into(), after }
     }
 
-    pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::Stalled { reason, message: message.into() }
+    pub fn stalled(reason: &'static str, message: impl Into<String>, retry_after: Duration) -> Self {
+        Self::Stalled { reason: reason.into(), message: message.into(), retry_after }
+    }
+
+    /// A Done outcome recorded earlier (its reason read back from a condition).
+    pub fn recorded_done(reason: &str, message: &str) -> Self {
+        Self::Done { reason: Cow::Owned(reason.to_string()), message: message.to_string() }
     }
 
     pub fn is_done(&self) -> bool {
         matches!(self, Self::Done { .. })
     }
 
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &str {
         match self {
-            Self::Done { reason, .. } | Self::InProgress { reason, .. } | Self::Stalled { reason, .. } => reason,
+            Self::Done { reason, .. } | Self::Wait { reason, .. } | Self::Stalled { reason, .. } => reason,
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            Self::Done { message, .. } | Self::InProgress { message, .. } | Self::Stalled { message, .. } => message,
+            Self::Done { message, .. } | Self::Wait { message, .. } | Self::Stalled { message, .. } => message,
+        }
+    }
+
+    /// When to look again: `None` once done.
+    pub fn look_again(&self) -> Option<Duration> {
+        match self {
+            Self::Done { .. } => None,
+            Self::Wait { after, .. } => Some(*after),
+            Self::Stalled { retry_after, .. } => Some(*retry_after),
         }
     }
 }
@@ -157,8 +178,8 @@ mod tests {
     fn first_unfinished_step_speaks_for_the_object() {
         let mut list = vec![];
         let done = StepOutcome::done("AccountCreated", "ok");
-        let waiting = StepOutcome::in_progress("MovingAccount", "moving");
-        let stalled = StepOutcome::stalled("OrganizationalUnitNotFound", "create it");
+        let waiting = StepOutcome::wait("MovingAccount", "moving", Duration::from_secs(1));
+        let stalled = StepOutcome::stalled("OrganizationalUnitNotFound", "create it", Duration::from_secs(600));
 
         Conditions::new(&mut list, Some(1), at(0)).summarize(&[&done, &waiting, &stalled]);
         assert!(!is_true(&list, READY));

@@ -44,6 +44,7 @@ impl Leadership {
             state.changed().await.context("the lease manager stopped")?;
         }
         info!(lease = lease_name, identity, "became the leader");
+        crate::metrics::METRICS.leader.set(1);
         Ok(Self { state })
     }
 
@@ -52,6 +53,7 @@ impl Leadership {
         loop {
             if self.state.changed().await.is_err() || !*self.state.borrow_and_update() {
                 info!("lost the leader Lease");
+                crate::metrics::METRICS.leader.set(0);
                 // Keep the receiver alive a moment so the manager does not release a Lease
                 // it no longer holds before we stop.
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use silo::{
     aws::{Aws, AwsSettings, BudgetLimits},
     leader::Leadership,
+    metrics::METRICS,
     metrics::{self, Readiness},
     telemetry::{self, LogFormat},
     tenant::Settings,
@@ -38,9 +39,19 @@ struct RunArgs {
     #[arg(long, env = "SILO_CREATE_MISSING_OUS")]
     create_missing_ous: bool,
 
-    /// How often a Ready tenant is verified against AWS, in seconds (jittered up to twice).
+    /// How often a Ready tenant is verified against AWS, in seconds. Each tenant has its own
+    /// moment in the period, so a fleet is spread evenly over it.
     #[arg(long, env = "SILO_RESYNC_SECONDS", default_value_t = 3 * 3600)]
     resync_seconds: u64,
+
+    /// How often the organization index (accounts, their OUs and state) is refreshed with a
+    /// full sweep of the organization, in seconds.
+    #[arg(long, env = "SILO_INDEX_REFRESH_SECONDS", default_value_t = 3600)]
+    index_refresh_seconds: u64,
+
+    /// CreateAccount requests AWS runs at once for the organization (AWS's quota is 5).
+    #[arg(long, env = "SILO_MAX_CONCURRENT_CREATIONS", default_value_t = 5)]
+    max_concurrent_creations: usize,
 
     /// How many Tenants are reconciled at once.
     #[arg(long, env = "SILO_CONCURRENCY", default_value_t = 16)]
@@ -61,12 +72,20 @@ struct RunArgs {
     namespace: String,
 
     /// AWS Organizations requests started per second, for the whole fleet.
-    #[arg(long, env = "SILO_AWS_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(8).unwrap())]
+    #[arg(long, env = "SILO_AWS_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(10).unwrap())]
     aws_requests_per_second: NonZeroU32,
 
     /// AWS Organizations requests in flight at once, for the whole fleet.
     #[arg(long, env = "SILO_AWS_MAX_IN_FLIGHT", default_value_t = 8)]
     aws_max_in_flight: usize,
+
+    /// STS requests (AssumeRole into tenant accounts) started per second.
+    #[arg(long, env = "SILO_STS_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(20).unwrap())]
+    sts_requests_per_second: NonZeroU32,
+
+    /// CloudFormation requests started per second in each tenant account and region.
+    #[arg(long, env = "SILO_CLOUDFORMATION_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(5).unwrap())]
+    cloudformation_requests_per_second: NonZeroU32,
 
     /// A role in the management account to assume before anything else (the controller's
     /// own identity comes from the standard AWS chain: environment, IRSA, EKS Pod Identity).
@@ -115,16 +134,24 @@ async fn main() -> anyhow::Result<()> {
             let settings = Settings {
                 email_template: args.email_template,
                 create_missing_ous: args.create_missing_ous,
-                resync_period: Duration::from_secs(args.resync_seconds),
+                resync_period: Duration::from_secs(args.resync_seconds.max(1)),
+                index_refresh_period: Duration::from_secs(args.index_refresh_seconds.max(1)),
+                creation_slots: args.max_concurrent_creations.max(1),
                 concurrency: args.concurrency,
                 allow_account_closure: args.allow_account_closure,
                 max_account_closures_per_day: args.max_account_closures_per_day,
                 namespace: args.namespace,
             };
+            let defaults = AwsSettings::defaults();
             let aws_settings = AwsSettings {
                 limits: BudgetLimits {
                     requests_per_second: args.aws_requests_per_second,
                     max_in_flight: args.aws_max_in_flight,
+                },
+                sts_limits: BudgetLimits { requests_per_second: args.sts_requests_per_second, ..defaults.sts_limits },
+                cloudformation_limits: BudgetLimits {
+                    requests_per_second: args.cloudformation_requests_per_second,
+                    ..defaults.cloudformation_limits
                 },
                 management_role_arn: args.management_role_arn,
                 tag_sessions: args.session_tags,
@@ -149,8 +176,10 @@ async fn main() -> anyhow::Result<()> {
                 };
                 silo::run(client, aws, settings, stop).await
             } else {
+                METRICS.leader.set(1);
                 silo::run(client, aws, settings, shutdown_signal()).await
             };
+            METRICS.leader.set(0);
             server.abort();
             result
         }

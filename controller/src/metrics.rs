@@ -1,8 +1,10 @@
 //! Prometheus metrics and health endpoints: `/metrics`, `/healthz`, `/readyz`.
 //!
-//! What a platform team watches: reconciles by outcome and how long they take, AWS errors by
-//! operation and kind (throttling is expected weather; a rising `terminal` count is not), and
-//! the account milestones (created, adopted, closure requested).
+//! What a platform team watches: reconciles by outcome and how long they take, AWS requests
+//! and errors by operation (throttling is expected weather; a rising `terminal` count is
+//! not), the account milestones (created, adopted, closure requested), the fleet by phase,
+//! the creation queue and slots, the organization index, the closure budget, and whether
+//! this replica leads.
 
 use std::sync::{
     Arc, LazyLock,
@@ -12,7 +14,7 @@ use std::sync::{
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -29,9 +31,28 @@ pub struct AwsErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsRequestLabels {
+    pub service: &'static str,
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MilestoneLabels {
     pub milestone: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Every phase a Tenant reports; all are exported from the start, at 0 when empty.
+pub const PHASES: [&str; 7] = ["Pending", "Creating", "Provisioning", "Ready", "Stalled", "Paused", "Deleting"];
 
 /// Every metric Silo exports. One per process ([`METRICS`]).
 pub struct Metrics {
@@ -39,6 +60,18 @@ pub struct Metrics {
     pub reconcile_seconds: Family<ReconcileLabels, Histogram>,
     pub aws_errors: Family<AwsErrorLabels, Counter>,
     pub milestones: Family<MilestoneLabels, Counter>,
+    pub aws_requests: Family<AwsRequestLabels, Counter>,
+    pub tenants: Family<PhaseLabels, Gauge>,
+    pub tenants_stalled: Family<ReasonLabels, Gauge>,
+    pub creation_queue_length: Gauge,
+    pub creation_slots_in_use: Gauge,
+    pub creation_slots: Gauge,
+    pub index_accounts: Gauge,
+    pub index_complete: Gauge,
+    pub index_sweeps: Counter,
+    pub leader: Gauge,
+    pub account_closures_recorded: Gauge,
+    pub account_closures_per_day: Gauge,
     registry: Registry,
 }
 
@@ -63,7 +96,68 @@ impl Metrics {
             "Account milestones: the reasons of the Events Silo publishes (AccountCreated, ClosureRequested, ...)",
             milestones.clone(),
         );
-        Self { reconciles, reconcile_seconds, aws_errors, milestones, registry }
+        let aws_requests = Family::<AwsRequestLabels, Counter>::default();
+        registry.register(
+            "aws_requests",
+            "AWS requests sent (every page of a listing counts), by service and operation",
+            aws_requests.clone(),
+        );
+        let tenants = Family::<PhaseLabels, Gauge>::default();
+        for phase in PHASES {
+            tenants.get_or_create(&PhaseLabels { phase }).set(0);
+        }
+        registry.register("tenants", "Tenants by phase", tenants.clone());
+        let tenants_stalled = Family::<ReasonLabels, Gauge>::default();
+        registry.register("tenants_stalled", "Stalled Tenants by reason", tenants_stalled.clone());
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let creation_queue_length =
+            gauge(&mut registry, "creation_queue_length", "Tenants waiting for a CreateAccount slot");
+        let creation_slots_in_use = gauge(
+            &mut registry,
+            "creation_slots_in_use",
+            "CreateAccount requests reserved or in progress in the organization (Silo's and others' it saw)",
+        );
+        let creation_slots = gauge(
+            &mut registry,
+            "creation_slots",
+            "CreateAccount requests AWS runs at once (--max-concurrent-creations)",
+        );
+        let index_accounts = gauge(&mut registry, "index_accounts", "Accounts in the organization index");
+        let index_complete =
+            gauge(&mut registry, "index_complete", "1 once a sweep of the whole organization has completed");
+        let index_sweeps = Counter::default();
+        registry.register("index_sweeps", "Completed sweeps of the organization", index_sweeps.clone());
+        let leader = gauge(&mut registry, "leader", "1 while this replica holds the Lease and runs the controllers");
+        let account_closures_recorded = gauge(
+            &mut registry,
+            "account_closures_recorded",
+            "Account closures recorded in the ledger in the last 24 hours",
+        );
+        let account_closures_per_day =
+            gauge(&mut registry, "account_closures_per_day", "The closure budget (--max-account-closures-per-day)");
+        Self {
+            reconciles,
+            reconcile_seconds,
+            aws_errors,
+            milestones,
+            aws_requests,
+            tenants,
+            tenants_stalled,
+            creation_queue_length,
+            creation_slots_in_use,
+            creation_slots,
+            index_accounts,
+            index_complete,
+            index_sweeps,
+            leader,
+            account_closures_recorded,
+            account_closures_per_day,
+            registry,
+        }
     }
 
     /// The text exposition format.

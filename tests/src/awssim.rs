@@ -122,6 +122,48 @@ impl SimClient {
         aws_sdk_organizations::Client::new(&self.sdk_config())
     }
 
+    /// How many accounts of the organization have each email (every page of ListAccounts).
+    pub async fn accounts_by_email(&self) -> Result<std::collections::BTreeMap<String, usize>> {
+        let org = self.organizations();
+        let mut counts = std::collections::BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = org.list_accounts().set_next_token(token).send().await.context("ListAccounts")?;
+            for account in page.accounts() {
+                *counts.entry(account.email().unwrap_or_default().to_string()).or_default() += 1;
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(counts);
+            }
+        }
+    }
+
+    /// Requests about one account or stack (everything but the organization-wide reads
+    /// every controller makes of its organization at start and on refresh).
+    pub async fn per_account_requests(&self) -> Result<u64> {
+        const ORGANIZATION_WIDE: [&str; 6] = [
+            "organizations:CreateOrganization",
+            "organizations:DescribeOrganization",
+            "organizations:ListRoots",
+            "organizations:ListOrganizationalUnitsForParent",
+            "organizations:ListAccountsForParent",
+            "organizations:ListCreateAccountStatus",
+        ];
+        let stats = self.stats().await?;
+        let requests = stats["requests"].as_object().context("stats carry requests")?;
+        Ok(requests
+            .iter()
+            .filter(|(k, _)| !ORGANIZATION_WIDE.contains(&k.as_str()))
+            .filter_map(|(_, v)| v.as_u64())
+            .sum())
+    }
+
+    /// How many requests of `service:Operation` the simulator has seen.
+    pub async fn requests(&self, operation: &str) -> Result<u64> {
+        Ok(self.stats().await?["requests"][operation].as_u64().unwrap_or(0))
+    }
+
     /// The environment a separate `silo run` process needs to reach the simulator.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

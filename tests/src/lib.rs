@@ -30,7 +30,7 @@ use kube::{
 };
 use silo::{
     Tenant,
-    aws::{Aws, AwsSettings, BudgetLimits},
+    aws::{Aws, AwsSettings},
     tenant::Settings,
 };
 
@@ -211,6 +211,8 @@ impl TestCase {
             email_template: "aws+{tenant}@example.com".into(),
             create_missing_ous: false,
             resync_period: Duration::from_secs(3600),
+            index_refresh_period: Duration::from_secs(3600),
+            creation_slots: 5,
             concurrency: 8,
             allow_account_closure: false,
             max_account_closures_per_day: 10,
@@ -220,11 +222,7 @@ impl TestCase {
 
     /// How an in-process controller reaches AWS: Silo's defaults.
     pub fn aws_settings() -> AwsSettings {
-        AwsSettings {
-            limits: BudgetLimits { requests_per_second: std::num::NonZeroU32::new(8).unwrap(), max_in_flight: 8 },
-            management_role_arn: None,
-            tag_sessions: true,
-        }
+        AwsSettings::defaults()
     }
 
     /// Runs the Tenant controller in this process against the environment.
@@ -288,6 +286,40 @@ impl TestCase {
         Api::all(self.client.clone())
     }
 
+    /// Creates or updates a Tenant described by a [`TenantFixture`].
+    pub async fn create(&self, fixture: &TenantFixture) -> Result<Tenant, kube::Error> {
+        let tenant = fixture.tenant();
+        self.tenants()
+            .patch(&tenant.name_any(), &PatchParams::apply("silo-tests").force(), &Patch::Apply(&tenant))
+            .await
+    }
+
+    /// Waits until every listed Tenant has the condition with the given status.
+    pub async fn wait_for_all(&self, names: &[String], condition: &str, status: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tenants = self.tenants().list(&Default::default()).await?.items;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|name| {
+                    !tenants.iter().any(|t| {
+                        &t.name_any() == *name
+                            && t.status.as_ref().is_some_and(|s| {
+                                silo::conditions::find(&s.conditions, condition).is_some_and(|c| c.status == status)
+                            })
+                    })
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} Tenants are not {condition}={status} after {timeout:?}: {missing:?}", missing.len());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Creates or updates a Tenant from YAML with server-side apply.
     pub async fn apply(&self, yaml: &str) -> Result<Tenant, kube::Error> {
         let tenant: Tenant = serde_yaml::from_str(yaml).expect("test Tenant YAML parses");
@@ -336,6 +368,69 @@ impl Drop for TestCase {
     }
 }
 
+/// A Tenant for a test, built to read like a sentence:
+/// `TenantFixture::named("a").in_ou("/Tenants").close()`.
+#[derive(Clone, Debug)]
+pub struct TenantFixture {
+    name: String,
+    spec: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TenantFixture {
+    pub fn named(name: &str) -> Self {
+        Self { name: name.into(), spec: serde_json::Map::new() }
+    }
+
+    fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.spec.insert(key.into(), value);
+        self
+    }
+
+    pub fn in_ou(self, ou: &str) -> Self {
+        self.with("organizationalUnit", ou.into())
+    }
+
+    pub fn email(self, email: &str) -> Self {
+        self.with("email", email.into())
+    }
+
+    pub fn adopting(self, account_id: &str) -> Self {
+        self.with("accountId", account_id.into())
+    }
+
+    pub fn close(self) -> Self {
+        self.with("deletionPolicy", "Close".into())
+    }
+
+    pub fn paused(self) -> Self {
+        self.with("paused", true.into())
+    }
+
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        let tags = self.spec.entry("tags").or_insert_with(|| serde_json::json!({}));
+        tags[key] = value.into();
+        self
+    }
+
+    pub fn baseline(self, name: &str) -> Self {
+        self.with("baseline", serde_json::json!({"name": name}))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn tenant(&self) -> Tenant {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "silo.dev/v1alpha1",
+            "kind": "Tenant",
+            "metadata": {"name": self.name},
+            "spec": self.spec,
+        }))
+        .expect("a fixture is a valid Tenant")
+    }
+}
+
 /// Applies the RBAC objects of a manifest file (ServiceAccount, ClusterRole, Role and their
 /// bindings) with server-side apply.
 pub async fn apply_manifest(client: &Client, path: &Path) -> Result<()> {
@@ -366,6 +461,17 @@ pub async fn apply_manifest(client: &Client, path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The value of a sample in a Prometheus text exposition (`name` with its labels, as
+/// printed, e.g. `silo_index_complete` or `silo_tenants{phase="Ready"}`).
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Reads `/metrics` of a controller serving on `address`.
+pub async fn scrape(address: &str) -> Result<String> {
+    Ok(reqwest::get(format!("http://{address}/metrics")).await?.error_for_status()?.text().await?)
 }
 
 /// The `silo` binary of the same build as the running test binary (target/debug/silo).

@@ -134,6 +134,7 @@ async fn changing_the_ou_moves_the_account_and_moves_out_of_band_are_undone() {
     let mut settings = TestCase::settings();
     settings.create_missing_ous = true;
     settings.resync_period = Duration::from_secs(2);
+    settings.index_refresh_period = Duration::from_secs(2);
     case.start_controller(settings);
     case.apply(
         "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: nomad}\nspec: {organizationalUnit: /Tenants/A}",
@@ -187,6 +188,7 @@ async fn tag_drift_is_repaired_without_touching_foreign_tags() {
     let mut case = test_case().await;
     let mut settings = TestCase::settings();
     settings.resync_period = Duration::from_secs(2);
+    settings.index_refresh_period = Duration::from_secs(2);
     case.start_controller(settings);
     case.apply(
         "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: tidy}\nspec: {tags: {team: core, tier: gold}}",
@@ -249,6 +251,7 @@ async fn an_account_suspended_out_of_band_stalls_the_tenant() {
     let mut case = test_case().await;
     let mut settings = TestCase::settings();
     settings.resync_period = Duration::from_secs(2);
+    settings.index_refresh_period = Duration::from_secs(2);
     case.start_controller(settings);
     case.apply("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: frozen}\nspec: {}").await.unwrap();
     let tenant = case.wait_for("frozen", conditions::READY, "True", WITHIN).await.unwrap();

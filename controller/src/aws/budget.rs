@@ -1,24 +1,41 @@
-//! The organization-wide AWS budget: one view of AWS quotas for the whole fleet.
+//! Request budgets: one shared view of an AWS quota for the whole fleet.
 //!
-//! AWS Organizations throttles per organization, not per caller, and a rollout of a thousand
-//! Tenants would otherwise send a thousand ListAccounts at once. Every Organizations call
-//! takes a permit here first: at most `requests_per_second` calls start per second (a token
-//! bucket, with a burst of the same size) and at most `max_in_flight` run at once.
+//! AWS throttles Organizations per organization, not per caller: a rollout of a thousand
+//! Tenants must share one rate. Every request (every page of a listing) takes a [`Permit`]
+//! from its service's budget first: at most `requests_per_second` start per second (a token
+//! bucket with a burst of the same size) and at most `max_in_flight` run at once.
+//!
+//! Work comes in two priorities:
+//! - [`Priority::User`]: what a person is waiting for (a new, changed or deleted Tenant, a
+//!   creation in flight, the first look at the organization). It waits for a permit.
+//! - [`Priority::Background`]: index refreshes. It waits without ever getting ahead of a
+//!   waiting user request ([`Budget::background`]).
+//! - [`Priority::IfIdle`]: periodic verification. It takes a permit only if one is free now
+//!   and no user request waits ([`Budget::try_background`]), else nothing is sent and the
+//!   work is done later: a verification never holds a controller worker while user work
+//!   queues behind it.
 //!
 //! ## Guarantees
-//! - Waiting for a permit never fails; it only delays the caller. Reconciles waiting here hold
-//!   a worker, so `max_in_flight` should stay below the controller's concurrency.
-//! - The budget is per process. Run one controller per organization (the deployment uses one
-//!   replica with the Recreate strategy).
+//! - Waiting for a permit never fails; it only delays the caller.
+//! - While user requests wait, no background request starts (a background request already
+//!   past the gate may still take one token).
+//! - Budgets are per process; leader election makes that one per organization.
 //!
 //! ## Warning
 //! Setting `requests_per_second` above what AWS allows does not make Silo faster: AWS answers
 //! with throttling errors, which Silo absorbs by backing off, so the fleet converges slower.
 
-use std::{num::NonZeroU32, sync::Arc};
+use std::{
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Limits for one AWS API (one service, one organization).
 #[derive(Clone, Copy, Debug)]
@@ -27,26 +44,135 @@ pub struct BudgetLimits {
     pub max_in_flight: usize,
 }
 
-/// A shared rate and concurrency budget. Cheap to clone.
+/// Who is waiting for a request: a person, or the fleet's housekeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Priority {
+    User,
+    Background,
+    IfIdle,
+}
+
+/// The right to send one request; the request may run while the permit lives.
+pub struct Permit {
+    _in_flight: OwnedSemaphorePermit,
+}
+
+/// A shared rate and concurrency budget with two priorities. Cheap to clone.
 #[derive(Clone)]
 pub struct Budget {
     rate: Arc<DefaultDirectRateLimiter>,
     in_flight: Arc<Semaphore>,
+    users_waiting: Arc<AtomicUsize>,
+    users_done: Arc<Notify>,
 }
+
+/// How often a waiting background request looks again while user requests hold the budget.
+const BACKGROUND_RECHECK: Duration = Duration::from_millis(50);
 
 impl Budget {
     pub fn new(limits: BudgetLimits) -> Self {
         Self {
             rate: Arc::new(RateLimiter::direct(Quota::per_second(limits.requests_per_second))),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            users_waiting: Arc::default(),
+            users_done: Arc::default(),
         }
     }
 
-    /// Waits for a slot, then for a token; the call may run while the permit lives.
-    pub async fn permit(&self) -> OwnedSemaphorePermit {
-        let permit = self.in_flight.clone().acquire_owned().await.expect("the budget's semaphore is never closed");
+    /// A permit at `priority`: waits for it, except at [`Priority::IfIdle`], which gets
+    /// `None` when the budget is not idle now.
+    pub async fn permit(&self, priority: Priority) -> Option<Permit> {
+        match priority {
+            Priority::User => Some(self.user().await),
+            Priority::Background => Some(self.background().await),
+            Priority::IfIdle => self.try_background(),
+        }
+    }
+
+    /// Waits for a slot, then for a token, ahead of every background request.
+    pub async fn user(&self) -> Permit {
+        let _waiting = UserWaiting::enter(self);
+        let in_flight = self.in_flight.clone().acquire_owned().await.expect("the budget's semaphore is never closed");
         self.rate.until_ready().await;
-        permit
+        Permit { _in_flight: in_flight }
+    }
+
+    /// Waits until no user request is waiting and a slot and a token are free.
+    pub async fn background(&self) -> Permit {
+        loop {
+            if let Some(permit) = self.try_background() {
+                return permit;
+            }
+            tokio::select! {
+                _ = self.users_done.notified() => {}
+                _ = tokio::time::sleep(BACKGROUND_RECHECK) => {}
+            }
+        }
+    }
+
+    /// A permit now, if no user request is waiting and a slot and a token are free.
+    pub fn try_background(&self) -> Option<Permit> {
+        if self.users_waiting.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let in_flight = self.in_flight.clone().try_acquire_owned().ok()?;
+        self.rate.check().ok()?;
+        Some(Permit { _in_flight: in_flight })
+    }
+}
+
+/// A budget with one rate per key and one in-flight cap for all keys: CloudFormation's
+/// quotas are per account and region, so tenants proceed in parallel, each at its own rate.
+#[derive(Clone)]
+pub struct KeyedBudget {
+    rate: Arc<DefaultKeyedRateLimiter<(String, String)>>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl KeyedBudget {
+    pub fn new(limits: BudgetLimits) -> Self {
+        Self {
+            rate: Arc::new(RateLimiter::keyed(Quota::per_second(limits.requests_per_second))),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+        }
+    }
+
+    /// A permit for `key` (account, region); `None` at [`Priority::IfIdle`] when there is
+    /// none now. Keys are not ordered by priority against each other: one tenant's requests
+    /// never queue behind another's rate.
+    pub async fn permit(&self, key: &(String, String), priority: Priority) -> Option<Permit> {
+        let in_flight = match priority {
+            Priority::IfIdle => self.in_flight.clone().try_acquire_owned().ok()?,
+            Priority::User | Priority::Background => {
+                self.in_flight.clone().acquire_owned().await.expect("the budget's semaphore is never closed")
+            }
+        };
+        match priority {
+            Priority::IfIdle => self.rate.check_key(key).ok()?,
+            Priority::User | Priority::Background => self.rate.until_key_ready(key).await,
+        }
+        if self.rate.len() > 50_000 {
+            self.rate.retain_recent();
+        }
+        Some(Permit { _in_flight: in_flight })
+    }
+}
+
+/// Counts a user request as waiting for as long as it lives.
+struct UserWaiting<'b>(&'b Budget);
+
+impl<'b> UserWaiting<'b> {
+    fn enter(budget: &'b Budget) -> Self {
+        budget.users_waiting.fetch_add(1, Ordering::AcqRel);
+        Self(budget)
+    }
+}
+
+impl Drop for UserWaiting<'_> {
+    fn drop(&mut self) {
+        if self.0.users_waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.users_done.notify_waiters();
+        }
     }
 }
 
@@ -54,16 +180,53 @@ impl Budget {
 mod tests {
     use super::*;
 
+    fn budget(rps: u32, in_flight: usize) -> Budget {
+        Budget::new(BudgetLimits { requests_per_second: NonZeroU32::new(rps).unwrap(), max_in_flight: in_flight })
+    }
+
     #[tokio::test]
     async fn in_flight_calls_are_capped() {
-        let budget =
-            Budget::new(BudgetLimits { requests_per_second: NonZeroU32::new(1000).unwrap(), max_in_flight: 2 });
-        let a = budget.permit().await;
-        let _b = budget.permit().await;
-        let third = tokio::time::timeout(std::time::Duration::from_millis(50), budget.permit()).await;
+        let budget = budget(1000, 2);
+        let a = budget.user().await;
+        let _b = budget.user().await;
+        let third = tokio::time::timeout(Duration::from_millis(50), budget.user()).await;
         assert!(third.is_err(), "a third call waits while two are in flight");
         drop(a);
-        let third = tokio::time::timeout(std::time::Duration::from_secs(5), budget.permit()).await;
+        let third = tokio::time::timeout(Duration::from_secs(5), budget.user()).await;
         assert!(third.is_ok(), "a finished call frees its slot");
+    }
+
+    #[tokio::test]
+    async fn background_work_never_takes_a_permit_a_user_is_waiting_for() {
+        let budget = budget(1000, 1);
+        let held = budget.user().await;
+        let waiting_user = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.user().await }
+        });
+        // Let the user request queue up behind the held permit.
+        while budget.users_waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(budget.try_background().is_none(), "a user is waiting: background work must not start");
+        drop(held);
+        let user_permit = waiting_user.await.unwrap();
+        assert!(budget.try_background().is_none(), "the only slot is the user's");
+        drop(user_permit);
+        assert!(budget.try_background().is_some(), "an idle budget serves background work at once");
+    }
+
+    #[tokio::test]
+    async fn background_waits_for_users_to_finish() {
+        let budget = budget(1000, 1);
+        let held = budget.user().await;
+        let background = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.background().await }
+        });
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(!background.is_finished(), "the slot is held");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), background).await.unwrap().unwrap();
     }
 }

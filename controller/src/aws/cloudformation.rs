@@ -1,9 +1,10 @@
 //! CloudFormation in one tenant account and region, as the baseline step uses it.
 //!
 //! A [`Stacks`] is built from a tenant session's credentials (see [`super::tenant_access`])
-//! and can only ever act in that account: there is no way to switch it to another.
+//! and can only ever act in that account: there is no way to switch it to another. Every
+//! request takes a permit from the CloudFormation budget of that account and region.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use aws_config::{Region, SdkConfig, retry::RetryConfig};
 use aws_credential_types::Credentials;
@@ -12,8 +13,11 @@ use aws_sdk_cloudformation::{
     types::{Capability, Parameter, ResourceStatus, Tag},
 };
 
-use super::error::AwsError;
-use crate::baseline::stack::Observed;
+use super::{
+    budget::{KeyedBudget, Permit, Priority},
+    count_request,
+    error::AwsError,
+};
 
 /// What the stack operations need to know of the template and its settings.
 #[derive(Clone, Debug)]
@@ -31,7 +35,12 @@ pub struct StackSpec<'a> {
 #[derive(Clone, Debug)]
 pub struct Stack {
     pub id: String,
-    pub observed: Observed,
+    /// CloudFormation's stack status, like CREATE_COMPLETE.
+    pub status: String,
+    pub reason: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// Time since the stack last changed state (from CreationTime / LastUpdatedTime).
+    pub since: Duration,
     /// When the stack last changed state (seconds since the epoch): part of request tokens,
     /// so a retried call repeats its token and the next operation gets a new one.
     pub changed_at: i64,
@@ -50,22 +59,41 @@ pub enum Update {
 /// The stacks of one account in one region.
 pub struct Stacks {
     client: Client,
+    budget: KeyedBudget,
+    key: (String, String),
+    priority: Priority,
 }
 
 impl Stacks {
     /// A client acting with `credentials` in `region`, with the endpoint and retry policy of
-    /// the base configuration.
-    pub fn new(base: &SdkConfig, credentials: Credentials, region: &str, max_attempts: u32) -> Self {
+    /// the base configuration, taking permits for `key` (account, region) at `priority`.
+    pub fn new(
+        base: &SdkConfig,
+        credentials: Credentials,
+        region: &str,
+        max_attempts: u32,
+        budget: KeyedBudget,
+        key: (String, String),
+        priority: Priority,
+    ) -> Self {
         let config = aws_sdk_cloudformation::config::Builder::from(base)
             .region(Region::new(region.to_string()))
             .credentials_provider(credentials)
             .retry_config(RetryConfig::standard().with_max_attempts(max_attempts))
             .build();
-        Self { client: Client::from_conf(config) }
+        Self { client: Client::from_conf(config), budget, key, priority }
+    }
+
+    /// Takes a permit for one request and counts it.
+    async fn permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
+        let permit = self.budget.permit(&self.key, self.priority).await.ok_or_else(|| AwsError::busy(operation))?;
+        count_request("cloudformation", operation);
+        Ok(permit)
     }
 
     /// DescribeStacks for one stack; `None` when it does not exist.
-    pub async fn describe(&self, name: &str, revision_tag: &str) -> Result<Option<Stack>, AwsError> {
+    pub async fn describe(&self, name: &str) -> Result<Option<Stack>, AwsError> {
+        let _permit = self.permit("DescribeStacks").await?;
         let out = match self.client.describe_stacks().stack_name(name).send().await {
             Ok(out) => out,
             Err(err) => {
@@ -81,16 +109,7 @@ impl Stacks {
         let changed = stack.last_updated_time.or(stack.creation_time);
         let changed_at = changed.map(|t| t.secs()).unwrap_or_default();
         let since = changed.as_ref().and_then(super::age).unwrap_or_default();
-        let observed = Observed {
-            status: stack.stack_status.as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
-            reason: stack.stack_status_reason.clone(),
-            revision: stack
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(revision_tag))
-                .and_then(|t| t.value().map(str::to_string)),
-            since,
-        };
+        let tags = stack.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect();
         let outputs = stack
             .outputs()
             .iter()
@@ -98,7 +117,10 @@ impl Stacks {
             .collect();
         Ok(Some(Stack {
             id: stack.stack_id.clone().unwrap_or_default(),
-            observed,
+            status: stack.stack_status.as_ref().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            reason: stack.stack_status_reason.clone(),
+            tags,
+            since,
             changed_at,
             outputs,
             termination_protection: stack.enable_termination_protection.unwrap_or(false),
@@ -107,6 +129,7 @@ impl Stacks {
 
     /// CreateStack. The token makes a retried call a no-op.
     pub async fn create(&self, spec: &StackSpec<'_>, token: &str) -> Result<String, AwsError> {
+        let _permit = self.permit("CreateStack").await?;
         let input = StackInput::from(spec);
         let out = self
             .client
@@ -127,6 +150,7 @@ impl Stacks {
 
     /// UpdateStack. The token makes a retried call a no-op.
     pub async fn update(&self, spec: &StackSpec<'_>, token: &str) -> Result<Update, AwsError> {
+        let _permit = self.permit("UpdateStack").await?;
         let input = StackInput::from(spec);
         let result = self
             .client
@@ -156,6 +180,7 @@ impl Stacks {
     /// DeleteStack (turning termination protection off first, when it is on).
     pub async fn delete(&self, stack: &Stack, token: &str) -> Result<(), AwsError> {
         if stack.termination_protection {
+            let _permit = self.permit("UpdateTerminationProtection").await?;
             self.client
                 .update_termination_protection()
                 .stack_name(&stack.id)
@@ -164,6 +189,7 @@ impl Stacks {
                 .await
                 .map_err(|err| AwsError::from_sdk("UpdateTerminationProtection", err))?;
         }
+        let _permit = self.permit("DeleteStack").await?;
         self.client
             .delete_stack()
             .stack_name(&stack.id)
@@ -176,6 +202,7 @@ impl Stacks {
 
     /// ContinueUpdateRollback.
     pub async fn continue_rollback(&self, name: &str, token: &str) -> Result<(), AwsError> {
+        let _permit = self.permit("ContinueUpdateRollback").await?;
         self.client
             .continue_update_rollback()
             .stack_name(name)
@@ -188,6 +215,7 @@ impl Stacks {
 
     /// The first resource that failed, with its reason, from the stack's events.
     pub async fn first_failure(&self, stack_id: &str) -> Result<Option<String>, AwsError> {
+        let _permit = self.permit("DescribeStackEvents").await?;
         let out = self
             .client
             .describe_stack_events()

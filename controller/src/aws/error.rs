@@ -9,6 +9,8 @@
 //! - [`AwsErrorKind::Transient`]: a 5xx, a timeout, a dropped connection. Retried the same way.
 //! - [`AwsErrorKind::Terminal`]: AWS understood and refused. The caller decides which
 //!   condition to report; the code and message are kept for it.
+//! - [`AwsErrorKind::Busy`]: not an AWS answer at all: Silo's own budget had no permit for
+//!   background work at that moment (see [`super::budget`]). The work is done later.
 
 use aws_sdk_organizations::error::SdkError;
 
@@ -37,6 +39,7 @@ pub enum AwsErrorKind {
     Throttled,
     Transient,
     Terminal,
+    Busy,
 }
 
 /// One failed AWS call, classified.
@@ -58,6 +61,11 @@ impl AwsError {
     /// An answer that lacks what AWS documents it to carry; retried like a transient fault.
     pub fn unexpected_answer(operation: &'static str, message: impl Into<String>) -> Self {
         Self { operation, kind: AwsErrorKind::Transient, code: None, message: message.into() }
+    }
+
+    /// Background work found the budget busy with user work; nothing was sent.
+    pub fn busy(operation: &'static str) -> Self {
+        Self { operation, kind: AwsErrorKind::Busy, code: None, message: "deferred: the AWS budget is busy".into() }
     }
 
     pub fn has_code(&self, code: &str) -> bool {
@@ -86,6 +94,7 @@ impl AwsError {
             AwsErrorKind::Throttled => "throttled",
             AwsErrorKind::Transient => "transient",
             AwsErrorKind::Terminal => "terminal",
+            AwsErrorKind::Busy => "busy",
         };
         METRICS.aws_errors.get_or_create(&AwsErrorLabels { operation, kind }).inc();
         classified

@@ -3,8 +3,10 @@
 //! Credentials, region and endpoints come from the standard AWS SDK chain (environment,
 //! shared config, web identity for IRSA, EKS Pod Identity); `AWS_ENDPOINT_URL` points Silo at
 //! a simulator. The SDK retries throttling and transient errors with jittered exponential
-//! backoff; whatever still fails is classified in [`error`]. Calls to the management account
-//! share one [`Budget`].
+//! backoff; whatever still fails is classified in [`error`]. Each service has its own
+//! [`Budget`]: Organizations one for the organization (owned by [`crate::org`]), STS one for
+//! the controller's identity, CloudFormation one rate per tenant account and region.
+//! Every request is counted in `silo_aws_requests_total{service,operation}`.
 
 pub mod budget;
 pub mod cloudformation;
@@ -12,18 +14,27 @@ pub mod error;
 pub mod organizations;
 pub mod tenant_access;
 
+use std::num::NonZeroU32;
+
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, sts::AssumeRoleProvider};
 use aws_credential_types::Credentials;
 
-pub use budget::{Budget, BudgetLimits};
+pub use budget::{Budget, BudgetLimits, KeyedBudget, Priority};
 pub use error::{AwsError, AwsErrorKind};
 pub use organizations::Organizations;
 pub use tenant_access::{SessionKey, TenantAccess};
+
+use crate::metrics::{AwsRequestLabels, METRICS};
 
 /// How long ago an AWS timestamp was; `None` for a time in the future or out of range.
 pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
     now.checked_sub(std::time::Duration::from_secs(u64::try_from(time.secs()).ok()?))
+}
+
+/// Counts one request sent to AWS.
+pub(crate) fn count_request(service: &'static str, operation: &'static str) {
+    METRICS.aws_requests.get_or_create(&AwsRequestLabels { service, operation }).inc();
 }
 
 /// AWS Organizations is a global service served from us-east-1; used when no region is set.
@@ -35,18 +46,43 @@ const MAX_ATTEMPTS: u32 = 4;
 /// How Silo reaches AWS.
 #[derive(Clone, Debug)]
 pub struct AwsSettings {
+    /// Organizations requests, for the whole organization.
     pub limits: BudgetLimits,
+    /// STS requests (AssumeRole into tenant accounts), for the controller's identity.
+    pub sts_limits: BudgetLimits,
+    /// CloudFormation requests: the rate is per tenant account and region, the in-flight
+    /// cap for all of them together.
+    pub cloudformation_limits: BudgetLimits,
     /// A role in the management account to assume first (`--management-role-arn`).
     pub management_role_arn: Option<String>,
     /// Tag tenant sessions with the tenant (needs sts:TagSession in the role's trust policy).
     pub tag_sessions: bool,
 }
 
+impl AwsSettings {
+    /// Silo's defaults (those of `silo run`).
+    pub fn defaults() -> Self {
+        let limits = |rps: u32, in_flight| BudgetLimits {
+            requests_per_second: NonZeroU32::new(rps).expect("a positive rate"),
+            max_in_flight: in_flight,
+        };
+        Self {
+            limits: limits(10, 8),
+            sts_limits: limits(20, 8),
+            cloudformation_limits: limits(5, 32),
+            management_role_arn: None,
+            tag_sessions: true,
+        }
+    }
+}
+
 /// Clients for the management account, and the way into tenant accounts.
 #[derive(Clone)]
 pub struct Aws {
+    /// Organizations, for [`crate::org::Organization`] only.
     pub organizations: Organizations,
     pub tenants: TenantAccess,
+    stacks_budget: KeyedBudget,
     /// The management account's configuration: endpoint, region, credentials.
     pub config: SdkConfig,
 }
@@ -69,14 +105,16 @@ impl Aws {
         Self::from_config(&config, settings)
     }
 
-    /// Clients from a loaded configuration, with Silo's retry policy and one shared budget
-    /// for the management account.
+    /// Clients from a loaded configuration, with Silo's retry policy and one budget per service.
     pub fn from_config(config: &SdkConfig, settings: &AwsSettings) -> Self {
         let config = config.to_builder().retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS)).build();
-        let budget = Budget::new(settings.limits);
         Self {
-            organizations: Organizations::new(aws_sdk_organizations::Client::new(&config), budget.clone()),
-            tenants: TenantAccess::new(&config, budget, settings.tag_sessions),
+            organizations: Organizations::new(
+                aws_sdk_organizations::Client::new(&config),
+                Budget::new(settings.limits),
+            ),
+            tenants: TenantAccess::new(&config, Budget::new(settings.sts_limits), settings.tag_sessions),
+            stacks_budget: KeyedBudget::new(settings.cloudformation_limits),
             config,
         }
     }
@@ -86,8 +124,23 @@ impl Aws {
         self.config.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_string())
     }
 
-    /// CloudFormation in one tenant account and region, with that tenant's session.
-    pub fn stacks(&self, credentials: Credentials, region: &str) -> cloudformation::Stacks {
-        cloudformation::Stacks::new(&self.config, credentials, region, MAX_ATTEMPTS)
+    /// CloudFormation in one tenant account and region, with that tenant's session, at
+    /// `priority` on that account and region's budget.
+    pub fn stacks(
+        &self,
+        account_id: &str,
+        credentials: Credentials,
+        region: &str,
+        priority: Priority,
+    ) -> cloudformation::Stacks {
+        cloudformation::Stacks::new(
+            &self.config,
+            credentials,
+            region,
+            MAX_ATTEMPTS,
+            self.stacks_budget.clone(),
+            (account_id.to_string(), region.to_string()),
+            priority,
+        )
     }
 }

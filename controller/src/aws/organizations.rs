@@ -1,38 +1,36 @@
-//! AWS Organizations, as Silo uses it: plain data in, plain data out, errors classified.
+//! AWS Organizations, one request at a time: plain data in, plain data out, errors classified.
 //!
-//! Nothing here decides anything; the tenant pipeline does. Each method is one AWS
-//! operation, or one paginated listing, and every request (every page) first takes a permit
-//! from the shared [`Budget`].
-//!
-//! The two listings a fleet would otherwise repeat for every new Tenant (all accounts, all
-//! creation requests) are cached as snapshots shared by all reconciles; see
-//! [`Organizations::accounts`].
+//! Nothing here decides or remembers anything: [`crate::org`] owns this client, its budget,
+//! the organization index and the creation slots, and is the only caller. Each method is one
+//! AWS operation or one paginated listing; every request (every page) first takes a permit
+//! from the Organizations [`Budget`] at the caller's [`Priority`] and is counted in
+//! `silo_aws_requests_total`.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use aws_sdk_organizations::{
     Client,
     operation::close_account::CloseAccountError,
     types::{AccountState, CreateAccountState, Tag},
 };
-use tokio::sync::Mutex;
 
-use super::{budget::Budget, error::AwsError};
+use super::{
+    budget::{Budget, Priority},
+    count_request,
+    error::AwsError,
+};
 
 /// Runs a paginated listing to the end, taking one budget permit per page, and returns the
 /// items of every page.
 macro_rules! all_pages {
-    ($self:ident, $operation:literal, $request:expr, $items:ident) => {{
+    ($self:ident, $priority:expr, $operation:literal, $request:expr, $items:ident) => {{
         let mut out = Vec::new();
         let mut token = None;
         loop {
-            let _permit = $self.budget.permit().await;
-            let page =
-                $request.set_next_token(token).send().await.map_err(|err| AwsError::from_sdk($operation, err))?;
+            let page = {
+                let _permit = $self.permit($priority, $operation).await?;
+                $request.set_next_token(token).send().await.map_err(|err| AwsError::from_sdk($operation, err))?
+            };
             out.extend(page.$items.unwrap_or_default());
             token = page.next_token;
             if token.is_none() {
@@ -64,6 +62,13 @@ impl Account {
     }
 }
 
+/// The organization itself: who manages it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrganizationInfo {
+    pub id: String,
+    pub management_account_id: String,
+}
+
 /// Where a CreateAccount request stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CreationState {
@@ -84,6 +89,8 @@ pub struct CreateRequest {
     pub id: String,
     pub account_name: String,
     pub state: CreationState,
+    /// How long AWS took, from its own timestamps, once the request has ended.
+    pub took: Option<Duration>,
 }
 
 /// A child of the organization tree.
@@ -102,61 +109,47 @@ pub enum CloseRefusal {
     AlreadyClosed,
 }
 
-/// A listing shared by every reconcile, refreshed when older than asked for. The lock is held
-/// while refreshing, so concurrent callers wait for one listing instead of starting their own.
-struct Snapshot<T> {
-    inner: Mutex<Option<(Instant, Arc<Vec<T>>)>>,
-}
-
-impl<T> Snapshot<T> {
-    fn new() -> Self {
-        Self { inner: Mutex::new(None) }
-    }
-
-    async fn get<F, Fut>(&self, max_age: Duration, list: F) -> Result<Arc<Vec<T>>, AwsError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<T>, AwsError>>,
-    {
-        let mut guard = self.inner.lock().await;
-        if let Some((taken, items)) = guard.as_ref()
-            && taken.elapsed() <= max_age
-        {
-            return Ok(items.clone());
-        }
-        let items = Arc::new(list().await?);
-        *guard = Some((Instant::now(), items.clone()));
-        Ok(items)
-    }
-
-    /// Adds what this process just did, so the snapshot agrees with our own writes.
-    async fn append(&self, item: T)
-    where
-        T: Clone,
-    {
-        if let Some((_, items)) = self.inner.lock().await.as_mut() {
-            Arc::make_mut(items).push(item);
-        }
-    }
-}
-
 /// The Organizations API of the management account.
 #[derive(Clone)]
 pub struct Organizations {
     client: Client,
     budget: Budget,
-    accounts: Arc<Snapshot<Account>>,
-    requests: Arc<Snapshot<CreateRequest>>,
 }
 
 impl Organizations {
     pub fn new(client: Client, budget: Budget) -> Self {
-        Self { client, budget, accounts: Arc::new(Snapshot::new()), requests: Arc::new(Snapshot::new()) }
+        Self { client, budget }
+    }
+
+    /// Takes a permit for one request and counts it; at [`Priority::IfIdle`], fails with a
+    /// `Busy` error instead of waiting.
+    async fn permit(&self, priority: Priority, operation: &'static str) -> Result<super::budget::Permit, AwsError> {
+        let permit = self.budget.permit(priority).await.ok_or_else(|| AwsError::busy(operation))?;
+        count_request("organizations", operation);
+        Ok(permit)
+    }
+
+    /// DescribeOrganization.
+    pub async fn describe_organization(&self, priority: Priority) -> Result<OrganizationInfo, AwsError> {
+        let _permit = self.permit(priority, "DescribeOrganization").await?;
+        let out = self
+            .client
+            .describe_organization()
+            .send()
+            .await
+            .map_err(|err| AwsError::from_sdk("DescribeOrganization", err))?;
+        let org = out
+            .organization
+            .ok_or_else(|| AwsError::unexpected_answer("DescribeOrganization", "the answer carried no organization"))?;
+        Ok(OrganizationInfo {
+            id: org.id.unwrap_or_default(),
+            management_account_id: org.master_account_id.unwrap_or_default(),
+        })
     }
 
     /// DescribeAccount; `None` when the account is not in the organization.
-    pub async fn describe_account(&self, account_id: &str) -> Result<Option<Account>, AwsError> {
-        let _permit = self.budget.permit().await;
+    pub async fn describe_account(&self, account_id: &str, priority: Priority) -> Result<Option<Account>, AwsError> {
+        let _permit = self.permit(priority, "DescribeAccount").await?;
         match self.client.describe_account().account_id(account_id).send().await {
             Ok(out) => Ok(out.account.map(account_from)),
             Err(err) => {
@@ -166,45 +159,33 @@ impl Organizations {
         }
     }
 
-    /// Every account of the organization, from a snapshot at most `max_age` old.
-    ///
-    /// A fleet rollout asks this once per new Tenant; with thousands of accounts a fresh
-    /// listing is hundreds of requests, so reconciles share one snapshot. Callers that need
-    /// the truth (after AWS said an email is taken) pass `Duration::ZERO`.
-    pub async fn accounts(&self, max_age: Duration) -> Result<Arc<Vec<Account>>, AwsError> {
-        self.accounts.get(max_age, || self.list_accounts()).await
-    }
-
-    async fn list_accounts(&self) -> Result<Vec<Account>, AwsError> {
-        let accounts = all_pages!(self, "ListAccounts", self.client.list_accounts(), accounts);
+    /// The accounts directly under a parent (ListAccountsForParent, all pages).
+    pub async fn accounts_under(&self, parent_id: &str, priority: Priority) -> Result<Vec<Account>, AwsError> {
+        let request = self.client.list_accounts_for_parent().parent_id(parent_id);
+        let accounts = all_pages!(self, priority, "ListAccountsForParent", request.clone(), accounts);
         Ok(accounts.into_iter().map(account_from).collect())
     }
 
-    /// CreateAccount requests that are in progress or succeeded, from a snapshot at most
-    /// `max_age` old that also holds every request this process sent since.
-    pub async fn open_create_requests(&self, max_age: Duration) -> Result<Arc<Vec<CreateRequest>>, AwsError> {
-        self.requests.get(max_age, || self.list_open_create_requests()).await
-    }
-
-    async fn list_open_create_requests(&self) -> Result<Vec<CreateRequest>, AwsError> {
-        let request = self
-            .client
-            .list_create_account_status()
-            .states(CreateAccountState::InProgress)
-            .states(CreateAccountState::Succeeded);
-        let statuses = all_pages!(self, "ListCreateAccountStatus", request.clone(), create_account_statuses);
+    /// CreateAccount requests in the given states (ListCreateAccountStatus, all pages).
+    pub async fn create_requests(
+        &self,
+        states: &[CreateAccountState],
+        priority: Priority,
+    ) -> Result<Vec<CreateRequest>, AwsError> {
+        let request = self.client.list_create_account_status().set_states(Some(states.to_vec()));
+        let statuses = all_pages!(self, priority, "ListCreateAccountStatus", request.clone(), create_account_statuses);
         Ok(statuses.into_iter().map(create_request_from).collect())
     }
 
     /// CreateAccount. AWS offers no idempotency token: see `tenant::account` for how Silo
-    /// avoids a second account after a crash.
+    /// avoids a second account after a crash, and `org::creations` for the slots.
     pub async fn create_account(
         &self,
         name: &str,
         email: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<CreateRequest, AwsError> {
-        let _permit = self.budget.permit().await;
+        let _permit = self.permit(Priority::User, "CreateAccount").await?;
         let out = self
             .client
             .create_account()
@@ -214,17 +195,18 @@ impl Organizations {
             .send()
             .await
             .map_err(|err| AwsError::from_sdk("CreateAccount", err))?;
-        let request = out
-            .create_account_status
+        out.create_account_status
             .map(create_request_from)
-            .ok_or_else(|| AwsError::unexpected_answer("CreateAccount", "the answer carried no CreateAccountStatus"))?;
-        self.requests.append(request.clone()).await;
-        Ok(request)
+            .ok_or_else(|| AwsError::unexpected_answer("CreateAccount", "the answer carried no CreateAccountStatus"))
     }
 
     /// DescribeCreateAccountStatus.
-    pub async fn describe_create_request(&self, request_id: &str) -> Result<CreateRequest, AwsError> {
-        let _permit = self.budget.permit().await;
+    pub async fn describe_create_request(
+        &self,
+        request_id: &str,
+        priority: Priority,
+    ) -> Result<CreateRequest, AwsError> {
+        let _permit = self.permit(priority, "DescribeCreateAccountStatus").await?;
         let out = self
             .client
             .describe_create_account_status()
@@ -238,15 +220,15 @@ impl Organizations {
     }
 
     /// The tags on an account (ListTagsForResource, all pages).
-    pub async fn list_tags(&self, account_id: &str) -> Result<BTreeMap<String, String>, AwsError> {
+    pub async fn list_tags(&self, account_id: &str, priority: Priority) -> Result<BTreeMap<String, String>, AwsError> {
         let request = self.client.list_tags_for_resource().resource_id(account_id);
-        let tags = all_pages!(self, "ListTagsForResource", request.clone(), tags);
+        let tags = all_pages!(self, priority, "ListTagsForResource", request.clone(), tags);
         Ok(tags.into_iter().map(|tag| (tag.key, tag.value)).collect())
     }
 
     /// TagResource.
     pub async fn tag_account(&self, account_id: &str, tags: &BTreeMap<String, String>) -> Result<(), AwsError> {
-        let _permit = self.budget.permit().await;
+        let _permit = self.permit(Priority::User, "TagResource").await?;
         self.client
             .tag_resource()
             .resource_id(account_id)
@@ -259,7 +241,7 @@ impl Organizations {
 
     /// UntagResource.
     pub async fn untag_account(&self, account_id: &str, keys: &[String]) -> Result<(), AwsError> {
-        let _permit = self.budget.permit().await;
+        let _permit = self.permit(Priority::User, "UntagResource").await?;
         self.client
             .untag_resource()
             .resource_id(account_id)
@@ -271,8 +253,8 @@ impl Organizations {
     }
 
     /// The id of the organization's root (ListRoots).
-    pub async fn root_id(&self) -> Result<String, AwsError> {
-        let _permit = self.budget.permit().await;
+    pub async fn root_id(&self, priority: Priority) -> Result<String, AwsError> {
+        let _permit = self.permit(priority, "ListRoots").await?;
         let out = self.client.list_roots().send().await.map_err(|err| AwsError::from_sdk("ListRoots", err))?;
         out.roots()
             .iter()
@@ -281,27 +263,37 @@ impl Organizations {
     }
 
     /// The OUs directly under a parent (ListOrganizationalUnitsForParent, all pages).
-    pub async fn child_units(&self, parent_id: &str) -> Result<Vec<OrganizationalUnit>, AwsError> {
+    pub async fn child_units(&self, parent_id: &str, priority: Priority) -> Result<Vec<OrganizationalUnit>, AwsError> {
         let request = self.client.list_organizational_units_for_parent().parent_id(parent_id);
-        let units = all_pages!(self, "ListOrganizationalUnitsForParent", request.clone(), organizational_units);
+        let units =
+            all_pages!(self, priority, "ListOrganizationalUnitsForParent", request.clone(), organizational_units);
         Ok(units.into_iter().map(unit_from).collect())
     }
 
-    /// Whether an OU with this id exists (DescribeOrganizationalUnit).
-    pub async fn unit_exists(&self, ou_id: &str) -> Result<bool, AwsError> {
-        let _permit = self.budget.permit().await;
+    /// The parent of an OU (ListParents); `None` when the OU does not exist.
+    pub async fn parent_of_unit(&self, ou_id: &str, priority: Priority) -> Result<Option<String>, AwsError> {
+        match self.parent_of(ou_id, priority).await {
+            Ok(parent) => Ok(Some(parent)),
+            Err(err) if err.has_code("ChildNotFoundException") => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The name of an OU (DescribeOrganizationalUnit); `None` when it does not exist.
+    pub async fn describe_unit(&self, ou_id: &str, priority: Priority) -> Result<Option<OrganizationalUnit>, AwsError> {
+        let _permit = self.permit(priority, "DescribeOrganizationalUnit").await?;
         match self.client.describe_organizational_unit().organizational_unit_id(ou_id).send().await {
-            Ok(_) => Ok(true),
+            Ok(out) => Ok(out.organizational_unit.map(unit_from)),
             Err(err) => {
                 let err = AwsError::from_sdk("DescribeOrganizationalUnit", err);
-                if err.has_code("OrganizationalUnitNotFoundException") { Ok(false) } else { Err(err) }
+                if err.has_code("OrganizationalUnitNotFoundException") { Ok(None) } else { Err(err) }
             }
         }
     }
 
     /// CreateOrganizationalUnit.
     pub async fn create_unit(&self, parent_id: &str, name: &str) -> Result<OrganizationalUnit, AwsError> {
-        let _permit = self.budget.permit().await;
+        let _permit = self.permit(Priority::User, "CreateOrganizationalUnit").await?;
         let out = self
             .client
             .create_organizational_unit()
@@ -315,25 +307,25 @@ impl Organizations {
             .ok_or_else(|| AwsError::unexpected_answer("CreateOrganizationalUnit", "the answer carried no OU"))
     }
 
-    /// The current parent of an account (ListParents).
-    pub async fn parent_of(&self, account_id: &str) -> Result<String, AwsError> {
-        let _permit = self.budget.permit().await;
+    /// The current parent of an account or OU (ListParents).
+    pub async fn parent_of(&self, child_id: &str, priority: Priority) -> Result<String, AwsError> {
+        let _permit = self.permit(priority, "ListParents").await?;
         let out = self
             .client
             .list_parents()
-            .child_id(account_id)
+            .child_id(child_id)
             .send()
             .await
             .map_err(|err| AwsError::from_sdk("ListParents", err))?;
         out.parents()
             .iter()
             .find_map(|p| p.id.clone())
-            .ok_or_else(|| AwsError::unexpected_answer("ListParents", format!("account {account_id} has no parent")))
+            .ok_or_else(|| AwsError::unexpected_answer("ListParents", format!("{child_id} has no parent")))
     }
 
     /// MoveAccount.
     pub async fn move_account(&self, account_id: &str, from: &str, to: &str) -> Result<(), AwsError> {
-        let _permit = self.budget.permit().await;
+        let _permit = self.permit(Priority::User, "MoveAccount").await?;
         self.client
             .move_account()
             .account_id(account_id)
@@ -347,7 +339,7 @@ impl Organizations {
 
     /// CloseAccount. `Ok(Err(_))` when AWS refused for a reason the caller handles.
     pub async fn close_account(&self, account_id: &str) -> Result<Result<(), CloseRefusal>, AwsError> {
-        let _permit = self.budget.permit().await;
+        let _permit = self.permit(Priority::User, "CloseAccount").await?;
         match self.client.close_account().account_id(account_id).send().await {
             Ok(_) => Ok(Ok(())),
             Err(err) => {
@@ -407,5 +399,15 @@ fn create_request_from(s: aws_sdk_organizations::types::CreateAccountStatus) -> 
         },
         _ => CreationState::InProgress,
     };
-    CreateRequest { id: s.id.unwrap_or_default(), account_name: s.account_name.unwrap_or_default(), state }
+    let took = match (&s.requested_timestamp, &s.completed_timestamp) {
+        (Some(requested), Some(completed)) => {
+            let millis = |t: &aws_smithy_types::DateTime| t.to_millis().ok();
+            match (millis(requested), millis(completed)) {
+                (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(u64::try_from(b - a).unwrap_or_default())),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    CreateRequest { id: s.id.unwrap_or_default(), account_name: s.account_name.unwrap_or_default(), state, took }
 }

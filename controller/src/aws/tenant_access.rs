@@ -23,7 +23,8 @@ use aws_sdk_sts::types::Tag;
 use moka::{Expiry, future::Cache};
 
 use super::{
-    budget::Budget,
+    budget::{Budget, Priority},
+    count_request,
     error::{AwsError, AwsErrorKind},
 };
 
@@ -82,12 +83,18 @@ impl TenantAccess {
         Self { sts: aws_sdk_sts::Client::new(config), budget, sessions, tag_sessions }
     }
 
-    /// Credentials for `key`, from the cache or a new AssumeRole named after `tenant`.
-    pub async fn credentials(&self, key: &SessionKey, tenant: &str) -> Result<Credentials, AwsError> {
+    /// Credentials for `key`, from the cache or a new AssumeRole named after `tenant`, sent
+    /// at `priority` on the STS budget.
+    pub async fn credentials(
+        &self,
+        key: &SessionKey,
+        tenant: &str,
+        priority: Priority,
+    ) -> Result<Credentials, AwsError> {
         if let Some(session) = self.sessions.get(key).await {
             return Ok(session.credentials);
         }
-        let session = self.assume(key, tenant).await?;
+        let session = self.assume(key, tenant, priority).await?;
         self.sessions.insert(key.clone(), session.clone()).await;
         Ok(session.credentials)
     }
@@ -97,7 +104,7 @@ impl TenantAccess {
         self.sessions.invalidate(key).await;
     }
 
-    async fn assume(&self, key: &SessionKey, tenant: &str) -> Result<Session, AwsError> {
+    async fn assume(&self, key: &SessionKey, tenant: &str, priority: Priority) -> Result<Session, AwsError> {
         let role_arn = format!("arn:aws:iam::{}:role/{}", key.account_id, key.role_name);
         let mut request = self
             .sts
@@ -111,7 +118,8 @@ impl TenantAccess {
             let tag = Tag::builder().key("silo-tenant").value(tenant).build().expect("key and value are set");
             request = request.tags(tag);
         }
-        let _permit = self.budget.permit().await;
+        let _permit = self.budget.permit(priority).await.ok_or_else(|| AwsError::busy("AssumeRole"))?;
+        count_request("sts", "AssumeRole");
         let out = request.send().await.map_err(|err| AwsError::from_sdk("AssumeRole", err))?;
         let creds = out
             .credentials

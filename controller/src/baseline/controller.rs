@@ -1,17 +1,25 @@
 //! The Baseline controller: publishes each Baseline's revision and how many of its tenants
 //! are current, in progress and failed. It changes nothing in AWS; tenants apply baselines.
 //!
-//! Tenant changes re-trigger the Baseline they use (debounced, so a rollout of thousands of
-//! tenants collapses into a few recounts).
+//! Counts come from the Tenant controller's watch cache, never from a LIST. A tenant whose
+//! baseline state changed asks for a recount of its Baseline (debounced, so a rollout of
+//! thousands of tenants collapses into a few recounts); a Baseline is also recounted every
+//! few minutes.
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, PredicateConfig, WatchStreamExt,
+        controller::Action,
+        predicates,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
 };
 use tracing::warn;
 
@@ -25,15 +33,30 @@ use crate::{
 
 struct Context {
     client: Client,
+    tenants: Store<Tenant>,
 }
 
-/// Runs the Baseline controller until `shutdown` completes.
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let ctx = Arc::new(Context { client: client.clone() });
-    Controller::new(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic())
-        .watches(Api::<Tenant>::all(client), watcher::Config::default().any_semantic(), |tenant| {
-            tenant.spec.baseline.as_ref().map(|b| ObjectRef::<Baseline>::new(&b.name))
-        })
+/// How often a Baseline is recounted without being asked.
+const RECOUNT: Duration = Duration::from_secs(300);
+
+/// Runs the Baseline controller until `shutdown` completes. `tenants` is the Tenant
+/// controller's cache; `recounts` names Baselines whose tenants changed.
+pub async fn run(
+    client: Client,
+    tenants: Store<Tenant>,
+    recounts: UnboundedReceiver<ObjectRef<Baseline>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context { client: client.clone(), tenants });
+    let (store, writer) = reflector::store();
+    // Its own status writes do not trigger a recount: only spec changes and tenants do.
+    let changes = watcher(Api::<Baseline>::all(client), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    Controller::for_stream(changes, store)
+        .reconcile_on(recounts)
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(2)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, |_, _: &kube::Error, _| Action::requeue(Duration::from_secs(10)), ctx)
@@ -56,8 +79,8 @@ async fn reconcile(baseline: Arc<Baseline>, ctx: Arc<Context>) -> Result<Action,
 async fn publish(baseline: &Baseline, ctx: &Context) -> Result<Action, kube::Error> {
     let name = baseline.name_any();
     let revision = baseline::revision(&baseline.spec);
-    let tenants = Api::<Tenant>::all(ctx.client.clone()).list(&Default::default()).await?;
-    let counts = count(baseline, &revision, tenants.items.iter());
+    let tenants = ctx.tenants.state();
+    let counts = count(baseline, &revision, tenants.iter().map(|t| t.as_ref()));
 
     let mut status = baseline.status.clone().unwrap_or_default();
     status.revision = Some(revision.clone());
@@ -85,7 +108,7 @@ async fn publish(baseline: &Baseline, ctx: &Context) -> Result<Action, kube::Err
             .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await?;
     }
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    Ok(Action::requeue(RECOUNT))
 }
 
 /// Sorts the tenants that use `baseline` by where their stacks stand. Pure.

@@ -1,31 +1,45 @@
 //! Step 2: the account. This is where an AWS account is created or adopted.
 //!
 //! ## Exactly one account per Tenant
-//! CreateAccount has no idempotency token, so a retried or repeated call makes a second
-//! account. Silo therefore:
-//! 1. records the account name and email in the status before any AWS call (step 1);
-//! 2. before creating, looks for work already done: an account of the organization with this
-//!    email, or an in-progress CreateAccount request with this account name;
-//! 3. tags the account at creation with the Tenant's name and UID, so an account found by
-//!    email is adopted only if it carries this Tenant's UID;
-//! 4. writes the request id to the status right after CreateAccount returns;
-//! 5. polls the request by requeueing, never by blocking a worker.
+//! CreateAccount has no idempotency token, so a repeated call makes a second account. Silo:
+//! 1. takes one of the organization's creation slots ([`crate::org::creations`]), then
+//!    records the account name and email in the status (the *intent*) before CreateAccount;
+//! 2. tags the account at creation with the Tenant's name and UID;
+//! 3. records the request id right after CreateAccount answers.
 //!
-//! A controller killed between CreateAccount and the status write finds its account again
-//! through (2) on the next reconcile.
+//! A tenant with no intent recorded has never had a CreateAccount sent and needs no lookup
+//! at all: an email someone else uses comes back as EMAIL_ALREADY_EXISTS. Only a tenant with
+//! intent and no request id (a controller killed during CreateAccount) looks for earlier
+//! work: an account with its email, or a creation request with its account name, in the
+//! organization index once the index's first sweep is complete. A request found that way is
+//! followed until it ends and adopted only if its account has this tenant's email and no
+//! other Tenant's UID; only requests this tenant sent itself are recorded in its status.
 //!
-//! The decision of what to do next is the pure [`plan`]; [`run`] carries it out.
+//! ## Shape
+//! [`situation`] (pure, from the spec and the recorded status) picks what to look at; each
+//! situation observes (the index, the creation slots, AWS), decides with a pure function
+//! ([`judge_account`], [`judge_request`], [`judge_email_owner`], [`judge_earlier_work`],
+//! each table-tested) and acts.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use kube::{ResourceExt, runtime::events::EventType};
 use tracing::info;
 
-use super::{Context, Error, identity::Identity, status::Report};
+use super::{
+    Context, Error,
+    identity::Identity,
+    schedule::{Mode, Verification},
+    status::{Progress, StatusWriter, trusted},
+};
 use crate::{
-    api::{Tenant, TenantStatus},
-    aws::organizations::{Account, CreationState},
-    conditions::StepOutcome,
+    api::Tenant,
+    aws::{
+        Priority,
+        organizations::{Account, CreateRequest, CreationState},
+    },
+    conditions::{self, StepOutcome},
+    org::{Applicant, IndexedAccount, NotYet},
 };
 
 /// Tag carrying the Tenant's name on its account.
@@ -33,76 +47,48 @@ pub const TENANT_TAG: &str = "silo.dev/tenant";
 /// Tag carrying the Tenant's UID on its account: the proof that an account is this Tenant's.
 pub const TENANT_UID_TAG: &str = "silo.dev/tenant-uid";
 
-/// How often an in-progress CreateAccount request is polled.
-const POLL_CREATION: Duration = Duration::from_secs(10);
-/// How old a shared listing of accounts or creation requests may be when looking for
-/// earlier work. Requests this process sends are added to the snapshot at once.
-const LISTING_MAX_AGE: Duration = Duration::from_secs(60);
-/// AWS runs at most this many CreateAccount requests of an organization at once.
-const MAX_CONCURRENT_CREATIONS: usize = 5;
-/// After EMAIL_ALREADY_EXISTS, how long the account may stay missing from ListAccounts
-/// (which is eventually consistent) before Silo concludes it lies outside the organization.
+/// How soon a tenant whose creation is in flight looks again by itself (the creation
+/// tracker wakes it as soon as AWS is done).
+const CREATION_FALLBACK: Duration = Duration::from_secs(60);
+/// How soon a tenant waiting for a creation slot looks again by itself (it is woken when a
+/// slot is its turn).
+const SLOT_FALLBACK: Duration = Duration::from_secs(30);
+/// After EMAIL_ALREADY_EXISTS, how long the account may stay missing from the index
+/// (listings are eventually consistent) before Silo concludes it lies outside the organization.
 const EMAIL_OWNER_GRACE: Duration = Duration::from_secs(300);
 /// How soon a Stalled account step is looked at again, in case the world changed.
-const RECHECK_STALLED: Duration = Duration::from_secs(600);
+pub const RECHECK_STALLED: Duration = Duration::from_secs(600);
 
-/// What the account step does next, decided from the spec and the recorded status alone.
+/// What the account step looks at, decided from the spec and the recorded status alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AccountPlan {
-    /// The account is known: check it is still there and active.
-    Verify { account_id: String },
+pub enum Situation {
+    /// The account is known: check it is still there, active and tagged.
+    Known { account_id: String },
     /// `spec.accountId` names an existing account to adopt.
     Adopt { account_id: String },
-    /// A CreateAccount request was sent: ask how it is going.
-    Poll { request_id: String },
-    /// Nothing is recorded: look for earlier work, then create.
-    FindOrCreate,
+    /// This tenant sent a CreateAccount request: follow it.
+    Requested { request_id: String },
+    /// The intent was recorded, but no request id: a CreateAccount may have been sent by a
+    /// controller that died before recording it. Look for earlier work.
+    Unsure,
+    /// Nothing was ever sent for this tenant: create.
+    New,
 }
 
-/// Decides the next account action. Pure.
-pub fn plan(tenant: &Tenant) -> AccountPlan {
+/// Decides what to look at. `own_request` is the request this process sent for the tenant,
+/// for a reconcile that runs on a cached Tenant from before the request id was written. Pure.
+pub fn situation(tenant: &Tenant, own_request: Option<String>) -> Situation {
     let status = tenant.status.clone().unwrap_or_default();
     if let Some(account_id) = status.account_id {
-        return AccountPlan::Verify { account_id };
+        return Situation::Known { account_id };
     }
     if let Some(account_id) = &tenant.spec.account_id {
-        return AccountPlan::Adopt { account_id: account_id.clone() };
+        return Situation::Adopt { account_id: account_id.clone() };
     }
-    match status.create_account_request_id {
-        Some(request_id) => AccountPlan::Poll { request_id },
-        None => AccountPlan::FindOrCreate,
+    if let Some(request_id) = status.create_account_request_id.or(own_request) {
+        return Situation::Requested { request_id };
     }
-}
-
-/// What a CreateAccount failure reason means for the tenant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FailureResponse {
-    /// The email belongs to an account already: adopt it if it is this Tenant's.
-    LookUpByEmail,
-    /// Retry the creation later, after forgetting the failed request.
-    RetryLater(Duration),
-    /// The organization cannot take more accounts; a person must raise the quota.
-    AccountLimit,
-    /// A person must look.
-    Stalled,
-}
-
-/// Maps AWS's CreateAccount failure reasons to Silo's response. Pure.
-pub fn on_failure(reason: &str) -> FailureResponse {
-    match reason {
-        "EMAIL_ALREADY_EXISTS" => FailureResponse::LookUpByEmail,
-        "CONCURRENT_ACCOUNT_MODIFICATION" | "INTERNAL_FAILURE" => FailureResponse::RetryLater(Duration::from_secs(30)),
-        "ACCOUNT_LIMIT_EXCEEDED" => FailureResponse::AccountLimit,
-        _ => FailureResponse::Stalled,
-    }
-}
-
-/// The tags every Silo account carries, plus the tenant's own.
-pub fn desired_tags(tenant: &Tenant) -> BTreeMap<String, String> {
-    let mut tags = tenant.spec.tags.clone();
-    tags.insert(TENANT_TAG.into(), tenant.name_any());
-    tags.insert(TENANT_UID_TAG.into(), tenant.uid().unwrap_or_default());
-    tags
+    if status.email.is_some() { Situation::Unsure } else { Situation::New }
 }
 
 /// Who an account belongs to, judged by its tags.
@@ -122,312 +108,12 @@ pub fn claim(tags: &BTreeMap<String, String>, tenant_uid: &str) -> Claim {
     }
 }
 
-/// Runs the account step; returns when to come back if it is not done.
-pub async fn run(
-    tenant: &Tenant,
-    identity: &Identity,
-    report: &mut Report<'_>,
-    ctx: &Context,
-) -> Result<Duration, Error> {
-    match plan(tenant) {
-        AccountPlan::Verify { account_id } => verify(tenant, &account_id, report, ctx).await,
-        AccountPlan::Adopt { account_id } => adopt(tenant, &account_id, report, ctx).await,
-        AccountPlan::Poll { request_id } => poll(tenant, identity, &request_id, report, ctx).await,
-        AccountPlan::FindOrCreate => find_or_create(tenant, identity, report, ctx).await,
-    }
-}
-
-async fn verify(tenant: &Tenant, account_id: &str, report: &mut Report<'_>, ctx: &Context) -> Result<Duration, Error> {
-    let Some(account) = ctx.aws.organizations.describe_account(account_id).await? else {
-        report.account = StepOutcome::stalled(
-            "AccountNotInOrganization",
-            format!("Account {account_id} is no longer in the organization; it was removed outside Silo"),
-        );
-        return Ok(RECHECK_STALLED);
-    };
-    if !account.is_active() {
-        report.account = not_active(&account);
-        return Ok(RECHECK_STALLED);
-    }
-    ensure_tags(tenant, &account, report, ctx, TagRepair::Report).await?;
-    report.account = StepOutcome::done("AccountActive", format!("Account {} is active", account.id));
-    Ok(Duration::MAX)
-}
-
-async fn adopt(tenant: &Tenant, account_id: &str, report: &mut Report<'_>, ctx: &Context) -> Result<Duration, Error> {
-    let Some(account) = ctx.aws.organizations.describe_account(account_id).await? else {
-        report.account = StepOutcome::stalled(
-            "AccountNotInOrganization",
-            format!(
-                "spec.accountId {account_id} is not an account of this organization; invite it first or fix the id"
-            ),
-        );
-        return Ok(RECHECK_STALLED);
-    };
-    if !account.is_active() {
-        report.account = not_active(&account);
-        return Ok(RECHECK_STALLED);
-    }
-    let tags = ctx.aws.organizations.list_tags(account_id).await?;
-    if let Claim::OtherTenant(other) = claim(&tags, &tenant.uid().unwrap_or_default()) {
-        report.account = claimed_by(&account.id, &other);
-        return Ok(RECHECK_STALLED);
-    }
-    record_account(report, &account);
-    report.write(ctx).await?;
-    ensure_tags(tenant, &account, report, ctx, TagRepair::Silent).await?;
-    ctx.event(tenant, EventType::Normal, "AccountAdopted", format!("Adopted account {}", account.id)).await;
-    report.account = StepOutcome::done("AccountAdopted", format!("Account {} was adopted", account.id));
-    Ok(Duration::MAX)
-}
-
-async fn poll(
-    tenant: &Tenant,
-    identity: &Identity,
-    request_id: &str,
-    report: &mut Report<'_>,
-    ctx: &Context,
-) -> Result<Duration, Error> {
-    let request = ctx.aws.organizations.describe_create_request(request_id).await?;
-    {
-        let mut creations = ctx.creations.lock().expect("creations lock");
-        match request.state {
-            CreationState::InProgress => {
-                creations.entry(request_id.to_string()).or_insert_with(std::time::Instant::now);
-            }
-            _ => {
-                creations.remove(request_id);
-            }
-        }
-    }
-    match request.state {
-        CreationState::InProgress => {
-            report.account = StepOutcome::in_progress(
-                "CreatingAccount",
-                format!("AWS is creating account {:?} (request {request_id})", identity.account_name),
-            );
-            Ok(POLL_CREATION)
-        }
-        CreationState::Succeeded { account_id } => {
-            let Some(account) = ctx.aws.organizations.describe_account(&account_id).await? else {
-                // Listed as created but not yet visible: AWS is eventually consistent here.
-                report.account =
-                    StepOutcome::in_progress("CreatingAccount", format!("Waiting for account {account_id} to appear"));
-                return Ok(POLL_CREATION);
-            };
-            // A request of the same name found by `find_or_create` may be another tenant's:
-            // it is ours only with our email and without another Tenant's UID on the account.
-            let tags = ctx.aws.organizations.list_tags(&account.id).await?;
-            let others = matches!(claim(&tags, &tenant.uid().unwrap_or_default()), Claim::OtherTenant(_));
-            if !account.email.eq_ignore_ascii_case(&identity.email) || others {
-                ctx.foreign_requests.lock().expect("foreign requests lock").insert(request_id.to_string());
-                report.status.create_account_request_id = None;
-                report.account = StepOutcome::in_progress("Pending", "Looking for this tenant's account");
-                return Ok(Duration::from_secs(1));
-            }
-            record_account(report, &account);
-            report.write(ctx).await?;
-            ensure_tags(tenant, &account, report, ctx, TagRepair::Silent).await?;
-            info!(tenant = %tenant.name_any(), account = %account.id, "account created");
-            ctx.event(tenant, EventType::Normal, "AccountCreated", format!("Created account {}", account.id)).await;
-            report.account = StepOutcome::done("AccountCreated", format!("Account {} was created", account.id));
-            Ok(Duration::MAX)
-        }
-        CreationState::Failed { reason, failed_for } => {
-            on_creation_failed(tenant, identity, &reason, failed_for, report, ctx).await
-        }
-    }
-}
-
-async fn on_creation_failed(
-    tenant: &Tenant,
-    identity: &Identity,
-    reason: &str,
-    failed_for: Option<Duration>,
-    report: &mut Report<'_>,
-    ctx: &Context,
-) -> Result<Duration, Error> {
-    match on_failure(reason) {
-        FailureResponse::LookUpByEmail => {
-            // The truth, not a snapshot: AWS just said an account has this email.
-            let accounts = ctx.aws.organizations.accounts(Duration::ZERO).await?;
-            if let Some(account) = accounts.iter().find(|a| a.email.eq_ignore_ascii_case(&identity.email)) {
-                report.status.create_account_request_id = None;
-                return adopt_found(tenant, account, report, ctx).await;
-            }
-            if failed_for.is_some_and(|age| age < EMAIL_OWNER_GRACE) {
-                // Keep the failed request in the status: its age bounds the wait.
-                report.account = StepOutcome::in_progress(
-                    "LookingForEmailOwner",
-                    format!("AWS says {} is in use; looking for that account in the organization", identity.email),
-                );
-                return Ok(Duration::from_secs(15));
-            }
-            report.status.create_account_request_id = None;
-            // AWS refused the email: it was never used for this tenant, so it may change.
-            report.status.email = None;
-            report.account = StepOutcome::stalled(
-                "EmailInUse",
-                format!(
-                    "AWS refused the email {}: it belongs to an account outside this organization or to a closed \
-                     account, and an email can never be reused. If spec.email is unset, set it to a new address; \
-                     otherwise create a new Tenant with another email",
-                    identity.email
-                ),
-            );
-            Ok(RECHECK_STALLED)
-        }
-        FailureResponse::RetryLater(after) => {
-            report.status.create_account_request_id = None;
-            report.account = StepOutcome::in_progress("RetryingCreation", format!("AWS answered {reason}; retrying"));
-            Ok(after)
-        }
-        FailureResponse::AccountLimit => {
-            report.status.create_account_request_id = None;
-            report.account = StepOutcome::stalled(
-                "OrganizationAccountLimit",
-                "The organization has reached its account quota (ACCOUNT_LIMIT_EXCEEDED): ask AWS to raise it; \
-                 Silo retries every hour",
-            );
-            Ok(Duration::from_secs(3600))
-        }
-        FailureResponse::Stalled => {
-            report.status.create_account_request_id = None;
-            report.account = StepOutcome::stalled(
-                "AccountCreationFailed",
-                format!("AWS could not create the account: {reason}; fix the cause, then touch the Tenant to retry"),
-            );
-            Ok(RECHECK_STALLED)
-        }
-    }
-}
-
-async fn find_or_create(
-    tenant: &Tenant,
-    identity: &Identity,
-    report: &mut Report<'_>,
-    ctx: &Context,
-) -> Result<Duration, Error> {
-    let org = &ctx.aws.organizations;
-
-    // Earlier work, first: an account with this email (created before a crash)...
-    let accounts = org.accounts(LISTING_MAX_AGE).await?;
-    if let Some(account) = accounts.iter().find(|a| a.email.eq_ignore_ascii_case(&identity.email)) {
-        return adopt_found(tenant, account, report, ctx).await;
-    }
-    // ... or a request for this account name. Names are not unique: a succeeded request is
-    // this tenant's only if its account has this tenant's email; one still in progress
-    // cannot be told apart yet, so it is followed until it ends (see `poll`).
-    let requests = org.open_create_requests(LISTING_MAX_AGE).await?;
-    let foreign = ctx.foreign_requests.lock().expect("foreign requests lock").clone();
-    for request in requests.iter().filter(|r| r.account_name == identity.account_name && !foreign.contains(&r.id)) {
-        match &request.state {
-            CreationState::InProgress => {
-                report.status.create_account_request_id = Some(request.id.clone());
-                report.write(ctx).await?;
-                return poll(tenant, identity, &request.id, report, ctx).await;
-            }
-            CreationState::Succeeded { account_id } => {
-                if let Some(account) = org.describe_account(account_id).await?
-                    && account.email.eq_ignore_ascii_case(&identity.email)
-                {
-                    return adopt_found(tenant, &account, report, ctx).await;
-                }
-            }
-            CreationState::Failed { .. } => {}
-        }
-    }
-
-    if in_flight_creations(ctx) >= MAX_CONCURRENT_CREATIONS {
-        report.account = StepOutcome::in_progress(
-            "WaitingForCreationSlot",
-            format!("AWS creates at most {MAX_CONCURRENT_CREATIONS} accounts at once; this one is next in line"),
-        );
-        return Ok(POLL_CREATION);
-    }
-
-    // Nothing found. The identity is in the status before the call...
-    report.account = StepOutcome::in_progress("CreatingAccount", "Requesting a new account");
-    report.write(ctx).await?;
-    let request = org.create_account(&identity.account_name, &identity.email, &desired_tags(tenant)).await?;
-    ctx.creations.lock().expect("creations lock").insert(request.id.clone(), std::time::Instant::now());
-    // ... and the request id right after it.
-    report.status.create_account_request_id = Some(request.id.clone());
-    report.status.applied_tag_keys = desired_tags(tenant).into_keys().collect();
-    report.account = StepOutcome::in_progress(
-        "CreatingAccount",
-        format!("AWS is creating account {:?} (request {})", identity.account_name, request.id),
-    );
-    report.write(ctx).await?;
-    info!(tenant = %tenant.name_any(), request = %request.id, "account creation requested");
-    ctx.event(
-        tenant,
-        EventType::Normal,
-        "AccountCreationRequested",
-        format!("Requested account {:?}", identity.account_name),
-    )
-    .await;
-    Ok(POLL_CREATION)
-}
-
-/// Creations this process saw in progress recently. Entries older than an hour are not
-/// counted: a Tenant deleted while its account was being created never polls again.
-fn in_flight_creations(ctx: &Context) -> usize {
-    let mut creations = ctx.creations.lock().expect("creations lock");
-    creations.retain(|_, seen| seen.elapsed() < Duration::from_secs(3600));
-    creations.len()
-}
-
-/// Adopts an account found by this tenant's email, if its tags say it is this tenant's.
-async fn adopt_found(
-    tenant: &Tenant,
-    account: &Account,
-    report: &mut Report<'_>,
-    ctx: &Context,
-) -> Result<Duration, Error> {
-    let tags = ctx.aws.organizations.list_tags(&account.id).await?;
-    match claim(&tags, &tenant.uid().unwrap_or_default()) {
-        Claim::ThisTenant => {
-            record_account(report, account);
-            report.write(ctx).await?;
-            ensure_tags(tenant, account, report, ctx, TagRepair::Silent).await?;
-            ctx.event(tenant, EventType::Normal, "AccountAdopted", format!("Found and adopted account {}", account.id))
-                .await;
-            report.account = StepOutcome::done("AccountAdopted", format!("Account {} was adopted", account.id));
-            Ok(Duration::MAX)
-        }
-        Claim::OtherTenant(other) => {
-            report.status.email = None;
-            report.account = StepOutcome::stalled(
-                "EmailInUse",
-                format!(
-                    "The email {} belongs to account {}, which is Tenant {other:?}'s (tag {TENANT_UID_TAG}); \
-                     give this Tenant another spec.email",
-                    account.email, account.id
-                ),
-            );
-            Ok(RECHECK_STALLED)
-        }
-        Claim::Nobody => {
-            report.status.email = None;
-            report.account = StepOutcome::stalled(
-                "EmailInUse",
-                format!(
-                    "Account {} already uses the email {} and does not belong to this Tenant; \
-                     set spec.accountId: {} to adopt it, or set spec.email to a new address",
-                    account.id, account.email, account.id
-                ),
-            );
-            Ok(RECHECK_STALLED)
-        }
-    }
-}
-
-/// Whether a tag repair is news: on an account that was already Ready it is drift.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum TagRepair {
-    Silent,
-    Report,
+/// The tags every Silo account carries, plus the tenant's own.
+pub fn desired_tags(tenant: &Tenant) -> BTreeMap<String, String> {
+    let mut tags = tenant.spec.tags.clone();
+    tags.insert(TENANT_TAG.into(), tenant.name_any());
+    tags.insert(TENANT_UID_TAG.into(), tenant.uid().unwrap_or_default());
+    tags
 }
 
 /// What to change so the account carries the desired tags. Pure.
@@ -446,64 +132,555 @@ pub fn plan_tags(
     (to_set, to_remove)
 }
 
-/// Puts Silo's tags and `spec.tags` on the account, and removes only keys Silo applied.
-async fn ensure_tags(
-    tenant: &Tenant,
-    account: &Account,
-    report: &mut Report<'_>,
-    ctx: &Context,
-    repair: TagRepair,
-) -> Result<(), Error> {
-    let desired = desired_tags(tenant);
-    let current = ctx.aws.organizations.list_tags(&account.id).await?;
-    let (to_set, to_remove) = plan_tags(&desired, &current, &report.status.applied_tag_keys);
-    if !to_set.is_empty() {
-        ctx.aws.organizations.tag_account(&account.id, &to_set).await?;
-    }
-    if !to_remove.is_empty() {
-        ctx.aws.organizations.untag_account(&account.id, &to_remove).await?;
-    }
-    report.status.applied_tag_keys = desired.into_keys().collect();
-    if repair == TagRepair::Report && (!to_set.is_empty() || !to_remove.is_empty()) {
-        let changed: Vec<&str> =
-            to_set.keys().map(String::as_str).chain(to_remove.iter().map(String::as_str)).collect();
-        ctx.event(
-            tenant,
-            EventType::Normal,
-            "TagsRepaired",
-            format!("Set or removed tags {changed:?} on account {}", account.id),
-        )
-        .await;
-    }
-    Ok(())
+/// What the account and its tags say, for a known account or one to adopt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountVerdict {
+    NotInOrganization,
+    NotActive {
+        state: String,
+    },
+    /// Another Tenant's UID tag is on it: never overwritten.
+    ClaimedBy {
+        tenant: String,
+    },
+    /// The account is this tenant's to keep; set and remove these tags.
+    Fine {
+        to_set: BTreeMap<String, String>,
+        to_remove: Vec<String>,
+    },
 }
 
-fn record_account(report: &mut Report<'_>, account: &Account) {
-    let status: &mut TenantStatus = &mut report.status;
-    status.account_id = Some(account.id.clone());
-    status.account_arn = Some(account.arn.clone());
+/// Judges an account (`None`: not in the organization) and its tags. Pure.
+pub fn judge_account(
+    account: Option<&Account>,
+    tags: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+    applied: &[String],
+    uid: &str,
+) -> AccountVerdict {
+    let Some(account) = account else { return AccountVerdict::NotInOrganization };
+    if !account.is_active() {
+        return AccountVerdict::NotActive { state: account.state.clone() };
+    }
+    if let Claim::OtherTenant(tenant) = claim(tags, uid) {
+        return AccountVerdict::ClaimedBy { tenant };
+    }
+    let (to_set, to_remove) = plan_tags(desired, tags, applied);
+    AccountVerdict::Fine { to_set, to_remove }
 }
 
-fn not_active(account: &Account) -> StepOutcome {
-    StepOutcome::stalled(
-        "AccountNotActive",
-        format!("Account {} is {}, not ACTIVE; it was suspended or closed outside Silo", account.id, account.state),
-    )
+/// What a CreateAccount request's state means for the tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestVerdict {
+    InProgress,
+    Created {
+        account_id: String,
+    },
+    /// EMAIL_ALREADY_EXISTS: the email belongs to an account already; find it.
+    LookUpByEmail {
+        failed_for: Option<Duration>,
+    },
+    /// A passing failure: send a new request after this long.
+    Retry {
+        reason: String,
+        after: Duration,
+    },
+    /// ACCOUNT_LIMIT_EXCEEDED: a person must raise the organization's quota.
+    AccountLimit,
+    /// Anything else: a person must look.
+    Failed {
+        reason: String,
+    },
 }
 
-fn claimed_by(account_id: &str, other: &str) -> StepOutcome {
-    StepOutcome::stalled(
-        "AccountClaimedByAnotherTenant",
-        format!(
-            "Account {account_id} belongs to Tenant {other:?} (tag {TENANT_UID_TAG}); a tenant's account is never shared"
+/// Maps a request's state (and AWS's failure reasons) to Silo's response. Pure.
+pub fn judge_request(state: &CreationState) -> RequestVerdict {
+    match state {
+        CreationState::InProgress => RequestVerdict::InProgress,
+        CreationState::Succeeded { account_id } => RequestVerdict::Created { account_id: account_id.clone() },
+        CreationState::Failed { reason, failed_for } => match reason.as_str() {
+            "EMAIL_ALREADY_EXISTS" => RequestVerdict::LookUpByEmail { failed_for: *failed_for },
+            // A request AWS does not know made no account: send a new one.
+            "CONCURRENT_ACCOUNT_MODIFICATION" | "INTERNAL_FAILURE" | crate::org::REQUEST_NOT_FOUND => {
+                RequestVerdict::Retry { reason: reason.clone(), after: Duration::from_secs(30) }
+            }
+            "ACCOUNT_LIMIT_EXCEEDED" => RequestVerdict::AccountLimit,
+            _ => RequestVerdict::Failed { reason: reason.clone() },
+        },
+    }
+}
+
+/// After AWS said the email is taken: what was found with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EmailOwner {
+    /// The account carries this tenant's UID: it is the tenant's own (made before a crash).
+    Adopt,
+    /// The account is someone else's (`claim` says whose, if a Tenant's).
+    InUse { account_id: String, claim: Claim },
+    /// Not found yet: listings lag, look again.
+    Looking,
+    /// Not found for longer than listings lag: the email is used outside the organization.
+    Outside,
+}
+
+/// Judges the owner of an email AWS refused, from what the index found. Pure.
+pub fn judge_email_owner(found: Option<(&Account, Claim)>, failed_for: Option<Duration>) -> EmailOwner {
+    match found {
+        Some((_, Claim::ThisTenant)) => EmailOwner::Adopt,
+        Some((account, claim)) => EmailOwner::InUse { account_id: account.id.clone(), claim },
+        None if failed_for.is_none_or(|age| age < EMAIL_OWNER_GRACE) => EmailOwner::Looking,
+        None => EmailOwner::Outside,
+    }
+}
+
+/// What a tenant in the crash window finds of earlier work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EarlierWork {
+    /// The index is not complete yet: a miss would prove nothing.
+    WaitForIndex,
+    /// An account with this email: adopt it if its tags say it is this tenant's.
+    AccountWithEmail { account_id: String },
+    /// A request with this account name is still in progress: follow it until it ends.
+    Follow { request_id: String },
+    /// Nothing: CreateAccount never reached AWS. Create.
+    Nothing,
+}
+
+/// Judges the look for earlier work: the account found by email (from the index), and the
+/// requests of this account name with, for those that succeeded, their account. Pure.
+pub fn judge_earlier_work(
+    index_complete: bool,
+    by_email: Option<&Account>,
+    named: &[(CreateRequest, Option<Account>)],
+    email: &str,
+) -> EarlierWork {
+    if !index_complete {
+        return EarlierWork::WaitForIndex;
+    }
+    if let Some(account) = by_email {
+        return EarlierWork::AccountWithEmail { account_id: account.id.clone() };
+    }
+    for (request, account) in named {
+        match (&request.state, account) {
+            (CreationState::InProgress, _) => return EarlierWork::Follow { request_id: request.id.clone() },
+            // Names are not unique: a succeeded request is this tenant's only with its email.
+            (CreationState::Succeeded { .. }, Some(account)) if account.email.eq_ignore_ascii_case(email) => {
+                return EarlierWork::AccountWithEmail { account_id: account.id.clone() };
+            }
+            _ => {}
+        }
+    }
+    EarlierWork::Nothing
+}
+
+/// Everything the account step works with in one reconcile.
+pub struct AccountStep<'a> {
+    pub tenant: &'a Tenant,
+    pub identity: &'a Identity,
+    pub mode: Mode,
+    pub ctx: &'a Context,
+}
+
+impl AccountStep<'_> {
+    fn uid(&self) -> String {
+        self.tenant.uid().unwrap_or_default()
+    }
+
+    fn applicant(&self) -> Applicant {
+        Applicant {
+            name: self.tenant.name_any(),
+            uid: self.uid(),
+            created: self.tenant.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+        }
+    }
+
+    /// Runs the account step.
+    pub async fn run(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+        if let Some(trusted) = trusted(self.tenant, self.mode, conditions::ACCOUNT_READY) {
+            return Ok(trusted);
+        }
+        let own_request = self.ctx.org.creations.request_of(&self.uid());
+        match situation(self.tenant, own_request) {
+            Situation::Known { account_id } => self.known(&account_id, progress).await,
+            Situation::Adopt { account_id } => self.adopt(&account_id, progress, writer).await,
+            Situation::Requested { request_id } => self.requested(&request_id, progress, writer).await,
+            Situation::Unsure => self.unsure(progress, writer).await,
+            Situation::New => self.create(progress, writer).await,
+        }
+    }
+
+    /// A known account: active, in the organization, not claimed by another Tenant, tagged.
+    async fn known(&self, account_id: &str, progress: &mut Progress) -> Result<StepOutcome, Error> {
+        let org = &self.ctx.org;
+        let (account, priority) = match self.mode {
+            // A person asked: read the account from AWS, not from the index.
+            Mode::Verify(Verification::Requested) => {
+                (org.read_account(account_id, Priority::User).await?, Priority::User)
+            }
+            Mode::Verify(Verification::Periodic) => {
+                (org.account(account_id, Priority::IfIdle).await?, Priority::IfIdle)
+            }
+            _ => (org.account(account_id, Priority::User).await?, Priority::User),
+        };
+        let verdict = self.judge(account.as_ref(), priority, progress).await?;
+        let AccountVerdict::Fine { to_set, to_remove } = verdict else {
+            return Ok(refusal(&verdict, account_id, false));
+        };
+        self.ctx.org.change_tags(account_id, &to_set, &to_remove).await?;
+        progress.status.applied_tag_keys = desired_tags(self.tenant).into_keys().collect();
+        if matches!(self.mode, Mode::Verify(_)) && (!to_set.is_empty() || !to_remove.is_empty()) {
+            let changed: Vec<&str> =
+                to_set.keys().map(String::as_str).chain(to_remove.iter().map(String::as_str)).collect();
+            let note = format!("Set or removed tags {changed:?} on account {account_id}");
+            self.ctx.event(self.tenant, EventType::Normal, "TagsRepaired", note).await;
+        }
+        record_account(progress, account.as_ref().map(|a| &a.account));
+        Ok(StepOutcome::done("AccountActive", format!("Account {account_id} is active")))
+    }
+
+    /// `spec.accountId`: adopt an existing account of the organization.
+    async fn adopt(
+        &self,
+        account_id: &str,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<StepOutcome, Error> {
+        self.ctx.org.creations.leave(&self.uid());
+        let org = &self.ctx.org;
+        let account = org.read_account(account_id, Priority::User).await?;
+        let verdict = self.judge(account.as_ref(), Priority::User, progress).await?;
+        let AccountVerdict::Fine { to_set, to_remove } = verdict else {
+            return Ok(refusal(&verdict, account_id, true));
+        };
+        self.take(account.as_ref().map(|a| &a.account), progress, writer).await?;
+        org.change_tags(account_id, &to_set, &to_remove).await?;
+        progress.status.applied_tag_keys = desired_tags(self.tenant).into_keys().collect();
+        self.ctx.event(self.tenant, EventType::Normal, "AccountAdopted", format!("Adopted account {account_id}")).await;
+        Ok(StepOutcome::done("AccountAdopted", format!("Account {account_id} was adopted")))
+    }
+
+    /// Observes the account's tags (when it is active) and judges the account. Pure but for
+    /// the one ListTagsForResource.
+    async fn judge(
+        &self,
+        account: Option<&IndexedAccount>,
+        priority: Priority,
+        progress: &Progress,
+    ) -> Result<AccountVerdict, Error> {
+        let tags = match account {
+            Some(a) if a.account.is_active() => self.ctx.org.tags(&a.account.id, priority).await?,
+            _ => BTreeMap::new(),
+        };
+        let desired = desired_tags(self.tenant);
+        let applied = &progress.status.applied_tag_keys;
+        Ok(judge_account(account.map(|a| &a.account), &tags, &desired, applied, &self.uid()))
+    }
+
+    /// Records the account as this tenant's (a crash-safety write before tagging it).
+    async fn take(
+        &self,
+        account: Option<&Account>,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<(), Error> {
+        record_account(progress, account);
+        progress.status.create_account_request_id = None;
+        writer.save_intent(progress, "TagResource").await
+    }
+
+    /// A request this tenant sent: how is it going?
+    async fn requested(
+        &self,
+        request_id: &str,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<StepOutcome, Error> {
+        progress.status.create_account_request_id = Some(request_id.to_string());
+        let request = self.ctx.org.creation(request_id).await?;
+        match judge_request(&request.state) {
+            RequestVerdict::InProgress => Ok(StepOutcome::wait(
+                "CreatingAccount",
+                format!("AWS is creating account {:?} (request {request_id})", self.identity.account_name),
+                CREATION_FALLBACK,
+            )),
+            RequestVerdict::Created { account_id } => {
+                // Tags set by CreateAccount are trusted; they are listed on verification.
+                let desired = desired_tags(self.tenant);
+                let account = self
+                    .ctx
+                    .org
+                    .record_created(&account_id, &self.identity.account_name, &self.identity.email, &desired)
+                    .await?;
+                record_account(progress, Some(&account));
+                progress.status.applied_tag_keys = desired.into_keys().collect();
+                info!(tenant = %self.tenant.name_any(), account = %account_id, "account created");
+                self.ctx
+                    .event(self.tenant, EventType::Normal, "AccountCreated", format!("Created account {account_id}"))
+                    .await;
+                Ok(StepOutcome::done("AccountCreated", format!("Account {account_id} was created")))
+            }
+            RequestVerdict::LookUpByEmail { failed_for } => self.email_taken(failed_for, progress, writer).await,
+            RequestVerdict::Retry { reason, after } => {
+                forget_request(progress);
+                Ok(StepOutcome::wait("RetryingCreation", format!("AWS answered {reason}; retrying"), after))
+            }
+            RequestVerdict::AccountLimit => {
+                forget_request(progress);
+                Ok(StepOutcome::stalled(
+                    "OrganizationAccountLimit",
+                    "The organization has reached its account quota (ACCOUNT_LIMIT_EXCEEDED): ask AWS to raise it; \
+                     Silo retries every hour",
+                    Duration::from_secs(3600),
+                ))
+            }
+            RequestVerdict::Failed { reason } => {
+                forget_request(progress);
+                Ok(StepOutcome::stalled(
+                    "AccountCreationFailed",
+                    format!("AWS could not create the account: {reason}; fix the cause, Silo retries every 10 minutes"),
+                    RECHECK_STALLED,
+                ))
+            }
+        }
+    }
+
+    /// AWS refused the email (EMAIL_ALREADY_EXISTS): the account is this tenant's own (made
+    /// before a crash) only if it carries this tenant's UID.
+    async fn email_taken(
+        &self,
+        failed_for: Option<Duration>,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<StepOutcome, Error> {
+        let org = &self.ctx.org;
+        let found = org.index.account_by_email(&self.identity.email);
+        if found.is_none() {
+            // The index may predate the account: have it refreshed soon.
+            org.request_refresh();
+        }
+        let claim_of = match &found {
+            Some(a) => Some(claim(&org.tags(&a.account.id, Priority::User).await?, &self.uid())),
+            None => None,
+        };
+        let owner = judge_email_owner(found.as_ref().map(|a| &a.account).zip(claim_of), failed_for);
+        match owner {
+            EmailOwner::Adopt => {
+                let account = found.expect("judged from a found account");
+                self.adopt_own(&account, progress, writer).await
+            }
+            EmailOwner::Looking => Ok(StepOutcome::wait(
+                "LookingForEmailOwner",
+                format!("AWS says {} is in use; looking for that account in the organization", self.identity.email),
+                Duration::from_secs(15),
+            )),
+            EmailOwner::InUse { account_id, claim } => {
+                forget_request(progress);
+                Ok(email_in_use(&self.identity.email, &account_id, &claim))
+            }
+            EmailOwner::Outside => {
+                forget_request(progress);
+                Ok(StepOutcome::stalled(
+                    "EmailInUse",
+                    format!(
+                        "AWS refused the email {}: it belongs to an account outside this organization or to a closed \
+                         account, and an email can never be reused. If spec.email is unset, set it to a new address; \
+                         otherwise create a new Tenant with another email",
+                        self.identity.email
+                    ),
+                    RECHECK_STALLED,
+                ))
+            }
+        }
+    }
+
+    /// Adopts an account found by email or by a followed request that carries this
+    /// tenant's UID: the tenant's own, made before a crash.
+    async fn adopt_own(
+        &self,
+        found: &IndexedAccount,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<StepOutcome, Error> {
+        let tags = self.ctx.org.tags(&found.account.id, Priority::User).await?;
+        let desired = desired_tags(self.tenant);
+        let (to_set, to_remove) = plan_tags(&desired, &tags, &progress.status.applied_tag_keys);
+        self.take(Some(&found.account), progress, writer).await?;
+        self.ctx.org.change_tags(&found.account.id, &to_set, &to_remove).await?;
+        progress.status.applied_tag_keys = desired.into_keys().collect();
+        self.ctx.org.creations.leave(&self.uid());
+        let note = format!("Found and adopted account {}", found.account.id);
+        self.ctx.event(self.tenant, EventType::Normal, "AccountAdopted", note).await;
+        Ok(StepOutcome::done("AccountAdopted", format!("Account {} was adopted", found.account.id)))
+    }
+
+    /// The crash window: intent recorded, no request id. Look for earlier work.
+    async fn unsure(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+        let org = &self.ctx.org;
+        let by_email = org.index.account_by_email(&self.identity.email);
+        let mut named = vec![];
+        for request in org.creations.named(&self.identity.account_name) {
+            let account = match &request.state {
+                CreationState::Succeeded { account_id } => {
+                    org.account(account_id, Priority::User).await?.map(|a| a.account)
+                }
+                _ => None,
+            };
+            named.push((request, account));
+        }
+        let earlier = judge_earlier_work(
+            org.index.is_complete(),
+            by_email.as_ref().map(|a| &a.account),
+            &named,
+            &self.identity.email,
+        );
+        match earlier {
+            EarlierWork::WaitForIndex => Ok(StepOutcome::wait(
+                "LookingForEarlierWork",
+                "Silo may have sent CreateAccount for this tenant just before it stopped; it looks for that account \
+                 once it has read the organization",
+                Duration::from_secs(5),
+            )),
+            EarlierWork::AccountWithEmail { account_id } => {
+                let found = org.account(&account_id, Priority::User).await?;
+                let tags = match &found {
+                    Some(a) => org.tags(&a.account.id, Priority::User).await?,
+                    None => BTreeMap::new(),
+                };
+                match (found, claim(&tags, &self.uid())) {
+                    (Some(found), Claim::ThisTenant) => self.adopt_own(&found, progress, writer).await,
+                    (_, other) => {
+                        progress.status.email = None;
+                        Ok(email_in_use(&self.identity.email, &account_id, &other))
+                    }
+                }
+            }
+            EarlierWork::Follow { request_id } => {
+                org.creations.follow(&self.uid(), &self.tenant.name_any(), &request_id);
+                Ok(StepOutcome::wait(
+                    "CreatingAccount",
+                    format!(
+                        "AWS is creating an account named {:?} (request {request_id}); Silo adopts it when it is done \
+                         if it has this tenant's email",
+                        self.identity.account_name
+                    ),
+                    CREATION_FALLBACK,
+                ))
+            }
+            EarlierWork::Nothing => self.create(progress, writer).await,
+        }
+    }
+
+    /// Takes a creation slot, records the intent, and sends CreateAccount.
+    async fn create(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+        let applicant = self.applicant();
+        let org = &self.ctx.org;
+        match org.reserve(&applicant) {
+            Ok(()) => {}
+            Err(NotYet::Starting) => {
+                return Ok(StepOutcome::wait(
+                    "WaitingForCreationSlot",
+                    "Silo is reading which account creations are in flight in the organization",
+                    Duration::from_secs(5),
+                ));
+            }
+            Err(NotYet::InLine { position, in_use }) => {
+                return Ok(StepOutcome::wait(
+                    "WaitingForCreationSlot",
+                    format!(
+                        "AWS creates at most {} accounts of an organization at once ({in_use} in progress); this \
+                         tenant is number {position} in line",
+                        self.ctx.settings.creation_slots
+                    ),
+                    SLOT_FALLBACK,
+                ));
+            }
+        }
+        // The intent first: a controller killed during CreateAccount looks for its account.
+        progress.status.account_name = Some(self.identity.account_name.clone());
+        progress.status.email = Some(self.identity.email.clone());
+        progress.account = Some(StepOutcome::wait("CreatingAccount", "Requesting a new account", CREATION_FALLBACK));
+        if let Err(err) = writer.save_intent(progress, "CreateAccount").await {
+            org.creations.release(&applicant.uid);
+            return Err(err);
+        }
+        let desired = desired_tags(self.tenant);
+        let request =
+            org.create_account(&applicant, &self.identity.account_name, &self.identity.email, &desired).await?;
+        // ... and the request id right after it.
+        progress.status.create_account_request_id = Some(request.id.clone());
+        progress.status.applied_tag_keys = desired.into_keys().collect();
+        writer.save_intent(progress, "recording the CreateAccount request").await?;
+        info!(tenant = %self.tenant.name_any(), request = %request.id, "account creation requested");
+        let note = format!("Requested account {:?}", self.identity.account_name);
+        self.ctx.event(self.tenant, EventType::Normal, "AccountCreationRequested", note).await;
+        self.requested(&request.id, progress, writer).await
+    }
+}
+
+fn record_account(progress: &mut Progress, account: Option<&Account>) {
+    if let Some(account) = account {
+        progress.status.account_id = Some(account.id.clone());
+        progress.status.account_arn = Some(account.arn.clone());
+    }
+}
+
+/// Forgets a request that ended without an account, so the next attempt starts afresh.
+fn forget_request(progress: &mut Progress) {
+    progress.status.create_account_request_id = None;
+    // No account was made with this email, so it may change (spec.email, or the template).
+    progress.status.email = None;
+}
+
+/// The Stalled outcome for an account that cannot be this tenant's.
+fn refusal(verdict: &AccountVerdict, account_id: &str, adopting: bool) -> StepOutcome {
+    match verdict {
+        AccountVerdict::NotInOrganization if adopting => StepOutcome::stalled(
+            "AccountNotInOrganization",
+            format!(
+                "spec.accountId {account_id} is not an account of this organization; invite it first or fix the id"
+            ),
+            RECHECK_STALLED,
         ),
-    )
+        AccountVerdict::NotInOrganization => StepOutcome::stalled(
+            "AccountNotInOrganization",
+            format!("Account {account_id} is no longer in the organization; it was removed outside Silo"),
+            RECHECK_STALLED,
+        ),
+        AccountVerdict::NotActive { state } => StepOutcome::stalled(
+            "AccountNotActive",
+            format!("Account {account_id} is {state}, not ACTIVE; it was suspended or closed outside Silo"),
+            RECHECK_STALLED,
+        ),
+        AccountVerdict::ClaimedBy { tenant } => StepOutcome::stalled(
+            "AccountClaimedByAnotherTenant",
+            format!(
+                "Account {account_id} belongs to Tenant {tenant:?} (tag {TENANT_UID_TAG}); a tenant's account is never \
+                 shared"
+            ),
+            RECHECK_STALLED,
+        ),
+        AccountVerdict::Fine { .. } => unreachable!("a fine account is not refused"),
+    }
+}
+
+fn email_in_use(email: &str, account_id: &str, claim: &Claim) -> StepOutcome {
+    let message = match claim {
+        Claim::OtherTenant(other) => format!(
+            "The email {email} belongs to account {account_id}, which is Tenant {other:?}'s (tag {TENANT_UID_TAG}); \
+             give this Tenant another spec.email"
+        ),
+        _ => format!(
+            "Account {account_id} already uses the email {email} and does not belong to this Tenant; set \
+             spec.accountId: {account_id} to adopt it, or set spec.email to a new address"
+        ),
+    };
+    StepOutcome::stalled("EmailInUse", message, RECHECK_STALLED)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::TenantSpec;
+    use crate::api::{TenantSpec, TenantStatus};
 
     fn tenant() -> Tenant {
         let mut t = Tenant::new("acme", TenantSpec::default());
@@ -511,58 +688,169 @@ mod tests {
         t
     }
 
-    #[test]
-    fn a_new_tenant_looks_for_earlier_work_before_creating() {
-        assert_eq!(plan(&tenant()), AccountPlan::FindOrCreate);
+    fn account(id: &str, email: &str, state: &str) -> Account {
+        Account { id: id.into(), arn: String::new(), name: id.into(), email: email.into(), state: state.into() }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
-    fn a_recorded_request_is_polled_not_resent() {
-        let mut t = tenant();
-        t.status = Some(TenantStatus { create_account_request_id: Some("car-1".into()), ..Default::default() });
-        assert_eq!(plan(&t), AccountPlan::Poll { request_id: "car-1".into() });
+    fn the_situation_comes_from_the_spec_and_the_recorded_status() {
+        let status = |s: TenantStatus| {
+            let mut t = tenant();
+            t.status = Some(s);
+            t
+        };
+        let adopting = {
+            let mut t = tenant();
+            t.spec.account_id = Some("111122223333".into());
+            t
+        };
+        let table: Vec<(&str, Tenant, Option<String>, Situation)> = vec![
+            ("nothing recorded: create, no lookup", tenant(), None, Situation::New),
+            (
+                "intent without request id: the crash window",
+                status(TenantStatus { email: Some("a@example.com".into()), ..Default::default() }),
+                None,
+                Situation::Unsure,
+            ),
+            (
+                "a recorded request is followed, never resent",
+                status(TenantStatus {
+                    email: Some("a@example.com".into()),
+                    create_account_request_id: Some("car-1".into()),
+                    ..Default::default()
+                }),
+                None,
+                Situation::Requested { request_id: "car-1".into() },
+            ),
+            (
+                "a request this process sent counts even when the cached status predates it",
+                status(TenantStatus { email: Some("a@example.com".into()), ..Default::default() }),
+                Some("car-2".into()),
+                Situation::Requested { request_id: "car-2".into() },
+            ),
+            ("spec.accountId adopts", adopting.clone(), None, Situation::Adopt { account_id: "111122223333".into() }),
+            (
+                "a known account is verified",
+                status(TenantStatus { account_id: Some("111122223333".into()), ..Default::default() }),
+                Some("car-3".into()),
+                Situation::Known { account_id: "111122223333".into() },
+            ),
+        ];
+        for (case, tenant, own, expected) in table {
+            assert_eq!(situation(&tenant, own), expected, "{case}");
+        }
     }
 
     #[test]
-    fn a_known_account_is_verified_and_an_account_id_is_adopted() {
-        let mut t = tenant();
-        t.spec.account_id = Some("111122223333".into());
-        assert_eq!(plan(&t), AccountPlan::Adopt { account_id: "111122223333".into() });
-        t.status = Some(TenantStatus { account_id: Some("111122223333".into()), ..Default::default() });
-        assert_eq!(plan(&t), AccountPlan::Verify { account_id: "111122223333".into() });
+    fn request_states_and_failure_reasons_map_to_responses() {
+        let failed = |reason: &str| CreationState::Failed { reason: reason.into(), failed_for: None };
+        assert_eq!(judge_request(&CreationState::InProgress), RequestVerdict::InProgress);
+        assert_eq!(
+            judge_request(&CreationState::Succeeded { account_id: "1".into() }),
+            RequestVerdict::Created { account_id: "1".into() }
+        );
+        assert_eq!(judge_request(&failed("EMAIL_ALREADY_EXISTS")), RequestVerdict::LookUpByEmail { failed_for: None });
+        assert_eq!(judge_request(&failed("ACCOUNT_LIMIT_EXCEEDED")), RequestVerdict::AccountLimit);
+        assert!(matches!(judge_request(&failed("CONCURRENT_ACCOUNT_MODIFICATION")), RequestVerdict::Retry { .. }));
+        assert!(matches!(judge_request(&failed("INTERNAL_FAILURE")), RequestVerdict::Retry { .. }));
+        assert!(matches!(judge_request(&failed(crate::org::REQUEST_NOT_FOUND)), RequestVerdict::Retry { .. }));
+        assert_eq!(judge_request(&failed("INVALID_EMAIL")), RequestVerdict::Failed { reason: "INVALID_EMAIL".into() });
     }
 
     #[test]
-    fn failure_reasons_map_to_responses() {
-        assert_eq!(on_failure("EMAIL_ALREADY_EXISTS"), FailureResponse::LookUpByEmail);
-        assert_eq!(on_failure("ACCOUNT_LIMIT_EXCEEDED"), FailureResponse::AccountLimit);
-        assert!(matches!(on_failure("CONCURRENT_ACCOUNT_MODIFICATION"), FailureResponse::RetryLater(_)));
-        assert!(matches!(on_failure("INTERNAL_FAILURE"), FailureResponse::RetryLater(_)));
-        assert_eq!(on_failure("INVALID_EMAIL"), FailureResponse::Stalled);
+    fn accounts_are_judged_by_state_and_claim() {
+        let desired = tags(&[(TENANT_UID_TAG, "uid-1"), ("team", "a")]);
+        let active = account("1", "a@example.com", "ACTIVE");
+        let suspended = account("1", "a@example.com", "SUSPENDED");
+        let theirs = tags(&[(TENANT_UID_TAG, "uid-2"), (TENANT_TAG, "globex")]);
+        let ours_drifted = tags(&[(TENANT_UID_TAG, "uid-1"), ("team", "b"), ("old", "x")]);
+        let applied = vec!["old".to_string(), "team".to_string()];
+        assert_eq!(judge_account(None, &BTreeMap::new(), &desired, &[], "uid-1"), AccountVerdict::NotInOrganization);
+        assert_eq!(
+            judge_account(Some(&suspended), &BTreeMap::new(), &desired, &[], "uid-1"),
+            AccountVerdict::NotActive { state: "SUSPENDED".into() }
+        );
+        assert_eq!(
+            judge_account(Some(&active), &theirs, &desired, &[], "uid-1"),
+            AccountVerdict::ClaimedBy { tenant: "globex".into() },
+            "another Tenant's UID is never overwritten"
+        );
+        assert_eq!(
+            judge_account(Some(&active), &ours_drifted, &desired, &applied, "uid-1"),
+            AccountVerdict::Fine { to_set: tags(&[("team", "a")]), to_remove: vec!["old".into()] }
+        );
     }
 
     #[test]
-    fn claims_are_read_from_the_uid_tag() {
-        let mut tags = BTreeMap::new();
-        assert_eq!(claim(&tags, "uid-1"), Claim::Nobody);
-        tags.insert(TENANT_UID_TAG.to_string(), "uid-1".to_string());
-        assert_eq!(claim(&tags, "uid-1"), Claim::ThisTenant);
-        tags.insert(TENANT_TAG.to_string(), "globex".to_string());
-        assert_eq!(claim(&tags, "uid-2"), Claim::OtherTenant("globex".into()));
+    fn an_email_owner_is_adopted_only_with_this_tenants_uid() {
+        let found = account("1", "a@example.com", "ACTIVE");
+        assert_eq!(judge_email_owner(Some((&found, Claim::ThisTenant)), None), EmailOwner::Adopt);
+        assert_eq!(
+            judge_email_owner(Some((&found, Claim::Nobody)), None),
+            EmailOwner::InUse { account_id: "1".into(), claim: Claim::Nobody }
+        );
+        assert_eq!(
+            judge_email_owner(Some((&found, Claim::OtherTenant("x".into()))), None),
+            EmailOwner::InUse { account_id: "1".into(), claim: Claim::OtherTenant("x".into()) }
+        );
+        assert_eq!(judge_email_owner(None, Some(Duration::from_secs(10))), EmailOwner::Looking, "listings lag");
+        assert_eq!(judge_email_owner(None, Some(Duration::from_secs(600))), EmailOwner::Outside);
+    }
+
+    #[test]
+    fn earlier_work_is_found_by_email_or_by_request_name() {
+        let email = "a@example.com";
+        let mine = account("1", email, "ACTIVE");
+        let other = account("2", "someone@example.com", "ACTIVE");
+        let in_progress = CreateRequest {
+            id: "r1".into(),
+            account_name: "acme".into(),
+            state: CreationState::InProgress,
+            took: None,
+        };
+        let succeeded = |id: &str| CreateRequest {
+            id: "r2".into(),
+            account_name: "acme".into(),
+            state: CreationState::Succeeded { account_id: id.into() },
+            took: None,
+        };
+        assert_eq!(
+            judge_earlier_work(false, Some(&mine), &[], email),
+            EarlierWork::WaitForIndex,
+            "a miss proves nothing yet"
+        );
+        assert_eq!(
+            judge_earlier_work(true, Some(&mine), &[], email),
+            EarlierWork::AccountWithEmail { account_id: "1".into() }
+        );
+        assert_eq!(
+            judge_earlier_work(true, None, &[(in_progress, None)], email),
+            EarlierWork::Follow { request_id: "r1".into() }
+        );
+        assert_eq!(
+            judge_earlier_work(true, None, &[(succeeded("2"), Some(other))], email),
+            EarlierWork::Nothing,
+            "a request of the same name with another email is someone else's"
+        );
+        assert_eq!(
+            judge_earlier_work(true, None, &[(succeeded("1"), Some(mine))], email),
+            EarlierWork::AccountWithEmail { account_id: "1".into() }
+        );
+        assert_eq!(judge_earlier_work(true, None, &[], email), EarlierWork::Nothing);
     }
 
     #[test]
     fn only_tags_silo_applied_are_removed() {
-        let desired = BTreeMap::from([("team".to_string(), "a".to_string())]);
-        let current = BTreeMap::from([
-            ("team".to_string(), "b".to_string()),
-            ("old".to_string(), "x".to_string()),
-            ("foreign".to_string(), "y".to_string()),
-        ]);
+        let desired = tags(&[("team", "a")]);
+        let current = tags(&[("team", "b"), ("old", "x"), ("foreign", "y")]);
         let (set, remove) = plan_tags(&desired, &current, &["team".to_string(), "old".to_string()]);
         assert_eq!(set, desired, "drifted values are set back");
         assert_eq!(remove, vec!["old".to_string()], "a key Silo applied and no longer wants goes");
-        let (set, remove) = plan_tags(&desired, &BTreeMap::from([("team".into(), "a".into())]), &[]);
+        let (set, remove) = plan_tags(&desired, &tags(&[("team", "a")]), &[]);
         assert!(set.is_empty() && remove.is_empty(), "nothing to do when the account matches");
     }
 

@@ -1,287 +1,352 @@
 //! Step 4: the baseline. A role is assumed in the tenant's account and the Baseline's stack
 //! is run there, one per region, and kept at the current revision.
 //!
-//! The stages: dereference (the Baseline, the external-id Secret) -> validate (parameters
-//! the template declares) -> per region, observe the stack and carry out the pure
-//! [`next_action`]. Nothing is applied when the Baseline is missing or a parameter is not
-//! declared by the template.
+//! The stages: dereference (the Baseline from the watch cache, the external-id Secret) ->
+//! validate (parameters the template declares) -> per region, observe the stack and carry
+//! out the pure [`next_action`]. Nothing is applied when the Baseline is missing or a
+//! parameter is not declared by the template. While converging, a tenant whose stacks are
+//! recorded at the desired revision is not looked at again until its next verification.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
 
-use super::{Context, Error, status::Report};
+use super::{
+    Context, Error,
+    schedule::{Mode, Verification},
+    status::{Progress, StatusWriter},
+};
 use crate::{
-    api::{Baseline, StackReport, Tenant, TenantBaselineStatus},
+    api::{StackReport, Tenant, TenantBaselineStatus},
     aws::{
-        AwsError, SessionKey,
+        AwsError, AwsErrorKind, Priority, SessionKey,
         cloudformation::{Stack, StackSpec, Stacks, Update},
         tenant_access::is_access_denied,
     },
     baseline::{
         self, UndeclaredParameters,
-        stack::{Limits, Memory, StackAction, next_action, request_token},
+        stack::{Limits, Memory, Observed, StackAction, next_action, request_token},
     },
-    conditions::StepOutcome,
+    conditions::{self, StepOutcome},
 };
 
 /// The tag that records which revision a stack runs.
 pub const REVISION_TAG: &str = "silo.dev/revision";
 const POLL: Duration = Duration::from_secs(5);
 const RECHECK_STALLED: Duration = Duration::from_secs(600);
+/// How soon a role that cannot be assumed yet is tried again.
+const ROLE_RETRY: Duration = Duration::from_secs(10);
 /// How often a failed create is deleted and created again before the tenant is Stalled.
 pub const MAX_CREATE_ATTEMPTS: u32 = 2;
 const IN_PROGRESS_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Runs the baseline step; returns when to come back if it is not done.
-pub async fn run(tenant: &Tenant, report: &mut Report<'_>, ctx: &Context) -> Result<Duration, Error> {
-    let Some(wanted) = tenant.spec.baseline.clone() else {
-        report.status.baseline = None;
-        report.baseline = Some(StepOutcome::done("NoBaseline", "No baseline requested"));
-        return Ok(Duration::MAX);
-    };
-    let account_id = report.status.account_id.clone().unwrap_or_default();
+/// Everything the baseline step works with in one reconcile.
+pub struct BaselineStep<'a> {
+    pub tenant: &'a Tenant,
+    pub mode: Mode,
+    pub ctx: &'a Context,
+}
 
-    // Dereference and validate: nothing is applied unless everything is in order.
-    let Some(baseline) = Api::<Baseline>::all(ctx.client.clone()).get_opt(&wanted.name).await? else {
-        report.baseline = Some(StepOutcome::stalled(
-            "BaselineNotFound",
-            format!("Baseline {:?} does not exist: create it or fix spec.baseline.name", wanted.name),
-        ));
-        return Ok(RECHECK_STALLED);
-    };
-    let parameters = match baseline::resolve_parameters(
-        &baseline.spec,
-        &wanted.parameters,
-        &tenant.name_any(),
-        &account_id,
-    ) {
-        Ok(parameters) => parameters,
-        Err(UndeclaredParameters(names)) => {
-            report.baseline = Some(StepOutcome::stalled(
-                "UndeclaredParameter",
-                format!(
-                    "The template of Baseline {:?} declares no parameter {}: fix the Tenant's or the Baseline's parameters",
-                    wanted.name,
-                    names.join(", ")
-                ),
+impl BaselineStep<'_> {
+    fn priority(&self) -> Priority {
+        if self.mode == Mode::Verify(Verification::Periodic) { Priority::IfIdle } else { Priority::User }
+    }
+
+    /// Runs the baseline step; the account is placed, so its id is recorded.
+    pub async fn run(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+        let (tenant, ctx) = (self.tenant, self.ctx);
+        let Some(wanted) = tenant.spec.baseline.clone() else {
+            progress.status.baseline = None;
+            return Ok(StepOutcome::done("NoBaseline", "No baseline requested"));
+        };
+        let account_id = progress.status.account_id.clone().unwrap_or_default();
+
+        // Dereference and validate: nothing is applied unless everything is in order.
+        let Some(baseline) = ctx.baselines.get(&ObjectRef::new(&wanted.name)) else {
+            return Ok(StepOutcome::stalled(
+                "BaselineNotFound",
+                format!("Baseline {:?} does not exist: create it or fix spec.baseline.name", wanted.name),
+                RECHECK_STALLED,
             ));
-            return Ok(RECHECK_STALLED);
+        };
+        let parameters =
+            match baseline::resolve_parameters(&baseline.spec, &wanted.parameters, &tenant.name_any(), &account_id) {
+                Ok(parameters) => parameters,
+                Err(UndeclaredParameters(names)) => {
+                    return Ok(StepOutcome::stalled(
+                        "UndeclaredParameter",
+                        format!(
+                            "The template of Baseline {:?} declares no parameter {}: fix the Tenant's or the \
+                             Baseline's parameters",
+                            wanted.name,
+                            names.join(", ")
+                        ),
+                        RECHECK_STALLED,
+                    ));
+                }
+            };
+        let revision = baseline::tenant_revision(&baseline::revision(&baseline.spec), &parameters);
+        let regions = baseline::regions(&baseline.spec, &ctx.aws.region());
+        if let Some(done) = self.already_applied(&wanted.name, &revision, &regions) {
+            return Ok(done);
         }
-    };
-    let external_id = match &baseline.spec.external_id {
-        None => None,
-        Some(reference) => match read_secret(ctx, &reference.name, &reference.key).await? {
-            Some(value) => Some(value),
-            None => {
-                report.baseline = Some(StepOutcome::stalled(
-                    "ExternalIdNotFound",
+        let external_id = match &baseline.spec.external_id {
+            None => None,
+            Some(reference) => match read_secret(ctx, &reference.name, &reference.key).await? {
+                Some(value) => Some(value),
+                None => {
+                    return Ok(StepOutcome::stalled(
+                        "ExternalIdNotFound",
+                        format!(
+                            "Secret {}/{} has no key {:?} with the external id of Baseline {:?}",
+                            ctx.settings.namespace, reference.name, reference.key, wanted.name
+                        ),
+                        RECHECK_STALLED,
+                    ));
+                }
+            },
+        };
+
+        // A new revision starts with a clean slate of attempts.
+        let previous = progress.status.baseline.take().filter(|b| b.name == wanted.name && b.revision == revision);
+        let mut state = TenantBaselineStatus { name: wanted.name.clone(), revision: revision.clone(), stacks: vec![] };
+        for region in &regions {
+            let remembered = previous.as_ref().and_then(|p| p.stacks.iter().find(|s| &s.region == region)).cloned();
+            state.stacks.push(StackReport { region: region.clone(), ..remembered.unwrap_or_default() });
+        }
+        progress.status.baseline = Some(state);
+
+        let key = SessionKey {
+            account_id: account_id.clone(),
+            role_name: baseline.spec.role_name.clone(),
+            external_id,
+            session_policy: baseline.spec.session_policy.clone(),
+        };
+        let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), self.priority()).await {
+            Ok(credentials) => credentials,
+            Err(err) if is_access_denied(&err) => {
+                return Ok(StepOutcome::wait(
+                    "WaitingForRole",
                     format!(
-                        "Secret {}/{} has no key {:?} with the external id of Baseline {:?}",
-                        ctx.settings.namespace, reference.name, reference.key, wanted.name
+                        "Role {} in account {account_id} cannot be assumed yet (new accounts take a while): {}",
+                        baseline.spec.role_name, err.message
                     ),
+                    ROLE_RETRY,
                 ));
-                return Ok(RECHECK_STALLED);
             }
-        },
+            Err(err) => return Err(err.into()),
+        };
+
+        let spec = StackSpec {
+            name: &baseline.spec.stack_name,
+            template_body: baseline.spec.template.as_deref(),
+            template_url: baseline.spec.template_url.as_deref(),
+            parameters: &parameters,
+            capabilities: baseline.spec.capabilities.iter().map(|c| c.as_str()).collect(),
+            tags: BTreeMap::from([
+                (REVISION_TAG.to_string(), revision.clone()),
+                ("silo.dev/tenant".to_string(), tenant.name_any()),
+                ("silo.dev/baseline".to_string(), wanted.name.clone()),
+            ]),
+            termination_protection: baseline.spec.termination_protection,
+        };
+        let mut outcomes = vec![];
+        for (index, region) in regions.iter().enumerate() {
+            let stacks = ctx.aws.stacks(&account_id, credentials.clone(), region, self.priority());
+            let region = Region { stacks: &stacks, spec: &spec, revision: &revision, index };
+            match region.converge(progress, writer).await {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(Error::Aws(err)) if err.has_code("OptInRequired") => {
+                    outcomes.push(StepOutcome::wait(
+                        "RegionNotEnabled",
+                        format!("Region {} is not enabled in account {account_id}; retrying", region.name(progress)),
+                        Duration::from_secs(300),
+                    ));
+                }
+                Err(Error::Aws(err)) if is_access_denied(&err) || err.has_code("InvalidClientTokenId") => {
+                    // The session went stale (or the role changed): make a new one and retry soon.
+                    ctx.aws.tenants.forget(&key).await;
+                    return Err(Error::Aws(AwsError { kind: AwsErrorKind::Transient, ..err }));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+
+        // The first region not done speaks for the step, with the soonest time to look again.
+        let soonest = outcomes.iter().filter_map(StepOutcome::look_again).min();
+        Ok(match outcomes.into_iter().find(|o| !o.is_done()) {
+            Some(StepOutcome::Wait { reason, message, .. }) => {
+                StepOutcome::Wait { reason, message, after: soonest.unwrap_or(POLL) }
+            }
+            Some(StepOutcome::Stalled { reason, message, .. }) => {
+                StepOutcome::Stalled { reason, message, retry_after: soonest.unwrap_or(RECHECK_STALLED) }
+            }
+            Some(done @ StepOutcome::Done { .. }) => done,
+            None => StepOutcome::done(
+                "BaselineApplied",
+                format!("Baseline {:?} revision {revision} runs in {}", wanted.name, regions.join(", ")),
+            ),
+        })
+    }
+
+    /// While converging, stacks recorded at the desired revision, with `BaselineReady` True,
+    /// are trusted until the next verification.
+    fn already_applied(&self, name: &str, revision: &str, regions: &[String]) -> Option<StepOutcome> {
+        if self.mode != Mode::Converge {
+            return None;
+        }
+        let status = self.tenant.status.as_ref()?;
+        let applied = status.baseline.as_ref()?;
+        let ready = conditions::find(&status.conditions, conditions::BASELINE_READY)?;
+        let current = applied.name == name
+            && applied.revision == revision
+            && applied.stacks.len() == regions.len()
+            && applied.stacks.iter().all(|s| regions.contains(&s.region) && s.revision.as_deref() == Some(revision));
+        (current && ready.status == "True").then(|| StepOutcome::recorded_done(&ready.reason, &ready.message))
+    }
+}
+
+/// Whether the tenant's Baseline (in the watch cache) now asks for another revision than the
+/// one recorded in its status: a Baseline's spec changed. No AWS call.
+pub fn baseline_changed(tenant: &Tenant, ctx: &Context) -> bool {
+    let (Some(wanted), Some(status)) = (&tenant.spec.baseline, &tenant.status) else { return false };
+    let Some(baseline) = ctx.baselines.get(&ObjectRef::new(&wanted.name)) else { return false };
+    let account_id = status.account_id.clone().unwrap_or_default();
+    let Ok(parameters) =
+        baseline::resolve_parameters(&baseline.spec, &wanted.parameters, &tenant.name_any(), &account_id)
+    else {
+        return true;
     };
     let revision = baseline::tenant_revision(&baseline::revision(&baseline.spec), &parameters);
-
-    // A new revision starts with a clean slate of attempts.
-    let previous = report.status.baseline.take().filter(|b| b.name == wanted.name && b.revision == revision);
-    let mut state = TenantBaselineStatus { name: wanted.name.clone(), revision: revision.clone(), stacks: vec![] };
-    let regions = baseline::regions(&baseline.spec, &ctx.aws.region());
-    for region in &regions {
-        let remembered = previous.as_ref().and_then(|p| p.stacks.iter().find(|s| &s.region == region)).cloned();
-        state.stacks.push(StackReport { region: region.clone(), ..remembered.unwrap_or_default() });
-    }
-    report.status.baseline = Some(state);
-
-    let key = SessionKey {
-        account_id: account_id.clone(),
-        role_name: baseline.spec.role_name.clone(),
-        external_id,
-        session_policy: baseline.spec.session_policy.clone(),
-    };
-    let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any()).await {
-        Ok(credentials) => credentials,
-        Err(err) if is_access_denied(&err) => {
-            report.baseline = Some(StepOutcome::in_progress(
-                "WaitingForRole",
-                format!(
-                    "Role {} in account {account_id} cannot be assumed yet (new accounts take a while): {}",
-                    baseline.spec.role_name, err.message
-                ),
-            ));
-            return Ok(Duration::from_secs(10));
-        }
-        Err(err) => return Err(err.into()),
-    };
-
-    let spec = StackSpec {
-        name: &baseline.spec.stack_name,
-        template_body: baseline.spec.template.as_deref(),
-        template_url: baseline.spec.template_url.as_deref(),
-        parameters: &parameters,
-        capabilities: baseline.spec.capabilities.iter().map(|c| c.as_str()).collect(),
-        tags: BTreeMap::from([
-            (REVISION_TAG.to_string(), revision.clone()),
-            ("silo.dev/tenant".to_string(), tenant.name_any()),
-            ("silo.dev/baseline".to_string(), wanted.name.clone()),
-        ]),
-        termination_protection: baseline.spec.termination_protection,
-    };
-    let mut outcomes = vec![];
-    let mut next = Duration::MAX;
-    for (index, region) in regions.iter().enumerate() {
-        let stacks = ctx.aws.stacks(credentials.clone(), region);
-        match converge(&stacks, &spec, &revision, index, report, ctx).await {
-            Ok((outcome, after)) => {
-                next = next.min(after);
-                outcomes.push(outcome);
-            }
-            Err(Error::Aws(err)) if err.has_code("OptInRequired") => {
-                next = next.min(Duration::from_secs(300));
-                outcomes.push(StepOutcome::in_progress(
-                    "RegionNotEnabled",
-                    format!("Region {region} is not enabled in account {account_id}; retrying"),
-                ));
-            }
-            Err(Error::Aws(err)) if is_access_denied(&err) || err.has_code("InvalidClientTokenId") => {
-                // The session went stale (or the role changed): make a new one and retry soon.
-                ctx.aws.tenants.forget(&key).await;
-                return Err(Error::Aws(AwsError { kind: crate::aws::AwsErrorKind::Transient, ..err }));
-            }
-            Err(err) => return Err(err),
-        }
-    }
-
-    report.baseline = Some(match outcomes.iter().find(|o| !o.is_done()) {
-        Some(blocking) => blocking.clone(),
-        None => StepOutcome::done(
-            "BaselineApplied",
-            format!("Baseline {:?} revision {revision} runs in {}", wanted.name, regions.join(", ")),
-        ),
-    });
-    Ok(next)
+    status.baseline.as_ref().is_none_or(|applied| applied.name != wanted.name || applied.revision != revision)
 }
 
-/// One region: observe the stack, decide, act, and record what happened.
-async fn converge(
-    stacks: &Stacks,
-    spec: &StackSpec<'_>,
-    revision: &str,
+/// One region's stack of the baseline step.
+struct Region<'a> {
+    stacks: &'a Stacks,
+    spec: &'a StackSpec<'a>,
+    revision: &'a str,
     index: usize,
-    report: &mut Report<'_>,
-    ctx: &Context,
-) -> Result<(StepOutcome, Duration), Error> {
-    let observed = stacks.describe(spec.name, REVISION_TAG).await?;
-    let region = stack_report(report, index).region.clone();
-    if let Some(stack) = &observed {
-        let e = stack_report(report, index);
-        e.stack_id = Some(stack.id.clone());
-        e.stack_status = Some(stack.observed.status.clone());
-        e.revision = stack.observed.revision.clone();
-    }
-    let memory = Memory {
-        create_attempts: stack_report(report, index).create_attempts,
-        attempted: stack_report(report, index).attempted_revision.clone(),
-    };
-    let limits = Limits { max_create_attempts: MAX_CREATE_ATTEMPTS, in_progress_timeout: IN_PROGRESS_TIMEOUT };
-    let action = next_action(observed.as_ref().map(|s| &s.observed), revision, &memory, limits);
-    let in_region = |what: String| format!("{what} in {region}");
-
-    let outcome = match action {
-        StackAction::Ready => {
-            let stack = observed.as_ref().expect("Ready needs a stack");
-            stack_report(report, index).outputs = stack.outputs.clone();
-            (
-                StepOutcome::done("StackReady", in_region(format!("Stack {} is at revision {revision}", spec.name))),
-                Duration::MAX,
-            )
-        }
-        StackAction::Create => {
-            stack_report(report, index).attempted_revision = Some(revision.to_string());
-            report.write(ctx).await?;
-            let token = request_token("create", revision, i64::from(memory.create_attempts));
-            match stacks.create(spec, &token).await {
-                Ok(id) => {
-                    stack_report(report, index).stack_id = Some(id);
-                    stack_report(report, index).stack_status = Some("CREATE_IN_PROGRESS".into());
-                    (
-                        StepOutcome::in_progress("CreatingStack", in_region(format!("Creating stack {}", spec.name))),
-                        POLL,
-                    )
-                }
-                Err(err) if !err.is_retryable() => (refused(&err, &in_region), RECHECK_STALLED),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        StackAction::Update => {
-            stack_report(report, index).attempted_revision = Some(revision.to_string());
-            report.write(ctx).await?;
-            let changed_at = observed.as_ref().map_or(0, |s| s.changed_at);
-            match stacks.update(spec, &request_token("update", revision, changed_at)).await {
-                Ok(Update::Started) => {
-                    let message = in_region(format!("Updating stack {} to revision {revision}", spec.name));
-                    (StepOutcome::in_progress("UpdatingStack", message), POLL)
-                }
-                Ok(Update::NothingToDo) => {
-                    (StepOutcome::in_progress("UpdatingStack", in_region("The stack already matches".into())), POLL)
-                }
-                Err(err) if !err.is_retryable() => (refused(&err, &in_region), RECHECK_STALLED),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        StackAction::Wait => {
-            let status = observed.as_ref().map(|s| s.observed.status.clone()).unwrap_or_default();
-            (StepOutcome::in_progress("StackInProgress", in_region(format!("Stack {} is {status}", spec.name))), POLL)
-        }
-        StackAction::DeleteAndRecreate => {
-            let stack = observed.as_ref().expect("a failed stack exists");
-            let why = failure_of(stacks, stack).await?;
-            // Intent first: the attempt counts even if the controller dies during the delete.
-            stack_report(report, index).create_attempts += 1;
-            report.write(ctx).await?;
-            stacks.delete(stack, &request_token("delete", revision, stack.changed_at)).await?;
-            let message = format!(
-                "Stack {} failed to create ({why}); deleting it to create it again (attempt {} of {MAX_CREATE_ATTEMPTS})",
-                spec.name,
-                memory.create_attempts + 1
-            );
-            (StepOutcome::in_progress("RecreatingStack", in_region(message)), POLL)
-        }
-        StackAction::ContinueRollback => {
-            let changed_at = observed.as_ref().map_or(0, |s| s.changed_at);
-            match stacks.continue_rollback(spec.name, &request_token("continue-rollback", revision, changed_at)).await {
-                Err(err) if !err.is_retryable() => return Ok((refused(&err, &in_region), RECHECK_STALLED)),
-                other => other?,
-            }
-            (
-                StepOutcome::in_progress(
-                    "ContinuingRollback",
-                    in_region(format!("Continuing the rollback of stack {}", spec.name)),
-                ),
-                POLL,
-            )
-        }
-        StackAction::Failed { reason } => {
-            let stack = observed.as_ref().expect("a failed stack exists");
-            let why = failure_of(stacks, stack).await?;
-            let message = in_region(format!(
-                "Stack {} is {}: {why}; fix the Baseline (or the Tenant's parameters) and Silo tries again",
-                spec.name, stack.observed.status
-            ));
-            (StepOutcome::stalled(reason, message), RECHECK_STALLED)
-        }
-    };
-    Ok(outcome)
 }
 
-/// The status entry of the stack in the `index`-th region.
-fn stack_report<'r>(report: &'r mut Report<'_>, index: usize) -> &'r mut StackReport {
-    &mut report.status.baseline.as_mut().expect("the baseline status is set before converging").stacks[index]
+impl Region<'_> {
+    fn name(&self, progress: &Progress) -> String {
+        baseline_status(progress).stacks[self.index].region.clone()
+    }
+
+    fn report<'p>(&self, progress: &'p mut Progress) -> &'p mut StackReport {
+        &mut progress.status.baseline.as_mut().expect("the baseline status is set before converging").stacks[self.index]
+    }
+
+    /// Observe the stack, decide, act, and record what happened.
+    async fn converge(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+        let (stacks, spec, revision) = (self.stacks, self.spec, self.revision);
+        let stack = stacks.describe(spec.name).await?;
+        let region = self.name(progress);
+        let observed = stack.as_ref().map(observed);
+        if let (Some(stack), Some(observed)) = (&stack, &observed) {
+            let report = self.report(progress);
+            report.stack_id = Some(stack.id.clone());
+            report.stack_status = Some(stack.status.clone());
+            report.revision = observed.revision.clone();
+        }
+        let report = self.report(progress);
+        let memory = Memory { create_attempts: report.create_attempts, attempted: report.attempted_revision.clone() };
+        let limits = Limits { max_create_attempts: MAX_CREATE_ATTEMPTS, in_progress_timeout: IN_PROGRESS_TIMEOUT };
+        let in_region = |what: String| format!("{what} in {region}");
+
+        Ok(match next_action(observed.as_ref(), revision, &memory, limits) {
+            StackAction::Ready => {
+                let stack = stack.as_ref().expect("Ready needs a stack");
+                self.report(progress).outputs = stack.outputs.clone();
+                StepOutcome::done("StackReady", in_region(format!("Stack {} is at revision {revision}", spec.name)))
+            }
+            StackAction::Create => {
+                self.report(progress).attempted_revision = Some(revision.to_string());
+                writer.save_intent(progress, "CreateStack").await?;
+                let token = request_token("create", revision, i64::from(memory.create_attempts));
+                match stacks.create(spec, &token).await {
+                    Ok(id) => {
+                        let report = self.report(progress);
+                        report.stack_id = Some(id);
+                        report.stack_status = Some("CREATE_IN_PROGRESS".into());
+                        StepOutcome::wait("CreatingStack", in_region(format!("Creating stack {}", spec.name)), POLL)
+                    }
+                    Err(err) if err.kind == AwsErrorKind::Terminal => refused(&err, &in_region),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            StackAction::Update => {
+                self.report(progress).attempted_revision = Some(revision.to_string());
+                writer.save_intent(progress, "UpdateStack").await?;
+                let changed_at = stack.as_ref().map_or(0, |s| s.changed_at);
+                match stacks.update(spec, &request_token("update", revision, changed_at)).await {
+                    Ok(Update::Started) => {
+                        let message = in_region(format!("Updating stack {} to revision {revision}", spec.name));
+                        StepOutcome::wait("UpdatingStack", message, POLL)
+                    }
+                    Ok(Update::NothingToDo) => {
+                        StepOutcome::wait("UpdatingStack", in_region("The stack already matches".into()), POLL)
+                    }
+                    Err(err) if err.kind == AwsErrorKind::Terminal => refused(&err, &in_region),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            StackAction::Wait => {
+                let status = stack.as_ref().map(|s| s.status.clone()).unwrap_or_default();
+                StepOutcome::wait("StackInProgress", in_region(format!("Stack {} is {status}", spec.name)), POLL)
+            }
+            StackAction::DeleteAndRecreate => {
+                let stack = stack.as_ref().expect("a failed stack exists");
+                let why = failure_of(stacks, stack).await?;
+                // Intent first: the attempt counts even if the controller dies during the delete.
+                self.report(progress).create_attempts += 1;
+                writer.save_intent(progress, "DeleteStack").await?;
+                stacks.delete(stack, &request_token("delete", revision, stack.changed_at)).await?;
+                let message = format!(
+                    "Stack {} failed to create ({why}); deleting it to create it again (attempt {} of \
+                     {MAX_CREATE_ATTEMPTS})",
+                    spec.name,
+                    memory.create_attempts + 1
+                );
+                StepOutcome::wait("RecreatingStack", in_region(message), POLL)
+            }
+            StackAction::ContinueRollback => {
+                let changed_at = stack.as_ref().map_or(0, |s| s.changed_at);
+                let token = request_token("continue-rollback", revision, changed_at);
+                match stacks.continue_rollback(spec.name, &token).await {
+                    Err(err) if err.kind == AwsErrorKind::Terminal => return Ok(refused(&err, &in_region)),
+                    other => other?,
+                }
+                let message = in_region(format!("Continuing the rollback of stack {}", spec.name));
+                StepOutcome::wait("ContinuingRollback", message, POLL)
+            }
+            StackAction::Failed { reason } => {
+                let stack = stack.as_ref().expect("a failed stack exists");
+                let why = failure_of(stacks, stack).await?;
+                let message = in_region(format!(
+                    "Stack {} is {}: {why}; fix the Baseline (or the Tenant's parameters) and Silo tries again",
+                    spec.name, stack.status
+                ));
+                StepOutcome::stalled(reason, message, RECHECK_STALLED)
+            }
+        })
+    }
+}
+
+fn baseline_status(progress: &Progress) -> &TenantBaselineStatus {
+    progress.status.baseline.as_ref().expect("the baseline status is set before converging")
+}
+
+/// What the state machine needs of a stack: its status and the revision its tag names.
+fn observed(stack: &Stack) -> Observed {
+    Observed {
+        status: stack.status.clone(),
+        reason: stack.reason.clone(),
+        revision: stack.tags.get(REVISION_TAG).cloned(),
+        since: stack.since,
+    }
 }
 
 /// The reason a stack failed, in words: the first failed resource, else the stack's reason.
@@ -289,7 +354,7 @@ async fn failure_of(stacks: &Stacks, stack: &Stack) -> Result<String, Error> {
     Ok(stacks
         .first_failure(&stack.id)
         .await?
-        .or_else(|| stack.observed.reason.clone())
+        .or_else(|| stack.reason.clone())
         .unwrap_or_else(|| "no reason given".into()))
 }
 
@@ -298,6 +363,7 @@ fn refused(err: &AwsError, in_region: &dyn Fn(String) -> String) -> StepOutcome 
     StepOutcome::stalled(
         "StackRequestRejected",
         in_region(format!("CloudFormation refused the stack: {}; fix the Baseline", err.message)),
+        RECHECK_STALLED,
     )
 }
 
@@ -314,7 +380,7 @@ async fn read_secret(ctx: &Context, name: &str, key: &str) -> Result<Option<Stri
 pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<StepOutcome>, Error> {
     let Some(applied) = tenant.status.as_ref().and_then(|s| s.baseline.clone()) else { return Ok(None) };
     let Some(account_id) = tenant.status.as_ref().and_then(|s| s.account_id.clone()) else { return Ok(None) };
-    let baseline = Api::<Baseline>::all(ctx.client.clone()).get_opt(&applied.name).await?;
+    let baseline = ctx.baselines.get(&ObjectRef::new(&applied.name));
     let (role_name, session_policy, external_id, stack_name) = match &baseline {
         Some(b) => {
             let external_id = match &b.spec.external_id {
@@ -326,7 +392,7 @@ pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<Step
         None => ("OrganizationAccountAccessRole".to_string(), None, None, "silo-baseline".to_string()),
     };
     let key = SessionKey { account_id: account_id.clone(), role_name, external_id, session_policy };
-    let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any()).await {
+    let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), Priority::User).await {
         Ok(credentials) => credentials,
         Err(err) if is_access_denied(&err) => {
             return Ok(Some(StepOutcome::stalled(
@@ -335,16 +401,17 @@ pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<Step
                     "Cannot assume {} in account {account_id} to delete the baseline stacks: {}",
                     key.role_name, err.message
                 ),
+                RECHECK_STALLED,
             )));
         }
         Err(err) => return Err(err.into()),
     };
     let mut remaining = vec![];
     for entry in &applied.stacks {
-        let stacks = ctx.aws.stacks(credentials.clone(), &entry.region);
+        let stacks = ctx.aws.stacks(&account_id, credentials.clone(), &entry.region, Priority::User);
         let name = entry.stack_id.clone().unwrap_or_else(|| stack_name.clone());
-        let Some(stack) = stacks.describe(&name, REVISION_TAG).await? else { continue };
-        match stack.observed.status.as_str() {
+        let Some(stack) = stacks.describe(&name).await? else { continue };
+        match stack.status.as_str() {
             "DELETE_COMPLETE" => continue,
             "DELETE_IN_PROGRESS" => {}
             _ => stacks.delete(&stack, &request_token("delete", &applied.revision, stack.changed_at)).await?,
@@ -354,8 +421,9 @@ pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<Step
     if remaining.is_empty() {
         return Ok(None);
     }
-    Ok(Some(StepOutcome::in_progress(
+    Ok(Some(StepOutcome::wait(
         "DeletingBaseline",
         format!("Deleting the baseline stacks in {} before the account is closed", remaining.join(", ")),
+        POLL,
     )))
 }

@@ -26,12 +26,19 @@ use kube::{
 };
 use tracing::info;
 
-use super::account::{Claim, TENANT_UID_TAG, claim};
-use super::{Context, Error, status::Report};
+use super::{
+    Context, Error,
+    account::{Claim, TENANT_UID_TAG, claim},
+    status::{Progress, StatusWriter},
+};
 use crate::{
     api::Tenant,
-    aws::organizations::{CloseRefusal, CreationState},
+    aws::{
+        Priority,
+        organizations::{CloseRefusal, CreationState},
+    },
     conditions::StepOutcome,
+    metrics::METRICS,
 };
 
 /// Name of the ConfigMap that records recent closures, in the controller's namespace.
@@ -93,6 +100,8 @@ impl ClosureLedger {
             .map(|data| data.iter().filter_map(|(k, v)| Some((k.clone(), v.parse().ok()?))).collect())
             .unwrap_or_default();
         let (decision, keep) = decide(&entries, account_id, now, self.per_day);
+        METRICS.account_closures_recorded.set(i64::try_from(keep.len()).unwrap_or(i64::MAX));
+        METRICS.account_closures_per_day.set(i64::from(self.per_day));
         if keep != entries || existing.is_none() {
             let data = keep.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
             let mut cm = existing.clone().unwrap_or_else(|| ConfigMap {
@@ -112,24 +121,25 @@ impl ClosureLedger {
 /// Cleanup of a deleted `Close` Tenant. `Ok` lets the finalizer go; `Err(DeletionPending)`
 /// keeps it and comes back after the given delay.
 pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
-    let mut report = Report::new(tenant);
-    report.phase = Some("Deleting");
+    let mut report = Pending { progress: Progress::new(tenant), writer: StatusWriter::new(tenant, ctx.client.clone()) };
+    report.progress.phase = Some("Deleting");
     let status = tenant.status.clone().unwrap_or_default();
-    let org = &ctx.aws.organizations;
+    let org = &ctx.org;
 
     let account_id = match (&status.account_id, &status.create_account_request_id) {
         (Some(id), _) => id.clone(),
         // Only an account that carries this Tenant's UID is ever closed (checked below), so a
         // request of a shared account name that was another tenant's is never closed here.
-        (None, Some(request_id)) => match org.describe_create_request(request_id).await?.state {
+        (None, Some(request_id)) => match org.creation(request_id).await?.state {
             CreationState::Succeeded { account_id } => account_id,
             CreationState::Failed { .. } => return Ok(()),
             CreationState::InProgress => {
-                let outcome = StepOutcome::in_progress(
+                let outcome = StepOutcome::wait(
                     "WaitingForCreation",
                     "The account is still being created; it is closed once it exists",
+                    POLL,
                 );
-                return pending(&mut report, ctx, outcome, POLL).await;
+                return report.wait(outcome).await;
             }
         },
         (None, None) => return Ok(()),
@@ -143,16 +153,17 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
                  restart it with the flag to close account {account_id}, or set spec.deletionPolicy to Retain \
                  to keep the account and let the Tenant go"
             ),
+            Duration::from_secs(3600),
         );
-        return pending(&mut report, ctx, outcome, Duration::from_secs(3600)).await;
+        return report.wait(outcome).await;
     }
 
     // The baseline stacks go first, in every region, while the account can still be entered.
     if let Some(deleting) = super::bootstrap::delete_stacks(tenant, ctx).await? {
-        return pending(&mut report, ctx, deleting, POLL).await;
+        return report.wait(deleting).await;
     }
 
-    match org.describe_account(&account_id).await? {
+    match org.describe_account_fresh(&account_id).await? {
         None => return Ok(()),
         Some(account) if account.is_closing_or_closed() => {
             ctx.event(tenant, EventType::Normal, "AccountClosed", format!("Account {account_id} is {}", account.state))
@@ -163,7 +174,7 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
     }
 
     // The last rail: never close an account that is not provably this Tenant's.
-    let tags = org.list_tags(&account_id).await?;
+    let tags = org.tags(&account_id, Priority::User).await?;
     if claim(&tags, &tenant.uid().unwrap_or_default()) != Claim::ThisTenant {
         let outcome = StepOutcome::stalled(
             "AccountNotOwned",
@@ -171,29 +182,30 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
                 "Account {account_id} does not carry this Tenant's {TENANT_UID_TAG} tag, so Silo will not close it: \
                  set spec.deletionPolicy to Retain, or restore the tag if the account is this Tenant's"
             ),
+            Duration::from_secs(3600),
         );
-        return pending(&mut report, ctx, outcome, Duration::from_secs(3600)).await;
+        return report.wait(outcome).await;
     }
 
     let now = Timestamp::now();
     if let Decision::Queued { next_slot } = ctx.closures.reserve(&account_id, now).await? {
-        let outcome = StepOutcome::in_progress(
+        let wait = Duration::try_from(next_slot.duration_since(now)).unwrap_or(POLL).max(POLL);
+        let outcome = StepOutcome::wait(
             "ClosureQueued",
             format!(
                 "Silo closes at most {} accounts in 24 hours (--max-account-closures-per-day); \
                  account {account_id} is queued and closes at about {next_slot}",
                 ctx.settings.max_account_closures_per_day
             ),
+            wait,
         );
-        let wait = Duration::try_from(next_slot.duration_since(now)).unwrap_or(POLL);
-        return pending(&mut report, ctx, outcome, wait.max(POLL)).await;
+        return report.wait(outcome).await;
     }
 
     // AWS refused for quota reasons not long ago: wait out the back-off without asking again.
-    // The recorded condition is reused as it is, so the status does not change and no new
-    // reconcile is triggered.
-    if let Some((outcome, wait)) = quota_backoff(tenant, now) {
-        return pending(&mut report, ctx, outcome, wait).await;
+    // The recorded condition is reused as it is, so the status does not change.
+    if let Some(outcome) = quota_backoff(tenant, now) {
+        return report.wait(outcome).await;
     }
 
     match org.close_account(&account_id).await? {
@@ -206,45 +218,51 @@ pub async fn close(tenant: &Tenant, ctx: &Context) -> Result<(), Error> {
                 format!("Requested closure of account {account_id}"),
             )
             .await;
-            let outcome = StepOutcome::in_progress("ClosingAccount", format!("AWS is closing account {account_id}"));
-            pending(&mut report, ctx, outcome, POLL).await
+            let outcome = StepOutcome::wait("ClosingAccount", format!("AWS is closing account {account_id}"), POLL);
+            report.wait(outcome).await
         }
         Err(CloseRefusal::Quota(why)) => {
             let next =
                 now.checked_add(SignedDuration::try_from(QUOTA_BACKOFF).expect("a few hours fit")).unwrap_or(now);
-            report.status.next_closure_attempt = Some(next.to_string());
-            let outcome = StepOutcome::in_progress(
+            report.progress.status.next_closure_attempt = Some(next.to_string());
+            let outcome = StepOutcome::wait(
                 "ClosureQuotaExceeded",
                 format!("AWS refused to close account {account_id} ({why}); the next try is at about {next}"),
+                QUOTA_BACKOFF,
             );
-            pending(&mut report, ctx, outcome, QUOTA_BACKOFF).await
+            report.wait(outcome).await
         }
     }
 }
 
 /// The quota back-off still running, from `status.nextClosureAttempt`: the recorded
 /// condition is reused as it is, so the status does not change while Silo waits.
-fn quota_backoff(tenant: &Tenant, now: Timestamp) -> Option<(StepOutcome, Duration)> {
+fn quota_backoff(tenant: &Tenant, now: Timestamp) -> Option<StepOutcome> {
     let status = tenant.status.as_ref()?;
     let next: Timestamp = status.next_closure_attempt.as_deref()?.parse().ok()?;
     let wait = Duration::try_from(next.duration_since(now)).ok().filter(|w| !w.is_zero())?;
     let message = crate::conditions::find(&status.conditions, crate::conditions::READY)
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    Some((StepOutcome::in_progress("ClosureQuotaExceeded", message), wait))
+    Some(StepOutcome::wait("ClosureQuotaExceeded", message, wait))
 }
 
-/// Reports why deletion waits, then keeps the finalizer until `retry_after`.
-async fn pending(
-    report: &mut Report<'_>,
-    ctx: &Context,
-    outcome: StepOutcome,
-    retry_after: Duration,
-) -> Result<(), Error> {
-    let reason = outcome.reason();
-    report.account = outcome;
-    report.write(ctx).await?;
-    Err(Error::DeletionPending { reason, retry_after })
+/// A deletion that waits: its progress, and the writer that reports it.
+struct Pending {
+    progress: Progress,
+    writer: StatusWriter,
+}
+
+impl Pending {
+    /// Reports why deletion waits, then keeps the finalizer until the outcome's time to look
+    /// again.
+    async fn wait(&mut self, outcome: StepOutcome) -> Result<(), Error> {
+        let reason = outcome.reason().to_string();
+        let retry_after = outcome.look_again().unwrap_or(POLL);
+        self.progress.account = Some(outcome);
+        self.writer.write(&self.progress).await?;
+        Err(Error::DeletionPending { reason, retry_after })
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@ use kube::ResourceExt;
 
 use crate::{api::Tenant, conditions::StepOutcome};
 
+/// How soon a tenant stalled by its own spec is looked at again (a spec change is seen at
+/// once; this covers a changed --email-template).
+const SPEC_RECHECK: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The account name and email a tenant's account has, or will have.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -39,6 +43,7 @@ pub fn plan(tenant: &Tenant, email_template: &str) -> Result<Identity, StepOutco
                     "spec.email is {spec}, but the account was already requested with {recorded}; \
                      AWS cannot change an account's email here: set spec.email back to {recorded}"
                 ),
+                SPEC_RECHECK,
             ));
         }
         (Some(spec), _) => spec.clone(),
@@ -49,6 +54,7 @@ pub fn plan(tenant: &Tenant, email_template: &str) -> Result<Identity, StepOutco
         return Err(StepOutcome::stalled(
             "InvalidEmail",
             format!("The email {email:?} made from the controller's --email-template {problem}; set spec.email"),
+            SPEC_RECHECK,
         ));
     }
     Ok(Identity { account_name, email })

@@ -1,15 +1,25 @@
 //! The Tenant controller.
 //!
-//! One reconcile of one Tenant is a pipeline of steps, each reporting a
-//! [`StepOutcome`](crate::conditions::StepOutcome) that becomes a condition:
+//! One reconcile of one Tenant is a pipeline of steps, each returning one
+//! [`StepOutcome`](crate::conditions::StepOutcome) (done, wait with when to look again, or
+//! stalled with when to retry) that becomes a condition:
 //!
-//! 1. [`identity`]: fix the account name and email before any AWS call.
+//! 1. [`identity`]: the account name and email, fixed before any AWS call.
 //! 2. [`account`]: create or adopt the account (`AccountReady`), and keep Silo's tags on it.
 //! 3. [`placement`]: move it into the requested OU (`PlacementReady`).
 //! 4. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`).
 //! 5. [`status`]: derive `Ready`, `Reconciling`, `Stalled` and write the status once.
 //!
-//! A step runs only when the steps before it are done.
+//! A step runs only when the steps before it are done. [`schedule`] says what a reconcile is
+//! for (converge, verify, or nothing until the next verification), and the pipeline owns the
+//! requeue: the first step that is not done says when to look again; a Ready tenant is looked
+//! at again at its next verification.
+//!
+//! ## What triggers a reconcile
+//! A change of a Tenant's generation (spec), deletion, finalizers or Silo's annotations; a
+//! change of a Baseline's spec, for the Tenants that use it; a tenant's own timer; and the
+//! organization waking a tenant (its creation ended, or a creation slot is its turn). Silo's
+//! own status writes trigger nothing.
 //!
 //! ## Guarantees
 //! - Both entry points ([`apply`] and [`cleanup`]) are idempotent: a controller killed at any
@@ -25,23 +35,26 @@ pub mod bootstrap;
 pub mod closure;
 pub mod identity;
 pub mod placement;
+pub mod schedule;
 pub mod status;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, channel::mpsc::UnboundedSender};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        Controller,
+        Controller, PredicateConfig, WatchStreamExt,
         controller::Action,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
         finalizer::{self, Event as FinalizerEvent},
-        reflector::ObjectRef,
+        predicates,
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -50,10 +63,16 @@ use tracing::{info, warn};
 
 use crate::{
     api::{Baseline, DeletionPolicy, Tenant},
-    aws::{Aws, AwsError},
-    conditions::StepOutcome,
-    metrics::{METRICS, MilestoneLabels},
+    aws::{Aws, AwsError, AwsErrorKind},
+    conditions::{self, StepOutcome},
+    metrics::{METRICS, MilestoneLabels, PhaseLabels, ReasonLabels},
+    org::{OrgSettings, Organization},
 };
+use account::AccountStep;
+use bootstrap::BaselineStep;
+use placement::PlacementStep;
+use schedule::Mode;
+use status::{Progress, StatusWriter};
 
 /// The finalizer that guards every Tenant until its AWS side is settled.
 pub const FINALIZER: &str = "silo.dev/account";
@@ -70,6 +89,10 @@ pub struct Settings {
     pub create_missing_ous: bool,
     /// How often a Ready tenant is verified against AWS.
     pub resync_period: Duration,
+    /// How often the organization index is refreshed with a full sweep.
+    pub index_refresh_period: Duration,
+    /// CreateAccount requests AWS runs at once for the organization.
+    pub creation_slots: usize,
     /// Tenants reconciled at once.
     pub concurrency: u16,
     /// Close accounts of deleted `Close` Tenants. Off by default: see [`closure`].
@@ -84,38 +107,20 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub aws: Aws,
+    /// The organization: its index, its creation slots, its Organizations budget.
+    pub org: Arc<Organization>,
     pub settings: Settings,
     pub recorder: Recorder,
     pub closures: closure::ClosureLedger,
-    /// CreateAccount requests this process saw in progress, and since when; AWS allows 5.
-    pub creations: Mutex<HashMap<String, std::time::Instant>>,
-    /// Requests of a shared account name that turned out to be other tenants'.
-    pub foreign_requests: Mutex<HashSet<String>>,
-    /// OU paths and ids already resolved, shared by the fleet (see `placement`).
-    pub ous: Mutex<HashMap<String, String>>,
+    /// Baselines, from the watch cache.
+    pub baselines: Store<Baseline>,
+    /// Asks the Baseline controller to recount a Baseline's tenants.
+    pub recount: UnboundedSender<ObjectRef<Baseline>>,
     /// Consecutive failed reconciles per Tenant, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, aws: Aws, settings: Settings) -> Self {
-        let reporter = Reporter { controller: "silo".into(), instance: std::env::var("POD_NAME").ok() };
-        let recorder = Recorder::new(client.clone(), reporter);
-        let closures =
-            closure::ClosureLedger::new(client.clone(), &settings.namespace, settings.max_account_closures_per_day);
-        Self {
-            client,
-            aws,
-            settings,
-            recorder,
-            closures,
-            creations: Mutex::default(),
-            foreign_requests: Mutex::default(),
-            ous: Mutex::default(),
-            failures: Mutex::default(),
-        }
-    }
-
     /// Publishes a Kubernetes Event about a tenant; failures are logged, never fatal.
     pub async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
         METRICS.milestones.get_or_create(&MilestoneLabels { milestone: reason.to_string() }).inc();
@@ -135,7 +140,7 @@ pub enum Error {
     Aws(#[from] AwsError),
     /// Deletion waits (for a person, a budget or AWS); the conditions say why.
     #[error("deletion waits: {reason}")]
-    DeletionPending { reason: &'static str, retry_after: Duration },
+    DeletionPending { reason: String, retry_after: Duration },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
@@ -143,15 +148,13 @@ pub enum Error {
 impl Error {
     /// A short, stable label for logs and metrics.
     pub fn metric_label(&self) -> &'static str {
-        match self {
+        match self.innermost() {
             Error::Kube(_) => "kube",
+            Error::Aws(err) if err.kind == AwsErrorKind::Busy => "deferred",
             Error::Aws(err) if err.is_retryable() => "aws_retryable",
             Error::Aws(_) => "aws_terminal",
             Error::DeletionPending { .. } => "deletion_pending",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(err) | finalizer::Error::CleanupFailed(err) => err.metric_label(),
-                _ => "finalizer",
-            },
+            Error::Finalizer(_) => "finalizer",
         }
     }
 
@@ -166,34 +169,94 @@ impl Error {
     }
 }
 
-/// Runs the Tenant controller until `shutdown` completes; reconciles in flight finish first.
+/// The Tenant watch: a cache of every Tenant, and the stream of changes that trigger a
+/// reconcile. Created by [`crate::run`] so the Baseline controller can count from the cache.
+pub fn watch(client: &Client) -> (Store<Tenant>, impl futures::Stream<Item = Result<Tenant, watcher::Error>> + use<>) {
+    let (store, writer) = reflector::store();
+    let stream = watcher(Api::<Tenant>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        // The cache of a fleet of thousands holds what reconciles read, not the field history.
+        .modify(|tenant: &mut Tenant| tenant.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        // Silo's own status writes change none of this, so they trigger nothing.
+        .predicate_filter(changes, PredicateConfig::default().ttl(Duration::from_secs(7 * 24 * 3600)));
+    (store, stream)
+}
+
+/// What a reconcile reacts to: the spec (generation), deletion, finalizers, and Silo's own
+/// annotations (`silo.dev/...`, such as the verify annotation).
+fn changes(tenant: &Tenant) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = tenant.meta();
+    let annotations: BTreeMap<&String, &String> =
+        tenant.annotations().iter().filter(|(k, _)| k.starts_with(crate::api::GROUP)).collect();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (meta.generation, meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()), &meta.finalizers, annotations)
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Runs the Tenant controller (and the organization it owns) until `shutdown` completes;
+/// reconciles in flight finish first.
 pub async fn run(
     client: Client,
     aws: Aws,
     settings: Settings,
+    tenants: (Store<Tenant>, impl futures::Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static),
+    recount: UnboundedSender<ObjectRef<Baseline>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let tenants = Api::<Tenant>::all(client.clone());
-    tenants.list(&Default::default()).await.map_err(|err| {
+    Api::<Tenant>::all(client.clone()).list(&Default::default()).await.map_err(|err| {
         anyhow::anyhow!("cannot list Tenants ({err}); are the CRDs installed (`silo crd | kubectl apply -f -`)?")
     })?;
+    let (store, changes) = tenants;
+    let (wake, woken) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
+    let org = Arc::new(Organization::new(
+        aws.organizations.clone(),
+        OrgSettings { refresh_period: settings.index_refresh_period, creation_slots: settings.creation_slots },
+        move |name| {
+            let _ = wake.unbounded_send(ObjectRef::new(&name));
+        },
+    ));
+    let (baselines, baseline_writer) = reflector::store();
+    let baseline_changes = watcher(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(baseline_writer)
+        .applied_objects()
+        // A Baseline's status writes change no stack: only its spec matters to tenants.
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let reporter = Reporter { controller: "silo".into(), instance: std::env::var("POD_NAME").ok() };
     let concurrency = settings.concurrency;
-    let ctx = Arc::new(Context::new(client.clone(), aws, settings));
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        closures: closure::ClosureLedger::new(
+            client.clone(),
+            &settings.namespace,
+            settings.max_account_closures_per_day,
+        ),
+        client,
+        aws,
+        org: org.clone(),
+        settings,
+        baselines,
+        recount,
+        failures: Mutex::default(),
+    });
     info!(concurrency, "starting the Tenant controller");
-    let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    // A changed Baseline reconciles every Tenant that uses it.
+    let users = store.clone();
     let uses = move |baseline: Baseline| {
         let name = baseline.name_any();
-        store
+        users
             .state()
             .into_iter()
             .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name))
             .map(|t| ObjectRef::from_obj(t.as_ref()))
             .collect::<Vec<_>>()
     };
-    controller
-        .watches(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic(), uses)
+    let controller = Controller::for_stream(changes, store.clone())
+        .watches_stream(baseline_changes, uses)
+        .reconcile_on(woken)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -205,10 +268,48 @@ pub async fn run(
                 }
                 Err(err) => warn!(%err, "controller error"),
             }
-        })
-        .await;
+        });
+    // The organization and the fleet gauges live exactly as long as the controller.
+    tokio::select! {
+        () = controller => {}
+        () = org.run() => {}
+        () = publish_fleet(store) => {}
+    }
     info!("controller stopped");
     Ok(())
+}
+
+/// Keeps `silo_tenants{phase}` and `silo_tenants_stalled{reason}` current, from the cache.
+async fn publish_fleet(store: Store<Tenant>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        ticker.tick().await;
+        let mut phases: BTreeMap<&'static str, i64> = crate::metrics::PHASES.iter().map(|p| (*p, 0)).collect();
+        let mut stalled: BTreeMap<String, i64> = BTreeMap::new();
+        for tenant in store.state() {
+            let status = tenant.status.clone().unwrap_or_default();
+            let phase = if tenant.metadata.deletion_timestamp.is_some() {
+                "Deleting"
+            } else {
+                crate::metrics::PHASES
+                    .iter()
+                    .find(|p| status.phase.as_deref() == Some(**p))
+                    .copied()
+                    .unwrap_or("Pending")
+            };
+            *phases.entry(phase).or_default() += 1;
+            if let Some(c) = conditions::find(&status.conditions, conditions::STALLED).filter(|c| c.status == "True") {
+                *stalled.entry(c.reason.clone()).or_default() += 1;
+            }
+        }
+        for (phase, count) in phases {
+            METRICS.tenants.get_or_create(&PhaseLabels { phase }).set(count);
+        }
+        METRICS.tenants_stalled.clear();
+        for (reason, count) in stalled {
+            METRICS.tenants_stalled.get_or_create(&ReasonLabels { reason }).set(count);
+        }
+    }
 }
 
 /// Reconciles one Tenant: adds the finalizer first, then applies or cleans up.
@@ -235,8 +336,13 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 /// Retries a failed reconcile with jittered exponential backoff (5 s doubling to 5 min).
 /// AWS throttling and faults are weather, not failures: nothing is shown to the user.
 pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::DeletionPending { retry_after, .. } = err.innermost() {
-        return Action::requeue(jittered(*retry_after / 2).min(*retry_after + Duration::from_secs(60)));
+    match err.innermost() {
+        Error::DeletionPending { retry_after, .. } => {
+            return Action::requeue(jittered(*retry_after / 2).min(*retry_after + Duration::from_secs(60)));
+        }
+        // A verification found AWS's budget busy with user work: it waits its turn, quietly.
+        Error::Aws(aws) if aws.kind == AwsErrorKind::Busy => return Action::requeue(jittered(Duration::from_secs(10))),
+        _ => {}
     }
     let attempt = {
         let mut failures = ctx.failures.lock().expect("failures lock");
@@ -260,67 +366,101 @@ pub fn jittered(base: Duration) -> Duration {
     base.mul_f64(1.0 + rand::rng().random::<f64>())
 }
 
-/// Brings the AWS side of one tenant in line with its spec.
-async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
-    let mut report = status::Report::new(tenant);
-
-    if tenant.spec.paused {
-        report.paused();
-        report.write(ctx).await?;
-        return Ok(Action::await_change());
-    }
-
-    let identity = match identity::plan(tenant, &ctx.settings.email_template) {
-        Ok(identity) => identity,
-        Err(stalled) => {
-            report.account = stalled;
-            report.write(ctx).await?;
-            return Ok(Action::await_change());
-        }
-    };
-    report.record_identity(&identity);
-    // Until a step has run, it counts as not done: a write in the middle of a step (intent
-    // before an AWS call) must never report Ready.
-    report.fill_unreached();
-
-    let mut next = match surface(account::run(tenant, &identity, &mut report, ctx).await)? {
-        Ok(after) => after,
-        Err(refused) => {
-            report.account = refused;
-            REFUSED_RETRY
-        }
-    };
-    if report.account.is_done() {
-        report.placement = Some(StepOutcome::in_progress("Placing", "Placing the account"));
-        match surface(placement::run(tenant, &mut report, ctx).await)? {
-            Ok(after) => next = next.min(after),
-            Err(refused) => report.placement = Some(refused),
-        }
-    }
-    if report.placement.as_ref().is_some_and(StepOutcome::is_done) {
-        report.baseline = Some(StepOutcome::in_progress("ApplyingBaseline", "Applying the baseline"));
-        match surface(bootstrap::run(tenant, &mut report, ctx).await)? {
-            Ok(after) => next = next.min(after),
-            Err(refused) => report.baseline = Some(refused),
-        }
-    }
-    report.fill_unreached();
-    report.write(ctx).await?;
-
-    let requeue = if report.all_done() { jittered(ctx.settings.resync_period) } else { next };
-    Ok(Action::requeue(requeue))
-}
-
 /// How soon a step AWS refused is tried again.
 const REFUSED_RETRY: Duration = Duration::from_secs(600);
 
+/// Brings the AWS side of one tenant in line with its spec.
+async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let mut progress = Progress::new(tenant);
+    let mut writer = StatusWriter::new(tenant, ctx.client.clone());
+    let uid = tenant.uid().unwrap_or_default();
+
+    if tenant.spec.paused {
+        ctx.org.creations.leave(&uid);
+        progress.paused = true;
+        writer.write(&progress).await?;
+        // Unpausing changes the spec, which triggers a reconcile.
+        return Ok(Action::await_change());
+    }
+    let now = Timestamp::now();
+    let baseline_changed = bootstrap::baseline_changed(tenant, ctx);
+    let mode = match schedule::mode(tenant, now, ctx.settings.resync_period, baseline_changed) {
+        Mode::Idle(wait) => return Ok(Action::requeue(wait)),
+        mode => mode,
+    };
+
+    progress.start_steps();
+    let identity = match identity::plan(tenant, &ctx.settings.email_template) {
+        Ok(identity) => identity,
+        Err(stalled) => {
+            progress.account = Some(stalled);
+            return finish(tenant, mode, progress, writer, ctx).await;
+        }
+    };
+
+    let step = AccountStep { tenant, identity: &identity, mode, ctx };
+    progress.account = Some(surface(step.run(&mut progress, &mut writer).await)?);
+    if progress.account.as_ref().is_some_and(StepOutcome::is_done) {
+        let step = PlacementStep { tenant, mode, ctx };
+        progress.placement = Some(surface(step.run(&mut progress).await)?);
+    }
+    if progress.placement.as_ref().is_some_and(StepOutcome::is_done) {
+        let step = BaselineStep { tenant, mode, ctx };
+        progress.baseline = Some(surface(step.run(&mut progress, &mut writer).await)?);
+    }
+    finish(tenant, mode, progress, writer, ctx).await
+}
+
+/// The end of the pipeline: records the verification, writes the status once, tells the
+/// Baseline controller when this tenant's baseline changed, and says when to look again.
+async fn finish(
+    tenant: &Tenant,
+    mode: Mode,
+    mut progress: Progress,
+    mut writer: StatusWriter,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let was_ready = tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY));
+    if let Some(requested) = schedule::requested_verification(tenant) {
+        progress.status.verified_request = Some(requested);
+    }
+    // A tenant just brought in line, or verified, counts as verified now.
+    if progress.all_done() && (matches!(mode, Mode::Verify(_)) || !was_ready) {
+        progress.status.last_verified_time = Some(now.to_string());
+    }
+    let before = writer.written().cloned();
+    writer.write(&progress).await?;
+    if let Some(baseline) = &tenant.spec.baseline
+        && baseline_view(before.as_ref()) != baseline_view(writer.written())
+    {
+        let _ = ctx.recount.unbounded_send(ObjectRef::new(&baseline.name));
+    }
+    let requeue = match progress.blocking().and_then(StepOutcome::look_again) {
+        Some(after) => after,
+        None => {
+            let last = progress.status.last_verified_time.as_deref().and_then(|t| t.parse().ok()).unwrap_or(now);
+            let due = schedule::next_verification(&tenant.uid().unwrap_or_default(), last, ctx.settings.resync_period);
+            Duration::try_from(due.duration_since(now)).unwrap_or(Duration::from_secs(1))
+        }
+    };
+    Ok(Action::requeue(requeue.max(Duration::from_millis(100))))
+}
+
+/// What the Baseline controller counts of a tenant: its baseline revision and condition.
+fn baseline_view(status: Option<&crate::api::TenantStatus>) -> Option<(Option<String>, String, String)> {
+    let status = status?;
+    let ready = conditions::find(&status.conditions, conditions::BASELINE_READY)?;
+    let stalled = conditions::is_true(&status.conditions, conditions::STALLED);
+    Some((status.baseline.as_ref().map(|b| b.revision.clone()), ready.status.clone(), format!("{stalled}")))
+}
+
 /// Sorts a step's error: a terminal AWS refusal becomes the step's `Stalled` outcome, so a
-/// person sees AWS's words in the conditions; throttling, transient faults and Kubernetes
-/// errors go on to the error policy and are retried quietly.
-fn surface(result: Result<Duration, Error>) -> Result<Result<Duration, StepOutcome>, Error> {
+/// person sees AWS's words in the conditions; throttling, transient faults, a busy budget and
+/// Kubernetes errors go on to the error policy and are retried quietly.
+fn surface(result: Result<StepOutcome, Error>) -> Result<StepOutcome, Error> {
     match result {
-        Ok(after) => Ok(Ok(after)),
-        Err(Error::Aws(err)) if !err.is_retryable() => Ok(Err(StepOutcome::stalled(
+        Err(Error::Aws(err)) if err.kind == AwsErrorKind::Terminal => Ok(StepOutcome::stalled(
             "AwsRequestRefused",
             format!(
                 "AWS refused {} ({}): {}; fix the cause (often an IAM permission), Silo retries every 10 minutes",
@@ -328,13 +468,15 @@ fn surface(result: Result<Duration, Error>) -> Result<Result<Duration, StepOutco
                 err.code.as_deref().unwrap_or("no code"),
                 err.message
             ),
-        ))),
-        Err(other) => Err(other),
+            REFUSED_RETRY,
+        )),
+        other => other,
     }
 }
 
 /// Settles the AWS side of a deleted Tenant before its finalizer goes.
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    ctx.org.creations.leave(&tenant.uid().unwrap_or_default());
     match tenant.spec.deletion_policy {
         DeletionPolicy::Retain => {
             if let Some(account_id) = tenant.status.as_ref().and_then(|s| s.account_id.as_ref()) {
@@ -344,11 +486,11 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
         DeletionPolicy::Close if tenant.spec.paused => {
             // Paused means no AWS calls, deletion included.
-            let mut report = status::Report::new(tenant);
-            report.phase = Some("Deleting");
-            report.paused();
-            report.write(ctx).await?;
-            return Err(Error::DeletionPending { reason: "Paused", retry_after: Duration::from_secs(3600) });
+            let mut progress = Progress::new(tenant);
+            progress.phase = Some("Deleting");
+            progress.paused = true;
+            StatusWriter::new(tenant, ctx.client.clone()).write(&progress).await?;
+            return Err(Error::DeletionPending { reason: "Paused".into(), retry_after: Duration::from_secs(3600) });
         }
         DeletionPolicy::Close => closure::close(tenant, ctx).await?,
     }

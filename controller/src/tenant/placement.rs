@@ -3,134 +3,95 @@
 //! `spec.organizationalUnit` is an OU id (`ou-ab12-cdef3456`) or a path of OU names from the
 //! root (`/Tenants/Production`, or `/` for the root itself). A missing OU stalls the tenant
 //! with `OrganizationalUnitNotFound`, unless the controller runs with `--create-missing-ous`.
-
-use std::time::Duration;
+//!
+//! Observe (the target and the account's parent, from the organization index, reading
+//! through to AWS on a miss) -> decide ([`plan`], pure) -> act (MoveAccount).
 
 use kube::runtime::events::EventType;
 
-use super::{Context, Error, status::Report};
-use crate::{api::Tenant, conditions::StepOutcome};
+use super::{
+    Context, Error,
+    account::RECHECK_STALLED,
+    schedule::Mode,
+    status::{Progress, trusted},
+};
+use crate::{
+    api::Tenant,
+    aws::Priority,
+    conditions::{self, StepOutcome},
+    org::{Placed, Resolved, Target},
+};
 
-const RECHECK_STALLED: Duration = Duration::from_secs(600);
-
-/// What `spec.organizationalUnit` names.
+/// What the placement step does.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum Plan {
     /// No placement requested: the account stays where it is.
-    Unspecified,
-    Id(String),
-    /// OU names from the root; empty for the root itself.
-    Path(Vec<String>),
+    Stay,
+    /// The requested OU does not exist.
+    NotFound,
+    /// The account is where it should be.
+    InPlace { parent: String },
+    /// Move the account from where it is (as far as Silo knows) to `to`.
+    Move { to: String },
 }
 
-/// Parses `spec.organizationalUnit`. Pure; the schema has already checked the shape.
-pub fn target(spec: Option<&str>) -> Target {
-    match spec {
-        None => Target::Unspecified,
-        Some(path) if path.starts_with('/') => {
-            Target::Path(path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect())
-        }
-        Some(id) => Target::Id(id.to_string()),
+/// Decides from what `spec.organizationalUnit` resolved to and the account's parent. Pure.
+pub fn plan(resolved: Option<&Resolved>, current: Option<&str>) -> Plan {
+    match resolved {
+        None => Plan::Stay,
+        Some(Resolved::NotFound) => Plan::NotFound,
+        Some(Resolved::Parent(target)) if current == Some(target.as_str()) => Plan::InPlace { parent: target.clone() },
+        Some(Resolved::Parent(target)) => Plan::Move { to: target.clone() },
     }
 }
 
-/// Runs the placement step; returns when to come back if it is not done.
-pub async fn run(tenant: &Tenant, report: &mut Report<'_>, ctx: &Context) -> Result<Duration, Error> {
-    let Some(account_id) = report.status.account_id.clone() else {
-        return Ok(Duration::MAX);
-    };
-    let wanted = tenant.spec.organizational_unit.as_deref();
-    let target_id = match resolve(target(wanted), ctx).await? {
-        Resolved::Parent(id) => Some(id),
-        Resolved::Stay => None,
-        Resolved::NotFound => {
-            let wanted = wanted.unwrap_or_default();
-            report.placement = Some(StepOutcome::stalled(
+/// Everything the placement step works with in one reconcile.
+pub struct PlacementStep<'a> {
+    pub tenant: &'a Tenant,
+    pub mode: Mode,
+    pub ctx: &'a Context,
+}
+
+impl PlacementStep<'_> {
+    /// Runs the placement step; the account step is done, so the account id is recorded.
+    pub async fn run(&self, progress: &mut Progress) -> Result<StepOutcome, Error> {
+        if let Some(trusted) = trusted(self.tenant, self.mode, conditions::PLACEMENT_READY) {
+            return Ok(trusted);
+        }
+        let org = &self.ctx.org;
+        let account_id = progress.status.account_id.clone().unwrap_or_default();
+        let wanted = self.tenant.spec.organizational_unit.as_deref();
+        let resolved = match wanted {
+            Some(spec) => Some(org.resolve(&Target::parse(spec), self.ctx.settings.create_missing_ous).await?),
+            None => None,
+        };
+        let current = org.account(&account_id, Priority::User).await?.and_then(|a| a.parent);
+        match plan(resolved.as_ref(), current.as_deref()) {
+            Plan::Stay => {
+                progress.status.organizational_unit_id = current;
+                Ok(StepOutcome::done("NoPlacementRequested", "The account stays where it is"))
+            }
+            Plan::NotFound => Ok(StepOutcome::stalled(
                 "OrganizationalUnitNotFound",
                 format!(
-                    "Organizational unit {wanted} does not exist: create it in AWS Organizations, fix spec.organizationalUnit, \
-                     or run the controller with --create-missing-ous"
+                    "Organizational unit {} does not exist: create it in AWS Organizations, fix \
+                     spec.organizationalUnit, or run the controller with --create-missing-ous",
+                    wanted.unwrap_or_default()
                 ),
-            ));
-            return Ok(RECHECK_STALLED);
-        }
-    };
-    let org = &ctx.aws.organizations;
-    let current = org.parent_of(&account_id).await?;
-    let Some(target_id) = target_id else {
-        report.status.organizational_unit_id = Some(current);
-        report.placement = Some(StepOutcome::done("NoPlacementRequested", "The account stays where it is"));
-        return Ok(Duration::MAX);
-    };
-    if current != target_id {
-        if let Err(err) = org.move_account(&account_id, &current, &target_id).await {
-            if err.has_code("DestinationParentNotFoundException") {
-                // The cached OU was deleted since: forget what we knew and look again.
-                ctx.ous.lock().expect("OU cache lock").clear();
+                RECHECK_STALLED,
+            )),
+            Plan::InPlace { parent } => {
+                progress.status.organizational_unit_id = Some(parent.clone());
+                Ok(StepOutcome::done("Placed", format!("The account is in {parent}")))
             }
-            return Err(err.into());
-        }
-        ctx.event(
-            tenant,
-            EventType::Normal,
-            "AccountMoved",
-            format!("Moved account {account_id} from {current} to {target_id}"),
-        )
-        .await;
-    }
-    report.status.organizational_unit_id = Some(target_id.clone());
-    report.placement = Some(StepOutcome::done("Placed", format!("The account is in {target_id}")));
-    Ok(Duration::MAX)
-}
-
-/// Where a target points in the organization tree.
-enum Resolved {
-    Stay,
-    Parent(String),
-    NotFound,
-}
-
-/// Resolves a target to a parent id, walking paths from the root.
-///
-/// Resolved ids and paths are cached for the whole fleet ([`Context::ous`]); a miss walks
-/// the tree again, so an OU created since is found. A cached OU that was deleted since is
-/// dropped when MoveAccount reports it missing.
-async fn resolve(target: Target, ctx: &Context) -> Result<Resolved, Error> {
-    let org = &ctx.aws.organizations;
-    let cached = |key: &str| ctx.ous.lock().expect("OU cache lock").get(key).cloned();
-    let remember = |key: String, id: &str| ctx.ous.lock().expect("OU cache lock").insert(key, id.to_string());
-    match target {
-        Target::Unspecified => Ok(Resolved::Stay),
-        Target::Id(id) => {
-            if cached(&id).is_some() || org.unit_exists(&id).await? {
-                remember(id.clone(), &id);
-                return Ok(Resolved::Parent(id));
+            Plan::Move { to } => {
+                if let Placed::Moved { from } = org.place(&account_id, &to).await? {
+                    let note = format!("Moved account {account_id} from {from} to {to}");
+                    self.ctx.event(self.tenant, EventType::Normal, "AccountMoved", note).await;
+                }
+                progress.status.organizational_unit_id = Some(to.clone());
+                Ok(StepOutcome::done("Placed", format!("The account is in {to}")))
             }
-            Ok(Resolved::NotFound)
-        }
-        Target::Path(names) => {
-            let full = format!("/{}", names.join("/"));
-            if let Some(id) = cached(&full) {
-                return Ok(Resolved::Parent(id));
-            }
-            let mut parent = org.root_id().await?;
-            let mut path = String::new();
-            for name in names {
-                path = format!("{path}/{name}");
-                let children = org.child_units(&parent).await?;
-                parent = match children.into_iter().find(|ou| ou.name == name) {
-                    Some(ou) => ou.id,
-                    None if ctx.settings.create_missing_ous => {
-                        let created = org.create_unit(&parent, &name).await?;
-                        tracing::info!(path, ou = %created.id, "created organizational unit");
-                        created.id
-                    }
-                    None => return Ok(Resolved::NotFound),
-                };
-                remember(path.clone(), &parent);
-            }
-            remember(full, &parent);
-            Ok(Resolved::Parent(parent))
         }
     }
 }
@@ -141,9 +102,23 @@ mod tests {
 
     #[test]
     fn targets_are_ids_or_paths_from_the_root() {
-        assert_eq!(target(None), Target::Unspecified);
-        assert_eq!(target(Some("ou-ab12-cdef3456")), Target::Id("ou-ab12-cdef3456".into()));
-        assert_eq!(target(Some("/Tenants/Production")), Target::Path(vec!["Tenants".into(), "Production".into()]));
-        assert_eq!(target(Some("/")), Target::Path(vec![]));
+        assert_eq!(Target::parse("ou-ab12-cdef3456"), Target::Id("ou-ab12-cdef3456".into()));
+        assert_eq!(Target::parse("/Tenants/Production"), Target::Path(vec!["Tenants".into(), "Production".into()]));
+        assert_eq!(Target::parse("/"), Target::Path(vec![]));
+    }
+
+    #[test]
+    fn every_placement_case() {
+        let ou = |id: &str| Resolved::Parent(id.into());
+        let table: &[(&str, Option<Resolved>, Option<&str>, Plan)] = &[
+            ("nothing requested", None, Some("r-1"), Plan::Stay),
+            ("the OU does not exist", Some(Resolved::NotFound), Some("r-1"), Plan::NotFound),
+            ("already there", Some(ou("ou-a")), Some("ou-a"), Plan::InPlace { parent: "ou-a".into() }),
+            ("elsewhere: move", Some(ou("ou-a")), Some("r-1"), Plan::Move { to: "ou-a".into() }),
+            ("parent unknown: move (MoveAccount finds out)", Some(ou("ou-a")), None, Plan::Move { to: "ou-a".into() }),
+        ];
+        for (case, resolved, current, expected) in table {
+            assert_eq!(&plan(resolved.as_ref(), *current), expected, "{case}");
+        }
     }
 }

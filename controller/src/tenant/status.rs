@@ -1,8 +1,11 @@
 //! The last stage of the pipeline: what one reconcile learned, written as the Tenant's status.
 //!
-//! Silo owns the whole status and writes it with server-side apply under one field manager,
-//! only when it changed. Steps may also [`Report::write`] mid-way to record intent before an
-//! AWS call that creates something; the final write then costs nothing if nothing moved.
+//! [`Progress`] is the working copy: the status fields the steps record, and each step's
+//! [`StepOutcome`]. [`Progress::render`] turns it into conditions and a phase (pure).
+//! [`StatusWriter`] is the only code that writes a Tenant's status: with server-side apply
+//! under one field manager, once at the end of a reconcile ([`StatusWriter::write`]), plus
+//! the crash-safety writes a step makes before an AWS call that creates something
+//! ([`StatusWriter::save_intent`]). Both skip the write when nothing changed.
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -10,140 +13,187 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use super::{Context, Error, FIELD_MANAGER, identity::Identity};
+use super::{Error, FIELD_MANAGER, schedule::Mode};
 use crate::{
     api::{Tenant, TenantStatus},
     conditions::{self, Conditions, StepOutcome},
 };
 
 /// The working copy of one Tenant's status during a reconcile.
-pub struct Report<'t> {
-    tenant: &'t Tenant,
+pub struct Progress {
+    generation: Option<i64>,
     pub status: TenantStatus,
-    /// `AccountReady`.
-    pub account: StepOutcome,
-    /// `PlacementReady`; `None` when the step was not evaluated in this reconcile.
+    /// `AccountReady`; `None` until the step has run.
+    pub account: Option<StepOutcome>,
+    /// `PlacementReady`; `None` until the step has run.
     pub placement: Option<StepOutcome>,
-    /// `BaselineReady`; `None` when the step was not evaluated in this reconcile.
+    /// `BaselineReady`; `None` until the step has run.
     pub baseline: Option<StepOutcome>,
-    /// Overrides the derived phase (used while deleting).
+    /// Overrides the derived phase (while deleting).
     pub phase: Option<&'static str>,
-    paused: bool,
-    written: Option<TenantStatus>,
+    pub paused: bool,
 }
 
-impl<'t> Report<'t> {
-    pub fn new(tenant: &'t Tenant) -> Self {
+impl Progress {
+    pub fn new(tenant: &Tenant) -> Self {
         Self {
-            tenant,
+            generation: tenant.metadata.generation,
             status: tenant.status.clone().unwrap_or_default(),
-            account: StepOutcome::in_progress("Pending", "Waiting for the account to be created or adopted"),
+            account: None,
             placement: None,
             baseline: None,
             phase: None,
             paused: false,
-            written: tenant.status.clone(),
         }
     }
 
-    /// Records the deterministic account name and email before any AWS call.
-    pub fn record_identity(&mut self, identity: &Identity) {
-        self.status.account_name = Some(identity.account_name.clone());
-        self.status.email = Some(identity.email.clone());
-    }
-
-    /// The tenant is paused: nothing is done and the conditions say so.
-    pub fn paused(&mut self) {
-        self.paused = true;
-    }
-
-    /// Marks steps the pipeline did not reach as waiting for the one before them.
-    pub fn fill_unreached(&mut self) {
-        let waiting = StepOutcome::in_progress("WaitingForAccount", "Waits until the account is ready");
-        self.placement.get_or_insert_with(|| waiting.clone());
-        let waiting = StepOutcome::in_progress("WaitingForPlacement", "Waits until the account is placed");
-        self.baseline.get_or_insert(waiting);
-    }
-
-    /// Whether every step is done.
-    pub fn all_done(&self) -> bool {
-        self.account.is_done()
-            && self.placement.as_ref().is_some_and(StepOutcome::is_done)
-            && self.baseline.as_ref().is_some_and(StepOutcome::is_done)
-    }
-
-    /// Computes the conditions and phase, and writes the status if it changed.
-    pub async fn write(&mut self, ctx: &Context) -> Result<(), Error> {
-        self.render(Timestamp::now());
-        if self.written.as_ref() == Some(&self.status) {
-            return Ok(());
-        }
-        let api = Api::<Tenant>::all(ctx.client.clone());
-        let patch = serde_json::json!({
-            "apiVersion": "silo.dev/v1alpha1",
-            "kind": "Tenant",
-            "status": self.status,
-        });
-        api.patch_status(&self.tenant.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
-        self.written = Some(self.status.clone());
-        Ok(())
-    }
-
-    /// The pure part of [`Report::write`]: conditions and phase from the outcomes.
-    pub fn render(&mut self, now: Timestamp) {
-        let generation = self.tenant.metadata.generation;
-        self.status.observed_generation = generation;
-        let mut conds = Conditions::new(&mut self.status.conditions, generation, now);
+    /// The status as it would be written now: conditions and phase from the outcomes of the
+    /// steps that have one (see [`Progress::start_steps`]).
+    pub fn render(&self, now: Timestamp) -> TenantStatus {
+        let mut status = self.status.clone();
+        status.observed_generation = self.generation;
+        let mut conds = Conditions::new(&mut status.conditions, self.generation, now);
         if self.paused {
             let message = "spec.paused is true: Silo makes no AWS calls for this tenant";
             conds.set(conditions::READY, false, "Paused", message);
             conds.set(conditions::RECONCILING, false, "Paused", "");
             conds.set(conditions::STALLED, false, "Paused", "");
-            self.status.phase = Some(self.phase.unwrap_or("Paused").into());
-            return;
+            status.phase = Some(self.phase.unwrap_or("Paused").into());
+            return status;
         }
-        conds.step(conditions::ACCOUNT_READY, &self.account);
-        let mut steps = vec![&self.account];
-        if let Some(placement) = &self.placement {
-            conds.step(conditions::PLACEMENT_READY, placement);
-            steps.push(placement);
+        let steps: Vec<(&str, &StepOutcome)> = [
+            (conditions::ACCOUNT_READY, &self.account),
+            (conditions::PLACEMENT_READY, &self.placement),
+            (conditions::BASELINE_READY, &self.baseline),
+        ]
+        .into_iter()
+        .filter_map(|(type_, outcome)| Some((type_, outcome.as_ref()?)))
+        .collect();
+        for (type_, outcome) in &steps {
+            conds.step(type_, outcome);
         }
-        if let Some(baseline) = &self.baseline {
-            conds.step(conditions::BASELINE_READY, baseline);
-            steps.push(baseline);
-        }
-        conds.summarize(&steps);
-        let derived = match steps.iter().find(|s| !s.is_done()) {
+        let outcomes: Vec<&StepOutcome> = steps.iter().map(|(_, outcome)| *outcome).collect();
+        conds.summarize(&outcomes);
+        let derived = match outcomes.iter().find(|s| !s.is_done()) {
             None => "Ready",
             Some(StepOutcome::Stalled { .. }) => "Stalled",
-            Some(_) if self.status.account_id.is_none() => "Creating",
+            Some(_) if status.account_id.is_none() => "Creating",
             Some(_) => "Provisioning",
         };
-        self.status.phase = Some(self.phase.unwrap_or(derived).into());
+        status.phase = Some(self.phase.unwrap_or(derived).into());
+        status
+    }
+
+    /// Marks every step as not done until it has run: a write in the middle of a step (intent
+    /// before an AWS call) must never report Ready.
+    pub fn start_steps(&mut self) {
+        let waiting = |reason, message| Some(StepOutcome::wait(reason, message, std::time::Duration::MAX));
+        self.account = waiting("Pending", "Waiting for the account to be created or adopted");
+        self.placement = waiting("WaitingForAccount", "Waits until the account is ready");
+        self.baseline = waiting("WaitingForPlacement", "Waits until the account is placed");
+    }
+
+    /// Whether every step ran and is done.
+    pub fn all_done(&self) -> bool {
+        [&self.account, &self.placement, &self.baseline].iter().all(|s| s.as_ref().is_some_and(StepOutcome::is_done))
+    }
+
+    /// The first step that is not done, if any.
+    pub fn blocking(&self) -> Option<&StepOutcome> {
+        [&self.account, &self.placement, &self.baseline].into_iter().flatten().find(|s| !s.is_done())
+    }
+}
+
+/// In [`Mode::Converge`], a step whose condition is already True for this generation is not
+/// looked at again: its recorded outcome stands until the next verification.
+pub fn trusted(tenant: &Tenant, mode: Mode, condition: &str) -> Option<StepOutcome> {
+    if mode != Mode::Converge {
+        return None;
+    }
+    let recorded = conditions::find(&tenant.status.as_ref()?.conditions, condition)?;
+    let current = recorded.status == "True"
+        && recorded.observed_generation.is_some()
+        && recorded.observed_generation == tenant.metadata.generation;
+    current.then(|| StepOutcome::recorded_done(&recorded.reason, &recorded.message))
+}
+
+/// Writes one Tenant's status; remembers what it wrote, so an unchanged status costs nothing.
+pub struct StatusWriter {
+    api: Api<Tenant>,
+    name: String,
+    written: Option<TenantStatus>,
+}
+
+impl StatusWriter {
+    pub fn new(tenant: &Tenant, client: kube::Client) -> Self {
+        Self { api: Api::all(client), name: tenant.name_any(), written: tenant.status.clone() }
+    }
+
+    /// A crash-safety write: records the progress so far before an AWS call that creates
+    /// something (`before` names the call, for the logs), so a controller killed during the
+    /// call finds the intent on its next look.
+    pub async fn save_intent(&mut self, progress: &Progress, before: &'static str) -> Result<(), Error> {
+        tracing::debug!(tenant = %self.name, before, "recording intent");
+        self.write(progress).await
+    }
+
+    /// Writes the status if it changed since it was read or last written.
+    pub async fn write(&mut self, progress: &Progress) -> Result<(), Error> {
+        let status = progress.render(Timestamp::now());
+        if self.written.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "silo.dev/v1alpha1",
+            "kind": "Tenant",
+            "status": status,
+        });
+        self.api.patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        self.written = Some(status);
+        Ok(())
+    }
+
+    /// The status last written (or read), with its conditions.
+    pub fn written(&self) -> Option<&TenantStatus> {
+        self.written.as_ref()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::api::TenantSpec;
 
     #[test]
     fn a_step_that_has_not_run_keeps_ready_false() {
         let tenant = Tenant::new("acme", TenantSpec::default());
-        let mut report = Report::new(&tenant);
-        report.fill_unreached();
-        report.account = StepOutcome::done("AccountCreated", "ok");
-        report.placement = Some(StepOutcome::done("Placed", "ok"));
+        let mut progress = Progress::new(&tenant);
+        progress.start_steps();
+        progress.account = Some(StepOutcome::done("AccountCreated", "ok"));
+        progress.placement = Some(StepOutcome::done("Placed", "ok"));
         // The baseline step is running: a write now (intent before CreateStack) is not Ready.
-        report.render(Timestamp::now());
-        assert!(!conditions::is_true(&report.status.conditions, conditions::READY));
-        assert_eq!(conditions::find(&report.status.conditions, conditions::BASELINE_READY).unwrap().status, "False");
+        let status = progress.render(Timestamp::now());
+        assert!(!conditions::is_true(&status.conditions, conditions::READY));
+        assert_eq!(conditions::find(&status.conditions, conditions::BASELINE_READY).unwrap().status, "False");
 
-        report.baseline = Some(StepOutcome::done("BaselineApplied", "ok"));
-        report.render(Timestamp::now());
-        assert!(conditions::is_true(&report.status.conditions, conditions::READY));
-        assert_eq!(report.status.phase.as_deref(), Some("Ready"));
+        progress.baseline = Some(StepOutcome::done("BaselineApplied", "ok"));
+        let status = progress.render(Timestamp::now());
+        assert!(conditions::is_true(&status.conditions, conditions::READY));
+        assert_eq!(status.phase.as_deref(), Some("Ready"));
+        assert!(progress.all_done());
+    }
+
+    #[test]
+    fn the_first_step_not_done_blocks() {
+        let tenant = Tenant::new("acme", TenantSpec::default());
+        let mut progress = Progress::new(&tenant);
+        progress.account = Some(StepOutcome::done("AccountCreated", "ok"));
+        progress.placement =
+            Some(StepOutcome::stalled("OrganizationalUnitNotFound", "create it", Duration::from_secs(600)));
+        assert_eq!(progress.blocking().unwrap().reason(), "OrganizationalUnitNotFound");
+        let status = progress.render(Timestamp::now());
+        assert_eq!(status.phase.as_deref(), Some("Stalled"));
     }
 }

@@ -1,0 +1,399 @@
+//! The organization index: Silo's in-memory view of the organization.
+//!
+//! Once the Lease is won, one paced sweep reads the whole organization (the OU tree, and the
+//! accounts under each parent with their email and state); Silo's own successful writes
+//! (a creation that succeeded, MoveAccount, TagResource, UntagResource, CloseAccount) update
+//! it at once, and a refresh sweep runs on a period. Steps read the index instead of asking
+//! AWS for each account on every reconcile; a miss reads through to AWS and fills it in.
+//!
+//! ## Guarantees
+//! - It is a cache and never a reason to create or close an account: creation is made safe by
+//!   the intent recorded in the Tenant's status, closure by a fresh look at AWS.
+//! - A sweep never undoes a write Silo made while the sweep was running: each entry remembers
+//!   the write that last touched it, and a sweep only replaces entries older than its start.
+//! - A sweep of a different organization (a new organization id) replaces everything.
+//!
+//! All methods are synchronous and hold the lock only briefly; nothing here calls AWS (see
+//! [`super::Organization`] for the sweeps and the read-throughs).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::RwLock,
+};
+
+use crate::{
+    aws::organizations::{Account, OrganizationInfo, OrganizationalUnit},
+    metrics::METRICS,
+};
+
+/// What the index knows of one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedAccount {
+    pub account: Account,
+    /// The account's parent (the root or an OU id), when known.
+    pub parent: Option<String>,
+    /// The account's tags, when Silo set or read them since it last saw them change; `None`
+    /// when unknown (the sweep does not list tags).
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// The result of one sweep of the whole organization.
+#[derive(Clone, Debug, Default)]
+pub struct Sweep {
+    pub org: Option<OrganizationInfo>,
+    pub root: String,
+    /// Every OU with its parent.
+    pub units: Vec<(OrganizationalUnit, String)>,
+    /// Every account with its parent.
+    pub accounts: Vec<(Account, String)>,
+    /// [`OrgIndex::write_mark`] when the sweep started.
+    pub started: u64,
+}
+
+/// Where a path of OU names leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathLookup {
+    /// The OU (or the root, for an empty path).
+    Found(String),
+    /// The first `depth` names were found, ending at `parent`; the next one is not known.
+    Missing { parent: String, depth: usize },
+    /// The root is not known yet.
+    NoRoot,
+}
+
+#[derive(Clone, Debug)]
+struct Entry<T> {
+    value: T,
+    /// The local write that last touched this entry.
+    written: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Unit {
+    name: String,
+    parent: Option<String>,
+}
+
+#[derive(Default)]
+struct View {
+    org: Option<OrganizationInfo>,
+    root: Option<String>,
+    accounts: HashMap<String, Entry<IndexedAccount>>,
+    by_email: HashMap<String, String>,
+    units: HashMap<String, Entry<Unit>>,
+    complete: bool,
+    writes: u64,
+}
+
+impl View {
+    fn touch(&mut self) -> u64 {
+        self.writes += 1;
+        self.writes
+    }
+
+    fn put_account(&mut self, value: IndexedAccount) {
+        let written = self.touch();
+        self.by_email.insert(value.account.email.to_ascii_lowercase(), value.account.id.clone());
+        self.accounts.insert(value.account.id.clone(), Entry { value, written });
+    }
+}
+
+/// The index. Shared by every reconcile; the sweeps and Silo's own writes are its writers.
+#[derive(Default)]
+pub struct OrgIndex {
+    view: RwLock<View>,
+}
+
+impl OrgIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.view.read().expect("index lock")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, View> {
+        self.view.write().expect("index lock")
+    }
+
+    /// Whether a sweep has completed: until then, a missing account or email proves nothing.
+    pub fn is_complete(&self) -> bool {
+        self.read().complete
+    }
+
+    /// The organization, once a sweep or a read-through has seen it.
+    pub fn organization(&self) -> Option<OrganizationInfo> {
+        self.read().org.clone()
+    }
+
+    pub fn root(&self) -> Option<String> {
+        self.read().root.clone()
+    }
+
+    /// Marks the start of a sweep: writes after this mark survive it.
+    pub fn write_mark(&self) -> u64 {
+        self.read().writes
+    }
+
+    pub fn account(&self, id: &str) -> Option<IndexedAccount> {
+        self.read().accounts.get(id).map(|e| e.value.clone())
+    }
+
+    /// The account with this email (AWS compares emails without case).
+    pub fn account_by_email(&self, email: &str) -> Option<IndexedAccount> {
+        let view = self.read();
+        let id = view.by_email.get(&email.to_ascii_lowercase())?;
+        view.accounts.get(id).map(|e| e.value.clone())
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.read().accounts.len()
+    }
+
+    /// Whether `id` is an OU the index knows.
+    pub fn has_unit(&self, id: &str) -> bool {
+        self.read().units.contains_key(id)
+    }
+
+    /// Follows a path of OU names from the root as far as the index knows it.
+    pub fn lookup_path(&self, names: &[String]) -> PathLookup {
+        let view = self.read();
+        let Some(mut parent) = view.root.clone() else { return PathLookup::NoRoot };
+        for (depth, name) in names.iter().enumerate() {
+            let child = view
+                .units
+                .iter()
+                .find(|(_, unit)| unit.value.parent.as_deref() == Some(parent.as_str()) && &unit.value.name == name);
+            match child {
+                Some((id, _)) => parent = id.clone(),
+                None => return PathLookup::Missing { parent, depth },
+            }
+        }
+        PathLookup::Found(parent)
+    }
+
+    /// Records the organization and its root, as a read-through saw them.
+    pub fn record_organization(&self, org: OrganizationInfo, root: String) {
+        let mut view = self.write();
+        view.touch();
+        view.org = Some(org);
+        view.root = Some(root);
+    }
+
+    /// Records an account (a creation that succeeded, or a read-through); fields given as
+    /// `None` keep what the index knew.
+    pub fn record_account(&self, account: Account, parent: Option<String>, tags: Option<BTreeMap<String, String>>) {
+        let mut view = self.write();
+        let known = view.accounts.get(&account.id).map(|e| e.value.clone());
+        let value = IndexedAccount {
+            parent: parent.or_else(|| known.as_ref().and_then(|k| k.parent.clone())),
+            tags: tags.or_else(|| known.as_ref().and_then(|k| k.tags.clone())),
+            account,
+        };
+        view.put_account(value);
+        publish(&view);
+    }
+
+    /// An account is gone from the organization (AWS said it does not know it).
+    pub fn forget_account(&self, id: &str) {
+        let mut view = self.write();
+        view.touch();
+        if let Some(entry) = view.accounts.remove(id) {
+            view.by_email.remove(&entry.value.account.email.to_ascii_lowercase());
+        }
+        publish(&view);
+    }
+
+    /// Applies a change to a known account (MoveAccount, tags, CloseAccount succeeded).
+    pub fn update_account(&self, id: &str, change: impl FnOnce(&mut IndexedAccount)) {
+        let mut view = self.write();
+        if let Some(mut value) = view.accounts.get(id).map(|e| e.value.clone()) {
+            change(&mut value);
+            view.put_account(value);
+        }
+    }
+
+    /// Records an OU (created, or found by a read-through) under `parent`.
+    pub fn record_unit(&self, unit: OrganizationalUnit, parent: Option<String>) {
+        let mut view = self.write();
+        let written = view.touch();
+        let parent = parent.or_else(|| view.units.get(&unit.id).and_then(|u| u.value.parent.clone()));
+        view.units.insert(unit.id, Entry { value: Unit { name: unit.name, parent }, written });
+    }
+
+    /// An OU is gone (AWS said so): forgets it and everything known under it.
+    pub fn forget_unit(&self, id: &str) {
+        let mut view = self.write();
+        view.touch();
+        let mut gone = vec![id.to_string()];
+        while let Some(unit) = gone.pop() {
+            view.units.remove(&unit);
+            let children: Vec<String> = view
+                .units
+                .iter()
+                .filter(|(_, u)| u.value.parent.as_deref() == Some(unit.as_str()))
+                .map(|(id, _)| id.clone())
+                .collect();
+            gone.extend(children);
+        }
+    }
+
+    /// Replaces the view with what a sweep saw, keeping Silo's own writes made since the sweep
+    /// started. Tags are kept for accounts the sweep still sees (it does not list them).
+    pub fn apply_sweep(&self, sweep: Sweep) {
+        let mut view = self.write();
+        let same_org = match (&view.org, &sweep.org) {
+            (Some(known), Some(seen)) => known.id == seen.id,
+            _ => true,
+        };
+        if !same_org {
+            tracing::warn!(
+                before = ?view.org.as_ref().map(|o| &o.id),
+                now = ?sweep.org.as_ref().map(|o| &o.id),
+                "the organization changed: the index starts again"
+            );
+            *view = View { writes: view.writes, ..View::default() };
+        }
+        let started = sweep.started;
+        let old_accounts = std::mem::take(&mut view.accounts);
+        let mut accounts: HashMap<String, Entry<IndexedAccount>> = HashMap::with_capacity(sweep.accounts.len());
+        for (account, parent) in sweep.accounts {
+            let tags = old_accounts.get(&account.id).and_then(|e| e.value.tags.clone());
+            let entry = Entry { value: IndexedAccount { account, parent: Some(parent), tags }, written: 0 };
+            accounts.insert(entry.value.account.id.clone(), entry);
+        }
+        // Silo's writes during the sweep are newer than what the sweep read.
+        for (id, entry) in old_accounts {
+            if entry.written > started {
+                accounts.insert(id, entry);
+            }
+        }
+        let old_units = std::mem::take(&mut view.units);
+        let mut units: HashMap<String, Entry<Unit>> = sweep
+            .units
+            .into_iter()
+            .map(|(unit, parent)| {
+                (unit.id, Entry { value: Unit { name: unit.name, parent: Some(parent) }, written: 0 })
+            })
+            .collect();
+        for (id, entry) in old_units {
+            if entry.written > started {
+                units.insert(id, entry);
+            }
+        }
+        view.by_email = accounts
+            .values()
+            .map(|e| (e.value.account.email.to_ascii_lowercase(), e.value.account.id.clone()))
+            .collect();
+        view.accounts = accounts;
+        view.units = units;
+        view.root = Some(sweep.root);
+        if sweep.org.is_some() {
+            view.org = sweep.org;
+        }
+        view.complete = true;
+        publish(&view);
+    }
+}
+
+fn publish(view: &View) {
+    METRICS.index_accounts.set(i64::try_from(view.accounts.len()).unwrap_or(i64::MAX));
+    METRICS.index_complete.set(i64::from(view.complete));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: &str, email: &str) -> Account {
+        Account {
+            id: id.into(),
+            arn: format!("arn:{id}"),
+            name: id.into(),
+            email: email.into(),
+            state: "ACTIVE".into(),
+        }
+    }
+
+    fn unit(id: &str, name: &str) -> OrganizationalUnit {
+        OrganizationalUnit { id: id.into(), name: name.into() }
+    }
+
+    fn org(id: &str) -> Option<OrganizationInfo> {
+        Some(OrganizationInfo { id: id.into(), management_account_id: "123456789012".into() })
+    }
+
+    fn sweep(index: &OrgIndex, org_id: &str, accounts: &[(&str, &str)]) -> Sweep {
+        Sweep {
+            org: org(org_id),
+            root: "r-1".into(),
+            units: vec![(unit("ou-t", "Tenants"), "r-1".into()), (unit("ou-p", "Prod"), "ou-t".into())],
+            accounts: accounts.iter().map(|(id, email)| (account(id, email), "ou-t".to_string())).collect(),
+            started: index.write_mark(),
+        }
+    }
+
+    #[test]
+    fn a_sweep_fills_the_index_and_paths_resolve() {
+        let index = OrgIndex::default();
+        assert!(!index.is_complete());
+        assert_eq!(index.lookup_path(&["Tenants".into()]), PathLookup::NoRoot);
+        index.apply_sweep(sweep(&index, "o-1", &[("111", "A@example.com")]));
+        assert!(index.is_complete());
+        assert_eq!(index.account_by_email("a@EXAMPLE.com").unwrap().account.id, "111", "emails match without case");
+        assert_eq!(index.account("111").unwrap().parent.as_deref(), Some("ou-t"));
+        assert_eq!(index.lookup_path(&[]), PathLookup::Found("r-1".into()));
+        assert_eq!(index.lookup_path(&["Tenants".into(), "Prod".into()]), PathLookup::Found("ou-p".into()));
+        assert_eq!(
+            index.lookup_path(&["Tenants".into(), "Staging".into()]),
+            PathLookup::Missing { parent: "ou-t".into(), depth: 1 }
+        );
+    }
+
+    #[test]
+    fn a_write_made_during_a_sweep_survives_it() {
+        let index = OrgIndex::default();
+        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        let started = sweep(&index, "o-1", &[("111", "a@example.com")]);
+        // While the sweep runs, Silo creates an account and moves another.
+        index.record_account(account("222", "b@example.com"), Some("r-1".into()), None);
+        index.update_account("111", |a| a.parent = Some("ou-p".into()));
+        index.apply_sweep(started);
+        assert_eq!(index.account("222").unwrap().parent.as_deref(), Some("r-1"), "the new account stays");
+        assert_eq!(index.account("111").unwrap().parent.as_deref(), Some("ou-p"), "the move is not undone");
+        // The next sweep sees the world as it is now.
+        let next =
+            Sweep { accounts: vec![(account("111", "a@example.com"), "ou-t".into())], ..sweep(&index, "o-1", &[]) };
+        index.apply_sweep(next);
+        assert!(index.account("222").is_none(), "an account gone from AWS leaves the index");
+        assert_eq!(index.account("111").unwrap().parent.as_deref(), Some("ou-t"));
+    }
+
+    #[test]
+    fn tags_survive_a_sweep_of_the_same_account() {
+        let index = OrgIndex::default();
+        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        index.update_account("111", |a| a.tags = Some(BTreeMap::from([("k".into(), "v".into())])));
+        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        assert_eq!(index.account("111").unwrap().tags.unwrap()["k"], "v");
+    }
+
+    #[test]
+    fn another_organization_replaces_everything() {
+        let index = OrgIndex::default();
+        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        let mark = index.write_mark();
+        index.record_account(account("222", "b@example.com"), None, None);
+        let other = Sweep { started: mark, ..sweep(&index, "o-2", &[("333", "c@example.com")]) };
+        index.apply_sweep(other);
+        assert!(index.account("111").is_none() && index.account("222").is_none());
+        assert!(index.account("333").is_some());
+        assert_eq!(index.organization().unwrap().id, "o-2");
+    }
+
+    #[test]
+    fn a_forgotten_unit_takes_its_subtree_along() {
+        let index = OrgIndex::default();
+        index.apply_sweep(sweep(&index, "o-1", &[]));
+        index.forget_unit("ou-t");
+        assert!(!index.has_unit("ou-t") && !index.has_unit("ou-p"));
+        assert_eq!(index.lookup_path(&["Tenants".into()]), PathLookup::Missing { parent: "r-1".into(), depth: 0 });
+    }
+}

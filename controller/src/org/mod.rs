@@ -1,0 +1,500 @@
+//! The one owner of the organization's AWS quotas: the Organizations request budget, the
+//! creation slots ([`creations`]) and the organization index ([`index`]).
+//!
+//! Tenant steps never call AWS Organizations directly: they ask an [`Organization`], which
+//! answers from the index when it can, reads through to AWS when it must, and keeps the
+//! index and the slots in line with every request it sends. [`Organization::run`] (started
+//! once the Lease is won) sweeps the organization, refreshes the index on a period, and
+//! tracks the creations in flight.
+//!
+//! ## Guarantees
+//! - Every Organizations request of the process goes through one budget (rate and in-flight
+//!   limits, user work ahead of background work).
+//! - No CreateAccount is sent without a slot ([`Organization::create_account`] takes the
+//!   tenant's reservation), and a slot is freed by the request's state in AWS.
+//! - The index is a cache: what would create or close an account is decided from the
+//!   Tenant's recorded intent and from fresh reads ([`Organization::describe_account_fresh`]).
+
+pub mod creations;
+pub mod index;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use aws_sdk_organizations::types::CreateAccountState;
+use tracing::{info, warn};
+
+use crate::aws::{
+    AwsError, AwsErrorKind, Priority,
+    organizations::{Account, CloseRefusal, CreateRequest, CreationState, OrganizationInfo, Organizations},
+};
+
+/// The failure reason Silo gives a creation request AWS does not know.
+pub const REQUEST_NOT_FOUND: &str = "REQUEST_NOT_FOUND";
+pub use creations::{Applicant, Creations, NotYet};
+pub use index::{IndexedAccount, OrgIndex, PathLookup, Sweep};
+
+/// How the organization is looked after; set from `silo run` flags.
+#[derive(Clone, Debug)]
+pub struct OrgSettings {
+    /// How often the index is refreshed with a full sweep.
+    pub refresh_period: Duration,
+    /// CreateAccount requests AWS runs at once for the organization.
+    pub creation_slots: usize,
+}
+
+/// What `spec.organizationalUnit` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Id(String),
+    /// OU names from the root; empty for the root itself.
+    Path(Vec<String>),
+}
+
+impl Target {
+    /// Parses `spec.organizationalUnit` (the schema has already checked its shape).
+    pub fn parse(spec: &str) -> Self {
+        if spec.starts_with('/') {
+            Target::Path(spec.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect())
+        } else {
+            Target::Id(spec.to_string())
+        }
+    }
+}
+
+/// Where a placement target points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    Parent(String),
+    NotFound,
+}
+
+/// What [`Organization::place`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placed {
+    AlreadyThere,
+    Moved { from: String },
+}
+
+/// The organization, as the fleet shares it.
+pub struct Organization {
+    api: Organizations,
+    pub index: OrgIndex,
+    pub creations: Creations,
+    settings: OrgSettings,
+    /// When the requests in progress were last listed after AWS refused a CreateAccount.
+    last_refusal_listing: Mutex<Option<Instant>>,
+    /// Asks for a sweep before the period is over (a miss the index cannot answer).
+    refresh_now: tokio::sync::Notify,
+}
+
+/// How soon a failed sweep is tried again (doubling up to five minutes).
+const SWEEP_RETRY: Duration = Duration::from_secs(5);
+/// A sweep asked for by a miss comes at most this soon after the last one started.
+const MISS_REFRESH_GAP: Duration = Duration::from_secs(30);
+/// After AWS refused a CreateAccount, the requests in progress are listed at most this often
+/// (someone else's creations may hold the slots).
+const REFUSAL_LISTING_GAP: Duration = Duration::from_secs(10);
+
+impl Organization {
+    /// `wake` is called with a Tenant's name when it should be reconciled now (a creation
+    /// ended, or a slot is its turn).
+    pub fn new(api: Organizations, settings: OrgSettings, wake: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self {
+            api,
+            index: OrgIndex::default(),
+            creations: Creations::new(settings.creation_slots, wake),
+            settings,
+            last_refusal_listing: Mutex::default(),
+            refresh_now: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks for a sweep of the organization soon (at most one every 30 s): something the index
+    /// should know is missing from it.
+    pub fn request_refresh(&self) {
+        self.refresh_now.notify_one();
+    }
+
+    /// Sweeps the organization, refreshes the index on its period, and tracks the creations
+    /// in flight, until the future is dropped.
+    pub async fn run(&self) {
+        tokio::join!(self.keep_index(), self.track_creations());
+    }
+
+    /// First the requests in flight (so the slots in use are known before any is handed
+    /// out), then the first sweep at user priority, then refreshes in the background.
+    async fn keep_index(&self) {
+        let mut retry = SWEEP_RETRY;
+        loop {
+            match self.api.create_requests(&[CreateAccountState::InProgress], Priority::User).await {
+                Ok(requests) => {
+                    self.creations.observe_in_progress(&requests);
+                    self.creations.mark_ready();
+                    info!(in_flight = requests.len(), "creation requests in flight are known");
+                    break;
+                }
+                Err(err) => {
+                    warn!(%err, "cannot list the creation requests in flight; retrying");
+                    tokio::time::sleep(crate::tenant::jittered(retry)).await;
+                    retry = (retry * 2).min(Duration::from_secs(300));
+                }
+            }
+        }
+        let mut priority = Priority::User;
+        let mut retry = SWEEP_RETRY;
+        loop {
+            let started = Instant::now();
+            match self.sweep(priority).await {
+                Ok(()) => {
+                    info!(
+                        accounts = self.index.account_count(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        ?priority,
+                        "swept the organization"
+                    );
+                    crate::metrics::METRICS.index_sweeps.inc();
+                    priority = Priority::Background;
+                    retry = SWEEP_RETRY;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.settings.refresh_period) => {}
+                        _ = async {
+                            self.refresh_now.notified().await;
+                            tokio::time::sleep(MISS_REFRESH_GAP.saturating_sub(started.elapsed())).await;
+                        } => {}
+                    }
+                }
+                Err(err) => {
+                    warn!(%err, "the organization sweep failed; retrying");
+                    tokio::time::sleep(crate::tenant::jittered(retry)).await;
+                    retry = (retry * 2).min(Duration::from_secs(300));
+                }
+            }
+        }
+    }
+
+    /// One walk of the whole organization: the organization, its root, every OU and the
+    /// accounts under each, then the creation requests in progress.
+    async fn sweep(&self, priority: Priority) -> Result<(), AwsError> {
+        let started = self.index.write_mark();
+        let org = self.api.describe_organization(priority).await?;
+        let root = self.api.root_id(priority).await?;
+        let mut sweep = Sweep { org: Some(org), root: root.clone(), started, ..Sweep::default() };
+        let mut parents = VecDeque::from([root]);
+        while let Some(parent) = parents.pop_front() {
+            for unit in self.api.child_units(&parent, priority).await? {
+                parents.push_back(unit.id.clone());
+                sweep.units.push((unit, parent.clone()));
+            }
+            for account in self.api.accounts_under(&parent, priority).await? {
+                sweep.accounts.push((account, parent.clone()));
+            }
+        }
+        self.index.apply_sweep(sweep);
+        let in_progress = self.api.create_requests(&[CreateAccountState::InProgress], priority).await?;
+        self.creations.observe_in_progress(&in_progress);
+        Ok(())
+    }
+
+    /// Asks AWS about each creation in flight when it should be done, and records what it
+    /// says (which frees slots and wakes tenants).
+    async fn track_creations(&self) {
+        loop {
+            let (due, next) = self.creations.due();
+            if due.is_empty() {
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at.into()) => {}
+                            _ = self.creations.changed.notified() => {}
+                        }
+                    }
+                    None => self.creations.changed.notified().await,
+                }
+                continue;
+            }
+            futures::future::join_all(due.iter().map(|id| async move {
+                match self.describe_request(id).await {
+                    Ok(request) if request.state == CreationState::InProgress => {
+                        self.creations.still_in_progress(id);
+                    }
+                    Ok(request) => self.creations.observe(&request),
+                    Err(err) => {
+                        warn!(request = %id, %err, "cannot read a creation request; looking again later");
+                        self.creations.still_in_progress(id);
+                    }
+                }
+            }))
+            .await;
+        }
+    }
+
+    /// The organization (its id and management account), from the index or AWS.
+    pub async fn info(&self) -> Result<OrganizationInfo, AwsError> {
+        if let Some(info) = self.index.organization() {
+            return Ok(info);
+        }
+        let info = self.api.describe_organization(Priority::User).await?;
+        let root = self.api.root_id(Priority::User).await?;
+        self.index.record_organization(info.clone(), root);
+        Ok(info)
+    }
+
+    /// An account as the index knows it; a miss reads through to AWS (DescribeAccount and
+    /// ListParents). `None`: the account is not in the organization.
+    pub async fn account(&self, id: &str, priority: Priority) -> Result<Option<IndexedAccount>, AwsError> {
+        if let Some(known) = self.index.account(id) {
+            return Ok(Some(known));
+        }
+        self.read_account(id, priority).await
+    }
+
+    /// An account read from AWS now (DescribeAccount and ListParents), recorded in the index.
+    pub async fn read_account(&self, id: &str, priority: Priority) -> Result<Option<IndexedAccount>, AwsError> {
+        let Some(account) = self.api.describe_account(id, priority).await? else {
+            self.index.forget_account(id);
+            return Ok(None);
+        };
+        let parent = self.api.parent_of(id, priority).await?;
+        self.index.record_account(account, Some(parent), None);
+        Ok(self.index.account(id))
+    }
+
+    /// The account as AWS describes it now (DescribeAccount only), for decisions that must
+    /// not rest on a cache, like closing it.
+    pub async fn describe_account_fresh(&self, id: &str) -> Result<Option<Account>, AwsError> {
+        let account = self.api.describe_account(id, Priority::User).await?;
+        match &account {
+            Some(account) => self.index.record_account(account.clone(), None, None),
+            None => self.index.forget_account(id),
+        }
+        Ok(account)
+    }
+
+    /// The account's tags, read from AWS (ListTagsForResource) and recorded in the index.
+    pub async fn tags(&self, id: &str, priority: Priority) -> Result<BTreeMap<String, String>, AwsError> {
+        let tags = self.api.list_tags(id, priority).await?;
+        self.index.update_account(id, |a| a.tags = Some(tags.clone()));
+        Ok(tags)
+    }
+
+    /// Sets and removes tags on an account (TagResource, UntagResource), and records them.
+    pub async fn change_tags(
+        &self,
+        id: &str,
+        to_set: &BTreeMap<String, String>,
+        to_remove: &[String],
+    ) -> Result<(), AwsError> {
+        if !to_set.is_empty() {
+            self.api.tag_account(id, to_set).await?;
+        }
+        if !to_remove.is_empty() {
+            self.api.untag_account(id, to_remove).await?;
+        }
+        self.index.update_account(id, |a| {
+            if let Some(tags) = &mut a.tags {
+                tags.extend(to_set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                tags.retain(|k, _| !to_remove.contains(k));
+            }
+        });
+        Ok(())
+    }
+
+    /// Resolves a placement target to a parent id: from the index, reading through to AWS
+    /// (and creating OUs of a path when `create_missing`) for what it does not know.
+    pub async fn resolve(&self, target: &Target, create_missing: bool) -> Result<Resolved, AwsError> {
+        match target {
+            Target::Id(id) => {
+                if self.index.has_unit(id) {
+                    return Ok(Resolved::Parent(id.clone()));
+                }
+                match self.api.describe_unit(id, Priority::User).await? {
+                    Some(unit) => {
+                        self.index.record_unit(unit, None);
+                        Ok(Resolved::Parent(id.clone()))
+                    }
+                    None => Ok(Resolved::NotFound),
+                }
+            }
+            Target::Path(names) => {
+                // Each read-through teaches the index one more level; a path is at most five
+                // levels deep, so this ends.
+                let mut listed = std::collections::HashSet::new();
+                loop {
+                    match self.index.lookup_path(names) {
+                        PathLookup::Found(id) => return Ok(Resolved::Parent(id)),
+                        PathLookup::NoRoot => {
+                            self.info().await?;
+                        }
+                        PathLookup::Missing { parent, depth } => {
+                            if listed.insert(parent.clone()) {
+                                let children = match self.api.child_units(&parent, Priority::User).await {
+                                    Err(err) if err.has_code("ParentNotFoundException") => {
+                                        // What the index knew is gone (even the root: another
+                                        // organization?): sweep again, and try later.
+                                        self.index.forget_unit(&parent);
+                                        self.request_refresh();
+                                        return Err(AwsError { kind: AwsErrorKind::Transient, ..err });
+                                    }
+                                    other => other?,
+                                };
+                                for unit in children {
+                                    self.index.record_unit(unit, Some(parent.clone()));
+                                }
+                                continue;
+                            }
+                            if !create_missing {
+                                return Ok(Resolved::NotFound);
+                            }
+                            let unit = self.api.create_unit(&parent, &names[depth]).await?;
+                            info!(path = %format!("/{}", names[..=depth].join("/")), ou = %unit.id, "created organizational unit");
+                            self.index.record_unit(unit, Some(parent));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts the account under `target`. The current parent comes from the index; when AWS
+    /// says it moved since, it is read again once.
+    pub async fn place(&self, id: &str, target: &str) -> Result<Placed, AwsError> {
+        let mut current = match self.index.account(id).and_then(|a| a.parent) {
+            Some(parent) => parent,
+            None => self.api.parent_of(id, Priority::User).await?,
+        };
+        for attempt in 0..2 {
+            if current == target {
+                self.index.update_account(id, |a| a.parent = Some(target.to_string()));
+                return Ok(Placed::AlreadyThere);
+            }
+            match self.api.move_account(id, &current, target).await {
+                Ok(()) => {
+                    self.index.update_account(id, |a| a.parent = Some(target.to_string()));
+                    return Ok(Placed::Moved { from: current });
+                }
+                Err(err) if err.has_code("DuplicateAccountException") => {
+                    self.index.update_account(id, |a| a.parent = Some(target.to_string()));
+                    return Ok(Placed::AlreadyThere);
+                }
+                Err(err) if err.has_code("SourceParentNotFoundException") && attempt == 0 => {
+                    current = self.api.parent_of(id, Priority::User).await?;
+                }
+                Err(err) if err.has_code("DestinationParentNotFoundException") => {
+                    // The OU was deleted since the index learned it: forget it, and let the
+                    // next reconcile resolve the target again.
+                    self.index.forget_unit(target);
+                    return Err(AwsError { kind: AwsErrorKind::Transient, ..err });
+                }
+                Err(err) if err.has_code("ConcurrentModificationException") => {
+                    return Err(AwsError { kind: AwsErrorKind::Transient, ..err });
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(AwsError::unexpected_answer("MoveAccount", format!("account {id} kept moving under Silo")))
+    }
+
+    /// Takes a creation slot for the tenant, or says why not yet.
+    pub fn reserve(&self, applicant: &Applicant) -> Result<(), NotYet> {
+        self.creations.reserve(applicant)
+    }
+
+    /// CreateAccount for a tenant holding a slot. The slot passes to the request (or is
+    /// given back when AWS refused).
+    pub async fn create_account(
+        &self,
+        applicant: &Applicant,
+        name: &str,
+        email: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<CreateRequest, AwsError> {
+        match self.api.create_account(name, email, tags).await {
+            Ok(request) => {
+                self.creations.sent(&applicant.uid, &request);
+                Ok(request)
+            }
+            Err(err) => {
+                self.creations.release(&applicant.uid);
+                if err.kind == AwsErrorKind::Throttled {
+                    // Someone else's creations may hold AWS's slots: learn about them.
+                    self.list_in_progress_after_refusal().await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn list_in_progress_after_refusal(&self) {
+        {
+            let mut last = self.last_refusal_listing.lock().expect("listing lock");
+            if last.is_some_and(|at| at.elapsed() < REFUSAL_LISTING_GAP) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.api.create_requests(&[CreateAccountState::InProgress], Priority::User).await {
+            Ok(requests) => self.creations.observe_in_progress(&requests),
+            Err(err) => warn!(%err, "cannot list the creation requests in flight"),
+        }
+    }
+
+    /// Where a creation request stands: from the tracker when it knows, else from AWS
+    /// (DescribeCreateAccountStatus), which the tracker then learns.
+    pub async fn creation(&self, request_id: &str) -> Result<CreateRequest, AwsError> {
+        if let Some(known) = self.creations.known(request_id) {
+            return Ok(known);
+        }
+        let request = self.describe_request(request_id).await?;
+        self.creations.observe(&request);
+        Ok(request)
+    }
+
+    /// DescribeCreateAccountStatus; a request AWS does not know (another organization, after
+    /// a reset) made no account: it is reported as failed with `REQUEST_NOT_FOUND`.
+    async fn describe_request(&self, request_id: &str) -> Result<CreateRequest, AwsError> {
+        match self.api.describe_create_request(request_id, Priority::User).await {
+            Err(err) if err.has_code("CreateAccountStatusNotFoundException") => Ok(CreateRequest {
+                id: request_id.to_string(),
+                account_name: String::new(),
+                state: CreationState::Failed { reason: REQUEST_NOT_FOUND.into(), failed_for: None },
+                took: None,
+            }),
+            other => other,
+        }
+    }
+
+    /// Records an account Silo just saw created with these tags; new accounts start in the root.
+    pub async fn record_created(
+        &self,
+        account_id: &str,
+        name: &str,
+        email: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Account, AwsError> {
+        let info = self.info().await?;
+        let account = Account {
+            id: account_id.to_string(),
+            arn: format!("arn:aws:organizations::{}:account/{}/{account_id}", info.management_account_id, info.id),
+            name: name.to_string(),
+            email: email.to_string(),
+            state: "ACTIVE".into(),
+        };
+        let root = self.index.root();
+        let parent = self.index.account(account_id).and_then(|a| a.parent).or(root);
+        self.index.record_account(account.clone(), parent, Some(tags.clone()));
+        Ok(account)
+    }
+
+    /// CloseAccount; the index records the account as closing.
+    pub async fn close_account(&self, id: &str) -> Result<Result<(), CloseRefusal>, AwsError> {
+        let result = self.api.close_account(id).await?;
+        if result.is_ok() {
+            self.index.update_account(id, |a| a.account.state = "PENDING_CLOSURE".into());
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,193 @@
+//! What a reconcile is for, and when a Ready tenant is verified again. Pure.
+//!
+//! Silo's own status writes do not trigger reconciles; a Tenant is reconciled when its spec
+//! (generation), deletion, finalizers or Silo's annotations change, when a step's own timer
+//! is due, or when something wakes it (its creation ended, a creation slot is its turn). A
+//! reconcile then does one of three things ([`mode`]):
+//! - **converge**: the spec changed, or the tenant is not Ready yet: bring AWS in line;
+//! - **verify**: a Ready tenant's verification is due, or someone asked for one with the
+//!   annotation [`VERIFY_ANNOTATION`];
+//! - **nothing** until the next verification is due.
+//!
+//! ## The verification schedule
+//! Each tenant is verified once per resync period, at a fixed phase of the period derived
+//! from its UID: a fleet is spread evenly over the period, whenever its tenants were created.
+//! The schedule is computed from `status.lastVerifiedTime`, so a restarted controller does
+//! not verify the fleet again: it waits for each tenant's next turn.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use crate::{api::Tenant, conditions};
+
+/// Set this annotation on a Tenant (any new value) to have Silo verify it against AWS now.
+/// Silo records the value it acted on in `status.verifiedRequest`, so nobody has to remove it.
+pub const VERIFY_ANNOTATION: &str = "silo.dev/verify";
+
+/// Why a tenant is being verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Its turn in the resync period: background work, done only when AWS's budget is idle.
+    Periodic,
+    /// A person asked (the annotation): read everything from AWS now.
+    Requested,
+}
+
+/// What a reconcile does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Bring AWS in line with the spec; steps already done for this generation are trusted.
+    Converge,
+    /// Check every step against AWS and repair drift.
+    Verify(Verification),
+    /// Nothing to do; look again after this long.
+    Idle(Duration),
+}
+
+/// Decides what this reconcile of `tenant` is for. `baseline_changed`: the tenant's
+/// Baseline now asks for another revision than the one recorded (a Baseline change is not a
+/// change of the Tenant's generation).
+pub fn mode(tenant: &Tenant, now: Timestamp, period: Duration, baseline_changed: bool) -> Mode {
+    let status = tenant.status.clone().unwrap_or_default();
+    if requested_verification(tenant).is_some() {
+        return Mode::Verify(Verification::Requested);
+    }
+    let ready = conditions::is_true(&status.conditions, conditions::READY);
+    if !ready || status.observed_generation != tenant.metadata.generation || baseline_changed {
+        return Mode::Converge;
+    }
+    let last = status
+        .last_verified_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        // A Ready tenant without a record (written by an older Silo): its next turn.
+        .unwrap_or_else(|| now - half(period));
+    let due = next_verification(&tenant.uid().unwrap_or_default(), last, period);
+    match Duration::try_from(due.duration_since(now)) {
+        Ok(wait) if !wait.is_zero() => Mode::Idle(wait),
+        _ => Mode::Verify(Verification::Periodic),
+    }
+}
+
+/// The value of the verify annotation when it asks for a verification not done yet.
+pub fn requested_verification(tenant: &Tenant) -> Option<String> {
+    let value = tenant.annotations().get(VERIFY_ANNOTATION)?;
+    let done = tenant.status.as_ref().and_then(|s| s.verified_request.as_ref());
+    (!value.is_empty() && Some(value) != done).then(|| value.clone())
+}
+
+/// The next verification after one at `last`: the first time at least half a period later
+/// that falls on the tenant's phase of the period.
+pub fn next_verification(uid: &str, last: Timestamp, period: Duration) -> Timestamp {
+    let period_secs = i64::try_from(period.as_secs().max(1)).unwrap_or(i64::MAX);
+    let earliest = (last + half(period)).as_second();
+    let phase = phase(uid, period_secs);
+    let mut due = earliest - earliest.rem_euclid(period_secs) + phase;
+    if due < earliest {
+        due += period_secs;
+    }
+    Timestamp::from_second(due).unwrap_or(last)
+}
+
+fn half(period: Duration) -> SignedDuration {
+    SignedDuration::try_from(period / 2).unwrap_or(SignedDuration::MAX)
+}
+
+/// A stable place in the period for each tenant: a hash of its UID (stable across restarts
+/// and Silo versions, unlike Rust's default hasher).
+fn phase(uid: &str, period_secs: i64) -> i64 {
+    let digest = Sha256::digest(uid.as_bytes());
+    let bytes: [u8; 8] = digest[..8].try_into().expect("a SHA-256 digest has 32 bytes");
+    i64::try_from(u64::from_be_bytes(bytes) % u64::try_from(period_secs).unwrap_or(1)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+    use crate::api::{TenantSpec, TenantStatus};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn ready_tenant(uid: &str, generation: i64, last_verified: Option<Timestamp>) -> Tenant {
+        let mut tenant = Tenant::new("acme", TenantSpec::default());
+        tenant.metadata.uid = Some(uid.into());
+        tenant.metadata.generation = Some(generation);
+        tenant.status = Some(TenantStatus {
+            observed_generation: Some(1),
+            last_verified_time: last_verified.map(|t| t.to_string()),
+            conditions: vec![Condition {
+                type_: conditions::READY.into(),
+                status: "True".into(),
+                reason: "Ready".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time(at(0)),
+            }],
+            ..Default::default()
+        });
+        tenant
+    }
+
+    #[test]
+    fn verifications_fall_on_the_tenants_phase_at_least_half_a_period_apart() {
+        for uid in ["a", "b", "c", "d"] {
+            let first = next_verification(uid, at(0), HOUR);
+            let gap = first.duration_since(at(0)).as_secs();
+            assert!((1800..5400).contains(&gap), "{uid}: {gap}");
+            let second = next_verification(uid, first, HOUR);
+            assert_eq!(second.duration_since(first).as_secs(), 3600, "{uid}: then once per period");
+        }
+    }
+
+    #[test]
+    fn a_fleet_created_at_once_is_spread_over_the_period() {
+        let mut buckets = [0usize; 4];
+        for i in 0..400 {
+            let due = next_verification(&format!("uid-{i}"), at(0), HOUR);
+            let offset = due.as_second().rem_euclid(3600);
+            buckets[usize::try_from(offset / 900).unwrap()] += 1;
+        }
+        assert!(buckets.iter().all(|&n| (60..=140).contains(&n)), "quarters of the hour: {buckets:?}");
+    }
+
+    #[test]
+    fn what_a_reconcile_is_for() {
+        let verified = at(0);
+        let tenant = ready_tenant("uid-1", 1, Some(verified));
+        let due = next_verification("uid-1", verified, HOUR);
+        let before = due - SignedDuration::from_secs(10);
+        assert_eq!(mode(&tenant, before, HOUR, false), Mode::Idle(Duration::from_secs(10)));
+        assert_eq!(mode(&tenant, due, HOUR, false), Mode::Verify(Verification::Periodic));
+        assert_eq!(mode(&tenant, before, HOUR, true), Mode::Converge, "a Baseline change converges");
+
+        let changed = ready_tenant("uid-1", 2, Some(verified));
+        assert_eq!(mode(&changed, before, HOUR, false), Mode::Converge, "a new generation converges");
+
+        let mut not_ready = tenant.clone();
+        not_ready.status.as_mut().unwrap().conditions[0].status = "False".into();
+        assert_eq!(mode(&not_ready, before, HOUR, false), Mode::Converge);
+
+        let mut asked = tenant.clone();
+        asked.annotations_mut().insert(VERIFY_ANNOTATION.into(), "now".into());
+        assert_eq!(mode(&asked, before, HOUR, false), Mode::Verify(Verification::Requested));
+        asked.status.as_mut().unwrap().verified_request = Some("now".into());
+        assert_eq!(mode(&asked, before, HOUR, false), Mode::Idle(Duration::from_secs(10)), "acted on once");
+    }
+
+    #[test]
+    fn a_restart_does_not_verify_the_fleet_again() {
+        // Verified a minute ago: whatever the phase, the next turn is at least half an hour away.
+        let now = at(100_000);
+        let tenant = ready_tenant("uid-2", 1, Some(now - SignedDuration::from_secs(60)));
+        assert!(matches!(mode(&tenant, now, HOUR, false), Mode::Idle(wait) if wait >= Duration::from_secs(1740)));
+    }
+}
