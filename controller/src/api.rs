@@ -14,6 +14,25 @@ use serde::{Deserialize, Serialize};
 /// The API group every Silo resource belongs to.
 pub const GROUP: &str = "silo.dev";
 
+/// The annotations a person puts on a Tenant to tell Silo something the spec cannot say.
+/// Each one triggers a reconcile when it changes.
+pub mod annotations {
+    /// Any new value: verify the tenant against AWS now. Silo records the value it acted on in
+    /// `status.verifiedRequest`, so nobody has to remove it.
+    pub const VERIFY: &str = "silo.dev/verify";
+    /// The id of an account that does not carry this Tenant's `silo.dev/tenant-uid` tag, which
+    /// this Tenant may adopt (`spec.accountId`) or take back after its tag was lost: the
+    /// owner's consent, repeated so a typo in `spec.accountId` cannot take another account.
+    pub const ADOPT_ACCOUNT: &str = "silo.dev/adopt-account";
+    /// The id of an adopted account that `deletionPolicy: Close` may close: closing an account
+    /// Silo did not create needs this second consent.
+    pub const CLOSE_ADOPTED_ACCOUNT: &str = "silo.dev/close-adopted-account";
+    /// The UID this Tenant had before it was restored from a backup or moved to another
+    /// cluster: an account whose `silo.dev/tenant-uid` tag carries exactly this UID is this
+    /// Tenant's, and its tag is moved to the new UID.
+    pub const PREVIOUS_UID: &str = "silo.dev/previous-uid";
+}
+
 /// Desired state of one tenant's AWS account.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
@@ -35,6 +54,9 @@ pub const GROUP: &str = "silo.dev";
     validation = Rule::new("size(self.metadata.name) <= 50 || has(self.spec.accountName)")
         .message("metadata.name is longer than 50 characters, the most an AWS account name may have: set spec.accountName")
         .field_path(".spec.accountName"),
+    validation = Rule::new("!has(self.spec.accountId) || has(oldSelf.spec.accountId) || !has(self.status) || (!has(self.status.email) && !has(self.status.accountId) && !has(self.status.createAccountRequestId))")
+        .message("spec.accountId cannot be added once Silo has started creating an account for this Tenant (status.email is recorded): delete the Tenant with deletionPolicy Retain and create a new one to adopt an account")
+        .field_path(".spec.accountId"),
 )]
 #[x_kube(
     validation = Rule::new("!has(oldSelf.email) || (has(self.email) && self.email == oldSelf.email)")
@@ -58,7 +80,7 @@ pub struct TenantSpec {
     /// once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 6, max = 64))]
-    #[x_kube(validation = Rule::new("self.matches('^[^@\\\\s]+@[^@\\\\s]+$')").message("spec.email must contain exactly one '@' and no spaces, like tenant@example.com"))]
+    #[x_kube(validation = Rule::new("self.matches('^[^@\\\\s]+@[^@\\\\s]+\\\\.[^@\\\\s.][^@\\\\s]*$')").message("spec.email must be one local part, one '@' and a domain with a dot, without spaces, like tenant@example.com"))]
     pub email: Option<String>,
 
     /// Adopt this existing 12-digit account of the organization instead of creating one.
@@ -69,23 +91,31 @@ pub struct TenantSpec {
     pub account_id: Option<String>,
 
     /// Organizational unit to place the account in: an OU id like ou-ab12-cdef3456, or a
-    /// path of OU names from the root like /Tenants/Production ("/" is the root itself).
-    /// Unset: the account stays where AWS Organizations put it.
+    /// path of OU names from the root like /Tenants/Production ("/" is the root itself), at
+    /// most 5 levels deep (AWS's limit). Unset: the account stays where AWS Organizations put
+    /// it. The controller may limit where tenant accounts go (--tenant-ou-root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = Rule::new("self.matches('^ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}$') || self.matches('^/$|^(/[^/]{1,128})+$')")
-        .message("spec.organizationalUnit must be an OU id like ou-ab12-cdef3456 or a path from the root like /Tenants/Production"))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}$') || self.matches('^/$|^(/[^/]{1,128})+$')")
+            .message("spec.organizationalUnit must be an OU id like ou-ab12-cdef3456 or a path from the root like /Tenants/Production"),
+        validation = Rule::new("!self.startsWith('/') || self.matches('^/$|^(/[^/]{1,128}){1,5}$')")
+            .message("spec.organizationalUnit is more than 5 levels below the root, deeper than AWS Organizations allows"),
+    )]
     pub organizational_unit: Option<String>,
 
-    /// Tags for the account, besides the silo.dev/* tags Silo adds itself. At most 50;
-    /// keys 1 to 128 characters and not starting with "aws:", values at most 256 characters.
-    /// Silo removes only tags it applied before; tags others put on the account stay.
+    /// Tags for the account, besides the two silo.dev/* tags Silo adds itself. At most 48 (AWS
+    /// allows 50 in all); keys 1 to 128 characters and not starting with "aws:", values at most
+    /// 256 characters, both of letters, digits, spaces and _ . : / = + - @ only. Silo removes
+    /// only tags it applied before; tags others put on the account stay.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 50, "additionalProperties" = {"type": "string", "maxLength": 256}))]
+    #[schemars(extend("maxProperties" = 48, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     #[x_kube(
         validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128)").message("spec.tags keys must be 1 to 128 characters long"),
         validation = Rule::new("self.all(k, !k.startsWith('aws:'))").message("spec.tags keys must not start with 'aws:', which AWS reserves"),
         validation = Rule::new("self.all(k, !k.startsWith('silo.dev/'))").message("spec.tags keys must not start with 'silo.dev/', which Silo reserves for its own tags"),
+        validation = Rule::new("self.all(k, k.matches('^[\\\\p{L}\\\\p{Z}\\\\p{N}_.:/=+\\\\-@]*$') && self[k].matches('^[\\\\p{L}\\\\p{Z}\\\\p{N}_.:/=+\\\\-@]*$'))")
+            .message("spec.tags keys and values may contain only letters, digits, spaces and _ . : / = + - @ (AWS's tag characters)"),
     )]
     pub tags: BTreeMap<String, String>,
 
@@ -112,8 +142,11 @@ pub struct BaselineRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 
-    /// Parameter values for this tenant; they override the Baseline's defaults.
+    /// Parameter values for this tenant; they override the Baseline's defaults. TenantName and
+    /// AccountId are Silo's to fill in and cannot be set here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("!('TenantName' in self) && !('AccountId' in self)")
+        .message("spec.baseline.parameters must not set TenantName or AccountId: Silo fills them in from the Tenant"))]
     pub parameters: BTreeMap<String, String>,
 }
 
@@ -159,6 +192,11 @@ pub struct TenantStatus {
     /// Keys of the tags Silo applied to the account; only these are ever removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_tag_keys: Vec<String>,
+
+    /// True when the account was adopted (it existed before this Tenant, and the Tenant's
+    /// owner consented with the silo.dev/adopt-account annotation), not created by Silo.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 
     /// A one-word summary for humans: Pending, Creating, Ready, Paused, Stalled, Deleting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,8 +315,11 @@ pub struct BaselineSpec {
     pub template_url: Option<String>,
 
     /// Default parameter values; a Tenant's spec.baseline.parameters override them. Silo fills
-    /// in TenantName and AccountId itself when the template declares them.
+    /// in TenantName and AccountId itself when the template declares them; they cannot be set
+    /// here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("!('TenantName' in self) && !('AccountId' in self)")
+        .message("spec.parameters must not set TenantName or AccountId: Silo fills them in for each tenant"))]
     pub parameters: BTreeMap<String, String>,
 
     /// Regions to run the stack in. Default: the controller's region.
@@ -306,7 +347,8 @@ pub struct BaselineSpec {
     #[schemars(length(min = 1, max = 64))]
     pub role_name: String,
 
-    /// A Secret holding the external id the role's trust policy requires.
+    /// A Secret holding the external id the role's trust policy requires, in the controller's
+    /// external-id namespace (--external-id-namespace, default silo-external-ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<SecretKeyRef>,
 
@@ -347,7 +389,8 @@ impl Capability {
     }
 }
 
-/// A key of a Secret in the controller's namespace (Silo reads Secrets nowhere else).
+/// A key of a Secret in the controller's external-id namespace (Silo reads Secrets nowhere
+/// else).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {

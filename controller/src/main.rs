@@ -24,7 +24,7 @@ enum Command {
     /// Run the controller. Kubernetes access comes from the usual places (KUBECONFIG,
     /// ~/.kube/config, in-cluster); AWS credentials, region and endpoint from the standard
     /// AWS SDK chain (AWS_ENDPOINT_URL points Silo at a simulator).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print every CRD Silo owns, as YAML, for `kubectl apply -f -`.
     Crd,
 }
@@ -38,6 +38,11 @@ struct RunArgs {
     /// Create organizational units named in spec.organizationalUnit paths that do not exist.
     #[arg(long, env = "SILO_CREATE_MISSING_OUS")]
     create_missing_ous: bool,
+
+    /// An OU (path like /Tenants, or id) tenant accounts may be placed in, with everything
+    /// below it; repeat for several. Without it, anywhere but the root: set it in production.
+    #[arg(long = "tenant-ou-root", env = "SILO_TENANT_OU_ROOTS", value_delimiter = ',')]
+    tenant_ou_roots: Vec<String>,
 
     /// How often a Ready tenant is verified against AWS, in seconds. Each tenant has its own
     /// moment in the period, so a fleet is spread evenly over it.
@@ -67,9 +72,24 @@ struct RunArgs {
     #[arg(long, env = "SILO_MAX_ACCOUNT_CLOSURES_PER_DAY", default_value_t = 10)]
     max_account_closures_per_day: u32,
 
+    /// Look again at a Stalled tenant at least this often, in seconds. Each Stalled reason has
+    /// its own period (10 minutes for most, see the README); this only shortens them.
+    #[arg(long, env = "SILO_MAX_STALLED_RETRY_SECONDS")]
+    max_stalled_retry_seconds: Option<u64>,
+
+    /// How long the role of a tenant's baseline may stay unassumable (a brand-new account's
+    /// role takes a few minutes) before the tenant is Stalled with RoleNotAssumable, in seconds.
+    #[arg(long, env = "SILO_ROLE_PATIENCE_SECONDS", default_value_t = 15 * 60)]
+    role_patience_seconds: u64,
+
     /// Namespace Silo runs in; the closure ledger ConfigMap lives there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "silo-system")]
     namespace: String,
+
+    /// Namespace of the Secrets holding Baselines' external ids. Silo's RBAC lets it read
+    /// Secrets there and nowhere else: keep nothing else in it.
+    #[arg(long, env = "SILO_EXTERNAL_ID_NAMESPACE", default_value = "silo-external-ids")]
+    external_id_namespace: String,
 
     /// AWS Organizations requests started per second, for the whole fleet.
     #[arg(long, env = "SILO_AWS_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(10).unwrap())]
@@ -134,13 +154,17 @@ async fn main() -> anyhow::Result<()> {
             let settings = Settings {
                 email_template: args.email_template,
                 create_missing_ous: args.create_missing_ous,
+                tenant_ou_roots: args.tenant_ou_roots,
                 resync_period: Duration::from_secs(args.resync_seconds.max(1)),
                 index_refresh_period: Duration::from_secs(args.index_refresh_seconds.max(1)),
                 creation_slots: args.max_concurrent_creations.max(1),
                 concurrency: args.concurrency,
                 allow_account_closure: args.allow_account_closure,
                 max_account_closures_per_day: args.max_account_closures_per_day,
+                max_stalled_retry: args.max_stalled_retry_seconds.map(|s| Duration::from_secs(s.max(1))),
+                role_patience: Duration::from_secs(args.role_patience_seconds),
                 namespace: args.namespace,
+                external_id_namespace: args.external_id_namespace,
             };
             let defaults = AwsSettings::defaults();
             let aws_settings = AwsSettings {

@@ -294,6 +294,12 @@ class Config:
                                   meters CloudFormation and STS
     throttle_rate/_operations     probability of throttling the selected ops
     error_rate/error_operations   probability of a 5xx on the selected ops
+    refusals                      {op key: {"code": str, "message": str,
+                                  "status": int (400), "times": int | null}}:
+                                  answer the selected operation with this AWS
+                                  error (AccessDeniedException, say) the first
+                                  `times` times (null: always); the request never
+                                  reaches moto; counted in stats["refused"]
     latency_ms, latency_rate      delay before a request is processed
     response_delays_ms            {op key: ms}: hold the answer back this long
                                   AFTER moto processed the request
@@ -336,6 +342,7 @@ class Config:
     throttle_operations: list[str] | None = None
     error_rate: float = 0.0
     error_operations: list[str] | None = None
+    refusals: dict[str, dict[str, Any]] = field(default_factory=dict)
     latency_ms: float = 0
     latency_rate: float = 0.0
     response_delays_ms: dict[str, float] = field(default_factory=dict)
@@ -375,6 +382,12 @@ def _validate(key: str, value: Any) -> None:
     elif key in ("throttle_operations", "error_operations"):
         ok = value is None or (
             isinstance(value, list) and all(isinstance(v, str) for v in value))
+    elif key == "refusals":
+        ok = isinstance(value, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("code"), str)
+            and set(v) <= {"code", "message", "status", "times"}
+            and (v.get("times") is None or (_number(v["times"]) and int(v["times"]) == v["times"]))
+            for v in value.values())
     elif key == "rate_limit_scope":
         ok = isinstance(value, dict) and all(
             v in RATE_LIMIT_SCOPES for v in value.values())
@@ -684,6 +697,7 @@ class State:
     # (account, region, operation, stack name, ClientRequestToken) -> the operation
     stack_tokens: dict[tuple[str, str, str, str, str], StackOp] = field(default_factory=dict)
     buckets: dict[str, Bucket] = field(default_factory=dict)
+    refusals_used: dict[str, int] = field(default_factory=dict)
     closes: int = 0
     log: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=LOG_LIMIT))
@@ -694,7 +708,7 @@ class State:
         "latency_injected": {}, "response_delayed": {}, "accounts_created": 0,
         "create_account_failures": {}, "accounts_closed": 0, "stacks_failed": 0,
         "assume_role_denied": 0, "sessions": [], "by_access_key": {},
-        "writes_by_access_key": {},
+        "writes_by_access_key": {}, "refused": {},
     })
 
     def count(self, table: str, key: str) -> None:
@@ -1074,7 +1088,7 @@ class SiloLayer:
         if delay:
             time.sleep(cfg.latency_ms / 1000.0)   # never under the lock
         with self.lock:
-            fault = self.rate_limited(call) or self.random_fault(call)
+            fault = self.rate_limited(call) or self.configured_refusal(call) or self.random_fault(call)
         if fault is not None:
             return fault
         handler = {
@@ -1171,6 +1185,22 @@ class SiloLayer:
         if scope == "account-region":
             return f"{limit_key}|{call.account}|{call.region}"
         return limit_key
+
+    def configured_refusal(self, call: Call) -> Response | None:
+        """`refusals`: the selected operation answers with the configured AWS
+        error, a set number of times or always (lock held)."""
+        refusals = self.state.config.refusals
+        key = _most_specific(call, refusals)
+        if key is None:
+            return None
+        rule = refusals[key]
+        used = self.state.refusals_used.get(key, 0)
+        if rule.get("times") is not None and used >= rule["times"]:
+            return None
+        self.state.refusals_used[key] = used + 1
+        self.state.count("refused", call.key)
+        return aws_error(call, int(rule.get("status", 400)), rule["code"],
+                         rule.get("message", f"{call.operation} was refused by the simulator"))
 
     def random_fault(self, call: Call) -> Response | None:
         """Random throttling and internal errors, as any AWS API sometimes

@@ -1458,3 +1458,15 @@ def test_client_request_token_makes_a_retry_the_same_request(sim: Sim) -> None:
     cfn.delete_stack(StackName="tok")
     assert cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
                             ClientRequestToken="create-1", **rev_args("1"))["StackId"] != stack_id
+
+
+def test_refusals_answer_an_operation_with_an_aws_error(sim: Sim, org: Any) -> None:
+    sim.configure(refusals={"organizations:ListRoots": {"code": "AccessDeniedException", "times": 2}})
+    for _ in range(2):
+        with pytest.raises(ClientError) as err:
+            org.list_roots()
+        assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert org.list_roots()["Roots"], "after `times` refusals the operation works again"
+    assert sim.stats()["refused"]["organizations:ListRoots"] == 2
+    code, body = sim.admin("/_silo/config", {"refusals": {"organizations:ListRoots": {"times": 1}}})
+    assert code == 400, body

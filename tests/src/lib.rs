@@ -71,6 +71,7 @@ impl Env {
         let client = env.client().await?;
         install_crds(&client).await?;
         create_namespace(&client, CONTROLLER_NAMESPACE).await?;
+        create_namespace(&client, EXTERNAL_ID_NAMESPACE).await?;
         env.sim().reset().await?;
         Ok(env)
     }
@@ -121,6 +122,8 @@ pub async fn install_crds(client: &Client) -> Result<()> {
 
 /// The namespace the controller runs in (as in `manifests/`), for its closure ledger.
 pub const CONTROLLER_NAMESPACE: &str = "silo-system";
+/// The namespace of Baselines' external-id Secrets (as in `manifests/`).
+pub const EXTERNAL_ID_NAMESPACE: &str = "silo-external-ids";
 
 async fn create_namespace(client: &Client, name: &str) -> Result<()> {
     let api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
@@ -210,13 +213,17 @@ impl TestCase {
         Settings {
             email_template: "aws+{tenant}@example.com".into(),
             create_missing_ous: false,
+            tenant_ou_roots: vec![],
             resync_period: Duration::from_secs(3600),
             index_refresh_period: Duration::from_secs(3600),
             creation_slots: 5,
             concurrency: 8,
             allow_account_closure: false,
             max_account_closures_per_day: 10,
+            max_stalled_retry: None,
+            role_patience: Duration::from_secs(15 * 60),
             namespace: CONTROLLER_NAMESPACE.into(),
+            external_id_namespace: EXTERNAL_ID_NAMESPACE.into(),
         }
     }
 

@@ -84,17 +84,22 @@ fn refusals() -> Vec<Refusal> {
         Refusal {
             case: "email without @",
             tenant: tenant("t7", json!({"email": "tenant.example.com"})),
-            says: &["spec.email must contain exactly one '@'"],
+            says: &["spec.email must be one local part, one '@' and a domain with a dot"],
         },
         Refusal {
             case: "email with two @",
             tenant: tenant("t8", json!({"email": "a@b@example.com"})),
-            says: &["spec.email must contain exactly one '@'"],
+            says: &["spec.email must be one local part, one '@'"],
         },
         Refusal {
             case: "email with a space",
             tenant: tenant("t9", json!({"email": "a b@example.com"})),
-            says: &["spec.email must contain exactly one '@' and no spaces"],
+            says: &["spec.email must be one local part", "without spaces"],
+        },
+        Refusal {
+            case: "email domain without a dot",
+            tenant: tenant("t9b", json!({"email": "tenant@localhost"})),
+            says: &["spec.email must be one local part, one '@' and a domain with a dot"],
         },
         Refusal {
             case: "long metadata.name without accountName",
@@ -127,9 +132,34 @@ fn refusals() -> Vec<Refusal> {
             says: &["spec.organizationalUnit must be an OU id"],
         },
         Refusal {
-            case: "51 tags",
-            tenant: tenant("t16", json!({"tags": tags(51, 8, 8)})),
-            says: &["spec.tags", "must have at most 50 items"],
+            case: "OU path 6 levels deep",
+            tenant: tenant("t15b", json!({"organizationalUnit": "/a/b/c/d/e/f"})),
+            says: &["spec.organizationalUnit is more than 5 levels below the root"],
+        },
+        Refusal {
+            case: "49 tags (Silo adds 2 of AWS's 50)",
+            tenant: tenant("t16", json!({"tags": tags(49, 8, 8)})),
+            says: &["spec.tags", "must have at most 48 items"],
+        },
+        Refusal {
+            case: "tag key with a character AWS refuses",
+            tenant: tenant("t16b", json!({"tags": {"cost#center": "x"}})),
+            says: &["spec.tags keys and values may contain only letters, digits, spaces and _ . : / = + - @"],
+        },
+        Refusal {
+            case: "tag value with a character AWS refuses",
+            tenant: tenant("t16c", json!({"tags": {"team": "a;b"}})),
+            says: &["spec.tags keys and values may contain only"],
+        },
+        Refusal {
+            case: "baseline parameter TenantName",
+            tenant: tenant("t16d", json!({"baseline": {"name": "std", "parameters": {"TenantName": "other"}}})),
+            says: &["spec.baseline.parameters must not set TenantName or AccountId"],
+        },
+        Refusal {
+            case: "baseline parameter AccountId",
+            tenant: tenant("t16e", json!({"baseline": {"name": "std", "parameters": {"AccountId": "111122223333"}}})),
+            says: &["spec.baseline.parameters must not set TenantName or AccountId"],
         },
         Refusal {
             case: "tag key starting with aws:",
@@ -201,7 +231,12 @@ async fn valid_edge_cases_are_accepted() {
         ("50-character account name", tenant("e2", json!({"accountName": "x".repeat(50)}))),
         ("64-character email", tenant("e3", json!({"email": format!("{}@example.com", "e".repeat(52))}))),
         ("6-character email", tenant("e4", json!({"email": "a@b.co"}))),
-        ("50 tags at the size limits", tenant("e5", json!({"tags": tags(50, 128, 256)}))),
+        ("48 tags at the size limits", tenant("e5", json!({"tags": tags(48, 128, 256)}))),
+        (
+            "tags with every character AWS allows",
+            tenant("e5b", json!({"tags": {"Cost Center_1.a:b/c=d+e-f@g": "Équipe 42 _.:/=+-@"}})),
+        ),
+        ("OU path 5 levels deep", tenant("e7b", json!({"organizationalUnit": "/a/b/c/d/e"}))),
         ("OU id", tenant("e6", json!({"organizationalUnit": "ou-ab12-cdef3456"}))),
         ("OU path", tenant("e7", json!({"organizationalUnit": "/Tenants/Production"}))),
         ("the root", tenant("e8", json!({"organizationalUnit": "/"}))),
@@ -255,6 +290,27 @@ async fn email_and_account_id_cannot_change_once_set() {
         .patch("settable", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("email may be set once");
+    let patch = json!({"spec": {"accountId": "111122223333"}});
+    case.tenants()
+        .patch("settable", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("accountId may be set while no creation has started");
+
+    // Once Silo recorded the intent to create an account, spec.accountId cannot be added:
+    // the creation may be in flight, and adopting another account would make two.
+    raw_tenants(&case).create(&PostParams::default(), &tenant("creating", json!({}))).await.unwrap();
+    let intent = json!({"status": {"accountName": "creating", "email": "aws+creating@example.com"}});
+    case.tenants().patch_status("creating", &PatchParams::default(), &Patch::Merge(&intent)).await.unwrap();
+    let patch = json!({"spec": {"accountId": "111122223333"}});
+    match case.tenants().patch("creating", &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => panic!("spec.accountId was added while a creation may be in flight"),
+        Err(kube::Error::Api(status)) => assert!(
+            status.message.contains("spec.accountId cannot be added once Silo has started creating an account"),
+            "{:?}",
+            status.message
+        ),
+        Err(other) => panic!("{other}"),
+    }
 }
 
 fn baseline(name: &str, spec: Value) -> DynamicObject {
@@ -300,6 +356,11 @@ async fn invalid_baselines_are_refused_and_valid_ones_accepted() {
             "unknown capability",
             baseline("b7", json!({"template": template, "capabilities": ["CAPABILITY_ALL"]})),
             "Unsupported value",
+        ),
+        (
+            "a default for TenantName",
+            baseline("b8", json!({"template": template, "parameters": {"TenantName": "x"}})),
+            "spec.parameters must not set TenantName or AccountId",
         ),
     ];
     let mut failures = vec![];

@@ -352,11 +352,11 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     let case = test_case().await;
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "silo-external-ids", "namespace": silo_testenv::CONTROLLER_NAMESPACE},
+        "metadata": {"name": "silo-external-ids", "namespace": silo_testenv::EXTERNAL_ID_NAMESPACE},
         "stringData": {"standard": "ext-1234"},
     }))
     .unwrap();
-    Api::<Secret>::namespaced(case.client.clone(), silo_testenv::CONTROLLER_NAMESPACE)
+    Api::<Secret>::namespaced(case.client.clone(), silo_testenv::EXTERNAL_ID_NAMESPACE)
         .patch("silo-external-ids", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&secret))
         .await
         .unwrap();

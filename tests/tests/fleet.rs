@@ -325,7 +325,7 @@ async fn a_restart_does_not_verify_the_fleet_again() {
     let flags = ["--leader-election", "false"];
     let mut controller = case.spawn_controller(&flags, "restart-controller.log").unwrap();
     let names = names("steady", 10);
-    create_all(&case, &names, Some("/")).await;
+    create_all(&case, &names, None).await;
     case.wait_for_all(&names, conditions::READY, "True", WITHIN).await.unwrap();
     controller.kill();
 

@@ -105,7 +105,7 @@ async fn an_existing_account_is_adopted_by_id_without_creating_anything() {
     case.apply(&format!(
         "apiVersion: silo.dev/v1alpha1
 kind: Tenant
-metadata: {{name: legacy}}
+metadata: {{name: legacy, annotations: {{silo.dev/adopt-account: '{account_id}'}}}}
 spec: {{accountId: '{account_id}'}}"
     ))
     .await

@@ -5,9 +5,9 @@
 //! account (`--management-role-arn`) -> the Baseline's role in the tenant's account.
 //!
 //! ## Guarantees
-//! - Credentials are cached strictly by account id (and role, external id and session
-//!   policy): there is no "current tenant" anywhere, so a session made for one tenant can
-//!   never serve another.
+//! - Credentials are cached strictly by tenant (its UID) and account id (and role, external
+//!   id and session policy): there is no "current tenant" anywhere, so a session made for one
+//!   tenant can never serve another, even if two Tenants ever named one account.
 //! - A cached session is dropped five minutes before it expires (a chained session lasts at
 //!   most one hour) and the cache holds at most [`MAX_SESSIONS`] sessions, so memory stays
 //!   bounded for any fleet size.
@@ -38,6 +38,8 @@ const SESSION_SECONDS: i32 = 3600;
 /// Who to be in which account.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct SessionKey {
+    /// The UID of the Tenant the session acts for.
+    pub tenant_uid: String,
     pub account_id: String,
     pub role_name: String,
     pub external_id: Option<String>,
@@ -45,13 +47,21 @@ pub struct SessionKey {
 }
 
 /// Names the session after the tenant: `silo-<tenant>`, in RoleSessionName's alphabet and
-/// length (2 to 64 characters of `[A-Za-z0-9+=,.@_-]`). Pure.
+/// length (2 to 64 characters of `[A-Za-z0-9+=,.@_-]`). A name too long is cut and ends with
+/// a hash of the whole name, so two long tenant names never share a session name. Pure.
 pub fn session_name(tenant: &str) -> String {
+    const MAX: usize = 64;
     let cleaned: String = format!("silo-{tenant}")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) { c } else { '-' })
         .collect();
-    cleaned.chars().take(64).collect()
+    if cleaned.len() <= MAX {
+        return cleaned;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(tenant.as_bytes());
+    let suffix: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{suffix}", &cleaned[..MAX - suffix.len() - 1])
 }
 
 #[derive(Clone)]
@@ -153,5 +163,8 @@ mod tests {
         assert_eq!(session_name("a b/c"), "silo-a-b-c");
         let long = "t".repeat(100);
         assert_eq!(session_name(&long).len(), 64);
+        let (a, b) = (format!("{long}-a"), format!("{long}-b"));
+        assert_ne!(session_name(&a), session_name(&b), "long names that differ only at the end stay apart");
+        assert_eq!(session_name(&a).len(), 64);
     }
 }

@@ -20,8 +20,9 @@
 //!   in listings that Silo did not send.
 //! - Until the requests in flight after a restart are known ([`Creations::mark_ready`]),
 //!   nothing is reserved.
-//! - A tenant that stops asking (deleted, paused, changed its spec) stops holding others back
-//!   after [`LIVENESS`].
+//! - A tenant that leaves the line (deleted, paused, adopting instead) says so
+//!   ([`Creations::leave`]); one that is woken for a slot and does not come to take it within
+//!   [`WAKE_GRACE`] no longer holds the others back.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -34,12 +35,15 @@ use crate::{
     metrics::METRICS,
 };
 
-/// A waiting tenant that has not asked again for this long no longer holds others back.
-pub const LIVENESS: Duration = Duration::from_secs(90);
+/// A tenant woken for a free slot that has not come to take it after this long no longer
+/// holds the others back (until it asks again).
+pub const WAKE_GRACE: Duration = Duration::from_secs(15);
 /// How long a finished request is remembered, for the tenant that owns it to read.
 const FINISHED_MEMORY: Duration = Duration::from_secs(3600);
 /// Before Silo has seen a creation finish, how long one is assumed to take.
 const FIRST_GUESS: Duration = Duration::from_secs(5);
+/// The first look at a request comes this long after it should be done.
+const FIRST_CHECK_MARGIN: Duration = Duration::from_millis(20);
 /// Checks of one request are never closer than this, nor further apart than `MAX_CHECK_GAP`.
 const MIN_CHECK_GAP: Duration = Duration::from_millis(100);
 const MAX_CHECK_GAP: Duration = Duration::from_secs(30);
@@ -73,6 +77,21 @@ struct Tracked {
 }
 
 #[derive(Debug)]
+struct Waiter {
+    name: String,
+    last_asked: Instant,
+    /// When it was last woken for a free slot.
+    woken: Option<Instant>,
+}
+
+impl Waiter {
+    /// Woken for a slot a while ago and never came: skipped until it asks again.
+    fn gone(&self, now: Instant) -> bool {
+        self.woken.is_some_and(|woken| self.last_asked < woken && now - woken > WAKE_GRACE)
+    }
+}
+
+#[derive(Debug)]
 struct Finished {
     request: CreateRequest,
     at: Instant,
@@ -81,8 +100,8 @@ struct Finished {
 #[derive(Debug, Default)]
 struct Slots {
     ready: bool,
-    /// Waiting tenants by (creation time, uid), with when they last asked.
-    waiting: BTreeMap<(i64, String), (String, Instant)>,
+    /// Waiting tenants by (creation time, uid).
+    waiting: BTreeMap<(i64, String), Waiter>,
     /// Tenants holding a slot before their CreateAccount is answered (uid -> name).
     reserved: HashMap<String, String>,
     in_flight: HashMap<String, Tracked>,
@@ -105,9 +124,9 @@ impl Slots {
     }
 
     fn first_check(&self, now: Instant) -> Instant {
-        let typical = self.typical.unwrap_or(FIRST_GUESS);
-        // A little past the typical time, so most requests are seen done at the first look.
-        now + typical + typical / 20 + MIN_CHECK_GAP
+        // `now` is when AWS's answer arrived, after AWS started the clock: a request is done
+        // by `now + typical`, give or take the spread of creation times.
+        now + self.typical.unwrap_or(FIRST_GUESS) + FIRST_CHECK_MARGIN
     }
 }
 
@@ -149,12 +168,13 @@ impl Creations {
         if slots.reserved.contains_key(&tenant.uid) {
             return Ok(());
         }
-        slots.waiting.insert(key.clone(), (tenant.name.clone(), now));
+        let woken = slots.waiting.get(&key).and_then(|w| w.woken);
+        slots.waiting.insert(key.clone(), Waiter { name: tenant.name.clone(), last_asked: now, woken });
         let result = if !slots.ready {
             Err(NotYet::Starting)
         } else {
             let free = self.capacity.saturating_sub(slots.in_use());
-            let ahead = slots.waiting.range(..key.clone()).filter(|(_, (_, seen))| now - *seen < LIVENESS).count();
+            let ahead = slots.waiting.range(..key.clone()).filter(|(_, w)| !w.gone(now)).count();
             if ahead < free {
                 slots.waiting.remove(&key);
                 slots.reserved.insert(tenant.uid.clone(), tenant.name.clone());
@@ -326,15 +346,16 @@ impl Creations {
         (due, next)
     }
 
-    /// Wakes as many live waiting tenants as there are free slots (lock held).
+    /// Wakes as many waiting tenants, first in line first, as there are free slots (lock held).
     fn wake_next(&self, slots: &mut Slots) {
         if !slots.ready {
             return;
         }
         let now = Instant::now();
         let free = self.capacity.saturating_sub(slots.in_use());
-        for (name, _) in slots.waiting.values().filter(|(_, seen)| now - *seen < LIVENESS).take(free) {
-            (self.wake)(name.clone());
+        for waiter in slots.waiting.values_mut().filter(|w| !w.gone(now)).take(free) {
+            waiter.woken = Some(now);
+            (self.wake)(waiter.name.clone());
         }
     }
 }
@@ -437,6 +458,26 @@ mod tests {
         creations.release("uid-a");
         assert_eq!(*woken.lock().unwrap(), vec!["b".to_string()]);
         assert_eq!(creations.reserve(&applicant("b", 2)), Ok(()));
+    }
+
+    #[test]
+    fn a_tenant_woken_for_a_slot_that_never_comes_holds_nobody_back() {
+        let (creations, woken) = creations(1);
+        creations.mark_ready();
+        creations.reserve(&applicant("a", 1)).unwrap();
+        assert!(creations.reserve(&applicant("b", 2)).is_err());
+        assert!(creations.reserve(&applicant("c", 3)).is_err());
+        creations.release("uid-a");
+        assert_eq!(*woken.lock().unwrap(), vec!["b".to_string()]);
+        // b never comes (its Tenant was removed without its finalizer, say).
+        {
+            let mut slots = creations.lock();
+            let waiter = slots.waiting.values_mut().find(|w| w.name == "b").unwrap();
+            let long_ago = Instant::now() - WAKE_GRACE - Duration::from_secs(1);
+            waiter.woken = Some(long_ago);
+            waiter.last_asked = long_ago - Duration::from_secs(1);
+        }
+        assert_eq!(creations.reserve(&applicant("c", 3)), Ok(()), "c is not held back by b");
     }
 
     #[test]

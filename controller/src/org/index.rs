@@ -76,6 +76,8 @@ struct Unit {
 
 #[derive(Default)]
 struct View {
+    /// Which Tenant (UID) claimed which account, as this process decided it: never swept away.
+    claims: HashMap<String, String>,
     org: Option<OrganizationInfo>,
     root: Option<String>,
     accounts: HashMap<String, Entry<IndexedAccount>>,
@@ -147,6 +149,11 @@ impl OrgIndex {
         self.read().accounts.len()
     }
 
+    /// An OU's name and parent (when known), if the index knows the OU.
+    pub fn unit(&self, id: &str) -> Option<(String, Option<String>)> {
+        self.read().units.get(id).map(|u| (u.value.name.clone(), u.value.parent.clone()))
+    }
+
     /// Whether `id` is an OU the index knows.
     pub fn has_unit(&self, id: &str) -> bool {
         self.read().units.contains_key(id)
@@ -167,6 +174,34 @@ impl OrgIndex {
             }
         }
         PathLookup::Found(parent)
+    }
+
+    /// The Tenant (UID) that holds the account: from this process's claims, else from the
+    /// account's `silo.dev/tenant-uid` tag when the index knows its tags.
+    pub fn claimant(&self, account_id: &str) -> Option<String> {
+        let view = self.read();
+        view.claims.get(account_id).cloned().or_else(|| {
+            let tags = view.accounts.get(account_id)?.value.tags.as_ref()?;
+            tags.get(crate::tenant::account::TENANT_UID_TAG).cloned()
+        })
+    }
+
+    /// Claims an account for a Tenant, atomically: two Tenants taking one account at once
+    /// cannot both succeed. `replacing`: the UID a reclaim takes the account from. Returns
+    /// the UID of the Tenant that holds it otherwise.
+    pub fn claim(&self, account_id: &str, uid: &str, replacing: Option<&str>) -> Result<(), String> {
+        let mut view = self.write();
+        let holder = view.claims.get(account_id).cloned().or_else(|| {
+            let tags = view.accounts.get(account_id)?.value.tags.as_ref()?;
+            tags.get(crate::tenant::account::TENANT_UID_TAG).cloned()
+        });
+        match holder {
+            Some(holder) if holder != uid && Some(holder.as_str()) != replacing => Err(holder),
+            _ => {
+                view.claims.insert(account_id.to_string(), uid.to_string());
+                Ok(())
+            }
+        }
     }
 
     /// Records the organization and its root, as a read-through saw them.
@@ -249,7 +284,7 @@ impl OrgIndex {
                 now = ?sweep.org.as_ref().map(|o| &o.id),
                 "the organization changed: the index starts again"
             );
-            *view = View { writes: view.writes, ..View::default() };
+            *view = View { writes: view.writes, claims: std::mem::take(&mut view.claims), ..View::default() };
         }
         let started = sweep.started;
         let old_accounts = std::mem::take(&mut view.accounts);
@@ -386,6 +421,26 @@ mod tests {
         assert!(index.account("111").is_none() && index.account("222").is_none());
         assert!(index.account("333").is_some());
         assert_eq!(index.organization().unwrap().id, "o-2");
+    }
+
+    #[test]
+    fn one_account_is_claimed_by_one_tenant() {
+        let index = OrgIndex::default();
+        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        assert_eq!(index.claim("111", "uid-a", None), Ok(()));
+        assert_eq!(index.claim("111", "uid-a", None), Ok(()), "claiming again is fine");
+        assert_eq!(index.claim("111", "uid-b", None), Err("uid-a".into()), "the second Tenant loses");
+        assert_eq!(index.claim("111", "uid-b", Some("uid-a")), Ok(()), "a reclaim takes it from the named UID");
+        assert_eq!(index.claimant("111").as_deref(), Some("uid-b"));
+        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        assert_eq!(index.claimant("111").as_deref(), Some("uid-b"), "claims survive sweeps");
+        // A UID tag the index knows counts as a claim.
+        index.record_account(
+            account("222", "b@example.com"),
+            None,
+            Some(BTreeMap::from([(crate::tenant::account::TENANT_UID_TAG.to_string(), "uid-c".to_string())])),
+        );
+        assert_eq!(index.claim("222", "uid-d", None), Err("uid-c".into()));
     }
 
     #[test]

@@ -359,6 +359,41 @@ impl Organization {
         }
     }
 
+    /// The path of OU names from the root to an OU (`None` when the OU does not exist), from
+    /// the index, reading through to AWS for the parts it does not know.
+    pub async fn path_of(&self, ou_id: &str) -> Result<Option<Vec<String>>, AwsError> {
+        let root = match self.index.root() {
+            Some(root) => root,
+            None => {
+                self.info().await?;
+                self.index.root().unwrap_or_default()
+            }
+        };
+        let mut names = vec![];
+        let mut current = ou_id.to_string();
+        // AWS nests OUs at most five deep.
+        for _ in 0..6 {
+            if current == root {
+                names.reverse();
+                return Ok(Some(names));
+            }
+            let (name, parent) = match self.index.unit(&current) {
+                Some((name, Some(parent))) => (name, parent),
+                _ => {
+                    let Some(unit) = self.api.describe_unit(&current, Priority::User).await? else { return Ok(None) };
+                    let Some(parent) = self.api.parent_of_unit(&current, Priority::User).await? else {
+                        return Ok(None);
+                    };
+                    self.index.record_unit(unit.clone(), Some(parent.clone()));
+                    (unit.name, parent)
+                }
+            };
+            names.push(name);
+            current = parent;
+        }
+        Err(AwsError::unexpected_answer("ListParents", format!("{ou_id} is deeper than AWS allows")))
+    }
+
     /// Puts the account under `target`. The current parent comes from the index; when AWS
     /// says it moved since, it is read again once.
     pub async fn place(&self, id: &str, target: &str) -> Result<Placed, AwsError> {

@@ -15,6 +15,17 @@
 //! followed until it ends and adopted only if its account has this tenant's email and no
 //! other Tenant's UID; only requests this tenant sent itself are recorded in its status.
 //!
+//! ## Never an account that is not provably this Tenant's
+//! Every path that takes or keeps an account goes through [`judge_account`]:
+//! - the organization's management account is never a tenant's;
+//! - an account carrying another Tenant's `silo.dev/tenant-uid` tag is never taken, and the tag
+//!   is never overwritten, unless it is exactly the UID this Tenant had before a restore
+//!   (annotation `silo.dev/previous-uid`);
+//! - an account without the tag is taken only with the owner's consent: the annotation
+//!   `silo.dev/adopt-account` naming that very account;
+//! - two Tenants taking one account at once cannot both win: the organization index keeps one
+//!   claim per account, taken atomically before any tag is written.
+//!
 //! ## Shape
 //! [`situation`] (pure, from the spec and the recorded status) picks what to look at; each
 //! situation observes (the index, the creation slots, AWS), decides with a pure function
@@ -33,13 +44,16 @@ use super::{
     status::{Progress, StatusWriter, trusted},
 };
 use crate::{
-    api::Tenant,
+    api::{
+        Tenant,
+        annotations::{ADOPT_ACCOUNT, PREVIOUS_UID},
+    },
     aws::{
         Priority,
         organizations::{Account, CreateRequest, CreationState},
     },
     conditions::{self, StepOutcome},
-    org::{Applicant, IndexedAccount, NotYet},
+    org::{Applicant, NotYet},
 };
 
 /// Tag carrying the Tenant's name on its account.
@@ -52,7 +66,7 @@ pub const TENANT_UID_TAG: &str = "silo.dev/tenant-uid";
 const CREATION_FALLBACK: Duration = Duration::from_secs(60);
 /// How soon a tenant waiting for a creation slot looks again by itself (it is woken when a
 /// slot is its turn).
-const SLOT_FALLBACK: Duration = Duration::from_secs(30);
+const SLOT_FALLBACK: Duration = Duration::from_secs(120);
 /// After EMAIL_ALREADY_EXISTS, how long the account may stay missing from the index
 /// (listings are eventually consistent) before Silo concludes it lies outside the organization.
 const EMAIL_OWNER_GRACE: Duration = Duration::from_secs(300);
@@ -75,20 +89,38 @@ pub enum Situation {
     New,
 }
 
+/// How a reconcile came to an account it takes or keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The status records it: keep it (verify it, repair its tags).
+    Recorded,
+    /// `spec.accountId` names it.
+    SpecAccountId,
+    /// Found by this tenant's email (after a crash, or after AWS said the email is taken).
+    FoundByEmail,
+}
+
 /// Decides what to look at. `own_request` is the request this process sent for the tenant,
 /// for a reconcile that runs on a cached Tenant from before the request id was written. Pure.
+///
+/// A creation under way wins over a `spec.accountId` added since: following it to its end
+/// is what keeps a tenant from getting two accounts (the account it gets is then reported as
+/// not the one `spec.accountId` names).
 pub fn situation(tenant: &Tenant, own_request: Option<String>) -> Situation {
     let status = tenant.status.clone().unwrap_or_default();
     if let Some(account_id) = status.account_id {
         return Situation::Known { account_id };
     }
-    if let Some(account_id) = &tenant.spec.account_id {
-        return Situation::Adopt { account_id: account_id.clone() };
-    }
     if let Some(request_id) = status.create_account_request_id.or(own_request) {
         return Situation::Requested { request_id };
     }
-    if status.email.is_some() { Situation::Unsure } else { Situation::New }
+    if status.email.is_some() {
+        return Situation::Unsure;
+    }
+    match &tenant.spec.account_id {
+        Some(account_id) => Situation::Adopt { account_id: account_id.clone() },
+        None => Situation::New,
+    }
 }
 
 /// Who an account belongs to, judged by its tags.
@@ -132,41 +164,93 @@ pub fn plan_tags(
     (to_set, to_remove)
 }
 
-/// What the account and its tags say, for a known account or one to adopt.
+/// What a person said about ownership, and what this process knows of claims: the inputs of
+/// [`judge_account`] besides the account itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// This Tenant's UID.
+    pub uid: String,
+    /// The organization's management account: never a tenant's.
+    pub management_account: String,
+    /// `silo.dev/adopt-account`: the account the owner consented to take without a UID tag.
+    pub consent: Option<String>,
+    /// `silo.dev/previous-uid`: the UID this Tenant had before a restore.
+    pub previous_uid: Option<String>,
+    /// The Tenant (UID) this process already let claim the account, if another one.
+    pub claimed_by: Option<String>,
+}
+
+/// How an account is this tenant's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Title {
+    /// It carries this Tenant's UID.
+    Tagged,
+    /// It carries no UID, and the owner consented (`silo.dev/adopt-account`).
+    Consented,
+    /// It carries this Tenant's UID from before a restore (`silo.dev/previous-uid`).
+    Reclaimed,
+}
+
+/// What the account and its tags say, for a known account or one to take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountVerdict {
     NotInOrganization,
     NotActive {
         state: String,
     },
-    /// Another Tenant's UID tag is on it: never overwritten.
+    /// The organization's management account: never a tenant's, never tagged.
+    ManagementAccount,
+    /// Another Tenant's UID tag is on it (or another Tenant claimed it first): never
+    /// overwritten.
     ClaimedBy {
         tenant: String,
     },
-    /// The account is this tenant's to keep; set and remove these tags.
+    /// No UID tag and no consent: Silo cannot tell it is this Tenant's.
+    Unproven,
+    /// The account is this tenant's; set and remove these tags.
     Fine {
+        title: Title,
         to_set: BTreeMap<String, String>,
         to_remove: Vec<String>,
     },
 }
 
-/// Judges an account (`None`: not in the organization) and its tags. Pure.
+/// Judges an account (`None`: not in the organization) and its tags against what the owner
+/// said. Pure.
 pub fn judge_account(
     account: Option<&Account>,
     tags: &BTreeMap<String, String>,
     desired: &BTreeMap<String, String>,
     applied: &[String],
-    uid: &str,
+    ownership: &Ownership,
 ) -> AccountVerdict {
     let Some(account) = account else { return AccountVerdict::NotInOrganization };
+    if account.id == ownership.management_account {
+        return AccountVerdict::ManagementAccount;
+    }
     if !account.is_active() {
         return AccountVerdict::NotActive { state: account.state.clone() };
     }
-    if let Claim::OtherTenant(tenant) = claim(tags, uid) {
-        return AccountVerdict::ClaimedBy { tenant };
+    let title = match claim(tags, &ownership.uid) {
+        Claim::ThisTenant => Title::Tagged,
+        Claim::OtherTenant(tenant) => {
+            let tagged_uid = tags.get(TENANT_UID_TAG).map(String::as_str);
+            if tagged_uid.is_none() || tagged_uid != ownership.previous_uid.as_deref() {
+                return AccountVerdict::ClaimedBy { tenant };
+            }
+            Title::Reclaimed
+        }
+        Claim::Nobody if ownership.consent.as_deref() == Some(account.id.as_str()) => Title::Consented,
+        Claim::Nobody => return AccountVerdict::Unproven,
+    };
+    if let Some(other) = &ownership.claimed_by
+        && other != &ownership.uid
+        && Some(other.as_str()) != ownership.previous_uid.as_deref()
+    {
+        return AccountVerdict::ClaimedBy { tenant: format!("with UID {other}") };
     }
     let (to_set, to_remove) = plan_tags(desired, tags, applied);
-    AccountVerdict::Fine { to_set, to_remove }
+    AccountVerdict::Fine { title, to_set, to_remove }
 }
 
 /// What a CreateAccount request's state means for the tenant.
@@ -210,13 +294,11 @@ pub fn judge_request(state: &CreationState) -> RequestVerdict {
     }
 }
 
-/// After AWS said the email is taken: what was found with it.
+/// After AWS said the email is taken: what the index knows of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EmailOwner {
-    /// The account carries this tenant's UID: it is the tenant's own (made before a crash).
-    Adopt,
-    /// The account is someone else's (`claim` says whose, if a Tenant's).
-    InUse { account_id: String, claim: Claim },
+    /// An account has it: take it if it is this tenant's ([`judge_account`] decides).
+    Found { account_id: String },
     /// Not found yet: listings lag, look again.
     Looking,
     /// Not found for longer than listings lag: the email is used outside the organization.
@@ -224,10 +306,9 @@ pub enum EmailOwner {
 }
 
 /// Judges the owner of an email AWS refused, from what the index found. Pure.
-pub fn judge_email_owner(found: Option<(&Account, Claim)>, failed_for: Option<Duration>) -> EmailOwner {
+pub fn judge_email_owner(found: Option<&Account>, failed_for: Option<Duration>) -> EmailOwner {
     match found {
-        Some((_, Claim::ThisTenant)) => EmailOwner::Adopt,
-        Some((account, claim)) => EmailOwner::InUse { account_id: account.id.clone(), claim },
+        Some(account) => EmailOwner::Found { account_id: account.id.clone() },
         None if failed_for.is_none_or(|age| age < EMAIL_OWNER_GRACE) => EmailOwner::Looking,
         None => EmailOwner::Outside,
     }
@@ -294,98 +375,197 @@ impl AccountStep<'_> {
         }
     }
 
+    fn annotation(&self, key: &str) -> Option<String> {
+        self.tenant.annotations().get(key).filter(|v| !v.is_empty()).cloned()
+    }
+
     /// Runs the account step.
     pub async fn run(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
         if let Some(trusted) = trusted(self.tenant, self.mode, conditions::ACCOUNT_READY) {
             return Ok(trusted);
         }
         let own_request = self.ctx.org.creations.request_of(&self.uid());
-        match situation(self.tenant, own_request) {
-            Situation::Known { account_id } => self.known(&account_id, progress).await,
-            Situation::Adopt { account_id } => self.adopt(&account_id, progress, writer).await,
-            Situation::Requested { request_id } => self.requested(&request_id, progress, writer).await,
-            Situation::Unsure => self.unsure(progress, writer).await,
-            Situation::New => self.create(progress, writer).await,
+        let outcome = match situation(self.tenant, own_request) {
+            Situation::Known { account_id } => self.settle(&account_id, Route::Recorded, progress, writer).await?,
+            Situation::Adopt { account_id } => {
+                self.ctx.org.creations.leave(&self.uid());
+                self.settle(&account_id, Route::SpecAccountId, progress, writer).await?
+            }
+            Situation::Requested { request_id } => self.requested(&request_id, progress, writer).await?,
+            Situation::Unsure => self.unsure(progress, writer).await?,
+            Situation::New if self.annotation(PREVIOUS_UID).is_some() => {
+                self.reclaim_by_email(progress, writer).await?
+            }
+            Situation::New => self.create(progress, writer).await?,
+        };
+        // The account this tenant has is not the one spec.accountId names (it was set while a
+        // creation was under way): say so rather than take a second one.
+        match (&self.tenant.spec.account_id, &progress.status.account_id) {
+            (Some(wanted), Some(account_id)) if wanted != account_id => Ok(StepOutcome::stalled(
+                "AccountIdMismatch",
+                format!(
+                    "spec.accountId is {wanted}, but this Tenant's account is {account_id} (created before \
+                     spec.accountId was set); remove spec.accountId, or delete this Tenant with deletionPolicy \
+                     Retain and create a new one to adopt {wanted}"
+                ),
+                RECHECK_STALLED,
+            )),
+            _ => Ok(outcome),
         }
     }
 
-    /// A known account: active, in the organization, not claimed by another Tenant, tagged.
-    async fn known(&self, account_id: &str, progress: &mut Progress) -> Result<StepOutcome, Error> {
-        let org = &self.ctx.org;
-        let (account, priority) = match self.mode {
-            // A person asked: read the account from AWS, not from the index.
-            Mode::Verify(Verification::Requested) => {
-                (org.read_account(account_id, Priority::User).await?, Priority::User)
-            }
-            Mode::Verify(Verification::Periodic) => {
-                (org.account(account_id, Priority::IfIdle).await?, Priority::IfIdle)
-            }
-            _ => (org.account(account_id, Priority::User).await?, Priority::User),
-        };
-        let verdict = self.judge(account.as_ref(), priority, progress).await?;
-        let AccountVerdict::Fine { to_set, to_remove } = verdict else {
-            return Ok(refusal(&verdict, account_id, false));
-        };
-        self.ctx.org.change_tags(account_id, &to_set, &to_remove).await?;
-        progress.status.applied_tag_keys = desired_tags(self.tenant).into_keys().collect();
-        if matches!(self.mode, Mode::Verify(_)) && (!to_set.is_empty() || !to_remove.is_empty()) {
-            let changed: Vec<&str> =
-                to_set.keys().map(String::as_str).chain(to_remove.iter().map(String::as_str)).collect();
-            let note = format!("Set or removed tags {changed:?} on account {account_id}");
-            self.ctx.event(self.tenant, EventType::Normal, "TagsRepaired", note).await;
-        }
-        record_account(progress, account.as_ref().map(|a| &a.account));
-        Ok(StepOutcome::done("AccountActive", format!("Account {account_id} is active")))
-    }
-
-    /// `spec.accountId`: adopt an existing account of the organization.
-    async fn adopt(
+    /// Takes or keeps an account: observe it and its tags, judge who it belongs to, claim it,
+    /// record it, tag it.
+    async fn settle(
         &self,
         account_id: &str,
+        route: Route,
         progress: &mut Progress,
         writer: &mut StatusWriter,
     ) -> Result<StepOutcome, Error> {
-        self.ctx.org.creations.leave(&self.uid());
         let org = &self.ctx.org;
-        let account = org.read_account(account_id, Priority::User).await?;
-        let verdict = self.judge(account.as_ref(), Priority::User, progress).await?;
-        let AccountVerdict::Fine { to_set, to_remove } = verdict else {
-            return Ok(refusal(&verdict, account_id, true));
+        let periodic = self.mode == Mode::Verify(Verification::Periodic);
+        let priority = if periodic { Priority::IfIdle } else { Priority::User };
+        let account = match (route, self.mode) {
+            // Keeping a recorded account reads the index; taking one, or a verification a
+            // person asked for, reads AWS.
+            (Route::Recorded, Mode::Converge | Mode::Verify(Verification::Periodic)) => {
+                org.account(account_id, priority).await?
+            }
+            _ => org.read_account(account_id, Priority::User).await?,
         };
-        self.take(account.as_ref().map(|a| &a.account), progress, writer).await?;
-        org.change_tags(account_id, &to_set, &to_remove).await?;
-        progress.status.applied_tag_keys = desired_tags(self.tenant).into_keys().collect();
-        self.ctx.event(self.tenant, EventType::Normal, "AccountAdopted", format!("Adopted account {account_id}")).await;
-        Ok(StepOutcome::done("AccountAdopted", format!("Account {account_id} was adopted")))
-    }
-
-    /// Observes the account's tags (when it is active) and judges the account. Pure but for
-    /// the one ListTagsForResource.
-    async fn judge(
-        &self,
-        account: Option<&IndexedAccount>,
-        priority: Priority,
-        progress: &Progress,
-    ) -> Result<AccountVerdict, Error> {
-        let tags = match account {
-            Some(a) if a.account.is_active() => self.ctx.org.tags(&a.account.id, priority).await?,
+        let tags = match &account {
+            Some(a) if a.account.is_active() => org.tags(account_id, priority).await?,
             _ => BTreeMap::new(),
+        };
+        let info = org.info().await?;
+        let ownership = Ownership {
+            uid: self.uid(),
+            management_account: info.management_account_id,
+            consent: self.annotation(ADOPT_ACCOUNT),
+            previous_uid: self.annotation(PREVIOUS_UID),
+            claimed_by: org.index.claimant(account_id),
         };
         let desired = desired_tags(self.tenant);
         let applied = &progress.status.applied_tag_keys;
-        Ok(judge_account(account.map(|a| &a.account), &tags, &desired, applied, &self.uid()))
+        let verdict = judge_account(account.as_ref().map(|a| &a.account), &tags, &desired, applied, &ownership);
+        let AccountVerdict::Fine { title, to_set, to_remove } = verdict else {
+            return Ok(self.refusal(&verdict, account_id, route, progress));
+        };
+        // One claim per account, taken atomically before any tag is written.
+        let replacing = ownership.previous_uid.as_deref().filter(|_| title == Title::Reclaimed);
+        if let Err(holder) = org.index.claim(account_id, &ownership.uid, replacing) {
+            let verdict = AccountVerdict::ClaimedBy { tenant: format!("with UID {holder}") };
+            return Ok(self.refusal(&verdict, account_id, route, progress));
+        }
+        if route != Route::Recorded {
+            // The account is recorded as this tenant's before it is tagged.
+            record_account(progress, account.as_ref().map(|a| &a.account));
+            progress.status.create_account_request_id = None;
+            progress.status.adopted = title != Title::Tagged;
+            writer.save_intent(progress, "TagResource").await?;
+        }
+        org.change_tags(account_id, &to_set, &to_remove).await?;
+        progress.status.applied_tag_keys = desired.into_keys().collect();
+        record_account(progress, account.as_ref().map(|a| &a.account));
+        org.creations.leave(&ownership.uid);
+
+        let event = |reason: &'static str, note: String| self.ctx.event(self.tenant, EventType::Normal, reason, note);
+        match (route, title) {
+            (_, Title::Reclaimed) => {
+                let note = format!(
+                    "Took back account {account_id} from this Tenant's previous UID {}",
+                    ownership.previous_uid.unwrap_or_default()
+                );
+                event("AccountReclaimed", note).await;
+            }
+            (Route::SpecAccountId, _) => event("AccountAdopted", format!("Adopted account {account_id}")).await,
+            (Route::FoundByEmail, _) => {
+                event("AccountAdopted", format!("Found and adopted account {account_id}")).await
+            }
+            (Route::Recorded, _)
+                if matches!(self.mode, Mode::Verify(_)) && (!to_set.is_empty() || !to_remove.is_empty()) =>
+            {
+                let changed: Vec<&str> =
+                    to_set.keys().map(String::as_str).chain(to_remove.iter().map(String::as_str)).collect();
+                event("TagsRepaired", format!("Set or removed tags {changed:?} on account {account_id}")).await;
+            }
+            (Route::Recorded, _) => {}
+        }
+        Ok(match route {
+            Route::Recorded => StepOutcome::done("AccountActive", format!("Account {account_id} is active")),
+            Route::SpecAccountId | Route::FoundByEmail => {
+                StepOutcome::done("AccountAdopted", format!("Account {account_id} was adopted"))
+            }
+        })
     }
 
-    /// Records the account as this tenant's (a crash-safety write before tagging it).
-    async fn take(
+    /// The Stalled outcome for an account that cannot be this tenant's.
+    fn refusal(
         &self,
-        account: Option<&Account>,
+        verdict: &AccountVerdict,
+        account_id: &str,
+        route: Route,
         progress: &mut Progress,
-        writer: &mut StatusWriter,
-    ) -> Result<(), Error> {
-        record_account(progress, account);
-        progress.status.create_account_request_id = None;
-        writer.save_intent(progress, "TagResource").await
+    ) -> StepOutcome {
+        if route == Route::FoundByEmail {
+            // The email is someone else's: nothing of this tenant's was made with it.
+            forget_request(progress);
+            let claim = match verdict {
+                AccountVerdict::ClaimedBy { tenant } => Claim::OtherTenant(tenant.clone()),
+                _ => Claim::Nobody,
+            };
+            return email_in_use(&self.identity.email, account_id, &claim);
+        }
+        let consent = format!("{ADOPT_ACCOUNT}: \"{account_id}\"");
+        let (reason, message) = match verdict {
+            AccountVerdict::NotInOrganization if route == Route::SpecAccountId => (
+                "AccountNotInOrganization",
+                format!(
+                    "spec.accountId {account_id} is not an account of this organization; invite it first or fix the id"
+                ),
+            ),
+            AccountVerdict::NotInOrganization => (
+                "AccountNotInOrganization",
+                format!("Account {account_id} is no longer in the organization; it was removed outside Silo"),
+            ),
+            AccountVerdict::NotActive { state } => (
+                "AccountNotActive",
+                format!("Account {account_id} is {state}, not ACTIVE; it was suspended or closed outside Silo"),
+            ),
+            AccountVerdict::ManagementAccount => (
+                "AccountIsManagementAccount",
+                format!(
+                    "Account {account_id} is the organization's management account: it is never a tenant's account, \
+                     and Silo does not tag it; fix spec.accountId"
+                ),
+            ),
+            AccountVerdict::ClaimedBy { tenant } => (
+                "AccountClaimedByAnotherTenant",
+                format!(
+                    "Account {account_id} belongs to Tenant {tenant} (tag {TENANT_UID_TAG}); a tenant's account is \
+                     never shared. If this Tenant was restored from a backup, annotate it with {PREVIOUS_UID} and the \
+                     UID it had before"
+                ),
+            ),
+            AccountVerdict::Unproven if route == Route::SpecAccountId => (
+                "AdoptionNeedsConsent",
+                format!(
+                    "Account {account_id} does not carry this Tenant's {TENANT_UID_TAG} tag: it may be another team's. \
+                     If it is this Tenant's to adopt, annotate the Tenant with {consent}; nothing was changed"
+                ),
+            ),
+            AccountVerdict::Unproven => (
+                "AccountOwnershipUnproven",
+                format!(
+                    "Account {account_id} no longer carries this Tenant's {TENANT_UID_TAG} tag, so Silo cannot tell \
+                     it is this Tenant's and does not put the tag back by itself: if it is, annotate the Tenant with \
+                     {consent}"
+                ),
+            ),
+            AccountVerdict::Fine { .. } => unreachable!("a fine account is not refused"),
+        };
+        StepOutcome::stalled(reason, message, RECHECK_STALLED)
     }
 
     /// A request this tenant sent: how is it going?
@@ -458,25 +638,13 @@ impl AccountStep<'_> {
             // The index may predate the account: have it refreshed soon.
             org.request_refresh();
         }
-        let claim_of = match &found {
-            Some(a) => Some(claim(&org.tags(&a.account.id, Priority::User).await?, &self.uid())),
-            None => None,
-        };
-        let owner = judge_email_owner(found.as_ref().map(|a| &a.account).zip(claim_of), failed_for);
-        match owner {
-            EmailOwner::Adopt => {
-                let account = found.expect("judged from a found account");
-                self.adopt_own(&account, progress, writer).await
-            }
+        match judge_email_owner(found.as_ref().map(|a| &a.account), failed_for) {
+            EmailOwner::Found { account_id } => self.settle(&account_id, Route::FoundByEmail, progress, writer).await,
             EmailOwner::Looking => Ok(StepOutcome::wait(
                 "LookingForEmailOwner",
                 format!("AWS says {} is in use; looking for that account in the organization", self.identity.email),
                 Duration::from_secs(15),
             )),
-            EmailOwner::InUse { account_id, claim } => {
-                forget_request(progress);
-                Ok(email_in_use(&self.identity.email, &account_id, &claim))
-            }
             EmailOwner::Outside => {
                 forget_request(progress);
                 Ok(StepOutcome::stalled(
@@ -491,26 +659,6 @@ impl AccountStep<'_> {
                 ))
             }
         }
-    }
-
-    /// Adopts an account found by email or by a followed request that carries this
-    /// tenant's UID: the tenant's own, made before a crash.
-    async fn adopt_own(
-        &self,
-        found: &IndexedAccount,
-        progress: &mut Progress,
-        writer: &mut StatusWriter,
-    ) -> Result<StepOutcome, Error> {
-        let tags = self.ctx.org.tags(&found.account.id, Priority::User).await?;
-        let desired = desired_tags(self.tenant);
-        let (to_set, to_remove) = plan_tags(&desired, &tags, &progress.status.applied_tag_keys);
-        self.take(Some(&found.account), progress, writer).await?;
-        self.ctx.org.change_tags(&found.account.id, &to_set, &to_remove).await?;
-        progress.status.applied_tag_keys = desired.into_keys().collect();
-        self.ctx.org.creations.leave(&self.uid());
-        let note = format!("Found and adopted account {}", found.account.id);
-        self.ctx.event(self.tenant, EventType::Normal, "AccountAdopted", note).await;
-        Ok(StepOutcome::done("AccountAdopted", format!("Account {} was adopted", found.account.id)))
     }
 
     /// The crash window: intent recorded, no request id. Look for earlier work.
@@ -541,18 +689,7 @@ impl AccountStep<'_> {
                 Duration::from_secs(5),
             )),
             EarlierWork::AccountWithEmail { account_id } => {
-                let found = org.account(&account_id, Priority::User).await?;
-                let tags = match &found {
-                    Some(a) => org.tags(&a.account.id, Priority::User).await?,
-                    None => BTreeMap::new(),
-                };
-                match (found, claim(&tags, &self.uid())) {
-                    (Some(found), Claim::ThisTenant) => self.adopt_own(&found, progress, writer).await,
-                    (_, other) => {
-                        progress.status.email = None;
-                        Ok(email_in_use(&self.identity.email, &account_id, &other))
-                    }
-                }
+                self.settle(&account_id, Route::FoundByEmail, progress, writer).await
             }
             EarlierWork::Follow { request_id } => {
                 org.creations.follow(&self.uid(), &self.tenant.name_any(), &request_id);
@@ -566,7 +703,32 @@ impl AccountStep<'_> {
                     CREATION_FALLBACK,
                 ))
             }
-            EarlierWork::Nothing => self.create(progress, writer).await,
+            EarlierWork::Nothing => match &self.tenant.spec.account_id {
+                // Nothing was made: spec.accountId, added since, can be honoured after all.
+                Some(account_id) => {
+                    progress.status.email = None;
+                    progress.status.account_name = None;
+                    self.settle(account_id, Route::SpecAccountId, progress, writer).await
+                }
+                None => self.create(progress, writer).await,
+            },
+        }
+    }
+
+    /// A new Tenant annotated with its previous UID (restored from a backup): its account is
+    /// found by email, once the index is complete, and taken back; without one, it is created.
+    async fn reclaim_by_email(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+        let org = &self.ctx.org;
+        if !org.index.is_complete() {
+            return Ok(StepOutcome::wait(
+                "LookingForEarlierWork",
+                "Looking for the account of this Tenant's previous UID once Silo has read the organization",
+                Duration::from_secs(5),
+            ));
+        }
+        match org.index.account_by_email(&self.identity.email) {
+            Some(found) => self.settle(&found.account.id, Route::FoundByEmail, progress, writer).await,
+            None => self.create(progress, writer).await,
         }
     }
 
@@ -631,43 +793,12 @@ fn forget_request(progress: &mut Progress) {
     progress.status.email = None;
 }
 
-/// The Stalled outcome for an account that cannot be this tenant's.
-fn refusal(verdict: &AccountVerdict, account_id: &str, adopting: bool) -> StepOutcome {
-    match verdict {
-        AccountVerdict::NotInOrganization if adopting => StepOutcome::stalled(
-            "AccountNotInOrganization",
-            format!(
-                "spec.accountId {account_id} is not an account of this organization; invite it first or fix the id"
-            ),
-            RECHECK_STALLED,
-        ),
-        AccountVerdict::NotInOrganization => StepOutcome::stalled(
-            "AccountNotInOrganization",
-            format!("Account {account_id} is no longer in the organization; it was removed outside Silo"),
-            RECHECK_STALLED,
-        ),
-        AccountVerdict::NotActive { state } => StepOutcome::stalled(
-            "AccountNotActive",
-            format!("Account {account_id} is {state}, not ACTIVE; it was suspended or closed outside Silo"),
-            RECHECK_STALLED,
-        ),
-        AccountVerdict::ClaimedBy { tenant } => StepOutcome::stalled(
-            "AccountClaimedByAnotherTenant",
-            format!(
-                "Account {account_id} belongs to Tenant {tenant:?} (tag {TENANT_UID_TAG}); a tenant's account is never \
-                 shared"
-            ),
-            RECHECK_STALLED,
-        ),
-        AccountVerdict::Fine { .. } => unreachable!("a fine account is not refused"),
-    }
-}
-
 fn email_in_use(email: &str, account_id: &str, claim: &Claim) -> StepOutcome {
     let message = match claim {
         Claim::OtherTenant(other) => format!(
-            "The email {email} belongs to account {account_id}, which is Tenant {other:?}'s (tag {TENANT_UID_TAG}); \
-             give this Tenant another spec.email"
+            "The email {email} belongs to account {account_id}, which is Tenant {other}'s (tag {TENANT_UID_TAG}); \
+             give this Tenant another spec.email. If this Tenant was restored from a backup or moved from another \
+             cluster, annotate it with {PREVIOUS_UID} and the UID it had before to take its account back"
         ),
         _ => format!(
             "Account {account_id} already uses the email {email} and does not belong to this Tenant; set \
@@ -734,6 +865,27 @@ mod tests {
             ),
             ("spec.accountId adopts", adopting.clone(), None, Situation::Adopt { account_id: "111122223333".into() }),
             (
+                "a creation under way wins over a spec.accountId added since",
+                {
+                    let mut t = adopting.clone();
+                    t.status =
+                        Some(TenantStatus { create_account_request_id: Some("car-1".into()), ..Default::default() });
+                    t
+                },
+                None,
+                Situation::Requested { request_id: "car-1".into() },
+            ),
+            (
+                "so does a recorded intent",
+                {
+                    let mut t = adopting.clone();
+                    t.status = Some(TenantStatus { email: Some("a@example.com".into()), ..Default::default() });
+                    t
+                },
+                None,
+                Situation::Unsure,
+            ),
+            (
                 "a known account is verified",
                 status(TenantStatus { account_id: Some("111122223333".into()), ..Default::default() }),
                 Some("car-3".into()),
@@ -762,42 +914,98 @@ mod tests {
     }
 
     #[test]
-    fn accounts_are_judged_by_state_and_claim() {
+    fn accounts_are_judged_by_state_claim_and_consent() {
         let desired = tags(&[(TENANT_UID_TAG, "uid-1"), ("team", "a")]);
         let active = account("1", "a@example.com", "ACTIVE");
         let suspended = account("1", "a@example.com", "SUSPENDED");
+        let management = account("123456789012", "root@example.com", "ACTIVE");
         let theirs = tags(&[(TENANT_UID_TAG, "uid-2"), (TENANT_TAG, "globex")]);
         let ours_drifted = tags(&[(TENANT_UID_TAG, "uid-1"), ("team", "b"), ("old", "x")]);
+        let untagged = tags(&[("team", "a")]);
         let applied = vec!["old".to_string(), "team".to_string()];
-        assert_eq!(judge_account(None, &BTreeMap::new(), &desired, &[], "uid-1"), AccountVerdict::NotInOrganization);
-        assert_eq!(
-            judge_account(Some(&suspended), &BTreeMap::new(), &desired, &[], "uid-1"),
-            AccountVerdict::NotActive { state: "SUSPENDED".into() }
-        );
-        assert_eq!(
-            judge_account(Some(&active), &theirs, &desired, &[], "uid-1"),
-            AccountVerdict::ClaimedBy { tenant: "globex".into() },
-            "another Tenant's UID is never overwritten"
-        );
-        assert_eq!(
-            judge_account(Some(&active), &ours_drifted, &desired, &applied, "uid-1"),
-            AccountVerdict::Fine { to_set: tags(&[("team", "a")]), to_remove: vec!["old".into()] }
-        );
+        let own = Ownership { uid: "uid-1".into(), management_account: "123456789012".into(), ..Default::default() };
+        let consented = Ownership { consent: Some("1".into()), ..own.clone() };
+        let consented_elsewhere = Ownership { consent: Some("2".into()), ..own.clone() };
+        let restored = Ownership { previous_uid: Some("uid-2".into()), ..own.clone() };
+        let raced = Ownership { consent: Some("1".into()), claimed_by: Some("uid-9".into()), ..own.clone() };
+        let set_uid = || tags(&[(TENANT_UID_TAG, "uid-1")]);
+        let fine = |title, to_set, to_remove: &[&str]| AccountVerdict::Fine {
+            title,
+            to_set,
+            to_remove: to_remove.iter().map(|k| k.to_string()).collect(),
+        };
+        type Case<'a> = (&'a str, Option<&'a Account>, BTreeMap<String, String>, &'a Ownership, AccountVerdict);
+        let table: Vec<Case> = vec![
+            ("not in the organization", None, BTreeMap::new(), &own, AccountVerdict::NotInOrganization),
+            (
+                "the management account, even with consent",
+                Some(&management),
+                BTreeMap::new(),
+                &consented,
+                AccountVerdict::ManagementAccount,
+            ),
+            (
+                "suspended",
+                Some(&suspended),
+                BTreeMap::new(),
+                &own,
+                AccountVerdict::NotActive { state: "SUSPENDED".into() },
+            ),
+            (
+                "another Tenant's UID is never overwritten",
+                Some(&active),
+                theirs.clone(),
+                &consented,
+                AccountVerdict::ClaimedBy { tenant: "globex".into() },
+            ),
+            (
+                "unless it is this Tenant's UID before a restore",
+                Some(&active),
+                theirs.clone(),
+                &restored,
+                fine(Title::Reclaimed, tags(&[(TENANT_UID_TAG, "uid-1"), ("team", "a")]), &[]),
+            ),
+            (
+                "this Tenant's, drifted: repaired, foreign keys kept",
+                Some(&active),
+                ours_drifted,
+                &own,
+                fine(Title::Tagged, tags(&[("team", "a")]), &["old"]),
+            ),
+            ("no UID and no consent: unproven", Some(&active), untagged.clone(), &own, AccountVerdict::Unproven),
+            (
+                "consent names another account",
+                Some(&active),
+                untagged.clone(),
+                &consented_elsewhere,
+                AccountVerdict::Unproven,
+            ),
+            (
+                "no UID with consent: adopted",
+                Some(&active),
+                untagged.clone(),
+                &consented,
+                fine(Title::Consented, set_uid(), &[]),
+            ),
+            (
+                "another Tenant claimed it first in this process",
+                Some(&active),
+                untagged,
+                &raced,
+                AccountVerdict::ClaimedBy { tenant: "with UID uid-9".into() },
+            ),
+        ];
+        for (case, account, current, ownership, expected) in table {
+            assert_eq!(judge_account(account, &current, &desired, &applied, ownership), expected, "{case}");
+        }
     }
 
     #[test]
-    fn an_email_owner_is_adopted_only_with_this_tenants_uid() {
+    fn an_email_owner_is_looked_for_while_listings_lag() {
         let found = account("1", "a@example.com", "ACTIVE");
-        assert_eq!(judge_email_owner(Some((&found, Claim::ThisTenant)), None), EmailOwner::Adopt);
-        assert_eq!(
-            judge_email_owner(Some((&found, Claim::Nobody)), None),
-            EmailOwner::InUse { account_id: "1".into(), claim: Claim::Nobody }
-        );
-        assert_eq!(
-            judge_email_owner(Some((&found, Claim::OtherTenant("x".into()))), None),
-            EmailOwner::InUse { account_id: "1".into(), claim: Claim::OtherTenant("x".into()) }
-        );
+        assert_eq!(judge_email_owner(Some(&found), None), EmailOwner::Found { account_id: "1".into() });
         assert_eq!(judge_email_owner(None, Some(Duration::from_secs(10))), EmailOwner::Looking, "listings lag");
+        assert_eq!(judge_email_owner(None, None), EmailOwner::Looking);
         assert_eq!(judge_email_owner(None, Some(Duration::from_secs(600))), EmailOwner::Outside);
     }
 

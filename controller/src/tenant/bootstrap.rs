@@ -37,6 +37,7 @@ const POLL: Duration = Duration::from_secs(5);
 const RECHECK_STALLED: Duration = Duration::from_secs(600);
 /// How soon a role that cannot be assumed yet is tried again.
 const ROLE_RETRY: Duration = Duration::from_secs(10);
+
 /// How often a failed create is deleted and created again before the tenant is Stalled.
 pub const MAX_CREATE_ATTEMPTS: u32 = 2;
 const IN_PROGRESS_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -100,7 +101,7 @@ impl BaselineStep<'_> {
                         "ExternalIdNotFound",
                         format!(
                             "Secret {}/{} has no key {:?} with the external id of Baseline {:?}",
-                            ctx.settings.namespace, reference.name, reference.key, wanted.name
+                            ctx.settings.external_id_namespace, reference.name, reference.key, wanted.name
                         ),
                         RECHECK_STALLED,
                     ));
@@ -118,6 +119,7 @@ impl BaselineStep<'_> {
         progress.status.baseline = Some(state);
 
         let key = SessionKey {
+            tenant_uid: tenant.uid().unwrap_or_default(),
             account_id: account_id.clone(),
             role_name: baseline.spec.role_name.clone(),
             external_id,
@@ -126,14 +128,7 @@ impl BaselineStep<'_> {
         let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), self.priority()).await {
             Ok(credentials) => credentials,
             Err(err) if is_access_denied(&err) => {
-                return Ok(StepOutcome::wait(
-                    "WaitingForRole",
-                    format!(
-                        "Role {} in account {account_id} cannot be assumed yet (new accounts take a while): {}",
-                        baseline.spec.role_name, err.message
-                    ),
-                    ROLE_RETRY,
-                ));
+                return Ok(self.role_refused(&baseline.spec.role_name, &account_id, &err));
             }
             Err(err) => return Err(err.into()),
         };
@@ -188,6 +183,42 @@ impl BaselineStep<'_> {
                 format!("Baseline {:?} revision {revision} runs in {}", wanted.name, regions.join(", ")),
             ),
         })
+    }
+
+    /// The role cannot be assumed: a brand-new account's role takes a while (`WaitingForRole`),
+    /// but after `--role-patience-seconds` of `BaselineReady` being False it is a person's problem
+    /// (`RoleNotAssumable`), still tried every five minutes.
+    fn role_refused(&self, role: &str, account_id: &str, err: &AwsError) -> StepOutcome {
+        let not_ready_since =
+            self.tenant.status.as_ref().and_then(|s| {
+                conditions::find(&s.conditions, conditions::BASELINE_READY).filter(|c| c.status == "False")
+            });
+        let waited = not_ready_since
+            .and_then(|c| {
+                Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(c.last_transition_time.0)).ok()
+            })
+            .unwrap_or_default();
+        if waited > self.ctx.settings.role_patience {
+            return StepOutcome::stalled(
+                "RoleNotAssumable",
+                format!(
+                    "Role {role} in account {account_id} could not be assumed for {} minutes: {}; check the Baseline's \
+                     roleName, the role's trust policy (it must trust Silo's identity, and allow sts:TagSession unless \
+                     Silo runs with --session-tags=false) and the external id; Silo tries again every 5 minutes",
+                    waited.as_secs() / 60,
+                    err.message
+                ),
+                Duration::from_secs(300),
+            );
+        }
+        StepOutcome::wait(
+            "WaitingForRole",
+            format!(
+                "Role {role} in account {account_id} cannot be assumed yet (new accounts take a while): {}",
+                err.message
+            ),
+            ROLE_RETRY,
+        )
     }
 
     /// While converging, stacks recorded at the desired revision, with `BaselineReady` True,
@@ -368,7 +399,8 @@ fn refused(err: &AwsError, in_region: &dyn Fn(String) -> String) -> StepOutcome 
 }
 
 async fn read_secret(ctx: &Context, name: &str, key: &str) -> Result<Option<String>, Error> {
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.namespace).get_opt(name).await?;
+    let secret =
+        Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.external_id_namespace).get_opt(name).await?;
     Ok(secret
         .and_then(|s| s.data)
         .and_then(|data| data.get(key).cloned())
@@ -391,7 +423,13 @@ pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<Step
         }
         None => ("OrganizationAccountAccessRole".to_string(), None, None, "silo-baseline".to_string()),
     };
-    let key = SessionKey { account_id: account_id.clone(), role_name, external_id, session_policy };
+    let key = SessionKey {
+        tenant_uid: tenant.uid().unwrap_or_default(),
+        account_id: account_id.clone(),
+        role_name,
+        external_id,
+        session_policy,
+    };
     let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), Priority::User).await {
         Ok(credentials) => credentials,
         Err(err) if is_access_denied(&err) => {

@@ -61,13 +61,17 @@ pub fn plan(tenant: &Tenant, email_template: &str) -> Result<Identity, StepOutco
 }
 
 /// AWS's rules for a root email, the same as the Tenant schema's: 6 to 64 characters,
-/// exactly one '@', no white space.
+/// exactly one '@', a domain with a dot, no white space.
 fn check_email(email: &str) -> Result<(), &'static str> {
     if !(6..=64).contains(&email.len()) {
         return Err("is not 6 to 64 characters long");
     }
     if email.matches('@').count() != 1 || email.starts_with('@') || email.ends_with('@') {
         return Err("does not have exactly one '@' between a local part and a domain");
+    }
+    let domain = email.rsplit('@').next().unwrap_or_default();
+    if !domain.trim_end_matches('.').contains('.') || domain.starts_with('.') {
+        return Err("has a domain without a dot");
     }
     if email.chars().any(char::is_whitespace) {
         return Err("contains white space");
@@ -133,5 +137,6 @@ mod tests {
         let err = plan(&tenant(&long), "aws+{tenant}@example.com").unwrap_err();
         assert_eq!(err.reason(), "InvalidEmail");
         assert_eq!(plan(&tenant("acme"), "{tenant}").unwrap_err().reason(), "InvalidEmail");
+        assert_eq!(plan(&tenant("acme"), "{tenant}@localhost").unwrap_err().reason(), "InvalidEmail");
     }
 }

@@ -87,6 +87,9 @@ pub struct Settings {
     pub email_template: String,
     /// Create OUs named in a path that do not exist yet.
     pub create_missing_ous: bool,
+    /// Where tenant accounts may go: OU paths or ids, and everything below them. Empty:
+    /// anywhere but the root.
+    pub tenant_ou_roots: Vec<String>,
     /// How often a Ready tenant is verified against AWS.
     pub resync_period: Duration,
     /// How often the organization index is refreshed with a full sweep.
@@ -99,8 +102,16 @@ pub struct Settings {
     pub allow_account_closure: bool,
     /// At most this many closures in any 24 hours.
     pub max_account_closures_per_day: u32,
+    /// Look again at a Stalled tenant at least this often (each reason has its own period;
+    /// this only shortens it). `None`: the reasons' own periods.
+    pub max_stalled_retry: Option<Duration>,
+    /// How long a tenant's baseline role may stay unassumable before the tenant is Stalled.
+    pub role_patience: Duration,
     /// The controller's namespace, where the closure ledger lives.
     pub namespace: String,
+    /// The namespace of the Secrets holding Baselines' external ids: the only Secrets Silo
+    /// can read.
+    pub external_id_namespace: String,
 }
 
 /// What every reconcile shares.
@@ -338,7 +349,8 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Action {
     match err.innermost() {
         Error::DeletionPending { retry_after, .. } => {
-            return Action::requeue(jittered(*retry_after / 2).min(*retry_after + Duration::from_secs(60)));
+            let retry_after = ctx.settings.max_stalled_retry.map_or(*retry_after, |cap| cap.min(*retry_after));
+            return Action::requeue(jittered(retry_after / 2).min(retry_after + Duration::from_secs(60)));
         }
         // A verification found AWS's budget busy with user work: it waits its turn, quietly.
         Error::Aws(aws) if aws.kind == AwsErrorKind::Busy => return Action::requeue(jittered(Duration::from_secs(10))),
@@ -437,6 +449,9 @@ async fn finish(
         let _ = ctx.recount.unbounded_send(ObjectRef::new(&baseline.name));
     }
     let requeue = match progress.blocking().and_then(StepOutcome::look_again) {
+        Some(after) if matches!(progress.blocking(), Some(StepOutcome::Stalled { .. })) => {
+            ctx.settings.max_stalled_retry.map_or(after, |cap| after.min(cap))
+        }
         Some(after) => after,
         None => {
             let last = progress.status.last_verified_time.as_deref().and_then(|t| t.parse().ok()).unwrap_or(now);
@@ -478,12 +493,7 @@ fn surface(result: Result<StepOutcome, Error>) -> Result<StepOutcome, Error> {
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     ctx.org.creations.leave(&tenant.uid().unwrap_or_default());
     match tenant.spec.deletion_policy {
-        DeletionPolicy::Retain => {
-            if let Some(account_id) = tenant.status.as_ref().and_then(|s| s.account_id.as_ref()) {
-                ctx.event(tenant, EventType::Normal, "AccountRetained", format!("Account {account_id} is retained"))
-                    .await;
-            }
-        }
+        DeletionPolicy::Retain => closure::retain(tenant, ctx).await?,
         DeletionPolicy::Close if tenant.spec.paused => {
             // Paused means no AWS calls, deletion included.
             let mut progress = Progress::new(tenant);

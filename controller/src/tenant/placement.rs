@@ -4,8 +4,13 @@
 //! root (`/Tenants/Production`, or `/` for the root itself). A missing OU stalls the tenant
 //! with `OrganizationalUnitNotFound`, unless the controller runs with `--create-missing-ous`.
 //!
+//! Tenant accounts go only where the controller allows (`--tenant-ou-root`, repeatable: OU
+//! paths or ids, and everything below them); without the flag, anywhere but the root itself.
+//! A target outside is `Stalled` with `OrganizationalUnitNotAllowed`, and nothing is moved or
+//! created.
+//!
 //! Observe (the target and the account's parent, from the organization index, reading
-//! through to AWS on a miss) -> decide ([`plan`], pure) -> act (MoveAccount).
+//! through to AWS on a miss) -> decide ([`allowed`] and [`plan`], pure) -> act (MoveAccount).
 
 use kube::runtime::events::EventType;
 
@@ -35,6 +40,16 @@ pub enum Plan {
     Move { to: String },
 }
 
+/// Whether an OU (by its path of names from the root) may hold tenant accounts: at or below
+/// one of the allowed roots (paths); with no roots configured (`None`), anywhere but the
+/// root. Pure.
+pub fn allowed(path: &[String], roots: Option<&[Vec<String>]>) -> bool {
+    match roots {
+        None => !path.is_empty(),
+        Some(roots) => roots.iter().any(|root| path.len() >= root.len() && path[..root.len()] == root[..]),
+    }
+}
+
 /// Decides from what `spec.organizationalUnit` resolved to and the account's parent. Pure.
 pub fn plan(resolved: Option<&Resolved>, current: Option<&str>) -> Plan {
     match resolved {
@@ -62,7 +77,15 @@ impl PlacementStep<'_> {
         let account_id = progress.status.account_id.clone().unwrap_or_default();
         let wanted = self.tenant.spec.organizational_unit.as_deref();
         let resolved = match wanted {
-            Some(spec) => Some(org.resolve(&Target::parse(spec), self.ctx.settings.create_missing_ous).await?),
+            Some(spec) => {
+                let target = Target::parse(spec);
+                if let Some(path) = self.path(&target).await?
+                    && !allowed(&path, self.roots().await?.as_deref())
+                {
+                    return Ok(self.not_allowed(spec));
+                }
+                Some(org.resolve(&target, self.ctx.settings.create_missing_ous).await?)
+            }
             None => None,
         };
         let current = org.account(&account_id, Priority::User).await?.and_then(|a| a.parent);
@@ -96,6 +119,49 @@ impl PlacementStep<'_> {
     }
 }
 
+impl PlacementStep<'_> {
+    /// The path of a target, `None` for an OU id that does not exist.
+    async fn path(&self, target: &Target) -> Result<Option<Vec<String>>, Error> {
+        Ok(match target {
+            Target::Path(names) => Some(names.clone()),
+            Target::Id(id) => self.ctx.org.path_of(id).await?,
+        })
+    }
+
+    /// The allowed roots as paths, `None` when none is configured (a root given as an OU id
+    /// that does not exist allows nothing).
+    async fn roots(&self) -> Result<Option<Vec<Vec<String>>>, Error> {
+        let configured = &self.ctx.settings.tenant_ou_roots;
+        if configured.is_empty() {
+            return Ok(None);
+        }
+        let mut roots = vec![];
+        for root in configured {
+            if let Some(path) = self.path(&Target::parse(root)).await? {
+                roots.push(path);
+            }
+        }
+        Ok(Some(roots))
+    }
+
+    fn not_allowed(&self, wanted: &str) -> StepOutcome {
+        let roots = &self.ctx.settings.tenant_ou_roots;
+        let message = if roots.is_empty() {
+            format!(
+                "spec.organizationalUnit {wanted} is the organization's root, where tenant accounts do not go: name an \
+                 OU below it (and run the controller with --tenant-ou-root to say which)"
+            )
+        } else {
+            format!(
+                "spec.organizationalUnit {wanted} is outside the OUs this controller places tenant accounts in ({}); \
+                 nothing was moved: name an OU at or below one of them",
+                roots.join(", ")
+            )
+        };
+        StepOutcome::stalled("OrganizationalUnitNotAllowed", message, RECHECK_STALLED)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +171,26 @@ mod tests {
         assert_eq!(Target::parse("ou-ab12-cdef3456"), Target::Id("ou-ab12-cdef3456".into()));
         assert_eq!(Target::parse("/Tenants/Production"), Target::Path(vec!["Tenants".into(), "Production".into()]));
         assert_eq!(Target::parse("/"), Target::Path(vec![]));
+    }
+
+    #[test]
+    fn tenant_accounts_go_only_under_the_allowed_roots() {
+        let path = |p: &str| -> Vec<String> { p.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect() };
+        let table: &[(&str, Option<&[&str]>, bool)] = &[
+            ("/", None, false),
+            ("/Tenants", None, true),
+            ("/Tenants", Some(&["/Tenants"]), true),
+            ("/Tenants/Prod/EU", Some(&["/Tenants"]), true),
+            ("/TenantsOld", Some(&["/Tenants"]), false),
+            ("/Other/X", Some(&["/Tenants", "/Sandbox"]), false),
+            ("/Sandbox/X", Some(&["/Tenants", "/Sandbox"]), true),
+            ("/", Some(&["/"]), true),
+            ("/Tenants", Some(&[]), false),
+        ];
+        for (target, roots, expected) in table {
+            let roots: Option<Vec<Vec<String>>> = roots.map(|roots| roots.iter().map(|r| path(r)).collect());
+            assert_eq!(allowed(&path(target), roots.as_deref()), *expected, "{target} under {roots:?}");
+        }
     }
 
     #[test]

@@ -23,9 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{api::Tenant, conditions};
 
-/// Set this annotation on a Tenant (any new value) to have Silo verify it against AWS now.
-/// Silo records the value it acted on in `status.verifiedRequest`, so nobody has to remove it.
-pub const VERIFY_ANNOTATION: &str = "silo.dev/verify";
+pub use crate::api::annotations::VERIFY as VERIFY_ANNOTATION;
 
 /// Why a tenant is being verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
