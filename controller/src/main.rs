@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
                     leadership = Leadership::acquire(client.clone(), &namespace, &args.lease_name, &identity, args.lease_seconds) => leadership?,
                     _ = shutdown_signal() => return Ok(()),
                 };
+                let aws = aws.fenced(leadership.fence());
                 let stop = async move {
                     tokio::select! {
                         _ = shutdown_signal() => {}

@@ -14,6 +14,7 @@
 pub mod awssim;
 pub mod control_plane;
 pub mod process;
+pub mod proxy;
 
 use std::{
     path::{Path, PathBuf},
@@ -271,6 +272,25 @@ impl TestCase {
     /// Starts `silo run` as a separate process against the environment, with extra flags.
     /// The binary is the one built next to this test binary (`cargo build -p silo`).
     pub fn spawn_controller(&self, args: &[&str], log_name: &str) -> Result<process::Process> {
+        self.spawn_controller_with(args, log_name, Spawn::default())
+    }
+
+    /// A copy of the environment's kubeconfig that reaches the API server through `address`
+    /// (a [`proxy::Proxy`], say).
+    pub fn kubeconfig_via(&self, address: std::net::SocketAddr, name: &str) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.info.kubeconfig)?;
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .context("the kubeconfig names no server")?
+            .to_string();
+        let path = self.info.dir.join(name);
+        std::fs::write(&path, text.replace(&server, &format!("https://{address}")))?;
+        Ok(path)
+    }
+
+    /// [`TestCase::spawn_controller`], with another kubeconfig or AWS access key.
+    pub fn spawn_controller_with(&self, args: &[&str], log_name: &str, spawn: Spawn<'_>) -> Result<process::Process> {
         let bin = silo_binary()?;
         let mut command = std::process::Command::new(bin);
         command.arg("run").args(args);
@@ -282,10 +302,16 @@ impl TestCase {
             command.args(["--lease-seconds", "3"]);
         }
         command
-            .env("KUBECONFIG", &self.info.kubeconfig)
+            .env("KUBECONFIG", spawn.kubeconfig.unwrap_or(&self.info.kubeconfig))
             .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
             .env("RUST_LOG", "info")
             .envs(self.sim.env());
+        if let Some(key) = spawn.access_key {
+            command.env("AWS_ACCESS_KEY_ID", key);
+        }
+        if let Some(identity) = spawn.identity {
+            command.env("POD_NAME", identity);
+        }
         process::Process::start("silo run", command, &self.info.dir.join(log_name))
     }
 
@@ -373,6 +399,16 @@ impl Drop for TestCase {
             controller.abort();
         }
     }
+}
+
+/// How a spawned controller differs from the defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spawn<'a> {
+    pub kubeconfig: Option<&'a Path>,
+    /// The AWS access key it signs with (the simulator counts requests per key).
+    pub access_key: Option<&'a str>,
+    /// Its identity in leader election (POD_NAME).
+    pub identity: Option<&'a str>,
 }
 
 /// A Tenant for a test, built to read like a sentence:

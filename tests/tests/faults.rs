@@ -9,7 +9,7 @@ use std::{
 use rand::Rng;
 use serde_json::{Value, json};
 use silo::{Tenant, conditions};
-use silo_testenv::{SimClient, TestCase, test_case};
+use silo_testenv::{SimClient, Spawn, TenantFixture, TestCase, test_case};
 
 fn tenant_yaml(name: &str) -> String {
     format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{}}")
@@ -206,4 +206,83 @@ async fn only_the_leader_acts_and_a_follower_takes_over() {
     let counts = accounts_by_email(&case.sim).await;
     assert_eq!(counts.get("aws+led-1@example.com"), Some(&1));
     assert_eq!(counts.get("aws+led-2@example.com"), Some(&1));
+}
+
+/// AWS writes a replica made, counted by the simulator by access key.
+async fn writes_by(sim: &SimClient, access_key: &str) -> u64 {
+    let stats = sim.stats().await.unwrap();
+    stats["writes_by_access_key"][access_key].as_object().map_or(0, |ops| ops.values().filter_map(Value::as_u64).sum())
+}
+
+/// A leader cut off from the API server cannot renew its Lease, nor learn that it lost it,
+/// while a follower takes over once the Lease expires. The cut-off leader stops writing to
+/// AWS before that: the simulator counts each replica's writes by its access key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_writing_before_another_takes_over() {
+    const LEASE_SECONDS: u64 = 4;
+    let case = test_case().await;
+    case.sim.configure(json!({"create_account_delay_seconds": 8})).await.unwrap();
+    let kubeconfig = std::fs::read_to_string(&case.info.kubeconfig).unwrap();
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: https://")).unwrap();
+    let proxy = silo_testenv::proxy::Proxy::start(server.parse().unwrap()).await.unwrap();
+    let through_proxy = case.kubeconfig_via(proxy.address, "kubeconfig-through-proxy").unwrap();
+    let lease = LEASE_SECONDS.to_string();
+    let flags = ["--lease-seconds", lease.as_str(), "--create-missing-ous"];
+    let leader = Spawn { kubeconfig: Some(&through_proxy), access_key: Some("replica-a"), identity: Some("replica-a") };
+    let mut first = case.spawn_controller_with(&flags, "cut-off-leader.log", leader).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&first.log).unwrap_or_default().contains("became the leader") {
+        first.check_running().unwrap();
+        assert!(Instant::now() < deadline, "the first replica never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let follower = Spawn { access_key: Some("replica-b"), identity: Some("replica-b"), ..Spawn::default() };
+    let mut second = case.spawn_controller_with(&flags, "follower.log", follower).unwrap();
+
+    let names: Vec<String> = (0..6).map(|i| format!("fenced-{i}")).collect();
+    for name in &names {
+        case.create(&TenantFixture::named(name).in_ou("/Tenants")).await.unwrap();
+    }
+    // Cut the leader off as soon as it has sent a CreateAccount: its creations end while it
+    // is cut off, and the moves into /Tenants are writes it must not make.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while case.sim.stats().await.unwrap()["by_access_key"]["replica-a"]["organizations:CreateAccount"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the leader sent no CreateAccount");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.cut();
+    // Past the point where the follower may take over, the leader must have stopped writing.
+    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 1)).await;
+    let leader_writes = writes_by(&case.sim, "replica-a").await;
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        second.check_running().unwrap();
+        let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
+        if tenants.iter().filter(|t| ready(t)).count() == names.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower did not finish the rollout");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Give the cut-off leader's creations time to end (8 s) and its tenants time to be woken.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    first.check_running().unwrap();
+    assert_eq!(
+        writes_by(&case.sim, "replica-a").await,
+        leader_writes,
+        "the cut-off leader wrote to AWS after another replica could lead: {}",
+        case.sim.stats().await.unwrap()["writes_by_access_key"]
+    );
+    assert!(writes_by(&case.sim, "replica-b").await > 0, "the follower took over");
+    first.kill();
+    second.kill();
+    let counts = accounts_by_email(&case.sim).await;
+    for name in &names {
+        assert_eq!(counts.get(&format!("aws+{name}@example.com")), Some(&1), "exactly one account for {name}");
+    }
 }

@@ -18,6 +18,7 @@ use super::{
     count_request,
     error::AwsError,
 };
+use crate::leader::Fence;
 
 /// What the stack operations need to know of the template and its settings.
 #[derive(Clone, Debug)]
@@ -56,37 +57,44 @@ pub enum Update {
     NothingToDo,
 }
 
+/// How a [`Stacks`] paces its requests: the CloudFormation budget, the key (account,
+/// region) it takes permits for, at which priority, and the fence its writes check.
+#[derive(Clone)]
+pub struct Pacing {
+    pub budget: KeyedBudget,
+    pub key: (String, String),
+    pub priority: Priority,
+    pub fence: Fence,
+}
+
 /// The stacks of one account in one region.
 pub struct Stacks {
     client: Client,
-    budget: KeyedBudget,
-    key: (String, String),
-    priority: Priority,
+    pacing: Pacing,
 }
 
 impl Stacks {
     /// A client acting with `credentials` in `region`, with the endpoint and retry policy of
-    /// the base configuration, taking permits for `key` (account, region) at `priority`.
-    pub fn new(
-        base: &SdkConfig,
-        credentials: Credentials,
-        region: &str,
-        max_attempts: u32,
-        budget: KeyedBudget,
-        key: (String, String),
-        priority: Priority,
-    ) -> Self {
+    /// the base configuration, paced by `pacing`.
+    pub fn new(base: &SdkConfig, credentials: Credentials, region: &str, max_attempts: u32, pacing: Pacing) -> Self {
         let config = aws_sdk_cloudformation::config::Builder::from(base)
             .region(Region::new(region.to_string()))
             .credentials_provider(credentials)
             .retry_config(RetryConfig::standard().with_max_attempts(max_attempts))
             .build();
-        Self { client: Client::from_conf(config), budget, key, priority }
+        Self { client: Client::from_conf(config), pacing }
+    }
+
+    /// A permit for a write: only while the fence allows it.
+    async fn write_permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
+        self.pacing.fence.check(operation)?;
+        self.permit(operation).await
     }
 
     /// Takes a permit for one request and counts it.
     async fn permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        let permit = self.budget.permit(&self.key, self.priority).await.ok_or_else(|| AwsError::busy(operation))?;
+        let Pacing { budget, key, priority, .. } = &self.pacing;
+        let permit = budget.permit(key, *priority).await.ok_or_else(|| AwsError::busy(operation))?;
         count_request("cloudformation", operation);
         Ok(permit)
     }
@@ -129,7 +137,7 @@ impl Stacks {
 
     /// CreateStack. The token makes a retried call a no-op.
     pub async fn create(&self, spec: &StackSpec<'_>, token: &str) -> Result<String, AwsError> {
-        let _permit = self.permit("CreateStack").await?;
+        let _permit = self.write_permit("CreateStack").await?;
         let input = StackInput::from(spec);
         let out = self
             .client
@@ -150,7 +158,7 @@ impl Stacks {
 
     /// UpdateStack. The token makes a retried call a no-op.
     pub async fn update(&self, spec: &StackSpec<'_>, token: &str) -> Result<Update, AwsError> {
-        let _permit = self.permit("UpdateStack").await?;
+        let _permit = self.write_permit("UpdateStack").await?;
         let input = StackInput::from(spec);
         let result = self
             .client
@@ -180,7 +188,7 @@ impl Stacks {
     /// DeleteStack (turning termination protection off first, when it is on).
     pub async fn delete(&self, stack: &Stack, token: &str) -> Result<(), AwsError> {
         if stack.termination_protection {
-            let _permit = self.permit("UpdateTerminationProtection").await?;
+            let _permit = self.write_permit("UpdateTerminationProtection").await?;
             self.client
                 .update_termination_protection()
                 .stack_name(&stack.id)
@@ -189,7 +197,7 @@ impl Stacks {
                 .await
                 .map_err(|err| AwsError::from_sdk("UpdateTerminationProtection", err))?;
         }
-        let _permit = self.permit("DeleteStack").await?;
+        let _permit = self.write_permit("DeleteStack").await?;
         self.client
             .delete_stack()
             .stack_name(&stack.id)
@@ -202,7 +210,7 @@ impl Stacks {
 
     /// ContinueUpdateRollback.
     pub async fn continue_rollback(&self, name: &str, token: &str) -> Result<(), AwsError> {
-        let _permit = self.permit("ContinueUpdateRollback").await?;
+        let _permit = self.write_permit("ContinueUpdateRollback").await?;
         self.client
             .continue_update_rollback()
             .stack_name(name)

@@ -63,6 +63,17 @@ impl AwsError {
         Self { operation, kind: AwsErrorKind::Transient, code: None, message: message.into() }
     }
 
+    /// A write this replica may not send: it cannot prove it still holds the Lease (see
+    /// `leader::Fence`). Retried later, quietly, like busy background work.
+    pub fn fenced(operation: &'static str) -> Self {
+        Self {
+            operation,
+            kind: AwsErrorKind::Busy,
+            code: Some("LeaseNotConfirmed".into()),
+            message: "this replica cannot confirm it still holds the Lease; AWS writes wait".into(),
+        }
+    }
+
     /// Background work found the budget busy with user work; nothing was sent.
     pub fn busy(operation: &'static str) -> Self {
         Self { operation, kind: AwsErrorKind::Busy, code: None, message: "deferred: the AWS budget is busy".into() }

@@ -24,7 +24,10 @@ pub use error::{AwsError, AwsErrorKind};
 pub use organizations::Organizations;
 pub use tenant_access::{SessionKey, TenantAccess};
 
-use crate::metrics::{AwsRequestLabels, METRICS};
+use crate::{
+    leader::Fence,
+    metrics::{AwsRequestLabels, METRICS},
+};
 
 /// How long ago an AWS timestamp was; `None` for a time in the future or out of range.
 pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
@@ -83,6 +86,8 @@ pub struct Aws {
     pub organizations: Organizations,
     pub tenants: TenantAccess,
     stacks_budget: KeyedBudget,
+    /// Every AWS write checks it first (see [`crate::leader::Fence`]).
+    fence: Fence,
     /// The management account's configuration: endpoint, region, credentials.
     pub config: SdkConfig,
 }
@@ -115,8 +120,14 @@ impl Aws {
             ),
             tenants: TenantAccess::new(&config, Budget::new(settings.sts_limits), settings.tag_sessions),
             stacks_budget: KeyedBudget::new(settings.cloudformation_limits),
+            fence: Fence::open(),
             config,
         }
+    }
+
+    /// The same clients, whose writes first check the leader's fence.
+    pub fn fenced(self, fence: Fence) -> Self {
+        Self { organizations: self.organizations.fenced(fence.clone()), fence, ..self }
     }
 
     /// The controller's region: where a Baseline without regions runs.
@@ -133,14 +144,12 @@ impl Aws {
         region: &str,
         priority: Priority,
     ) -> cloudformation::Stacks {
-        cloudformation::Stacks::new(
-            &self.config,
-            credentials,
-            region,
-            MAX_ATTEMPTS,
-            self.stacks_budget.clone(),
-            (account_id.to_string(), region.to_string()),
+        let pacing = cloudformation::Pacing {
+            budget: self.stacks_budget.clone(),
+            key: (account_id.to_string(), region.to_string()),
             priority,
-        )
+            fence: self.fence.clone(),
+        };
+        cloudformation::Stacks::new(&self.config, credentials, region, MAX_ATTEMPTS, pacing)
     }
 }

@@ -19,6 +19,7 @@ use super::{
     count_request,
     error::AwsError,
 };
+use crate::leader::Fence;
 
 /// Runs a paginated listing to the end, taking one budget permit per page, and returns the
 /// items of every page.
@@ -114,11 +115,23 @@ pub enum CloseRefusal {
 pub struct Organizations {
     client: Client,
     budget: Budget,
+    fence: Fence,
 }
 
 impl Organizations {
     pub fn new(client: Client, budget: Budget) -> Self {
-        Self { client, budget }
+        Self { client, budget, fence: Fence::open() }
+    }
+
+    /// The same client, whose writes first check `fence` (the leader's proof that it leads).
+    pub fn fenced(self, fence: Fence) -> Self {
+        Self { fence, ..self }
+    }
+
+    /// A permit for a write: only while the fence allows it, then at user priority.
+    async fn write_permit(&self, operation: &'static str) -> Result<super::budget::Permit, AwsError> {
+        self.fence.check(operation)?;
+        self.permit(Priority::User, operation).await
     }
 
     /// Takes a permit for one request and counts it; at [`Priority::IfIdle`], fails with a
@@ -185,7 +198,7 @@ impl Organizations {
         email: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<CreateRequest, AwsError> {
-        let _permit = self.permit(Priority::User, "CreateAccount").await?;
+        let _permit = self.write_permit("CreateAccount").await?;
         let out = self
             .client
             .create_account()
@@ -228,7 +241,7 @@ impl Organizations {
 
     /// TagResource.
     pub async fn tag_account(&self, account_id: &str, tags: &BTreeMap<String, String>) -> Result<(), AwsError> {
-        let _permit = self.permit(Priority::User, "TagResource").await?;
+        let _permit = self.write_permit("TagResource").await?;
         self.client
             .tag_resource()
             .resource_id(account_id)
@@ -241,7 +254,7 @@ impl Organizations {
 
     /// UntagResource.
     pub async fn untag_account(&self, account_id: &str, keys: &[String]) -> Result<(), AwsError> {
-        let _permit = self.permit(Priority::User, "UntagResource").await?;
+        let _permit = self.write_permit("UntagResource").await?;
         self.client
             .untag_resource()
             .resource_id(account_id)
@@ -293,7 +306,7 @@ impl Organizations {
 
     /// CreateOrganizationalUnit.
     pub async fn create_unit(&self, parent_id: &str, name: &str) -> Result<OrganizationalUnit, AwsError> {
-        let _permit = self.permit(Priority::User, "CreateOrganizationalUnit").await?;
+        let _permit = self.write_permit("CreateOrganizationalUnit").await?;
         let out = self
             .client
             .create_organizational_unit()
@@ -325,7 +338,7 @@ impl Organizations {
 
     /// MoveAccount.
     pub async fn move_account(&self, account_id: &str, from: &str, to: &str) -> Result<(), AwsError> {
-        let _permit = self.permit(Priority::User, "MoveAccount").await?;
+        let _permit = self.write_permit("MoveAccount").await?;
         self.client
             .move_account()
             .account_id(account_id)
@@ -339,7 +352,7 @@ impl Organizations {
 
     /// CloseAccount. `Ok(Err(_))` when AWS refused for a reason the caller handles.
     pub async fn close_account(&self, account_id: &str) -> Result<Result<(), CloseRefusal>, AwsError> {
-        let _permit = self.permit(Priority::User, "CloseAccount").await?;
+        let _permit = self.write_permit("CloseAccount").await?;
         match self.client.close_account().account_id(account_id).send().await {
             Ok(_) => Ok(Ok(())),
             Err(err) => {
