@@ -45,8 +45,9 @@ lint: ## cargo fmt --check and clippy with warnings denied.
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 .PHONY: unit
-unit: ## Unit tests: pure planning logic, no network.
+unit: ## Unit tests: pure planning logic, and the IAM policy against Silo's calls; no network.
 	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p silo-iam-policy-tests --tests
 
 .PHONY: sim-test
 sim-test: ## Tests of the AWS simulator's fault and quota layer.
