@@ -16,7 +16,8 @@
 //!   From that moment, no other replica can take over for a lease duration; the [`Fence`]
 //!   allows AWS writes until then, less [`SAFETY_MARGIN`]. When the API server is
 //!   unreachable, the proof is not renewed and every AWS write stops before another replica
-//!   can start.
+//!   can start. A new leader writes from the first renewal it sees (half a lease after it
+//!   took the Lease).
 
 use std::{
     sync::{Arc, Mutex},
@@ -98,8 +99,6 @@ impl Leadership {
         identity: &str,
         lease_seconds: u64,
     ) -> anyhow::Result<Self> {
-        // Whenever the Lease is taken, it is after this instant: the first renewal's bound.
-        let mut waiting_since = Instant::now();
         let manager = LeaseManagerBuilder::new(client.clone(), lease_name)
             .with_namespace(namespace)
             .with_identity(identity)
@@ -112,14 +111,14 @@ impl Leadership {
         let (mut state, _task) = manager.watch().await;
         info!(lease = lease_name, identity, "waiting to become the leader");
         while !*state.borrow_and_update() {
-            waiting_since = Instant::now();
             state.changed().await.context("the lease manager stopped")?;
         }
         info!(lease = lease_name, identity, "became the leader");
         crate::metrics::METRICS.leader.set(1);
+        // Closed until the first renewal Silo sees (half a lease after taking it): when the
+        // Lease was taken is not known precisely enough to write before that.
         let fence = Fence::closed();
         let duration = Duration::from_secs(lease_seconds);
-        fence.allow_until(waiting_since + duration - margin(duration));
         let leases = Api::<Lease>::namespaced(client, namespace);
         let confirm =
             tokio::spawn(confirm(leases, lease_name.to_string(), identity.to_string(), duration, fence.clone()));

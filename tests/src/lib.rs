@@ -248,18 +248,7 @@ impl TestCase {
     /// `manifests/rbac.yaml`, with a token the API server issued for it: only what that RBAC
     /// grants is allowed.
     pub async fn start_controller_as_service_account(&mut self, settings: Settings) -> Result<()> {
-        apply_manifest(&self.client, &repo_dir().join("manifests/rbac.yaml")).await?;
-        let accounts =
-            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
-        let request =
-            serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
-        let token = accounts.create_token_request("silo", &Default::default(), &request).await?;
-        let token = token.status.and_then(|s| s.token).context("the TokenRequest returned no token")?;
-
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.info.kubeconfig)?;
-        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
-        let client = Client::try_from(config)?;
+        let client = self.service_account_client().await?;
         let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_settings());
         self.controllers.push(tokio::spawn(async move {
             if let Err(err) = silo::run(client, aws, settings, std::future::pending()).await {
@@ -267,6 +256,22 @@ impl TestCase {
             }
         }));
         Ok(())
+    }
+
+    /// A client acting as the `silo` ServiceAccount of `manifests/rbac.yaml` (applied first),
+    /// with a token the API server issued for it: only what that RBAC grants is allowed.
+    pub async fn service_account_client(&self) -> Result<Client> {
+        apply_manifest(&self.client, &repo_dir().join("manifests/rbac.yaml")).await?;
+        let accounts =
+            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
+        let request =
+            serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
+        let token = accounts.create_token_request("silo", &Default::default(), &request).await?;
+        let token = token.status.and_then(|s| s.token).context("the TokenRequest returned no token")?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.info.kubeconfig)?;
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+        Ok(Client::try_from(config)?)
     }
 
     /// Starts `silo run` as a separate process against the environment, with extra flags.

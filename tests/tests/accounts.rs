@@ -420,3 +420,28 @@ async fn an_account_without_this_tenants_uid_is_never_closed() {
     assert_eq!(account_state(&org, &account_id).await, "ACTIVE");
     assert!(case.sim.stats().await.unwrap()["requests"].get("organizations:CloseAccount").is_none());
 }
+
+/// The RBAC lets Silo read Secrets only in the external-id namespace: not its own namespace's,
+/// not anyone else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_rbac_reads_secrets_only_in_the_external_id_namespace() {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let case = test_case().await;
+    let silo = case.service_account_client().await.unwrap();
+    let reviews = Api::<SelfSubjectAccessReview>::all(silo);
+    let can = |verb: &str, namespace: &str| {
+        let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+            "spec": {"resourceAttributes": {"verb": verb, "resource": "secrets", "namespace": namespace}}
+        }))
+        .unwrap();
+        let reviews = reviews.clone();
+        async move { reviews.create(&Default::default(), &review).await.unwrap().status.unwrap().allowed }
+    };
+    assert!(can("get", silo_testenv::EXTERNAL_ID_NAMESPACE).await, "external ids are readable");
+    for namespace in [CONTROLLER_NAMESPACE, "default", "kube-system"] {
+        for verb in ["get", "list", "watch"] {
+            assert!(!can(verb, namespace).await, "{verb} secrets in {namespace} must be refused");
+        }
+    }
+    assert!(!can("list", silo_testenv::EXTERNAL_ID_NAMESPACE).await, "only get, by name");
+}

@@ -422,3 +422,62 @@ async fn restored_tenants_reclaim_their_accounts_only_with_their_previous_uid() 
     let created = case.sim.requests("organizations:CreateAccount").await.unwrap() - creations_before;
     assert!(created <= 1, "only restored-c (no annotation) tried to create: {created}");
 }
+
+/// Closing an adopted account needs a second consent naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_an_adopted_account_needs_a_second_consent() {
+    let mut case = test_case().await;
+    let account = account_outside_silo(&case, "inherited", &[]).await;
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    case.start_controller(settings);
+    let mut tenant = TenantFixture::named("heir").adopting(&account).close().tenant();
+    tenant.annotations_mut().insert("silo.dev/adopt-account".into(), account.clone());
+    case.tenants().patch("heir", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&tenant)).await.unwrap();
+    case.wait_for("heir", conditions::READY, "True", WITHIN).await.unwrap();
+    case.tenants().delete("heir", &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + WITHIN;
+    while reason(&case.tenants().get("heir").await.unwrap(), conditions::READY) != "AdoptedAccountCloseNeedsConsent" {
+        assert!(Instant::now() < deadline, "an adopted account was not held back from closing");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(account_state(&case, &account).await, "ACTIVE");
+    annotate(&case, "heir", "silo.dev/close-adopted-account", &account).await;
+    case.wait_deleted("heir", WITHIN).await.unwrap();
+    assert_ne!(account_state(&case, &account).await, "ACTIVE", "closed once its owner said so twice");
+}
+
+/// AWS lets an organization close 10% of its member accounts (at least 10) in 30 days: Silo
+/// queues the eleventh instead of sending CloseAccount into a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closures_beyond_the_aws_quota_are_queued_not_refused() {
+    let mut case = test_case().await;
+    let mut settings = TestCase::settings();
+    settings.allow_account_closure = true;
+    settings.max_account_closures_per_day = 100;
+    case.start_controller(settings);
+    let names: Vec<String> = (0..11).map(|i| format!("closing-{i:02}")).collect();
+    for name in &names {
+        case.create(&TenantFixture::named(name).close()).await.unwrap();
+    }
+    case.wait_for_all(&names, conditions::READY, "True", WITHIN).await.unwrap();
+    for name in &names {
+        case.tenants().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let queued = loop {
+        let left = case.tenants().list(&Default::default()).await.unwrap().items;
+        if left.len() == 1 && reason(&left[0], conditions::READY) == "ClosureQueued" {
+            break left[0].clone();
+        }
+        assert!(Instant::now() < deadline, "not 10 closed and 1 queued: {} left", left.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(message(&queued, conditions::READY).contains("at most 10 accounts in 30 days"));
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(
+        stats["requests"]["organizations:CloseAccount"],
+        json!(10),
+        "no CloseAccount sent into a refusal: {stats}"
+    );
+}
