@@ -235,12 +235,45 @@ pub struct TenantStatus {
 pub struct TenantBaselineStatus {
     /// Name of the Baseline.
     pub name: String,
+    /// The Baseline revision this tenant was admitted to (a rollout moves it forward; it is
+    /// recorded before any stack call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_revision: Option<String>,
     /// What this tenant should run: a hash of the Baseline's revision and this tenant's
     /// parameters. Each stack carries the revision it runs as the tag silo.dev/revision.
     pub revision: String,
+    /// The CloudFormation change set of a preview (spec.rollout.preview on the Baseline):
+    /// what an update to the admitted revision would change, without executing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<TenantPreview>,
     /// One entry per region.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<StackReport>,
+}
+
+/// What a previewed update would change in one tenant's stacks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantPreview {
+    /// The Baseline revision previewed.
+    pub revision: String,
+    /// One entry per resource change, per region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ResourceChange>,
+}
+
+/// One change CloudFormation says an update would make.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceChange {
+    pub region: String,
+    /// Add, Modify, Remove (or Import, Dynamic).
+    pub action: String,
+    pub logical_id: String,
+    pub resource_type: String,
+    /// True, False or Conditional, for modifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
 }
 
 /// One baseline stack in one region of the tenant's account.
@@ -287,13 +320,20 @@ fn is_zero(n: &u32) -> bool {
     doc = "A Baseline is the CloudFormation stack Silo bootstraps in every tenant account that names it: the roles, buckets, topics and parameters each tenant gets.",
     printcolumn(name = "Revision", type_ = "string", json_path = ".status.revision"),
     printcolumn(
-        name = "Current",
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.rollout.phase",
+        description = "Where the rollout of the newest revision stands"
+    ),
+    printcolumn(
+        name = "Updated",
         type_ = "integer",
         json_path = ".status.tenants.current",
-        description = "Tenants at the current revision"
+        description = "Tenants at the newest revision"
     ),
     printcolumn(name = "InProgress", type_ = "integer", json_path = ".status.tenants.inProgress"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.tenants.failed"),
+    printcolumn(name = "Waiting", type_ = "integer", json_path = ".status.tenants.waiting"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
@@ -357,6 +397,74 @@ pub struct BaselineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub session_policy: Option<String>,
+
+    /// How many revisions (ControllerRevisions in Silo's namespace) are kept besides those
+    /// tenants still run. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub revision_history_limit: Option<u32>,
+
+    /// How a new revision reaches the tenants: a canary first, then waves, halting on
+    /// failures. Changes to roleName, externalId and sessionPolicy apply at once and are not
+    /// rolled.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+/// How a Baseline's new revision is rolled across its tenants.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.canary) || (has(self.canary.selector) != has(self.canary.count))")
+        .message("spec.rollout.canary takes exactly one of selector and count"),
+)]
+pub struct RolloutSpec {
+    /// The tenants that go first: the ones a label selector picks, or the first `count`
+    /// tenants by name. Default: the first tenant by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+
+    /// Tenants with stack work in flight at once (all their regions count as one): a number,
+    /// or a percentage of the Baseline's tenants like "10%". Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^[1-9][0-9]?%$|^100%$')")
+        .message("spec.rollout.maxConcurrent must be a number of tenants (at least 1) or a percentage like 10%"))]
+    pub max_concurrent: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+
+    /// Failed tenants allowed per revision before the rollout halts: a number, or a
+    /// percentage of the Baseline's tenants. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^[0-9]{1,2}%$|^100%$')")
+        .message("spec.rollout.failureTolerance must be a number of tenants or a percentage like 5%"))]
+    pub failure_tolerance: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+
+    /// Seconds to wait after the canary, and after each wave, with no new failures before
+    /// going on. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
+    pub bake_seconds: Option<u32>,
+
+    /// While true, no tenant is admitted to a new revision; those in flight finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+
+    /// While true, the canary tenants create CloudFormation change sets instead of updating,
+    /// and the Baseline's status shows what would change; nothing is executed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preview: bool,
+}
+
+/// The canary of a rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    /// Tenants with these labels go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// The first `count` tenants by name go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: Option<u32>,
 }
 
 fn default_stack_name() -> String {
@@ -406,7 +514,8 @@ pub struct SecretKeyRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BaselineStatus {
-    /// A content hash of the template, parameters, regions and stack settings.
+    /// The newest revision: a content hash of the template (the content behind a
+    /// templateURL too), parameters, regions and stack settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -414,6 +523,13 @@ pub struct BaselineStatus {
     /// How many tenants use this Baseline, by state.
     #[serde(default)]
     pub tenants: TenantCounts,
+    /// The rollout of the newest revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// What the canary tenants' change sets say the newest revision would change (with
+    /// spec.rollout.preview).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<PreviewReport>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -423,12 +539,69 @@ pub struct BaselineStatus {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantCounts {
-    /// At the current revision in every region.
+    /// At the newest revision in every region.
     pub current: u32,
-    /// Being created or updated.
+    /// Admitted to the newest revision, stack work in flight.
     pub in_progress: u32,
     /// Failed or stalled.
     pub failed: u32,
+    /// Not admitted to the newest revision yet: still on an older one.
+    #[serde(default)]
+    pub waiting: u32,
+}
+
+/// Where a Baseline's rollout stands. Written before any tenant is admitted, so a restarted
+/// controller resumes where it stopped.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision being rolled out.
+    pub revision: String,
+    /// The last revision that completed: what new tenants get during a canary or a halt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Progressing, Baking, Halted, Paused, Previewing or Complete.
+    pub phase: String,
+    /// The canary tenants, fixed when the rollout started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary: Vec<String>,
+    /// Whether the canary went through (and baked) without failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canary_passed: bool,
+    /// After the canary, every tenant whose name sorts at or before this one is admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_through: Option<String>,
+    /// Waves admitted after the canary.
+    #[serde(default)]
+    pub wave: u32,
+    /// The end of the current bake (RFC 3339), while baking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_until: Option<String>,
+    /// The failure tolerance the rollout halted with: raising spec.rollout.failureTolerance
+    /// above the failures resumes it; toggling paused does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted_at_tolerance: Option<u32>,
+    /// The tenants that failed this revision, with their first failing resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedTenant>,
+}
+
+/// A tenant whose stacks failed to reach a revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedTenant {
+    pub name: String,
+    /// Its BaselineReady message: the first failing resource and CloudFormation's reason.
+    pub reason: String,
+}
+
+/// One canary tenant's preview of the newest revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewReport {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ResourceChange>,
 }
 
 /// Every CRD Silo owns, in the order `silo crd` prints them.

@@ -33,11 +33,24 @@ pub async fn run(
     settings: tenant::Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    use futures::StreamExt;
     let shutdown = shutdown.shared();
-    let (store, changes) = tenant::watch(&client);
+    let (tenants, tenant_changes) = tenant::watch(&client);
+    let (revisions, revision_changes) = baseline::controller::watch_revisions(&client, &settings.namespace);
     let (recount, recounts) = futures::channel::mpsc::unbounded();
-    let baselines = baseline::controller::run(client.clone(), store.clone(), recounts, shutdown.clone());
-    let tenants = tenant::run(client, aws, settings, (store, changes), recount, shutdown);
-    let (result, ()) = tokio::join!(tenants, baselines);
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let shared = baseline::controller::Shared { tenants, revisions, rollouts: std::sync::Arc::default(), wake };
+    let baselines = baseline::controller::run(
+        client.clone(),
+        aws.config.clone(),
+        settings.namespace.clone(),
+        shared.clone(),
+        recounts,
+        shutdown.clone(),
+    );
+    let tenants = tenant::run(client, aws, settings, shared, tenant_changes, (recount, woken), shutdown.clone());
+    // The revision cache stays current while the stream is polled.
+    let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
+    let (result, (), ()) = tokio::join!(tenants, baselines, revisions);
     result
 }

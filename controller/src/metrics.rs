@@ -42,6 +42,42 @@ pub struct MilestoneLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BaselineLabels {
+    pub baseline: String,
+    pub revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub baseline: String,
+    pub phase: &'static str,
+}
+
+/// Tenants per Baseline revision: a gauge family whose label sets come and go with the
+/// revisions tenants run.
+#[derive(Default)]
+pub struct PerRevision {
+    family: Family<BaselineLabels, Gauge>,
+    shown: std::sync::Mutex<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+impl PerRevision {
+    /// Shows exactly these counts for `baseline`, removing revisions no tenant runs any more.
+    pub fn replace(&self, baseline: &str, counts: std::collections::BTreeMap<String, i64>) {
+        let mut shown = self.shown.lock().expect("metrics lock");
+        for revision in shown.remove(baseline).unwrap_or_default() {
+            self.family.remove(&BaselineLabels { baseline: baseline.into(), revision });
+        }
+        for (revision, count) in &counts {
+            self.family
+                .get_or_create(&BaselineLabels { baseline: baseline.into(), revision: revision.clone() })
+                .set(*count);
+        }
+        shown.insert(baseline.into(), counts.into_keys().collect());
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: &'static str,
 }
@@ -72,6 +108,9 @@ pub struct Metrics {
     pub leader: Gauge,
     pub account_closures_recorded: Gauge,
     pub account_closures_per_day: Gauge,
+    pub baseline_tenants: PerRevision,
+    pub rollout_phase: Family<RolloutLabels, Gauge>,
+    pub rollout_failures: Family<BaselineLabels, Gauge>,
     registry: Registry,
 }
 
@@ -139,7 +178,24 @@ impl Metrics {
         );
         let account_closures_per_day =
             gauge(&mut registry, "account_closures_per_day", "The closure budget (--max-account-closures-per-day)");
+        let baseline_tenants = PerRevision::default();
+        registry.register(
+            "baseline_tenants",
+            "Tenants of each Baseline by the revision they are admitted to",
+            baseline_tenants.family.clone(),
+        );
+        let rollout_phase = Family::<RolloutLabels, Gauge>::default();
+        registry.register("rollout_phase", "1 for the phase each Baseline's rollout is in", rollout_phase.clone());
+        let rollout_failures = Family::<BaselineLabels, Gauge>::default();
+        registry.register(
+            "rollout_failures",
+            "Tenants that failed the revision a Baseline is rolling out",
+            rollout_failures.clone(),
+        );
         Self {
+            baseline_tenants,
+            rollout_phase,
+            rollout_failures,
             reconciles,
             reconcile_seconds,
             aws_errors,

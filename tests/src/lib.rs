@@ -202,6 +202,7 @@ pub async fn test_case() -> TestCase {
     let client = control_plane::client_from(&info.kubeconfig).await.expect("client for the test API server");
     let sim = SimClient::new(&info.aws_endpoint);
     remove_all_tenants(&client).await.expect("remove Tenants left by an earlier test");
+    remove_all_baselines(&client).await.expect("remove Baselines left by an earlier test");
     let ledger = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
     let _ = ledger.delete(silo::tenant::closure::LEDGER_NAME, &DeleteParams::default()).await;
     sim.reset().await.expect("reset the AWS simulator");
@@ -545,6 +546,16 @@ fn log_to(path: &Path) {
                 .try_init();
         }
     });
+}
+
+/// Deletes every Baseline and its revisions (no garbage collector runs here).
+async fn remove_all_baselines(client: &Client) -> Result<()> {
+    let baselines = Api::<silo::Baseline>::all(client.clone());
+    baselines.delete_collection(&DeleteParams::default(), &Default::default()).await?;
+    let revisions =
+        Api::<k8s_openapi::api::apps::v1::ControllerRevision>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
+    revisions.delete_collection(&DeleteParams::default(), &Default::default()).await?;
+    Ok(())
 }
 
 /// Deletes every Tenant, removing finalizers first so nothing waits on a stopped controller.

@@ -10,7 +10,7 @@ use aws_config::{Region, SdkConfig, retry::RetryConfig};
 use aws_credential_types::Credentials;
 use aws_sdk_cloudformation::{
     Client,
-    types::{Capability, Parameter, ResourceStatus, Tag},
+    types::{Capability, ChangeSetStatus, ChangeSetType, Parameter, ResourceStatus, Tag},
 };
 
 use super::{
@@ -18,7 +18,10 @@ use super::{
     count_request,
     error::AwsError,
 };
-use crate::leader::Fence;
+use crate::{api::ResourceChange, leader::Fence};
+
+/// How long a preview waits for CloudFormation to work out a change set.
+const CHANGE_SET_PATIENCE: Duration = Duration::from_secs(60);
 
 /// What the stack operations need to know of the template and its settings.
 #[derive(Clone, Debug)]
@@ -206,6 +209,100 @@ impl Stacks {
             .await
             .map_err(|err| AwsError::from_sdk("DeleteStack", err))?;
         Ok(())
+    }
+
+    /// What an update (or creation) to `spec` would change: a change set named `name`,
+    /// described, then deleted. Nothing is executed. `region` in the changes is left empty.
+    pub async fn preview(&self, spec: &StackSpec<'_>, name: &str) -> Result<Vec<ResourceChange>, AwsError> {
+        let existing = self.describe(spec.name).await?;
+        let creating =
+            existing.as_ref().is_none_or(|s| s.status == "DELETE_COMPLETE" || s.status == "REVIEW_IN_PROGRESS");
+        let input = StackInput::from(spec);
+        let id = {
+            let _permit = self.write_permit("CreateChangeSet").await?;
+            self.client
+                .create_change_set()
+                .stack_name(spec.name)
+                .change_set_name(name)
+                .change_set_type(if creating { ChangeSetType::Create } else { ChangeSetType::Update })
+                .set_template_body(input.template_body)
+                .set_template_url(input.template_url)
+                .set_parameters(Some(input.parameters))
+                .set_capabilities(Some(input.capabilities))
+                .set_tags(Some(input.tags))
+                .send()
+                .await
+                .map_err(|err| AwsError::from_sdk("CreateChangeSet", err))?
+                .id
+                .unwrap_or_else(|| name.to_string())
+        };
+        let started = std::time::Instant::now();
+        let changes = loop {
+            let out = {
+                let _permit = self.permit("DescribeChangeSet").await?;
+                self.client
+                    .describe_change_set()
+                    .change_set_name(&id)
+                    .stack_name(spec.name)
+                    .send()
+                    .await
+                    .map_err(|err| AwsError::from_sdk("DescribeChangeSet", err))?
+            };
+            match out.status() {
+                Some(ChangeSetStatus::CreateComplete) => {
+                    break out
+                        .changes()
+                        .iter()
+                        .filter_map(|c| c.resource_change())
+                        .map(|c| ResourceChange {
+                            region: String::new(),
+                            action: c.action().map(|a| a.as_str().to_string()).unwrap_or_default(),
+                            logical_id: c.logical_resource_id().unwrap_or_default().to_string(),
+                            resource_type: c.resource_type().unwrap_or_default().to_string(),
+                            replacement: c.replacement().map(|r| r.as_str().to_string()),
+                        })
+                        .collect();
+                }
+                // "The submitted information didn't contain changes": nothing would change.
+                Some(ChangeSetStatus::Failed) => {
+                    let reason = out.status_reason().unwrap_or_default();
+                    if reason.contains("didn't contain changes") || reason.contains("No updates") {
+                        break vec![];
+                    }
+                    return Err(AwsError {
+                        operation: "CreateChangeSet",
+                        kind: super::AwsErrorKind::Terminal,
+                        code: Some("ChangeSetFailed".into()),
+                        message: reason.to_string(),
+                    });
+                }
+                _ if started.elapsed() > CHANGE_SET_PATIENCE => {
+                    return Err(AwsError::unexpected_answer("DescribeChangeSet", "the change set took too long"));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        {
+            let _permit = self.write_permit("DeleteChangeSet").await?;
+            self.client
+                .delete_change_set()
+                .change_set_name(&id)
+                .stack_name(spec.name)
+                .send()
+                .await
+                .map_err(|err| AwsError::from_sdk("DeleteChangeSet", err))?;
+        }
+        if creating {
+            // A change set for a new stack leaves the stack in REVIEW_IN_PROGRESS: remove it.
+            let _permit = self.write_permit("DeleteStack").await?;
+            self.client
+                .delete_stack()
+                .stack_name(spec.name)
+                .send()
+                .await
+                .map_err(|err| AwsError::from_sdk("DeleteStack", err))?;
+        }
+        Ok(changes)
     }
 
     /// ContinueUpdateRollback.

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod cloudformation;
 pub mod error;
 pub mod organizations;
+pub mod templates;
 pub mod tenant_access;
 
 use std::num::NonZeroU32;

@@ -1,21 +1,38 @@
-//! The Baseline controller: publishes each Baseline's revision and how many of its tenants
-//! are current, in progress and failed. It changes nothing in AWS; tenants apply baselines.
+//! The Baseline controller: records each Baseline's revisions, rolls the newest one across
+//! its tenants ([`super::rollout`]), and publishes where they stand. It changes nothing in
+//! AWS itself (but for reading a templateURL's content); tenants apply what they are
+//! admitted to.
 //!
-//! Counts come from the Tenant controller's watch cache, never from a LIST. A tenant whose
-//! baseline state changed asks for a recount of its Baseline (debounced, so a rollout of
-//! thousands of tenants collapses into a few recounts); a Baseline is also recounted every
-//! few minutes.
+//! One reconcile of a Baseline:
+//! 1. what its spec deploys now ([`Deployed`]: the content behind a templateURL read from S3);
+//! 2. that content recorded as a revision (a ControllerRevision, before anyone uses it);
+//! 3. the rollout's next step, from what the tenants report in their status (read from the
+//!    Tenant controller's watch cache, never a LIST);
+//! 4. the Baseline's status written, **then** the tenants it admitted woken, so a restarted
+//!    controller resumes from the status and never admits a tenant twice;
+//! 5. history beyond `revisionHistoryLimit` pruned, but never a revision in use.
+//!
+//! A tenant whose baseline state changed asks for a recount of its Baseline (debounced, so a
+//! rollout of thousands of tenants collapses into a few recounts); a bake ends with a timer.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
-use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
-use k8s_openapi::jiff::Timestamp;
+use futures::{
+    StreamExt,
+    channel::mpsc::{UnboundedReceiver, UnboundedSender},
+};
+use k8s_openapi::{api::apps::v1::ControllerRevision, jiff::Timestamp};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         Controller, PredicateConfig, WatchStreamExt,
         controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
         predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -23,33 +40,88 @@ use kube::{
 };
 use tracing::warn;
 
+use super::{
+    Deployed, content_hash,
+    revisions::{self, DEFAULT_HISTORY_LIMIT},
+    rollout::{self, CanaryRule, Rollouts, State, TenantView},
+};
 use crate::{
-    api::{Baseline, Tenant, TenantCounts},
-    baseline,
+    api::{Baseline, BaselineStatus, PreviewReport, RolloutStatus, Tenant, TenantCounts},
+    aws::{AwsError, templates::Templates},
     conditions::{self, Conditions},
-    metrics::METRICS,
+    metrics::{BaselineLabels, METRICS, RolloutLabels},
     tenant::FIELD_MANAGER,
 };
 
-struct Context {
-    client: Client,
-    tenants: Store<Tenant>,
+/// What the Baseline controller shares with the Tenant controller.
+#[derive(Clone)]
+pub struct Shared {
+    /// Every Tenant, from the Tenant controller's watch.
+    pub tenants: Store<Tenant>,
+    /// Every Baseline revision, from a watch of Silo's namespace.
+    pub revisions: Store<ControllerRevision>,
+    /// The rollouts as this process last decided them.
+    pub rollouts: Arc<Rollouts>,
+    /// Wakes a Tenant (the rollout admitted it).
+    pub wake: UnboundedSender<ObjectRef<Tenant>>,
 }
 
-/// How often a Baseline is recounted without being asked.
+struct Context {
+    client: Client,
+    namespace: String,
+    templates: Templates,
+    shared: Shared,
+    recorder: Recorder,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("spec.templateURL {0} is not an S3 URL (s3://bucket/key, or https://bucket.s3.amazonaws.com/key)")]
+    NotS3(String),
+}
+
+/// How often a Baseline is looked at without being asked (a templateURL is read again then).
 const RECOUNT: Duration = Duration::from_secs(300);
 
-/// Runs the Baseline controller until `shutdown` completes. `tenants` is the Tenant
-/// controller's cache; `recounts` names Baselines whose tenants changed.
+/// The watch of Baseline revisions in Silo's namespace: a cache, and the stream that fills it
+/// (poll it for the cache to stay current).
+pub fn watch_revisions(
+    client: &Client,
+    namespace: &str,
+) -> (Store<ControllerRevision>, impl futures::Stream<Item = ()> + Send + use<>) {
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().labels(revisions::BASELINE_LABEL);
+    let stream = watcher(Api::<ControllerRevision>::namespaced(client.clone(), namespace), config)
+        .default_backoff()
+        .reflect(writer)
+        .map(|_| ());
+    (store, stream)
+}
+
+/// Runs the Baseline controller until `shutdown` completes. `recounts` names Baselines whose
+/// tenants changed.
 pub async fn run(
     client: Client,
-    tenants: Store<Tenant>,
+    config: aws_config::SdkConfig,
+    namespace: String,
+    shared: Shared,
     recounts: UnboundedReceiver<ObjectRef<Baseline>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context { client: client.clone(), tenants });
+    let reporter = Reporter { controller: "silo-baseline".into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        namespace,
+        templates: Templates::new(&config),
+        shared,
+    });
     let (store, writer) = reflector::store();
-    // Its own status writes do not trigger a recount: only spec changes and tenants do.
+    // Its own status writes do not trigger it: only spec changes, tenants and timers do.
     let changes = watcher(Api::<Baseline>::all(client), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
@@ -59,7 +131,7 @@ pub async fn run(
         .reconcile_on(recounts)
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(2)))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, |_, _: &kube::Error, _| Action::requeue(Duration::from_secs(10)), ctx)
+        .run(reconcile, |_, _: &Error, _| Action::requeue(Duration::from_secs(10)), ctx)
         .for_each(|result| async move {
             if let Err(err) = result {
                 warn!(%err, "baseline reconcile failed");
@@ -68,72 +140,244 @@ pub async fn run(
         .await;
 }
 
-async fn reconcile(baseline: Arc<Baseline>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+async fn reconcile(baseline: Arc<Baseline>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = publish(&baseline, &ctx).await;
-    METRICS.reconciled("baseline", if result.is_ok() { "ok" } else { "kube" }, started.elapsed().as_secs_f64());
+    let result = roll(&baseline, &ctx).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(Error::Aws(_)) => "aws_retryable",
+        Err(_) => "kube",
+    };
+    METRICS.reconciled("baseline", label, started.elapsed().as_secs_f64());
     result
 }
 
-/// Recounts the Baseline's tenants and writes its status if it changed.
-async fn publish(baseline: &Baseline, ctx: &Context) -> Result<Action, kube::Error> {
+/// One step of a Baseline: record its revision, move its rollout, publish.
+async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     let name = baseline.name_any();
-    let revision = baseline::revision(&baseline.spec);
-    let tenants = ctx.tenants.state();
-    let counts = count(baseline, &revision, tenants.iter().map(|t| t.as_ref()));
+    let now = Timestamp::now();
 
-    let mut status = baseline.status.clone().unwrap_or_default();
-    status.revision = Some(revision.clone());
-    status.observed_generation = baseline.metadata.generation;
-    status.tenants = counts.clone();
-    let message = format!(
-        "Revision {revision}: {} tenants current, {} in progress, {} failed",
-        counts.current, counts.in_progress, counts.failed
-    );
-    Conditions::new(&mut status.conditions, baseline.metadata.generation, Timestamp::now()).set(
-        conditions::READY,
-        counts.in_progress == 0 && counts.failed == 0,
-        if counts.failed > 0 {
-            "TenantsFailed"
-        } else if counts.in_progress > 0 {
-            "RollingOut"
-        } else {
-            "AllCurrent"
-        },
-        &message,
-    );
+    // 1. What the spec deploys now.
+    let template_content = match &baseline.spec.template_url {
+        Some(url) => {
+            let location = crate::aws::templates::location(url).ok_or_else(|| Error::NotS3(url.clone()))?;
+            Some(content_hash(&ctx.templates.read(&location).await?))
+        }
+        None => None,
+    };
+    let deployed = Deployed::of(&baseline.spec, template_content);
+    let newest = deployed.revision();
+
+    // 2. Recorded before any tenant may be admitted to it.
+    let api = Api::<ControllerRevision>::namespaced(ctx.client.clone(), &ctx.namespace);
+    let existing = revisions::of_baseline(&ctx.shared.revisions, &name);
+    revisions::record(&api, baseline, &existing, &newest, &deployed).await?;
+
+    // 3. The rollout's next step.
+    let users: Vec<Arc<Tenant>> = ctx
+        .shared
+        .tenants
+        .state()
+        .into_iter()
+        .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name))
+        .collect();
+    let views: Vec<TenantView> = users.iter().map(|t| view(t, &name)).collect();
+    let settings = rollout::Settings::of(&baseline.spec.rollout, views.len());
+    let recorded = baseline.status.as_ref().and_then(|s| s.rollout.clone());
+    let current = recorded.or_else(|| ctx.shared.rollouts.get(&name));
+    let step =
+        rollout::step(current.as_ref(), &newest, &settings, &CanaryRule::of(&baseline.spec.rollout), &views, now);
+
+    // 4. The status first, then the tenants it admitted.
+    let status = render(baseline, &newest, &step.status, &views, &users, now);
     if baseline.status.as_ref() != Some(&status) {
         let patch = serde_json::json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "status": status});
         Api::<Baseline>::all(ctx.client.clone())
             .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await?;
     }
-    Ok(Action::requeue(RECOUNT))
+    ctx.shared.rollouts.set(&name, step.status.clone());
+    for tenant in &step.admitted {
+        let _ = ctx.shared.wake.unbounded_send(ObjectRef::new(tenant));
+    }
+    if let Some(news) = &step.news {
+        let halted = step.status.phase == rollout::HALTED;
+        let (type_, reason) =
+            if halted { (EventType::Warning, "RolloutHalted") } else { (EventType::Normal, "RolloutProgressed") };
+        let event =
+            Event { type_, reason: reason.into(), note: Some(news.clone()), action: reason.into(), secondary: None };
+        if let Err(err) = ctx.recorder.publish(&event, &baseline.object_ref(&())).await {
+            warn!(baseline = %name, %err, "could not publish event");
+        }
+    }
+    publish_metrics(&name, &step.status, &views);
+
+    // 5. History, never a revision in use.
+    let mut in_use: BTreeSet<String> = views.iter().filter_map(|v| v.admitted.clone()).collect();
+    in_use.insert(newest.clone());
+    in_use.extend(step.status.previous.clone());
+    let limit = baseline.spec.revision_history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    revisions::prune(&api, &revisions::to_prune(&existing, &in_use, limit)).await?;
+
+    let wait = rollout::wake_at(&step.status)
+        .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+        .map_or(RECOUNT, |d| d.min(RECOUNT).max(Duration::from_secs(1)));
+    Ok(Action::requeue(wait))
 }
 
-/// Sorts the tenants that use `baseline` by where their stacks stand. Pure.
-fn count<'t>(baseline: &Baseline, revision: &str, tenants: impl Iterator<Item = &'t Tenant>) -> TenantCounts {
-    let name = baseline.name_any();
+/// What the rollout needs to know of one tenant, from its status. Pure.
+pub fn view(tenant: &Tenant, baseline: &str) -> TenantView {
+    let status = tenant.status.clone().unwrap_or_default();
+    let admitted = status.baseline.as_ref().filter(|b| b.name == baseline).and_then(|b| b.admitted_revision.clone());
+    let ready = conditions::find(&status.conditions, conditions::BASELINE_READY);
+    let stalled = conditions::find(&status.conditions, conditions::STALLED).filter(|c| c.status == "True");
+    let state = match (ready, stalled) {
+        (Some(ready), _) if ready.status == "True" => State::Current,
+        // Stalled by the baseline step itself (not by an earlier step).
+        (Some(ready), Some(stalled)) if stalled.reason == ready.reason => {
+            State::Failed { reason: ready.message.clone() }
+        }
+        _ => State::InFlight,
+    };
+    TenantView { name: tenant.name_any(), labels: tenant.labels().clone(), admitted, state }
+}
+
+/// The Baseline's status after a step. Pure.
+fn render(
+    baseline: &Baseline,
+    newest: &str,
+    rollout: &RolloutStatus,
+    views: &[TenantView],
+    users: &[Arc<Tenant>],
+    now: Timestamp,
+) -> BaselineStatus {
     let mut counts = TenantCounts::default();
-    for tenant in tenants.filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name)) {
-        let status = tenant.status.clone().unwrap_or_default();
-        let account = status.account_id.clone().unwrap_or_default();
-        let overrides = &tenant.spec.baseline.as_ref().expect("filtered").parameters;
-        let expected = baseline::resolve_parameters(&baseline.spec, overrides, &tenant.name_any(), &account)
-            .map(|params| baseline::tenant_revision(revision, &params));
-        let applied = status.baseline.as_ref().map(|b| b.revision.clone());
-        let ready = conditions::is_true(&status.conditions, conditions::BASELINE_READY);
-        match (expected, ready) {
-            (Ok(expected), true) if applied.as_deref() == Some(expected.as_str()) => counts.current += 1,
-            _ if conditions::find(&status.conditions, conditions::BASELINE_READY).is_some_and(|c| {
-                c.status == "False" && conditions::is_true(&status.conditions, conditions::STALLED)
-            }) =>
-            {
-                counts.failed += 1
-            }
-            (Err(_), _) => counts.failed += 1,
+    for view in views {
+        let on_newest = view.admitted.as_deref() == Some(newest);
+        match (&view.state, on_newest || rollout::is_admitted(rollout, &view.name)) {
+            (_, false) => counts.waiting += 1,
+            (State::Current, true) if on_newest => counts.current += 1,
+            (State::Failed { .. }, true) if on_newest => counts.failed += 1,
             _ => counts.in_progress += 1,
         }
     }
-    counts
+    let preview: Vec<PreviewReport> = users
+        .iter()
+        .filter(|t| rollout.canary.contains(&t.name_any()))
+        .filter_map(|t| {
+            let preview = t.status.as_ref()?.baseline.as_ref()?.preview.as_ref()?;
+            (preview.revision == newest)
+                .then(|| PreviewReport { tenant: t.name_any(), changes: preview.changes.clone() })
+        })
+        .collect();
+    let mut status = baseline.status.clone().unwrap_or_default();
+    status.revision = Some(newest.to_string());
+    status.observed_generation = baseline.metadata.generation;
+    status.tenants = counts.clone();
+    status.rollout = Some(rollout.clone());
+    status.preview = preview;
+    let generation = baseline.metadata.generation;
+    let mut conds = Conditions::new(&mut status.conditions, generation, now);
+    let summary = format!(
+        "Revision {newest}: {} tenants updated, {} in progress, {} failed, {} waiting",
+        counts.current, counts.in_progress, counts.failed, counts.waiting
+    );
+    match rollout.phase.as_str() {
+        rollout::HALTED => {
+            let failed: Vec<String> = rollout.failed.iter().map(|f| format!("{} ({})", f.name, f.reason)).collect();
+            let message = format!(
+                "The rollout of revision {newest} halted: {} tenants failed, more than spec.rollout.failureTolerance: \
+                 {}. Nothing rolls back on its own: fix the Baseline (a new revision) or raise failureTolerance",
+                rollout.failed.len(),
+                failed.join("; ")
+            );
+            conds.set(conditions::READY, false, "RolloutHalted", &message);
+            conds.set(conditions::RECONCILING, false, "RolloutHalted", "");
+            conds.set(conditions::STALLED, true, "RolloutHalted", &message);
+        }
+        rollout::COMPLETE if counts.failed == 0 => {
+            conds.set(conditions::READY, true, "AllCurrent", &summary);
+            conds.set(conditions::RECONCILING, false, "AllCurrent", "");
+            conds.set(conditions::STALLED, false, "AllCurrent", "");
+        }
+        phase => {
+            let reason = match phase {
+                rollout::COMPLETE => "TenantsFailed",
+                rollout::BAKING => "Baking",
+                rollout::PAUSED => "Paused",
+                rollout::PREVIEWING => "Previewing",
+                _ => "RollingOut",
+            };
+            conds.set(conditions::READY, false, reason, &summary);
+            conds.set(conditions::RECONCILING, phase != rollout::PAUSED, reason, &summary);
+            conds.set(conditions::STALLED, false, reason, "");
+        }
+    }
+    status
+}
+
+fn publish_metrics(baseline: &str, rollout: &RolloutStatus, views: &[TenantView]) {
+    let mut per_revision: BTreeMap<String, i64> = BTreeMap::new();
+    for view in views {
+        *per_revision.entry(view.admitted.clone().unwrap_or_else(|| "none".into())).or_default() += 1;
+    }
+    METRICS.baseline_tenants.replace(baseline, per_revision);
+    for phase in rollout::PHASES {
+        let labels = RolloutLabels { baseline: baseline.into(), phase };
+        METRICS.rollout_phase.get_or_create(&labels).set(i64::from(rollout.phase == phase));
+    }
+    let failures = BaselineLabels { baseline: baseline.into(), revision: rollout.revision.clone() };
+    METRICS.rollout_failures.get_or_create(&failures).set(i64::try_from(rollout.failed.len()).unwrap_or(i64::MAX));
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+    use crate::api::{TenantBaselineStatus, TenantSpec, TenantStatus};
+
+    fn tenant(name: &str, admitted: &str, conditions: &[(&str, &str, &str)]) -> Tenant {
+        let mut t = Tenant::new(name, TenantSpec::default());
+        t.status = Some(TenantStatus {
+            baseline: Some(TenantBaselineStatus {
+                name: "std".into(),
+                admitted_revision: Some(admitted.into()),
+                ..Default::default()
+            }),
+            conditions: conditions
+                .iter()
+                .map(|(type_, status, reason)| Condition {
+                    type_: type_.to_string(),
+                    status: status.to_string(),
+                    reason: reason.to_string(),
+                    message: format!("{reason}: Topic failed"),
+                    observed_generation: None,
+                    last_transition_time: Time(Timestamp::now()),
+                })
+                .collect(),
+            ..Default::default()
+        });
+        t
+    }
+
+    #[test]
+    fn a_tenant_fails_a_revision_only_when_its_baseline_step_is_stalled() {
+        let current = tenant("a", "r1", &[("BaselineReady", "True", "BaselineApplied")]);
+        assert_eq!(view(&current, "std").state, State::Current);
+        let failed = tenant(
+            "b",
+            "r1",
+            &[("BaselineReady", "False", "StackUpdateRolledBack"), ("Stalled", "True", "StackUpdateRolledBack")],
+        );
+        assert!(matches!(view(&failed, "std").state, State::Failed { .. }));
+        // Stalled by placement: the baseline step never ran, so it did not fail the revision.
+        let elsewhere = tenant(
+            "c",
+            "r1",
+            &[("BaselineReady", "False", "WaitingForPlacement"), ("Stalled", "True", "OrganizationalUnitNotAllowed")],
+        );
+        assert_eq!(view(&elsewhere, "std").state, State::InFlight);
+        assert_eq!(view(&current, "other").admitted, None, "another Baseline's revision is not this one's");
+    }
 }

@@ -18,14 +18,14 @@ use super::{
     status::{Progress, StatusWriter},
 };
 use crate::{
-    api::{StackReport, Tenant, TenantBaselineStatus},
+    api::{Baseline, ResourceChange, RolloutStatus, StackReport, Tenant, TenantBaselineStatus, TenantPreview},
     aws::{
         AwsError, AwsErrorKind, Priority, SessionKey,
         cloudformation::{Stack, StackSpec, Stacks, Update},
         tenant_access::is_access_denied,
     },
     baseline::{
-        self, UndeclaredParameters,
+        self, Deployed, UndeclaredParameters, revisions, rollout,
         stack::{Limits, Memory, Observed, StackAction, next_action, request_token},
     },
     conditions::{self, StepOutcome},
@@ -49,9 +49,75 @@ pub struct BaselineStep<'a> {
     pub ctx: &'a Context,
 }
 
+/// What the baseline step works towards in one reconcile: the revision the tenant runs (the
+/// one the rollout admits it to) and what that revision deploys for it.
+struct Target {
+    /// The Baseline revision.
+    admitted: String,
+    deployed: Deployed,
+    parameters: BTreeMap<String, String>,
+    /// What the stacks must run: the revision and this tenant's parameters.
+    revision: String,
+    regions: Vec<String>,
+}
+
+/// Why the step has no target yet.
+enum NoTarget {
+    Outcome(StepOutcome),
+}
+
 impl BaselineStep<'_> {
-    fn priority(&self) -> Priority {
-        if self.mode == Mode::Verify(Verification::Periodic) { Priority::IfIdle } else { Priority::User }
+    /// Periodic verification waits for an idle budget; a rollout waits behind user work; a
+    /// person's change goes first.
+    fn priority(&self, rolled: bool) -> Priority {
+        match self.mode {
+            Mode::Verify(Verification::Periodic) => Priority::IfIdle,
+            _ if rolled => Priority::Background,
+            _ => Priority::User,
+        }
+    }
+
+    /// The revision this tenant should run and its content; no AWS call.
+    fn target(&self, rollout: &RolloutStatus, account_id: &str) -> Result<Target, NoTarget> {
+        let (tenant, ctx) = (self.tenant, self.ctx);
+        let wanted = tenant.spec.baseline.as_ref().expect("the step has a baseline");
+        let admitted_before = admitted(tenant, &wanted.name);
+        let admitted = rollout::target(rollout, &tenant.name_any(), admitted_before.as_deref());
+        if admitted_before.is_none() && rollout.revision != baseline_revision_pending(ctx, &wanted.name) {
+            // The Baseline changed and its controller has not recorded the new revision yet:
+            // a new tenant waits for it rather than start on one about to be superseded.
+            return Err(NoTarget::Outcome(StepOutcome::wait(
+                "WaitingForRevision",
+                format!("Baseline {:?} changed; waiting for its new revision to be recorded", wanted.name),
+                Duration::from_secs(2),
+            )));
+        }
+        let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &admitted) else {
+            return Err(NoTarget::Outcome(StepOutcome::wait(
+                "WaitingForRevision",
+                format!("Revision {admitted} of Baseline {:?} is not recorded yet", wanted.name),
+                Duration::from_secs(5),
+            )));
+        };
+        let parameters =
+            match baseline::resolve_parameters(&deployed, &wanted.parameters, &tenant.name_any(), account_id) {
+                Ok(parameters) => parameters,
+                Err(UndeclaredParameters(names)) => {
+                    return Err(NoTarget::Outcome(StepOutcome::stalled(
+                        "UndeclaredParameter",
+                        format!(
+                            "The template of Baseline {:?} (revision {admitted}) declares no parameter {}: fix the \
+                             Tenant's or the Baseline's parameters",
+                            wanted.name,
+                            names.join(", ")
+                        ),
+                        RECHECK_STALLED,
+                    )));
+                }
+            };
+        let revision = baseline::tenant_revision(&admitted, &parameters);
+        let regions = baseline::regions(&deployed, &ctx.aws.region());
+        Ok(Target { admitted, deployed, parameters, revision, regions })
     }
 
     /// Runs the baseline step; the account is placed, so its id is recorded.
@@ -71,25 +137,21 @@ impl BaselineStep<'_> {
                 RECHECK_STALLED,
             ));
         };
-        let parameters =
-            match baseline::resolve_parameters(&baseline.spec, &wanted.parameters, &tenant.name_any(), &account_id) {
-                Ok(parameters) => parameters,
-                Err(UndeclaredParameters(names)) => {
-                    return Ok(StepOutcome::stalled(
-                        "UndeclaredParameter",
-                        format!(
-                            "The template of Baseline {:?} declares no parameter {}: fix the Tenant's or the \
-                             Baseline's parameters",
-                            wanted.name,
-                            names.join(", ")
-                        ),
-                        RECHECK_STALLED,
-                    ));
-                }
-            };
-        let revision = baseline::tenant_revision(&baseline::revision(&baseline.spec), &parameters);
-        let regions = baseline::regions(&baseline.spec, &ctx.aws.region());
-        if let Some(done) = self.already_applied(&wanted.name, &revision, &regions) {
+        let Some(rollout) = rollout_of(ctx, &baseline) else {
+            return Ok(StepOutcome::wait(
+                "WaitingForRevision",
+                format!("Baseline {:?} has no revision recorded yet", wanted.name),
+                Duration::from_secs(5),
+            ));
+        };
+        let target = match self.target(&rollout, &account_id) {
+            Ok(target) => target,
+            Err(NoTarget::Outcome(outcome)) => return Ok(outcome),
+        };
+        let admitted_before = admitted(tenant, &wanted.name);
+        let rolled = admitted_before.as_ref().is_some_and(|a| a != &target.admitted);
+        let previewing = wants_preview(tenant, &rollout);
+        if !previewing && let Some(done) = self.already_applied(&wanted.name, &target.revision, &target.regions) {
             return Ok(done);
         }
         let external_id = match &baseline.spec.external_id {
@@ -109,14 +171,25 @@ impl BaselineStep<'_> {
             },
         };
 
-        // A new revision starts with a clean slate of attempts.
-        let previous = progress.status.baseline.take().filter(|b| b.name == wanted.name && b.revision == revision);
-        let mut state = TenantBaselineStatus { name: wanted.name.clone(), revision: revision.clone(), stacks: vec![] };
-        for region in &regions {
-            let remembered = previous.as_ref().and_then(|p| p.stacks.iter().find(|s| &s.region == region)).cloned();
-            state.stacks.push(StackReport { region: region.clone(), ..remembered.unwrap_or_default() });
+        // The admission is recorded before any stack call, and a new revision starts with a
+        // clean slate of attempts.
+        let previous = progress.status.baseline.take().filter(|b| b.name == wanted.name);
+        let remembered = previous.clone().filter(|b| b.revision == target.revision);
+        let mut state = TenantBaselineStatus {
+            name: wanted.name.clone(),
+            admitted_revision: Some(target.admitted.clone()),
+            revision: target.revision.clone(),
+            stacks: vec![],
+            preview: previous.and_then(|p| p.preview),
+        };
+        for region in &target.regions {
+            let known = remembered.as_ref().and_then(|p| p.stacks.iter().find(|s| &s.region == region)).cloned();
+            state.stacks.push(StackReport { region: region.clone(), ..known.unwrap_or_default() });
         }
         progress.status.baseline = Some(state);
+        if admitted_before.as_deref() != Some(target.admitted.as_str()) {
+            writer.save_intent(progress, "admission to a Baseline revision").await?;
+        }
 
         let key = SessionKey {
             tenant_uid: tenant.uid().unwrap_or_default(),
@@ -125,31 +198,26 @@ impl BaselineStep<'_> {
             external_id,
             session_policy: baseline.spec.session_policy.clone(),
         };
-        let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), self.priority()).await {
+        let priority = self.priority(rolled);
+        let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), priority).await {
             Ok(credentials) => credentials,
             Err(err) if is_access_denied(&err) => {
                 return Ok(self.role_refused(&baseline.spec.role_name, &account_id, &err));
             }
             Err(err) => return Err(err.into()),
         };
+        if previewing {
+            let preview = self.preview(&rollout, &account_id, &credentials, priority).await?;
+            if let Some(state) = progress.status.baseline.as_mut() {
+                state.preview = Some(preview);
+            }
+        }
 
-        let spec = StackSpec {
-            name: &baseline.spec.stack_name,
-            template_body: baseline.spec.template.as_deref(),
-            template_url: baseline.spec.template_url.as_deref(),
-            parameters: &parameters,
-            capabilities: baseline.spec.capabilities.iter().map(|c| c.as_str()).collect(),
-            tags: BTreeMap::from([
-                (REVISION_TAG.to_string(), revision.clone()),
-                ("silo.dev/tenant".to_string(), tenant.name_any()),
-                ("silo.dev/baseline".to_string(), wanted.name.clone()),
-            ]),
-            termination_protection: baseline.spec.termination_protection,
-        };
+        let spec = stack_spec(&baseline, &target, tenant);
         let mut outcomes = vec![];
-        for (index, region) in regions.iter().enumerate() {
-            let stacks = ctx.aws.stacks(&account_id, credentials.clone(), region, self.priority());
-            let region = Region { stacks: &stacks, spec: &spec, revision: &revision, index };
+        for (index, region) in target.regions.iter().enumerate() {
+            let stacks = ctx.aws.stacks(&account_id, credentials.clone(), region, priority);
+            let region = Region { stacks: &stacks, spec: &spec, revision: &target.revision, index };
             match region.converge(progress, writer).await {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(Error::Aws(err)) if err.has_code("OptInRequired") => {
@@ -180,9 +248,48 @@ impl BaselineStep<'_> {
             Some(done @ StepOutcome::Done { .. }) => done,
             None => StepOutcome::done(
                 "BaselineApplied",
-                format!("Baseline {:?} revision {revision} runs in {}", wanted.name, regions.join(", ")),
+                format!(
+                    "Baseline {:?} revision {} runs in {}",
+                    wanted.name,
+                    target.admitted,
+                    target.regions.join(", ")
+                ),
             ),
         })
+    }
+
+    /// A preview of the rollout's revision for a canary tenant: a change set per region,
+    /// described and deleted, never executed.
+    async fn preview(
+        &self,
+        rollout: &RolloutStatus,
+        account_id: &str,
+        credentials: &aws_credential_types::Credentials,
+        priority: Priority,
+    ) -> Result<TenantPreview, Error> {
+        let (tenant, ctx) = (self.tenant, self.ctx);
+        let wanted = tenant.spec.baseline.as_ref().expect("the step has a baseline");
+        let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &rollout.revision)
+        else {
+            return Ok(TenantPreview { revision: rollout.revision.clone(), changes: vec![] });
+        };
+        let parameters = baseline::resolve_parameters(&deployed, &wanted.parameters, &tenant.name_any(), account_id)
+            .unwrap_or_default();
+        let revision = baseline::tenant_revision(&rollout.revision, &parameters);
+        let regions = baseline::regions(&deployed, &ctx.aws.region());
+        let target = Target { admitted: rollout.revision.clone(), deployed, parameters, revision, regions };
+        let baseline = ctx.baselines.get(&ObjectRef::new(&wanted.name)).expect("the step found the Baseline");
+        let spec = stack_spec(&baseline, &target, tenant);
+        let mut changes = vec![];
+        for region in &target.regions {
+            let stacks = ctx.aws.stacks(account_id, credentials.clone(), region, priority);
+            let name = format!("silo-preview-{}", target.revision);
+            for change in stacks.preview(&spec, &name).await? {
+                changes.push(ResourceChange { region: region.clone(), ..change });
+            }
+        }
+        changes.sort();
+        Ok(TenantPreview { revision: rollout.revision.clone(), changes })
     }
 
     /// The role cannot be assumed: a brand-new account's role takes a while (`WaitingForRole`),
@@ -238,18 +345,73 @@ impl BaselineStep<'_> {
     }
 }
 
-/// Whether the tenant's Baseline (in the watch cache) now asks for another revision than the
-/// one recorded in its status: a Baseline's spec changed. No AWS call.
+/// The Baseline revision a tenant was admitted to, as its status records it.
+fn admitted(tenant: &Tenant, baseline: &str) -> Option<String> {
+    tenant.status.as_ref()?.baseline.as_ref().filter(|b| b.name == baseline)?.admitted_revision.clone()
+}
+
+/// The revision a Baseline's rollout should be at: its current one, or an empty string
+/// when its spec changed since its controller last looked (a new revision is coming).
+fn baseline_revision_pending(ctx: &Context, name: &str) -> String {
+    let Some(baseline) = ctx.baselines.get(&ObjectRef::new(name)) else { return String::new() };
+    let status = baseline.status.clone().unwrap_or_default();
+    if status.observed_generation != baseline.metadata.generation {
+        return String::new();
+    }
+    rollout_of(ctx, &baseline).map(|r| r.revision).unwrap_or_default()
+}
+
+/// The rollout of a Baseline: as this process last decided it, else as its status records it.
+fn rollout_of(ctx: &Context, baseline: &Baseline) -> Option<RolloutStatus> {
+    ctx.rollouts.get(&baseline.name_any()).or_else(|| baseline.status.as_ref()?.rollout.clone())
+}
+
+/// Whether this tenant is a canary of a rollout in preview that has not shown its changes yet.
+fn wants_preview(tenant: &Tenant, rollout: &RolloutStatus) -> bool {
+    let previewed =
+        tenant.status.as_ref().and_then(|s| s.baseline.as_ref()?.preview.as_ref()).map(|p| p.revision.as_str());
+    rollout.phase == rollout::PREVIEWING
+        && rollout.canary.contains(&tenant.name_any())
+        && previewed != Some(rollout.revision.as_str())
+}
+
+/// What the stacks of a target run, in CloudFormation's terms.
+fn stack_spec<'t>(baseline: &Baseline, target: &'t Target, tenant: &Tenant) -> StackSpec<'t> {
+    StackSpec {
+        name: &target.deployed.stack_name,
+        template_body: target.deployed.template.as_deref(),
+        template_url: target.deployed.template_url.as_deref(),
+        parameters: &target.parameters,
+        capabilities: target.deployed.capabilities.iter().map(|c| c.as_str()).collect(),
+        tags: BTreeMap::from([
+            (REVISION_TAG.to_string(), target.revision.clone()),
+            ("silo.dev/tenant".to_string(), tenant.name_any()),
+            ("silo.dev/baseline".to_string(), baseline.name_any()),
+        ]),
+        termination_protection: target.deployed.termination_protection,
+    }
+}
+
+/// Whether the tenant's baseline has work to do that no spec change of the Tenant announced:
+/// its Baseline's rollout admits it to another revision, or wants its preview. No AWS call.
 pub fn baseline_changed(tenant: &Tenant, ctx: &Context) -> bool {
     let (Some(wanted), Some(status)) = (&tenant.spec.baseline, &tenant.status) else { return false };
     let Some(baseline) = ctx.baselines.get(&ObjectRef::new(&wanted.name)) else { return false };
+    let Some(rollout) = rollout_of(ctx, &baseline) else { return false };
+    let admitted_before = admitted(tenant, &wanted.name);
+    let target = rollout::target(&rollout, &tenant.name_any(), admitted_before.as_deref());
+    if admitted_before.as_deref() != Some(target.as_str()) || wants_preview(tenant, &rollout) {
+        return true;
+    }
+    let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &target) else {
+        return false;
+    };
     let account_id = status.account_id.clone().unwrap_or_default();
-    let Ok(parameters) =
-        baseline::resolve_parameters(&baseline.spec, &wanted.parameters, &tenant.name_any(), &account_id)
+    let Ok(parameters) = baseline::resolve_parameters(&deployed, &wanted.parameters, &tenant.name_any(), &account_id)
     else {
         return true;
     };
-    let revision = baseline::tenant_revision(&baseline::revision(&baseline.spec), &parameters);
+    let revision = baseline::tenant_revision(&target, &parameters);
     status.baseline.as_ref().is_none_or(|applied| applied.name != wanted.name || applied.revision != revision)
 }
 

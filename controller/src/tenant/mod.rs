@@ -44,7 +44,10 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, channel::mpsc::UnboundedSender};
+use futures::{
+    StreamExt,
+    channel::mpsc::{UnboundedReceiver, UnboundedSender},
+};
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -64,6 +67,7 @@ use tracing::{info, warn};
 use crate::{
     api::{Baseline, DeletionPolicy, Tenant},
     aws::{Aws, AwsError, AwsErrorKind},
+    baseline::controller::Shared,
     conditions::{self, StepOutcome},
     metrics::{METRICS, MilestoneLabels, PhaseLabels, ReasonLabels},
     org::{OrgSettings, Organization},
@@ -125,6 +129,10 @@ pub struct Context {
     pub closures: closure::ClosureLedger,
     /// Baselines, from the watch cache.
     pub baselines: Store<Baseline>,
+    /// Baseline revisions (their content), from the watch cache.
+    pub revisions: Store<k8s_openapi::api::apps::v1::ControllerRevision>,
+    /// The Baseline rollouts as this process last decided them.
+    pub rollouts: Arc<crate::baseline::rollout::Rollouts>,
     /// Asks the Baseline controller to recount a Baseline's tenants.
     pub recount: UnboundedSender<ObjectRef<Baseline>>,
     /// Consecutive failed reconciles per Tenant, for exponential backoff.
@@ -214,15 +222,16 @@ pub async fn run(
     client: Client,
     aws: Aws,
     settings: Settings,
-    tenants: (Store<Tenant>, impl futures::Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static),
-    recount: UnboundedSender<ObjectRef<Baseline>>,
+    shared: Shared,
+    changes: impl futures::Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static,
+    (recount, woken): (UnboundedSender<ObjectRef<Baseline>>, UnboundedReceiver<ObjectRef<Tenant>>),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     Api::<Tenant>::all(client.clone()).list(&Default::default()).await.map_err(|err| {
         anyhow::anyhow!("cannot list Tenants ({err}); are the CRDs installed (`silo crd | kubectl apply -f -`)?")
     })?;
-    let (store, changes) = tenants;
-    let (wake, woken) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
+    let store = shared.tenants.clone();
+    let wake = shared.wake.clone();
     let org = Arc::new(Organization::new(
         aws.organizations.clone(),
         OrgSettings { refresh_period: settings.index_refresh_period, creation_slots: settings.creation_slots },
@@ -251,6 +260,8 @@ pub async fn run(
         org: org.clone(),
         settings,
         baselines,
+        revisions: shared.revisions.clone(),
+        rollouts: shared.rollouts.clone(),
         recount,
         failures: Mutex::default(),
     });
