@@ -61,7 +61,7 @@ def main(src: str, dst: str) -> int:
     left.set_ylabel(spec.get("ylabel", ""))
     left.grid(True, alpha=0.3)
     if handles:
-        left.legend(handles=handles, loc="lower right", fontsize=8)
+        left.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
     commit = (doc.get("git") or {}).get("commit") or "?"
     machine = doc.get("machine") or {}
     fig.text(0.01, 0.01, f"commit {commit}, {machine.get('nproc', '?')} cores, "

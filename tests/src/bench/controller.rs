@@ -70,10 +70,15 @@ impl Controller {
         };
         // Up when /readyz answers: the process parsed its flags and has its clients.
         let ready = format!("http://{metrics_address}/readyz");
-        silo_testenv::process::wait_until(&mut process, "silo run did not serve /readyz", Duration::from_secs(60), || {
-            let ready = ready.clone();
-            async move { reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()).then_some(()) }
-        })
+        silo_testenv::process::wait_until(
+            &mut process,
+            "silo run did not serve /readyz",
+            Duration::from_secs(60),
+            || {
+                let ready = ready.clone();
+                async move { reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()).then_some(()) }
+            },
+        )
         .await?;
         Ok(Self { process, args: full, started, metrics_address, usage, sampler })
     }

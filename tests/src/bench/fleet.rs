@@ -143,7 +143,8 @@ pub async fn create_ou(sim: &SimClient) -> Result<Org> {
         .send()
         .await
         .context("CreateOrganizationalUnit /Tenants")?;
-    let ou_id = ou.organizational_unit().and_then(|o| o.id()).context("CreateOrganizationalUnit gave no id")?.to_string();
+    let ou_id =
+        ou.organizational_unit().and_then(|o| o.id()).context("CreateOrganizationalUnit gave no id")?.to_string();
     Ok(Org { root_id, ou_id })
 }
 

@@ -63,7 +63,8 @@ pub fn f(x: f64, digits: usize) -> String {
 /// Writes `<dir>/<name>.json`, pretty-printed.
 pub fn write_json(dir: &Path, name: &str, value: &Value) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
 

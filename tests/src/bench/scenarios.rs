@@ -186,9 +186,24 @@ impl Bench {
         Ok(n)
     }
 
+    /// A numeric `silo run` setting as the controller ran: from BENCH_SILO_FLAGS when given
+    /// there, else the default `silo run --help` states, else `fallback`.
+    fn setting(&self, flags: &[String], flag: &str, fallback: u64) -> Result<(u64, &'static str)> {
+        match flag_value(flags, flag) {
+            Some(v) => Ok((v.parse().with_context(|| format!("{flag} {v} in BENCH_SILO_FLAGS"))?, "BENCH_SILO_FLAGS")),
+            None => Ok(self.help.number(flag, fallback)),
+        }
+    }
+
     /// Writes `<scenario>.json` (with the commit, machine, parameters and Silo's flags) and
     /// draws `<scenario>.png`.
-    async fn write(&mut self, scenario: Scenario, silo_args: &[String], results: Value, plot_spec: Value) -> Result<()> {
+    async fn write(
+        &mut self,
+        scenario: Scenario,
+        silo_args: &[String],
+        results: Value,
+        plot_spec: Value,
+    ) -> Result<()> {
         let doc = json!({
             "scenario": scenario.name(),
             "git": setup::git_commit(&silo_testenv::repo_dir()),
@@ -246,19 +261,31 @@ impl Bench {
         let org_throttled = of_service(&d.throttled, "organizations");
         let org_total = sum_service(&d.requests, "organizations");
         let refused = org_throttled.get("CreateAccount").copied().unwrap_or(0);
+        let (budget, _) = self.setting(&p.user_flags(), "--aws-requests-per-second", 8)?;
+        let org_answered = org_total.saturating_sub(sum_service(&d.throttled, "organizations"));
 
-        let mut summary = Table::new(format!("onboard: {n} Tenants, D = {} s, R = {} rps", p.create_seconds, p.org_rps), &["", "value"]);
+        let mut summary = Table::new(
+            format!("onboard: {n} Tenants, D = {} s, R = {} rps", p.create_seconds, p.org_rps),
+            &["", "value"],
+        );
         summary
             .row(vec!["time to all Ready (s, from the controller's start)".into(), f(rollout.all_ready, 1)])
             .row(vec!["bound (s)".into(), f(bound, 1)])
             .row(vec!["efficiency (bound / time)".into(), f(efficiency, 3)])
             .row(vec!["Organizations requests per tenant".into(), f(org_total as f64 / n as f64, 2)])
-            .row(vec!["throttled Organizations requests".into(), sum_service(&d.throttled, "organizations").to_string()])
+            .row(vec![
+                "throttled Organizations requests".into(),
+                sum_service(&d.throttled, "organizations").to_string(),
+            ])
             .row(vec!["CreateAccount requests refused (throttled)".into(), refused.to_string()])
             .row(vec!["accounts created".into(), d.accounts_created.to_string()])
             .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
             .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)])
-            .row(vec!["applying the Tenants took (s, before the start)".into(), f(apply_seconds, 1)]);
+            .row(vec!["applying the Tenants took (s, before the start)".into(), f(apply_seconds, 1)])
+            .row(vec![
+                format!("Silo's own budget: unthrottled requests / --aws-requests-per-second {budget} (s)"),
+                f(org_answered as f64 / budget as f64, 1),
+            ]);
         println!("{}", summary.render());
         println!("{}", op_table("Organizations requests by operation", &org, &org_throttled, n).render());
         self.summary.push(format!(
@@ -279,6 +306,9 @@ impl Bench {
                 "organizations_requests_seconds": n as f64 * MIN_ORG_REQUESTS / p.org_rps,
             },
             "efficiency": efficiency,
+            "silo_aws_requests_per_second": budget,
+            "silo_budget_seconds": org_answered as f64 / budget as f64,
+            "silo_budget_note": "the Organizations requests Silo made that were not throttled, divided by its own --aws-requests-per-second: the least time its budget allows for them (throttled requests are left out because the AWS SDK's own retries re-send them)",
             "organizations_requests_total": org_total,
             "organizations_requests_per_tenant": org_total as f64 / n as f64,
             "organizations_requests_per_tenant_by_operation": per_tenant(&org, n),
@@ -330,7 +360,8 @@ impl Bench {
         let timeout = window + p.timeout(1).as_secs_f64();
         let mut new_ready_at: Option<f64> = None;
         let mut in_window: Option<Counters> = None;
-        let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> = BTreeMap::new();
+        let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> =
+            SERVICES.iter().map(|s| (*s, vec![[0.0, 0.0]])).collect();
         let mut ready_over_time = vec![];
         let mut next_sample = 0.0;
         loop {
@@ -374,7 +405,8 @@ impl Bench {
         let latency = new_ready_at - applied_at;
         self.fleet = Some(n + 1);
 
-        let mut summary = Table::new(format!("restart: {n} Ready Tenants, one new Tenant 1 s after the start"), &["", "value"]);
+        let mut summary =
+            Table::new(format!("restart: {n} Ready Tenants, one new Tenant 1 s after the start"), &["", "value"]);
         summary
             .row(vec!["new Tenant Ready after (s, from its apply)".into(), f(latency, 1)])
             .row(vec!["new Tenant Ready after (s, from the controller's start)".into(), f(new_ready_at, 1)])
@@ -387,7 +419,11 @@ impl Bench {
             .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
             .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)]);
         println!("{}", summary.render());
-        println!("{}", op_table(&format!("AWS requests in the first {window:.0} s by operation"), &d.requests, &d.throttled, n).render());
+        println!(
+            "{}",
+            op_table(&format!("AWS requests in the first {window:.0} s by operation"), &d.requests, &d.throttled, n)
+                .render()
+        );
         self.summary.push(format!(
             "restart: new Tenant Ready {latency:.1} s after its apply; {} AWS requests in the first {window:.0} s ({:.2} per Ready tenant)",
             d.total(""),
@@ -458,7 +494,8 @@ impl Bench {
         // Warm-up: the start-up pass over every Tenant. It is over at the first moment, at
         // least 10 s in, after which no AWS request came for 5 s; at the latest at one resync.
         const QUIET: f64 = 5.0;
-        let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> = BTreeMap::new();
+        let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> =
+            SERVICES.iter().map(|s| (*s, vec![[0.0, 0.0]])).collect();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut last_total, mut last_change) = (0, 0.0);
@@ -518,7 +555,8 @@ impl Bench {
         // so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, per
         // tenant divided by N.
         let is_index_op = |key: &str| {
-            index_flag && key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
+            index_flag
+                && key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
         };
         let is_list_op = |key: &str| {
             key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
@@ -549,12 +587,16 @@ impl Bench {
         let resync_hourly = per_hour_resync(resync_total);
         let index_hourly = per_hour_index(index_total);
         let total_hourly = resync_hourly + index_hourly;
-        let list_in_resync: u64 = d.requests.iter().filter(|(k, _)| is_list_op(k) && !is_index_op(k)).map(|(_, v)| v).sum();
+        let list_in_resync: u64 =
+            d.requests.iter().filter(|(k, _)| is_list_op(k) && !is_index_op(k)).map(|(_, v)| v).sum();
         let org_rate = d.total("organizations") as f64 / window;
-        let saturated = org_rate > 0.8 * p.org_rps;
+        let (budget, _) = self.setting(&args, "--aws-requests-per-second", 8)?;
+        let saturated = org_rate > 0.8 * p.org_rps.min(budget as f64);
 
         let mut summary = Table::new(
-            format!("steady: {n} Ready Tenants, --resync-seconds {resync:.0}, window {window:.0} s, scaled to the default resync {default_resync} s"),
+            format!(
+                "steady: {n} Ready Tenants, --resync-seconds {resync:.0}, window {window:.0} s, scaled to the default resync {default_resync} s"
+            ),
             &["", "value"],
         );
         summary
@@ -566,10 +608,17 @@ impl Bench {
         }
         summary
             .row(vec!["throttled in the window".into(), sum_service(&d.throttled, "").to_string()])
-            .row(vec!["requests per tenant per verification (resync part)".into(), f(resync_total as f64 / n as f64, 2)])
+            .row(vec![
+                "requests per tenant per verification (resync part)".into(),
+                f(resync_total as f64 / n as f64, 2),
+            ])
             .row(vec!["resync part: requests per tenant per hour".into(), f(resync_hourly, 4)])
             .row(vec![
-                if index_flag { "index part: requests per tenant per hour".into() } else { "index part: (no --index-refresh-seconds in this silo)".into() },
+                if index_flag {
+                    "index part: requests per tenant per hour".into()
+                } else {
+                    "index part: (no --index-refresh-seconds in this silo)".into()
+                },
                 f(index_hourly, 4),
             ])
             .row(vec!["sum: requests per tenant per hour".into(), f(total_hourly, 4)])
@@ -577,7 +626,10 @@ impl Bench {
             .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
             .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)]);
         println!("{}", summary.render());
-        let mut by_op = Table::new("steady: requests by operation", &["operation", "in window", "throttled", "class", "per tenant per hour"]);
+        let mut by_op = Table::new(
+            "steady: requests by operation",
+            &["operation", "in window", "throttled", "class", "per tenant per hour"],
+        );
         for (key, row) in &rows {
             by_op.row(vec![
                 key.clone(),
@@ -589,13 +641,19 @@ impl Bench {
         }
         println!("{}", by_op.render());
         if warmup_capped {
-            println!("WARNING: the start-up pass had not ended after one resync; the window holds some of it (an over-estimate)");
+            println!(
+                "WARNING: the start-up pass had not ended after one resync; the window holds some of it (an over-estimate)"
+            );
         }
         if saturated {
-            println!("WARNING: Organizations requests ran at over 80% of R in the window: the controller is rate-bound, the figure is a lower bound");
+            println!(
+                "WARNING: Organizations requests ran at over 80% of min(R, --aws-requests-per-second) in the window: the controller is rate-bound, the figure is a lower bound; use a longer BENCH_STEADY_RESYNC_SECONDS"
+            );
         }
         if p.steady_window() != 2 * p.steady_resync_seconds {
-            println!("NOTE: the window is not 2 x resync, so it does not hold exactly one verification per tenant; the scaling assumes it does");
+            println!(
+                "NOTE: the window is not 2 x resync, so it does not hold exactly one verification per tenant; the scaling assumes it does"
+            );
         }
         self.summary.push(format!(
             "steady: {total_hourly:.4} AWS requests per tenant per hour at the default resync ({resync_hourly:.4} resync + {index_hourly:.4} index)"
@@ -623,6 +681,7 @@ impl Bench {
             "per_tenant_per_hour": {"resync": resync_hourly, "index": index_hourly, "sum": total_hourly},
             "per_tenant_per_hour_if_unjittered": resync_total as f64 / n as f64 * 3600.0 / default_resync as f64 + index_hourly,
             "organizations_rps_in_window": org_rate,
+            "silo_aws_requests_per_second": budget,
             "rate_bound_warning": saturated,
             "scaling": "The window starts when the start-up pass is over (no AWS request for 5 s, at least 10 s after the start) and lasts W (default 2 S). A Ready tenant is verified again after a period jittered uniformly between S and 2 S, so the window holds exactly one verification per tenant, and resync requests / N = requests per verification. At the default period P (from `silo run --help`) the mean interval is 1.5 P: per tenant per hour = requests per verification * 3600 / (1.5 P). `per_tenant_per_hour_if_unjittered` uses P instead of 1.5 P (the worst case). Index part, only when `silo run --help` lists --index-refresh-seconds: the list operations (ListAccounts, ListAccountsForParent, ListOrganizationalUnitsForParent, ListRoots, ListCreateAccountStatus, DescribeOrganization, ListChildren) run every I s, so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, divided by N per tenant. Without the flag, list operations are counted in the resync part.",
             "controller": usage_json(&usage, "sampled once a second from the start to the end of the window"),
@@ -686,7 +745,11 @@ impl Bench {
         println!("{}", summary.render());
         for service in ["sts", "cloudformation", "organizations"] {
             let ops = of_service(&d.requests, service);
-            println!("{}", op_table(&format!("{service} requests by operation"), &ops, &of_service(&d.throttled, service), m).render());
+            println!(
+                "{}",
+                op_table(&format!("{service} requests by operation"), &ops, &of_service(&d.throttled, service), m)
+                    .render()
+            );
         }
         self.summary.push(format!(
             "baseline: {m} Tenants Ready in {:.1} s; per tenant {:.2} STS and {:.2} CloudFormation requests",
@@ -749,13 +812,12 @@ impl Bench {
         let silo_counters = Counters::read(&self.sim).await?.since(&before);
         let silo_rate = n as f64 / rollout.all_ready;
 
-        let (concurrency, concurrency_source) = match flag_value(&p.user_flags(), "--concurrency") {
-            Some(v) => (v.parse().with_context(|| format!("--concurrency {v} in BENCH_SILO_FLAGS"))?, "BENCH_SILO_FLAGS"),
-            None => {
-                let (v, source) = self.help.number("--concurrency", 16);
-                (v as usize, source)
-            }
-        };
+        let (concurrency, concurrency_source) = self.setting(&p.user_flags(), "--concurrency", 16)?;
+        let concurrency = concurrency as usize;
+        let (budget, _) = self.setting(&p.user_flags(), "--aws-requests-per-second", 8)?;
+        let silo_answered =
+            silo_counters.total("organizations").saturating_sub(sum_service(&silo_counters.throttled, "organizations"));
+        let silo_budget_seconds = silo_answered as f64 / budget as f64;
         // The second half starts from nothing too: no Tenants, a fresh simulator.
         self.reset_world().await?;
         self.configure(setup::no_quotas()).await?;
@@ -768,7 +830,8 @@ impl Bench {
         let direct_rate = n as f64 / direct_seconds;
         let ratio = silo_rate / direct_rate;
 
-        let mut summary = Table::new(format!("unthrottled: {n} tenants, simulator quotas off"), &["", "silo run", "direct client"]);
+        let mut summary =
+            Table::new(format!("unthrottled: {n} tenants, simulator quotas off"), &["", "silo run", "direct client"]);
         summary
             .row(vec!["seconds to all done".into(), f(rollout.all_ready, 1), f(direct_seconds, 1)])
             .row(vec!["tenants per second".into(), f(silo_rate, 2), f(direct_rate, 2)])
@@ -779,6 +842,11 @@ impl Bench {
             ])
             .row(vec!["concurrency".into(), concurrency.to_string(), concurrency.to_string()])
             .row(vec!["ratio silo / direct".into(), f(ratio, 3), String::new()])
+            .row(vec![
+                format!("Silo's unthrottled requests / --aws-requests-per-second {budget} (s)"),
+                f(silo_budget_seconds, 1),
+                String::new(),
+            ])
             .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1), String::new()])
             .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1), String::new()]);
         println!("{}", summary.render());
@@ -796,6 +864,9 @@ impl Bench {
                 "seconds_to_all_ready": rollout.all_ready,
                 "measured_from": "the controller process's start; all Tenants were applied before it started",
                 "tenants_per_second": silo_rate,
+                "aws_requests_per_second_flag": budget,
+                "budget_seconds": silo_budget_seconds,
+                "budget_note": "the Organizations requests Silo made (not throttled) divided by its own --aws-requests-per-second: the least time its budget allows for them (the direct client has no such budget)",
                 "requests_by_operation": silo_counters.requests,
                 "organizations_requests_per_tenant": silo_counters.total("organizations") as f64 / n as f64,
                 "controller": usage_json(&usage, "sampled once a second until all Tenants were Ready"),
@@ -868,7 +939,8 @@ async fn direct_client(sim: &SimClient, org: &Org, n: usize, concurrency: usize)
                     .send()
                     .await
                     .with_context(|| format!("CreateAccount {name}"))?;
-                let request = created.create_account_status().and_then(|s| s.id()).context("CreateAccount gave no id")?;
+                let request =
+                    created.create_account_status().and_then(|s| s.id()).context("CreateAccount gave no id")?;
                 let status = loop {
                     let out = client
                         .describe_create_account_status()

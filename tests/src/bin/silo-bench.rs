@@ -56,15 +56,14 @@ async fn run(params: Params) -> Result<()> {
     if params.scenarios.is_empty() {
         bail!("BENCH_SCENARIOS selects no scenario");
     }
-    let out = params
-        .out
-        .clone()
-        .unwrap_or_else(|| silo_testenv::cache_dir().join("bench").join(setup::utc_timestamp()));
+    let out =
+        params.out.clone().unwrap_or_else(|| silo_testenv::cache_dir().join("bench").join(setup::utc_timestamp()));
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     let started = Instant::now();
     println!("silo-bench: results in {}", out.display());
     let mut bench = Bench::new(params.clone(), out.clone()).await?;
-    for scenario in [Scenario::Onboard, Scenario::Restart, Scenario::Steady, Scenario::Baseline, Scenario::Unthrottled] {
+    for scenario in [Scenario::Onboard, Scenario::Restart, Scenario::Steady, Scenario::Baseline, Scenario::Unthrottled]
+    {
         if !params.selected(scenario) {
             continue;
         }
