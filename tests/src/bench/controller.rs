@@ -53,7 +53,12 @@ impl Controller {
         let mut command = Command::new(silo);
         command.args(&full);
         scrub_env(&mut command);
-        command.env("KUBECONFIG", kubeconfig).env("POD_NAMESPACE", CONTROLLER_NAMESPACE).envs(sim.env());
+        // NO_COLOR: plain text in the log file (tracing colours its output by default).
+        command
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
+            .env("NO_COLOR", "1")
+            .envs(sim.env());
         let started = Instant::now();
         let mut process = Process::start("silo run", command, log)?;
         let pid = process.pid();
