@@ -47,15 +47,16 @@ def main(src: str, dst: str) -> int:
         else:
             (h,) = ax.plot(xs, ys, label=s["label"], color=color, linewidth=1.6)
         handles.append(h)
+    # Headroom above the data for the markers' labels.
+    left.set_ylim(0, left.get_ylim()[1] * 1.12)
+    if right is not None:
+        right.set_ylim(0, right.get_ylim()[1] * 1.12)
     top = left.get_ylim()[1]
     for v in spec.get("vlines", []):
         left.axvline(v["x"], color="black", linestyle=":", linewidth=1)
         left.annotate(v["label"], (v["x"], top), xytext=(3, -12), textcoords="offset points",
                       rotation=90, va="top", fontsize=8)
     left.set_xlim(left=0)
-    left.set_ylim(bottom=0)
-    if right is not None:
-        right.set_ylim(bottom=0)
     left.set_title(spec.get("title", doc.get("scenario", "")), fontsize=11)
     left.set_xlabel(spec.get("xlabel", ""))
     left.set_ylabel(spec.get("ylabel", ""))
