@@ -47,6 +47,9 @@ pub struct Bench {
     sim: SimClient,
     help: SiloHelp,
     pub out: PathBuf,
+    /// `git rev-parse --short HEAD` and whether the tree had changes, taken when the run
+    /// started (the binaries were built from that tree just before).
+    git: Value,
     /// Set while Kubernetes and the simulator hold this many Ready bench Tenants (and no
     /// controller runs): restart and steady reuse them.
     fleet: Option<usize>,
@@ -69,6 +72,7 @@ struct Rollout {
 impl Bench {
     pub async fn new(p: Params, out: PathBuf) -> Result<Self> {
         let help = SiloHelp::load(&p.silo)?;
+        let git = setup::git_commit(&silo_testenv::repo_dir());
         let started = Instant::now();
         eprintln!("silo-bench: starting kube-apiserver, etcd and the AWS simulator");
         let env = Env::start().await?;
@@ -81,7 +85,7 @@ impl Bench {
         );
         let client = env.client().await?;
         let sim = env.sim();
-        Ok(Self { p, env, client, sim, help, out, fleet: None, plot_failures: vec![], summary: vec![] })
+        Ok(Self { p, env, client, sim, help, out, git, fleet: None, plot_failures: vec![], summary: vec![] })
     }
 
     pub fn env_dir(&self) -> PathBuf {
@@ -206,7 +210,7 @@ impl Bench {
     ) -> Result<()> {
         let doc = json!({
             "scenario": scenario.name(),
-            "git": setup::git_commit(&silo_testenv::repo_dir()),
+            "git": &self.git,
             "machine": setup::machine(),
             "params": &self.p,
             "silo": {
