@@ -143,11 +143,15 @@ impl Bench {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_print = 0.0;
+        let (mut last_count, mut last_progress) = (0, 0.0);
         loop {
             ticker.tick().await;
             controller.check()?;
             let (_, count) = fleet::count_ready(&api).await?;
             let t = controller.elapsed();
+            if count != last_count {
+                (last_count, last_progress) = (count, t);
+            }
             ready.push([t, count as f64]);
             let org = Counters::read(&self.sim).await?.total("organizations");
             org_requests.push([t, org.saturating_sub(base) as f64]);
@@ -159,10 +163,15 @@ impl Bench {
                 eprintln!("silo-bench: {what}: {count}/{n} Ready, {t:.0} s");
                 last_print = t;
             }
-            if t > timeout {
+            let stalled = t - last_progress > self.p.stall_seconds as f64;
+            if t > timeout || stalled {
+                let why = if stalled {
+                    format!("no Tenant became Ready for {} s (BENCH_STALL_SECONDS)", self.p.stall_seconds)
+                } else {
+                    "BENCH_TIMEOUT_SECONDS; default 600 + 5 s per tenant".to_string()
+                };
                 bail!(
-                    "{what}: only {count}/{n} Tenants Ready after {t:.0} s (BENCH_TIMEOUT_SECONDS; default 600 + 5 s per \
-                     tenant); not Ready: {}; last lines of {}:\n{}",
+                    "{what}: only {count}/{n} Tenants Ready after {t:.0} s ({why}); not Ready: {}; last lines of {}:\n{}",
                     fleet::not_ready_reasons(&api).await,
                     controller.log().display(),
                     tail(&controller.log(), 30)
@@ -172,15 +181,16 @@ impl Bench {
     }
 
     /// N Ready bench Tenants and no controller running: reused from onboard when it ran,
-    /// else onboarded here with the simulator's quotas off (faster; the state is the same).
+    /// else onboarded here the way onboard does it. (Not with the quotas off: with instant
+    /// creations today's controller can leak its creation slots and wait up to an hour.)
     async fn ensure_fleet(&mut self) -> Result<usize> {
         if let Some(n) = self.fleet {
             return Ok(n);
         }
         let n = self.p.tenants;
-        eprintln!("silo-bench: onboarding {n} Tenants (simulator quotas off) for the scenarios that need them Ready");
+        eprintln!("silo-bench: onboarding {n} Tenants for the scenarios that need them Ready");
         self.reset_world().await?;
-        self.configure(setup::no_quotas()).await?;
+        self.configure(self.p.quotas()).await?;
         fleet::create_ou(&self.sim).await?;
         self.apply_tenants(&fleet::names("bench", n), None).await?;
         let mut controller = self.start_controller(&self.p.user_flags(), "setup.silo.log").await?;

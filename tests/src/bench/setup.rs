@@ -118,6 +118,10 @@ pub struct Params {
     /// Give up waiting for Ready after this many seconds (default 600 + 5 s per tenant).
     #[arg(long, env = "BENCH_TIMEOUT_SECONDS")]
     pub timeout_seconds: Option<u64>,
+
+    /// Give up when no Tenant became Ready for this many seconds while some are not.
+    #[arg(long, env = "BENCH_STALL_SECONDS", default_value_t = 600)]
+    pub stall_seconds: u64,
 }
 
 impl Params {
