@@ -813,7 +813,7 @@ impl Bench {
         let p = self.p.clone();
         let n = p.tenants;
         self.reset_world().await?;
-        let sim_config = self.configure(setup::no_quotas()).await?;
+        let sim_config = self.configure(setup::no_quotas(p.unthrottled_create_seconds)).await?;
         fleet::create_ou(&self.sim).await?;
         self.apply_tenants(&fleet::names("bench", n), None).await?;
         let loadavg_start = setup::loadavg();
@@ -834,7 +834,7 @@ impl Bench {
         let silo_budget_seconds = silo_answered as f64 / budget as f64;
         // The second half starts from nothing too: no Tenants, a fresh simulator.
         self.reset_world().await?;
-        self.configure(setup::no_quotas()).await?;
+        self.configure(setup::no_quotas(p.unthrottled_create_seconds)).await?;
         let org = fleet::create_ou(&self.sim).await?;
         let before = Counters::read(&self.sim).await?;
         eprintln!("silo-bench: unthrottled: the direct client onboards {n} fake tenants, {concurrency} at once");

@@ -119,6 +119,10 @@ pub struct Params {
     #[arg(long, env = "BENCH_TIMEOUT_SECONDS")]
     pub timeout_seconds: Option<u64>,
 
+    /// unthrottled: seconds a CreateAccount stays IN_PROGRESS with the quotas off (both halves).
+    #[arg(long, env = "BENCH_UNTHROTTLED_CREATE_SECONDS", default_value_t = 0.0)]
+    pub unthrottled_create_seconds: f64,
+
     /// Give up when no Tenant became Ready for this many seconds while some are not.
     #[arg(long, env = "BENCH_STALL_SECONDS", default_value_t = 600)]
     pub stall_seconds: u64,
@@ -156,9 +160,10 @@ impl Params {
     }
 }
 
-/// The simulator with its quotas off: no rate limits, no creation cap, instant creations.
-pub fn no_quotas() -> Value {
-    json!({"create_account_delay_seconds": 0, "max_concurrent_creations": null, "rate_limits": {}})
+/// The simulator with its quotas off: no rate limits, no creation cap, creations taking
+/// `create_seconds` (0: instant).
+pub fn no_quotas(create_seconds: f64) -> Value {
+    json!({"create_account_delay_seconds": create_seconds, "max_concurrent_creations": null, "rate_limits": {}})
 }
 
 /// The fewest-requests bound on onboarding `n` tenants: creations run `slots` at a time and
