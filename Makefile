@@ -12,6 +12,8 @@ export SILO_CACHE ?= $(HOME)/.cache/silo
 export CARGO_TARGET_DIR ?= $(SILO_CACHE)/target
 export SILO_KUBE_BIN_DIR ?= $(SILO_CACHE)/bin
 export SILO_VENV ?= $(SILO_CACHE)/venv
+BENCH_VENV ?= $(SILO_CACHE)/bench-venv
+BENCH_MATPLOTLIB := 3.11.2
 CARGO ?= cargo
 SILO := $(CARGO_TARGET_DIR)/debug/silo
 TESTENV := $(CARGO_TARGET_DIR)/debug/silo-testenv
@@ -68,3 +70,14 @@ test: tools lint unit crds-check sim-test e2e demo-check ## Everything CI runs.
 .PHONY: demo
 demo: tools build ## Start a local control plane and AWS simulator, run Silo, apply examples/, watch.
 	$(TESTENV) demo --silo $(SILO) $(DEMO_FLAGS)
+
+.PHONY: bench
+bench: tools ## Benchmarks: release silo against the local environment with AWS-like quotas (BENCH_* variables).
+	$(CARGO) build --release -p silo -p silo-testenv
+	@if [[ "$$(cat $(BENCH_VENV)/.matplotlib 2>/dev/null)" != "$(BENCH_MATPLOTLIB)" ]]; then \
+	  echo "creating the plotting venv in $(BENCH_VENV) (matplotlib $(BENCH_MATPLOTLIB))"; \
+	  python3 -m venv $(BENCH_VENV); \
+	  $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==$(BENCH_MATPLOTLIB); \
+	  echo $(BENCH_MATPLOTLIB) > $(BENCH_VENV)/.matplotlib; \
+	fi
+	$(CARGO_TARGET_DIR)/release/silo-bench --silo $(CARGO_TARGET_DIR)/release/silo --python $(BENCH_VENV)/bin/python

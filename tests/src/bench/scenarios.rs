@@ -1,0 +1,1024 @@
+//! The scenarios. Every figure comes from the simulator's counters, the Tenants' `Ready`
+//! condition as seen from outside, or `/proc` of the controller process; none from Silo's
+//! own metrics.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use kube::{Api, Client, api::DynamicObject};
+use rand::Rng as _;
+use serde_json::{Value, json};
+use silo_testenv::{Env, SimClient, process::tail};
+
+use crate::{
+    controller::{Controller, Usage, require_samples},
+    fleet::{self, Counters, Org, of_service, sum_service},
+    report::{Table, f, plot, series, vline, write_json},
+    setup::{self, Params, Scenario, SiloHelp, flag_value, without_flags},
+};
+
+/// Organizations requests a created tenant needs at the least: CreateAccount and MoveAccount.
+const MIN_ORG_REQUESTS: f64 = 2.0;
+
+/// Organizations operations that read the organization's shape: a controller with an
+/// organization index makes them on its own period (`--index-refresh-seconds`), not per tenant.
+const LIST_OPERATIONS: &[&str] = &[
+    "ListAccounts",
+    "ListAccountsForParent",
+    "ListOrganizationalUnitsForParent",
+    "ListRoots",
+    "ListCreateAccountStatus",
+    "DescribeOrganization",
+    "ListChildren",
+];
+
+/// The services whose requests the bench reports.
+const SERVICES: &[&str] = &["organizations", "sts", "cloudformation"];
+
+pub struct Bench {
+    pub p: Params,
+    env: Env,
+    client: Client,
+    sim: SimClient,
+    help: SiloHelp,
+    pub out: PathBuf,
+    /// `git rev-parse --short HEAD` and whether the tree had changes, taken when the run
+    /// started (the binaries were built from that tree just before).
+    git: Value,
+    /// Set while Kubernetes and the simulator hold this many Ready bench Tenants (and no
+    /// controller runs): restart and steady reuse them.
+    fleet: Option<usize>,
+    /// Plots that failed (the JSON is written all the same); reported at the end.
+    pub plot_failures: Vec<String>,
+    /// One line per scenario for the closing summary.
+    pub summary: Vec<String>,
+}
+
+/// How a run of `silo run` to "all Ready" went.
+struct Rollout {
+    /// Seconds from the controller's start until every Tenant was seen Ready.
+    all_ready: f64,
+    /// (seconds since start, Ready Tenants), one LIST a second.
+    ready: Vec<[f64; 2]>,
+    /// (seconds since start, Organizations requests since start).
+    org_requests: Vec<[f64; 2]>,
+}
+
+impl Bench {
+    pub async fn new(p: Params, out: PathBuf) -> Result<Self> {
+        let help = SiloHelp::load(&p.silo)?;
+        let git = setup::git_commit(&silo_testenv::repo_dir());
+        let started = Instant::now();
+        eprintln!("silo-bench: starting kube-apiserver, etcd and the AWS simulator");
+        let env = Env::start().await?;
+        eprintln!(
+            "silo-bench: kube-apiserver {} and the simulator at {} up in {:.1} s (logs in {})",
+            env.kube.version,
+            env.aws.endpoint,
+            started.elapsed().as_secs_f64(),
+            env.dir.display()
+        );
+        let client = env.client().await?;
+        let sim = env.sim();
+        Ok(Self { p, env, client, sim, help, out, git, fleet: None, plot_failures: vec![], summary: vec![] })
+    }
+
+    pub fn env_dir(&self) -> PathBuf {
+        self.env.dir.clone()
+    }
+
+    fn tenants(&self) -> Api<DynamicObject> {
+        fleet::tenants(&self.client)
+    }
+
+    /// No Tenants, no Baselines, a fresh simulator (its config at defaults).
+    async fn reset_world(&mut self) -> Result<()> {
+        self.fleet = None;
+        fleet::delete_all(&self.tenants(), self.p.apply_concurrency).await.context("delete the Tenants")?;
+        fleet::delete_all(&fleet::baselines(&self.client), self.p.apply_concurrency)
+            .await
+            .context("delete the Baselines")?;
+        self.sim.reset().await
+    }
+
+    /// Configures the simulator and returns its whole config as it then stands.
+    async fn configure(&self, config: Value) -> Result<Value> {
+        self.sim.configure(config).await?;
+        let response = reqwest::get(format!("{}/_silo/config", self.sim.endpoint)).await?;
+        Ok(response.error_for_status()?.json().await?)
+    }
+
+    async fn apply_tenants(&self, names: &[String], baseline: Option<&str>) -> Result<f64> {
+        let docs = names.iter().map(|n| fleet::tenant(n, baseline)).collect();
+        let seconds = fleet::apply_all(&self.tenants(), docs, self.p.apply_concurrency).await?;
+        eprintln!("silo-bench: applied {} Tenants in {seconds:.1} s", names.len());
+        Ok(seconds)
+    }
+
+    async fn start_controller(&self, args: &[String], log_name: &str) -> Result<Controller> {
+        let log = self.out.join(log_name);
+        let controller = Controller::start(&self.p.silo, args, &self.env.kube.kubeconfig, &self.sim, &log).await?;
+        eprintln!(
+            "silo-bench: silo run (pid {}) started; log {}; metrics http://{}/metrics",
+            controller.pid(),
+            log.display(),
+            controller.metrics_address
+        );
+        Ok(controller)
+    }
+
+    /// Polls once a second until `n` Tenants are Ready; fails on the controller's death or
+    /// after the timeout, with the log's tail.
+    async fn wait_all_ready(&self, controller: &mut Controller, n: usize, what: &str) -> Result<Rollout> {
+        let timeout = self.p.timeout(n).as_secs_f64();
+        let api = self.tenants();
+        let base = Counters::read(&self.sim).await?.total("organizations");
+        let mut ready = vec![];
+        let mut org_requests = vec![];
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_print = 0.0;
+        let (mut last_count, mut last_progress) = (0, 0.0);
+        loop {
+            ticker.tick().await;
+            controller.check()?;
+            let (_, count) = fleet::count_ready(&api).await?;
+            let t = controller.elapsed();
+            if count != last_count {
+                (last_count, last_progress) = (count, t);
+            }
+            ready.push([t, count as f64]);
+            let org = Counters::read(&self.sim).await?.total("organizations");
+            org_requests.push([t, org.saturating_sub(base) as f64]);
+            if count >= n {
+                eprintln!("silo-bench: {what}: {count}/{n} Ready after {t:.1} s");
+                return Ok(Rollout { all_ready: t, ready, org_requests });
+            }
+            if t - last_print >= 15.0 {
+                eprintln!("silo-bench: {what}: {count}/{n} Ready, {t:.0} s");
+                last_print = t;
+            }
+            let stalled = t - last_progress > self.p.stall_seconds as f64;
+            if t > timeout || stalled {
+                let why = if stalled {
+                    format!("no Tenant became Ready for {} s (BENCH_STALL_SECONDS)", self.p.stall_seconds)
+                } else {
+                    "BENCH_TIMEOUT_SECONDS; default 600 + 5 s per tenant".to_string()
+                };
+                bail!(
+                    "{what}: only {count}/{n} Tenants Ready after {t:.0} s ({why}); not Ready: {}; last lines of {}:\n{}",
+                    fleet::not_ready_reasons(&api).await,
+                    controller.log().display(),
+                    tail(&controller.log(), 30)
+                );
+            }
+        }
+    }
+
+    /// N Ready bench Tenants and no controller running: reused from onboard when it ran,
+    /// else onboarded here the way onboard does it. (Not with the quotas off: with instant
+    /// creations today's controller can leak its creation slots and wait up to an hour.)
+    async fn ensure_fleet(&mut self) -> Result<usize> {
+        if let Some(n) = self.fleet {
+            return Ok(n);
+        }
+        let n = self.p.tenants;
+        eprintln!("silo-bench: onboarding {n} Tenants for the scenarios that need them Ready");
+        self.reset_world().await?;
+        self.configure(self.p.quotas()).await?;
+        fleet::create_ou(&self.sim).await?;
+        self.apply_tenants(&fleet::names("bench", n), None).await?;
+        let mut controller = self.start_controller(&self.p.user_flags(), "setup.silo.log").await?;
+        self.wait_all_ready(&mut controller, n, "setup").await?;
+        controller.stop();
+        self.fleet = Some(n);
+        Ok(n)
+    }
+
+    /// A numeric `silo run` setting as the controller ran: from BENCH_SILO_FLAGS when given
+    /// there, else the default `silo run --help` states, else `fallback`.
+    fn setting(&self, flags: &[String], flag: &str, fallback: u64) -> Result<(u64, &'static str)> {
+        match flag_value(flags, flag) {
+            Some(v) => Ok((v.parse().with_context(|| format!("{flag} {v} in BENCH_SILO_FLAGS"))?, "BENCH_SILO_FLAGS")),
+            None => Ok(self.help.number(flag, fallback)),
+        }
+    }
+
+    /// Writes `<scenario>.json` (with the commit, machine, parameters and Silo's flags) and
+    /// draws `<scenario>.png`.
+    async fn write(
+        &mut self,
+        scenario: Scenario,
+        silo_args: &[String],
+        results: Value,
+        plot_spec: Value,
+    ) -> Result<()> {
+        let doc = json!({
+            "scenario": scenario.name(),
+            "git": &self.git,
+            "machine": setup::machine(),
+            "params": &self.p,
+            "silo": {
+                "binary": &self.p.silo,
+                "args": silo_args,
+                "help_defaults": {
+                    "resync_seconds": self.help.default_of("--resync-seconds"),
+                    "concurrency": self.help.default_of("--concurrency"),
+                    "aws_requests_per_second": self.help.default_of("--aws-requests-per-second"),
+                    "aws_max_in_flight": self.help.default_of("--aws-max-in-flight"),
+                    "index_refresh_seconds": self.help.default_of("--index-refresh-seconds"),
+                },
+            },
+            "environment": {"kube_version": &self.env.kube.version},
+            "results": results,
+            "plot": plot_spec,
+        });
+        let path = write_json(&self.out, scenario.name(), &doc)?;
+        match plot(&self.p.python, &path) {
+            Ok(png) => println!("wrote {} and {}\n", path.display(), png.display()),
+            Err(err) => {
+                println!("wrote {}; the plot failed: {err:#}\n", path.display());
+                self.plot_failures.push(format!("{}: {err:#}", scenario.name()));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- onboard ------------------------------------------------------------------------
+
+    /// N Tenants applied first, then Silo started; time to all Ready from the start.
+    pub async fn onboard(&mut self) -> Result<()> {
+        let p = self.p.clone();
+        let n = p.tenants;
+        self.reset_world().await?;
+        let sim_config = self.configure(p.quotas()).await?;
+        fleet::create_ou(&self.sim).await?;
+        let apply_seconds = self.apply_tenants(&fleet::names("bench", n), None).await?;
+        let loadavg_start = setup::loadavg();
+        let before = Counters::read(&self.sim).await?;
+        let mut controller = self.start_controller(&p.user_flags(), "onboard.silo.log").await?;
+        let args = controller.args.clone();
+        let rollout = self.wait_all_ready(&mut controller, n, "onboard").await?;
+        let usage = controller.stop();
+        require_samples(&usage)?;
+        let d = Counters::read(&self.sim).await?.since(&before);
+        self.fleet = Some(n);
+
+        let bound = setup::onboard_bound(n, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS);
+        let efficiency = bound / rollout.all_ready;
+        let org = of_service(&d.requests, "organizations");
+        let org_throttled = of_service(&d.throttled, "organizations");
+        let org_total = sum_service(&d.requests, "organizations");
+        let refused = org_throttled.get("CreateAccount").copied().unwrap_or(0);
+        let (budget, _) = self.setting(&p.user_flags(), "--aws-requests-per-second", 8)?;
+        let org_answered = org_total.saturating_sub(sum_service(&d.throttled, "organizations"));
+
+        let mut summary = Table::new(
+            format!("onboard: {n} Tenants, D = {} s, R = {} rps", p.create_seconds, p.org_rps),
+            &["", "value"],
+        );
+        summary
+            .row(vec!["time to all Ready (s, from the controller's start)".into(), f(rollout.all_ready, 1)])
+            .row(vec!["bound (s)".into(), f(bound, 1)])
+            .row(vec!["efficiency (bound / time)".into(), f(efficiency, 3)])
+            .row(vec!["Organizations requests per tenant".into(), f(org_total as f64 / n as f64, 2)])
+            .row(vec![
+                "throttled Organizations requests".into(),
+                sum_service(&d.throttled, "organizations").to_string(),
+            ])
+            .row(vec!["CreateAccount requests refused (throttled)".into(), refused.to_string()])
+            .row(vec!["accounts created".into(), d.accounts_created.to_string()])
+            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
+            .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)])
+            .row(vec!["applying the Tenants took (s, before the start)".into(), f(apply_seconds, 1)])
+            .row(vec![
+                format!("Silo's own budget: unthrottled requests / --aws-requests-per-second {budget} (s)"),
+                f(org_answered as f64 / budget as f64, 1),
+            ]);
+        println!("{}", summary.render());
+        println!("{}", op_table("Organizations requests by operation", &org, &org_throttled, n).render());
+        self.summary.push(format!(
+            "onboard: {n} Tenants Ready in {:.1} s, bound {bound:.1} s, efficiency {efficiency:.3}, {:.2} Organizations requests per tenant",
+            rollout.all_ready,
+            org_total as f64 / n as f64
+        ));
+
+        let results = json!({
+            "tenants": n,
+            "measured_from": "the controller process's start; all Tenants were applied before it started",
+            "apply_seconds": apply_seconds,
+            "time_to_all_ready_seconds": rollout.all_ready,
+            "bound_seconds": bound,
+            "bound": {
+                "formula": "max(ceil(N / slots) * D, N * c / R), c = 2 (CreateAccount + MoveAccount)",
+                "creation_slots_seconds": (n as f64 / p.creation_slots as f64).ceil() * p.create_seconds,
+                "organizations_requests_seconds": n as f64 * MIN_ORG_REQUESTS / p.org_rps,
+            },
+            "efficiency": efficiency,
+            "silo_aws_requests_per_second": budget,
+            "silo_budget_seconds": org_answered as f64 / budget as f64,
+            "silo_budget_note": "the Organizations requests Silo made that were not throttled, divided by its own --aws-requests-per-second: the least time its budget allows for them (throttled requests are left out because the AWS SDK's own retries re-send them)",
+            "organizations_requests_total": org_total,
+            "organizations_requests_per_tenant": org_total as f64 / n as f64,
+            "organizations_requests_per_tenant_by_operation": per_tenant(&org, n),
+            "organizations_requests_by_operation": org,
+            "throttled_by_operation": d.throttled,
+            "create_account_refused": refused,
+            "create_account_refused_note": "throttled answers to CreateAccount: a full creation quota (5 in progress) or the Organizations rate limit; the simulator counts both as throttled",
+            "accounts_created": d.accounts_created,
+            "requests_by_operation": d.requests,
+            "controller": usage_json(&usage, "sampled once a second until all Tenants were Ready"),
+            "loadavg_start": loadavg_start,
+            "simulator_config": sim_config,
+            "ready_over_time": rollout.ready,
+            "organizations_requests_over_time": rollout.org_requests,
+        });
+        let plot_spec = json!({
+            "title": format!("onboard: {n} Tenants (D = {} s, R = {} rps); efficiency {efficiency:.2}", p.create_seconds, p.org_rps),
+            "xlabel": "seconds since the controller started",
+            "ylabel": "Ready Tenants",
+            "series": [
+                series("Ready Tenants (silo run)", &rollout.ready, "step", "left"),
+                series("bound: 5 creations per D, R/2 tenants per second", &setup::ideal_curve(n, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS), "dashed", "left"),
+            ],
+            "vlines": [vline(bound, &format!("bound {bound:.0} s")), vline(rollout.all_ready, &format!("all Ready {:.0} s", rollout.all_ready))],
+        });
+        self.write(Scenario::Onboard, &args, results, plot_spec).await
+    }
+
+    // ---- restart ------------------------------------------------------------------------
+
+    /// With N Ready Tenants: start the controller again (the previous one was killed), apply
+    /// one new Tenant a second later, count AWS requests over the window.
+    pub async fn restart(&mut self) -> Result<()> {
+        let p = self.p.clone();
+        let n = self.ensure_fleet().await?;
+        let window = p.restart_window_seconds as f64;
+        let sim_config = self.configure(p.quotas()).await?;
+        let api = self.tenants();
+        let new_name = "bench-restart";
+        let loadavg_start = setup::loadavg();
+        // The controller that brought the Tenants to Ready was stopped with SIGKILL.
+        let before = Counters::read(&self.sim).await?;
+        let mut controller = self.start_controller(&p.user_flags(), "restart.silo.log").await?;
+        let args = controller.args.clone();
+        tokio::time::sleep_until((controller.started + Duration::from_secs(1)).into()).await;
+        fleet::apply_all(&api, vec![fleet::tenant(new_name, None)], 1).await?;
+        let applied_at = controller.elapsed();
+
+        let timeout = window + p.timeout(1).as_secs_f64();
+        let mut new_ready_at: Option<f64> = None;
+        let mut in_window: Option<Counters> = None;
+        let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> =
+            SERVICES.iter().map(|s| (*s, vec![[0.0, 0.0]])).collect();
+        let mut ready_over_time = vec![];
+        let mut next_sample = 0.0;
+        loop {
+            controller.check()?;
+            let t = controller.elapsed();
+            if new_ready_at.is_none() && api.get_opt(new_name).await?.is_some_and(|tenant| fleet::is_ready(&tenant)) {
+                new_ready_at = Some(t);
+                eprintln!("silo-bench: restart: the new Tenant is Ready {:.1} s after it was applied", t - applied_at);
+            }
+            if t >= next_sample {
+                next_sample = t.floor() + 1.0;
+                let now = Counters::read(&self.sim).await?.since(&before);
+                for service in SERVICES {
+                    requests_over_time.entry(*service).or_default().push([t, now.total(service) as f64]);
+                }
+                let (_, ready) = fleet::count_ready(&api).await?;
+                ready_over_time.push([t, ready as f64]);
+                if (t as u64).is_multiple_of(30) {
+                    eprintln!("silo-bench: restart: {t:.0} s of {window:.0} s, {} AWS requests so far", now.total(""));
+                }
+                if in_window.is_none() && t >= window {
+                    in_window = Some(now);
+                }
+            }
+            if in_window.is_some() && new_ready_at.is_some() {
+                break;
+            }
+            if t > timeout {
+                bail!(
+                    "restart: the new Tenant was not Ready {t:.0} s after the start; last lines of {}:\n{}",
+                    controller.log().display(),
+                    tail(&controller.log(), 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let usage = controller.stop();
+        require_samples(&usage)?;
+        let d = in_window.expect("set before the loop ends");
+        let new_ready_at = new_ready_at.expect("set before the loop ends");
+        let latency = new_ready_at - applied_at;
+        self.fleet = Some(n + 1);
+
+        let mut summary =
+            Table::new(format!("restart: {n} Ready Tenants, one new Tenant 1 s after the start"), &["", "value"]);
+        summary
+            .row(vec!["new Tenant Ready after (s, from its apply)".into(), f(latency, 1)])
+            .row(vec!["new Tenant Ready after (s, from the controller's start)".into(), f(new_ready_at, 1)])
+            .row(vec![format!("AWS requests in the first {window:.0} s"), d.total("").to_string()]);
+        for service in SERVICES {
+            summary.row(vec![format!("  {service}"), d.total(service).to_string()]);
+        }
+        summary
+            .row(vec!["throttled requests in the window".into(), sum_service(&d.throttled, "").to_string()])
+            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
+            .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)]);
+        println!("{}", summary.render());
+        println!(
+            "{}",
+            op_table(&format!("AWS requests in the first {window:.0} s by operation"), &d.requests, &d.throttled, n)
+                .render()
+        );
+        self.summary.push(format!(
+            "restart: new Tenant Ready {latency:.1} s after its apply; {} AWS requests in the first {window:.0} s ({:.2} per Ready tenant)",
+            d.total(""),
+            d.total("") as f64 / n as f64
+        ));
+
+        let results = json!({
+            "ready_tenants_before": n,
+            "previous_controller_stopped_with": "SIGKILL",
+            "new_tenant_applied_at_seconds": applied_at,
+            "new_tenant_ready_at_seconds": new_ready_at,
+            "new_tenant_latency_seconds": latency,
+            "window_seconds": window,
+            "requests_total": d.total(""),
+            "requests_by_service": SERVICES.iter().map(|s| (s.to_string(), d.total(s))).collect::<BTreeMap<_, _>>(),
+            "requests_by_operation": d.requests,
+            "requests_per_ready_tenant": d.total("") as f64 / n as f64,
+            "throttled_by_operation": d.throttled,
+            "controller": usage_json(&usage, "sampled once a second over the window (and until the new Tenant was Ready)"),
+            "loadavg_start": loadavg_start,
+            "simulator_config": sim_config,
+            "requests_over_time": requests_over_time,
+            "ready_over_time": ready_over_time,
+        });
+        let mut plot_series: Vec<Value> = requests_over_time
+            .iter()
+            .map(|(s, points)| series(&format!("{s} requests (cumulative)"), points, "line", "left"))
+            .collect();
+        plot_series.push(series("Ready Tenants", &ready_over_time, "step", "right"));
+        let plot_spec = json!({
+            "title": format!("restart with {n} Ready Tenants: new Tenant Ready {latency:.0} s after its apply"),
+            "xlabel": "seconds since the controller started",
+            "ylabel": "AWS requests since the start",
+            "ylabel_right": "Ready Tenants",
+            "series": plot_series,
+            "vlines": [vline(applied_at, "new Tenant applied"), vline(new_ready_at, "new Tenant Ready")],
+        });
+        self.write(Scenario::Restart, &args, results, plot_spec).await
+    }
+
+    // ---- steady -------------------------------------------------------------------------
+
+    /// With N Ready Tenants: the controller with a short resync; requests counted over a window
+    /// that starts when the start-up pass is over, scaled to the default periods.
+    pub async fn steady(&mut self) -> Result<()> {
+        let p = self.p.clone();
+        let n = self.ensure_fleet().await?;
+        let sim_config = self.configure(p.quotas()).await?;
+        let resync = p.steady_resync_seconds as f64;
+        let window = p.steady_window() as f64;
+        let (default_resync, resync_source) = self.help.number("--resync-seconds", 3 * 3600);
+        let index_flag = self.help.has_flag("--index-refresh-seconds");
+        let index_default = self.help.default_of("--index-refresh-seconds").and_then(|v| v.parse::<f64>().ok());
+        if index_flag && index_default.is_none() {
+            bail!("silo run --help lists --index-refresh-seconds without a default; cannot scale index refreshes");
+        }
+        let index_period = p.steady_index_refresh_seconds as f64;
+        let mut args = without_flags(&p.user_flags(), &["--resync-seconds", "--index-refresh-seconds"]);
+        args.extend(["--resync-seconds".into(), p.steady_resync_seconds.to_string()]);
+        if index_flag {
+            args.extend(["--index-refresh-seconds".into(), p.steady_index_refresh_seconds.to_string()]);
+        }
+        let loadavg_start = setup::loadavg();
+        let start = Counters::read(&self.sim).await?;
+        let mut controller = self.start_controller(&args, "steady.silo.log").await?;
+        let args = controller.args.clone();
+
+        // Warm-up: the start-up pass over every Tenant. It is over at the first moment, at
+        // least 10 s in, after which no AWS request came for 5 s; at the latest at one resync.
+        const QUIET: f64 = 5.0;
+        let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> =
+            SERVICES.iter().map(|s| (*s, vec![[0.0, 0.0]])).collect();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut last_total, mut last_change) = (0, 0.0);
+        let (window_start, at_start, warmup_capped) = loop {
+            ticker.tick().await;
+            controller.check()?;
+            let t = controller.elapsed();
+            let now = Counters::read(&self.sim).await?;
+            let since = now.since(&start);
+            for service in SERVICES {
+                requests_over_time.entry(*service).or_default().push([t, since.total(service) as f64]);
+            }
+            if since.total("") != last_total {
+                (last_total, last_change) = (since.total(""), t);
+            }
+            if t >= 10.0 && t - last_change >= QUIET {
+                break (t, now, false);
+            }
+            if t >= resync {
+                eprintln!("silo-bench: steady: the start-up pass was still going after one resync ({resync:.0} s)");
+                break (t, now, true);
+            }
+        };
+        let warmup = at_start.since(&start);
+        eprintln!(
+            "silo-bench: steady: start-up pass over after {window_start:.0} s ({} AWS requests); counting for {window:.0} s",
+            warmup.total("")
+        );
+        let mut last_print = window_start;
+        let end = loop {
+            ticker.tick().await;
+            controller.check()?;
+            let t = controller.elapsed();
+            let now = Counters::read(&self.sim).await?;
+            let since = now.since(&start);
+            for service in SERVICES {
+                requests_over_time.entry(*service).or_default().push([t, since.total(service) as f64]);
+            }
+            if t - last_print >= 30.0 {
+                eprintln!("silo-bench: steady: {:.0} s of {window:.0} s counted", t - window_start);
+                last_print = t;
+            }
+            if t >= window_start + window {
+                break now;
+            }
+        };
+        let usage = controller.stop();
+        require_samples(&usage)?;
+        let d = end.since(&at_start);
+
+        // Scaling. Resync part: a Ready tenant is verified again after a jittered period,
+        // uniform between S and 2 S. The window starts after the start-up pass, so with
+        // W = 2 S it holds exactly one verification of each tenant (its first resync): requests
+        // per tenant in the window = requests per verification. At the default period P the
+        // mean interval is 1.5 P, so per tenant per hour = per verification * 3600 / (1.5 P).
+        // Index part (only if --index-refresh-seconds exists): refreshes run every I seconds,
+        // so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, per
+        // tenant divided by N.
+        let is_index_op = |key: &str| {
+            index_flag
+                && key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
+        };
+        let is_list_op = |key: &str| {
+            key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
+        };
+        let mean_interval = 1.5 * default_resync as f64;
+        let per_hour_resync = |count: u64| count as f64 / n as f64 * 3600.0 / mean_interval;
+        let per_hour_index = |count: u64| match index_default {
+            Some(default) => count as f64 / window * (index_period / default) * 3600.0 / n as f64,
+            None => 0.0,
+        };
+        let mut rows = BTreeMap::new();
+        let (mut resync_total, mut index_total) = (0u64, 0u64);
+        for (key, count) in &d.requests {
+            let index = is_index_op(key);
+            if index {
+                index_total += count;
+            } else {
+                resync_total += count;
+            }
+            let hourly = if index { per_hour_index(*count) } else { per_hour_resync(*count) };
+            rows.insert(key.clone(), json!({
+                "requests_in_window": count,
+                "throttled_in_window": d.throttled.get(key).copied().unwrap_or(0),
+                "class": if index { "index refresh" } else if is_list_op(key) { "resync (list operation)" } else { "resync" },
+                "per_tenant_per_hour": hourly,
+            }));
+        }
+        let resync_hourly = per_hour_resync(resync_total);
+        let index_hourly = per_hour_index(index_total);
+        let total_hourly = resync_hourly + index_hourly;
+        let list_in_resync: u64 =
+            d.requests.iter().filter(|(k, _)| is_list_op(k) && !is_index_op(k)).map(|(_, v)| v).sum();
+        let org_rate = d.total("organizations") as f64 / window;
+        let (budget, _) = self.setting(&args, "--aws-requests-per-second", 8)?;
+        let saturated = org_rate > 0.8 * p.org_rps.min(budget as f64);
+
+        let mut summary = Table::new(
+            format!(
+                "steady: {n} Ready Tenants, --resync-seconds {resync:.0}, window {window:.0} s, scaled to the default resync {default_resync} s"
+            ),
+            &["", "value"],
+        );
+        summary
+            .row(vec!["start-up pass (s, excluded)".into(), f(window_start, 0)])
+            .row(vec!["AWS requests in the start-up pass (excluded)".into(), warmup.total("").to_string()])
+            .row(vec!["AWS requests in the window".into(), d.total("").to_string()]);
+        for service in SERVICES {
+            summary.row(vec![format!("  {service}"), d.total(service).to_string()]);
+        }
+        summary
+            .row(vec!["throttled in the window".into(), sum_service(&d.throttled, "").to_string()])
+            .row(vec![
+                "requests per tenant per verification (resync part)".into(),
+                f(resync_total as f64 / n as f64, 2),
+            ])
+            .row(vec!["resync part: requests per tenant per hour".into(), f(resync_hourly, 4)])
+            .row(vec![
+                if index_flag {
+                    "index part: requests per tenant per hour".into()
+                } else {
+                    "index part: (no --index-refresh-seconds in this silo)".into()
+                },
+                f(index_hourly, 4),
+            ])
+            .row(vec!["sum: requests per tenant per hour".into(), f(total_hourly, 4)])
+            .row(vec!["Organizations rate in the window (rps)".into(), f(org_rate, 2)])
+            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
+            .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)]);
+        println!("{}", summary.render());
+        let mut by_op = Table::new(
+            "steady: requests by operation",
+            &["operation", "in window", "throttled", "class", "per tenant per hour"],
+        );
+        for (key, row) in &rows {
+            by_op.row(vec![
+                key.clone(),
+                row["requests_in_window"].to_string(),
+                row["throttled_in_window"].to_string(),
+                row["class"].as_str().unwrap_or("").into(),
+                f(row["per_tenant_per_hour"].as_f64().unwrap_or(0.0), 4),
+            ]);
+        }
+        println!("{}", by_op.render());
+        if warmup_capped {
+            println!(
+                "WARNING: the start-up pass had not ended after one resync; the window holds some of it (an over-estimate)"
+            );
+        }
+        if saturated {
+            println!(
+                "WARNING: Organizations requests ran at over 80% of min(R, --aws-requests-per-second) in the window: the controller is rate-bound, the figure is a lower bound; use a longer BENCH_STEADY_RESYNC_SECONDS"
+            );
+        }
+        if p.steady_window() != 2 * p.steady_resync_seconds {
+            println!(
+                "NOTE: the window is not 2 x resync, so it does not hold exactly one verification per tenant; the scaling assumes it does"
+            );
+        }
+        self.summary.push(format!(
+            "steady: {total_hourly:.4} AWS requests per tenant per hour at the default resync ({resync_hourly:.4} resync + {index_hourly:.4} index)"
+        ));
+
+        let results = json!({
+            "ready_tenants": n,
+            "resync_seconds": resync,
+            "window_seconds": window,
+            "default_resync_seconds": default_resync,
+            "default_resync_source": resync_source,
+            "index_refresh_flag": index_flag,
+            "index_refresh_seconds": if index_flag { Some(index_period) } else { None },
+            "default_index_refresh_seconds": index_default,
+            "startup_pass_seconds": window_start,
+            "startup_pass_capped_at_one_resync": warmup_capped,
+            "startup_pass_requests_by_operation": warmup.requests,
+            "window_requests_by_operation": d.requests,
+            "window_throttled_by_operation": d.throttled,
+            "window_requests_by_service": SERVICES.iter().map(|s| (s.to_string(), d.total(s))).collect::<BTreeMap<_, _>>(),
+            "by_operation": rows,
+            "resync_requests_in_window": resync_total,
+            "list_operations_in_resync_part": list_in_resync,
+            "index_requests_in_window": index_total,
+            "per_tenant_per_hour": {"resync": resync_hourly, "index": index_hourly, "sum": total_hourly},
+            "per_tenant_per_hour_if_unjittered": resync_total as f64 / n as f64 * 3600.0 / default_resync as f64 + index_hourly,
+            "organizations_rps_in_window": org_rate,
+            "silo_aws_requests_per_second": budget,
+            "rate_bound_warning": saturated,
+            "scaling": "The window starts when the start-up pass is over (no AWS request for 5 s, at least 10 s after the start) and lasts W (default 2 S). A Ready tenant is verified again after a period jittered uniformly between S and 2 S, so the window holds exactly one verification per tenant, and resync requests / N = requests per verification. At the default period P (from `silo run --help`) the mean interval is 1.5 P: per tenant per hour = requests per verification * 3600 / (1.5 P). `per_tenant_per_hour_if_unjittered` uses P instead of 1.5 P (the worst case). A tenant verified early in the start-up pass can get its second resync inside the window too: with a start-up pass of t0 seconds that adds about (t0 / S)^2 / 6 verifications per tenant, small when t0 is much shorter than S. Index part, only when `silo run --help` lists --index-refresh-seconds: the list operations (ListAccounts, ListAccountsForParent, ListOrganizationalUnitsForParent, ListRoots, ListCreateAccountStatus, DescribeOrganization, ListChildren) run every I s, so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, divided by N per tenant. Without the flag, list operations are counted in the resync part.",
+            "controller": usage_json(&usage, "sampled once a second from the start to the end of the window"),
+            "loadavg_start": loadavg_start,
+            "simulator_config": sim_config,
+            "requests_over_time": requests_over_time,
+        });
+        let plot_series: Vec<Value> = requests_over_time
+            .iter()
+            .map(|(s, points)| series(&format!("{s} requests (cumulative)"), points, "line", "left"))
+            .collect();
+        let plot_spec = json!({
+            "title": format!("steady: {n} Ready Tenants, resync {resync:.0} s: {total_hourly:.3} requests per tenant per hour at {default_resync} s"),
+            "xlabel": "seconds since the controller started",
+            "ylabel": "AWS requests since the start",
+            "series": plot_series,
+            "vlines": [vline(window_start, "window starts"), vline(window_start + window, "window ends")],
+        });
+        self.write(Scenario::Steady, &args, results, plot_spec).await
+    }
+
+    // ---- baseline -----------------------------------------------------------------------
+
+    /// M Tenants with a one-region Baseline (an SNS topic): STS and CloudFormation requests
+    /// per tenant, time to all Ready.
+    pub async fn baseline(&mut self) -> Result<()> {
+        let p = self.p.clone();
+        let m = p.baseline_tenants;
+        self.reset_world().await?;
+        let sim_config = self.configure(p.quotas()).await?;
+        fleet::create_ou(&self.sim).await?;
+        let baseline = json!({
+            "apiVersion": "silo.dev/v1alpha1",
+            "kind": "Baseline",
+            "metadata": {"name": "bench"},
+            "spec": {"regions": ["us-east-1"], "template": BASELINE_TEMPLATE},
+        });
+        fleet::apply_all(&fleet::baselines(&self.client), vec![baseline], 1).await?;
+        let apply_seconds = self.apply_tenants(&fleet::names("bl", m), Some("bench")).await?;
+        let loadavg_start = setup::loadavg();
+        let before = Counters::read(&self.sim).await?;
+        let mut controller = self.start_controller(&p.user_flags(), "baseline.silo.log").await?;
+        let args = controller.args.clone();
+        let rollout = self.wait_all_ready(&mut controller, m, "baseline").await?;
+        let usage = controller.stop();
+        require_samples(&usage)?;
+        let d = Counters::read(&self.sim).await?.since(&before);
+
+        let bound = setup::onboard_bound(m, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS);
+        let mut summary = Table::new(format!("baseline: {m} Tenants with a one-region Baseline"), &["", "value"]);
+        summary
+            .row(vec!["time to all Ready (s, from the controller's start)".into(), f(rollout.all_ready, 1)])
+            .row(vec!["Organizations bound without the Baseline (s)".into(), f(bound, 1)]);
+        for service in SERVICES {
+            summary.row(vec![format!("{service} requests per tenant"), f(d.total(service) as f64 / m as f64, 2)]);
+        }
+        summary
+            .row(vec!["throttled requests".into(), sum_service(&d.throttled, "").to_string()])
+            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
+            .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)]);
+        println!("{}", summary.render());
+        for service in ["sts", "cloudformation", "organizations"] {
+            let ops = of_service(&d.requests, service);
+            println!(
+                "{}",
+                op_table(&format!("{service} requests by operation"), &ops, &of_service(&d.throttled, service), m)
+                    .render()
+            );
+        }
+        self.summary.push(format!(
+            "baseline: {m} Tenants Ready in {:.1} s; per tenant {:.2} STS and {:.2} CloudFormation requests",
+            rollout.all_ready,
+            d.total("sts") as f64 / m as f64,
+            d.total("cloudformation") as f64 / m as f64
+        ));
+
+        let per_service = |service: &str| per_tenant(&of_service(&d.requests, service), m);
+        let results = json!({
+            "tenants": m,
+            "baseline": {"regions": ["us-east-1"], "template": BASELINE_TEMPLATE},
+            "measured_from": "the controller process's start; the Baseline and all Tenants were applied before it started",
+            "apply_seconds": apply_seconds,
+            "time_to_all_ready_seconds": rollout.all_ready,
+            "organizations_bound_seconds": bound,
+            "requests_per_tenant_by_service": SERVICES.iter().map(|s| (s.to_string(), d.total(s) as f64 / m as f64)).collect::<BTreeMap<_, _>>(),
+            "sts_requests_per_tenant_by_operation": per_service("sts"),
+            "cloudformation_requests_per_tenant_by_operation": per_service("cloudformation"),
+            "organizations_requests_per_tenant_by_operation": per_service("organizations"),
+            "requests_by_operation": d.requests,
+            "throttled_by_operation": d.throttled,
+            "accounts_created": d.accounts_created,
+            "controller": usage_json(&usage, "sampled once a second until all Tenants were Ready"),
+            "loadavg_start": loadavg_start,
+            "simulator_config": sim_config,
+            "ready_over_time": rollout.ready,
+        });
+        let plot_spec = json!({
+            "title": format!("baseline: {m} Tenants with a one-region Baseline, all Ready in {:.0} s", rollout.all_ready),
+            "xlabel": "seconds since the controller started",
+            "ylabel": "Ready Tenants",
+            "series": [
+                series("Ready Tenants (silo run)", &rollout.ready, "step", "left"),
+                series("Organizations bound (no Baseline)", &setup::ideal_curve(m, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS), "dashed", "left"),
+            ],
+            "vlines": [vline(bound, &format!("bound {bound:.0} s")), vline(rollout.all_ready, &format!("all Ready {:.0} s", rollout.all_ready))],
+        });
+        self.write(Scenario::Baseline, &args, results, plot_spec).await
+    }
+
+    // ---- unthrottled --------------------------------------------------------------------
+
+    /// Quotas off: Silo's tenants per second against a direct client making the same
+    /// Organizations requests with the same concurrency and no Kubernetes writes.
+    pub async fn unthrottled(&mut self) -> Result<()> {
+        let p = self.p.clone();
+        let n = p.tenants;
+        self.reset_world().await?;
+        let sim_config = self.configure(setup::no_quotas(p.unthrottled_create_seconds)).await?;
+        fleet::create_ou(&self.sim).await?;
+        self.apply_tenants(&fleet::names("bench", n), None).await?;
+        let loadavg_start = setup::loadavg();
+        let before = Counters::read(&self.sim).await?;
+        let mut controller = self.start_controller(&p.user_flags(), "unthrottled.silo.log").await?;
+        let args = controller.args.clone();
+        let rollout = self.wait_all_ready(&mut controller, n, "unthrottled").await?;
+        let usage = controller.stop();
+        require_samples(&usage)?;
+        let silo_counters = Counters::read(&self.sim).await?.since(&before);
+        let silo_rate = n as f64 / rollout.all_ready;
+
+        let (concurrency, concurrency_source) = self.setting(&p.user_flags(), "--concurrency", 16)?;
+        let concurrency = concurrency as usize;
+        let (budget, _) = self.setting(&p.user_flags(), "--aws-requests-per-second", 8)?;
+        let silo_answered =
+            silo_counters.total("organizations").saturating_sub(sum_service(&silo_counters.throttled, "organizations"));
+        let silo_budget_seconds = silo_answered as f64 / budget as f64;
+        // The second half starts from nothing too: no Tenants, a fresh simulator.
+        self.reset_world().await?;
+        self.configure(setup::no_quotas(p.unthrottled_create_seconds)).await?;
+        let org = fleet::create_ou(&self.sim).await?;
+        let before = Counters::read(&self.sim).await?;
+        eprintln!("silo-bench: unthrottled: the direct client onboards {n} fake tenants, {concurrency} at once");
+        let completions = direct_client(&self.sim, &org, n, concurrency).await?;
+        let direct_seconds = completions.iter().copied().fold(0.0, f64::max);
+        let direct_counters = Counters::read(&self.sim).await?.since(&before);
+        let direct_rate = n as f64 / direct_seconds;
+        let ratio = silo_rate / direct_rate;
+
+        let mut summary =
+            Table::new(format!("unthrottled: {n} tenants, simulator quotas off"), &["", "silo run", "direct client"]);
+        summary
+            .row(vec!["seconds to all done".into(), f(rollout.all_ready, 1), f(direct_seconds, 1)])
+            .row(vec!["tenants per second".into(), f(silo_rate, 2), f(direct_rate, 2)])
+            .row(vec![
+                "Organizations requests per tenant".into(),
+                f(silo_counters.total("organizations") as f64 / n as f64, 2),
+                f(direct_counters.total("organizations") as f64 / n as f64, 2),
+            ])
+            .row(vec!["concurrency".into(), concurrency.to_string(), concurrency.to_string()])
+            .row(vec!["ratio silo / direct".into(), f(ratio, 3), String::new()])
+            .row(vec![
+                format!("Silo's unthrottled requests / --aws-requests-per-second {budget} (s)"),
+                f(silo_budget_seconds, 1),
+                String::new(),
+            ])
+            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1), String::new()])
+            .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1), String::new()]);
+        println!("{}", summary.render());
+        self.summary.push(format!(
+            "unthrottled: silo run {silo_rate:.2} tenants/s, direct client {direct_rate:.2} tenants/s, ratio {ratio:.3}"
+        ));
+
+        let mut sorted = completions.clone();
+        sorted.sort_by(f64::total_cmp);
+        let direct_curve: Vec<[f64; 2]> =
+            std::iter::once([0.0, 0.0]).chain(sorted.iter().enumerate().map(|(i, t)| [*t, (i + 1) as f64])).collect();
+        let results = json!({
+            "tenants": n,
+            "silo": {
+                "seconds_to_all_ready": rollout.all_ready,
+                "measured_from": "the controller process's start; all Tenants were applied before it started",
+                "tenants_per_second": silo_rate,
+                "aws_requests_per_second_flag": budget,
+                "budget_seconds": silo_budget_seconds,
+                "budget_note": "the Organizations requests Silo made (not throttled) divided by its own --aws-requests-per-second: the least time its budget allows for them (the direct client has no such budget)",
+                "requests_by_operation": silo_counters.requests,
+                "organizations_requests_per_tenant": silo_counters.total("organizations") as f64 / n as f64,
+                "controller": usage_json(&usage, "sampled once a second until all Tenants were Ready"),
+                "ready_over_time": rollout.ready,
+            },
+            "direct": {
+                "what": "CreateAccount with the tags silo.dev/tenant and silo.dev/tenant-uid, DescribeCreateAccountStatus until it leaves IN_PROGRESS (at least once; every 1 s), MoveAccount root -> /Tenants; no TagResource, no Kubernetes writes",
+                "concurrency": concurrency,
+                "concurrency_source": concurrency_source,
+                "seconds_to_all_done": direct_seconds,
+                "tenants_per_second": direct_rate,
+                "requests_by_operation": direct_counters.requests,
+                "organizations_requests_per_tenant": direct_counters.total("organizations") as f64 / n as f64,
+                "done_over_time": direct_curve,
+            },
+            "ratio_silo_over_direct": ratio,
+            "reset_between_halves": true,
+            "loadavg_start": loadavg_start,
+            "simulator_config": sim_config,
+        });
+        let plot_spec = json!({
+            "title": format!("unthrottled: {n} tenants; silo run {silo_rate:.1}/s, direct client {direct_rate:.1}/s (ratio {ratio:.2})"),
+            "xlabel": "seconds since the start",
+            "ylabel": "tenants done",
+            "series": [
+                series("silo run: Ready Tenants", &rollout.ready, "step", "left"),
+                series(&format!("direct client ({concurrency} at once): tenants done"), &direct_curve, "step", "left"),
+            ],
+            "vlines": [],
+        });
+        self.fleet = None;
+        self.write(Scenario::Unthrottled, &args, results, plot_spec).await
+    }
+}
+
+/// The Baseline of the baseline scenario: like examples/baseline-standard.yaml, one region,
+/// the SNS topic only.
+const BASELINE_TEMPLATE: &str = "Parameters:
+  TenantName: {Type: String}
+  AccountId: {Type: String}
+Resources:
+  Events:
+    Type: AWS::SNS::Topic
+    Properties:
+      TopicName: !Sub \"${TenantName}-events\"
+Outputs:
+  EventsTopicArn:
+    Value: !Ref Events
+";
+
+/// The direct client: for each of `n` fake tenants, the Organizations requests Silo needs at
+/// the least, `concurrency` tenants at once. Returns each tenant's completion time (seconds
+/// since the first request).
+async fn direct_client(sim: &SimClient, org: &Org, n: usize, concurrency: usize) -> Result<Vec<f64>> {
+    use aws_sdk_organizations::types::{CreateAccountState, Tag};
+    let client = sim.organizations();
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let name = format!("direct-{:05}", i + 1);
+                let uid = format!("{:032x}", rand::rng().random::<u128>());
+                let created = client
+                    .create_account()
+                    .account_name(&name)
+                    .email(format!("aws+{name}@example.com"))
+                    .tags(Tag::builder().key("silo.dev/tenant").value(&name).build()?)
+                    .tags(Tag::builder().key("silo.dev/tenant-uid").value(uid).build()?)
+                    .send()
+                    .await
+                    .with_context(|| format!("CreateAccount {name}"))?;
+                let request =
+                    created.create_account_status().and_then(|s| s.id()).context("CreateAccount gave no id")?;
+                let status = loop {
+                    let out = client
+                        .describe_create_account_status()
+                        .create_account_request_id(request)
+                        .send()
+                        .await
+                        .with_context(|| format!("DescribeCreateAccountStatus {name}"))?;
+                    let status = out.create_account_status().cloned().context("no CreateAccountStatus")?;
+                    if status.state() != Some(&CreateAccountState::InProgress) {
+                        break status;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                };
+                if status.state() != Some(&CreateAccountState::Succeeded) {
+                    bail!("the creation of {name} ended {:?}: {:?}", status.state(), status.failure_reason());
+                }
+                let account = status.account_id().context("SUCCEEDED without an AccountId")?;
+                client
+                    .move_account()
+                    .account_id(account)
+                    .source_parent_id(&org.root_id)
+                    .destination_parent_id(&org.ou_id)
+                    .send()
+                    .await
+                    .with_context(|| format!("MoveAccount {name}"))?;
+                anyhow::Ok(started.elapsed().as_secs_f64())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// Requests, requests per tenant and throttled answers, per operation.
+fn op_table(title: &str, requests: &BTreeMap<String, u64>, throttled: &BTreeMap<String, u64>, n: usize) -> Table {
+    let mut table = Table::new(title, &["operation", "requests", "per tenant", "throttled"]);
+    for (op, count) in requests {
+        table.row(vec![
+            op.clone(),
+            count.to_string(),
+            f(*count as f64 / n as f64, 2),
+            throttled.get(op).copied().unwrap_or(0).to_string(),
+        ]);
+    }
+    let total: u64 = requests.values().sum();
+    table.row(vec![
+        "total".into(),
+        total.to_string(),
+        f(total as f64 / n as f64, 2),
+        throttled.values().sum::<u64>().to_string(),
+    ]);
+    table
+}
+
+fn per_tenant(table: &BTreeMap<String, u64>, n: usize) -> BTreeMap<String, f64> {
+    table.iter().map(|(k, v)| (k.clone(), *v as f64 / n as f64)).collect()
+}
+
+fn usage_json(usage: &Usage, how: &str) -> Value {
+    json!({
+        "peak_rss_bytes": usage.peak_rss_bytes,
+        "peak_rss_mib": usage.peak_rss_mib(),
+        "cpu_seconds": usage.cpu_seconds,
+        "samples": usage.samples,
+        "how": format!("VmHWM of /proc/<pid>/status and utime+stime of /proc/<pid>/stat, {how}"),
+    })
+}
