@@ -15,6 +15,7 @@
 pub mod api;
 pub mod aws;
 pub mod baseline;
+pub mod caches;
 pub mod conditions;
 pub mod leader;
 pub mod metrics;
@@ -39,7 +40,14 @@ pub async fn run(
     let (revisions, revision_changes) = baseline::controller::watch_revisions(&client, &settings.namespace);
     let (recount, recounts) = futures::channel::mpsc::unbounded();
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    let shared = baseline::controller::Shared { tenants, revisions, rollouts: std::sync::Arc::default(), wake };
+    let shared = baseline::controller::Shared {
+        tenants_ready: caches::Ready::of(&tenants),
+        revisions_ready: caches::Ready::of(&revisions),
+        tenants,
+        revisions,
+        rollouts: std::sync::Arc::default(),
+        wake,
+    };
     let baselines = baseline::controller::run(
         client.clone(),
         aws.config.clone(),

@@ -92,7 +92,8 @@ then reports the stack the way AWS does over `stack_operation_seconds`:
   UpdateStack (or executing an UPDATE change set): UPDATE_IN_PROGRESS, then
     UPDATE_COMPLETE (an UPDATE_COMPLETE_CLEANUP_IN_PROGRESS event just before
     it, never a status one can see). While UPDATE_IN_PROGRESS, DescribeStacks
-    already shows the new template, parameters, tags and outputs.
+    already shows the new template, parameters, tags and outputs, and
+    LastUpdatedTime is the time of the update (moto sets only CreationTime).
   ClientRequestToken (moto ignores it): a CreateStack or UpdateStack that
     repeats the token of an earlier CreateStack / UpdateStack of the same
     stack is that same request retried: answered with its StackId, nothing
@@ -222,6 +223,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, parse_qsl
 from xml.sax.saxutils import escape
 
+from moto.core.utils import utcnow as moto_utcnow
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -1817,6 +1819,8 @@ class SiloLayer:
             stack.events.pop()
         stack.status = "UPDATE_IN_PROGRESS"
         stack.stack_status_reason = None
+        # AWS reports when a stack last changed; moto only knows its creation.
+        stack.last_updated_time = moto_utcnow()
         done = now + cfg.stack_operation_seconds
         if reason is None:
             op.steps = [(done, "update_complete")]

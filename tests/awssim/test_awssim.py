@@ -967,11 +967,15 @@ def test_stack_operations_take_time(sim: Sim) -> None:
     assert "is in CREATE_IN_PROGRESS state and can not be updated." in str(exc.value)
     assert wait_stack(cfn, "slow", "CREATE_IN_PROGRESS") == "CREATE_COMPLETE"
     assert stack_view(cfn, "slow")[3] == {"Rev": "1"}
+    created = cfn.describe_stacks(StackName="slow")["Stacks"][0]
+    assert "LastUpdatedTime" not in created
 
     stack_id = cfn.update_stack(StackName="slow", TemplateBody=revision_template(),
                                 **rev_args("2"))["StackId"]
     assert stack_view(cfn, "slow") == ("UPDATE_IN_PROGRESS", {"silo.dev/revision": "2"},
                                        {"Rev": "2"}, {"Rev": "2"})
+    updating = cfn.describe_stacks(StackName="slow")["Stacks"][0]
+    assert updating["LastUpdatedTime"] >= created["CreationTime"]
     with pytest.raises(ClientError) as exc:
         cfn.update_stack(StackName="slow", TemplateBody=revision_template(), **rev_args("3"))
     assert error_code(exc) == "ValidationError"

@@ -57,6 +57,37 @@ impl AwsSim {
     }
 }
 
+/// One CreateStack, UpdateStack, ExecuteChangeSet or DeleteStack, as the simulator saw it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct StackOperation {
+    pub account: String,
+    pub region: String,
+    pub stack_name: String,
+    pub operation: String,
+    /// Wall-clock seconds.
+    pub started: f64,
+    /// `None` while in flight.
+    pub finished: Option<f64>,
+    pub result: Option<String>,
+}
+
+/// The most operations of the given kind in flight at one moment, from `since` on.
+pub fn most_in_flight(operations: &[StackOperation], kind: &str, since: f64) -> usize {
+    let mut edges: Vec<(f64, i32)> = vec![];
+    for op in operations.iter().filter(|op| op.operation == kind && op.started >= since) {
+        edges.push((op.started, 1));
+        edges.push((op.finished.unwrap_or(f64::MAX), -1));
+    }
+    // Ends before starts at the same instant: back-to-back operations do not overlap.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
 /// A handle on a simulator by its endpoint; cheap, and usable from any runtime.
 #[derive(Clone, Debug)]
 pub struct SimClient {
@@ -157,6 +188,12 @@ impl SimClient {
             .filter(|(k, _)| !ORGANIZATION_WIDE.contains(&k.as_str()))
             .filter_map(|(_, v)| v.as_u64())
             .sum())
+    }
+
+    /// Every stack operation the simulator accepted (`GET /_silo/stack_operations`).
+    pub async fn stack_operations(&self) -> Result<Vec<StackOperation>> {
+        let response = reqwest::get(format!("{}/_silo/stack_operations", self.endpoint)).await?;
+        Ok(response.error_for_status()?.json().await?)
     }
 
     /// How many requests of `service:Operation` the simulator has seen.

@@ -310,7 +310,7 @@ impl TestCase {
         command
             .env("KUBECONFIG", spawn.kubeconfig.unwrap_or(&self.info.kubeconfig))
             .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,silo=debug")
             .envs(self.sim.env());
         if let Some(key) = spawn.access_key {
             command.env("AWS_ACCESS_KEY_ID", key);

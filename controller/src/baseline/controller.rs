@@ -48,9 +48,10 @@ use super::{
 use crate::{
     api::{Baseline, BaselineStatus, PreviewReport, RolloutStatus, Tenant, TenantCounts},
     aws::{AwsError, templates::Templates},
+    caches::{CacheGone, Ready},
     conditions::{self, Conditions},
     metrics::{BaselineLabels, METRICS, RolloutLabels},
-    tenant::FIELD_MANAGER,
+    tenant::{FIELD_MANAGER, bootstrap::wants_preview},
 };
 
 /// What the Baseline controller shares with the Tenant controller.
@@ -60,6 +61,9 @@ pub struct Shared {
     pub tenants: Store<Tenant>,
     /// Every Baseline revision, from a watch of Silo's namespace.
     pub revisions: Store<ControllerRevision>,
+    /// The two caches above hold their first listing (await these, never the stores).
+    pub tenants_ready: Ready,
+    pub revisions_ready: Ready,
     /// The rollouts as this process last decided them.
     pub rollouts: Arc<Rollouts>,
     /// Wakes a Tenant (the rollout admitted it).
@@ -82,6 +86,8 @@ enum Error {
     Aws(#[from] AwsError),
     #[error("spec.templateURL {0} is not an S3 URL (s3://bucket/key, or https://bucket.s3.amazonaws.com/key)")]
     NotS3(String),
+    #[error(transparent)]
+    CacheGone(#[from] CacheGone),
 }
 
 /// How often a Baseline is looked at without being asked (a templateURL is read again then).
@@ -155,6 +161,9 @@ async fn reconcile(baseline: Arc<Baseline>, ctx: Arc<Context>) -> Result<Action,
 /// One step of a Baseline: record its revision, move its rollout, publish.
 async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     let name = baseline.name_any();
+    // A rollout counted from an empty cache would see no tenants: wait for the first listings.
+    ctx.shared.tenants_ready.wait().await?;
+    ctx.shared.revisions_ready.wait().await?;
     let now = Timestamp::now();
 
     // 1. What the spec deploys now.
@@ -197,15 +206,24 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
             .await?;
     }
     ctx.shared.rollouts.set(&name, step.status.clone());
-    for tenant in &step.admitted {
-        let _ = ctx.shared.wake.unbounded_send(ObjectRef::new(tenant));
+    // Woken: the tenants it admitted now, those admitted before that have not taken it up (a
+    // process killed between recording the status and waking them), and the canaries that still
+    // owe a preview.
+    let lagging = views
+        .iter()
+        .filter(|v| v.admitted.as_deref().is_some_and(|a| rollout::target(&step.status, &v.name, Some(a)) != a));
+    let previewers = users.iter().filter(|t| wants_preview(t, &step.status)).map(|t| t.name_any());
+    let woken: BTreeSet<String> =
+        step.admitted.iter().cloned().chain(lagging.map(|v| v.name.clone())).chain(previewers).collect();
+    for tenant in woken {
+        let _ = ctx.shared.wake.unbounded_send(ObjectRef::new(&tenant));
     }
-    if let Some(news) = &step.news {
-        let halted = step.status.phase == rollout::HALTED;
-        let (type_, reason) =
-            if halted { (EventType::Warning, "RolloutHalted") } else { (EventType::Normal, "RolloutProgressed") };
-        let event =
-            Event { type_, reason: reason.into(), note: Some(news.clone()), action: reason.into(), secondary: None };
+    for news in &step.news {
+        // kube's Recorder folds Events with the same reason and action into one series that
+        // keeps the first note: the action names the revision and wave, so each is its own.
+        let type_ = if news.is_halt() { EventType::Warning } else { EventType::Normal };
+        let action = format!("{}/{}", step.status.revision, step.status.wave);
+        let event = Event { type_, reason: news.reason.into(), note: Some(news.note.clone()), action, secondary: None };
         if let Err(err) = ctx.recorder.publish(&event, &baseline.object_ref(&())).await {
             warn!(baseline = %name, %err, "could not publish event");
         }

@@ -134,8 +134,26 @@ pub struct Step {
     pub status: RolloutStatus,
     /// Tenants admitted by this step: wake them.
     pub admitted: Vec<String>,
-    /// Something worth an Event: a wave, the canary passing, a halt, completion.
-    pub news: Option<String>,
+    /// Something worth an Event: the start, the canary passing, a wave, a halt, a resume,
+    /// completion.
+    pub news: Vec<News>,
+}
+
+/// One Event's worth of a rollout: a stable reason and what happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct News {
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl News {
+    fn new(reason: &'static str, note: String) -> Self {
+        Self { reason, note }
+    }
+
+    pub fn is_halt(&self) -> bool {
+        self.reason == "RolloutHalted"
+    }
 }
 
 /// The revision a tenant should run now. `admitted`: the revision it was admitted to before,
@@ -149,6 +167,12 @@ pub fn target(rollout: &RolloutStatus, tenant: &str, admitted: Option<&str>) -> 
         None if rollout.canary_passed && rollout.halted_at_tolerance.is_none() => rollout.revision.clone(),
         None => rollout.previous.clone().unwrap_or_else(|| rollout.revision.clone()),
     }
+}
+
+/// Whether `tenant` is a canary of a rollout in preview that has not shown its changes for
+/// the rollout's revision yet. `previewed`: the revision of its last preview. Pure.
+pub fn wants_preview(rollout: &RolloutStatus, tenant: &str, previewed: Option<&str>) -> bool {
+    rollout.phase == PREVIEWING && rollout.canary.iter().any(|c| c == tenant) && previewed != Some(&rollout.revision)
 }
 
 /// Whether the rollout has admitted `tenant` to its revision (canary, or within the waves).
@@ -220,16 +244,19 @@ pub fn step(
         })
         .collect();
     let in_flight = on_revision.iter().filter(|(_, state)| *state == State::InFlight).count();
-    let mut news = started.then(|| format!("Rolling out revision {revision}"));
+    let mut news = vec![];
+    if started {
+        news.push(News::new("RolloutStarted", format!("Rolling out revision {revision}")));
+    }
     status.failed = failed.clone();
 
     // A halt holds until a new revision or a raised tolerance.
     if let Some(tolerance) = status.halted_at_tolerance {
         if settings.failure_tolerance > tolerance as usize && failed.len() <= settings.failure_tolerance {
             status.halted_at_tolerance = None;
-            news = Some(format!(
-                "Resuming revision {revision}: failureTolerance raised to {}",
-                settings.failure_tolerance
+            news.push(News::new(
+                "RolloutResumed",
+                format!("Resuming revision {revision}: failureTolerance raised to {}", settings.failure_tolerance),
             ));
         } else {
             status.phase = HALTED.into();
@@ -241,11 +268,14 @@ pub fn step(
         status.phase = HALTED.into();
         status.bake_until = None;
         let names: Vec<&str> = failed.iter().map(|f| f.name.as_str()).collect();
-        news = Some(format!(
-            "Halted revision {revision}: {} tenants failed ({}), more than failureTolerance {}",
-            failed.len(),
-            names.join(", "),
-            settings.failure_tolerance
+        news.push(News::new(
+            "RolloutHalted",
+            format!(
+                "Halted revision {revision}: {} tenants failed ({}), more than failureTolerance {}",
+                failed.len(),
+                names.join(", "),
+                settings.failure_tolerance
+            ),
         ));
         return Step { status, admitted: vec![], news };
     }
@@ -271,7 +301,7 @@ pub fn step(
             return Step { status, admitted, news };
         }
         status.canary_passed = true;
-        news = Some(format!("The canary of revision {revision} passed"));
+        news.push(News::new("CanaryPassed", format!("The canary of revision {revision} passed")));
     }
     if settings.paused {
         status.phase = PAUSED.into();
@@ -289,7 +319,7 @@ pub fn step(
     }
     if waiting.is_empty() {
         if status.phase != COMPLETE {
-            news = Some(format!("Revision {revision} is complete"));
+            news.push(News::new("RolloutComplete", format!("Revision {revision} is complete")));
         }
         status.phase = COMPLETE.into();
         status.bake_until = None;
@@ -303,7 +333,10 @@ pub fn step(
     status.wave += 1;
     status.bake_until = None;
     status.phase = PROGRESSING.into();
-    news = Some(format!("Wave {} of revision {revision}: {} tenants", status.wave, wave.len()));
+    news.push(News::new(
+        "WaveAdmitted",
+        format!("Wave {} of revision {revision}: {} tenants", status.wave, wave.len()),
+    ));
     admitted.extend(wave);
     Step { status, admitted, news }
 }
@@ -410,6 +443,8 @@ mod tests {
         admit(&mut fleet, &first, State::Current);
         let wave = step(Some(&first.status), NEW, &s, &CanaryRule::First(1), &fleet, at(1));
         assert_eq!(wave.admitted.len(), 3);
+        let reasons: Vec<&str> = wave.news.iter().map(|n| n.reason).collect();
+        assert_eq!(reasons, ["CanaryPassed", "WaveAdmitted"], "one step, two Events");
         // The admitted tenants have not reconciled yet: the rollout must not admit more.
         let again = step(Some(&wave.status), NEW, &s, &CanaryRule::First(1), &fleet, at(2));
         assert!(again.admitted.is_empty(), "the wave is still in flight");
@@ -463,7 +498,7 @@ mod tests {
         assert_eq!(next.status.phase, HALTED);
         assert!(next.admitted.is_empty());
         assert_eq!(next.status.failed, vec![FailedTenant { name: "t00".into(), reason: "Topic: not allowed".into() }]);
-        assert!(next.news.unwrap().contains("t00"), "the event names the failed tenants");
+        assert!(next.news.iter().any(|n| n.note.contains("t00")), "the event names the failed tenants");
         assert_eq!(target(&next.status, "newcomer", None), OLD, "new tenants get the last complete revision");
         // Pausing and unpausing does not clear a halt.
         let paused = Settings { paused: true, ..s.clone() };
@@ -572,6 +607,10 @@ mod tests {
         assert_eq!(previewing.status.phase, PREVIEWING);
         assert!(previewing.admitted.is_empty());
         assert_eq!(target(&previewing.status, "t00", Some(OLD)), OLD, "the canary only previews");
+        assert!(wants_preview(&previewing.status, "t00", None), "the canary owes a preview");
+        assert!(wants_preview(&previewing.status, "t00", Some(OLD)), "a preview of an older revision is stale");
+        assert!(!wants_preview(&previewing.status, "t00", Some(NEW)), "shown once");
+        assert!(!wants_preview(&previewing.status, "t01", None), "only the canary previews");
         let go = step(Some(&previewing.status), NEW, &settings(5, 0, 0), &CanaryRule::First(1), &fleet, at(1));
         assert_eq!(go.admitted, vec!["t00"], "turning the preview off admits the canary");
     }

@@ -6,8 +6,10 @@
 //!   `silo.dev/revision`, which CloudFormation sets in the same operation as the template, so
 //!   a controller killed after CreateStack or UpdateStack sees the truth on its next look;
 //!   create and update also carry a ClientRequestToken derived from the revision and attempt.
-//! - Nothing waits: in-progress states are polled by requeueing. A stack stuck in an
-//!   `*_IN_PROGRESS` state past the timeout is reported, not waited on in silence.
+//! - Nothing waits: in-progress states are polled by requeueing, at half the time the stack
+//!   has spent in its state (2 to 30 seconds), so a quick update is seen quickly and a long one
+//!   costs few DescribeStacks. A stack stuck in an `*_IN_PROGRESS` state past the timeout is
+//!   reported, not waited on in silence.
 //! - A failed create (`ROLLBACK_COMPLETE`) is deleted and created again at most
 //!   `max_create_attempts` times per revision, then reported `Stalled`.
 //! - A failed update (`UPDATE_ROLLBACK_COMPLETE`) is not retried until the revision changes.
@@ -57,6 +59,14 @@ pub enum StackAction {
     ContinueRollback,
     /// The stack cannot reach the desired revision until a person changes something.
     Failed { reason: &'static str },
+}
+
+/// The soonest and latest look at a stack in progress.
+pub const POLL_BOUNDS: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(30));
+
+/// When to look again at a stack that has been `since` in its in-progress state. Pure.
+pub fn poll_after(since: Duration) -> Duration {
+    (since / 2).clamp(POLL_BOUNDS.0, POLL_BOUNDS.1)
 }
 
 /// Decides the next step. Pure.
@@ -125,6 +135,13 @@ mod tests {
 
     fn stack(status: &str, revision: &str) -> Observed {
         Observed { status: status.into(), reason: None, revision: Some(revision.into()), since: Duration::from_secs(5) }
+    }
+
+    #[test]
+    fn a_stack_in_progress_is_polled_at_half_its_age_within_bounds() {
+        assert_eq!(poll_after(Duration::ZERO), POLL_BOUNDS.0, "a just-started operation");
+        assert_eq!(poll_after(Duration::from_secs(20)), Duration::from_secs(10));
+        assert_eq!(poll_after(Duration::from_secs(3600)), POLL_BOUNDS.1, "a long one");
     }
 
     fn next(status: &str, running: &str, memory: Memory) -> StackAction {

@@ -26,14 +26,15 @@ use crate::{
     },
     baseline::{
         self, Deployed, UndeclaredParameters, revisions, rollout,
-        stack::{Limits, Memory, Observed, StackAction, next_action, request_token},
+        stack::{Limits, Memory, Observed, POLL_BOUNDS, StackAction, next_action, poll_after, request_token},
     },
     conditions::{self, StepOutcome},
 };
 
 /// The tag that records which revision a stack runs.
 pub const REVISION_TAG: &str = "silo.dev/revision";
-const POLL: Duration = Duration::from_secs(5);
+/// The first look at a stack after an operation was started on it.
+const POLL: Duration = POLL_BOUNDS.0;
 const RECHECK_STALLED: Duration = Duration::from_secs(600);
 /// How soon a role that cannot be assumed yet is tried again.
 const ROLE_RETRY: Duration = Duration::from_secs(10);
@@ -367,12 +368,10 @@ fn rollout_of(ctx: &Context, baseline: &Baseline) -> Option<RolloutStatus> {
 }
 
 /// Whether this tenant is a canary of a rollout in preview that has not shown its changes yet.
-fn wants_preview(tenant: &Tenant, rollout: &RolloutStatus) -> bool {
+pub fn wants_preview(tenant: &Tenant, rollout: &RolloutStatus) -> bool {
     let previewed =
         tenant.status.as_ref().and_then(|s| s.baseline.as_ref()?.preview.as_ref()).map(|p| p.revision.as_str());
-    rollout.phase == rollout::PREVIEWING
-        && rollout.canary.contains(&tenant.name_any())
-        && previewed != Some(rollout.revision.as_str())
+    rollout::wants_preview(rollout, &tenant.name_any(), previewed)
 }
 
 /// What the stacks of a target run, in CloudFormation's terms.
@@ -488,7 +487,8 @@ impl Region<'_> {
             }
             StackAction::Wait => {
                 let status = stack.as_ref().map(|s| s.status.clone()).unwrap_or_default();
-                StepOutcome::wait("StackInProgress", in_region(format!("Stack {} is {status}", spec.name)), POLL)
+                let after = stack.as_ref().map_or(POLL, |s| poll_after(s.since));
+                StepOutcome::wait("StackInProgress", in_region(format!("Stack {} is {status}", spec.name)), after)
             }
             StackAction::DeleteAndRecreate => {
                 let stack = stack.as_ref().expect("a failed stack exists");

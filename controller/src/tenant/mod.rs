@@ -62,7 +62,7 @@ use kube::{
     },
 };
 use rand::Rng;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{Baseline, DeletionPolicy, Tenant},
@@ -131,6 +131,8 @@ pub struct Context {
     pub baselines: Store<Baseline>,
     /// Baseline revisions (their content), from the watch cache.
     pub revisions: Store<k8s_openapi::api::apps::v1::ControllerRevision>,
+    /// The Baseline and revision caches hold their first listing.
+    pub caches_ready: [crate::caches::Ready; 2],
     /// The Baseline rollouts as this process last decided them.
     pub rollouts: Arc<crate::baseline::rollout::Rollouts>,
     /// Asks the Baseline controller to recount a Baseline's tenants.
@@ -162,18 +164,33 @@ pub enum Error {
     DeletionPending { reason: String, retry_after: Duration },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// A watch cache this reconcile reads was dropped (the process is stopping).
+    #[error(transparent)]
+    CacheGone(#[from] crate::caches::CacheGone),
 }
 
 impl Error {
     /// A short, stable label for logs and metrics.
     pub fn metric_label(&self) -> &'static str {
         match self.innermost() {
-            Error::Kube(_) => "kube",
+            Error::Kube(_) | Error::CacheGone(_) => "kube",
             Error::Aws(err) if err.kind == AwsErrorKind::Busy => "deferred",
             Error::Aws(err) if err.is_retryable() => "aws_retryable",
             Error::Aws(_) => "aws_terminal",
             Error::DeletionPending { .. } => "deletion_pending",
             Error::Finalizer(_) => "finalizer",
+        }
+    }
+
+    /// A finalizer patch refused because the copy it was made from is out of date.
+    fn is_stale_finalizer_patch(&self) -> bool {
+        let Error::Finalizer(inner) = self else { return false };
+        match inner.as_ref() {
+            finalizer::Error::AddFinalizer(kube::Error::Api(status))
+            | finalizer::Error::RemoveFinalizer(kube::Error::Api(status)) => {
+                status.is_invalid() || status.is_conflict()
+            }
+            _ => false,
         }
     }
 
@@ -259,6 +276,7 @@ pub async fn run(
         aws,
         org: org.clone(),
         settings,
+        caches_ready: [crate::caches::Ready::of(&baselines), shared.revisions_ready.clone()],
         baselines,
         revisions: shared.revisions.clone(),
         rollouts: shared.rollouts.clone(),
@@ -285,6 +303,9 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok(_) => {}
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) if err.is_stale_finalizer_patch() => {
+                    debug!(tenant = %obj.name, "{err}");
+                }
                 Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) => {
                     info!(tenant = %obj.name, label = err.metric_label(), "{err}");
                 }
@@ -339,6 +360,11 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     let api = Api::<Tenant>::all(ctx.client.clone());
     let name = tenant.name_any();
     let started = std::time::Instant::now();
+    // Decisions read the Baseline and revision caches: never before their first listing (a
+    // tenant judged against an empty cache would report its Baseline missing).
+    for ready in &ctx.caches_ready {
+        ready.wait().await?;
+    }
     let result = finalizer::finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             FinalizerEvent::Apply(tenant) => apply(&tenant, &ctx).await,
@@ -365,6 +391,13 @@ pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Acti
         }
         // A verification found AWS's budget busy with user work: it waits its turn, quietly.
         Error::Aws(aws) if aws.kind == AwsErrorKind::Busy => return Action::requeue(jittered(Duration::from_secs(10))),
+        // The finalizer patch tests the list of finalizers it read; read from a cache a moment
+        // behind a write (a reconcile that started before the first one added it), the test
+        // fails. The watch brings the newer object: try again soon, quietly.
+        err if err.is_stale_finalizer_patch() => {
+            debug!(tenant = %tenant.name_any(), error = %err, "finalizer patch on a stale copy; retrying");
+            return Action::requeue(jittered(Duration::from_secs(1)));
+        }
         _ => {}
     }
     let attempt = {
@@ -411,6 +444,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         Mode::Idle(wait) => return Ok(Action::requeue(wait)),
         mode => mode,
     };
+    tracing::debug!(tenant = %tenant.name_any(), ?mode, baseline_changed, "reconciling");
 
     progress.start_steps();
     let identity = match identity::plan(tenant, &ctx.settings.email_template) {
@@ -473,12 +507,19 @@ async fn finish(
     Ok(Action::requeue(requeue.max(Duration::from_millis(100))))
 }
 
-/// What the Baseline controller counts of a tenant: its baseline revision and condition.
-fn baseline_view(status: Option<&crate::api::TenantStatus>) -> Option<(Option<String>, String, String)> {
+/// What the Baseline controller reads of a tenant: its revisions (applied, admitted, previewed)
+/// and conditions.
+fn baseline_view(status: Option<&crate::api::TenantStatus>) -> Option<impl PartialEq> {
     let status = status?;
     let ready = conditions::find(&status.conditions, conditions::BASELINE_READY)?;
     let stalled = conditions::is_true(&status.conditions, conditions::STALLED);
-    Some((status.baseline.as_ref().map(|b| b.revision.clone()), ready.status.clone(), format!("{stalled}")))
+    let baseline = status.baseline.as_ref();
+    Some((
+        baseline.map(|b| (b.revision.clone(), b.admitted_revision.clone())),
+        baseline.and_then(|b| b.preview.as_ref()).map(|p| p.revision.clone()),
+        ready.status.clone(),
+        stalled,
+    ))
 }
 
 /// Sorts a step's error: a terminal AWS refusal becomes the step's `Stalled` outcome, so a

@@ -1,0 +1,343 @@
+//! Progressive Baseline rollouts across a fleet of 60 tenants: waves never above
+//! maxConcurrent (counted from the simulator's own record of stack operations), canaries,
+//! halts, a fix, new tenants mid-rollout, SIGKILLs, and previews.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::Event;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use silo::{Baseline, Tenant, conditions};
+use silo_testenv::{
+    TenantFixture, TestCase,
+    awssim::{StackOperation, most_in_flight},
+    test_case,
+};
+
+const FLEET: usize = 60;
+const WITHIN: Duration = Duration::from_secs(300);
+
+const TEMPLATE: &str = "
+Parameters:
+  TenantName: {Type: String}
+  Version: {Type: String, Default: v1}
+Resources:
+  Topic:
+    Type: AWS::SNS::Topic
+    Properties:
+      TopicName: !Sub '${TenantName}-events'
+Outputs:
+  Version:
+    Value: !Ref Version
+";
+
+fn names() -> Vec<String> {
+    (0..FLEET).map(|i| format!("fleet-{i:02}")).collect()
+}
+
+async fn apply_baseline(case: &TestCase, spec: Value) {
+    let baseline =
+        json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": "fleet"}, "spec": spec});
+    Api::<Baseline>::all(case.client.clone())
+        .patch("fleet", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&baseline))
+        .await
+        .unwrap();
+}
+
+/// The Baseline with `Version` and rollout settings; the tenants that use it, all Ready.
+async fn fleet_on_v1(case: &TestCase, rollout: Value) {
+    let started = Instant::now();
+    apply_baseline(case, json!({"template": TEMPLATE, "parameters": {"Version": "v1"}, "rollout": rollout})).await;
+    for name in names() {
+        case.create(&TenantFixture::named(&name).baseline("fleet")).await.unwrap();
+    }
+    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    wait_for_phase(case, "Complete").await;
+    eprintln!("{FLEET} tenants on v1 in {:?}", started.elapsed());
+}
+
+async fn baseline(case: &TestCase) -> Baseline {
+    Api::<Baseline>::all(case.client.clone()).get("fleet").await.unwrap()
+}
+
+fn phase(baseline: &Baseline) -> Option<String> {
+    baseline.status.as_ref()?.rollout.as_ref().map(|r| r.phase.clone())
+}
+
+async fn wait_for_phase(case: &TestCase, wanted: &str) -> Baseline {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let baseline = baseline(case).await;
+        if phase(&baseline).as_deref() == Some(wanted)
+            && baseline.status.as_ref().and_then(|s| s.observed_generation) == baseline.metadata.generation
+        {
+            return baseline;
+        }
+        assert!(Instant::now() < deadline, "the rollout never reached {wanted}: {:?}", baseline.status);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The `Version` output each tenant's stack shows in its status.
+async fn versions(case: &TestCase) -> std::collections::BTreeMap<String, String> {
+    case.tenants()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|t: Tenant| {
+            let name = t.metadata.name.clone()?;
+            let version = t.status?.baseline?.stacks.first()?.outputs.get("Version")?.clone();
+            Some((name, version))
+        })
+        .collect()
+}
+
+async fn account_of(case: &TestCase, name: &str) -> String {
+    case.tenants().get(name).await.unwrap().status.unwrap().account_id.unwrap()
+}
+
+async fn updates(case: &TestCase, since: f64) -> Vec<StackOperation> {
+    let ops = case.sim.stack_operations().await.unwrap();
+    ops.into_iter().filter(|op| op.operation == "UpdateStack" && op.started >= since).collect()
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A change rolls in waves never above maxConcurrent in flight, counted from the simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_rolls_in_waves_never_above_max_concurrent() {
+    let mut case = test_case().await;
+    case.sim.configure(json!({"stack_operation_seconds": 1})).await.unwrap();
+    case.start_controller(TestCase::settings());
+    fleet_on_v1(&case, json!({"maxConcurrent": 5, "canary": {"count": 2}})).await;
+
+    let since = now();
+    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": {"maxConcurrent": 5, "canary": {"count": 2}}})).await;
+    let done = wait_for_phase(&case, "Complete").await;
+    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    let versions = versions(&case).await;
+    assert!(versions.values().all(|v| v == "v2"), "every tenant runs v2: {versions:?}");
+    let ops = updates(&case, since).await;
+    assert_eq!(ops.len(), FLEET, "one update per tenant");
+    let most = most_in_flight(&ops, "UpdateStack", since);
+    eprintln!("{} updates, at most {most} in flight", ops.len());
+    assert!(most <= 5, "at most maxConcurrent tenants in flight: {most}");
+    assert!(most >= 3, "waves really ran in parallel: {most}");
+    // The canary went first: its two updates ended before any other began.
+    let canary: Vec<String> = done.status.clone().unwrap().rollout.unwrap().canary;
+    assert_eq!(canary, vec!["fleet-00", "fleet-01"]);
+    let mut canary_accounts = vec![];
+    for name in &canary {
+        canary_accounts.push(account_of(&case, name).await);
+    }
+    let canary_end =
+        ops.iter().filter(|op| canary_accounts.contains(&op.account)).filter_map(|op| op.finished).fold(0.0, f64::max);
+    let others_start =
+        ops.iter().filter(|op| !canary_accounts.contains(&op.account)).map(|op| op.started).fold(f64::MAX, f64::min);
+    assert!(canary_end <= others_start, "no tenant was updated before the canary finished");
+
+    // An Event for each step, each with its own note: the start, the canary, every wave, the end.
+    let rollout = done.status.unwrap().rollout.unwrap();
+    let revision = &rollout.revision;
+    let mut wanted = vec![
+        ("RolloutStarted", format!("Rolling out revision {revision}")),
+        ("CanaryPassed", format!("The canary of revision {revision} passed")),
+        ("RolloutComplete", format!("Revision {revision} is complete")),
+    ];
+    wanted.extend((1..=rollout.wave).map(|wave| ("WaveAdmitted", format!("Wave {wave} of revision {revision}:"))));
+    assert!(rollout.wave >= 2, "the rollout ran in waves: {rollout:?}");
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let events = Api::<Event>::namespaced(case.client.clone(), "default").list(&Default::default()).await.unwrap();
+        let seen: Vec<(String, String)> = events
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("fleet"))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(reason, note)| !seen.iter().any(|(r, n)| r == reason && n.starts_with(note)))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "missing Events {missing:?}; seen {seen:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A canary that fails halts the rollout: no other tenant is touched, the Baseline says
+/// which tenant failed and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
+    let mut case = test_case().await;
+    case.start_controller(TestCase::settings());
+    fleet_on_v1(&case, json!({"maxConcurrent": 10})).await;
+    case.sim
+        .configure(json!({"stack_failures": [{"operations": ["UpdateStack"], "parameters": {"TenantName": "^fleet-00$"}, "reason": "Topic policy refused by an SCP"}]}))
+        .await
+        .unwrap();
+    let since = now();
+    apply_baseline(
+        &case,
+        json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": {"maxConcurrent": 10}}),
+    )
+    .await;
+    let halted = wait_for_phase(&case, "Halted").await;
+    let status = halted.status.unwrap();
+    let stalled = conditions::find(&status.conditions, conditions::STALLED).unwrap();
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "RolloutHalted");
+    assert!(
+        stalled.message.contains("fleet-00") && stalled.message.contains("Topic policy refused by an SCP"),
+        "{}",
+        stalled.message
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ops = updates(&case, since).await;
+    let canary = account_of(&case, "fleet-00").await;
+    assert!(!ops.is_empty() && ops.iter().all(|op| op.account == canary), "only the canary was updated: {ops:?}");
+    assert_eq!(phase(&baseline(&case).await).as_deref(), Some("Halted"), "a halt holds");
+}
+
+/// Failures beyond the tolerance mid-rollout halt it; a fixed revision completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_completes() {
+    let mut case = test_case().await;
+    case.start_controller(TestCase::settings());
+    let rollout = json!({"maxConcurrent": 5, "failureTolerance": 1});
+    fleet_on_v1(&case, rollout.clone()).await;
+    case.sim
+        .configure(json!({"stack_failures": [{"operations": ["UpdateStack"], "parameters": {"TenantName": "^fleet-1[0-3]$", "Version": "^v2$"}, "reason": "quota of topics reached"}]}))
+        .await
+        .unwrap();
+    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
+    let halted = wait_for_phase(&case, "Halted").await;
+    let failed: Vec<String> = halted.status.unwrap().rollout.unwrap().failed.into_iter().map(|f| f.name).collect();
+    assert!(failed.len() >= 2 && failed.iter().all(|n| n.starts_with("fleet-1")), "{failed:?}");
+    let versions_now = versions(&case).await;
+    let beyond: Vec<&String> =
+        versions_now.iter().filter(|(name, _)| name.as_str() >= "fleet-50").map(|(_, v)| v).collect();
+    assert!(beyond.len() == 10 && beyond.iter().all(|v| *v == "v1"), "it stopped mid-way: {versions_now:?}");
+
+    // The fix: a new revision (v3, which the injected failure does not match).
+    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v3"}, "rollout": rollout})).await;
+    wait_for_phase(&case, "Complete").await;
+    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    let versions = versions(&case).await;
+    assert!(versions.values().all(|v| v == "v3"), "{versions:?}");
+}
+
+/// A tenant created during the canary gets the last complete revision; one created after
+/// the canary passed gets the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary() {
+    let mut case = test_case().await;
+    case.start_controller(TestCase::settings());
+    let rollout = json!({"maxConcurrent": 20, "bakeSeconds": 25});
+    fleet_on_v1(&case, rollout.clone()).await;
+    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
+    wait_for_phase(&case, "Baking").await;
+    case.create(&TenantFixture::named("early-bird").baseline("fleet")).await.unwrap();
+    case.wait_for("early-bird", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(versions(&case).await.get("early-bird").map(String::as_str), Some("v1"), "during the canary: v1");
+
+    let deadline = Instant::now() + WITHIN;
+    while !baseline(&case).await.status.unwrap().rollout.unwrap().canary_passed {
+        assert!(Instant::now() < deadline, "the canary never passed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    case.create(&TenantFixture::named("late-bird").baseline("fleet")).await.unwrap();
+    case.wait_for("late-bird", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(versions(&case).await.get("late-bird").map(String::as_str), Some("v2"), "after the canary: v2");
+    wait_for_phase(&case, "Complete").await;
+    let deadline = Instant::now() + WITHIN;
+    while versions(&case).await.get("early-bird").map(String::as_str) != Some("v2") {
+        assert!(Instant::now() < deadline, "the early tenant was rolled forward with the others");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The controller SIGKILLed mid-rollout resumes where it stopped, never above maxConcurrent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
+    let case = test_case().await;
+    case.sim.configure(json!({"stack_operation_seconds": 3})).await.unwrap();
+    let flags = ["--leader-election", "false"];
+    let mut controller = case.spawn_controller(&flags, "rollout-controller.log").unwrap();
+    let rollout = json!({"maxConcurrent": 4});
+    fleet_on_v1(&case, rollout.clone()).await;
+    let since = now();
+    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        controller.kill();
+        controller = case.spawn_controller(&flags, "rollout-controller.log").unwrap();
+    }
+    let deadline = Instant::now() + WITHIN;
+    while phase(&baseline(&case).await).as_deref() != Some("Complete") {
+        controller.check_running().unwrap();
+        let status = baseline(&case).await.status;
+        assert!(Instant::now() < deadline, "the rollout did not complete after the restarts: {status:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    controller.kill();
+    let ops = updates(&case, since).await;
+    let most = most_in_flight(&ops, "UpdateStack", since);
+    eprintln!("{} updates across 5 controller processes, at most {most} in flight", ops.len());
+    assert!(most <= 4, "never above maxConcurrent across restarts: {most}");
+    assert!(versions(&case).await.values().all(|v| v == "v2"));
+}
+
+/// A preview makes change sets for the canary tenants, shows what they would change, and
+/// executes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_shows_the_changes_and_executes_nothing() {
+    let mut case = test_case().await;
+    case.start_controller(TestCase::settings());
+    fleet_on_v1(&case, json!({"canary": {"count": 2}})).await;
+    let since = now();
+    let with_parameter = format!(
+        "{TEMPLATE}  Name:\n    Value: !Ref Setting\n"
+    )
+    .replace(
+        "Resources:\n",
+        "Resources:\n  Setting:\n    Type: AWS::SSM::Parameter\n    Properties:\n      Type: String\n      Value: !Ref Version\n",
+    );
+    apply_baseline(&case, json!({"template": with_parameter, "parameters": {"Version": "v1"}, "rollout": {"canary": {"count": 2}, "preview": true}})).await;
+    let deadline = Instant::now() + WITHIN;
+    let preview = loop {
+        let status = baseline(&case).await.status.unwrap();
+        if status.preview.len() == 2 {
+            break status.preview;
+        }
+        assert!(Instant::now() < deadline, "no preview: {status:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for report in &preview {
+        assert!(
+            report
+                .changes
+                .iter()
+                .any(|c| c.action == "Add" && c.logical_id == "Setting" && c.resource_type == "AWS::SSM::Parameter"),
+            "{}: {:?}",
+            report.tenant,
+            report.changes
+        );
+    }
+    assert_eq!(phase(&baseline(&case).await).as_deref(), Some("Previewing"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = case.sim.stats().await.unwrap();
+    let executed = case.sim.stack_operations().await.unwrap().into_iter().filter(|op| op.started >= since).count();
+    assert_eq!(executed, 0, "nothing executed: {stats}");
+    assert_eq!(stats["requests"].get("cloudformation:ExecuteChangeSet"), None);
+}
