@@ -23,11 +23,13 @@ help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Install what is missing: rustfmt/clippy, podman, the simulator venv, kube-apiserver, kubectl.
+tools: ## Install what is missing: rustfmt/clippy, podman, the simulator venv, kube-apiserver, kubectl, promtool.
 	@command -v rustup >/dev/null && rustup component add rustfmt clippy >/dev/null 2>&1 || true
 	hack/system-tools.sh
 	tests/awssim/setup.sh
 	tests/kube/build.sh
+	tests/monitoring/build.sh
+	tests/kstatus/build.sh
 
 .PHONY: build
 build: ## Build silo and the test environment.
@@ -62,7 +64,7 @@ image: ## Build the images silo:dev and silo-awssim:dev offline, with podman or 
 	images/build.sh
 
 .PHONY: e2e
-e2e: build ## End-to-end suites against a real kube-apiserver and the AWS simulator.
+e2e: build ## End-to-end suites against a real kube-apiserver and the AWS simulator (install: the images).
 	$(CARGO) test -p silo-testenv --tests -- --nocapture
 
 .PHONY: demo-check

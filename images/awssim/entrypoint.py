@@ -5,7 +5,10 @@ answers, creates the organization with every feature, as the test environment do
 reset: Silo needs an organization to work in. SIGTERM and SIGINT are passed on to the child;
 the image exits with the child's exit code.
 
-    entrypoint.py [--host 0.0.0.0] [--port 5000] [--verbose]
+    entrypoint.py [--host 0.0.0.0] [--port 5000] [--verbose] [--no-organization]
+
+--no-organization leaves the organization to the caller (Silo's test environment resets the
+simulator and creates it itself: two creators would race).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def main() -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--no-organization", action="store_true", help="do not create the organization")
     args = parser.parse_args()
 
     command = [sys.executable, os.path.join(HERE, "silo_awssim.py"), "--host", args.host, "--port", str(args.port)]
@@ -54,6 +58,9 @@ def main() -> int:
             child.terminate()
             return 1
         time.sleep(0.2)
+    if args.no_organization:
+        print(f"silo-awssim: serving {endpoint}", flush=True)
+        return child.wait()
 
     organizations = boto3.client(
         "organizations",

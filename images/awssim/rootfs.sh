@@ -6,9 +6,9 @@
 # Prints the path of the tarball. Cached under $SILO_CACHE/images/, keyed by this script,
 # the Debian suite and the pins: rebuilt only when one of them changes.
 #
-# The wheels are fetched (or built, for the rare sdist) on the host with its pip, then
-# installed in the chroot with --no-index: the chroot needs no network or CA certificates.
-# The host's Python must be the same minor version as the suite's (3.11 for bookworm).
+# The wheels are fetched on the host by its pip, for the suite's CPython (3.11 for bookworm)
+# whatever the host's Python is, then installed in the chroot with --no-index: the chroot
+# needs no network or CA certificates. Every pinned package has a wheel (no sdist is built).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -31,11 +31,6 @@ command -v mmdebstrap >/dev/null || {
   echo "mmdebstrap is missing: apt-get install -y mmdebstrap (make tools does it when root)" >&2
   exit 1
 }
-host_python="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-[[ "$host_python" == "$python_version" ]] || {
-  echo "the host's python3 is $host_python; the wheels must be for $python_version (Debian $suite)" >&2
-  exit 1
-}
 
 echo "building the simulator root filesystem (Debian $suite, python3, the pinned venv) into $out" >&2
 start=$(date +%s)
@@ -44,7 +39,11 @@ work="$(mktemp -d "$cache/awssim-rootfs.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/wheels"
 cp "$requirements" "$constraints" "$work/wheels/"
-python3 -m pip wheel --quiet --disable-pip-version-check -w "$work/wheels" \
+abi="cp${python_version/./}"
+python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: -d "$work/wheels" \
+  --python-version "$python_version" --implementation cp --abi "$abi" \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64 \
   -r "$requirements" -c "$constraints" >&2
 
 # Documentation, manuals and locales are of no use in a container. "$1" in the hooks is the

@@ -70,7 +70,9 @@ impl AwsSim {
         let port = free_port()?;
         let name = format!("silo-testenv-{}-awssim", std::process::id());
         let run_args = vec!["--read-only".to_string()];
-        let args: Vec<String> = vec!["--host".into(), "127.0.0.1".into(), "--port".into(), port.to_string()];
+        // The environment resets the simulator and creates the organization itself.
+        let args: Vec<String> =
+            ["--host", "127.0.0.1", "--port", &port.to_string(), "--no-organization"].map(String::from).into();
         let mut container = Container::run(&engine, &name, image, &run_args, &args, &dir.join("awssim.log"))?;
         let endpoint = format!("http://127.0.0.1:{port}");
         wait_healthy(container.process(), &endpoint).await?;

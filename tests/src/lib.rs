@@ -146,9 +146,9 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// The namespace the controller runs in (as in `manifests/`), for its closure ledger.
+/// The namespace the controller runs in (as in `manifests/base`), for its closure ledger.
 pub const CONTROLLER_NAMESPACE: &str = "silo-system";
-/// The namespace of Baselines' external-id Secrets (as in `manifests/`).
+/// The namespace of Baselines' external-id Secrets (as in `manifests/base`).
 pub const EXTERNAL_ID_NAMESPACE: &str = "silo-external-ids";
 
 async fn create_namespace(client: &Client, name: &str) -> Result<()> {
@@ -531,7 +531,7 @@ impl TenantFixture {
 }
 
 /// All Silo may do in a cluster: its ServiceAccount, roles and bindings.
-pub const RBAC_MANIFEST: &str = "manifests/rbac.yaml";
+pub const RBAC_MANIFEST: &str = "manifests/base/rbac.yaml";
 
 /// Applies the RBAC objects of a manifest file (ServiceAccount, ClusterRole, Role and their
 /// bindings) with server-side apply.
