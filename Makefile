@@ -23,10 +23,13 @@ help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Install what is missing: rustfmt/clippy, the simulator venv, kube-apiserver and kubectl.
+tools: ## Install what is missing: rustfmt/clippy, podman, the simulator venv, kube-apiserver, kubectl, promtool.
 	@command -v rustup >/dev/null && rustup component add rustfmt clippy >/dev/null 2>&1 || true
+	hack/system-tools.sh
 	tests/awssim/setup.sh
 	tests/kube/build.sh
+	tests/monitoring/build.sh
+	tests/kstatus/build.sh
 
 .PHONY: build
 build: ## Build silo and the test environment.
@@ -42,9 +45,10 @@ crds-check: build ## Fail when crds/ differs from what `silo crd` prints.
 	@echo "crds/ matches silo crd"
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings denied.
+lint: ## cargo fmt --check, clippy with warnings denied, shellcheck on every shell script.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck .ci/run $$(git ls-files '*.sh')
 
 .PHONY: unit
 unit: ## Unit tests: pure planning logic, and the IAM policy against Silo's calls; no network.
@@ -55,8 +59,12 @@ unit: ## Unit tests: pure planning logic, and the IAM policy against Silo's call
 sim-test: ## Tests of the AWS simulator's fault and quota layer.
 	$(SILO_VENV)/bin/python -m pytest -q tests/awssim
 
+.PHONY: image
+image: ## Build the images silo:dev and silo-awssim:dev offline, with podman or docker.
+	images/build.sh
+
 .PHONY: e2e
-e2e: build ## End-to-end suites against a real kube-apiserver and the AWS simulator.
+e2e: build ## End-to-end suites against a real kube-apiserver and the AWS simulator (install: the images).
 	$(CARGO) test -p silo-testenv --tests -- --nocapture
 
 .PHONY: demo-check
@@ -64,7 +72,7 @@ demo-check: build ## Run the demo unattended until every example tenant is Ready
 	$(TESTENV) demo --silo $(SILO) --exit-when-ready --timeout-seconds 300
 
 .PHONY: test
-test: tools lint unit crds-check sim-test e2e demo-check ## Everything CI runs.
+test: tools lint unit crds-check sim-test image e2e demo-check ## Everything CI runs.
 	@echo "make test: all checks passed"
 
 .PHONY: demo

@@ -20,6 +20,7 @@ pub mod conditions;
 pub mod leader;
 pub mod metrics;
 pub mod org;
+pub mod preflight;
 pub mod telemetry;
 pub mod tenant;
 

@@ -12,8 +12,11 @@ use silo::{
     tenant::Settings,
 };
 
+/// `silo --version`: the version and the commit it was built from (controller/build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SILO_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "silo", version, about = "Gives every tenant of a SaaS platform its own AWS account")]
+#[command(name = "silo", version = VERSION, about = "Gives every tenant of a SaaS platform its own AWS account")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -182,7 +185,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let readiness = Readiness::default();
             let server = tokio::spawn(metrics::serve(args.metrics_address, readiness.clone()));
-            let client = kube::Client::try_default().await?;
+            let client = silo::preflight::kube_client().await?;
+            let role = aws_settings.management_role_arn.as_deref();
+            silo::preflight::check(&client, &settings.namespace, &args.lease_name, role).await?;
             let aws = Aws::from_env(&aws_settings).await;
             readiness.set_ready();
             let result = if args.leader_election {

@@ -17,7 +17,10 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_organizations::config::Credentials;
 use serde_json::Value;
 
-use crate::process::{Process, free_port, wait_until};
+use crate::{
+    container::Container,
+    process::{Process, free_port, wait_until},
+};
 
 /// moto's management account: the organization's owner, and the identity of plain credentials.
 pub const MANAGEMENT_ACCOUNT: &str = "123456789012";
@@ -33,7 +36,13 @@ pub fn python() -> PathBuf {
 /// A running simulator.
 pub struct AwsSim {
     pub endpoint: String,
-    _process: Process,
+    _running: Running,
+}
+
+/// The simulator runs from the venv (the default) or from its image.
+enum Running {
+    Process(#[allow(dead_code)] Process),
+    Container(#[allow(dead_code)] Container),
 }
 
 impl AwsSim {
@@ -49,12 +58,33 @@ impl AwsSim {
         command.arg(&script).arg("--host").arg("127.0.0.1").arg("--port").arg(port.to_string());
         let mut process = Process::start("aws simulator", command, &dir.join("awssim.log"))?;
         let endpoint = format!("http://127.0.0.1:{port}");
-        wait_until(&mut process, "the AWS simulator did not answer", Duration::from_secs(60), || async {
-            reqwest::get(format!("{endpoint}/_silo/health")).await.is_ok_and(|r| r.status().is_success()).then_some(())
-        })
-        .await?;
-        Ok(Self { endpoint, _process: process })
+        wait_healthy(&mut process, &endpoint).await?;
+        Ok(Self { endpoint, _running: Running::Process(process) })
     }
+
+    /// Starts the simulator from its image (`make image` builds `silo-awssim:dev`) on the
+    /// host network, on a random loopback port, and waits until it answers.
+    pub async fn start_image(dir: &Path, image: &str) -> Result<Self> {
+        let engine = crate::container::engine()?;
+        crate::container::require_image(&engine, image)?;
+        let port = free_port()?;
+        let name = format!("silo-testenv-{}-awssim", std::process::id());
+        let run_args = vec!["--read-only".to_string()];
+        // The environment resets the simulator and creates the organization itself.
+        let args: Vec<String> =
+            ["--host", "127.0.0.1", "--port", &port.to_string(), "--no-organization"].map(String::from).into();
+        let mut container = Container::run(&engine, &name, image, &run_args, &args, &dir.join("awssim.log"))?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_healthy(container.process(), &endpoint).await?;
+        Ok(Self { endpoint, _running: Running::Container(container) })
+    }
+}
+
+async fn wait_healthy(process: &mut Process, endpoint: &str) -> Result<()> {
+    wait_until(process, "the AWS simulator did not answer", Duration::from_secs(60), || async {
+        reqwest::get(format!("{endpoint}/_silo/health")).await.is_ok_and(|r| r.status().is_success()).then_some(())
+    })
+    .await
 }
 
 /// One CreateStack, UpdateStack, ExecuteChangeSet or DeleteStack, as the simulator saw it.

@@ -26,11 +26,23 @@ pub fn kube_bin_dir() -> PathBuf {
     }
 }
 
+/// How to start a control plane; the default is what every suite but the install suite uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ControlPlaneOptions {
+    /// Write an audit log (`audit.log` beside the kubeconfig, JSON lines, every request at
+    /// the Metadata level): who did what, and what the API server answered.
+    pub audit_log: bool,
+}
+
 /// A running etcd plus kube-apiserver.
 pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     pub server: String,
     pub version: String,
+    /// The audit log, when [`ControlPlaneOptions::audit_log`] asked for one.
+    pub audit_log: Option<PathBuf>,
+    /// The API server's serving certificate (what in-cluster clients mount as `ca.crt`).
+    pub ca_pem: String,
     // Dropped in reverse order: the API server before etcd.
     _apiserver: Process,
     _etcd: Process,
@@ -39,6 +51,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts etcd and kube-apiserver under `dir`, and waits until the API server is ready.
     pub async fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, &ControlPlaneOptions::default()).await
+    }
+
+    /// [`ControlPlane::start`], configured by `options`.
+    pub async fn start_with(dir: &Path, options: &ControlPlaneOptions) -> Result<Self> {
         let apiserver_bin = kube_bin_dir().join("kube-apiserver");
         if !apiserver_bin.exists() {
             bail!("{} is missing: run `make tools` (tests/kube/build.sh) to build it", apiserver_bin.display());
@@ -73,6 +90,20 @@ impl ControlPlane {
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--enable-priority-and-fairness=false")
             .arg("--profiling=false");
+        let audit_log = if options.audit_log {
+            let policy = dir.join("audit-policy.yaml");
+            std::fs::write(&policy, AUDIT_POLICY)?;
+            let log = dir.join("audit.log");
+            command
+                .arg(format!("--audit-policy-file={}", policy.display()))
+                .arg(format!("--audit-log-path={}", log.display()))
+                .arg("--audit-log-format=json")
+                // Written as each request completes, so a test reads every event it caused.
+                .arg("--audit-log-mode=blocking");
+            Some(log)
+        } else {
+            None
+        };
         let mut apiserver = Process::start("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
 
         let server = format!("https://127.0.0.1:{port}");
@@ -81,9 +112,19 @@ impl ControlPlane {
         std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &ca, &token))?;
         let client = client_from(&kubeconfig).await?;
         let version = wait_ready(&client, &mut apiserver).await?;
-        Ok(Self { kubeconfig, server, version, _apiserver: apiserver, _etcd: etcd })
+        Ok(Self { kubeconfig, server, version, audit_log, ca_pem: ca, _apiserver: apiserver, _etcd: etcd })
     }
 }
+
+/// Every request at the Metadata level (user, verb, resource, answer; no bodies), without
+/// the RequestReceived stage (each request is logged once it is answered; a watch also when
+/// its answer starts).
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+";
 
 /// A client for the kubeconfig the control plane wrote.
 pub async fn client_from(kubeconfig: &Path) -> Result<Client> {

@@ -9,9 +9,12 @@
 //! starting fails loudly with what to run.
 //!
 //! End-to-end tests call [`test_case`]: one environment per test binary, started on first use,
-//! with tests serialised and the simulator reset between them.
+//! with tests serialised and the simulator reset between them. A binary that needs a
+//! differently configured environment (the install suite: an audit log, the simulator from
+//! its image) calls [`test_case_with`] instead, with its [`EnvOptions`].
 
 pub mod awssim;
+pub mod container;
 pub mod control_plane;
 pub mod process;
 pub mod proxy;
@@ -36,7 +39,7 @@ use silo::{
 };
 
 pub use awssim::{AwsSim, SimClient};
-pub use control_plane::ControlPlane;
+pub use control_plane::{ControlPlane, ControlPlaneOptions};
 
 /// Where built binaries, the venv and scratch directories live: `$SILO_CACHE`, else
 /// `~/.cache/silo`. Outside the clone, so repeated runs are fast; never required to exist.
@@ -59,15 +62,34 @@ pub struct Env {
     pub kube: ControlPlane,
 }
 
+/// How to start an [`Env`]; the default is what every suite but the install suite uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnvOptions {
+    pub control_plane: ControlPlaneOptions,
+    /// Run the AWS simulator from this image (`make image`) instead of the venv.
+    pub simulator_image: Option<String>,
+}
+
 impl Env {
     /// Starts both halves under a fresh scratch directory and installs Silo's CRDs.
     pub async fn start() -> Result<Self> {
+        Self::start_with(&EnvOptions::default()).await
+    }
+
+    /// [`Env::start`], configured by `options`.
+    pub async fn start_with(options: &EnvOptions) -> Result<Self> {
         install_crypto_provider();
         let dir = cache_dir().join("run").join(format!("env-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let kube_dir = dir.join("kube");
-        let (kube, aws) = tokio::try_join!(ControlPlane::start(&kube_dir), AwsSim::start(&dir))?;
+        let aws = async {
+            match &options.simulator_image {
+                Some(image) => AwsSim::start_image(&dir, image).await,
+                None => AwsSim::start(&dir).await,
+            }
+        };
+        let (kube, aws) = tokio::try_join!(ControlPlane::start_with(&kube_dir, &options.control_plane), aws)?;
         let env = Self { dir, aws, kube };
         let client = env.client().await?;
         install_crds(&client).await?;
@@ -91,6 +113,9 @@ impl Env {
             kube_version: self.kube.version.clone(),
             aws_endpoint: self.aws.endpoint.clone(),
             dir: self.dir.clone(),
+            server: self.kube.server.clone(),
+            ca_pem: self.kube.ca_pem.clone(),
+            audit_log: self.kube.audit_log.clone(),
         }
     }
 }
@@ -121,9 +146,9 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// The namespace the controller runs in (as in `manifests/`), for its closure ledger.
+/// The namespace the controller runs in (as in `manifests/base`), for its closure ledger.
 pub const CONTROLLER_NAMESPACE: &str = "silo-system";
-/// The namespace of Baselines' external-id Secrets (as in `manifests/`).
+/// The namespace of Baselines' external-id Secrets (as in `manifests/base`).
 pub const EXTERNAL_ID_NAMESPACE: &str = "silo-external-ids";
 
 async fn create_namespace(client: &Client, name: &str) -> Result<()> {
@@ -140,13 +165,26 @@ pub struct EnvInfo {
     pub kube_version: String,
     pub aws_endpoint: String,
     pub dir: PathBuf,
+    /// The API server's URL and serving certificate.
+    pub server: String,
+    pub ca_pem: String,
+    /// The API server's audit log, when the environment was started with one.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// The environment of this test binary, started on first use on a thread of its own that
 /// keeps it alive until the process exits. Panics with the reason if it cannot start.
 pub fn shared() -> &'static EnvInfo {
-    static SHARED: OnceLock<Result<EnvInfo, String>> = OnceLock::new();
-    let started = SHARED.get_or_init(|| {
+    shared_with(&EnvOptions::default())
+}
+
+/// [`shared`], started with `options`. One test binary has one environment: asking for it
+/// with other options than it was started with panics.
+pub fn shared_with(options: &EnvOptions) -> &'static EnvInfo {
+    static SHARED: OnceLock<(EnvOptions, Result<EnvInfo, String>)> = OnceLock::new();
+    let (started_with, started) = SHARED.get_or_init(|| {
+        let started_with = options.clone();
+        let options = options.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("testenv".into())
@@ -154,7 +192,7 @@ pub fn shared() -> &'static EnvInfo {
                 let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
                 runtime.block_on(async move {
                     let started = Instant::now();
-                    match Env::start().await {
+                    match Env::start_with(&options).await {
                         Ok(env) => {
                             eprintln!(
                                 "testenv: kube-apiserver {} at {} and the AWS simulator at {} ready in {:.1} s (logs in {})",
@@ -174,8 +212,9 @@ pub fn shared() -> &'static EnvInfo {
                 });
             })
             .expect("spawn the testenv thread");
-        rx.recv().unwrap_or_else(|_| Err("the testenv thread died".into()))
+        (started_with, rx.recv().unwrap_or_else(|_| Err("the testenv thread died".into())))
     });
+    assert_eq!(started_with, options, "this test binary's environment was started with other options");
     match started {
         Ok(info) => info,
         Err(err) => panic!("the test environment could not start: {err}"),
@@ -194,10 +233,15 @@ pub struct TestCase {
 
 /// Takes the shared environment for one test.
 pub async fn test_case() -> TestCase {
+    test_case_with(&EnvOptions::default()).await
+}
+
+/// [`test_case`] in an environment started with `options` (see [`shared_with`]).
+pub async fn test_case_with(options: &EnvOptions) -> TestCase {
     static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let exclusive = EXCLUSIVE.lock().await;
     install_crypto_provider();
-    let info = shared();
+    let info = shared_with(options);
     log_to(&info.dir.join("controller.log"));
     let client = control_plane::client_from(&info.kubeconfig).await.expect("client for the test API server");
     let sim = SimClient::new(&info.aws_endpoint);
@@ -246,7 +290,7 @@ impl TestCase {
     }
 
     /// Runs the Tenant controller in this process as the `silo` ServiceAccount of
-    /// `manifests/rbac.yaml`, with a token the API server issued for it: only what that RBAC
+    /// [`RBAC_MANIFEST`], with a token the API server issued for it: only what that RBAC
     /// grants is allowed.
     pub async fn start_controller_as_service_account(&mut self, settings: Settings) -> Result<()> {
         let client = self.service_account_client().await?;
@@ -259,20 +303,26 @@ impl TestCase {
         Ok(())
     }
 
-    /// A client acting as the `silo` ServiceAccount of `manifests/rbac.yaml` (applied first),
+    /// A client acting as the `silo` ServiceAccount of [`RBAC_MANIFEST`] (applied first),
     /// with a token the API server issued for it: only what that RBAC grants is allowed.
     pub async fn service_account_client(&self) -> Result<Client> {
-        apply_manifest(&self.client, &repo_dir().join("manifests/rbac.yaml")).await?;
+        let token = self.service_account_token().await?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.info.kubeconfig)?;
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Applies [`RBAC_MANIFEST`] and returns a token the API server issued for its `silo`
+    /// ServiceAccount (a TokenRequest, valid for an hour), as a kubelet would mount it.
+    pub async fn service_account_token(&self) -> Result<String> {
+        apply_manifest(&self.client, &repo_dir().join(RBAC_MANIFEST)).await?;
         let accounts =
             Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
         let request =
             serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
         let token = accounts.create_token_request("silo", &Default::default(), &request).await?;
-        let token = token.status.and_then(|s| s.token).context("the TokenRequest returned no token")?;
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.info.kubeconfig)?;
-        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
-        Ok(Client::try_from(config)?)
+        token.status.and_then(|s| s.token).filter(|t| !t.is_empty()).context("the TokenRequest returned no token")
     }
 
     /// Starts `silo run` as a separate process against the environment, with extra flags.
@@ -479,6 +529,9 @@ impl TenantFixture {
         .expect("a fixture is a valid Tenant")
     }
 }
+
+/// All Silo may do in a cluster: its ServiceAccount, roles and bindings.
+pub const RBAC_MANIFEST: &str = "manifests/base/rbac.yaml";
 
 /// Applies the RBAC objects of a manifest file (ServiceAccount, ClusterRole, Role and their
 /// bindings) with server-side apply.

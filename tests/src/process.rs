@@ -83,6 +83,25 @@ impl Process {
         Ok(())
     }
 
+    /// Waits up to `timeout` for the process to exit by itself, and returns its status.
+    pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{} still runs after {timeout:?}; last lines of {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log, 30)
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

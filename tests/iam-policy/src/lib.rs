@@ -1,4 +1,4 @@
-//! Evaluates Silo's IAM policies (`manifests/iam-policy*.json`) against requests shaped like
+//! Evaluates Silo's IAM policies (`docs/iam-policy*.json`) against requests shaped like
 //! the calls Silo makes, without AWS: the simulator does not evaluate `aws:ResourceTag` or
 //! `aws:TagKeys` conditions, so the policy's conditions are tested here.
 //!

@@ -1,4 +1,4 @@
-//! `manifests/iam-policy.json` (and `manifests/iam-policy-reclaim.json`, attached only while
+//! `docs/iam-policy.json` (and `docs/iam-policy-reclaim.json`, attached only while
 //! restoring) against the calls Silo makes and the ones it must never be able to make. Each
 //! scenario is a sentence; a failure prints the sentence with what IAM would answer.
 //!
@@ -14,8 +14,8 @@ use silo_iam_policy_tests::{
     NAME_TAG, PolicyDocument, Resource, UID_TAG, decide, repo_root,
 };
 
-const POLICY: &str = "manifests/iam-policy.json";
-const RECLAIM: &str = "manifests/iam-policy-reclaim.json";
+const POLICY: &str = "docs/iam-policy.json";
+const RECLAIM: &str = "docs/iam-policy-reclaim.json";
 
 const UID: &str = "9f6c1a52-0b1e-4c1d-9a57-5d2f0c0f1a01";
 const PREVIOUS_UID: &str = "3b0e9d7c-7a55-4f0e-8c2b-6f1d2e3c4b02";
