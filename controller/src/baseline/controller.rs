@@ -272,7 +272,9 @@ fn render(
     let mut counts = TenantCounts::default();
     for view in views {
         let on_newest = view.admitted.as_deref() == Some(newest);
-        match (&view.state, on_newest || rollout::is_admitted(rollout, &view.name)) {
+        // A new tenant is on its way to the newest revision when the rollout gives it that one.
+        let arriving = view.admitted.is_none() && rollout::target(rollout, &view.name, None) == newest;
+        match (&view.state, on_newest || arriving || rollout::is_admitted(rollout, &view.name)) {
             (_, false) => counts.waiting += 1,
             (State::Current, true) if on_newest => counts.current += 1,
             (State::Failed { .. }, true) if on_newest => counts.failed += 1,
@@ -313,14 +315,16 @@ fn render(
             conds.set(conditions::RECONCILING, false, "RolloutHalted", "");
             conds.set(conditions::STALLED, true, "RolloutHalted", &message);
         }
-        rollout::COMPLETE if counts.failed == 0 => {
+        // Ready: every tenant runs the newest revision (a new tenant still on its way keeps the
+        // Baseline Reconciling, so a GitOps tool waits for it).
+        rollout::COMPLETE if counts.failed == 0 && counts.in_progress == 0 && counts.waiting == 0 => {
             conds.set(conditions::READY, true, "AllCurrent", &summary);
             conds.set(conditions::RECONCILING, false, "AllCurrent", "");
             conds.set(conditions::STALLED, false, "AllCurrent", "");
         }
         phase => {
             let reason = match phase {
-                rollout::COMPLETE => "TenantsFailed",
+                rollout::COMPLETE if counts.failed > 0 => "TenantsFailed",
                 rollout::BAKING => "Baking",
                 rollout::PAUSED => "Paused",
                 rollout::PREVIEWING => "Previewing",
@@ -377,6 +381,30 @@ mod tests {
             ..Default::default()
         });
         t
+    }
+
+    #[test]
+    fn a_baseline_is_ready_only_when_every_tenant_runs_its_newest_revision() {
+        let mut baseline = Baseline::new("std", Default::default());
+        baseline.metadata.generation = Some(1);
+        let rollout = RolloutStatus {
+            revision: "r1".into(),
+            phase: rollout::COMPLETE.into(),
+            canary_passed: true,
+            ..Default::default()
+        };
+        let ready = |users: &[Tenant]| {
+            let users: Vec<Arc<Tenant>> = users.iter().cloned().map(Arc::new).collect();
+            let views: Vec<TenantView> = users.iter().map(|t| view(t, "std")).collect();
+            let status = render(&baseline, "r1", &rollout, &views, &users, Timestamp::now());
+            let ready = conditions::find(&status.conditions, conditions::READY).unwrap().clone();
+            (ready.status, ready.reason, status.tenants.in_progress)
+        };
+        let current = tenant("a", "r1", &[("BaselineReady", "True", "BaselineApplied")]);
+        assert_eq!(ready(std::slice::from_ref(&current)), ("True".into(), "AllCurrent".into(), 0));
+        // A new tenant, still creating its account: on its way to r1.
+        let new = Tenant::new("b", TenantSpec::default());
+        assert_eq!(ready(&[current, new]), ("False".into(), "RollingOut".into(), 1));
     }
 
     #[test]
