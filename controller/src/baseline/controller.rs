@@ -271,10 +271,10 @@ fn render(
 ) -> BaselineStatus {
     let mut counts = TenantCounts::default();
     for view in views {
-        let on_newest = view.admitted.as_deref() == Some(newest);
-        // A new tenant is on its way to the newest revision when the rollout gives it that one.
+        // A new tenant counts on the newest revision when the rollout gives it that one.
         let arriving = view.admitted.is_none() && rollout::target(rollout, &view.name, None) == newest;
-        match (&view.state, on_newest || arriving || rollout::is_admitted(rollout, &view.name)) {
+        let on_newest = arriving || view.admitted.as_deref() == Some(newest);
+        match (&view.state, on_newest || rollout::is_admitted(rollout, &view.name)) {
             (_, false) => counts.waiting += 1,
             (State::Current, true) if on_newest => counts.current += 1,
             (State::Failed { .. }, true) if on_newest => counts.failed += 1,
@@ -405,6 +405,14 @@ mod tests {
         // A new tenant, still creating its account: on its way to r1.
         let new = Tenant::new("b", TenantSpec::default());
         assert_eq!(ready(&[current, new]), ("False".into(), "RollingOut".into(), 1));
+        // A new tenant whose first apply failed (a parameter its template lacks) failed it.
+        let mut typo = tenant(
+            "c",
+            "r1",
+            &[("BaselineReady", "False", "UndeclaredParameter"), ("Stalled", "True", "UndeclaredParameter")],
+        );
+        typo.status.as_mut().unwrap().baseline = None;
+        assert_eq!(ready(&[typo]), ("False".into(), "TenantsFailed".into(), 0));
     }
 
     #[test]
