@@ -88,6 +88,14 @@ pub struct ReasonLabels {
 }
 
 /// Every phase a Tenant reports; all are exported from the start, at 0 when empty.
+/// The kinds in `silo_aws_errors_total{kind}`.
+pub const AWS_ERROR_KINDS: [&str; 3] = ["throttled", "transient", "terminal"];
+
+/// The results in `silo_reconciles_total{result}` (see `tenant::Error::metric_label`); the
+/// Baseline controller's are the first three.
+pub const RECONCILE_RESULTS: [&str; 7] =
+    ["ok", "aws_retryable", "kube", "aws_terminal", "deferred", "deletion_pending", "finalizer"];
+
 pub const PHASES: [&str; 7] = ["Pending", "Creating", "Provisioning", "Ready", "Stalled", "Paused", "Deleting"];
 
 /// Every metric Silo exports. One per process ([`METRICS`]).
@@ -121,6 +129,13 @@ impl Metrics {
         let reconcile_seconds = Family::<ReconcileLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
+        // Every result of every controller shows from the start, rare ones too.
+        for (controller, results) in [("tenant", &RECONCILE_RESULTS[..]), ("baseline", &RECONCILE_RESULTS[..3])] {
+            for &result in results {
+                let _ = reconciles.get_or_create(&ReconcileLabels { controller, result });
+                let _ = reconcile_seconds.get_or_create(&ReconcileLabels { controller, result });
+            }
+        }
         let aws_errors = Family::<AwsErrorLabels, Counter>::default();
         let milestones = Family::<MilestoneLabels, Counter>::default();
         registry.register("reconciles", "Reconciles by controller and result", reconciles.clone());
@@ -223,6 +238,14 @@ impl Metrics {
         out
     }
 
+    /// Shows 0 for every kind of error of an operation from its first request on, so
+    /// dashboards and alerts on rare errors see a series, not "no data".
+    pub fn aws_operation_seen(&self, operation: &'static str) {
+        for kind in AWS_ERROR_KINDS {
+            let _ = self.aws_errors.get_or_create(&AwsErrorLabels { operation, kind });
+        }
+    }
+
     /// Records one finished reconcile.
     pub fn reconciled(&self, controller: &'static str, result: &'static str, seconds: f64) {
         let labels = ReconcileLabels { controller, result };
@@ -276,5 +299,17 @@ mod tests {
         assert!(text.contains("silo_reconciles_total{controller=\"tenant\",result=\"ok\"}"), "{text}");
         assert!(text.contains("silo_aws_errors_total{operation=\"CreateAccount\",kind=\"throttled\"}"), "{text}");
         assert!(text.contains("silo_reconcile_duration_seconds_bucket"), "{text}");
+    }
+
+    #[test]
+    fn rare_label_sets_show_before_they_happen() {
+        crate::aws::count_request("organizations", "MoveAccount");
+        let text = METRICS.render();
+        assert!(text.contains("silo_reconciles_total{controller=\"tenant\",result=\"finalizer\"} 0"), "{text}");
+        assert!(text.contains("silo_reconciles_total{controller=\"baseline\",result=\"kube\"} 0"), "{text}");
+        for kind in AWS_ERROR_KINDS {
+            let line = format!("silo_aws_errors_total{{operation=\"MoveAccount\",kind=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 }

@@ -39,6 +39,7 @@ pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
 /// Counts one request sent to AWS.
 pub(crate) fn count_request(service: &'static str, operation: &'static str) {
     METRICS.aws_requests.get_or_create(&AwsRequestLabels { service, operation }).inc();
+    METRICS.aws_operation_seen(operation);
 }
 
 /// AWS Organizations is a global service served from us-east-1; used when no region is set.
