@@ -242,7 +242,7 @@ async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_complet
 async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary() {
     let mut case = test_case().await;
     case.start_controller(TestCase::settings());
-    let rollout = json!({"maxConcurrent": 20, "bakeSeconds": 25});
+    let rollout = json!({"maxConcurrent": 20, "bakeSeconds": 15});
     fleet_on_v1(&case, rollout.clone()).await;
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
     wait_for_phase(&case, "Baking").await;
@@ -273,7 +273,7 @@ async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
     case.sim.configure(json!({"stack_operation_seconds": 3})).await.unwrap();
     let flags = ["--leader-election", "false"];
     let mut controller = case.spawn_controller(&flags, "rollout-controller.log").unwrap();
-    let rollout = json!({"maxConcurrent": 4});
+    let rollout = json!({"maxConcurrent": 6});
     fleet_on_v1(&case, rollout.clone()).await;
     let since = now();
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
@@ -294,7 +294,7 @@ async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
     let ops = updates(&case, since).await;
     let most = most_in_flight(&ops, "UpdateStack", since);
     eprintln!("{} updates across 5 controller processes, at most {most} in flight", ops.len());
-    assert!(most <= 4, "never above maxConcurrent across restarts: {most}");
+    assert!(most <= 6, "never above maxConcurrent across restarts: {most}");
     assert!(versions(&case).await.values().all(|v| v == "v2"));
 }
 
