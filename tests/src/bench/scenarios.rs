@@ -502,6 +502,7 @@ impl Bench {
         }
         let loadavg_start = setup::loadavg();
         let start = Counters::read(&self.sim).await?;
+        let verifications = Verifications::watch(self.client.clone());
         let mut controller = self.start_controller(&args, "steady.silo.log").await?;
         let args = controller.args.clone();
 
@@ -526,9 +527,11 @@ impl Bench {
                 (last_total, last_change) = (since.total(""), t);
             }
             if t >= 10.0 && t - last_change >= QUIET {
+                verifications.start_counting();
                 break (t, now, false);
             }
             if t >= resync {
+                verifications.start_counting();
                 eprintln!("silo-bench: steady: the start-up pass was still going after one resync ({resync:.0} s)");
                 break (t, now, true);
             }
@@ -556,9 +559,13 @@ impl Bench {
                 break now;
             }
         };
+        let verified = verifications.stop();
         let usage = controller.stop();
         require_samples(&usage)?;
         let d = end.since(&at_start);
+        if verified == 0 {
+            bail!("no Tenant recorded a verification (status.lastVerifiedTime) in the window: nothing to scale");
+        }
 
         // Scaling. Resync part: a Ready tenant is verified again after a jittered period,
         // uniform between S and 2 S. The window starts after the start-up pass, so with
@@ -575,8 +582,10 @@ impl Bench {
         let is_list_op = |key: &str| {
             key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
         };
+        // Requests per verification come from the verifications counted in the window (every
+        // one records status.lastVerifiedTime), not from an assumed one per tenant.
         let mean_interval = 1.5 * default_resync as f64;
-        let per_hour_resync = |count: u64| count as f64 / n as f64 * 3600.0 / mean_interval;
+        let per_hour_resync = |count: u64| count as f64 / verified as f64 * 3600.0 / mean_interval;
         let per_hour_index = |count: u64| match index_default {
             Some(default) => count as f64 / window * (index_period / default) * 3600.0 / n as f64,
             None => 0.0,
@@ -622,10 +631,8 @@ impl Bench {
         }
         summary
             .row(vec!["throttled in the window".into(), sum_service(&d.throttled, "").to_string()])
-            .row(vec![
-                "requests per tenant per verification (resync part)".into(),
-                f(resync_total as f64 / n as f64, 2),
-            ])
+            .row(vec!["verifications counted in the window".into(), verified.to_string()])
+            .row(vec!["requests per verification (resync part)".into(), f(resync_total as f64 / verified as f64, 2)])
             .row(vec!["resync part: requests per tenant per hour".into(), f(resync_hourly, 4)])
             .row(vec![
                 if index_flag {
@@ -664,11 +671,6 @@ impl Bench {
                 "WARNING: Organizations requests ran at over 80% of min(R, --aws-requests-per-second) in the window: the controller is rate-bound, the figure is a lower bound; use a longer BENCH_STEADY_RESYNC_SECONDS"
             );
         }
-        if p.steady_window() != 2 * p.steady_resync_seconds {
-            println!(
-                "NOTE: the window is not 2 x resync, so it does not hold exactly one verification per tenant; the scaling assumes it does"
-            );
-        }
         self.summary.push(format!(
             "steady: {total_hourly:.4} AWS requests per tenant per hour at the default resync ({resync_hourly:.4} resync + {index_hourly:.4} index)"
         ));
@@ -690,6 +692,8 @@ impl Bench {
             "window_requests_by_service": SERVICES.iter().map(|s| (s.to_string(), d.total(s))).collect::<BTreeMap<_, _>>(),
             "by_operation": rows,
             "resync_requests_in_window": resync_total,
+            "verifications_in_window": verified,
+            "per_tenant_per_hour_if_one_verification_per_tenant": resync_total as f64 / n as f64 * 3600.0 / mean_interval + index_hourly,
             "list_operations_in_resync_part": list_in_resync,
             "index_requests_in_window": index_total,
             "per_tenant_per_hour": {"resync": resync_hourly, "index": index_hourly, "sum": total_hourly},
@@ -697,7 +701,7 @@ impl Bench {
             "organizations_rps_in_window": org_rate,
             "silo_aws_requests_per_second": budget,
             "rate_bound_warning": saturated,
-            "scaling": "The window starts when the start-up pass is over (no AWS request for 5 s, at least 10 s after the start) and lasts W (default 2 S). A Ready tenant is verified again after a period jittered uniformly between S and 2 S, so the window holds exactly one verification per tenant, and resync requests / N = requests per verification. At the default period P (from `silo run --help`) the mean interval is 1.5 P: per tenant per hour = requests per verification * 3600 / (1.5 P). `per_tenant_per_hour_if_unjittered` uses P instead of 1.5 P (the worst case). A tenant verified early in the start-up pass can get its second resync inside the window too: with a start-up pass of t0 seconds that adds about (t0 / S)^2 / 6 verifications per tenant, small when t0 is much shorter than S. Index part, only when `silo run --help` lists --index-refresh-seconds: the list operations (ListAccounts, ListAccountsForParent, ListOrganizationalUnitsForParent, ListRoots, ListCreateAccountStatus, DescribeOrganization, ListChildren) run every I s, so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, divided by N per tenant. Without the flag, list operations are counted in the resync part.",
+            "scaling": "The window starts when the start-up pass is over (no AWS request for 5 s, at least 10 s after the start) and lasts W (default 2 S). A Ready tenant is verified again after a period jittered uniformly between S and 2 S, and tenants overdue after the restart are verified during the first period, so a tenant is verified once or twice in the window: the bench counts the verifications (changes of status.lastVerifiedTime, watched) and requests per verification = resync requests / verifications. At the default period P (from `silo run --help`) the mean interval is 1.5 P: per tenant per hour = requests per verification * 3600 / (1.5 P). `per_tenant_per_hour_if_unjittered` uses P instead of 1.5 P and one verification per tenant in the window; `per_tenant_per_hour_if_one_verification_per_tenant` is the older scaling that assumed one. Index part, only when `silo run --help` lists --index-refresh-seconds: the list operations (ListAccounts, ListAccountsForParent, ListOrganizationalUnitsForParent, ListRoots, ListCreateAccountStatus, DescribeOrganization, ListChildren) run every I s, so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, divided by N per tenant. Without the flag, list operations are counted in the resync part.",
             "controller": usage_json(&usage, "sampled once a second from the start to the end of the window"),
             "loadavg_start": loadavg_start,
             "simulator_config": sim_config,
@@ -1021,4 +1025,45 @@ fn usage_json(usage: &Usage, how: &str) -> Value {
         "samples": usage.samples,
         "how": format!("VmHWM of /proc/<pid>/status and utime+stime of /proc/<pid>/stat, {how}"),
     })
+}
+
+/// Counts verifications: changes of a Tenant's `status.lastVerifiedTime`, seen through a
+/// watch, from [`Verifications::start_counting`] to [`Verifications::stop`].
+struct Verifications {
+    counting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Verifications {
+    fn watch(client: Client) -> Self {
+        use std::sync::atomic::Ordering;
+        let counting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, n) = (counting.clone(), count.clone());
+        let task = tokio::spawn(async move {
+            let mut last: std::collections::HashMap<String, Option<String>> = Default::default();
+            let stream = kube::runtime::watcher(Api::<silo::Tenant>::all(client), Default::default());
+            let mut stream = std::pin::pin!(kube::runtime::WatchStreamExt::applied_objects(stream));
+            while let Some(tenant) = stream.next().await {
+                let Ok(tenant) = tenant else { continue };
+                let name = kube::ResourceExt::name_any(&tenant);
+                let verified = tenant.status.and_then(|s| s.last_verified_time);
+                let previous = last.insert(name, verified.clone());
+                if c.load(Ordering::Acquire) && previous.is_some_and(|p| p != verified) {
+                    n.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        });
+        Self { counting, count, task }
+    }
+
+    fn start_counting(&self) {
+        self.counting.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn stop(self) -> u64 {
+        self.task.abort();
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
