@@ -119,6 +119,20 @@ pub struct TenantSpec {
     )]
     pub tags: BTreeMap<String, String>,
 
+    /// The account's alternate contacts (security, billing, operations), set through AWS
+    /// Account Management. A kind left out here takes the controller's default
+    /// (--default-contacts-file), if any; Silo removes only contacts it set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<AlternateContacts>,
+
+    /// Service control policies (ids like p-abcd1234, or names) to attach to the account, at
+    /// most 4 (AWS allows 5 per account, one of them usually FullAWSAccess). Silo detaches only
+    /// policies it attached, so the organization's own guardrails are never touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(p, size(p) >= 1 && size(p) <= 128)").message("spec.policies entries must be a policy id like p-abcd1234 or a policy name of 1 to 128 characters"))]
+    pub policies: Vec<String>,
+
     /// Baseline to bootstrap in the account, with parameter overrides for this tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineRef>,
@@ -132,6 +146,69 @@ pub struct TenantSpec {
     /// While true, Silo makes no AWS calls for this tenant; a condition says it is paused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+}
+
+/// The alternate contacts of an account, by kind.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlternateContacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<Contact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<Contact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Contact>,
+}
+
+impl AlternateContacts {
+    pub fn get(&self, kind: ContactKind) -> Option<&Contact> {
+        match kind {
+            ContactKind::Security => self.security.as_ref(),
+            ContactKind::Billing => self.billing.as_ref(),
+            ContactKind::Operations => self.operations.as_ref(),
+        }
+    }
+}
+
+/// The three kinds of alternate contact AWS knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ContactKind {
+    Security,
+    Billing,
+    Operations,
+}
+
+impl ContactKind {
+    pub const ALL: [ContactKind; 3] = [ContactKind::Security, ContactKind::Billing, ContactKind::Operations];
+
+    /// The name used in the status and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactKind::Security => "security",
+            ContactKind::Billing => "billing",
+            ContactKind::Operations => "operations",
+        }
+    }
+}
+
+/// One alternate contact, with AWS's limits on each field.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct Contact {
+    /// 1 to 64 characters.
+    #[schemars(length(min = 1, max = 64))]
+    pub name: String,
+    /// 1 to 50 characters.
+    #[schemars(length(min = 1, max = 50))]
+    pub title: String,
+    /// An email address, at most 254 characters.
+    #[schemars(length(min = 1, max = 254))]
+    #[x_kube(validation = Rule::new("self.matches('^[\\\\w+=.#|!&-]+@[\\\\w.-]+\\\\.[\\\\w]+$')").message("contact email must look like name@example.com"))]
+    pub email: String,
+    /// 1 to 25 characters of digits, spaces and ( ) + -.
+    #[schemars(length(min = 1, max = 25))]
+    #[x_kube(validation = Rule::new("self.matches('^[\\\\s0-9()+-]+$')").message("contact phone may contain only digits, spaces and ( ) + -"))]
+    pub phone: String,
 }
 
 /// A reference to a Baseline, with this tenant's parameter overrides.
@@ -193,6 +270,21 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_tag_keys: Vec<String>,
 
+    /// Ids of the service control policies Silo attached to the account; only these are ever
+    /// detached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached_policy_ids: Vec<String>,
+
+    /// The alternate contacts Silo set, by kind, each with a fingerprint of what it set; only
+    /// these are ever removed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied_contacts: BTreeMap<String, String>,
+
+    /// How many periodic verifications this tenant has had: each reads one part of the
+    /// account from AWS in turn (tags, policies, each contact), see the README's "Drift".
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub verification_count: u64,
+
     /// True when the account was adopted (it existed before this Tenant, and the Tenant's
     /// owner consented with the silo.dev/adopt-account annotation), not created by Silo.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -223,7 +315,7 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<TenantBaselineStatus>,
 
-    /// Ready, AccountReady, PlacementReady, BaselineReady, Reconciling and Stalled.
+    /// Ready, AccountReady, PlacementReady, SettingsReady, BaselineReady, Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -302,6 +394,10 @@ pub struct StackReport {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 

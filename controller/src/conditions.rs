@@ -23,6 +23,7 @@ use k8s_openapi::{
 pub const READY: &str = "Ready";
 pub const ACCOUNT_READY: &str = "AccountReady";
 pub const PLACEMENT_READY: &str = "PlacementReady";
+pub const SETTINGS_READY: &str = "SettingsReady";
 pub const BASELINE_READY: &str = "BaselineReady";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";

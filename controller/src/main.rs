@@ -110,6 +110,16 @@ struct RunArgs {
     #[arg(long, env = "SILO_CLOUDFORMATION_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(5).unwrap())]
     cloudformation_requests_per_second: NonZeroU32,
 
+    /// AWS Account Management requests (account names, alternate contacts) started per second.
+    #[arg(long, env = "SILO_ACCOUNT_REQUESTS_PER_SECOND", default_value_t = NonZeroU32::new(5).unwrap())]
+    account_requests_per_second: NonZeroU32,
+
+    /// A YAML file of alternate contacts every tenant account gets where its spec.contacts sets
+    /// none: `security`, `billing`, `operations`, each with name, title, email and phone
+    /// (mount a ConfigMap there; read at start).
+    #[arg(long, env = "SILO_DEFAULT_CONTACTS_FILE")]
+    default_contacts_file: Option<std::path::PathBuf>,
+
     /// A role in the management account to assume before anything else (the controller's
     /// own identity comes from the standard AWS chain: environment, IRSA, EKS Pod Identity).
     #[arg(long, env = "SILO_MANAGEMENT_ROLE_ARN")]
@@ -168,6 +178,10 @@ async fn main() -> anyhow::Result<()> {
                 role_patience: Duration::from_secs(args.role_patience_seconds),
                 namespace: args.namespace,
                 external_id_namespace: args.external_id_namespace,
+                default_contacts: match &args.default_contacts_file {
+                    Some(path) => silo::tenant::settings::read_default_contacts(path)?,
+                    None => Default::default(),
+                },
             };
             let defaults = AwsSettings::defaults();
             let aws_settings = AwsSettings {
@@ -179,6 +193,10 @@ async fn main() -> anyhow::Result<()> {
                 cloudformation_limits: BudgetLimits {
                     requests_per_second: args.cloudformation_requests_per_second,
                     ..defaults.cloudformation_limits
+                },
+                account_limits: BudgetLimits {
+                    requests_per_second: args.account_requests_per_second,
+                    ..defaults.account_limits
                 },
                 management_role_arn: args.management_role_arn,
                 tag_sessions: args.session_tags,

@@ -183,6 +183,11 @@ impl SimClient {
         aws_sdk_organizations::Client::new(&self.sdk_config())
     }
 
+    /// An Account Management client of the management account, for test assertions.
+    pub fn account_management(&self) -> aws_sdk_account::Client {
+        aws_sdk_account::Client::new(&self.sdk_config())
+    }
+
     /// How many accounts of the organization have each email (every page of ListAccounts).
     pub async fn accounts_by_email(&self) -> Result<std::collections::BTreeMap<String, usize>> {
         let org = self.organizations();

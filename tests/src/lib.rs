@@ -270,6 +270,7 @@ impl TestCase {
             role_patience: Duration::from_secs(15 * 60),
             namespace: CONTROLLER_NAMESPACE.into(),
             external_id_namespace: EXTERNAL_ID_NAMESPACE.into(),
+            default_contacts: Default::default(),
         }
     }
 

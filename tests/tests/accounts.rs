@@ -445,3 +445,211 @@ async fn the_manifests_rbac_reads_secrets_only_in_the_external_id_namespace() {
     }
     assert!(!can("list", silo_testenv::EXTERNAL_ID_NAMESPACE).await, "only get, by name");
 }
+
+/// A service control policy made out of band, as an organization's own guardrail would be.
+async fn create_scp(org: &Organizations, name: &str) -> String {
+    let content = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"ec2:*","Resource":"*"}]}"#;
+    let out = org
+        .create_policy()
+        .name(name)
+        .description(name)
+        .content(content)
+        .r#type(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .expect("CreatePolicy");
+    out.policy().and_then(|p| p.policy_summary()).and_then(|s| s.id()).expect("a policy id").to_string()
+}
+
+async fn policies_on(org: &Organizations, account_id: &str) -> Vec<String> {
+    let filter = aws_sdk_organizations::types::PolicyType::ServiceControlPolicy;
+    let out = org.list_policies_for_target().target_id(account_id).filter(filter).send().await.unwrap();
+    let mut ids: Vec<String> = out.policies().iter().filter_map(|p| p.id().map(str::to_string)).collect();
+    ids.sort();
+    ids
+}
+
+/// The contact of a kind as (name, phone), `None` when not set.
+async fn contact_on(case: &TestCase, account_id: &str, kind: &str) -> Option<(String, String)> {
+    let kind = aws_sdk_account::types::AlternateContactType::from(kind);
+    let answer = case
+        .sim
+        .account_management()
+        .get_alternate_contact()
+        .account_id(account_id)
+        .alternate_contact_type(kind)
+        .send()
+        .await;
+    match answer {
+        Ok(out) => {
+            out.alternate_contact().map(|c| (c.name().unwrap().to_string(), c.phone_number().unwrap().to_string()))
+        }
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => None,
+        Err(err) => panic!("GetAlternateContact: {err:?}"),
+    }
+}
+
+async fn set_contact(case: &TestCase, account_id: &str, kind: &str, name: &str) {
+    case.sim
+        .account_management()
+        .put_alternate_contact()
+        .account_id(account_id)
+        .alternate_contact_type(aws_sdk_account::types::AlternateContactType::from(kind))
+        .name(name)
+        .title("Out of band")
+        .email_address("oob@example.com")
+        .phone_number("+1 555 0199")
+        .send()
+        .await
+        .expect("PutAlternateContact");
+}
+
+async fn account_name(org: &Organizations, account_id: &str) -> String {
+    let out = org.describe_account().account_id(account_id).send().await.unwrap();
+    out.account().unwrap().name().unwrap().to_string()
+}
+
+/// Polls `check` until it holds, or fails with what it last saw.
+async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let seen = probe().await;
+        if check(&seen) {
+            return seen;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: last saw {seen:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_contacts_and_policies_follow_the_spec_and_only_silos_are_undone() {
+    let mut case = test_case().await;
+    let org = case.sim.organizations();
+    let baseline_scp = create_scp(&org, "tenant-baseline").await;
+    let extra_scp = create_scp(&org, "extra").await;
+    let guardrail = create_scp(&org, "guardrail").await;
+    let mut settings = TestCase::settings();
+    settings.max_stalled_retry = Some(Duration::from_secs(1));
+    settings.default_contacts = serde_yaml::from_str(
+        "billing: {name: Bill Default, title: Finance, email: billing@example.com, phone: '+1 555 0100'}",
+    )
+    .unwrap();
+    case.start_controller(settings);
+
+    // Trusted access for AWS Account Management is off: policies are attached (they do not
+    // need it), the name and contacts wait, and nothing is sent to the Account API.
+    case.apply(&format!(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec:\n  \
+         policies: [tenant-baseline, {extra_scp}]\n  contacts:\n    security: {{name: Sam Sec, title: CISO, email: \
+         sec@example.com, phone: '+1 555 0101'}}\n"
+    ))
+    .await
+    .unwrap();
+    let tenant = case.wait_for("acme", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason_of(&tenant, conditions::SETTINGS_READY), "TrustedAccessDisabled");
+    let account_id = tenant.status.clone().unwrap().account_id.unwrap();
+    assert_eq!(case.sim.requests("account:PutAccountName").await.unwrap(), 0);
+    assert_eq!(case.sim.requests("account:PutAlternateContact").await.unwrap(), 0);
+    assert_eq!(account_name(&org, &account_id).await, "acme");
+
+    org.enable_aws_service_access().service_principal("account.amazonaws.com").send().await.unwrap();
+    let tenant = case.wait_for("acme", conditions::READY, "True", WITHIN).await.unwrap();
+    let status = tenant.status.clone().unwrap();
+    assert_eq!(status.account_name.as_deref(), Some("acme"));
+    let mut ours = vec![baseline_scp.clone(), extra_scp.clone()];
+    ours.sort();
+    assert_eq!(status.attached_policy_ids, ours);
+    assert!(policies_on(&org, &account_id).await.iter().filter(|p| ours.contains(p)).count() == 2);
+    assert_eq!(contact_on(&case, &account_id, "SECURITY").await, Some(("Sam Sec".into(), "+1 555 0101".into())));
+    assert_eq!(
+        contact_on(&case, &account_id, "BILLING").await,
+        Some(("Bill Default".into(), "+1 555 0100".into())),
+        "a kind the spec leaves out takes the controller's default"
+    );
+    assert_eq!(contact_on(&case, &account_id, "OPERATIONS").await, None);
+
+    // Out of band: the baseline policy is detached, the security contact changed, a guardrail
+    // attached and an operations contact set. A verification puts back only what is Silo's.
+    org.detach_policy().policy_id(&baseline_scp).target_id(&account_id).send().await.unwrap();
+    org.attach_policy().policy_id(&guardrail).target_id(&account_id).send().await.unwrap();
+    set_contact(&case, &account_id, "SECURITY", "Mallory").await;
+    set_contact(&case, &account_id, "OPERATIONS", "Olga Ops").await;
+    let patch = json!({"metadata": {"annotations": {"silo.dev/verify": "1"}}});
+    case.tenants().patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    eventually("the baseline policy attached again", || policies_on(&org, &account_id), |p| p.contains(&baseline_scp))
+        .await;
+    eventually(
+        "the security contact restored",
+        || contact_on(&case, &account_id, "SECURITY"),
+        |c| c.as_ref().is_some_and(|(name, _)| name == "Sam Sec"),
+    )
+    .await;
+
+    // The spec lets go of the policies and the security contact, and renames the account:
+    // Silo detaches and removes only what it set; the guardrail and the operations contact
+    // stay, and so does the default billing contact.
+    let patch = json!({"spec": {"accountName": "Acme Corp", "policies": null, "contacts": null}});
+    case.tenants().patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let policies = eventually(
+        "Silo's policies detached",
+        || policies_on(&org, &account_id),
+        |p| !p.contains(&baseline_scp) && !p.contains(&extra_scp),
+    )
+    .await;
+    assert!(policies.contains(&guardrail), "the guardrail stays: {policies:?}");
+    eventually("the security contact removed", || contact_on(&case, &account_id, "SECURITY"), Option::is_none).await;
+    eventually("renamed", || account_name(&org, &account_id), |n| n == "Acme Corp").await;
+    assert_eq!(contact_on(&case, &account_id, "OPERATIONS").await.map(|c| c.0).as_deref(), Some("Olga Ops"));
+    assert_eq!(contact_on(&case, &account_id, "BILLING").await.map(|c| c.0).as_deref(), Some("Bill Default"));
+    let tenant = case.wait_for("acme", conditions::READY, "True", WITHIN).await.unwrap();
+    assert!(event_count(&case, &tenant, "AccountRenamed").await >= 1);
+    let status = tenant.status.unwrap();
+    assert_eq!(status.account_name.as_deref(), Some("Acme Corp"));
+    assert!(status.attached_policy_ids.is_empty());
+    assert_eq!(status.applied_contacts.keys().collect::<Vec<_>>(), vec!["billing"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_policy_or_a_full_account_stalls_without_attaching() {
+    let mut case = test_case().await;
+    let org = case.sim.organizations();
+    let mut settings = TestCase::settings();
+    settings.max_stalled_retry = Some(Duration::from_secs(1));
+    case.start_controller(settings);
+    case.apply(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: strict}\nspec: {policies: [no-such-policy]}",
+    )
+    .await
+    .unwrap();
+    let tenant = case.wait_for("strict", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason_of(&tenant, conditions::SETTINGS_READY), "PolicyNotFound");
+    assert!(
+        conditions::find(&tenant.status.clone().unwrap().conditions, conditions::READY)
+            .unwrap()
+            .message
+            .contains("no-such-policy")
+    );
+    assert_eq!(case.sim.requests("organizations:AttachPolicy").await.unwrap(), 0);
+
+    // Four more policies out of band fill the account (FullAWSAccess is the fifth): the one the
+    // spec names cannot be attached, and the status does not claim it.
+    let account_id = tenant.status.unwrap().account_id.unwrap();
+    for n in 0..4 {
+        let id = create_scp(&org, &format!("filler-{n}")).await;
+        org.attach_policy().policy_id(&id).target_id(&account_id).send().await.unwrap();
+    }
+    let wanted = create_scp(&org, "no-such-policy").await;
+    let tenant = eventually(
+        "PolicyLimitExceeded",
+        || async { case.tenants().get("strict").await.unwrap() },
+        |t| reason_of(t, conditions::SETTINGS_READY) == "PolicyLimitExceeded",
+    )
+    .await;
+    assert!(tenant.status.unwrap().attached_policy_ids.is_empty());
+    assert!(!policies_on(&org, &account_id).await.contains(&wanted));
+}

@@ -182,6 +182,40 @@ fn refusals() -> Vec<Refusal> {
             says: &["spec.tags keys must not start with 'silo.dev/'"],
         },
         Refusal {
+            case: "five service control policies",
+            tenant: tenant("t22", json!({"policies": ["p-1", "p-2", "p-3", "p-4", "p-5"]})),
+            says: &["spec.policies", "must have at most 4 items"],
+        },
+        Refusal {
+            case: "a policy listed twice",
+            tenant: tenant("t23", json!({"policies": ["guardrail", "guardrail"]})),
+            says: &["spec.policies[1]", "Duplicate value"],
+        },
+        Refusal {
+            case: "contact without a phone",
+            tenant: tenant(
+                "t24",
+                json!({"contacts": {"security": {"name": "A", "title": "CISO", "email": "a@example.com"}}}),
+            ),
+            says: &["spec.contacts.security.phone", "Required value"],
+        },
+        Refusal {
+            case: "contact with letters in the phone",
+            tenant: tenant(
+                "t25",
+                json!({"contacts": {"billing": {"name": "A", "title": "T", "email": "a@example.com", "phone": "call me"}}}),
+            ),
+            says: &["contact phone may contain only digits, spaces and ( ) + -"],
+        },
+        Refusal {
+            case: "contact email without a domain",
+            tenant: tenant(
+                "t26",
+                json!({"contacts": {"operations": {"name": "A", "title": "T", "email": "ops", "phone": "+1 555"}}}),
+            ),
+            says: &["contact email must look like name@example.com"],
+        },
+        Refusal {
             case: "unknown deletion policy",
             tenant: tenant("t21", json!({"deletionPolicy": "Delete"})),
             says: &["spec.deletionPolicy", "Unsupported value: \"Delete\"", "\"Retain\"", "\"Close\""],
@@ -241,6 +275,18 @@ async fn valid_edge_cases_are_accepted() {
         ("OU path", tenant("e7", json!({"organizationalUnit": "/Tenants/Production"}))),
         ("the root", tenant("e8", json!({"organizationalUnit": "/"}))),
         ("adoption by id", tenant("e9", json!({"accountId": "111122223333"}))),
+        ("four policies, by id and name", tenant("e11", json!({"policies": ["p-abcd1234", "Deny Regions", "c", "d"]}))),
+        (
+            "all three contacts",
+            tenant(
+                "e12",
+                json!({"contacts": {
+                    "security": {"name": "Sam Sec", "title": "CISO", "email": "sec+acme@example.com", "phone": "+1 (555) 010-0100"},
+                    "billing": {"name": "B", "title": "CFO", "email": "b@example.co.uk", "phone": "0"},
+                    "operations": {"name": "O", "title": "SRE", "email": "o.p-s@example.com", "phone": "555 0100"}
+                }}),
+            ),
+        ),
         (
             "Close policy, paused, baseline",
             tenant(

@@ -65,7 +65,9 @@ spec:
     assert!(status.create_account_request_id.is_some(), "the request id is recorded");
     assert_eq!(status.phase.as_deref(), Some("Ready"));
     assert_eq!(status.observed_generation, tenant.metadata.generation);
-    for condition in [conditions::ACCOUNT_READY, conditions::PLACEMENT_READY, conditions::BASELINE_READY] {
+    for condition in
+        [conditions::ACCOUNT_READY, conditions::PLACEMENT_READY, conditions::SETTINGS_READY, conditions::BASELINE_READY]
+    {
         assert!(conditions::is_true(&status.conditions, condition), "{condition} is True");
     }
     assert!(!conditions::is_true(&status.conditions, conditions::RECONCILING));

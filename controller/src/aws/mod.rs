@@ -5,9 +5,11 @@
 //! a simulator. The SDK retries throttling and transient errors with jittered exponential
 //! backoff; whatever still fails is classified in [`error`]. Each service has its own
 //! [`Budget`]: Organizations one for the organization (owned by [`crate::org`]), STS one for
-//! the controller's identity, CloudFormation one rate per tenant account and region.
+//! the controller's identity, CloudFormation one rate per tenant account and region, the
+//! Account API ([`account_management`]) its own.
 //! Every request is counted in `silo_aws_requests_total{service,operation}`.
 
+pub mod account_management;
 pub mod budget;
 pub mod cloudformation;
 pub mod error;
@@ -20,6 +22,7 @@ use std::num::NonZeroU32;
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, sts::AssumeRoleProvider};
 use aws_credential_types::Credentials;
 
+pub use account_management::AccountManagement;
 pub use budget::{Budget, BudgetLimits, KeyedBudget, Priority};
 pub use error::{AwsError, AwsErrorKind};
 pub use organizations::Organizations;
@@ -58,6 +61,8 @@ pub struct AwsSettings {
     /// CloudFormation requests: the rate is per tenant account and region, the in-flight
     /// cap for all of them together.
     pub cloudformation_limits: BudgetLimits,
+    /// AWS Account Management requests (account names and alternate contacts).
+    pub account_limits: BudgetLimits,
     /// A role in the management account to assume first (`--management-role-arn`).
     pub management_role_arn: Option<String>,
     /// Tag tenant sessions with the tenant (needs sts:TagSession in the role's trust policy).
@@ -75,6 +80,7 @@ impl AwsSettings {
             limits: limits(10, 8),
             sts_limits: limits(20, 8),
             cloudformation_limits: limits(5, 32),
+            account_limits: limits(5, 4),
             management_role_arn: None,
             tag_sessions: true,
         }
@@ -86,6 +92,8 @@ impl AwsSettings {
 pub struct Aws {
     /// Organizations, for [`crate::org::Organization`] only.
     pub organizations: Organizations,
+    /// The Account API: member accounts' names and alternate contacts.
+    pub accounts: AccountManagement,
     pub tenants: TenantAccess,
     stacks_budget: KeyedBudget,
     /// Every AWS write checks it first (see [`crate::leader::Fence`]).
@@ -120,6 +128,10 @@ impl Aws {
                 aws_sdk_organizations::Client::new(&config),
                 Budget::new(settings.limits),
             ),
+            accounts: AccountManagement::new(
+                aws_sdk_account::Client::new(&config),
+                Budget::new(settings.account_limits),
+            ),
             tenants: TenantAccess::new(&config, Budget::new(settings.sts_limits), settings.tag_sessions),
             stacks_budget: KeyedBudget::new(settings.cloudformation_limits),
             fence: Fence::open(),
@@ -129,7 +141,12 @@ impl Aws {
 
     /// The same clients, whose writes first check the leader's fence.
     pub fn fenced(self, fence: Fence) -> Self {
-        Self { organizations: self.organizations.fenced(fence.clone()), fence, ..self }
+        Self {
+            organizations: self.organizations.fenced(fence.clone()),
+            accounts: self.accounts.fenced(fence.clone()),
+            fence,
+            ..self
+        }
     }
 
     /// The controller's region: where a Baseline without regions runs.

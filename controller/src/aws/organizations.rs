@@ -10,8 +10,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use aws_sdk_organizations::{
     Client,
-    operation::close_account::CloseAccountError,
-    types::{AccountState, CreateAccountState, Tag},
+    operation::{attach_policy::AttachPolicyError, close_account::CloseAccountError, detach_policy::DetachPolicyError},
+    types::{AccountState, CreateAccountState, PolicyType, Tag},
 };
 
 use super::{
@@ -99,6 +99,24 @@ pub struct CreateRequest {
 pub struct OrganizationalUnit {
     pub id: String,
     pub name: String,
+}
+
+/// A service control policy of the organization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub id: String,
+    pub name: String,
+}
+
+/// What AttachPolicy answered, when AWS refused for a reason Silo handles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachRefusal {
+    /// The policy was attached already (by someone, maybe Silo before a crash).
+    AlreadyAttached,
+    /// The account has as many policies of the type as AWS allows (5 SCPs).
+    LimitReached(String),
+    /// The policy does not exist (any more).
+    PolicyNotFound,
 }
 
 /// What CloseAccount answered, when AWS refused for a reason Silo handles.
@@ -348,6 +366,83 @@ impl Organizations {
             .await
             .map_err(|err| AwsError::from_sdk("MoveAccount", err))?;
         Ok(())
+    }
+
+    /// The organization's service control policies (ListPolicies, all pages).
+    pub async fn service_control_policies(&self, priority: Priority) -> Result<Vec<Policy>, AwsError> {
+        let request = self.client.list_policies().filter(PolicyType::ServiceControlPolicy);
+        let policies = all_pages!(self, priority, "ListPolicies", request.clone(), policies);
+        Ok(policies
+            .into_iter()
+            .map(|p| Policy { id: p.id.unwrap_or_default(), name: p.name.unwrap_or_default() })
+            .collect())
+    }
+
+    /// The ids of the service control policies attached directly to an account
+    /// (ListPoliciesForTarget, all pages).
+    pub async fn policies_of(&self, account_id: &str, priority: Priority) -> Result<Vec<String>, AwsError> {
+        let request =
+            self.client.list_policies_for_target().target_id(account_id).filter(PolicyType::ServiceControlPolicy);
+        let policies = all_pages!(self, priority, "ListPoliciesForTarget", request.clone(), policies);
+        Ok(policies.into_iter().filter_map(|p| p.id).collect())
+    }
+
+    /// AttachPolicy. `Ok(Err(_))` when AWS refused for a reason the caller handles.
+    pub async fn attach_policy(
+        &self,
+        policy_id: &str,
+        account_id: &str,
+    ) -> Result<Result<(), AttachRefusal>, AwsError> {
+        let _permit = self.write_permit("AttachPolicy").await?;
+        match self.client.attach_policy().policy_id(policy_id).target_id(account_id).send().await {
+            Ok(_) => Ok(Ok(())),
+            Err(err) => {
+                let refusal = match err.as_service_error() {
+                    Some(AttachPolicyError::DuplicatePolicyAttachmentException(_)) => {
+                        Some(AttachRefusal::AlreadyAttached)
+                    }
+                    Some(AttachPolicyError::PolicyNotFoundException(_)) => Some(AttachRefusal::PolicyNotFound),
+                    Some(AttachPolicyError::ConstraintViolationException(e)) => {
+                        let reason = e.reason().map(|r| r.as_str().to_string()).unwrap_or_default();
+                        (reason == "MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED")
+                            .then(|| AttachRefusal::LimitReached(e.message().unwrap_or_default().to_string()))
+                    }
+                    _ => None,
+                };
+                match refusal {
+                    Some(refusal) => Ok(Err(refusal)),
+                    None => Err(AwsError::from_sdk("AttachPolicy", err)),
+                }
+            }
+        }
+    }
+
+    /// DetachPolicy; a policy that is not attached (any more) is fine.
+    pub async fn detach_policy(&self, policy_id: &str, account_id: &str) -> Result<(), AwsError> {
+        let _permit = self.write_permit("DetachPolicy").await?;
+        match self.client.detach_policy().policy_id(policy_id).target_id(account_id).send().await {
+            Ok(_) => Ok(()),
+            Err(err) => match err.as_service_error() {
+                Some(
+                    DetachPolicyError::PolicyNotAttachedException(_) | DetachPolicyError::PolicyNotFoundException(_),
+                ) => Ok(()),
+                _ => Err(AwsError::from_sdk("DetachPolicy", err)),
+            },
+        }
+    }
+
+    /// The service principals with trusted access to the organization
+    /// (ListAWSServiceAccessForOrganization, all pages).
+    pub async fn trusted_services(&self, priority: Priority) -> Result<Vec<String>, AwsError> {
+        let request = self.client.list_aws_service_access_for_organization();
+        let services = all_pages!(
+            self,
+            priority,
+            "ListAWSServiceAccessForOrganization",
+            request.clone(),
+            enabled_service_principals
+        );
+        Ok(services.into_iter().filter_map(|s| s.service_principal).collect())
     }
 
     /// CloseAccount. `Ok(Err(_))` when AWS refused for a reason the caller handles.

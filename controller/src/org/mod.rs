@@ -17,6 +17,7 @@
 
 pub mod creations;
 pub mod index;
+pub mod settings;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -89,6 +90,10 @@ pub struct Organization {
     last_refusal_listing: Mutex<Option<Instant>>,
     /// Asks for a sweep before the period is over (a miss the index cannot answer).
     refresh_now: tokio::sync::Notify,
+    /// The organization's service control policies, as last listed ([`settings`]).
+    policies: settings::Kept<Vec<crate::aws::organizations::Policy>>,
+    /// Whether AWS Account Management has trusted access, as last read ([`settings`]).
+    account_trust: settings::Kept<bool>,
 }
 
 /// How soon a failed sweep is tried again (doubling up to five minutes).
@@ -110,6 +115,8 @@ impl Organization {
             settings,
             last_refusal_listing: Mutex::default(),
             refresh_now: tokio::sync::Notify::new(),
+            policies: Default::default(),
+            account_trust: Default::default(),
         }
     }
 

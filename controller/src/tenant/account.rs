@@ -40,7 +40,7 @@ use tracing::info;
 use super::{
     Context, Error,
     identity::Identity,
-    schedule::{Mode, Verification},
+    schedule::{self, DriftCheck, Mode, Verification},
     status::{Progress, StatusWriter, trusted},
 };
 use crate::{
@@ -424,8 +424,7 @@ impl AccountStep<'_> {
         writer: &mut StatusWriter,
     ) -> Result<StepOutcome, Error> {
         let org = &self.ctx.org;
-        let periodic = self.mode == Mode::Verify(Verification::Periodic);
-        let priority = if periodic { Priority::IfIdle } else { Priority::User };
+        let priority = schedule::priority(self.mode);
         let account = match (route, self.mode) {
             // Keeping a recorded account reads the index; taking one, or a verification a
             // person asked for, reads AWS.
@@ -434,8 +433,16 @@ impl AccountStep<'_> {
             }
             _ => org.read_account(account_id, Priority::User).await?,
         };
+        // A periodic verification reads the tags only in their turn (schedule::reads);
+        // between turns, the tags Silo last read or wrote stand.
+        let checks = schedule::drift_checks(self.tenant, &self.ctx.settings.default_contacts);
+        let read_tags = self.mode != Mode::Verify(Verification::Periodic)
+            || schedule::reads(self.mode, &checks, progress.status.verification_count, DriftCheck::Tags);
         let tags = match &account {
-            Some(a) if a.account.is_active() => org.tags(account_id, priority).await?,
+            Some(a) if a.account.is_active() => match &a.tags {
+                Some(known) if !read_tags => known.clone(),
+                _ => org.tags(account_id, priority).await?,
+            },
             _ => BTreeMap::new(),
         };
         let info = org.info().await?;
@@ -789,8 +796,9 @@ fn record_account(progress: &mut Progress, account: Option<&Account>) {
 /// Forgets a request that ended without an account, so the next attempt starts afresh.
 fn forget_request(progress: &mut Progress) {
     progress.status.create_account_request_id = None;
-    // No account was made with this email, so it may change (spec.email, or the template).
+    // No account was made with this email and name, so they may change (spec, or the template).
     progress.status.email = None;
+    progress.status.account_name = None;
 }
 
 fn email_in_use(email: &str, account_id: &str, claim: &Claim) -> StepOutcome {

@@ -24,11 +24,11 @@ pub struct Identity {
 pub fn plan(tenant: &Tenant, email_template: &str) -> Result<Identity, StepOutcome> {
     let name = tenant.name_any();
     let recorded = tenant.status.as_ref();
-    let account_name = tenant
-        .spec
-        .account_name
-        .clone()
-        .or_else(|| recorded.and_then(|s| s.account_name.clone()))
+    // Once recorded (the intent, before CreateAccount), the recorded name is what a request
+    // sent before a crash carries; a changed spec.accountName is a rename (the settings step).
+    let account_name = recorded
+        .and_then(|s| s.account_name.clone())
+        .or_else(|| tenant.spec.account_name.clone())
         .unwrap_or_else(|| name.clone());
 
     let recorded_email = recorded.and_then(|s| s.email.clone());

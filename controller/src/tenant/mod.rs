@@ -7,8 +7,10 @@
 //! 1. [`identity`]: the account name and email, fixed before any AWS call.
 //! 2. [`account`]: create or adopt the account (`AccountReady`), and keep Silo's tags on it.
 //! 3. [`placement`]: move it into the requested OU (`PlacementReady`).
-//! 4. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`).
-//! 5. [`status`]: derive `Ready`, `Reconciling`, `Stalled` and write the status once.
+//! 4. [`settings`]: the account's name, alternate contacts and service control policies
+//!    (`SettingsReady`).
+//! 5. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`).
+//! 6. [`status`]: derive `Ready`, `Reconciling`, `Stalled` and write the status once.
 //!
 //! A step runs only when the steps before it are done. [`schedule`] says what a reconcile is
 //! for (converge, verify, or nothing until the next verification), and the pipeline owns the
@@ -36,6 +38,7 @@ pub mod closure;
 pub mod identity;
 pub mod placement;
 pub mod schedule;
+pub mod settings;
 pub mod status;
 
 use std::{
@@ -75,7 +78,8 @@ use crate::{
 use account::AccountStep;
 use bootstrap::BaselineStep;
 use placement::PlacementStep;
-use schedule::Mode;
+use schedule::{Mode, Verification};
+use settings::SettingsStep;
 use status::{Progress, StatusWriter};
 
 /// The finalizer that guards every Tenant until its AWS side is settled.
@@ -116,6 +120,8 @@ pub struct Settings {
     /// The namespace of the Secrets holding Baselines' external ids: the only Secrets Silo
     /// can read.
     pub external_id_namespace: String,
+    /// Alternate contacts for every tenant account, by kind, where `spec.contacts` sets none.
+    pub default_contacts: crate::api::AlternateContacts,
 }
 
 /// What every reconcile shares.
@@ -462,6 +468,10 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         progress.placement = Some(surface(step.run(&mut progress).await)?);
     }
     if progress.placement.as_ref().is_some_and(StepOutcome::is_done) {
+        let step = SettingsStep { tenant, mode, ctx };
+        progress.settings = Some(surface(step.run(&mut progress, &mut writer).await)?);
+    }
+    if progress.settings.as_ref().is_some_and(StepOutcome::is_done) {
         let step = BaselineStep { tenant, mode, ctx };
         progress.baseline = Some(surface(step.run(&mut progress, &mut writer).await)?);
     }
@@ -485,6 +495,10 @@ async fn finish(
     // A tenant just brought in line, or verified, counts as verified now.
     if progress.all_done() && (matches!(mode, Mode::Verify(_)) || !was_ready) {
         progress.status.last_verified_time = Some(now.to_string());
+    }
+    // Each periodic verification reads the next part of the account (schedule::reads).
+    if progress.all_done() && mode == Mode::Verify(Verification::Periodic) {
+        progress.status.verification_count += 1;
     }
     let before = writer.written().cloned();
     writer.write(&progress).await?;

@@ -14,6 +14,13 @@
 //! from its UID: a fleet is spread evenly over the period, whenever its tenants were created.
 //! The schedule is computed from `status.lastVerifiedTime`, so a restarted controller does
 //! not verify the fleet again: it waits for each tenant's next turn.
+//!
+//! ## What a verification reads
+//! The name and OU come from the organization index. The rest costs a request per item: the
+//! tags, the policies, each alternate contact ([`drift_checks`]). A periodic verification
+//! reads one item, in turn ([`reads`], counted in `status.verificationCount`), so a fleet's
+//! verification costs the same whatever its tenants use: a tenant with tags, policies and
+//! three contacts has each read every fifth verification.
 
 use std::time::Duration;
 
@@ -21,7 +28,11 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use crate::{api::Tenant, conditions};
+use crate::{
+    api::{AlternateContacts, ContactKind, Tenant},
+    aws::Priority,
+    conditions,
+};
 
 pub use crate::api::annotations::VERIFY as VERIFY_ANNOTATION;
 
@@ -68,6 +79,55 @@ pub fn mode(tenant: &Tenant, now: Timestamp, period: Duration, baseline_changed:
         Ok(wait) if !wait.is_zero() => Mode::Idle(wait),
         _ => Mode::Verify(Verification::Periodic),
     }
+}
+
+/// One part of a tenant's account that can drift, and costs an AWS request to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriftCheck {
+    /// The account's tags (ListTagsForResource).
+    Tags,
+    /// The service control policies attached to it (ListPoliciesForTarget).
+    Policies,
+    /// One alternate contact (GetAlternateContact).
+    Contact(ContactKind),
+}
+
+/// What a verification of this tenant can read: the tags always; the policies when the
+/// tenant names any or Silo attached some; each contact kind it wants or Silo set. The name
+/// and the OU come from the organization index, at no cost per tenant.
+pub fn drift_checks(tenant: &Tenant, default_contacts: &AlternateContacts) -> Vec<DriftCheck> {
+    let status = tenant.status.clone().unwrap_or_default();
+    let mut checks = vec![DriftCheck::Tags];
+    if !tenant.spec.policies.is_empty() || !status.attached_policy_ids.is_empty() {
+        checks.push(DriftCheck::Policies);
+    }
+    let wanted = |kind: ContactKind| {
+        tenant.spec.contacts.as_ref().and_then(|c| c.get(kind)).or(default_contacts.get(kind)).is_some()
+            || status.applied_contacts.contains_key(kind.as_str())
+    };
+    checks.extend(ContactKind::ALL.into_iter().filter(|k| wanted(*k)).map(DriftCheck::Contact));
+    checks
+}
+
+/// Whether this reconcile reads `check` from AWS. A periodic verification reads one check,
+/// in turn (the `count`-th of `checks`), so a verification costs one request whatever the
+/// tenant has; a verification a person asked for reads them all. Converging reads what it
+/// changes, not this.
+pub fn reads(mode: Mode, checks: &[DriftCheck], count: u64, check: DriftCheck) -> bool {
+    match mode {
+        Mode::Verify(Verification::Requested) => checks.contains(&check),
+        Mode::Verify(Verification::Periodic) => {
+            let turn = usize::try_from(count % checks.len().max(1) as u64).unwrap_or(0);
+            checks.get(turn) == Some(&check)
+        }
+        Mode::Converge | Mode::Idle(_) => false,
+    }
+}
+
+/// The priority of this reconcile's AWS reads: a periodic verification is background work,
+/// done only when AWS's budget is idle; everything else is user work.
+pub fn priority(mode: Mode) -> Priority {
+    if mode == Mode::Verify(Verification::Periodic) { Priority::IfIdle } else { Priority::User }
 }
 
 /// The value of the verify annotation when it asks for a verification not done yet.
@@ -187,5 +247,37 @@ mod tests {
         let now = at(100_000);
         let tenant = ready_tenant("uid-2", 1, Some(now - SignedDuration::from_secs(60)));
         assert!(matches!(mode(&tenant, now, HOUR, false), Mode::Idle(wait) if wait >= Duration::from_secs(1740)));
+    }
+
+    #[test]
+    fn a_periodic_verification_reads_one_part_in_turn() {
+        use crate::api::{Contact, ContactKind::*};
+        let contact = Contact { name: "A".into(), title: "T".into(), email: "a@example.com".into(), phone: "1".into() };
+        let mut tenant = ready_tenant("uid-3", 1, None);
+        assert_eq!(drift_checks(&tenant, &AlternateContacts::default()), vec![DriftCheck::Tags]);
+
+        tenant.spec.policies = vec!["guardrail".into()];
+        tenant.spec.contacts = Some(AlternateContacts { security: Some(contact.clone()), ..Default::default() });
+        let defaults = AlternateContacts { billing: Some(contact), ..Default::default() };
+        tenant.status.as_mut().unwrap().applied_contacts.insert("operations".into(), "f".into());
+        let checks = drift_checks(&tenant, &defaults);
+        let all = vec![
+            DriftCheck::Tags,
+            DriftCheck::Policies,
+            DriftCheck::Contact(Security),
+            DriftCheck::Contact(Billing),
+            DriftCheck::Contact(Operations),
+        ];
+        assert_eq!(checks, all, "operations: Silo set it, so it is checked until removed");
+
+        let periodic = Mode::Verify(Verification::Periodic);
+        for count in 0..10u64 {
+            let read: Vec<DriftCheck> = all.iter().copied().filter(|c| reads(periodic, &checks, count, *c)).collect();
+            assert_eq!(read, vec![all[count as usize % 5]], "verification {count} reads one part");
+        }
+        let requested = Mode::Verify(Verification::Requested);
+        assert!(all.iter().all(|c| reads(requested, &checks, 7, *c)), "a requested verification reads all");
+        assert!(!reads(requested, &[DriftCheck::Tags], 0, DriftCheck::Policies), "only what the tenant has");
+        assert!(!reads(Mode::Converge, &checks, 0, DriftCheck::Tags));
     }
 }

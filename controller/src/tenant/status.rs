@@ -27,6 +27,8 @@ pub struct Progress {
     pub account: Option<StepOutcome>,
     /// `PlacementReady`; `None` until the step has run.
     pub placement: Option<StepOutcome>,
+    /// `SettingsReady`; `None` until the step has run.
+    pub settings: Option<StepOutcome>,
     /// `BaselineReady`; `None` until the step has run.
     pub baseline: Option<StepOutcome>,
     /// Overrides the derived phase (while deleting).
@@ -41,6 +43,7 @@ impl Progress {
             status: tenant.status.clone().unwrap_or_default(),
             account: None,
             placement: None,
+            settings: None,
             baseline: None,
             phase: None,
             paused: false,
@@ -64,6 +67,7 @@ impl Progress {
         let steps: Vec<(&str, &StepOutcome)> = [
             (conditions::ACCOUNT_READY, &self.account),
             (conditions::PLACEMENT_READY, &self.placement),
+            (conditions::SETTINGS_READY, &self.settings),
             (conditions::BASELINE_READY, &self.baseline),
         ]
         .into_iter()
@@ -90,17 +94,20 @@ impl Progress {
         let waiting = |reason, message| Some(StepOutcome::wait(reason, message, std::time::Duration::MAX));
         self.account = waiting("Pending", "Waiting for the account to be created or adopted");
         self.placement = waiting("WaitingForAccount", "Waits until the account is ready");
-        self.baseline = waiting("WaitingForPlacement", "Waits until the account is placed");
+        self.settings = waiting("WaitingForPlacement", "Waits until the account is placed");
+        self.baseline = waiting("WaitingForSettings", "Waits until the account's settings are applied");
     }
 
     /// Whether every step ran and is done.
     pub fn all_done(&self) -> bool {
-        [&self.account, &self.placement, &self.baseline].iter().all(|s| s.as_ref().is_some_and(StepOutcome::is_done))
+        [&self.account, &self.placement, &self.settings, &self.baseline]
+            .iter()
+            .all(|s| s.as_ref().is_some_and(StepOutcome::is_done))
     }
 
     /// The first step that is not done, if any.
     pub fn blocking(&self) -> Option<&StepOutcome> {
-        [&self.account, &self.placement, &self.baseline].into_iter().flatten().find(|s| !s.is_done())
+        [&self.account, &self.placement, &self.settings, &self.baseline].into_iter().flatten().find(|s| !s.is_done())
     }
 }
 
@@ -173,6 +180,7 @@ mod tests {
         progress.start_steps();
         progress.account = Some(StepOutcome::done("AccountCreated", "ok"));
         progress.placement = Some(StepOutcome::done("Placed", "ok"));
+        progress.settings = Some(StepOutcome::done("SettingsApplied", "ok"));
         // The baseline step is running: a write now (intent before CreateStack) is not Ready.
         let status = progress.render(Timestamp::now());
         assert!(!conditions::is_true(&status.conditions, conditions::READY));

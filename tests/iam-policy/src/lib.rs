@@ -5,7 +5,8 @@
 //! The evaluation itself is the `iam-rs` crate's. This harness adds what it needs around it:
 //! - **A subset guard** ([`PolicyDocument::load`]): a policy may use only the actions, condition
 //!   operators, condition keys and policy variables listed here, each as AWS documents it (the
-//!   Service Authorization Reference for AWS Organizations and AWS STS; the IAM User Guide for
+//!   Service Authorization Reference for AWS Organizations, AWS Account Management and AWS STS;
+//!   the IAM User Guide for
 //!   variables). Anything else fails the test instead of being evaluated by guesswork: a
 //!   misspelt key, an operator whose semantics `tests/conformance.rs` does not pin, a key used
 //!   with an action that does not support it, a variable where AWS does not substitute one.
@@ -53,6 +54,11 @@ enum Resources {
 /// key with that prefix. Source: Service Authorization Reference, "Actions, resources, and
 /// condition keys for AWS Organizations" and "... for AWS Security Token Service".
 const ACTIONS: &[(&str, Resources, &[&str])] = &[
+    ("account:DeleteAlternateContact", Resources::Arns, ACCOUNT_CONTACT_KEYS),
+    ("account:GetAlternateContact", Resources::Arns, ACCOUNT_CONTACT_KEYS),
+    ("account:PutAccountName", Resources::Arns, ACCOUNT_KEYS),
+    ("account:PutAlternateContact", Resources::Arns, ACCOUNT_CONTACT_KEYS),
+    ("organizations:AttachPolicy", Resources::Arns, &["aws:ResourceTag/", "organizations:PolicyType"]),
     ("organizations:CloseAccount", Resources::Arns, &["aws:ResourceTag/"]),
     ("organizations:CreateAccount", Resources::Star, &["aws:RequestTag/", "aws:TagKeys"]),
     (
@@ -64,10 +70,14 @@ const ACTIONS: &[(&str, Resources, &[&str])] = &[
     ("organizations:DescribeCreateAccountStatus", Resources::Star, &[]),
     ("organizations:DescribeOrganization", Resources::Star, &[]),
     ("organizations:DescribeOrganizationalUnit", Resources::Arns, &["aws:ResourceTag/"]),
+    ("organizations:DetachPolicy", Resources::Arns, &["aws:ResourceTag/", "organizations:PolicyType"]),
+    ("organizations:ListAWSServiceAccessForOrganization", Resources::Star, &[]),
     ("organizations:ListAccountsForParent", Resources::Arns, &["aws:ResourceTag/"]),
     ("organizations:ListCreateAccountStatus", Resources::Star, &[]),
     ("organizations:ListOrganizationalUnitsForParent", Resources::Arns, &["aws:ResourceTag/"]),
     ("organizations:ListParents", Resources::Arns, &["aws:ResourceTag/"]),
+    ("organizations:ListPolicies", Resources::Star, &[]),
+    ("organizations:ListPoliciesForTarget", Resources::Arns, &["aws:ResourceTag/"]),
     ("organizations:ListRoots", Resources::Star, &[]),
     ("organizations:ListTagsForResource", Resources::Arns, &["aws:ResourceTag/"]),
     ("organizations:MoveAccount", Resources::Arns, &["aws:ResourceTag/"]),
@@ -76,6 +86,14 @@ const ACTIONS: &[(&str, Resources, &[&str])] = &[
     ("sts:AssumeRole", Resources::Arns, &[]),
     ("sts:TagSession", Resources::Arns, &[]),
 ];
+
+/// The condition keys of an account resource of AWS Account Management (Service Authorization
+/// Reference, "Actions, resources, and condition keys for AWS Account Management"): the
+/// account's organization path and tags.
+const ACCOUNT_KEYS: &[&str] = &["account:AccountResourceOrgPaths", "account:AccountResourceOrgTags/"];
+/// The same, plus the kind of alternate contact.
+const ACCOUNT_CONTACT_KEYS: &[&str] =
+    &["account:AccountResourceOrgPaths", "account:AccountResourceOrgTags/", "account:AlternateContactTypes"];
 
 /// The condition operators the harness lets a policy use: each one's semantics, as AWS
 /// documents them, is pinned by a test in `tests/conformance.rs`.
@@ -241,8 +259,9 @@ fn resource_problems(sid: &str, resource: &str, say: &mut impl FnMut(String)) {
     if *resource == *"*" {
         return;
     }
-    if !resource.starts_with("arn:aws:organizations::") && !resource.starts_with("arn:aws:iam::") {
-        say(format!("{sid}: resource {resource} is neither \"*\" nor an Organizations or IAM ARN"));
+    let services = ["arn:aws:organizations::", "arn:aws:account::", "arn:aws:iam::"];
+    if !services.iter().any(|prefix| resource.starts_with(prefix)) {
+        say(format!("{sid}: resource {resource} is neither \"*\" nor an Organizations, Account or IAM ARN"));
     }
     // IAM substitutes variables only in the resource part of an ARN, after the fifth colon.
     let before_resource_part = resource.match_indices(':').nth(4).map_or(resource.len(), |(at, _)| at);
@@ -318,6 +337,15 @@ impl Resource {
     pub fn account(id: &str) -> Self {
         Self {
             arn: Some(format!("arn:aws:organizations::{MANAGEMENT_ACCOUNT}:account/{ORGANIZATION}/{id}")),
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// A member account as AWS Account Management names it (`AccountId` of its calls), with
+    /// its tags in the organization (`account:AccountResourceOrgTags/*`).
+    pub fn account_api(id: &str) -> Self {
+        Self {
+            arn: Some(format!("arn:aws:account::{MANAGEMENT_ACCOUNT}:account/{ORGANIZATION}/{id}")),
             tags: BTreeMap::new(),
         }
     }
@@ -435,8 +463,15 @@ pub fn decide(policies: &[&PolicyDocument], call: &Call) -> Decision {
     let mut all_allowed = true;
     for resource in &call.resources {
         let mut context = call.context();
+        // Account Management names an account's tags with its own (multi-valued) key.
+        let account_api = resource.arn.as_deref().is_some_and(|arn| arn.starts_with("arn:aws:account:"));
         for (key, value) in &resource.tags {
-            context.insert(format!("aws:ResourceTag/{key}"), ContextValue::String(value.clone()));
+            if account_api {
+                let values = ContextValue::StringList(vec![value.clone()]);
+                context.insert(format!("account:AccountResourceOrgTags/{key}"), values);
+            } else {
+                context.insert(format!("aws:ResourceTag/{key}"), ContextValue::String(value.clone()));
+            }
         }
         let (evaluator, arn) = match &resource.arn {
             Some(arn) => (

@@ -26,6 +26,16 @@ fn tenant_account() -> Resource {
     Resource::account("222222222222").tagged(NAME_TAG, "acme").tagged(UID_TAG, UID).tagged("team", "payments")
 }
 
+/// This Tenant's account as AWS Account Management names it.
+fn tenant_account_api() -> Resource {
+    Resource::account_api("222222222222").tagged(NAME_TAG, "acme").tagged(UID_TAG, UID)
+}
+
+/// An account carrying no `silo.dev/tenant-uid`, as AWS Account Management names it.
+fn account_api_without_uid() -> Resource {
+    Resource::account_api("333333333333").tagged("purpose", "log-archive")
+}
+
 /// An account carrying no `silo.dev/tenant-uid`.
 fn account_without_uid() -> Resource {
     Resource::account("333333333333").tagged("purpose", "log-archive")
@@ -107,6 +117,43 @@ fn silo_calls() -> Vec<Scenario> {
         scenario(
             "Silo may read any account's tags",
             on("organizations:ListTagsForResource", vec![account_without_uid()]),
+            Allowed,
+        ),
+        scenario("Silo may list the service control policies", none("organizations:ListPolicies"), Allowed),
+        scenario(
+            "Silo may list the policies on a tenant account",
+            on("organizations:ListPoliciesForTarget", vec![tenant_account()]),
+            Allowed,
+        ),
+        scenario(
+            "Silo may ask which services have trusted access",
+            none("organizations:ListAWSServiceAccessForOrganization"),
+            Allowed,
+        ),
+        scenario(
+            "Silo may attach a service control policy to a tenant account",
+            on("organizations:AttachPolicy", vec![Resource::service_control_policy(), tenant_account()]),
+            Allowed,
+        ),
+        scenario(
+            "Silo may detach a service control policy from a tenant account",
+            on("organizations:DetachPolicy", vec![Resource::service_control_policy(), tenant_account()]),
+            Allowed,
+        ),
+        scenario("Silo may rename a tenant account", on("account:PutAccountName", vec![tenant_account_api()]), Allowed),
+        scenario(
+            "Silo may read a tenant account's alternate contact",
+            on("account:GetAlternateContact", vec![tenant_account_api()]),
+            Allowed,
+        ),
+        scenario(
+            "Silo may set a tenant account's alternate contact",
+            on("account:PutAlternateContact", vec![tenant_account_api()]),
+            Allowed,
+        ),
+        scenario(
+            "Silo may remove a tenant account's alternate contact",
+            on("account:DeleteAlternateContact", vec![tenant_account_api()]),
             Allowed,
         ),
         scenario("Silo may read an account's parent", on("organizations:ListParents", vec![tenant_account()]), Allowed),
@@ -214,16 +261,22 @@ fn every_call_silo_makes_is_allowed() {
 /// above, so a new call cannot ship without the policy being checked for it.
 #[test]
 fn every_organizations_operation_in_the_client_has_a_scenario() {
-    let source = std::fs::read_to_string(repo_root().join("controller/src/aws/organizations.rs")).expect("the client");
-    // Each request goes through `AwsError::from_sdk("Operation", ..)`, each paginated listing
-    // through `all_pages!(self, priority, "Operation", ..)`.
-    let operations: BTreeSet<String> = ["from_sdk(\"", "all_pages!(self, priority, \""]
-        .iter()
-        .flat_map(|marker| source.split(marker).skip(1))
-        .filter_map(|rest| rest.split('"').next())
-        .map(|operation| format!("organizations:{operation}"))
-        .collect();
-    assert!(operations.len() >= 14, "found only {operations:?} in the client: has its shape changed?");
+    let mut operations = BTreeSet::new();
+    for (client, service) in [("organizations.rs", "organizations"), ("account_management.rs", "account")] {
+        let path = repo_root().join("controller/src/aws").join(client);
+        let source = std::fs::read_to_string(path).expect("the client");
+        // Each request goes through `AwsError::from_sdk("Operation", ..)`, each paginated listing
+        // through `all_pages!(self, priority, "Operation", ..)`, maybe wrapped over lines.
+        let source = source.split_whitespace().collect::<Vec<_>>().join(" ");
+        operations.extend(
+            ["from_sdk(\"", "all_pages!(self, priority, \"", "all_pages!( self, priority, \""]
+                .iter()
+                .flat_map(|marker| source.split(marker).skip(1).collect::<Vec<_>>())
+                .filter_map(|rest| rest.split('"').next())
+                .map(|operation| format!("{service}:{operation}")),
+        );
+    }
+    assert!(operations.len() >= 22, "found only {operations:?} in the clients: has their shape changed?");
     let covered: BTreeSet<String> =
         silo_calls().into_iter().filter(|s| s.expected == Allowed).map(|s| s.call.action).collect();
     let missing: Vec<&String> = operations.difference(&covered).collect();
@@ -364,6 +417,26 @@ fn accounts_without_a_tenant_uid_are_neither_moved_nor_closed() {
                 DeniedImplicitly,
             ),
             scenario(
+                "attaching a policy to an account without a UID is denied",
+                on("organizations:AttachPolicy", vec![Resource::service_control_policy(), account_without_uid()]),
+                DeniedImplicitly,
+            ),
+            scenario(
+                "detaching a policy from an account without a UID (a guardrail, say) is denied",
+                on("organizations:DetachPolicy", vec![Resource::service_control_policy(), account_without_uid()]),
+                DeniedImplicitly,
+            ),
+            scenario(
+                "renaming an account without a UID is denied",
+                on("account:PutAccountName", vec![account_api_without_uid()]),
+                DeniedImplicitly,
+            ),
+            scenario(
+                "setting a contact of an account without a UID is denied",
+                on("account:PutAlternateContact", vec![account_api_without_uid()]),
+                DeniedImplicitly,
+            ),
+            scenario(
                 "closing an account whose silo.dev/tenant tag is all it has is denied",
                 on("organizations:CloseAccount", vec![Resource::account("555555555555").tagged(NAME_TAG, "acme")]),
                 DeniedImplicitly,
@@ -401,6 +474,11 @@ fn nothing_is_written_to_the_management_account() {
                 scenario(
                     "moving the management account is denied explicitly",
                     on("organizations:MoveAccount", vec![tagged_management(), Resource::root(), tenants_ou()]),
+                    DeniedExplicitly,
+                ),
+                scenario(
+                    "attaching a policy to the management account is denied explicitly",
+                    on("organizations:AttachPolicy", vec![Resource::service_control_policy(), tagged_management()]),
                     DeniedExplicitly,
                 ),
                 scenario(
@@ -468,8 +546,13 @@ fn actions_silo_never_takes_are_denied() {
             scenario("leaving the organization is denied", none("organizations:LeaveOrganization"), DeniedImplicitly),
             scenario("deleting the organization is denied", none("organizations:DeleteOrganization"), DeniedImplicitly),
             scenario(
-                "attaching a policy to a tenant account is denied",
-                on("organizations:AttachPolicy", vec![Resource::service_control_policy(), tenant_account()]),
+                "attaching a policy to an OU is denied",
+                on("organizations:AttachPolicy", vec![Resource::service_control_policy(), tenants_ou()]),
+                DeniedImplicitly,
+            ),
+            scenario(
+                "attaching a policy to the root is denied",
+                on("organizations:AttachPolicy", vec![Resource::service_control_policy(), Resource::root()]),
                 DeniedImplicitly,
             ),
             scenario(
