@@ -19,49 +19,41 @@ const KEEP: Duration = Duration::from_secs(3600);
 /// How soon a miss (a policy not in the list, trusted access off) is read again from AWS.
 const MISS_REREAD: Duration = Duration::from_secs(10);
 
-/// A value read from AWS, and when.
-pub(super) type Kept<T> = std::sync::Mutex<Option<(T, Instant)>>;
+/// A value read from AWS, and when. The lock is held while AWS is asked, so a fleet that
+/// misses at once (a restart) sends one request, not one per tenant.
+pub(super) type Kept<T> = tokio::sync::Mutex<Option<(T, Instant)>>;
 
 impl Organization {
     /// Whether AWS Account Management has trusted access to the organization
     /// (ListAWSServiceAccessForOrganization): without it the management account cannot set a
     /// member account's name or contacts.
     pub async fn account_management_trusted(&self) -> Result<bool, AwsError> {
-        let kept = *self.account_trust.lock().expect("trust lock");
-        match kept {
+        let mut kept = self.account_trust.lock().await;
+        match *kept {
             Some((true, at)) if at.elapsed() < KEEP => return Ok(true),
             Some((false, at)) if at.elapsed() < MISS_REREAD => return Ok(false),
             _ => {}
         }
         let trusted = self.api.trusted_services(Priority::User).await?.iter().any(|s| s == ACCOUNT_MANAGEMENT);
-        *self.account_trust.lock().expect("trust lock") = Some((trusted, Instant::now()));
+        *kept = Some((trusted, Instant::now()));
         Ok(trusted)
-    }
-
-    /// Forgets that trusted access was on (AWS just said otherwise).
-    pub fn account_management_distrusted(&self) {
-        *self.account_trust.lock().expect("trust lock") = Some((false, Instant::now()));
     }
 
     /// The service control policy `spec.policies` names (an id or a name), from the kept list
     /// of the organization's policies, read again on a miss. `None`: no such policy.
     pub async fn policy(&self, named: &str) -> Result<Option<Policy>, AwsError> {
         let find = |policies: &[Policy]| policies.iter().find(|p| p.id == named || p.name == named).cloned();
-        let kept = self.policies.lock().expect("policies lock").clone();
-        if let Some((policies, at)) = &kept
-            && at.elapsed() < KEEP
-            && let Some(found) = find(policies)
-        {
-            return Ok(Some(found));
-        }
-        if let Some((policies, at)) = &kept
-            && at.elapsed() < MISS_REREAD
-        {
-            return Ok(find(policies));
+        let mut kept = self.policies.lock().await;
+        if let Some((policies, at)) = &*kept {
+            let found = find(policies);
+            // A hit is good for an hour; a miss is read again after a little while.
+            if (found.is_some() && at.elapsed() < KEEP) || at.elapsed() < MISS_REREAD {
+                return Ok(found);
+            }
         }
         let policies = self.api.service_control_policies(Priority::User).await?;
         let found = find(&policies);
-        *self.policies.lock().expect("policies lock") = Some((policies, Instant::now()));
+        *kept = Some((policies, Instant::now()));
         Ok(found)
     }
 
@@ -79,7 +71,7 @@ impl Organization {
         let answer = self.api.attach_policy(policy_id, account_id).await?;
         if answer == Err(AttachRefusal::PolicyNotFound) {
             // The kept list is out of date.
-            *self.policies.lock().expect("policies lock") = None;
+            *self.policies.lock().await = None;
         }
         Ok(answer)
     }

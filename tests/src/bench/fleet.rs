@@ -42,6 +42,35 @@ pub fn tenant(name: &str, baseline: Option<&str>) -> Value {
     json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name}, "spec": spec})
 }
 
+/// The service control policy every steady-scenario Tenant names in `spec.policies`.
+pub const BENCH_POLICY: &str = "bench-guardrail";
+
+/// A bench Tenant with a service control policy (`spec.policies`).
+pub fn tenant_with_policy(name: &str) -> Value {
+    let mut tenant = tenant(name, None);
+    tenant["spec"]["policies"] = json!([BENCH_POLICY]);
+    tenant
+}
+
+/// True when the Tenant's `SettingsReady` and `Ready` conditions are `True` for its current
+/// generation.
+pub fn is_settled(tenant: &DynamicObject) -> bool {
+    let generation = tenant.metadata.generation;
+    let conds = tenant.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let current = |type_: &str| {
+        conds
+            .iter()
+            .any(|c| c["type"] == type_ && c["status"] == "True" && c["observedGeneration"].as_i64() == generation)
+    };
+    current("SettingsReady") && current("Ready")
+}
+
+/// Tenants settled (see [`is_settled`]), from one LIST.
+pub async fn count_settled(api: &Api<DynamicObject>) -> Result<usize> {
+    let list = api.list(&ListParams::default()).await.context("list Tenants")?;
+    Ok(list.items.iter().filter(|t| is_settled(t)).count())
+}
+
 /// `bench-00001` ... : names that sort in creation order.
 pub fn names(prefix: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{prefix}-{i:05}")).collect()

@@ -38,7 +38,7 @@ const LIST_OPERATIONS: &[&str] = &[
 ];
 
 /// The services whose requests the bench reports.
-const SERVICES: &[&str] = &["organizations", "sts", "cloudformation"];
+const SERVICES: &[&str] = &["organizations", "account", "sts", "cloudformation"];
 
 pub struct Bench {
     pub p: Params,
@@ -496,6 +496,7 @@ impl Bench {
         }
         let index_period = p.steady_index_refresh_seconds as f64;
         let mut args = without_flags(&p.user_flags(), &["--resync-seconds", "--index-refresh-seconds"]);
+        let settings_pass = if p.steady_settings != 0 { Some(self.settings_pass(n, &mut args).await?) } else { None };
         args.extend(["--resync-seconds".into(), p.steady_resync_seconds.to_string()]);
         if index_flag {
             args.extend(["--index-refresh-seconds".into(), p.steady_index_refresh_seconds.to_string()]);
@@ -622,6 +623,12 @@ impl Bench {
             ),
             &["", "value"],
         );
+        if let Some(pass) = &settings_pass {
+            summary.row(vec![
+                "every Tenant has (settings pass before the window)".into(),
+                format!("1 policy, 3 contacts; set in {:.0} s", pass["seconds"].as_f64().unwrap_or(0.0)),
+            ]);
+        }
         summary
             .row(vec!["start-up pass (s, excluded)".into(), f(window_start, 0)])
             .row(vec!["AWS requests in the start-up pass (excluded)".into(), warmup.total("").to_string()])
@@ -684,6 +691,7 @@ impl Bench {
             "index_refresh_flag": index_flag,
             "index_refresh_seconds": if index_flag { Some(index_period) } else { None },
             "default_index_refresh_seconds": index_default,
+            "settings_pass": settings_pass,
             "startup_pass_seconds": window_start,
             "startup_pass_capped_at_one_resync": warmup_capped,
             "startup_pass_requests_by_operation": warmup.requests,
@@ -719,6 +727,64 @@ impl Bench {
             "vlines": [vline(window_start, "window starts"), vline(window_start + window, "window ends")],
         });
         self.write(Scenario::Steady, &args, results, plot_spec).await
+    }
+
+    /// Gives the fleet what a verification must check besides tags: a service control policy
+    /// on every Tenant (`spec.policies`) and three alternate contacts for every account
+    /// (`--default-contacts-file`, added to `args`), with trusted access for AWS Account
+    /// Management on. Runs a controller until every Tenant has them; returns what that took.
+    async fn settings_pass(&mut self, n: usize, args: &mut Vec<String>) -> Result<Value> {
+        let org = self.sim.organizations();
+        let content = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"ec2:*","Resource":"*"}]}"#;
+        let scp = aws_sdk_organizations::types::PolicyType::ServiceControlPolicy;
+        let listed = org.list_policies().filter(scp.clone()).send().await.context("ListPolicies")?;
+        if !listed.policies().iter().any(|p| p.name() == Some(fleet::BENCH_POLICY)) {
+            let create = org.create_policy().name(fleet::BENCH_POLICY).description("silo-bench").content(content);
+            create.r#type(scp).send().await.context("CreatePolicy")?;
+        }
+        org.enable_aws_service_access()
+            .service_principal("account.amazonaws.com")
+            .send()
+            .await
+            .context("EnableAWSServiceAccess")?;
+        let contacts = self.out.join("contacts.yaml");
+        let contact = |kind: &str| {
+            format!("{kind}: {{name: Bench {kind}, title: On call, email: {kind}@example.com, phone: '+1 555 0100'}}\n")
+        };
+        std::fs::write(&contacts, ["security", "billing", "operations"].map(contact).concat())?;
+        args.extend(["--default-contacts-file".into(), contacts.display().to_string()]);
+
+        let docs = fleet::names("bench", n).iter().map(|name| fleet::tenant_with_policy(name)).collect();
+        fleet::apply_all(&self.tenants(), docs, self.p.apply_concurrency).await?;
+        let start = Counters::read(&self.sim).await?;
+        let mut controller = self.start_controller(args, "settings.silo.log").await?;
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let timeout = self.p.timeout(n).as_secs_f64();
+        let seconds = loop {
+            ticker.tick().await;
+            controller.check()?;
+            let settled = fleet::count_settled(&self.tenants()).await?;
+            let t = controller.elapsed();
+            if settled >= n {
+                break t;
+            }
+            if t > timeout {
+                bail!("settings pass: {settled}/{n} Tenants have their policy and contacts after {t:.0} s");
+            }
+        };
+        controller.stop();
+        let d = Counters::read(&self.sim).await?.since(&start);
+        eprintln!("silo-bench: steady: every Tenant has its policy and contacts after {seconds:.0} s");
+        let table = op_table("steady: the settings pass (requests per tenant)", &d.requests, &d.throttled, n);
+        println!("{}", table.render());
+        Ok(json!({
+            "seconds": seconds,
+            "policy": fleet::BENCH_POLICY,
+            "contacts": ["security", "billing", "operations"],
+            "requests_by_operation": d.requests,
+            "throttled_by_operation": d.throttled,
+            "per_tenant": per_tenant(&d.requests, n),
+        }))
     }
 
     // ---- baseline -----------------------------------------------------------------------

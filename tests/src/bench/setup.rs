@@ -103,6 +103,12 @@ pub struct Params {
     #[arg(long, env = "BENCH_STEADY_WINDOW_SECONDS")]
     pub steady_window_seconds: Option<u64>,
 
+    /// steady: give every Tenant what a real fleet uses and a verification must check (one
+    /// service control policy in `spec.policies`, three alternate contacts from
+    /// `--default-contacts-file`) before counting; 0 counts a fleet of plain Tenants.
+    #[arg(long, env = "BENCH_STEADY_SETTINGS", default_value_t = 1)]
+    pub steady_settings: u8,
+
     /// steady: `--index-refresh-seconds`, passed only when `silo run --help` lists that flag.
     #[arg(long, env = "BENCH_STEADY_INDEX_REFRESH_SECONDS", default_value_t = 30)]
     pub steady_index_refresh_seconds: u64,
