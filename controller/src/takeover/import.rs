@@ -313,7 +313,7 @@ pub async fn plan(
     }
     let tagged: Vec<_> = futures::stream::iter(to_read)
         .map(|(account, parent)| async move {
-            let tags = api.list_tags(&account.id, Priority::User).await?;
+            let tags = super::patiently(|| api.list_tags(&account.id, Priority::User)).await?;
             Ok::<_, crate::aws::AwsError>((account, parent, tags))
         })
         .buffered(in_flight.max(1))

@@ -81,16 +81,16 @@ impl OrgTree {
     /// Walks the whole organization at user priority: DescribeOrganization, ListRoots, and
     /// per parent ListOrganizationalUnitsForParent and ListAccountsForParent (every page).
     pub async fn read(api: &Organizations) -> Result<Self, AwsError> {
-        let org = api.describe_organization(Priority::User).await?;
-        let root = api.root_id(Priority::User).await?;
+        let org = patiently(|| api.describe_organization(Priority::User)).await?;
+        let root = patiently(|| api.root_id(Priority::User)).await?;
         let mut tree = Self { management_account: org.management_account_id, root: root.clone(), ..Self::default() };
         let mut parents = VecDeque::from([root]);
         while let Some(parent) = parents.pop_front() {
-            for OrganizationalUnit { id, name } in api.child_units(&parent, Priority::User).await? {
+            for OrganizationalUnit { id, name } in patiently(|| api.child_units(&parent, Priority::User)).await? {
                 parents.push_back(id.clone());
                 tree.units.insert(id, (name, parent.clone()));
             }
-            for account in api.accounts_under(&parent, Priority::User).await? {
+            for account in patiently(|| api.accounts_under(&parent, Priority::User)).await? {
                 tree.accounts.push((account, parent.clone()));
             }
         }
@@ -130,6 +130,31 @@ impl OrgTree {
             |id| self.units.contains_key(id),
             |parent, name| self.units.iter().find(|(_, (n, p))| p == parent && n == name).map(|(id, _)| id.clone()),
         )
+    }
+}
+
+/// How often a command tries one AWS call that keeps being throttled or failing transiently.
+const PATIENCE: u32 = 10;
+
+/// Runs an AWS call until it succeeds, retrying throttled and transient errors with a doubling
+/// pause (1 s to 30 s) beyond the SDK's own retries: throttling is weather, and a command
+/// that reads a whole organization must outlast it (other automation shares the quota).
+pub async fn patiently<T, F>(call: impl Fn() -> F) -> Result<T, AwsError>
+where
+    F: Future<Output = Result<T, AwsError>>,
+{
+    let mut pause = std::time::Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(err) if err.is_retryable() && attempt < PATIENCE => {
+                tracing::debug!(%err, attempt, "retrying");
+                tokio::time::sleep(crate::tenant::jittered(pause)).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
 

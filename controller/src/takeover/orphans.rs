@@ -171,7 +171,8 @@ pub async fn run(args: OrphansArgs) -> anyhow::Result<()> {
     let mut facts = vec![];
     for (account, parent) in &tree.accounts {
         let tags = if is_candidate(account, &claims, &tree.management_account) {
-            Some(api.list_tags(&account.id, Priority::User).await.with_context(|| format!("tags of {}", account.id))?)
+            let tags = super::patiently(|| api.list_tags(&account.id, Priority::User)).await;
+            Some(tags.with_context(|| format!("tags of {}", account.id))?)
         } else {
             None
         };
