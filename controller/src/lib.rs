@@ -11,6 +11,8 @@
 //! - [`baseline`]: the Baseline API's logic: revisions, parameters, the stack state machine,
 //!   and the Baseline controller.
 //! - [`conditions`]: kstatus-style conditions that keep their transition times.
+//! - [`takeover`]: taking over an existing organization: `silo import`, `silo orphans`, and
+//!   the controller's orphan gauge.
 
 pub mod api;
 pub mod aws;
@@ -21,6 +23,7 @@ pub mod leader;
 pub mod metrics;
 pub mod org;
 pub mod preflight;
+pub mod takeover;
 pub mod telemetry;
 pub mod tenant;
 

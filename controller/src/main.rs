@@ -1,4 +1,5 @@
-//! The `silo` command: `silo run` runs the controller, `silo crd` prints its CRDs.
+//! The `silo` command: `silo run` runs the controller, `silo crd` prints its CRDs, `silo
+//! import` and `silo orphans` take over an existing organization.
 
 use std::{num::NonZeroU32, time::Duration};
 
@@ -30,6 +31,12 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print every CRD Silo owns, as YAML, for `kubectl apply -f -`.
     Crd,
+    /// Print Tenants (YAML) that adopt the organization's existing accounts where they are.
+    /// Reads AWS and the cluster; writes to neither.
+    Import(Box<silo::takeover::import::ImportArgs>),
+    /// List active accounts no Tenant has: tagged by Silo for a Tenant that is gone, or in a
+    /// tenant OU root without a Tenant. Reads AWS and the cluster; writes to neither.
+    Orphans(Box<silo::takeover::orphans::OrphansArgs>),
 }
 
 #[derive(clap::Args)]
@@ -158,6 +165,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", silo::api::crds_yaml()?);
             Ok(())
+        }
+        Command::Import(args) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            silo::takeover::import::run(*args).await
+        }
+        Command::Orphans(args) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            silo::takeover::orphans::run(*args).await
         }
         Command::Run(args) => {
             telemetry::init(args.log_format);

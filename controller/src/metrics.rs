@@ -83,6 +83,11 @@ pub struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrphanLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -119,6 +124,7 @@ pub struct Metrics {
     pub baseline_tenants: PerRevision,
     pub rollout_phase: Family<RolloutLabels, Gauge>,
     pub rollout_failures: Family<BaselineLabels, Gauge>,
+    pub orphan_accounts: Family<OrphanLabels, Gauge>,
     registry: Registry,
 }
 
@@ -207,7 +213,14 @@ impl Metrics {
             "Tenants that failed the revision a Baseline is rolling out",
             rollout_failures.clone(),
         );
+        let orphan_accounts = Family::<OrphanLabels, Gauge>::default();
+        registry.register(
+            "orphan_accounts",
+            "Active accounts no Tenant has, by kind: tagged_without_tenant (Silo's UID tag of a Tenant that is gone), untracked_in_tenant_ou (in a --tenant-ou-root without a Tenant)",
+            orphan_accounts.clone(),
+        );
         Self {
+            orphan_accounts,
             baseline_tenants,
             rollout_phase,
             rollout_failures,

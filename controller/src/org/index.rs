@@ -84,6 +84,8 @@ struct View {
     by_email: HashMap<String, String>,
     units: HashMap<String, Entry<Unit>>,
     complete: bool,
+    /// Sweeps applied so far: what was read from AWS between two sweeps may be stale after.
+    sweeps: u64,
     writes: u64,
 }
 
@@ -147,6 +149,16 @@ impl OrgIndex {
 
     pub fn account_count(&self) -> usize {
         self.read().accounts.len()
+    }
+
+    /// Every account the index knows, in no particular order.
+    pub fn accounts(&self) -> Vec<IndexedAccount> {
+        self.read().accounts.values().map(|e| e.value.clone()).collect()
+    }
+
+    /// How many sweeps the index has applied: a change means the organization was read anew.
+    pub fn sweeps(&self) -> u64 {
+        self.read().sweeps
     }
 
     /// An OU's name and parent (when known), if the index knows the OU.
@@ -284,7 +296,12 @@ impl OrgIndex {
                 now = ?sweep.org.as_ref().map(|o| &o.id),
                 "the organization changed: the index starts again"
             );
-            *view = View { writes: view.writes, claims: std::mem::take(&mut view.claims), ..View::default() };
+            *view = View {
+                writes: view.writes,
+                sweeps: view.sweeps,
+                claims: std::mem::take(&mut view.claims),
+                ..View::default()
+            };
         }
         let started = sweep.started;
         let old_accounts = std::mem::take(&mut view.accounts);
@@ -324,6 +341,7 @@ impl OrgIndex {
             view.org = sweep.org;
         }
         view.complete = true;
+        view.sweeps += 1;
         publish(&view);
     }
 }

@@ -254,6 +254,7 @@ pub async fn run(
         anyhow::anyhow!("cannot list Tenants ({err}); are the CRDs installed (`silo crd | kubectl apply -f -`)?")
     })?;
     let store = shared.tenants.clone();
+    let tenants_ready = shared.tenants_ready.clone();
     let wake = shared.wake.clone();
     let org = Arc::new(Organization::new(
         aws.organizations.clone(),
@@ -271,6 +272,8 @@ pub async fn run(
         .predicate_filter(predicates::generation, PredicateConfig::default());
     let reporter = Reporter { controller: "silo".into(), instance: std::env::var("POD_NAME").ok() };
     let concurrency = settings.concurrency;
+    let orphans =
+        crate::takeover::orphans::publish(org.clone(), store.clone(), tenants_ready, settings.tenant_ou_roots.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         closures: closure::ClosureLedger::new(
@@ -323,6 +326,7 @@ pub async fn run(
         () = controller => {}
         () = org.run() => {}
         () = publish_fleet(store) => {}
+        () = orphans => {}
     }
     info!("controller stopped");
     Ok(())

@@ -984,6 +984,163 @@ impl Bench {
         self.fleet = None;
         self.write(Scenario::Unthrottled, &args, results, plot_spec).await
     }
+
+    // ---- import -------------------------------------------------------------------------
+
+    /// M accounts made directly in the simulator (quotas off while they are made), then under
+    /// the AWS-like quotas: `silo import` to a directory, the manifests applied, `silo run`
+    /// started; time to the manifests, and to all imported Tenants Ready.
+    pub async fn import(&mut self) -> Result<()> {
+        let p = self.p.clone();
+        let n = p.import_accounts;
+        self.reset_world().await?;
+        self.configure(setup::no_quotas(0.0)).await?;
+        let org = fleet::create_ou(&self.sim).await?;
+        let made = Instant::now();
+        let api = self.sim.organizations();
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let (api, org) = (api.clone(), &org);
+                async move {
+                    let created = api
+                        .create_account()
+                        .account_name(format!("Customer {i:05}"))
+                        .email(format!("customer-{i}@example.com"))
+                        .send()
+                        .await
+                        .context("CreateAccount")?;
+                    let id = created.create_account_status().and_then(|s| s.account_id()).context("no id")?;
+                    api.move_account()
+                        .account_id(id)
+                        .source_parent_id(&org.root_id)
+                        .destination_parent_id(&org.ou_id)
+                        .send()
+                        .await
+                        .context("MoveAccount")?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<()>()
+            .await?;
+        eprintln!("silo-bench: import: {n} accounts made in /Tenants in {:.1} s", made.elapsed().as_secs_f64());
+        let sim_config = self.configure(p.quotas()).await?;
+
+        // silo import, with its own budget at the controller's defaults.
+        let dir = self.out.join("import-manifests");
+        let _ = std::fs::remove_dir_all(&dir);
+        let before_import = Counters::read(&self.sim).await?;
+        let started = Instant::now();
+        let mut command = std::process::Command::new(&p.silo);
+        command.args(["import", "--ou", fleet::OU_PATH, "--output-dir"]).arg(&dir);
+        setup::scrub_env(&mut command);
+        command.env("KUBECONFIG", &self.env.kube.kubeconfig).envs(self.sim.env());
+        let out = tokio::task::spawn_blocking(move || command.output()).await??;
+        let import_seconds = started.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("silo import failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        let d_import = Counters::read(&self.sim).await?.since(&before_import);
+        let mut docs = vec![];
+        for entry in std::fs::read_dir(&dir)? {
+            let text = std::fs::read_to_string(entry?.path())?;
+            docs.push(serde_yaml::from_str::<Value>(&text)?);
+        }
+        if docs.len() != n {
+            bail!(
+                "silo import wrote {} Tenants for {n} accounts: {}",
+                docs.len(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        eprintln!("silo-bench: import: silo import wrote {n} manifests in {import_seconds:.1} s");
+        let apply_seconds = fleet::apply_all(&self.tenants(), docs, p.apply_concurrency).await?;
+
+        let before_run = Counters::read(&self.sim).await?;
+        let mut controller = self.start_controller(&p.user_flags(), "import.silo.log").await?;
+        let args = controller.args.clone();
+        let rollout = self.wait_all_ready(&mut controller, n, "import").await?;
+        let usage = controller.stop();
+        require_samples(&usage)?;
+        let d_run = Counters::read(&self.sim).await?.since(&before_run);
+        // Imported Tenants are not the bench Tenants the other scenarios reuse.
+        self.fleet = None;
+
+        let import_org = of_service(&d_import.requests, "organizations");
+        let run_org = of_service(&d_run.requests, "organizations");
+        let (import_total, run_total) = (d_import.total("organizations"), d_run.total("organizations"));
+        let total_minutes = (import_seconds + apply_seconds + rollout.all_ready) / 60.0;
+        let mut summary =
+            Table::new(format!("import: {n} accounts made outside Silo, R = {} rps", p.org_rps), &["", "value"]);
+        summary
+            .row(vec!["silo import (min)".into(), f(import_seconds / 60.0, 2)])
+            .row(vec!["applying the manifests (min)".into(), f(apply_seconds / 60.0, 2)])
+            .row(vec![
+                "silo run: all imported Tenants Ready (min, from its start)".into(),
+                f(rollout.all_ready / 60.0, 2),
+            ])
+            .row(vec!["total, import to all Ready (min)".into(), f(total_minutes, 2)])
+            .row(vec!["Organizations requests per tenant, silo import".into(), f(import_total as f64 / n as f64, 2)])
+            .row(vec!["Organizations requests per tenant, silo run".into(), f(run_total as f64 / n as f64, 2)])
+            .row(vec![
+                "CreateAccount requests".into(),
+                (import_org.get("CreateAccount").copied().unwrap_or(0)
+                    + run_org.get("CreateAccount").copied().unwrap_or(0))
+                .to_string(),
+            ])
+            .row(vec![
+                "throttled Organizations requests (import, run)".into(),
+                format!(
+                    "{}, {}",
+                    sum_service(&d_import.throttled, "organizations"),
+                    sum_service(&d_run.throttled, "organizations")
+                ),
+            ])
+            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)]);
+        println!("{}", summary.render());
+        let import_throttled = of_service(&d_import.throttled, "organizations");
+        println!(
+            "{}",
+            op_table("silo import: Organizations requests by operation", &import_org, &import_throttled, n).render()
+        );
+        let run_throttled = of_service(&d_run.throttled, "organizations");
+        println!("{}", op_table("silo run: Organizations requests by operation", &run_org, &run_throttled, n).render());
+        self.summary.push(format!(
+            "import: {n} accounts: silo import {:.2} min ({:.2} Organizations requests per tenant), all Ready {:.2} min after silo run started ({:.2} per tenant)",
+            import_seconds / 60.0,
+            import_total as f64 / n as f64,
+            rollout.all_ready / 60.0,
+            run_total as f64 / n as f64
+        ));
+        let results = json!({
+            "accounts": n,
+            "import_seconds": import_seconds,
+            "apply_seconds": apply_seconds,
+            "time_to_all_ready_seconds": rollout.all_ready,
+            "time_to_all_ready_measured_from": "the controller process's start, after the manifests were applied",
+            "total_minutes": total_minutes,
+            "import_organizations_requests_by_operation": import_org,
+            "import_organizations_requests_per_tenant": import_total as f64 / n as f64,
+            "run_organizations_requests_by_operation": run_org,
+            "run_organizations_requests_per_tenant": run_total as f64 / n as f64,
+            "import_throttled_by_operation": d_import.throttled,
+            "run_throttled_by_operation": d_run.throttled,
+            "run_requests_by_operation": d_run.requests,
+            "accounts_created_during_import_and_run": d_import.accounts_created + d_run.accounts_created,
+            "controller": usage_json(&usage, "sampled once a second until all Tenants were Ready"),
+            "simulator_config": sim_config,
+            "ready_over_time": rollout.ready,
+            "organizations_requests_over_time": rollout.org_requests,
+        });
+        let plot_spec = json!({
+            "title": format!("import: {n} accounts; silo import {:.1} min, all Ready {:.1} min later", import_seconds / 60.0, rollout.all_ready / 60.0),
+            "xlabel": "seconds since the controller started",
+            "ylabel": "Ready Tenants",
+            "series": [series("Ready Tenants (silo run)", &rollout.ready, "step", "left")],
+            "vlines": [vline(rollout.all_ready, &format!("all Ready {:.0} s", rollout.all_ready))],
+        });
+        self.write(Scenario::Import, &args, results, plot_spec).await
+    }
 }
 
 /// The Baseline of the baseline scenario: like examples/baseline-standard.yaml, one region,

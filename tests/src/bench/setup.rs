@@ -21,6 +21,7 @@ pub enum Scenario {
     Steady,
     Baseline,
     Unthrottled,
+    Import,
 }
 
 impl Scenario {
@@ -31,6 +32,7 @@ impl Scenario {
             Scenario::Steady => "steady",
             Scenario::Baseline => "baseline",
             Scenario::Unthrottled => "unthrottled",
+            Scenario::Import => "import",
         }
     }
 }
@@ -55,7 +57,7 @@ pub struct Params {
         long,
         env = "BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "onboard,restart,steady,baseline,unthrottled"
+        default_value = "onboard,restart,steady,baseline,unthrottled,import"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -128,6 +130,10 @@ pub struct Params {
     /// unthrottled: seconds a CreateAccount stays IN_PROGRESS with the quotas off (both halves).
     #[arg(long, env = "BENCH_UNTHROTTLED_CREATE_SECONDS", default_value_t = 0.0)]
     pub unthrottled_create_seconds: f64,
+
+    /// import: accounts made directly in the simulator (not by Silo), then imported.
+    #[arg(long, env = "BENCH_IMPORT_ACCOUNTS", default_value_t = 1000)]
+    pub import_accounts: usize,
 
     /// Give up when no Tenant became Ready for this many seconds while some are not.
     #[arg(long, env = "BENCH_STALL_SECONDS", default_value_t = 600)]

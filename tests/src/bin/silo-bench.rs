@@ -3,7 +3,7 @@
 //! Starts the project's test environment (a real kube-apiserver and etcd, and the AWS
 //! simulator), sets the simulator to AWS-like quotas, and runs `silo run` as a separate
 //! process through the scenarios selected by `BENCH_SCENARIOS`: onboard, restart, steady,
-//! baseline, unthrottled. Each prints its tables and writes `<scenario>.json` and
+//! baseline, unthrottled, import. Each prints its tables and writes `<scenario>.json` and
 //! `<scenario>.png` under `BENCH_OUT`. `silo-bench --help` lists every knob and its variable.
 //!
 //! The harness relies only on `silo run`'s flags, the Tenant API (as JSON) and the simulator,
@@ -62,8 +62,14 @@ async fn run(params: Params) -> Result<()> {
     let started = Instant::now();
     println!("silo-bench: results in {}", out.display());
     let mut bench = Bench::new(params.clone(), out.clone()).await?;
-    for scenario in [Scenario::Onboard, Scenario::Restart, Scenario::Steady, Scenario::Baseline, Scenario::Unthrottled]
-    {
+    for scenario in [
+        Scenario::Onboard,
+        Scenario::Restart,
+        Scenario::Steady,
+        Scenario::Baseline,
+        Scenario::Unthrottled,
+        Scenario::Import,
+    ] {
         if !params.selected(scenario) {
             continue;
         }
@@ -75,6 +81,7 @@ async fn run(params: Params) -> Result<()> {
             Scenario::Steady => bench.steady().await,
             Scenario::Baseline => bench.baseline().await,
             Scenario::Unthrottled => bench.unthrottled().await,
+            Scenario::Import => bench.import().await,
         };
         result.with_context(|| format!("scenario {}", scenario.name()))?;
         eprintln!("silo-bench: {} took {:.0} s", scenario.name(), t.elapsed().as_secs_f64());
