@@ -133,17 +133,7 @@ fn sample(pid: u32, usage: &Mutex<Usage>) {
         let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
         line.split_whitespace().next()?.parse::<u64>().ok().map(|kib| kib * 1024)
     });
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-        // Fields after the command name (which may hold spaces and parentheses): state is
-        // field 3, utime 14 and stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
-    });
+    let cpu = cpu_seconds(pid);
     let mut usage = usage.lock().expect("usage lock");
     if let Some(hwm) = hwm {
         usage.peak_rss_bytes = usage.peak_rss_bytes.max(hwm);
@@ -162,4 +152,82 @@ pub fn require_samples(usage: &Usage) -> Result<()> {
         bail!("no /proc sample of the controller was taken");
     }
     Ok(())
+}
+
+/// `utime + stime` of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses): state is field
+    // 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// Where the CPU went: seconds so far of the test environment's processes by component
+/// (kube-apiserver and etcd, whose command lines name the environment's directory; the
+/// simulator, whose command line names its port), and the machine's busy and total CPU
+/// seconds (`/proc/stat`, all CPUs). Two readings subtracted profile a stretch of a scenario.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct CpuReading {
+    pub components: std::collections::BTreeMap<String, f64>,
+    pub machine_busy: f64,
+    pub machine_total: f64,
+}
+
+impl CpuReading {
+    pub fn read(env_dir: &Path, sim_port: &str, named: &[(u32, &str)]) -> Self {
+        let mut components = std::collections::BTreeMap::new();
+        let env_dir = env_dir.display().to_string();
+        let port_arg = format!("--port\0{sim_port}\0");
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let program = cmdline.split('\0').next().unwrap_or_default();
+            let component = if let Some((_, name)) = named.iter().find(|(p, _)| *p == pid) {
+                name
+            } else if program.ends_with("kube-apiserver") && cmdline.contains(&env_dir) {
+                "kube-apiserver"
+            } else if program.ends_with("etcd") && cmdline.contains(&env_dir) {
+                "etcd"
+            } else if cmdline.contains("silo_awssim.py") && cmdline.contains(&port_arg) {
+                "simulator"
+            } else {
+                continue;
+            };
+            *components.entry(component.to_string()).or_default() += cpu_seconds(pid).unwrap_or(0.0);
+        }
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let jiffies: Vec<f64> =
+            stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+        let total: f64 = jiffies.iter().take(8).sum();
+        let idle = jiffies.get(3).copied().unwrap_or(0.0) + jiffies.get(4).copied().unwrap_or(0.0);
+        Self { components, machine_busy: (total - idle) / clock_ticks(), machine_total: total / clock_ticks() }
+    }
+
+    /// The CPU seconds from `earlier` to this reading, by component, with the machine's
+    /// busy share (0 to 1) as `machine busy`.
+    pub fn since(&self, earlier: &CpuReading) -> std::collections::BTreeMap<String, f64> {
+        let mut out: std::collections::BTreeMap<String, f64> = self
+            .components
+            .iter()
+            .map(|(k, v)| (k.clone(), v - earlier.components.get(k).copied().unwrap_or(0.0)))
+            .collect();
+        let total = self.machine_total - earlier.machine_total;
+        out.insert(
+            "machine busy (share of all CPUs)".into(),
+            if total > 0.0 { (self.machine_busy - earlier.machine_busy) / total } else { 0.0 },
+        );
+        out
+    }
 }

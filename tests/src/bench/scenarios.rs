@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use silo_testenv::{Env, SimClient, process::tail};
 
 use crate::{
-    controller::{Controller, Usage, require_samples},
+    controller::{Controller, CpuReading, Usage, require_samples},
     fleet::{self, Counters, Org, of_service, sum_service},
     report::{Table, f, plot, series, vline, write_json},
     setup::{self, Params, Scenario, SiloHelp, flag_value, without_flags},
@@ -104,6 +104,12 @@ impl Bench {
             .await
             .context("delete the Baselines")?;
         self.sim.reset().await
+    }
+
+    /// CPU so far of the environment's processes (and of `named` ones), for a profile.
+    fn cpu(&self, named: &[(u32, &str)]) -> CpuReading {
+        let port = self.sim.endpoint.rsplit(':').next().unwrap_or_default().to_string();
+        CpuReading::read(&self.env.dir, &port, named)
     }
 
     /// Configures the simulator and returns its whole config as it then stands.
@@ -888,9 +894,12 @@ impl Bench {
         self.apply_tenants(&fleet::names("bench", n), None).await?;
         let loadavg_start = setup::loadavg();
         let before = Counters::read(&self.sim).await?;
+        let cpu_before = self.cpu(&[]);
         let mut controller = self.start_controller(&p.user_flags(), "unthrottled.silo.log").await?;
         let args = controller.args.clone();
         let rollout = self.wait_all_ready(&mut controller, n, "unthrottled").await?;
+        let silo_cpu =
+            self.cpu(&[(controller.pid(), "silo run"), (std::process::id(), "silo-bench")]).since(&cpu_before);
         let usage = controller.stop();
         require_samples(&usage)?;
         let silo_counters = Counters::read(&self.sim).await?.since(&before);
@@ -908,7 +917,10 @@ impl Bench {
         let org = fleet::create_ou(&self.sim).await?;
         let before = Counters::read(&self.sim).await?;
         eprintln!("silo-bench: unthrottled: the direct client onboards {n} fake tenants, {concurrency} at once");
+        let bench = [(std::process::id(), "silo-bench")];
+        let cpu_before = self.cpu(&bench);
         let completions = direct_client(&self.sim, &org, n, concurrency).await?;
+        let direct_cpu = self.cpu(&bench).since(&cpu_before);
         let direct_seconds = completions.iter().copied().fold(0.0, f64::max);
         let direct_counters = Counters::read(&self.sim).await?.since(&before);
         let direct_rate = n as f64 / direct_seconds;
@@ -931,8 +943,19 @@ impl Bench {
                 f(silo_budget_seconds, 1),
                 String::new(),
             ])
-            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1), String::new()])
-            .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1), String::new()]);
+            .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1), String::new()]);
+        // The profile: where the CPU went in each half, per tenant.
+        let components: std::collections::BTreeSet<&String> = silo_cpu.keys().chain(direct_cpu.keys()).collect();
+        for component in components {
+            let share = component.starts_with("machine busy");
+            let cell = |cpu: &BTreeMap<String, f64>| match cpu.get(component) {
+                Some(v) if share => f(*v, 2),
+                Some(v) => format!("{} ms/tenant", f(v * 1000.0 / n as f64, 1)),
+                None => String::new(),
+            };
+            let label = if share { component.clone() } else { format!("CPU: {component}") };
+            summary.row(vec![label, cell(&silo_cpu), cell(&direct_cpu)]);
+        }
         println!("{}", summary.render());
         self.summary.push(format!(
             "unthrottled: silo run {silo_rate:.2} tenants/s, direct client {direct_rate:.2} tenants/s, ratio {ratio:.3}"
@@ -954,6 +977,7 @@ impl Bench {
                 "requests_by_operation": silo_counters.requests,
                 "organizations_requests_per_tenant": silo_counters.total("organizations") as f64 / n as f64,
                 "controller": usage_json(&usage, "sampled once a second until all Tenants were Ready"),
+                "cpu_seconds_by_component": silo_cpu,
                 "ready_over_time": rollout.ready,
             },
             "direct": {
@@ -965,6 +989,7 @@ impl Bench {
                 "requests_by_operation": direct_counters.requests,
                 "organizations_requests_per_tenant": direct_counters.total("organizations") as f64 / n as f64,
                 "done_over_time": direct_curve,
+                "cpu_seconds_by_component": direct_cpu,
             },
             "ratio_silo_over_direct": ratio,
             "reset_between_halves": true,
