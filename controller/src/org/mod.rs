@@ -94,6 +94,8 @@ pub struct Organization {
     policies: settings::Kept<Vec<crate::aws::organizations::Policy>>,
     /// Whether AWS Account Management has trusted access, as last read ([`settings`]).
     account_trust: settings::Kept<bool>,
+    /// Held while [`Organization::info`] reads the organization from AWS.
+    info_read: tokio::sync::Mutex<()>,
 }
 
 /// How soon a failed sweep is tried again (doubling up to five minutes).
@@ -117,6 +119,7 @@ impl Organization {
             refresh_now: tokio::sync::Notify::new(),
             policies: Default::default(),
             account_trust: Default::default(),
+            info_read: Default::default(),
         }
     }
 
@@ -239,8 +242,13 @@ impl Organization {
         }
     }
 
-    /// The organization (its id and management account), from the index or AWS.
+    /// The organization (its id and management account), from the index or AWS. Before the
+    /// index has it, one reconcile asks AWS while the others wait for its answer.
     pub async fn info(&self) -> Result<OrganizationInfo, AwsError> {
+        if let Some(info) = self.index.organization() {
+            return Ok(info);
+        }
+        let _one_at_a_time = self.info_read.lock().await;
         if let Some(info) = self.index.organization() {
             return Ok(info);
         }
