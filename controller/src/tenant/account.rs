@@ -426,10 +426,15 @@ impl AccountStep<'_> {
         let org = &self.ctx.org;
         let priority = schedule::priority(self.mode);
         let account = match (route, self.mode) {
-            // Keeping a recorded account reads the index; taking one, or a verification a
-            // person asked for, reads AWS.
+            // Keeping a recorded account reads the index. Adopting the account spec.accountId
+            // names reads it too once its sweep is complete (an account it lacks is read
+            // through): whose the account is rests on its tags, read from AWS below, and on
+            // the claim. Finding one by email, or a verification a person asked for, reads AWS.
             (Route::Recorded, Mode::Converge | Mode::Verify(Verification::Periodic)) => {
                 org.account(account_id, priority).await?
+            }
+            (Route::SpecAccountId, Mode::Converge) if org.index.is_complete() => {
+                org.account(account_id, Priority::User).await?
             }
             _ => org.read_account(account_id, Priority::User).await?,
         };
