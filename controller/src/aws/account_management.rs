@@ -14,8 +14,7 @@ use aws_sdk_account::{
 };
 
 use super::{
-    budget::{Budget, Priority},
-    count_request,
+    budget::{Budget, Gate, Priority},
     error::AwsError,
 };
 use crate::{
@@ -27,29 +26,17 @@ use crate::{
 #[derive(Clone)]
 pub struct AccountManagement {
     client: Client,
-    budget: Budget,
-    fence: Fence,
+    gate: Gate,
 }
 
 impl AccountManagement {
     pub fn new(client: Client, budget: Budget) -> Self {
-        Self { client, budget, fence: Fence::open() }
+        Self { client, gate: Gate::new("account", budget) }
     }
 
     /// The same client, whose writes first check `fence` (the leader's proof that it leads).
     pub fn fenced(self, fence: Fence) -> Self {
-        Self { fence, ..self }
-    }
-
-    async fn permit(&self, priority: Priority, operation: &'static str) -> Result<super::budget::Permit, AwsError> {
-        let permit = self.budget.permit(priority).await.ok_or_else(|| AwsError::busy(operation))?;
-        count_request("account", operation);
-        Ok(permit)
-    }
-
-    async fn write_permit(&self, operation: &'static str) -> Result<super::budget::Permit, AwsError> {
-        self.fence.check(operation)?;
-        self.permit(Priority::User, operation).await
+        Self { gate: self.gate.fenced(fence), ..self }
     }
 
     /// GetAlternateContact; `None` when the account has no contact of that kind.
@@ -59,7 +46,7 @@ impl AccountManagement {
         kind: ContactKind,
         priority: Priority,
     ) -> Result<Option<Contact>, AwsError> {
-        let _permit = self.permit(priority, "GetAlternateContact").await?;
+        let _permit = self.gate.read(priority, "GetAlternateContact").await?;
         let request = self.client.get_alternate_contact().account_id(account_id).alternate_contact_type(aws_kind(kind));
         match request.send().await {
             Ok(out) => Ok(out.alternate_contact.map(|c| Contact {
@@ -79,7 +66,7 @@ impl AccountManagement {
 
     /// PutAlternateContact.
     pub async fn set_contact(&self, account_id: &str, kind: ContactKind, contact: &Contact) -> Result<(), AwsError> {
-        let _permit = self.write_permit("PutAlternateContact").await?;
+        let _permit = self.gate.write("PutAlternateContact").await?;
         self.client
             .put_alternate_contact()
             .account_id(account_id)
@@ -96,7 +83,7 @@ impl AccountManagement {
 
     /// DeleteAlternateContact; a contact that is not set is fine.
     pub async fn delete_contact(&self, account_id: &str, kind: ContactKind) -> Result<(), AwsError> {
-        let _permit = self.write_permit("DeleteAlternateContact").await?;
+        let _permit = self.gate.write("DeleteAlternateContact").await?;
         let request =
             self.client.delete_alternate_contact().account_id(account_id).alternate_contact_type(aws_kind(kind));
         match request.send().await {
@@ -115,7 +102,7 @@ impl AccountManagement {
 
     /// PutAccountName.
     pub async fn rename(&self, account_id: &str, name: &str) -> Result<(), AwsError> {
-        let _permit = self.write_permit("PutAccountName").await?;
+        let _permit = self.gate.write("PutAccountName").await?;
         self.client
             .put_account_name()
             .account_id(account_id)

@@ -37,6 +37,9 @@ use std::{
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::{count_request, error::AwsError};
+use crate::leader::Fence;
+
 /// Limits for one AWS API (one service, one organization).
 #[derive(Clone, Copy, Debug)]
 pub struct BudgetLimits {
@@ -118,6 +121,41 @@ impl Budget {
         let in_flight = self.in_flight.clone().try_acquire_owned().ok()?;
         self.rate.check().ok()?;
         Some(Permit { _in_flight: in_flight })
+    }
+}
+
+/// How a management-account client (Organizations, the Account API) sends a request: a permit
+/// from its service's budget, counted in `silo_aws_requests_total`; writes only while the
+/// leader's fence allows them, and always at user priority.
+#[derive(Clone)]
+pub struct Gate {
+    service: &'static str,
+    budget: Budget,
+    fence: Fence,
+}
+
+impl Gate {
+    pub fn new(service: &'static str, budget: Budget) -> Self {
+        Self { service, budget, fence: Fence::open() }
+    }
+
+    /// The same gate, whose writes first check `fence` (the leader's proof that it leads).
+    pub fn fenced(self, fence: Fence) -> Self {
+        Self { fence, ..self }
+    }
+
+    /// A permit for a read at `priority`; at [`Priority::IfIdle`], a `Busy` error instead of
+    /// waiting when the budget is not idle.
+    pub async fn read(&self, priority: Priority, operation: &'static str) -> Result<Permit, AwsError> {
+        let permit = self.budget.permit(priority).await.ok_or_else(|| AwsError::busy(operation))?;
+        count_request(self.service, operation);
+        Ok(permit)
+    }
+
+    /// A permit for a write: only while the fence allows it, then at user priority.
+    pub async fn write(&self, operation: &'static str) -> Result<Permit, AwsError> {
+        self.fence.check(operation)?;
+        self.read(Priority::User, operation).await
     }
 }
 

@@ -6,7 +6,10 @@
 //! from the Organizations [`Budget`] at the caller's [`Priority`] and is counted in
 //! `silo_aws_requests_total`.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
 
 use aws_sdk_organizations::{
     Client,
@@ -15,8 +18,7 @@ use aws_sdk_organizations::{
 };
 
 use super::{
-    budget::{Budget, Priority},
-    count_request,
+    budget::{Budget, Gate, Priority},
     error::AwsError,
 };
 use crate::leader::Fence;
@@ -29,7 +31,7 @@ macro_rules! all_pages {
         let mut token = None;
         loop {
             let page = {
-                let _permit = $self.permit($priority, $operation).await?;
+                let _permit = $self.gate.read($priority, $operation).await?;
                 $request.set_next_token(token).send().await.map_err(|err| AwsError::from_sdk($operation, err))?
             };
             out.extend(page.$items.unwrap_or_default());
@@ -101,6 +103,17 @@ pub struct OrganizationalUnit {
     pub name: String,
 }
 
+/// The whole organization as one walk saw it ([`Organizations::walk`]).
+#[derive(Clone, Debug)]
+pub struct Walk {
+    pub org: OrganizationInfo,
+    pub root: String,
+    /// Every OU with its parent (an OU id or the root id), parents before children.
+    pub units: Vec<(OrganizationalUnit, String)>,
+    /// Every account with its parent, in the order the walk found them.
+    pub accounts: Vec<(Account, String)>,
+}
+
 /// A service control policy of the organization.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -132,37 +145,22 @@ pub enum CloseRefusal {
 #[derive(Clone)]
 pub struct Organizations {
     client: Client,
-    budget: Budget,
-    fence: Fence,
+    gate: Gate,
 }
 
 impl Organizations {
     pub fn new(client: Client, budget: Budget) -> Self {
-        Self { client, budget, fence: Fence::open() }
+        Self { client, gate: Gate::new("organizations", budget) }
     }
 
     /// The same client, whose writes first check `fence` (the leader's proof that it leads).
     pub fn fenced(self, fence: Fence) -> Self {
-        Self { fence, ..self }
-    }
-
-    /// A permit for a write: only while the fence allows it, then at user priority.
-    async fn write_permit(&self, operation: &'static str) -> Result<super::budget::Permit, AwsError> {
-        self.fence.check(operation)?;
-        self.permit(Priority::User, operation).await
-    }
-
-    /// Takes a permit for one request and counts it; at [`Priority::IfIdle`], fails with a
-    /// `Busy` error instead of waiting.
-    async fn permit(&self, priority: Priority, operation: &'static str) -> Result<super::budget::Permit, AwsError> {
-        let permit = self.budget.permit(priority).await.ok_or_else(|| AwsError::busy(operation))?;
-        count_request("organizations", operation);
-        Ok(permit)
+        Self { gate: self.gate.fenced(fence), ..self }
     }
 
     /// DescribeOrganization.
     pub async fn describe_organization(&self, priority: Priority) -> Result<OrganizationInfo, AwsError> {
-        let _permit = self.permit(priority, "DescribeOrganization").await?;
+        let _permit = self.gate.read(priority, "DescribeOrganization").await?;
         let out = self
             .client
             .describe_organization()
@@ -180,7 +178,7 @@ impl Organizations {
 
     /// DescribeAccount; `None` when the account is not in the organization.
     pub async fn describe_account(&self, account_id: &str, priority: Priority) -> Result<Option<Account>, AwsError> {
-        let _permit = self.permit(priority, "DescribeAccount").await?;
+        let _permit = self.gate.read(priority, "DescribeAccount").await?;
         match self.client.describe_account().account_id(account_id).send().await {
             Ok(out) => Ok(out.account.map(account_from)),
             Err(err) => {
@@ -188,6 +186,26 @@ impl Organizations {
                 if err.has_code("AccountNotFoundException") { Ok(None) } else { Err(err) }
             }
         }
+    }
+
+    /// One walk of the whole organization: DescribeOrganization, ListRoots, then breadth first
+    /// per parent ListOrganizationalUnitsForParent and ListAccountsForParent (every page).
+    /// ListAccounts would list the accounts in fewer pages, but without their parents.
+    pub async fn walk(&self, priority: Priority) -> Result<Walk, AwsError> {
+        let org = self.describe_organization(priority).await?;
+        let root = self.root_id(priority).await?;
+        let mut walk = Walk { org, root: root.clone(), units: vec![], accounts: vec![] };
+        let mut parents = VecDeque::from([root]);
+        while let Some(parent) = parents.pop_front() {
+            for unit in self.child_units(&parent, priority).await? {
+                parents.push_back(unit.id.clone());
+                walk.units.push((unit, parent.clone()));
+            }
+            for account in self.accounts_under(&parent, priority).await? {
+                walk.accounts.push((account, parent.clone()));
+            }
+        }
+        Ok(walk)
     }
 
     /// The accounts directly under a parent (ListAccountsForParent, all pages).
@@ -216,7 +234,7 @@ impl Organizations {
         email: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<CreateRequest, AwsError> {
-        let _permit = self.write_permit("CreateAccount").await?;
+        let _permit = self.gate.write("CreateAccount").await?;
         let out = self
             .client
             .create_account()
@@ -237,7 +255,7 @@ impl Organizations {
         request_id: &str,
         priority: Priority,
     ) -> Result<CreateRequest, AwsError> {
-        let _permit = self.permit(priority, "DescribeCreateAccountStatus").await?;
+        let _permit = self.gate.read(priority, "DescribeCreateAccountStatus").await?;
         let out = self
             .client
             .describe_create_account_status()
@@ -259,7 +277,7 @@ impl Organizations {
 
     /// TagResource.
     pub async fn tag_account(&self, account_id: &str, tags: &BTreeMap<String, String>) -> Result<(), AwsError> {
-        let _permit = self.write_permit("TagResource").await?;
+        let _permit = self.gate.write("TagResource").await?;
         self.client
             .tag_resource()
             .resource_id(account_id)
@@ -272,7 +290,7 @@ impl Organizations {
 
     /// UntagResource.
     pub async fn untag_account(&self, account_id: &str, keys: &[String]) -> Result<(), AwsError> {
-        let _permit = self.write_permit("UntagResource").await?;
+        let _permit = self.gate.write("UntagResource").await?;
         self.client
             .untag_resource()
             .resource_id(account_id)
@@ -285,7 +303,7 @@ impl Organizations {
 
     /// The id of the organization's root (ListRoots).
     pub async fn root_id(&self, priority: Priority) -> Result<String, AwsError> {
-        let _permit = self.permit(priority, "ListRoots").await?;
+        let _permit = self.gate.read(priority, "ListRoots").await?;
         let out = self.client.list_roots().send().await.map_err(|err| AwsError::from_sdk("ListRoots", err))?;
         out.roots()
             .iter()
@@ -312,7 +330,7 @@ impl Organizations {
 
     /// The name of an OU (DescribeOrganizationalUnit); `None` when it does not exist.
     pub async fn describe_unit(&self, ou_id: &str, priority: Priority) -> Result<Option<OrganizationalUnit>, AwsError> {
-        let _permit = self.permit(priority, "DescribeOrganizationalUnit").await?;
+        let _permit = self.gate.read(priority, "DescribeOrganizationalUnit").await?;
         match self.client.describe_organizational_unit().organizational_unit_id(ou_id).send().await {
             Ok(out) => Ok(out.organizational_unit.map(unit_from)),
             Err(err) => {
@@ -324,7 +342,7 @@ impl Organizations {
 
     /// CreateOrganizationalUnit.
     pub async fn create_unit(&self, parent_id: &str, name: &str) -> Result<OrganizationalUnit, AwsError> {
-        let _permit = self.write_permit("CreateOrganizationalUnit").await?;
+        let _permit = self.gate.write("CreateOrganizationalUnit").await?;
         let out = self
             .client
             .create_organizational_unit()
@@ -340,7 +358,7 @@ impl Organizations {
 
     /// The current parent of an account or OU (ListParents).
     pub async fn parent_of(&self, child_id: &str, priority: Priority) -> Result<String, AwsError> {
-        let _permit = self.permit(priority, "ListParents").await?;
+        let _permit = self.gate.read(priority, "ListParents").await?;
         let out = self
             .client
             .list_parents()
@@ -356,7 +374,7 @@ impl Organizations {
 
     /// MoveAccount.
     pub async fn move_account(&self, account_id: &str, from: &str, to: &str) -> Result<(), AwsError> {
-        let _permit = self.write_permit("MoveAccount").await?;
+        let _permit = self.gate.write("MoveAccount").await?;
         self.client
             .move_account()
             .account_id(account_id)
@@ -393,7 +411,7 @@ impl Organizations {
         policy_id: &str,
         account_id: &str,
     ) -> Result<Result<(), AttachRefusal>, AwsError> {
-        let _permit = self.write_permit("AttachPolicy").await?;
+        let _permit = self.gate.write("AttachPolicy").await?;
         match self.client.attach_policy().policy_id(policy_id).target_id(account_id).send().await {
             Ok(_) => Ok(Ok(())),
             Err(err) => {
@@ -419,7 +437,7 @@ impl Organizations {
 
     /// DetachPolicy; a policy that is not attached (any more) is fine.
     pub async fn detach_policy(&self, policy_id: &str, account_id: &str) -> Result<(), AwsError> {
-        let _permit = self.write_permit("DetachPolicy").await?;
+        let _permit = self.gate.write("DetachPolicy").await?;
         match self.client.detach_policy().policy_id(policy_id).target_id(account_id).send().await {
             Ok(_) => Ok(()),
             Err(err) => match err.as_service_error() {
@@ -447,7 +465,7 @@ impl Organizations {
 
     /// CloseAccount. `Ok(Err(_))` when AWS refused for a reason the caller handles.
     pub async fn close_account(&self, account_id: &str) -> Result<Result<(), CloseRefusal>, AwsError> {
-        let _permit = self.write_permit("CloseAccount").await?;
+        let _permit = self.gate.write("CloseAccount").await?;
         match self.client.close_account().account_id(account_id).send().await {
             Ok(_) => Ok(Ok(())),
             Err(err) => {

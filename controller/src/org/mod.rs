@@ -20,7 +20,7 @@ pub mod index;
 pub mod settings;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::aws::{
     AwsError, AwsErrorKind, Priority,
-    organizations::{Account, CloseRefusal, CreateRequest, CreationState, OrganizationInfo, Organizations},
+    organizations::{Account, CloseRefusal, CreateRequest, CreationState, OrganizationInfo, Organizations, Walk},
 };
 
 /// The failure reason Silo gives a creation request AWS does not know.
@@ -190,20 +190,8 @@ impl Organization {
     /// accounts under each, then the creation requests in progress.
     async fn sweep(&self, priority: Priority) -> Result<(), AwsError> {
         let started = self.index.write_mark();
-        let org = self.api.describe_organization(priority).await?;
-        let root = self.api.root_id(priority).await?;
-        let mut sweep = Sweep { org: Some(org), root: root.clone(), started, ..Sweep::default() };
-        let mut parents = VecDeque::from([root]);
-        while let Some(parent) = parents.pop_front() {
-            for unit in self.api.child_units(&parent, priority).await? {
-                parents.push_back(unit.id.clone());
-                sweep.units.push((unit, parent.clone()));
-            }
-            for account in self.api.accounts_under(&parent, priority).await? {
-                sweep.accounts.push((account, parent.clone()));
-            }
-        }
-        self.index.apply_sweep(sweep);
+        let Walk { org, root, units, accounts } = self.api.walk(priority).await?;
+        self.index.apply_sweep(Sweep { org: Some(org), root, units, accounts, started });
         let in_progress = self.api.create_requests(&[CreateAccountState::InProgress], priority).await?;
         self.creations.observe_in_progress(&in_progress);
         Ok(())

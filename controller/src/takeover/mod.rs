@@ -18,19 +18,13 @@
 pub mod import;
 pub mod orphans;
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    num::NonZeroU32,
-};
+use std::{collections::BTreeMap, num::NonZeroU32};
 
 use kube::ResourceExt;
 
 use crate::{
     Tenant,
-    aws::{
-        AwsError, AwsSettings, BudgetLimits, Organizations, Priority,
-        organizations::{Account, OrganizationalUnit},
-    },
+    aws::{AwsError, AwsSettings, BudgetLimits, Organizations, Priority, organizations::Account},
     tenant::account::{TENANT_TAG, TENANT_UID_TAG},
 };
 
@@ -78,23 +72,17 @@ pub struct OrgTree {
 }
 
 impl OrgTree {
-    /// Walks the whole organization at user priority: DescribeOrganization, ListRoots, and
-    /// per parent ListOrganizationalUnitsForParent and ListAccountsForParent (every page).
+    /// Walks the whole organization at user priority ([`Organizations::walk`], the walk the
+    /// controller's index sweep makes). A walk that fails after the SDK's retries starts again,
+    /// [`patiently`].
     pub async fn read(api: &Organizations) -> Result<Self, AwsError> {
-        let org = patiently(|| api.describe_organization(Priority::User)).await?;
-        let root = patiently(|| api.root_id(Priority::User)).await?;
-        let mut tree = Self { management_account: org.management_account_id, root: root.clone(), ..Self::default() };
-        let mut parents = VecDeque::from([root]);
-        while let Some(parent) = parents.pop_front() {
-            for OrganizationalUnit { id, name } in patiently(|| api.child_units(&parent, Priority::User)).await? {
-                parents.push_back(id.clone());
-                tree.units.insert(id, (name, parent.clone()));
-            }
-            for account in patiently(|| api.accounts_under(&parent, Priority::User)).await? {
-                tree.accounts.push((account, parent.clone()));
-            }
-        }
-        Ok(tree)
+        let walk = patiently(|| api.walk(Priority::User)).await?;
+        Ok(Self {
+            management_account: walk.org.management_account_id,
+            root: walk.root,
+            units: walk.units.into_iter().map(|(unit, parent)| (unit.id, (unit.name, parent))).collect(),
+            accounts: walk.accounts,
+        })
     }
 
     /// The chain of parents from `parent` up to the root, both included.
