@@ -2,8 +2,11 @@
 //!
 //! AWS throttles Organizations per organization, not per caller: a rollout of a thousand
 //! Tenants must share one rate. Every request (every page of a listing) takes a [`Permit`]
-//! from its service's budget first: at most `requests_per_second` start per second (a token
-//! bucket with a burst of the same size) and at most `max_in_flight` run at once.
+//! from its service's budget first: at most `requests_per_second` start per second, evenly
+//! spaced (no bursts: a burst spends the tokens AWS's own bucket refills at the same rate, and
+//! the SDK's retries of a throttled request spend more that Silo does not see), and at most
+//! `max_in_flight` run at once. CloudFormation's per-account budget ([`KeyedBudget`]) allows a
+//! burst of `requests_per_second`: one tenant's stack is a few requests in a row.
 //!
 //! Work comes in two priorities:
 //! - [`Priority::User`]: what a person is waiting for (a new, changed or deleted Tenant, a
@@ -69,14 +72,21 @@ pub struct Budget {
     users_done: Arc<Notify>,
 }
 
+/// The burst of a [`Budget`]: one request at a time, spaced by 1 / `requests_per_second`.
+const ONE: NonZeroU32 = NonZeroU32::MIN;
+
 /// How often a waiting background request looks again while user requests hold the budget.
 const BACKGROUND_RECHECK: Duration = Duration::from_millis(50);
 
 impl Budget {
     pub fn new(limits: BudgetLimits) -> Self {
+        Self::with_quota(Quota::per_second(limits.requests_per_second).allow_burst(ONE), limits.max_in_flight)
+    }
+
+    fn with_quota(quota: Quota, max_in_flight: usize) -> Self {
         Self {
-            rate: Arc::new(RateLimiter::direct(Quota::per_second(limits.requests_per_second))),
-            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            rate: Arc::new(RateLimiter::direct(quota)),
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             users_waiting: Arc::default(),
             users_done: Arc::default(),
         }
@@ -251,7 +261,25 @@ mod tests {
         let user_permit = waiting_user.await.unwrap();
         assert!(budget.try_background().is_none(), "the only slot is the user's");
         drop(user_permit);
-        assert!(budget.try_background().is_some(), "an idle budget serves background work at once");
+        let next = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match budget.try_background() {
+                    Some(permit) => break permit,
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+        });
+        assert!(next.await.is_ok(), "an idle budget serves background work once the next request may start");
+    }
+
+    #[tokio::test]
+    async fn requests_are_spaced_without_a_burst() {
+        // One request an hour: the second must wait even though a slot is free.
+        let budget = Budget::with_quota(Quota::per_hour(ONE).allow_burst(ONE), 4);
+        let _first = budget.user().await;
+        assert!(budget.try_background().is_none(), "no second token: a budget does not burst");
+        let second = tokio::time::timeout(Duration::from_millis(50), budget.user()).await;
+        assert!(second.is_err(), "a user request waits for the spacing too");
     }
 
     #[tokio::test]
