@@ -215,7 +215,10 @@ impl Error {
 /// reconcile. Created by [`crate::run`] so the Baseline controller can count from the cache.
 pub fn watch(client: &Client) -> (Store<Tenant>, impl futures::Stream<Item = Result<Tenant, watcher::Error>> + use<>) {
     let (store, writer) = reflector::store();
-    let stream = watcher(Api::<Tenant>::all(client.clone()), watcher::Config::default().any_semantic())
+    // Paged (500 Tenants a page, read at the latest version) rather than `any_semantic`: the
+    // API server answers "any version" from its cache in one response, which for a fleet of
+    // thousands means holding every Tenant's JSON and its parsed copy at once on each start.
+    let stream = watcher(Api::<Tenant>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         // The cache of a fleet of thousands holds what reconciles read, not the field history.
         .modify(|tenant: &mut Tenant| tenant.managed_fields_mut().clear())
@@ -250,9 +253,6 @@ pub async fn run(
     (recount, woken): (UnboundedSender<ObjectRef<Baseline>>, UnboundedReceiver<ObjectRef<Tenant>>),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    Api::<Tenant>::all(client.clone()).list(&Default::default()).await.map_err(|err| {
-        anyhow::anyhow!("cannot list Tenants ({err}); are the CRDs installed (`silo crd | kubectl apply -f -`)?")
-    })?;
     let store = shared.tenants.clone();
     let tenants_ready = shared.tenants_ready.clone();
     let wake = shared.wake.clone();
