@@ -187,8 +187,7 @@ impl Bench {
     }
 
     /// N Ready bench Tenants and no controller running: reused from onboard when it ran,
-    /// else onboarded here the way onboard does it. (Not with the quotas off: with instant
-    /// creations today's controller can leak its creation slots and wait up to an hour.)
+    /// else onboarded here the way onboard does it, with the AWS-like quotas.
     async fn ensure_fleet(&mut self) -> Result<usize> {
         if let Some(n) = self.fleet {
             return Ok(n);
