@@ -13,10 +13,10 @@
 //!   creation in flight, the first look at the organization). It waits for a permit.
 //! - [`Priority::Background`]: index refreshes. It waits without ever getting ahead of a
 //!   waiting user request ([`Budget::background`]).
-//! - [`Priority::IfIdle`]: periodic verification. It takes a permit only if one is free now
-//!   and no user request waits ([`Budget::try_background`]), else nothing is sent and the
-//!   work is done later: a verification never holds a controller worker while user work
-//!   queues behind it.
+//! - [`Priority::IfIdle`]: periodic verification. It takes a permit only while no user
+//!   request waits and a slot is free, waiting at most for the spacing of the next token
+//!   ([`Budget::if_idle`]); else nothing is sent and the work is done later: a verification
+//!   never holds a controller worker while user work queues behind it.
 //!
 //! ## Guarantees
 //! - Waiting for a permit never fails; it only delays the caller.
@@ -37,7 +37,7 @@ use std::{
     time::Duration,
 };
 
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{count_request, error::AwsError};
@@ -75,6 +75,12 @@ pub struct Budget {
 /// The burst of a [`Budget`]: one request at a time, spaced by 1 / `requests_per_second`.
 const ONE: NonZeroU32 = NonZeroU32::MIN;
 
+/// How long [`Budget::if_idle`] waits for one token at most: the spacing at 1 request/s.
+const IF_IDLE_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// How many tokens [`Budget::if_idle`] waits for before it gives up to other idle work.
+const IF_IDLE_TRIES: usize = 4;
+
 /// How often a waiting background request looks again while user requests hold the budget.
 const BACKGROUND_RECHECK: Duration = Duration::from_millis(50);
 
@@ -98,7 +104,7 @@ impl Budget {
         match priority {
             Priority::User => Some(self.user().await),
             Priority::Background => Some(self.background().await),
-            Priority::IfIdle => self.try_background(),
+            Priority::IfIdle => self.if_idle().await,
         }
     }
 
@@ -121,6 +127,31 @@ impl Budget {
                 _ = tokio::time::sleep(BACKGROUND_RECHECK) => {}
             }
         }
+    }
+
+    /// A permit while the budget is idle: no user request waits and a slot is free. Waits for
+    /// the next token only while that stays so, and only for the spacing between two requests
+    /// (at most [`IF_IDLE_MAX_WAIT`], [`IF_IDLE_TRIES`] times, as other idle work competes for
+    /// the same tokens); `None` otherwise.
+    pub async fn if_idle(&self) -> Option<Permit> {
+        for _ in 0..IF_IDLE_TRIES {
+            if self.users_waiting.load(Ordering::Acquire) > 0 {
+                return None;
+            }
+            let in_flight = self.in_flight.clone().try_acquire_owned().ok()?;
+            match self.rate.check() {
+                Ok(()) => return Some(Permit { _in_flight: in_flight }),
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.rate.clock().now());
+                    if wait > IF_IDLE_MAX_WAIT {
+                        return None;
+                    }
+                    drop(in_flight);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        None
     }
 
     /// A permit now, if no user request is waiting and a slot and a token are free.
@@ -232,6 +263,18 @@ mod tests {
         Budget::new(BudgetLimits { requests_per_second: NonZeroU32::new(rps).unwrap(), max_in_flight: in_flight })
     }
 
+    /// A user request started in the background, once it counts as waiting.
+    async fn user_waiting(budget: &Budget) -> tokio::task::JoinHandle<Permit> {
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.user().await }
+        });
+        while budget.users_waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiting
+    }
+
     #[tokio::test]
     async fn in_flight_calls_are_capped() {
         let budget = budget(1000, 2);
@@ -248,28 +291,14 @@ mod tests {
     async fn background_work_never_takes_a_permit_a_user_is_waiting_for() {
         let budget = budget(1000, 1);
         let held = budget.user().await;
-        let waiting_user = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.user().await }
-        });
-        // Let the user request queue up behind the held permit.
-        while budget.users_waiting.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiting_user = user_waiting(&budget).await;
         assert!(budget.try_background().is_none(), "a user is waiting: background work must not start");
         drop(held);
         let user_permit = waiting_user.await.unwrap();
         assert!(budget.try_background().is_none(), "the only slot is the user's");
         drop(user_permit);
-        let next = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match budget.try_background() {
-                    Some(permit) => break permit,
-                    None => tokio::time::sleep(Duration::from_millis(1)).await,
-                }
-            }
-        });
-        assert!(next.await.is_ok(), "an idle budget serves background work once the next request may start");
+        let next = tokio::time::timeout(Duration::from_secs(5), budget.background()).await;
+        assert!(next.is_ok(), "an idle budget serves background work once the next request may start");
     }
 
     #[tokio::test]
@@ -278,8 +307,28 @@ mod tests {
         let budget = Budget::with_quota(Quota::per_hour(ONE).allow_burst(ONE), 4);
         let _first = budget.user().await;
         assert!(budget.try_background().is_none(), "no second token: a budget does not burst");
+        assert!(budget.if_idle().await.is_none(), "idle work does not wait an hour for its token");
         let second = tokio::time::timeout(Duration::from_millis(50), budget.user()).await;
         assert!(second.is_err(), "a user request waits for the spacing too");
+    }
+
+    #[tokio::test]
+    async fn idle_work_back_to_back_waits_for_the_spacing() {
+        let budget = budget(1000, 4);
+        for n in 1..=3 {
+            assert!(budget.if_idle().await.is_some(), "idle request {n} gets a token once the spacing allows");
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_work_gives_up_while_a_user_waits() {
+        // Slots to spare; the waiting user waits for the next token, about a second away.
+        let budget = Budget::with_quota(Quota::per_second(ONE).allow_burst(ONE), 4);
+        let held = budget.user().await;
+        let waiting_user = user_waiting(&budget).await;
+        assert!(budget.if_idle().await.is_none(), "a user is waiting: idle work must not start");
+        drop(held);
+        drop(waiting_user.await.unwrap());
     }
 
     #[tokio::test]
