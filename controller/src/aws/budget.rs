@@ -2,11 +2,15 @@
 //!
 //! AWS throttles Organizations per organization, not per caller: a rollout of a thousand
 //! Tenants must share one rate. Every request (every page of a listing) takes a [`Permit`]
-//! from its service's budget first: at most `requests_per_second` start per second, evenly
-//! spaced (no bursts: a burst spends the tokens AWS's own bucket refills at the same rate, and
-//! the SDK's retries of a throttled request spend more that Silo does not see), and at most
-//! `max_in_flight` run at once. CloudFormation's per-account budget ([`KeyedBudget`]) allows a
-//! burst of `requests_per_second`: one tenant's stack is a few requests in a row.
+//! from its service's budget first: at most `requests_per_second` start per second, with a
+//! burst of half that ([`burst`]), and at most `max_in_flight` run at once. AWS refills its
+//! own bucket at about the same rate: a full burst of Silo's would empty it, leaving nothing
+//! for requests that reach AWS bunched up or for the SDK's retries of a throttled request
+//! (which do not pass through Silo's budget). Half keeps slack there, and still lets a
+//! request start at once after a pause, so a chain of requests (a creation slot's
+//! CreateAccount, status, next CreateAccount) does not wait for the spacing at each link.
+//! CloudFormation's per-account budget ([`KeyedBudget`]) allows a burst of the whole rate:
+//! one tenant's stack is a few requests in a row, and no other tenant shares its bucket.
 //!
 //! Work comes in two priorities:
 //! - [`Priority::User`]: what a person is waiting for (a new, changed or deleted Tenant, a
@@ -72,8 +76,10 @@ pub struct Budget {
     users_done: Arc<Notify>,
 }
 
-/// The burst of a [`Budget`]: one request at a time, spaced by 1 / `requests_per_second`.
-const ONE: NonZeroU32 = NonZeroU32::MIN;
+/// The burst of a [`Budget`]: half its rate, at least 1.
+pub fn burst(requests_per_second: NonZeroU32) -> NonZeroU32 {
+    NonZeroU32::new(requests_per_second.get() / 2).unwrap_or(NonZeroU32::MIN)
+}
 
 /// How long [`Budget::if_idle`] waits for one token at most: the spacing at 1 request/s.
 const IF_IDLE_MAX_WAIT: Duration = Duration::from_secs(1);
@@ -86,7 +92,10 @@ const BACKGROUND_RECHECK: Duration = Duration::from_millis(50);
 
 impl Budget {
     pub fn new(limits: BudgetLimits) -> Self {
-        Self::with_quota(Quota::per_second(limits.requests_per_second).allow_burst(ONE), limits.max_in_flight)
+        Self::with_quota(
+            Quota::per_second(limits.requests_per_second).allow_burst(burst(limits.requests_per_second)),
+            limits.max_in_flight,
+        )
     }
 
     fn with_quota(quota: Quota, max_in_flight: usize) -> Self {
@@ -301,15 +310,21 @@ mod tests {
         assert!(next.is_ok(), "an idle budget serves background work once the next request may start");
     }
 
+    #[test]
+    fn the_burst_is_half_the_rate() {
+        let burst = |rps: u32| burst(NonZeroU32::new(rps).unwrap()).get();
+        assert_eq!([burst(1), burst(3), burst(10), burst(25)], [1, 1, 5, 12]);
+    }
+
     #[tokio::test]
-    async fn requests_are_spaced_without_a_burst() {
-        // One request an hour: the second must wait even though a slot is free.
-        let budget = Budget::with_quota(Quota::per_hour(ONE).allow_burst(ONE), 4);
-        let _first = budget.user().await;
-        assert!(budget.try_background().is_none(), "no second token: a budget does not burst");
+    async fn a_spent_burst_makes_requests_wait_for_the_rate() {
+        // A burst of 2, then one request an hour: the third must wait even though a slot is free.
+        let budget = Budget::with_quota(Quota::per_hour(NonZeroU32::MIN).allow_burst(NonZeroU32::new(2).unwrap()), 4);
+        let _burst = (budget.user().await, budget.user().await);
+        assert!(budget.try_background().is_none(), "the burst is spent");
         assert!(budget.if_idle().await.is_none(), "idle work does not wait an hour for its token");
-        let second = tokio::time::timeout(Duration::from_millis(50), budget.user()).await;
-        assert!(second.is_err(), "a user request waits for the spacing too");
+        let third = tokio::time::timeout(Duration::from_millis(50), budget.user()).await;
+        assert!(third.is_err(), "a user request waits for the rate too");
     }
 
     #[tokio::test]
@@ -323,7 +338,7 @@ mod tests {
     #[tokio::test]
     async fn idle_work_gives_up_while_a_user_waits() {
         // Slots to spare; the waiting user waits for the next token, about a second away.
-        let budget = Budget::with_quota(Quota::per_second(ONE).allow_burst(ONE), 4);
+        let budget = Budget::with_quota(Quota::per_second(NonZeroU32::MIN).allow_burst(NonZeroU32::MIN), 4);
         let held = budget.user().await;
         let waiting_user = user_waiting(&budget).await;
         assert!(budget.if_idle().await.is_none(), "a user is waiting: idle work must not start");
