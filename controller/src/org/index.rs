@@ -22,7 +22,7 @@ use std::{
 };
 
 use crate::{
-    aws::organizations::{Account, OrganizationInfo, OrganizationalUnit},
+    aws::organizations::{Account, OrganizationInfo, OrganizationalUnit, Walk},
     metrics::METRICS,
 };
 
@@ -35,19 +35,6 @@ pub struct IndexedAccount {
     /// The account's tags, when Silo set or read them since it last saw them change; `None`
     /// when unknown (the sweep does not list tags).
     pub tags: Option<BTreeMap<String, String>>,
-}
-
-/// The result of one sweep of the whole organization.
-#[derive(Clone, Debug, Default)]
-pub struct Sweep {
-    pub org: Option<OrganizationInfo>,
-    pub root: String,
-    /// Every OU with its parent.
-    pub units: Vec<(OrganizationalUnit, String)>,
-    /// Every account with its parent.
-    pub accounts: Vec<(Account, String)>,
-    /// [`OrgIndex::write_mark`] when the sweep started.
-    pub started: u64,
 }
 
 /// Where a path of OU names leads.
@@ -282,18 +269,16 @@ impl OrgIndex {
         }
     }
 
-    /// Replaces the view with what a sweep saw, keeping Silo's own writes made since the sweep
-    /// started. Tags are kept for accounts the sweep still sees (it does not list them).
-    pub fn apply_sweep(&self, sweep: Sweep) {
+    /// Replaces the view with what a walk of the organization saw, keeping Silo's own writes
+    /// made since the walk started (`started` is [`OrgIndex::write_mark`] from then). Tags are
+    /// kept for accounts the walk still sees (it does not list them).
+    pub fn apply_sweep(&self, walk: Walk, started: u64) {
         let mut view = self.write();
-        let same_org = match (&view.org, &sweep.org) {
-            (Some(known), Some(seen)) => known.id == seen.id,
-            _ => true,
-        };
+        let same_org = view.org.as_ref().is_none_or(|known| known.id == walk.org.id);
         if !same_org {
             tracing::warn!(
                 before = ?view.org.as_ref().map(|o| &o.id),
-                now = ?sweep.org.as_ref().map(|o| &o.id),
+                now = %walk.org.id,
                 "the organization changed: the index starts again"
             );
             *view = View {
@@ -303,10 +288,9 @@ impl OrgIndex {
                 ..View::default()
             };
         }
-        let started = sweep.started;
         let old_accounts = std::mem::take(&mut view.accounts);
-        let mut accounts: HashMap<String, Entry<IndexedAccount>> = HashMap::with_capacity(sweep.accounts.len());
-        for (account, parent) in sweep.accounts {
+        let mut accounts: HashMap<String, Entry<IndexedAccount>> = HashMap::with_capacity(walk.accounts.len());
+        for (account, parent) in walk.accounts {
             let tags = old_accounts.get(&account.id).and_then(|e| e.value.tags.clone());
             let entry = Entry { value: IndexedAccount { account, parent: Some(parent), tags }, written: 0 };
             accounts.insert(entry.value.account.id.clone(), entry);
@@ -318,7 +302,7 @@ impl OrgIndex {
             }
         }
         let old_units = std::mem::take(&mut view.units);
-        let mut units: HashMap<String, Entry<Unit>> = sweep
+        let mut units: HashMap<String, Entry<Unit>> = walk
             .units
             .into_iter()
             .map(|(unit, parent)| {
@@ -336,10 +320,8 @@ impl OrgIndex {
             .collect();
         view.accounts = accounts;
         view.units = units;
-        view.root = Some(sweep.root);
-        if sweep.org.is_some() {
-            view.org = sweep.org;
-        }
+        view.root = Some(walk.root);
+        view.org = Some(walk.org);
         view.complete = true;
         view.sweeps += 1;
         publish(&view);
@@ -369,18 +351,19 @@ mod tests {
         OrganizationalUnit { id: id.into(), name: name.into() }
     }
 
-    fn org(id: &str) -> Option<OrganizationInfo> {
-        Some(OrganizationInfo { id: id.into(), management_account_id: "123456789012".into() })
-    }
-
-    fn sweep(index: &OrgIndex, org_id: &str, accounts: &[(&str, &str)]) -> Sweep {
-        Sweep {
-            org: org(org_id),
+    /// A walk of organization `org_id`: two OUs, and the accounts in the first.
+    fn walk(org_id: &str, accounts: &[(&str, &str)]) -> Walk {
+        Walk {
+            org: OrganizationInfo { id: org_id.into(), management_account_id: "123456789012".into() },
             root: "r-1".into(),
             units: vec![(unit("ou-t", "Tenants"), "r-1".into()), (unit("ou-p", "Prod"), "ou-t".into())],
             accounts: accounts.iter().map(|(id, email)| (account(id, email), "ou-t".to_string())).collect(),
-            started: index.write_mark(),
         }
+    }
+
+    /// Applies a walk that started now, with nothing written during it.
+    fn sweep(index: &OrgIndex, org_id: &str, accounts: &[(&str, &str)]) {
+        index.apply_sweep(walk(org_id, accounts), index.write_mark());
     }
 
     #[test]
@@ -388,7 +371,7 @@ mod tests {
         let index = OrgIndex::default();
         assert!(!index.is_complete());
         assert_eq!(index.lookup_path(&["Tenants".into()]), PathLookup::NoRoot);
-        index.apply_sweep(sweep(&index, "o-1", &[("111", "A@example.com")]));
+        sweep(&index, "o-1", &[("111", "A@example.com")]);
         assert!(index.is_complete());
         assert_eq!(index.account_by_email("a@EXAMPLE.com").unwrap().account.id, "111", "emails match without case");
         assert_eq!(index.account("111").unwrap().parent.as_deref(), Some("ou-t"));
@@ -403,18 +386,16 @@ mod tests {
     #[test]
     fn a_write_made_during_a_sweep_survives_it() {
         let index = OrgIndex::default();
-        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
-        let started = sweep(&index, "o-1", &[("111", "a@example.com")]);
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
+        let started = index.write_mark();
         // While the sweep runs, Silo creates an account and moves another.
         index.record_account(account("222", "b@example.com"), Some("r-1".into()), None);
         index.update_account("111", |a| a.parent = Some("ou-p".into()));
-        index.apply_sweep(started);
+        index.apply_sweep(walk("o-1", &[("111", "a@example.com")]), started);
         assert_eq!(index.account("222").unwrap().parent.as_deref(), Some("r-1"), "the new account stays");
         assert_eq!(index.account("111").unwrap().parent.as_deref(), Some("ou-p"), "the move is not undone");
         // The next sweep sees the world as it is now.
-        let next =
-            Sweep { accounts: vec![(account("111", "a@example.com"), "ou-t".into())], ..sweep(&index, "o-1", &[]) };
-        index.apply_sweep(next);
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
         assert!(index.account("222").is_none(), "an account gone from AWS leaves the index");
         assert_eq!(index.account("111").unwrap().parent.as_deref(), Some("ou-t"));
     }
@@ -422,20 +403,19 @@ mod tests {
     #[test]
     fn tags_survive_a_sweep_of_the_same_account() {
         let index = OrgIndex::default();
-        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
         index.update_account("111", |a| a.tags = Some(BTreeMap::from([("k".into(), "v".into())])));
-        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
         assert_eq!(index.account("111").unwrap().tags.unwrap()["k"], "v");
     }
 
     #[test]
     fn another_organization_replaces_everything() {
         let index = OrgIndex::default();
-        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
         let mark = index.write_mark();
         index.record_account(account("222", "b@example.com"), None, None);
-        let other = Sweep { started: mark, ..sweep(&index, "o-2", &[("333", "c@example.com")]) };
-        index.apply_sweep(other);
+        index.apply_sweep(walk("o-2", &[("333", "c@example.com")]), mark);
         assert!(index.account("111").is_none() && index.account("222").is_none());
         assert!(index.account("333").is_some());
         assert_eq!(index.organization().unwrap().id, "o-2");
@@ -444,13 +424,13 @@ mod tests {
     #[test]
     fn one_account_is_claimed_by_one_tenant() {
         let index = OrgIndex::default();
-        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
         assert_eq!(index.claim("111", "uid-a", None), Ok(()));
         assert_eq!(index.claim("111", "uid-a", None), Ok(()), "claiming again is fine");
         assert_eq!(index.claim("111", "uid-b", None), Err("uid-a".into()), "the second Tenant loses");
         assert_eq!(index.claim("111", "uid-b", Some("uid-a")), Ok(()), "a reclaim takes it from the named UID");
         assert_eq!(index.claimant("111").as_deref(), Some("uid-b"));
-        index.apply_sweep(sweep(&index, "o-1", &[("111", "a@example.com")]));
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
         assert_eq!(index.claimant("111").as_deref(), Some("uid-b"), "claims survive sweeps");
         // A UID tag the index knows counts as a claim.
         index.record_account(
@@ -464,7 +444,7 @@ mod tests {
     #[test]
     fn a_forgotten_unit_takes_its_subtree_along() {
         let index = OrgIndex::default();
-        index.apply_sweep(sweep(&index, "o-1", &[]));
+        sweep(&index, "o-1", &[]);
         index.forget_unit("ou-t");
         assert!(!index.has_unit("ou-t") && !index.has_unit("ou-p"));
         assert_eq!(index.lookup_path(&["Tenants".into()]), PathLookup::Missing { parent: "r-1".into(), depth: 0 });

@@ -30,13 +30,13 @@ use tracing::{info, warn};
 
 use crate::aws::{
     AwsError, AwsErrorKind, Priority,
-    organizations::{Account, CloseRefusal, CreateRequest, CreationState, OrganizationInfo, Organizations, Walk},
+    organizations::{Account, CloseRefusal, CreateRequest, CreationState, OrganizationInfo, Organizations},
 };
 
 /// The failure reason Silo gives a creation request AWS does not know.
 pub const REQUEST_NOT_FOUND: &str = "REQUEST_NOT_FOUND";
 pub use creations::{Applicant, Creations, NotYet};
-pub use index::{IndexedAccount, OrgIndex, PathLookup, Sweep};
+pub use index::{IndexedAccount, OrgIndex, PathLookup};
 
 /// How the organization is looked after; set from `silo run` flags.
 #[derive(Clone, Debug)]
@@ -190,8 +190,7 @@ impl Organization {
     /// accounts under each, then the creation requests in progress.
     async fn sweep(&self, priority: Priority) -> Result<(), AwsError> {
         let started = self.index.write_mark();
-        let Walk { org, root, units, accounts } = self.api.walk(priority).await?;
-        self.index.apply_sweep(Sweep { org: Some(org), root, units, accounts, started });
+        self.index.apply_sweep(self.api.walk(priority).await?, started);
         let in_progress = self.api.create_requests(&[CreateAccountState::InProgress], priority).await?;
         self.creations.observe_in_progress(&in_progress);
         Ok(())
