@@ -312,8 +312,11 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok(_) => {}
-                Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) if err.is_stale_finalizer_patch() => {
-                    debug!(tenant = %obj.name, "{err}");
+                // Normal weather, retried quietly by `error_policy`.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj))
+                    if err.is_stale_finalizer_patch() || err.metric_label() == "deferred" =>
+                {
+                    debug!(tenant = %obj.name, label = err.metric_label(), "{err}");
                 }
                 Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) => {
                     info!(tenant = %obj.name, label = err.metric_label(), "{err}");
