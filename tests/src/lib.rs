@@ -148,6 +148,8 @@ pub async fn install_crds(client: &Client) -> Result<()> {
 
 /// The namespace the controller runs in (as in `manifests/base`), for its closure ledger.
 pub const CONTROLLER_NAMESPACE: &str = "silo-system";
+/// The leader Lease `silo run` takes by default (`--lease-name`).
+pub const LEASE_NAME: &str = "silo-controller";
 /// The namespace of Baselines' external-id Secrets (as in `manifests/base`).
 pub const EXTERNAL_ID_NAMESPACE: &str = "silo-external-ids";
 
@@ -249,6 +251,9 @@ pub async fn test_case_with(options: &EnvOptions) -> TestCase {
     remove_all_baselines(&client).await.expect("remove Baselines left by an earlier test");
     let ledger = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
     let _ = ledger.delete(silo::tenant::closure::LEDGER_NAME, &DeleteParams::default()).await;
+    // Each test's controller creates the leader Lease itself, as a first install would.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
+    let _ = leases.delete(LEASE_NAME, &DeleteParams::default()).await;
     sim.reset().await.expect("reset the AWS simulator");
     TestCase { client, sim, info, controllers: vec![], _exclusive: exclusive }
 }
@@ -420,16 +425,38 @@ impl TestCase {
 
     /// Waits until the Tenant's condition has the given status, and returns the Tenant.
     pub async fn wait_for(&self, name: &str, condition: &str, status: &str, timeout: Duration) -> Result<Tenant> {
+        self.wait_for_condition(name, condition, &format!("status {status}"), timeout, |c| c.status == status).await
+    }
+
+    /// Waits until the Tenant's condition has the given reason, and returns the Tenant.
+    pub async fn wait_for_reason(
+        &self,
+        name: &str,
+        condition: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<Tenant> {
+        self.wait_for_condition(name, condition, &format!("reason {reason}"), timeout, |c| c.reason == reason).await
+    }
+
+    async fn wait_for_condition(
+        &self,
+        name: &str,
+        condition: &str,
+        wanted: &str,
+        timeout: Duration,
+        check: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool,
+    ) -> Result<Tenant> {
         let deadline = Instant::now() + timeout;
         loop {
             let tenant = self.tenants().get(name).await?;
             let found = tenant.status.as_ref().and_then(|s| silo::conditions::find(&s.conditions, condition));
-            if found.is_some_and(|c| c.status == status) {
+            if found.is_some_and(&check) {
                 return Ok(tenant);
             }
             if Instant::now() > deadline {
                 bail!(
-                    "Tenant {name}: {condition} is not {status} after {timeout:?}; status: {}",
+                    "Tenant {name}: {condition} has no {wanted} after {timeout:?}; status: {}",
                     serde_json::to_string_pretty(&tenant.status).unwrap_or_default()
                 );
             }

@@ -221,7 +221,9 @@ async fn an_account_missing_from_the_index_is_adopted_not_duplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_applied_while_the_index_is_built_does_not_wait_for_it() {
     let case = test_case().await;
-    case.sim.configure(json!({"response_delays_ms": {"organizations:ListAccountsForParent": 30000}})).await.unwrap();
+    // The sweep's listing of each parent's accounts takes a minute: the Tenant has that long
+    // to be Ready, which is many times what it needs even on a loaded machine.
+    case.sim.configure(json!({"response_delays_ms": {"organizations:ListAccountsForParent": 60000}})).await.unwrap();
     let metrics = format!("127.0.0.1:{}", free_port().unwrap());
     let mut controller = case
         .spawn_controller(
@@ -234,8 +236,8 @@ async fn a_tenant_applied_while_the_index_is_built_does_not_wait_for_it() {
     let exposition = scrape(&metrics).await.unwrap();
     assert_eq!(metric(&exposition, "silo_index_complete"), Some(0.0), "Ready before the index was built");
 
-    // The index does get built.
-    let deadline = Instant::now() + WITHIN;
+    // The index does get built (a listing per parent, a minute each).
+    let deadline = Instant::now() + 3 * WITHIN;
     while metric(&scrape(&metrics).await.unwrap(), "silo_index_complete") != Some(1.0) {
         controller.check_running().unwrap();
         assert!(Instant::now() < deadline, "the index was never built");

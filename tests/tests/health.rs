@@ -186,20 +186,6 @@ async fn apply_baseline(case: &TestCase, yaml: &str) {
         .unwrap();
 }
 
-/// Waits until the Tenant's Ready condition has `reason`.
-async fn tenant_with_reason(case: &TestCase, name: &str, reason: &str) {
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let tenant = case.tenants().get(name).await.unwrap();
-        let status = tenant.status.clone().unwrap_or_default();
-        if conditions::find(&status.conditions, conditions::READY).is_some_and(|c| c.reason == reason) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "Tenant {name} never had Ready reason {reason}: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until the Baseline's Ready condition has `reason`, and returns it as served.
 async fn baseline_with_reason(case: &TestCase, name: &str, reason: &str) -> Value {
     let api = Api::<Baseline>::all(case.client.clone());
@@ -250,7 +236,7 @@ spec:
         case.apply(&format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\n{yaml}")).await.unwrap();
     }
 
-    tenant_with_reason(&case, "slow", "CreatingAccount").await;
+    case.wait_for_reason("slow", conditions::READY, "CreatingAccount", WITHIN).await.unwrap();
     capture("tenant-reconciling", live::<Tenant>(&case, "slow").await);
     capture("baseline-rolling-out", baseline_with_reason(&case, "standard", "RollingOut").await);
 

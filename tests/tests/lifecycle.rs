@@ -239,9 +239,11 @@ spec: {}",
     )
     .await
     .unwrap();
-    let tenant = case.wait_for("patient", conditions::RECONCILING, "True", READY_WITHIN).await.unwrap();
+    // Reconciling comes first with WaitingForCreationSlot while the creation slots are counted
+    // at start-up, then with CreatingAccount while AWS creates the account.
+    let tenant = case.wait_for_reason("patient", conditions::READY, "CreatingAccount", READY_WITHIN).await.unwrap();
     let status = tenant.status.unwrap();
-    assert_eq!(conditions::find(&status.conditions, conditions::READY).unwrap().reason, "CreatingAccount");
+    assert!(conditions::is_true(&status.conditions, conditions::RECONCILING), "{status:?}");
     assert_eq!(status.phase.as_deref(), Some("Creating"));
     assert!(status.account_id.is_none());
     case.wait_for("patient", conditions::READY, "True", READY_WITHIN).await.unwrap();

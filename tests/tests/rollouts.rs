@@ -242,7 +242,10 @@ async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_complet
 async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary() {
     let mut case = test_case().await;
     case.start_controller(TestCase::settings());
-    let rollout = json!({"maxConcurrent": 20, "bakeSeconds": 15});
+    // early-bird must be Ready within the canary's bake: once the canary passes, it is rolled
+    // forward in the first wave. One wave after the canary keeps the test's length with a
+    // bake long enough for a loaded machine.
+    let rollout = json!({"maxConcurrent": 100, "bakeSeconds": 30});
     fleet_on_v1(&case, rollout.clone()).await;
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
     wait_for_phase(&case, "Baking").await;
