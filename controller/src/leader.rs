@@ -73,13 +73,28 @@ impl Fence {
     }
 
     /// Ok while this process certainly still holds the Lease; an error that retries the work
-    /// later otherwise. Every AWS write checks it first.
+    /// later otherwise.
     pub fn check(&self, operation: &'static str) -> Result<(), AwsError> {
         let Some(state) = &self.until else { return Ok(()) };
         match *state.lock().expect("fence lock") {
             Some(until) if Instant::now() < until => Ok(()),
             _ => Err(AwsError::fenced(operation)),
         }
+    }
+
+    /// Waits for `permit` (the AWS budget's) to send the write `operation`, and hands it over
+    /// only while the fence allows it: checked before the wait, so nothing queues in vain, and
+    /// again after it, because at fleet scale the wait can outlast the Lease, and a replica that
+    /// lost it must not send what it queued while it led. Every AWS write goes through here.
+    pub async fn permit_write<P>(
+        &self,
+        operation: &'static str,
+        permit: impl Future<Output = Result<P, AwsError>>,
+    ) -> Result<P, AwsError> {
+        self.check(operation)?;
+        let permit = permit.await?;
+        self.check(operation)?;
+        Ok(permit)
     }
 }
 
@@ -198,5 +213,29 @@ mod tests {
         fence.allow_until(Instant::now() + Duration::from_secs(60));
         fence.close();
         assert!(fence.check("TagResource").is_err(), "a lost Lease closes it");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_waited_past_the_lease_is_not_sent() {
+        let fence = Fence::closed();
+        fence.allow_until(Instant::now() + Duration::from_secs(60));
+        let sent = fence.permit_write("MoveAccount", async { Ok(()) }).await;
+        assert!(sent.is_ok(), "a permit while the Lease is held");
+
+        // The Lease is lost while the write waits for its permit.
+        let waiting = fence.permit_write("MoveAccount", async {
+            fence.close();
+            Ok(())
+        });
+        assert!(waiting.await.is_err(), "the fence is checked again once the permit is held");
+
+        // A closed fence does not queue the write at all.
+        let mut asked = false;
+        let refused = fence.permit_write("MoveAccount", async {
+            asked = true;
+            Ok(())
+        });
+        assert!(refused.await.is_err());
+        assert!(!asked, "no permit is asked for while the fence is closed");
     }
 }

@@ -202,10 +202,11 @@ impl Gate {
         Ok(permit)
     }
 
-    /// A permit for a write: only while the fence allows it, then at user priority.
+    /// A permit for a write: at user priority, and only while the fence allows it.
     pub async fn write(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        self.fence.check(operation)?;
-        self.read(Priority::User, operation).await
+        let permit = self.fence.permit_write(operation, async { Ok(self.budget.user().await) }).await?;
+        count_request(self.service, operation);
+        Ok(permit)
     }
 }
 

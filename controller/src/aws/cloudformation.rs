@@ -88,18 +88,24 @@ impl Stacks {
         Self { client: Client::from_conf(config), pacing }
     }
 
-    /// A permit for a write: only while the fence allows it.
+    /// A permit for a write, and only while the fence allows it; counted.
     async fn write_permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        self.pacing.fence.check(operation)?;
-        self.permit(operation).await
-    }
-
-    /// Takes a permit for one request and counts it.
-    async fn permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        let Pacing { budget, key, priority, .. } = &self.pacing;
-        let permit = budget.permit(key, *priority).await.ok_or_else(|| AwsError::busy(operation))?;
+        let permit = self.pacing.fence.permit_write(operation, self.take(operation)).await?;
         count_request("cloudformation", operation);
         Ok(permit)
+    }
+
+    /// A permit for a read; counted.
+    async fn permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
+        let permit = self.take(operation).await?;
+        count_request("cloudformation", operation);
+        Ok(permit)
+    }
+
+    /// Waits for a permit for one request on this account and region's budget.
+    async fn take(&self, operation: &'static str) -> Result<Permit, AwsError> {
+        let Pacing { budget, key, priority, .. } = &self.pacing;
+        budget.permit(key, *priority).await.ok_or_else(|| AwsError::busy(operation))
     }
 
     /// DescribeStacks for one stack; `None` when it does not exist.
