@@ -180,12 +180,18 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self.innermost() {
             Error::Kube(_) | Error::CacheGone(_) => "kube",
-            Error::Aws(err) if err.kind == AwsErrorKind::Busy => "deferred",
+            err if err.is_deferred() => "deferred",
             Error::Aws(err) if err.is_retryable() => "aws_retryable",
             Error::Aws(_) => "aws_terminal",
             Error::DeletionPending { .. } => "deletion_pending",
             Error::Finalizer(_) => "finalizer",
         }
+    }
+
+    /// Nothing was sent to AWS: its budget was busy with user work, or this replica cannot
+    /// confirm it leads. Normal weather, retried quietly.
+    fn is_deferred(&self) -> bool {
+        matches!(self.innermost(), Error::Aws(err) if err.kind == AwsErrorKind::Busy)
     }
 
     /// A finalizer patch refused because the copy it was made from is out of date.
@@ -314,7 +320,7 @@ pub async fn run(
                 Ok(_) => {}
                 // Normal weather, retried quietly by `error_policy`.
                 Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj))
-                    if err.is_stale_finalizer_patch() || err.metric_label() == "deferred" =>
+                    if err.is_stale_finalizer_patch() || err.is_deferred() =>
                 {
                     debug!(tenant = %obj.name, label = err.metric_label(), "{err}");
                 }
@@ -403,7 +409,7 @@ pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Acti
             return Action::requeue(jittered(retry_after / 2).min(retry_after + Duration::from_secs(60)));
         }
         // A verification found AWS's budget busy with user work: it waits its turn, quietly.
-        Error::Aws(aws) if aws.kind == AwsErrorKind::Busy => return Action::requeue(jittered(Duration::from_secs(10))),
+        err if err.is_deferred() => return Action::requeue(jittered(Duration::from_secs(10))),
         // The finalizer patch tests the list of finalizers it read; read from a cache a moment
         // behind a write (a reconcile that started before the first one added it), the test
         // fails. The watch brings the newer object: try again soon, quietly.
