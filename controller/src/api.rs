@@ -11,28 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// The API group every Silo resource belongs to.
-pub const GROUP: &str = "silo.dev";
-
-/// The annotations a person puts on a Tenant to tell Silo something the spec cannot say.
-/// Each one triggers a reconcile when it changes.
-pub mod annotations {
-    /// Any new value: verify the tenant against AWS now. Silo records the value it acted on in
-    /// `status.verifiedRequest`, so nobody has to remove it.
-    pub const VERIFY: &str = "silo.dev/verify";
-    /// The id of an account that does not carry this Tenant's `silo.dev/tenant-uid` tag, which
-    /// this Tenant may adopt (`spec.accountId`) or take back after its tag was lost: the
-    /// owner's consent, repeated so a typo in `spec.accountId` cannot take another account.
-    pub const ADOPT_ACCOUNT: &str = "silo.dev/adopt-account";
-    /// The id of an adopted account that `deletionPolicy: Close` may close: closing an account
-    /// Silo did not create needs this second consent.
-    pub const CLOSE_ADOPTED_ACCOUNT: &str = "silo.dev/close-adopted-account";
-    /// The UID this Tenant had before it was restored from a backup or moved to another
-    /// cluster: an account whose `silo.dev/tenant-uid` tag carries exactly this UID is this
-    /// Tenant's, and its tag is moved to the new UID.
-    pub const PREVIOUS_UID: &str = "silo.dev/previous-uid";
-}
-
 /// Desired state of one tenant's AWS account.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(

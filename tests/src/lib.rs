@@ -35,7 +35,7 @@ use kube::{
 use silo::{
     Tenant,
     aws::{Aws, AwsSettings},
-    tenant::Settings,
+    config::Config,
 };
 
 pub use awssim::{AwsSim, SimClient};
@@ -260,8 +260,8 @@ pub async fn test_case_with(options: &EnvOptions) -> TestCase {
 
 impl TestCase {
     /// Settings for an in-process controller, as `silo run` would default them.
-    pub fn settings() -> Settings {
-        Settings {
+    pub fn settings() -> Config {
+        Config {
             email_template: "aws+{tenant}@example.com".into(),
             create_missing_ous: false,
             tenant_ou_roots: vec![],
@@ -285,11 +285,11 @@ impl TestCase {
     }
 
     /// Runs the Tenant controller in this process against the environment.
-    pub fn start_controller(&mut self, settings: Settings) {
+    pub fn start_controller(&mut self, settings: Config) {
         let client = self.client.clone();
         let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_settings());
         self.controllers.push(tokio::spawn(async move {
-            if let Err(err) = silo::run(client, aws, settings, std::future::pending()).await {
+            if let Err(err) = silo::run::controllers(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");
             }
         }));
@@ -298,11 +298,11 @@ impl TestCase {
     /// Runs the Tenant controller in this process as the `silo` ServiceAccount of
     /// [`RBAC_MANIFEST`], with a token the API server issued for it: only what that RBAC
     /// grants is allowed.
-    pub async fn start_controller_as_service_account(&mut self, settings: Settings) -> Result<()> {
+    pub async fn start_controller_as_service_account(&mut self, settings: Config) -> Result<()> {
         let client = self.service_account_client().await?;
         let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_settings());
         self.controllers.push(tokio::spawn(async move {
-            if let Err(err) = silo::run(client, aws, settings, std::future::pending()).await {
+            if let Err(err) = silo::run::controllers(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");
             }
         }));

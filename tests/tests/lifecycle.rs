@@ -72,7 +72,7 @@ spec:
     }
     assert!(!conditions::is_true(&status.conditions, conditions::RECONCILING));
     assert!(!conditions::is_true(&status.conditions, conditions::STALLED));
-    assert!(tenant.finalizers().contains(&silo::tenant::FINALIZER.to_string()));
+    assert!(tenant.finalizers().contains(&silo::contract::FINALIZER.to_string()));
 
     let all = accounts(&case.sim.organizations()).await;
     let mine: Vec<_> = all.iter().filter(|(a, _)| a.email() == Some("aws+acme@example.com")).collect();
@@ -214,7 +214,7 @@ spec: {deletionPolicy: Close}",
     let tenant = case.wait_for("doomed", conditions::STALLED, "True", READY_WITHIN).await.unwrap();
     let stalled = conditions::find(&tenant.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap().clone();
     assert_eq!(stalled.reason, "AccountClosureDisabled");
-    assert!(tenant.finalizers().contains(&silo::tenant::FINALIZER.to_string()), "the finalizer holds the Tenant");
+    assert!(tenant.finalizers().contains(&silo::contract::FINALIZER.to_string()), "the finalizer holds the Tenant");
     let org = case.sim.organizations();
     let account = org.describe_account().account_id(&account_id).send().await.unwrap();
     assert_eq!(account.account().and_then(|a| a.state()).map(|s| s.as_str()), Some("ACTIVE"));

@@ -50,8 +50,9 @@ use crate::{
     aws::{AwsError, templates::Templates},
     caches::{CacheGone, Ready},
     conditions::{self, Conditions},
+    contract::FIELD_MANAGER,
     metrics::{BaselineLabels, METRICS, RolloutLabels},
-    tenant::{FIELD_MANAGER, bootstrap::wants_preview},
+    tenant::bootstrap::wants_preview,
 };
 
 /// What the Baseline controller shares with the Tenant controller.

@@ -21,8 +21,10 @@ use std::{
     sync::RwLock,
 };
 
+use super::units::{self, PathLookup};
 use crate::{
     aws::organizations::{Account, OrganizationInfo, OrganizationalUnit, Walk},
+    contract::ownership::tagged_uid,
     metrics::METRICS,
 };
 
@@ -35,17 +37,6 @@ pub struct IndexedAccount {
     /// The account's tags, when Silo set or read them since it last saw them change; `None`
     /// when unknown (the sweep does not list tags).
     pub tags: Option<BTreeMap<String, String>>,
-}
-
-/// Where a path of OU names leads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PathLookup {
-    /// The OU (or the root, for an empty path).
-    Found(String),
-    /// The first `depth` names were found, ending at `parent`; the next one is not known.
-    Missing { parent: String, depth: usize },
-    /// The root is not known yet.
-    NoRoot,
 }
 
 #[derive(Clone, Debug)]
@@ -158,21 +149,23 @@ impl OrgIndex {
         self.read().units.contains_key(id)
     }
 
+    /// The OU named `name` directly under `parent`, if the index knows it.
+    pub fn child_named(&self, parent: &str, name: &str) -> Option<String> {
+        let view = self.read();
+        let child =
+            view.units.iter().find(|(_, unit)| unit.value.parent.as_deref() == Some(parent) && unit.value.name == name);
+        child.map(|(id, _)| id.clone())
+    }
+
     /// Follows a path of OU names from the root as far as the index knows it.
     pub fn lookup_path(&self, names: &[String]) -> PathLookup {
-        let view = self.read();
-        let Some(mut parent) = view.root.clone() else { return PathLookup::NoRoot };
-        for (depth, name) in names.iter().enumerate() {
-            let child = view
-                .units
-                .iter()
-                .find(|(_, unit)| unit.value.parent.as_deref() == Some(parent.as_str()) && &unit.value.name == name);
-            match child {
-                Some((id, _)) => parent = id.clone(),
-                None => return PathLookup::Missing { parent, depth },
-            }
-        }
-        PathLookup::Found(parent)
+        units::walk(self.root().as_deref(), names, |parent, name| self.child_named(parent, name))
+    }
+
+    /// The id of an OU given as an id or a path, as far as the index knows the tree.
+    pub fn resolve(&self, spec: &str) -> Option<String> {
+        let root = self.root()?;
+        units::resolve(spec, &root, |id| self.has_unit(id), |parent, name| self.child_named(parent, name))
     }
 
     /// The Tenant (UID) that holds the account: from this process's claims, else from the
@@ -181,7 +174,7 @@ impl OrgIndex {
         let view = self.read();
         view.claims.get(account_id).cloned().or_else(|| {
             let tags = view.accounts.get(account_id)?.value.tags.as_ref()?;
-            tags.get(crate::tenant::account::TENANT_UID_TAG).cloned()
+            tagged_uid(tags).map(str::to_string)
         })
     }
 
@@ -192,7 +185,7 @@ impl OrgIndex {
         let mut view = self.write();
         let holder = view.claims.get(account_id).cloned().or_else(|| {
             let tags = view.accounts.get(account_id)?.value.tags.as_ref()?;
-            tags.get(crate::tenant::account::TENANT_UID_TAG).cloned()
+            tagged_uid(tags).map(str::to_string)
         });
         match holder {
             Some(holder) if holder != uid && Some(holder.as_str()) != replacing => Err(holder),
@@ -436,7 +429,7 @@ mod tests {
         index.record_account(
             account("222", "b@example.com"),
             None,
-            Some(BTreeMap::from([(crate::tenant::account::TENANT_UID_TAG.to_string(), "uid-c".to_string())])),
+            Some(BTreeMap::from([(crate::contract::TENANT_UID_TAG.to_string(), "uid-c".to_string())])),
         );
         assert_eq!(index.claim("222", "uid-d", None), Err("uid-c".into()));
     }

@@ -17,7 +17,8 @@
 
 pub mod creations;
 pub mod index;
-pub mod settings;
+pub mod policies;
+pub mod units;
 
 use std::{
     collections::BTreeMap,
@@ -28,42 +29,27 @@ use std::{
 use aws_sdk_organizations::types::CreateAccountState;
 use tracing::{info, warn};
 
-use crate::aws::{
-    AwsError, AwsErrorKind, Priority,
-    organizations::{Account, CloseRefusal, CreateRequest, CreationState, OrganizationInfo, Organizations},
+use crate::{
+    aws::{
+        AwsError, AwsErrorKind, Priority,
+        organizations::{Account, CloseRefusal, CreateRequest, CreationState, OrganizationInfo, Organizations},
+    },
+    retry::Backoff,
 };
 
 /// The failure reason Silo gives a creation request AWS does not know.
 pub const REQUEST_NOT_FOUND: &str = "REQUEST_NOT_FOUND";
 pub use creations::{Applicant, Creations, NotYet};
-pub use index::{IndexedAccount, OrgIndex, PathLookup};
+pub use index::{IndexedAccount, OrgIndex};
+pub use units::{PathLookup, Target};
 
 /// How the organization is looked after; set from `silo run` flags.
 #[derive(Clone, Debug)]
-pub struct OrgSettings {
+pub struct OrgConfig {
     /// How often the index is refreshed with a full sweep.
     pub refresh_period: Duration,
     /// CreateAccount requests AWS runs at once for the organization.
     pub creation_slots: usize,
-}
-
-/// What `spec.organizationalUnit` names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Id(String),
-    /// OU names from the root; empty for the root itself.
-    Path(Vec<String>),
-}
-
-impl Target {
-    /// Parses `spec.organizationalUnit` (the schema has already checked its shape).
-    pub fn parse(spec: &str) -> Self {
-        if spec.starts_with('/') {
-            Target::Path(spec.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect())
-        } else {
-            Target::Id(spec.to_string())
-        }
-    }
 }
 
 /// Where a placement target points.
@@ -85,21 +71,21 @@ pub struct Organization {
     api: Organizations,
     pub index: OrgIndex,
     pub creations: Creations,
-    settings: OrgSettings,
+    config: OrgConfig,
     /// When the requests in progress were last listed after AWS refused a CreateAccount.
     last_refusal_listing: Mutex<Option<Instant>>,
     /// Asks for a sweep before the period is over (a miss the index cannot answer).
     refresh_now: tokio::sync::Notify,
-    /// The organization's service control policies, as last listed ([`settings`]).
-    policies: settings::Kept<Vec<crate::aws::organizations::Policy>>,
-    /// Whether AWS Account Management has trusted access, as last read ([`settings`]).
-    account_trust: settings::Kept<bool>,
+    /// The organization's service control policies, as last listed ([`policies`]).
+    policies: policies::Kept<Vec<crate::aws::organizations::Policy>>,
+    /// Whether AWS Account Management has trusted access, as last read ([`policies`]).
+    account_trust: policies::Kept<bool>,
     /// Held while [`Organization::info`] reads the organization from AWS.
     info_read: tokio::sync::Mutex<()>,
 }
 
-/// How soon a failed sweep is tried again (doubling up to five minutes).
-const SWEEP_RETRY: Duration = Duration::from_secs(5);
+/// How a failed sweep (or listing of the creations in flight) is retried.
+const SWEEP_BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
 /// A sweep asked for by a miss comes at most this soon after the last one started.
 const MISS_REFRESH_GAP: Duration = Duration::from_secs(30);
 /// After AWS refused a CreateAccount, the requests in progress are listed at most this often
@@ -109,12 +95,12 @@ const REFUSAL_LISTING_GAP: Duration = Duration::from_secs(10);
 impl Organization {
     /// `wake` is called with a Tenant's name when it should be reconciled now (a creation
     /// ended, or a slot is its turn).
-    pub fn new(api: Organizations, settings: OrgSettings, wake: impl Fn(String) + Send + Sync + 'static) -> Self {
+    pub fn new(api: Organizations, config: OrgConfig, wake: impl Fn(String) + Send + Sync + 'static) -> Self {
         Self {
             api,
             index: OrgIndex::default(),
-            creations: Creations::new(settings.creation_slots, wake),
-            settings,
+            creations: Creations::new(config.creation_slots, wake),
+            config,
             last_refusal_listing: Mutex::default(),
             refresh_now: tokio::sync::Notify::new(),
             policies: Default::default(),
@@ -138,7 +124,7 @@ impl Organization {
     /// First the requests in flight (so the slots in use are known before any is handed
     /// out), then the first sweep at user priority, then refreshes in the background.
     async fn keep_index(&self) {
-        let mut retry = SWEEP_RETRY;
+        let mut failures = 0;
         loop {
             match self.api.create_requests(&[CreateAccountState::InProgress], Priority::User).await {
                 Ok(requests) => {
@@ -149,13 +135,13 @@ impl Organization {
                 }
                 Err(err) => {
                     warn!(%err, "cannot list the creation requests in flight; retrying");
-                    tokio::time::sleep(crate::tenant::jittered(retry)).await;
-                    retry = (retry * 2).min(Duration::from_secs(300));
+                    failures += 1;
+                    tokio::time::sleep(SWEEP_BACKOFF.pause(failures)).await;
                 }
             }
         }
         let mut priority = Priority::User;
-        let mut retry = SWEEP_RETRY;
+        let mut failures = 0;
         loop {
             let started = Instant::now();
             match self.sweep(priority).await {
@@ -168,9 +154,9 @@ impl Organization {
                     );
                     crate::metrics::METRICS.index_sweeps.inc();
                     priority = Priority::Background;
-                    retry = SWEEP_RETRY;
+                    failures = 0;
                     tokio::select! {
-                        _ = tokio::time::sleep(self.settings.refresh_period) => {}
+                        _ = tokio::time::sleep(self.config.refresh_period) => {}
                         _ = async {
                             self.refresh_now.notified().await;
                             tokio::time::sleep(MISS_REFRESH_GAP.saturating_sub(started.elapsed())).await;
@@ -179,8 +165,8 @@ impl Organization {
                 }
                 Err(err) => {
                     warn!(%err, "the organization sweep failed; retrying");
-                    tokio::time::sleep(crate::tenant::jittered(retry)).await;
-                    retry = (retry * 2).min(Duration::from_secs(300));
+                    failures += 1;
+                    tokio::time::sleep(SWEEP_BACKOFF.pause(failures)).await;
                 }
             }
         }

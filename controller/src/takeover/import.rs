@@ -29,14 +29,15 @@ use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use kube::{Api, ResourceExt};
 
-use super::{Holder, OrgTree, Pacing, TenantClaims};
+use super::{OrgTree, Pacing};
 use crate::{
     Tenant, TenantSpec,
-    api::{
-        DeletionPolicy,
-        annotations::{ADOPT_ACCOUNT, PREVIOUS_UID},
-    },
+    api::DeletionPolicy,
     aws::{Priority, organizations::Account},
+    contract::{
+        annotations::{ADOPT_ACCOUNT, PREVIOUS_UID},
+        ownership::{Holder, TenantClaims, tagged_uid},
+    },
 };
 
 /// `silo import`.
@@ -191,8 +192,8 @@ pub fn judge(
         return Verdict::Skip(skip);
     }
     let Some(claims) = claims else {
-        return match tags.get(crate::tenant::account::TENANT_UID_TAG) {
-            Some(uid) => Verdict::Skip(Skip::TaggedByUnknownTenant { uid: uid.clone() }),
+        return match tagged_uid(tags) {
+            Some(uid) => Verdict::Skip(Skip::TaggedByUnknownTenant { uid: uid.to_string() }),
             None => Verdict::Import { previous_uid: None },
         };
     };
@@ -419,8 +420,9 @@ mod tests {
         super::tests::{account, tags, tenant, tree},
         *,
     };
-    use crate::tenant::account::{
-        AccountVerdict, Ownership, TENANT_TAG, TENANT_UID_TAG, Title, desired_tags, judge_account,
+    use crate::{
+        contract::{TENANT_TAG, TENANT_UID_TAG},
+        tenant::account::{AccountVerdict, Ownership, Title, desired_tags, judge_account},
     };
 
     #[test]

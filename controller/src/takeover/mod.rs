@@ -5,9 +5,10 @@
 //! ## Guarantees
 //! - `silo import` and `silo orphans` only read: they never write to AWS or to the cluster.
 //!   Import prints manifests; a person applies them (or commits them to GitOps).
-//! - Who holds an account is decided in one place, [`TenantClaims`], for both commands and the
-//!   metric: a Tenant holds an account it names in `status.accountId` or `spec.accountId`,
-//!   or one that carries its UID in the `silo.dev/tenant-uid` tag.
+//! - Who holds an account is decided by Silo's one ownership rule
+//!   ([`crate::contract::ownership`]), for both commands, the metric and the controller: a
+//!   Tenant holds an account it names in `status.accountId` or `spec.accountId`, or one that
+//!   carries its UID in the `silo.dev/tenant-uid` tag.
 //!
 //! ## Shape
 //! [`OrgTree::read`] walks the organization once (the OU tree, and the accounts under each
@@ -18,14 +19,12 @@
 pub mod import;
 pub mod orphans;
 
-use std::{collections::BTreeMap, num::NonZeroU32};
-
-use kube::ResourceExt;
+use std::{collections::BTreeMap, num::NonZeroU32, time::Duration};
 
 use crate::{
-    Tenant,
     aws::{AwsError, AwsSettings, BudgetLimits, Organizations, Priority, organizations::Account},
-    tenant::account::{TENANT_TAG, TENANT_UID_TAG},
+    org::units,
+    retry::Backoff,
 };
 
 /// How the commands reach AWS: the same knobs as `silo run`'s, with the same defaults.
@@ -87,7 +86,7 @@ impl OrgTree {
 
     /// The chain of parents from `parent` up to the root, both included.
     pub fn ancestors(&self, parent: &str) -> Vec<String> {
-        ancestors(parent, |id| self.units.get(id).map(|(_, parent)| parent.clone()))
+        units::ancestors(parent, |id| self.units.get(id).map(|(_, parent)| parent.clone()))
     }
 
     /// The OU path of a parent from the root (`/Tenants/Prod`); `None` for the root itself.
@@ -112,7 +111,7 @@ impl OrgTree {
     /// The id of an OU named by id or by path from the root (`/` is the root); `None` when the
     /// organization has no such OU.
     pub fn resolve(&self, spec: &str) -> Option<String> {
-        resolve(
+        units::resolve(
             spec,
             &self.root,
             |id| self.units.contains_key(id),
@@ -123,22 +122,22 @@ impl OrgTree {
 
 /// How often a command tries one AWS call that keeps being throttled or failing transiently.
 const PATIENCE: u32 = 10;
+/// The pause between those tries: 1 s doubling, at most a minute.
+const PATIENT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Runs an AWS call until it succeeds, retrying throttled and transient errors with a doubling
-/// pause (1 s to 30 s) beyond the SDK's own retries: throttling is weather, and a command
+/// pause ([`PATIENT_BACKOFF`]) beyond the SDK's own retries: throttling is weather, and a command
 /// that reads a whole organization must outlast it (other automation shares the quota).
 pub async fn patiently<T, F>(call: impl Fn() -> F) -> Result<T, AwsError>
 where
     F: Future<Output = Result<T, AwsError>>,
 {
-    let mut pause = std::time::Duration::from_secs(1);
     let mut attempt = 1;
     loop {
         match call().await {
             Err(err) if err.is_retryable() && attempt < PATIENCE => {
                 tracing::debug!(%err, attempt, "retrying");
-                tokio::time::sleep(crate::tenant::jittered(pause)).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+                tokio::time::sleep(PATIENT_BACKOFF.pause(attempt)).await;
                 attempt += 1;
             }
             result => return result,
@@ -146,103 +145,10 @@ where
     }
 }
 
-/// The chain of parents from `parent` up to the root, both included, by `parent_of` (which
-/// answers `None` at the root, or for an OU it does not know).
-pub fn ancestors(parent: &str, parent_of: impl Fn(&str) -> Option<String>) -> Vec<String> {
-    let mut chain = vec![parent.to_string()];
-    while let Some(up) = parent_of(chain.last().expect("never empty")) {
-        if chain.contains(&up) || chain.len() > 8 {
-            break;
-        }
-        chain.push(up);
-    }
-    chain
-}
-
-/// The id of an OU given as an id (`ou-...`) or a path from the root, as `--tenant-ou-root`
-/// and `spec.organizationalUnit` take them.
-pub fn resolve(
-    spec: &str,
-    root: &str,
-    has_unit: impl Fn(&str) -> bool,
-    child_named: impl Fn(&str, &str) -> Option<String>,
-) -> Option<String> {
-    match crate::org::Target::parse(spec) {
-        crate::org::Target::Id(id) => (id == root || has_unit(&id)).then_some(id),
-        crate::org::Target::Path(names) => {
-            let mut at = root.to_string();
-            for name in &names {
-                at = child_named(&at, name)?;
-            }
-            Some(at)
-        }
-    }
-}
-
-/// Which Tenant holds which account, from the Tenants in the cluster.
-#[derive(Clone, Debug, Default)]
-pub struct TenantClaims {
-    /// Account id -> the Tenant naming it in `status.accountId` or `spec.accountId`.
-    by_account: BTreeMap<String, String>,
-    /// UID -> Tenant name.
-    by_uid: BTreeMap<String, String>,
-    /// Tenant names, for the import's names.
-    pub names: std::collections::BTreeSet<String>,
-}
-
-/// Who holds an account, judged by the Tenants and the account's tags.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Holder {
-    /// A Tenant names it, or carries the UID it is tagged with.
-    Tenant(String),
-    /// It carries a `silo.dev/tenant-uid` tag of no Tenant: the Tenant that had it is gone.
-    Gone {
-        uid: String,
-        tenant: Option<String>,
-    },
-    Nobody,
-}
-
-impl TenantClaims {
-    pub fn of<'a>(tenants: impl IntoIterator<Item = &'a Tenant>) -> Self {
-        let mut claims = Self::default();
-        for tenant in tenants {
-            let name = tenant.name_any();
-            let status = tenant.status.as_ref().and_then(|s| s.account_id.clone());
-            for account in [status, tenant.spec.account_id.clone()].into_iter().flatten() {
-                claims.by_account.entry(account).or_insert_with(|| name.clone());
-            }
-            if let Some(uid) = tenant.uid() {
-                claims.by_uid.insert(uid, name.clone());
-            }
-            claims.names.insert(name);
-        }
-        claims
-    }
-
-    /// The Tenant naming this account in its spec or status, if any (no tags needed).
-    pub fn naming(&self, account_id: &str) -> Option<&str> {
-        self.by_account.get(account_id).map(String::as_str)
-    }
-
-    /// Who holds an account with these tags.
-    pub fn holder(&self, account_id: &str, tags: &BTreeMap<String, String>) -> Holder {
-        if let Some(name) = self.naming(account_id) {
-            return Holder::Tenant(name.to_string());
-        }
-        match tags.get(TENANT_UID_TAG) {
-            Some(uid) => match self.by_uid.get(uid) {
-                Some(name) => Holder::Tenant(name.clone()),
-                None => Holder::Gone { uid: uid.clone(), tenant: tags.get(TENANT_TAG).cloned() },
-            },
-            None => Holder::Nobody,
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::Tenant;
 
     pub fn account(id: &str, name: &str, state: &str) -> Account {
         Account {
@@ -281,49 +187,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// The walk's tree answers through the one OU resolver (`org::units`, tested there): a
+    /// path written back by `path_of` resolves to the OU it came from.
     #[test]
-    fn paths_ancestors_and_resolution() {
+    fn paths_round_trip_through_the_resolver() {
         let tree = tree();
         let cases: [(&str, Option<&str>); 4] =
             [("r-1", None), ("ou-t", Some("/Tenants")), ("ou-p", Some("/Tenants/Prod")), ("ou-x", Some("ou-x"))];
         for (parent, path) in cases {
             assert_eq!(tree.path_of(parent).as_deref(), path, "path of {parent}");
+            assert_eq!(tree.resolve(path.unwrap_or("/")).as_deref(), Some(parent), "resolve {path:?}");
         }
+        assert_eq!(tree.resolve("/Tenants/Staging"), None);
         assert_eq!(tree.ancestors("ou-p"), ["ou-p", "ou-t", "r-1"]);
-        assert_eq!(tree.ancestors("r-1"), ["r-1"]);
-        let resolved: [(&str, Option<&str>); 6] = [
-            ("/", Some("r-1")),
-            ("/Tenants/Prod", Some("ou-p")),
-            ("/Tenants/Staging", None),
-            ("ou-s", Some("ou-s")),
-            ("ou-nope-12345678", None),
-            ("r-1", Some("r-1")),
-        ];
-        for (spec, id) in resolved {
-            assert_eq!(tree.resolve(spec).as_deref(), id, "resolve {spec}");
-        }
-    }
-
-    #[test]
-    fn who_holds_an_account() {
-        let tenants = [
-            tenant("by-status", "uid-1", None, Some("111111111111")),
-            tenant("by-spec", "uid-2", Some("222222222222"), None),
-            tenant("by-tag", "uid-3", None, None),
-        ];
-        let claims = TenantClaims::of(&tenants);
-        let uid = |u: &str| tags(&[(TENANT_UID_TAG, u), (TENANT_TAG, "old")]);
-        let cases = [
-            ("111111111111", tags(&[]), Holder::Tenant("by-status".into())),
-            ("222222222222", tags(&[]), Holder::Tenant("by-spec".into())),
-            ("333333333333", uid("uid-3"), Holder::Tenant("by-tag".into())),
-            ("444444444444", uid("uid-gone"), Holder::Gone { uid: "uid-gone".into(), tenant: Some("old".into()) }),
-            ("555555555555", tags(&[("team", "x")]), Holder::Nobody),
-            // A Tenant naming the account wins over a stale tag on it (a restore in progress).
-            ("111111111111", uid("uid-gone"), Holder::Tenant("by-status".into())),
-        ];
-        for (account, tags, want) in cases {
-            assert_eq!(claims.holder(account, &tags), want, "{account} {tags:?}");
-        }
     }
 }

@@ -28,12 +28,13 @@ use anyhow::Context as _;
 use kube::{Api, runtime::reflector::Store};
 use serde::Serialize;
 
-use super::{Holder, OrgTree, Pacing, TenantClaims};
+use super::{OrgTree, Pacing};
 use crate::{
     Tenant,
     aws::{Priority, organizations::Account},
+    contract::ownership::{Holder, TenantClaims},
     metrics::{METRICS, OrphanLabels},
-    org::Organization,
+    org::{Organization, units},
 };
 
 /// `silo orphans`.
@@ -230,16 +231,18 @@ pub async fn publish(
     let mut known_tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     let mut as_of_sweep = 0;
     loop {
-        tokio::time::sleep(crate::tenant::jittered(PUBLISH_PERIOD)).await;
+        tokio::time::sleep(crate::retry::jittered(PUBLISH_PERIOD)).await;
         let index = &org.index;
         let Some(info) = index.organization().filter(|_| index.is_complete()) else { continue };
-        let Some(root) = index.root() else { continue };
+        if index.root().is_none() {
+            continue;
+        }
         if index.sweeps() != as_of_sweep {
             known_tags.clear();
             as_of_sweep = index.sweeps();
         }
         let claims = TenantClaims::of(tenants.state().iter().map(|t| t.as_ref()));
-        let roots: Vec<String> = tenant_ou_roots.iter().filter_map(|spec| root_in_index(index, spec, &root)).collect();
+        let roots: Vec<String> = tenant_ou_roots.iter().filter_map(|spec| index.resolve(spec)).collect();
         let mut facts = vec![];
         for indexed in index.accounts() {
             let account = indexed.account;
@@ -251,7 +254,7 @@ pub async fn publish(
                     Err(err) => tracing::debug!(account = %account.id, %err, "orphans: tags not read this round"),
                 }
             }
-            let ancestors = super::ancestors(&parent, |id| index.unit(id).and_then(|(_, up)| up));
+            let ancestors = units::ancestors(&parent, |id| index.unit(id).and_then(|(_, up)| up));
             let tags = known_tags.get(&account.id).cloned();
             facts.push(AccountFacts { account, ancestors, tags });
         }
@@ -261,24 +264,13 @@ pub async fn publish(
     }
 }
 
-/// The id of a tenant OU root (an id or a path) as the index knows it.
-fn root_in_index(index: &crate::org::OrgIndex, spec: &str, root: &str) -> Option<String> {
-    match crate::org::Target::parse(spec) {
-        crate::org::Target::Id(id) => (id == root || index.has_unit(&id)).then_some(id),
-        crate::org::Target::Path(names) => match index.lookup_path(&names) {
-            crate::org::PathLookup::Found(id) => Some(id),
-            _ => None,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{
         super::tests::{account, tags, tenant, tree},
         *,
     };
-    use crate::tenant::account::{TENANT_TAG, TENANT_UID_TAG};
+    use crate::contract::{TENANT_TAG, TENANT_UID_TAG};
 
     #[test]
     fn classification() {

@@ -44,22 +44,19 @@ use super::{
     status::{Progress, StatusWriter, trusted},
 };
 use crate::{
-    api::{
-        Tenant,
-        annotations::{ADOPT_ACCOUNT, PREVIOUS_UID},
-    },
+    api::Tenant,
     aws::{
         Priority,
         organizations::{Account, CreateRequest, CreationState},
     },
     conditions::{self, StepOutcome},
+    contract::{
+        TENANT_TAG, TENANT_UID_TAG,
+        annotations::{ADOPT_ACCOUNT, PREVIOUS_UID},
+        ownership::{Claim, claim, tagged_uid},
+    },
     org::{Applicant, NotYet},
 };
-
-/// Tag carrying the Tenant's name on its account.
-pub const TENANT_TAG: &str = "silo.dev/tenant";
-/// Tag carrying the Tenant's UID on its account: the proof that an account is this Tenant's.
-pub const TENANT_UID_TAG: &str = "silo.dev/tenant-uid";
 
 /// How soon a tenant whose creation is in flight looks again by itself (the creation
 /// tracker wakes it as soon as AWS is done).
@@ -120,23 +117,6 @@ pub fn situation(tenant: &Tenant, own_request: Option<String>) -> Situation {
     match &tenant.spec.account_id {
         Some(account_id) => Situation::Adopt { account_id: account_id.clone() },
         None => Situation::New,
-    }
-}
-
-/// Who an account belongs to, judged by its tags.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Claim {
-    ThisTenant,
-    OtherTenant(String),
-    Nobody,
-}
-
-/// Reads the Silo claim on an account from its tags. Pure.
-pub fn claim(tags: &BTreeMap<String, String>, tenant_uid: &str) -> Claim {
-    match tags.get(TENANT_UID_TAG) {
-        Some(uid) if uid == tenant_uid => Claim::ThisTenant,
-        Some(_) => Claim::OtherTenant(tags.get(TENANT_TAG).cloned().unwrap_or_else(|| "unknown".into())),
-        None => Claim::Nobody,
     }
 }
 
@@ -234,7 +214,7 @@ pub fn judge_account(
     let title = match claim(tags, &ownership.uid) {
         Claim::ThisTenant => Title::Tagged,
         Claim::OtherTenant(tenant) => {
-            let tagged_uid = tags.get(TENANT_UID_TAG).map(String::as_str);
+            let tagged_uid = tagged_uid(tags);
             if tagged_uid.is_none() || tagged_uid != ownership.previous_uid.as_deref() {
                 return AccountVerdict::ClaimedBy { tenant };
             }

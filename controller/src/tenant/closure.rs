@@ -38,16 +38,20 @@ use tracing::info;
 
 use super::{
     Context, Error,
-    account::{Claim, TENANT_UID_TAG, claim},
     status::{Progress, StatusWriter},
 };
 use crate::{
-    api::{Tenant, annotations::CLOSE_ADOPTED_ACCOUNT},
+    api::Tenant,
     aws::{
         Priority,
         organizations::{CloseRefusal, CreationState},
     },
     conditions::StepOutcome,
+    contract::{
+        TENANT_UID_TAG,
+        annotations::CLOSE_ADOPTED_ACCOUNT,
+        ownership::{Claim, claim},
+    },
     metrics::METRICS,
 };
 

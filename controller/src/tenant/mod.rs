@@ -7,7 +7,7 @@
 //! 1. [`identity`]: the account name and email, fixed before any AWS call.
 //! 2. [`account`]: create or adopt the account (`AccountReady`), and keep Silo's tags on it.
 //! 3. [`placement`]: move it into the requested OU (`PlacementReady`).
-//! 4. [`settings`]: the account's name, alternate contacts and service control policies
+//! 4. [`account_settings`]: the account's name, alternate contacts and service control policies
 //!    (`SettingsReady`).
 //! 5. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`).
 //! 6. [`status`]: derive `Ready`, `Reconciling`, `Stalled` and write the status once.
@@ -33,12 +33,12 @@
 //!   with jittered backoff ([`error_policy`]).
 
 pub mod account;
+pub mod account_settings;
 pub mod bootstrap;
 pub mod closure;
 pub mod identity;
 pub mod placement;
 pub mod schedule;
-pub mod settings;
 pub mod status;
 
 use std::{
@@ -57,72 +57,33 @@ use kube::{
     runtime::{
         Controller, PredicateConfig, WatchStreamExt,
         controller::Action,
-        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        events::{Event as KubeEvent, EventType, Recorder},
         finalizer::{self, Event as FinalizerEvent},
-        predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
-use rand::Rng;
 use tracing::{debug, info, warn};
 
 use crate::{
     api::{Baseline, DeletionPolicy, Tenant},
     aws::{Aws, AwsError, AwsErrorKind},
-    baseline::controller::Shared,
     conditions::{self, StepOutcome},
+    config::Config,
+    contract::{FINALIZER, GROUP},
     metrics::{METRICS, MilestoneLabels, PhaseLabels, ReasonLabels},
-    org::{OrgSettings, Organization},
+    org::Organization,
+    retry::{Backoff, jittered},
 };
 use account::AccountStep;
+use account_settings::SettingsStep;
 use bootstrap::BaselineStep;
 use placement::PlacementStep;
 use schedule::{Mode, Verification};
-use settings::SettingsStep;
 use status::{Progress, StatusWriter};
 
-/// The finalizer that guards every Tenant until its AWS side is settled.
-pub const FINALIZER: &str = "silo.dev/account";
-
-/// The field manager of every write Silo makes.
-pub const FIELD_MANAGER: &str = "silo";
-
-/// How the controller behaves; set from `silo run` flags.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Email for tenants without `spec.email`; `{tenant}` is replaced by metadata.name.
-    pub email_template: String,
-    /// Create OUs named in a path that do not exist yet.
-    pub create_missing_ous: bool,
-    /// Where tenant accounts may go: OU paths or ids, and everything below them. Empty:
-    /// anywhere but the root.
-    pub tenant_ou_roots: Vec<String>,
-    /// How often a Ready tenant is verified against AWS.
-    pub resync_period: Duration,
-    /// How often the organization index is refreshed with a full sweep.
-    pub index_refresh_period: Duration,
-    /// CreateAccount requests AWS runs at once for the organization.
-    pub creation_slots: usize,
-    /// Tenants reconciled at once.
-    pub concurrency: u16,
-    /// Close accounts of deleted `Close` Tenants. Off by default: see [`closure`].
-    pub allow_account_closure: bool,
-    /// At most this many closures in any 24 hours.
-    pub max_account_closures_per_day: u32,
-    /// Look again at a Stalled tenant at least this often (each reason has its own period;
-    /// this only shortens it). `None`: the reasons' own periods.
-    pub max_stalled_retry: Option<Duration>,
-    /// How long a tenant's baseline role may stay unassumable before the tenant is Stalled.
-    pub role_patience: Duration,
-    /// The controller's namespace, where the closure ledger lives.
-    pub namespace: String,
-    /// The namespace of the Secrets holding Baselines' external ids: the only Secrets Silo
-    /// can read.
-    pub external_id_namespace: String,
-    /// Alternate contacts for every tenant account, by kind, where `spec.contacts` sets none.
-    pub default_contacts: crate::api::AlternateContacts,
-}
+/// How a failed reconcile is retried: 5 s doubling, at most 5 minutes.
+const RECONCILE_BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
 
 /// What every reconcile shares.
 pub struct Context {
@@ -130,7 +91,7 @@ pub struct Context {
     pub aws: Aws,
     /// The organization: its index, its creation slots, its Organizations budget.
     pub org: Arc<Organization>,
-    pub settings: Settings,
+    pub settings: Config,
     pub recorder: Recorder,
     pub closures: closure::ClosureLedger,
     /// Baselines, from the watch cache.
@@ -144,7 +105,7 @@ pub struct Context {
     /// Asks the Baseline controller to recount a Baseline's tenants.
     pub recount: UnboundedSender<ObjectRef<Baseline>>,
     /// Consecutive failed reconciles per Tenant, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    pub(crate) failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -241,65 +202,27 @@ fn changes(tenant: &Tenant) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let meta = tenant.meta();
     let annotations: BTreeMap<&String, &String> =
-        tenant.annotations().iter().filter(|(k, _)| k.starts_with(crate::api::GROUP)).collect();
+        tenant.annotations().iter().filter(|(k, _)| k.starts_with(GROUP)).collect();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (meta.generation, meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()), &meta.finalizers, annotations)
         .hash(&mut hasher);
     Some(hasher.finish())
 }
 
-/// Runs the Tenant controller (and the organization it owns) until `shutdown` completes;
-/// reconciles in flight finish first.
-pub async fn run(
-    client: Client,
-    aws: Aws,
-    settings: Settings,
-    shared: Shared,
+/// Runs the Tenant controller until `shutdown` completes; reconciles in flight finish first.
+/// A Tenant is reconciled when it changes (see [`watch`]), when a Baseline it uses changes
+/// its spec, and when the organization or a rollout wakes it (`woken`).
+pub async fn controller(
+    ctx: Arc<Context>,
+    tenants: Store<Tenant>,
     changes: impl futures::Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static,
-    (recount, woken): (UnboundedSender<ObjectRef<Baseline>>, UnboundedReceiver<ObjectRef<Tenant>>),
+    baseline_changes: impl futures::Stream<Item = Result<Baseline, watcher::Error>> + Send + 'static,
+    woken: UnboundedReceiver<ObjectRef<Tenant>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
-    let store = shared.tenants.clone();
-    let tenants_ready = shared.tenants_ready.clone();
-    let wake = shared.wake.clone();
-    let org = Arc::new(Organization::new(
-        aws.organizations.clone(),
-        OrgSettings { refresh_period: settings.index_refresh_period, creation_slots: settings.creation_slots },
-        move |name| {
-            let _ = wake.unbounded_send(ObjectRef::new(&name));
-        },
-    ));
-    let (baselines, baseline_writer) = reflector::store();
-    let baseline_changes = watcher(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(baseline_writer)
-        .applied_objects()
-        // A Baseline's status writes change no stack: only its spec matters to tenants.
-        .predicate_filter(predicates::generation, PredicateConfig::default());
-    let reporter = Reporter { controller: "silo".into(), instance: std::env::var("POD_NAME").ok() };
-    let concurrency = settings.concurrency;
-    let orphans =
-        crate::takeover::orphans::publish(org.clone(), store.clone(), tenants_ready, settings.tenant_ou_roots.clone());
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        closures: closure::ClosureLedger::new(
-            client.clone(),
-            &settings.namespace,
-            settings.max_account_closures_per_day,
-        ),
-        client,
-        aws,
-        org: org.clone(),
-        settings,
-        caches_ready: [crate::caches::Ready::of(&baselines), shared.revisions_ready.clone()],
-        baselines,
-        revisions: shared.revisions.clone(),
-        rollouts: shared.rollouts.clone(),
-        recount,
-        failures: Mutex::default(),
-    });
+) {
+    let concurrency = ctx.settings.concurrency;
     info!(concurrency, "starting the Tenant controller");
-    let users = store.clone();
+    let users = tenants.clone();
     let uses = move |baseline: Baseline| {
         let name = baseline.name_any();
         users
@@ -309,7 +232,7 @@ pub async fn run(
             .map(|t| ObjectRef::from_obj(t.as_ref()))
             .collect::<Vec<_>>()
     };
-    let controller = Controller::for_stream(changes, store.clone())
+    Controller::for_stream(changes, tenants)
         .watches_stream(baseline_changes, uses)
         .reconcile_on(woken)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
@@ -329,20 +252,12 @@ pub async fn run(
                 }
                 Err(err) => warn!(%err, "controller error"),
             }
-        });
-    // The organization and the fleet gauges live exactly as long as the controller.
-    tokio::select! {
-        () = controller => {}
-        () = org.run() => {}
-        () = publish_fleet(store) => {}
-        () = orphans => {}
-    }
-    info!("controller stopped");
-    Ok(())
+        })
+        .await;
 }
 
 /// Keeps `silo_tenants{phase}` and `silo_tenants_stalled{reason}` current, from the cache.
-async fn publish_fleet(store: Store<Tenant>) {
+pub async fn publish_fleet(store: Store<Tenant>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(10));
     loop {
         ticker.tick().await;
@@ -400,7 +315,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
-/// Retries a failed reconcile with jittered exponential backoff (5 s doubling to 5 min).
+/// Retries a failed reconcile with jittered exponential backoff ([`RECONCILE_BACKOFF`]).
 /// AWS throttling and faults are weather, not failures: nothing is shown to the user.
 pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Action {
     match err.innermost() {
@@ -425,8 +340,7 @@ pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Acti
         *count = count.saturating_add(1);
         *count
     };
-    let base = Duration::from_secs(5).saturating_mul(1 << attempt.min(6)) / 2;
-    let delay = jittered(base).min(Duration::from_secs(300));
+    let delay = RECONCILE_BACKOFF.pause(attempt);
     match err.innermost() {
         Error::Aws(aws) if aws.is_retryable() => {
             info!(tenant = %tenant.name_any(), error = %err, attempt, "AWS asked to slow down or failed transiently; retrying");
@@ -434,11 +348,6 @@ pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Acti
         _ => warn!(tenant = %tenant.name_any(), error = %err, attempt, "reconcile failed; retrying"),
     }
     Action::requeue(delay)
-}
-
-/// `base` stretched by a random factor in [1, 2), so a fleet retrying together spreads out.
-pub fn jittered(base: Duration) -> Duration {
-    base.mul_f64(1.0 + rand::rng().random::<f64>())
 }
 
 /// How soon a step AWS refused is tried again.

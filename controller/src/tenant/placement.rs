@@ -167,13 +167,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_are_ids_or_paths_from_the_root() {
-        assert_eq!(Target::parse("ou-ab12-cdef3456"), Target::Id("ou-ab12-cdef3456".into()));
-        assert_eq!(Target::parse("/Tenants/Production"), Target::Path(vec!["Tenants".into(), "Production".into()]));
-        assert_eq!(Target::parse("/"), Target::Path(vec![]));
-    }
-
-    #[test]
     fn tenant_accounts_go_only_under_the_allowed_roots() {
         let path = |p: &str| -> Vec<String> { p.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect() };
         let table: &[(&str, Option<&[&str]>, bool)] = &[

@@ -34,7 +34,7 @@ use crate::{
     conditions,
 };
 
-pub use crate::api::annotations::VERIFY as VERIFY_ANNOTATION;
+pub use crate::contract::annotations::VERIFY as VERIFY_ANNOTATION;
 
 /// Why a tenant is being verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

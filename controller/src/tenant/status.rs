@@ -13,10 +13,11 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use super::{Error, FIELD_MANAGER, schedule::Mode};
+use super::{Error, schedule::Mode};
 use crate::{
     api::{Tenant, TenantStatus},
     conditions::{self, Conditions, StepOutcome},
+    contract::FIELD_MANAGER,
 };
 
 /// The working copy of one Tenant's status during a reconcile.

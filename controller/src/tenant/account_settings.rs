@@ -30,7 +30,7 @@ use super::{
     status::{Progress, StatusWriter, trusted},
 };
 use crate::{
-    api::{AlternateContacts, Contact, ContactKind, Tenant},
+    api::{Contact, ContactKind, Tenant},
     aws::{Priority, organizations::AttachRefusal},
     conditions::{self, StepOutcome},
 };
@@ -265,37 +265,6 @@ impl SettingsStep<'_> {
         }
         Ok(None)
     }
-}
-
-/// Reads the controller's default contacts (`--default-contacts-file`): YAML with the keys
-/// `security`, `billing` and `operations`, each optional; checked against AWS's limits.
-pub fn read_default_contacts(path: &std::path::Path) -> anyhow::Result<AlternateContacts> {
-    use anyhow::Context as _;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let contacts: AlternateContacts =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a contacts file", path.display()))?;
-    for kind in ContactKind::ALL {
-        if let Some(contact) = contacts.get(kind) {
-            check_contact(contact).with_context(|| format!("{}: the {} contact", path.display(), kind.as_str()))?;
-        }
-    }
-    Ok(contacts)
-}
-
-/// AWS's limits on a contact, the same the Tenant schema enforces at admission.
-fn check_contact(contact: &Contact) -> anyhow::Result<()> {
-    let fields = [("name", &contact.name, 64), ("title", &contact.title, 50), ("email", &contact.email, 254)];
-    for (field, value, max) in fields {
-        anyhow::ensure!((1..=max).contains(&value.chars().count()), "{field} must be 1 to {max} characters");
-    }
-    anyhow::ensure!(
-        (1..=25).contains(&contact.phone.len())
-            && contact.phone.chars().all(|c| c.is_ascii_digit() || " ()+-".contains(c)),
-        "phone must be 1 to 25 digits, spaces and ( ) + -"
-    );
-    let (local, domain) = contact.email.split_once('@').unwrap_or_default();
-    anyhow::ensure!(!local.is_empty() && domain.contains('.'), "email must look like name@example.com");
-    Ok(())
 }
 
 fn policy_not_found(named: &str) -> StepOutcome {
