@@ -45,7 +45,9 @@ crds-check: build ## Fail when crds/ differs from what `silo crd` prints.
 	@echo "crds/ matches silo crd"
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy with warnings denied, shellcheck on every shell script.
+lint: ## cargo fmt --check, clippy with warnings denied, shellcheck, and the module layers (controller/layers.txt).
+	python3 hack/check-layers.py --self-test
+	python3 hack/check-layers.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	shellcheck .ci/run $$(git ls-files '*.sh')

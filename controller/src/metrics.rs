@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn rare_label_sets_show_before_they_happen() {
-        crate::aws::count_request("organizations", "MoveAccount");
+        METRICS.aws_operation_seen("MoveAccount");
         let text = METRICS.render();
         assert!(text.contains("silo_reconciles_total{controller=\"tenant\",result=\"finalizer\"} 0"), "{text}");
         assert!(text.contains("silo_reconciles_total{controller=\"baseline\",result=\"kube\"} 0"), "{text}");
