@@ -44,6 +44,11 @@ crds-check: build ## Fail when crds/ differs from what `silo crd` prints.
 	@diff -u crds/silo.dev.yaml <($(SILO) crd) || { echo "crds/ is stale: run 'make crds' and commit" >&2; exit 1; }
 	@echo "crds/ matches silo crd"
 
+.PHONY: docs-check
+docs-check: build ## Fail on a broken relative link or anchor in the docs, a runbook_url without its runbook, or an undocumented `silo run` flag.
+	python3 hack/check-docs.py --self-test
+	python3 hack/check-docs.py $(SILO)
+
 .PHONY: lint
 lint: ## cargo fmt --check, clippy with warnings denied, shellcheck, and the module layers (controller/layers.txt).
 	python3 hack/check-layers.py --self-test
@@ -89,7 +94,7 @@ demo-check: build ## Run the demo unattended until every example tenant is Ready
 	$(TESTENV) demo --silo $(SILO) --exit-when-ready --timeout-seconds 300
 
 .PHONY: test
-test: tools lint unit crds-check sim-test e2e-and-image demo-check ## Everything CI runs (`make image` and `make e2e` overlapped).
+test: tools lint unit crds-check docs-check sim-test e2e-and-image demo-check ## Everything CI runs (`make image` and `make e2e` overlapped).
 	@echo "make test: all checks passed"
 
 .PHONY: demo

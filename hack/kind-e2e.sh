@@ -13,7 +13,7 @@
 # What runs where: this project's CI has no Docker daemon and cannot run kind, so CI checks
 # this script with shellcheck, renders and server-side-dry-runs the kind overlay against a
 # real API server, and runs both images (tests/tests/install.rs). This script itself is run
-# by users; see the README ("Install", "What was run where").
+# by users; see docs/install.md ("Install on kind", "What was run where").
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -259,7 +259,7 @@ pub struct TenantStatus {
     pub applied_contacts: BTreeMap<String, String>,
 
     /// How many periodic verifications this tenant has had: each reads one part of the
-    /// account from AWS in turn (tags, policies, each contact), see the README's "Drift".
+    /// account from AWS in turn (tags, policies, each contact), see docs/concepts.md, "Drift".
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub verification_count: u64,
 

@@ -58,7 +58,7 @@ pub struct RunArgs {
     pub max_account_closures_per_day: u32,
 
     /// Look again at a Stalled tenant at least this often, in seconds. Each Stalled reason has
-    /// its own period (10 minutes for most, see the README); this only shortens them.
+    /// its own period (10 minutes for most, see docs/api-reference.md); this only shortens them.
     #[arg(long, env = "SILO_MAX_STALLED_RETRY_SECONDS")]
     pub max_stalled_retry_seconds: Option<u64>,
 

@@ -188,7 +188,7 @@ async fn check_aws(management_role_arn: Option<&str>) -> Vec<String> {
             vec![format!(
                 "cannot assume the management role {role} (--management-role-arn, SILO_MANAGEMENT_ROLE_ARN) \
                  as {identity}: AWS said {}. Its trust policy must allow {identity} to sts:AssumeRole \
-                 (see docs/iam-policy.json and the README, \"Running the controller\")",
+                 (see docs/iam-policy.json and docs/install.md, \"Least privilege\")",
                 ctx.err().message().unwrap_or("AccessDenied")
             )]
         }

@@ -7,7 +7,7 @@
 //! - Against the same objects in a live run: the controller drives Tenants and Baselines into
 //!   every state, and each object is judged as Argo CD would judge it.
 //! - kstatus, what Flux's healthChecks use, on the same objects (tests/kstatus, built by
-//!   `make tools`): the README's Flux notes say what it makes of each state.
+//!   `make tools`): docs/operating.md's Flux notes say what it makes of each state.
 //!
 //! The fixtures are what the live test captures: run it with SILO_CAPTURE_FIXTURES=1
 //! (`SILO_CAPTURE_FIXTURES=1 cargo test -p silo-testenv --test health`) to write them anew,
@@ -39,7 +39,7 @@ enum Kind {
 /// what kstatus (Flux) makes of it.
 const CASES: &[(&str, Kind, &str, &str, &str)] = &[
     // kstatus calls an object without any status Current: Flux may pass a brand-new Tenant
-    // before Silo wrote its first status (see the README, Flux).
+    // before Silo wrote its first status (see docs/operating.md, Flux).
     ("tenant-new", Kind::Tenant, "Progressing", "Waiting for Silo to report status", "Current"),
     ("tenant-reconciling", Kind::Tenant, "Progressing", "CreatingAccount", "InProgress"),
     ("tenant-stalled", Kind::Tenant, "Degraded", "OrganizationalUnitNotFound: ", "Failed"),

@@ -5,7 +5,7 @@
 //!   ServiceAccount's token and the API server's CA where in-cluster config looks), and the
 //!   examples become Ready; the simulator is its image too;
 //! - least privilege, judged from the API server's audit log: no forbidden answer for the
-//!   ServiceAccount, and every rule of the RBAC manifest used or named in the README;
+//!   ServiceAccount, and every rule of the RBAC manifest used or named in docs/install.md;
 //! - what is in the controller image: the binary, the libraries it links, CA certificates;
 //! - every kustomize overlay renders with kubectl's kustomize and passes a server-side dry run;
 //! - the alerts pass `promtool test rules`; the dashboard queries only what `/metrics` has;
@@ -278,19 +278,19 @@ spec: {deletionPolicy: Close, baseline: {name: audited}}",
 
     let rules = rbac_rules();
     let unused: Vec<&RbacUse> = rules.iter().filter(|rule| !events.iter().any(|e| rule.allows(e))).collect();
-    let readme = std::fs::read_to_string(repo_dir().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_dir().join("docs/install.md")).unwrap();
     let unexplained: Vec<String> =
         unused.iter().filter(|rule| !readme.contains(&rule.readme_line())).map(|r| r.readme_line()).collect();
     let used: Vec<String> =
         rules.iter().filter(|rule| events.iter().any(|e| rule.allows(e))).map(|r| r.readme_line()).collect();
     eprintln!("RBAC used in this run:\n{}", used.join("\n"));
     eprintln!(
-        "RBAC not used in this run (explained in the README):\n{}",
+        "RBAC not used in this run (explained in docs/install.md):\n{}",
         unused.iter().map(|r| r.readme_line()).collect::<Vec<_>>().join("\n")
     );
     assert!(
         unexplained.is_empty(),
-        "these RBAC grants were not used in the run and the README does not say why (add a line starting \
+        "these RBAC grants were not used in the run and docs/install.md does not say why (add a line starting \
          with the grant under \"RBAC rules the install test does not use\", or remove the grant):\n{}",
         unexplained.join("\n")
     );
@@ -380,7 +380,7 @@ impl RbacUse {
             && self.namespace.as_ref().is_none_or(|ns| *ns == event.namespace)
     }
 
-    /// How the README names this grant: "- `group/resource` `verb`" (core group: "core").
+    /// How docs/install.md names this grant: "- `group/resource` `verb`" (core group: "core").
     fn readme_line(&self) -> String {
         let group = if self.groups == [""] { "core".to_string() } else { self.groups.join(",") };
         let names = if self.names.is_empty() { String::new() } else { format!(" ({})", self.names.join(",")) };
@@ -619,14 +619,14 @@ fn the_alerts_pass_promtool_check_and_test_rules() {
         String::from_utf8_lossy(&test.stderr)
     );
 
-    // Every alert is tested, and each has a runbook in the README.
+    // Every alert is tested, and each has a runbook (a heading of its own) in docs/runbooks.md.
     let tests = std::fs::read_to_string(dir.join("alerts.test.yaml")).unwrap();
-    let readme = std::fs::read_to_string(repo_dir().join("README.md")).unwrap();
+    let runbooks = std::fs::read_to_string(repo_dir().join("docs/runbooks.md")).unwrap();
     for group in rule["spec"]["groups"].as_array().unwrap() {
         for alert in group["rules"].as_array().unwrap() {
             let name = alert["alert"].as_str().unwrap();
             assert!(tests.contains(&format!("alertname: {name}")), "{name} has no promtool test");
-            assert!(readme.contains(&format!("#### {name}")), "{name} has no runbook in the README");
+            assert!(runbooks.lines().any(|l| l == format!("## {name}")), "{name} has no runbook in docs/runbooks.md");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -149,7 +149,7 @@ impl PolicyDocument {
             .unwrap_or_else(|| panic!("{} has no statement {sid}", self.name))
     }
 
-    /// A copy with the statement `sid` changed by `edit` (for testing a variant the README
+    /// A copy with the statement `sid` changed by `edit` (for testing a variant docs/install.md
     /// describes). The copy is checked against the subset again.
     pub fn with_statement(&self, sid: &str, edit: impl FnOnce(&mut Value)) -> Self {
         let mut raw = self.raw.clone();

@@ -345,7 +345,7 @@ fn the_reclaim_statement_replaces_a_uid_and_nothing_more() {
         ],
     );
 
-    // Narrowed as the README says, to the UIDs being restored.
+    // Narrowed as docs/install.md says, to the UIDs being restored.
     let narrowed = reclaim().with_statement("OnlyWhileRestoringReplaceATenantUid", |statement| {
         statement["Condition"]["StringEquals"] =
             serde_json::json!({"aws:ResourceTag/silo.dev/tenant-uid": [PREVIOUS_UID]});
