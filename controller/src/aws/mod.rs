@@ -14,6 +14,7 @@ pub mod budget;
 pub mod cloudformation;
 pub mod error;
 pub mod organizations;
+pub mod stack_answers;
 pub mod templates;
 pub mod tenant_access;
 

@@ -30,13 +30,54 @@ use k8s_openapi::{apimachinery::pkg::util::intstr::IntOrString, jiff::Timestamp}
 
 use crate::api::{FailedTenant, RolloutSpec, RolloutStatus};
 
-pub const PROGRESSING: &str = "Progressing";
-pub const BAKING: &str = "Baking";
-pub const HALTED: &str = "Halted";
-pub const PAUSED: &str = "Paused";
-pub const PREVIEWING: &str = "Previewing";
-pub const COMPLETE: &str = "Complete";
-/// Every phase, for metrics that show each one.
+/// Where a rollout stands. [`step`] decides it; the status records it by name
+/// (`status.rollout.phase` is a string in the API, so a name Silo does not know yet reads as
+/// no phase at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Admitting tenants (the canary, or a wave), or waiting for those admitted to finish.
+    Progressing,
+    /// The canary or the last wave finished; waiting `bakeSeconds` without a new failure.
+    Baking,
+    /// Failures exceed `failureTolerance`: nobody else is admitted.
+    Halted,
+    /// `paused`: nobody else is admitted.
+    Paused,
+    /// `preview`: the canary shows its changes, nobody is admitted.
+    Previewing,
+    /// Every tenant on a revision was admitted to this one.
+    Complete,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] =
+        [Phase::Progressing, Phase::Baking, Phase::Halted, Phase::Paused, Phase::Previewing, Phase::Complete];
+
+    /// Its name in the status.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Progressing => "Progressing",
+            Phase::Baking => "Baking",
+            Phase::Halted => "Halted",
+            Phase::Paused => "Paused",
+            Phase::Previewing => "Previewing",
+            Phase::Complete => "Complete",
+        }
+    }
+
+    /// The phase a recorded rollout is in; `None` for a name Silo does not know.
+    pub fn of(rollout: &RolloutStatus) -> Option<Self> {
+        Self::ALL.into_iter().find(|phase| phase.as_str() == rollout.phase)
+    }
+}
+
+pub const PROGRESSING: &str = Phase::Progressing.as_str();
+pub const BAKING: &str = Phase::Baking.as_str();
+pub const HALTED: &str = Phase::Halted.as_str();
+pub const PAUSED: &str = Phase::Paused.as_str();
+pub const PREVIEWING: &str = Phase::Previewing.as_str();
+pub const COMPLETE: &str = Phase::Complete.as_str();
+/// Every phase's name, for metrics that show each one.
 pub const PHASES: [&str; 6] = [PROGRESSING, BAKING, HALTED, PAUSED, PREVIEWING, COMPLETE];
 
 /// Default tenants with stack work in flight at once.
@@ -146,6 +187,14 @@ pub struct News {
     pub note: String,
 }
 
+impl Step {
+    /// The step's result, in `phase`: the status records the phase by name.
+    fn at(phase: Phase, mut status: RolloutStatus, admitted: Vec<String>, news: Vec<News>) -> Self {
+        status.phase = phase.as_str().into();
+        Self { status, admitted, news }
+    }
+}
+
 impl News {
     fn new(reason: &'static str, note: String) -> Self {
         Self { reason, note }
@@ -172,12 +221,14 @@ pub fn target(rollout: &RolloutStatus, tenant: &str, admitted: Option<&str>) -> 
 /// Whether `tenant` is a canary of a rollout in preview that has not shown its changes for
 /// the rollout's revision yet. `previewed`: the revision of its last preview. Pure.
 pub fn wants_preview(rollout: &RolloutStatus, tenant: &str, previewed: Option<&str>) -> bool {
-    rollout.phase == PREVIEWING && rollout.canary.iter().any(|c| c == tenant) && previewed != Some(&rollout.revision)
+    Phase::of(rollout) == Some(Phase::Previewing)
+        && rollout.canary.iter().any(|c| c == tenant)
+        && previewed != Some(&rollout.revision)
 }
 
 /// Whether the rollout has admitted `tenant` to its revision (canary, or within the waves).
 pub fn is_admitted(rollout: &RolloutStatus, tenant: &str) -> bool {
-    if rollout.phase == PREVIEWING {
+    if Phase::of(rollout) == Some(Phase::Previewing) {
         return false;
     }
     rollout.canary.iter().any(|c| c == tenant)
@@ -203,23 +254,25 @@ pub fn step(
         // revision are rolled (new tenants get what `target` gives them).
         Some(previous) => RolloutStatus {
             revision: newest.to_string(),
-            previous: if previous.phase == COMPLETE {
+            previous: if Phase::of(previous) == Some(Phase::Complete) {
                 Some(previous.revision.clone())
             } else {
                 previous.previous.clone()
             },
-            phase: PROGRESSING.into(),
+            phase: Phase::Progressing.as_str().into(),
             canary: canary_rule.pick(&tenants.iter().copied().filter(|t| t.admitted.is_some()).collect::<Vec<_>>()),
             ..RolloutStatus::default()
         },
         // The first revision: there is nothing older to stay on.
         None => RolloutStatus {
             revision: newest.to_string(),
-            phase: COMPLETE.into(),
+            phase: Phase::Complete.as_str().into(),
             canary_passed: true,
             ..Default::default()
         },
     };
+    // The phase the rollout is in before this step.
+    let was = Phase::of(&status);
     let started = current.is_none_or(|c| c.revision != newest);
     let revision = status.revision.clone();
     // Where each tenant admitted to the revision stands; one the rollout admitted that has not
@@ -259,13 +312,11 @@ pub fn step(
                 format!("Resuming revision {revision}: failureTolerance raised to {}", settings.failure_tolerance),
             ));
         } else {
-            status.phase = HALTED.into();
-            return Step { status, admitted: vec![], news };
+            return Step::at(Phase::Halted, status, vec![], news);
         }
     }
     if failed.len() > settings.failure_tolerance {
         status.halted_at_tolerance = Some(u32::try_from(settings.failure_tolerance).unwrap_or(u32::MAX));
-        status.phase = HALTED.into();
         status.bake_until = None;
         let names: Vec<&str> = failed.iter().map(|f| f.name.as_str()).collect();
         news.push(News::new(
@@ -277,16 +328,15 @@ pub fn step(
                 settings.failure_tolerance
             ),
         ));
-        return Step { status, admitted: vec![], news };
+        return Step::at(Phase::Halted, status, vec![], news);
     }
     let mut admitted = vec![];
     if !status.canary_passed {
         if settings.preview {
-            status.phase = PREVIEWING.into();
-            return Step { status, admitted, news };
+            return Step::at(Phase::Previewing, status, admitted, news);
         }
         // The canary is admitted as the rollout starts (or leaves a preview).
-        if started || current.is_some_and(|c| c.phase == PREVIEWING) {
+        if started || current.and_then(Phase::of) == Some(Phase::Previewing) {
             admitted = status.canary.clone();
         }
         let canary_done = status.canary.iter().all(|name| {
@@ -294,18 +344,16 @@ pub fn step(
                 || !tenants.iter().any(|t| &t.name == name)
         });
         if !canary_done {
-            status.phase = PROGRESSING.into();
-            return Step { status, admitted, news };
+            return Step::at(Phase::Progressing, status, admitted, news);
         }
         if !baked(&mut status, settings, now) {
-            return Step { status, admitted, news };
+            return Step::at(Phase::Baking, status, admitted, news);
         }
         status.canary_passed = true;
         news.push(News::new("CanaryPassed", format!("The canary of revision {revision} passed")));
     }
     if settings.paused {
-        status.phase = PAUSED.into();
-        return Step { status, admitted, news };
+        return Step::at(Phase::Paused, status, admitted, news);
     }
     // Waves: the next one only when the last one is done and has baked.
     let waiting: Vec<&&TenantView> = tenants
@@ -314,35 +362,32 @@ pub fn step(
         .filter(|t| !is_admitted(&status, &t.name))
         .collect();
     if in_flight > 0 {
-        status.phase = PROGRESSING.into();
-        return Step { status, admitted, news };
+        return Step::at(Phase::Progressing, status, admitted, news);
     }
     if waiting.is_empty() {
-        if status.phase != COMPLETE {
+        if was != Some(Phase::Complete) {
             news.push(News::new("RolloutComplete", format!("Revision {revision} is complete")));
         }
-        status.phase = COMPLETE.into();
         status.bake_until = None;
-        return Step { status, admitted, news };
+        return Step::at(Phase::Complete, status, admitted, news);
     }
     if status.wave > 0 && !baked(&mut status, settings, now) {
-        return Step { status, admitted, news };
+        return Step::at(Phase::Baking, status, admitted, news);
     }
     let wave: Vec<String> = waiting.iter().take(settings.max_concurrent).map(|t| t.name.clone()).collect();
     status.admitted_through = wave.last().cloned().or(status.admitted_through);
     status.wave += 1;
     status.bake_until = None;
-    status.phase = PROGRESSING.into();
     news.push(News::new(
         "WaveAdmitted",
         format!("Wave {} of revision {revision}: {} tenants", status.wave, wave.len()),
     ));
     admitted.extend(wave);
-    Step { status, admitted, news }
+    Step::at(Phase::Progressing, status, admitted, news)
 }
 
 /// Bakes: true once `bake` has passed since the work in flight ended (starting the bake now
-/// if it had not started).
+/// if it had not started); while false, the rollout is [`Phase::Baking`].
 fn baked(status: &mut RolloutStatus, settings: &Settings, now: Timestamp) -> bool {
     if settings.bake.is_zero() {
         return true;
@@ -359,7 +404,6 @@ fn baked(status: &mut RolloutStatus, settings: &Settings, now: Timestamp) -> boo
         status.bake_until = None;
         return true;
     }
-    status.phase = BAKING.into();
     false
 }
 
@@ -433,6 +477,18 @@ mod tests {
         for t in fleet.iter_mut().filter(|t| t.state == State::InFlight) {
             t.state = State::Current;
         }
+    }
+
+    #[test]
+    fn phases_are_recorded_by_name_and_read_back() {
+        for phase in Phase::ALL {
+            let recorded = RolloutStatus { phase: phase.as_str().into(), ..Default::default() };
+            assert_eq!(Phase::of(&recorded), Some(phase));
+        }
+        assert_eq!(PHASES, Phase::ALL.map(Phase::as_str), "the metrics show every phase");
+        let unknown = RolloutStatus { phase: "Rolling".into(), canary: vec!["t00".into()], ..Default::default() };
+        assert_eq!(Phase::of(&unknown), None);
+        assert!(is_admitted(&unknown, "t00"), "an unknown phase is no preview");
     }
 
     #[test]

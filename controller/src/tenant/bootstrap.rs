@@ -6,9 +6,17 @@
 //! out the pure [`next_action`]. Nothing is applied when the Baseline is missing or a
 //! parameter is not declared by the template. While converging, a tenant whose stacks are
 //! recorded at the desired revision is not looked at again until its next verification.
+//!
+//! ## Shape
+//! Observe, decide, act, as in the closure: `decide` (pure, table-tested) reads the facts
+//! gathered so far and names either the one call whose answer it needs next (read the
+//! external id, open the session, preview, converge a region) or the step's outcome; `run`
+//! makes that call and asks again. AWS's refusals reach the step as typed answers
+//! ([`crate::aws::stack_answers`]), never as error codes.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use aws_credential_types::Credentials;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
 
@@ -22,7 +30,7 @@ use crate::{
     aws::{
         AwsError, AwsErrorKind, Priority, SessionKey,
         cloudformation::{Stack, StackSpec, Stacks, Update},
-        tenant_access::is_access_denied,
+        stack_answers::{RegionFailure, SessionRefusal, StackRefusal, region_failure, session_refusal, stack_refusal},
     },
     baseline::{
         self, Deployed, UndeclaredParameters, revisions, rollout,
@@ -52,6 +60,7 @@ pub struct BaselineStep<'a> {
 
 /// What the baseline step works towards in one reconcile: the revision the tenant runs (the
 /// one the rollout admits it to) and what that revision deploys for it.
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Target {
     /// The Baseline revision.
     admitted: String,
@@ -62,9 +71,215 @@ struct Target {
     regions: Vec<String>,
 }
 
-/// Why the step has no target yet.
-enum NoTarget {
-    Outcome(StepOutcome),
+/// The external id the Baseline names, as its Secret holds it.
+#[derive(Clone, Debug, PartialEq)]
+enum ExternalId {
+    Value(String),
+    /// The Secret, or its key, is not there.
+    Missing,
+}
+
+/// The session in the tenant account, or why there is none.
+#[derive(Clone, Debug)]
+enum Session {
+    Open {
+        key: SessionKey,
+        credentials: Credentials,
+    },
+    /// The role refused Silo: AWS's words, and how long `BaselineReady` has been False.
+    RoleRefused {
+        message: String,
+        not_ready_for: Duration,
+    },
+}
+
+/// How converging one region went.
+#[derive(Clone, Debug)]
+enum RegionAnswer {
+    Converged(StepOutcome),
+    /// The region is not enabled in the account.
+    NotEnabled,
+    /// The session went stale: this is AWS's error.
+    StaleSession(AwsError),
+}
+
+/// What the baseline step knows in one reconcile. The first fields come from the watch
+/// caches and the status, before any call; each answer after them is `None` (or empty) until
+/// [`decide`] asks for it, and it asks only when the answers before it do not settle the step.
+#[derive(Clone, Debug)]
+struct BaselineFacts {
+    account_id: String,
+    /// `spec.baseline.name`; `None`: no baseline requested.
+    wanted: Option<String>,
+    /// The Baseline, from the watch cache.
+    baseline: Option<Arc<Baseline>>,
+    /// Its rollout, as this process last decided it, else as its status records it.
+    rollout: Option<RolloutStatus>,
+    /// What to run, or why there is nothing to run yet; `None` while the Baseline has no
+    /// rollout recorded.
+    target: Option<Result<Target, StepOutcome>>,
+    /// The step's outcome recorded earlier, when the stacks are recorded at the target and
+    /// trusted until the next verification (see [`BaselineStep::already_applied`]).
+    applied: Option<StepOutcome>,
+    /// This tenant owes the rollout a preview.
+    previewing: bool,
+    /// Where the external-id Secrets live, for the message when one is missing.
+    external_id_namespace: String,
+    /// `--role-patience-seconds`.
+    role_patience: Duration,
+
+    /// [`Call::ReadExternalId`].
+    external_id: Option<ExternalId>,
+    /// [`Call::OpenSession`].
+    session: Option<Session>,
+    /// [`Call::Preview`] was made.
+    previewed: bool,
+    /// [`Call::Converge`], one answer per region, in the target's order.
+    regions: Vec<RegionAnswer>,
+}
+
+/// The one call [`decide`] needs made before it can say more; its answer joins the facts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    /// Read the external id from its Secret.
+    ReadExternalId,
+    /// Record the admission to the target revision, then assume the Baseline's role.
+    OpenSession,
+    /// Preview the rollout's revision: a change set per region, never executed.
+    Preview,
+    /// Observe the stack of the target's region at this index, decide ([`next_action`]), act.
+    Converge(usize),
+}
+
+/// What [`decide`] says of the facts so far.
+#[derive(Clone, Debug)]
+enum BaselineDecision {
+    Next(Call),
+    /// No baseline requested: forget the one recorded; the step is done.
+    NoBaseline(StepOutcome),
+    /// The step's outcome in this reconcile.
+    Report(StepOutcome),
+    /// The session went stale (or the role changed): make a new one and retry soon, as this
+    /// error made transient.
+    RenewSession(AwsError),
+}
+
+/// Decides the baseline step from the facts so far: the next call, or how the step ends in
+/// this reconcile. Pure. Dereference and validate come first, so nothing is applied unless
+/// everything is in order.
+fn decide(facts: &BaselineFacts) -> BaselineDecision {
+    use BaselineDecision::{Next, Report};
+    let Some(wanted) = &facts.wanted else {
+        return BaselineDecision::NoBaseline(StepOutcome::done("NoBaseline", "No baseline requested"));
+    };
+    let Some(baseline) = &facts.baseline else {
+        return Report(StepOutcome::stalled(
+            "BaselineNotFound",
+            format!("Baseline {wanted:?} does not exist: create it or fix spec.baseline.name"),
+            RECHECK_STALLED,
+        ));
+    };
+    let target = match &facts.target {
+        None => {
+            return Report(StepOutcome::wait(
+                "WaitingForRevision",
+                format!("Baseline {wanted:?} has no revision recorded yet"),
+                Duration::from_secs(5),
+            ));
+        }
+        Some(Err(no_target)) => return Report(no_target.clone()),
+        Some(Ok(target)) => target,
+    };
+    if !facts.previewing
+        && let Some(done) = &facts.applied
+    {
+        return Report(done.clone());
+    }
+    if let Some(reference) = &baseline.spec.external_id {
+        match &facts.external_id {
+            None => return Next(Call::ReadExternalId),
+            Some(ExternalId::Missing) => {
+                return Report(StepOutcome::stalled(
+                    "ExternalIdNotFound",
+                    format!(
+                        "Secret {}/{} has no key {:?} with the external id of Baseline {wanted:?}",
+                        facts.external_id_namespace, reference.name, reference.key
+                    ),
+                    RECHECK_STALLED,
+                ));
+            }
+            Some(ExternalId::Value(_)) => {}
+        }
+    }
+    match &facts.session {
+        None => return Next(Call::OpenSession),
+        Some(Session::RoleRefused { message, not_ready_for }) => {
+            let role = &baseline.spec.role_name;
+            return Report(role_refused(role, &facts.account_id, message, *not_ready_for, facts.role_patience));
+        }
+        Some(Session::Open { .. }) => {}
+    }
+    if facts.previewing && !facts.previewed {
+        return Next(Call::Preview);
+    }
+    let mut outcomes = vec![];
+    for (region, answer) in target.regions.iter().zip(&facts.regions) {
+        outcomes.push(match answer {
+            RegionAnswer::Converged(outcome) => outcome.clone(),
+            RegionAnswer::NotEnabled => StepOutcome::wait(
+                "RegionNotEnabled",
+                format!("Region {region} is not enabled in account {}; retrying", facts.account_id),
+                Duration::from_secs(300),
+            ),
+            RegionAnswer::StaleSession(err) => return BaselineDecision::RenewSession(err.clone()),
+        });
+    }
+    if facts.regions.len() < target.regions.len() {
+        return Next(Call::Converge(facts.regions.len()));
+    }
+    Report(summarize(outcomes, wanted, target))
+}
+
+/// The first region not done speaks for the step, with the soonest time to look again. Pure.
+fn summarize(outcomes: Vec<StepOutcome>, wanted: &str, target: &Target) -> StepOutcome {
+    let soonest = outcomes.iter().filter_map(StepOutcome::look_again).min();
+    match outcomes.into_iter().find(|o| !o.is_done()) {
+        Some(StepOutcome::Wait { reason, message, .. }) => {
+            StepOutcome::Wait { reason, message, after: soonest.unwrap_or(POLL) }
+        }
+        Some(StepOutcome::Stalled { reason, message, .. }) => {
+            StepOutcome::Stalled { reason, message, retry_after: soonest.unwrap_or(RECHECK_STALLED) }
+        }
+        Some(done @ StepOutcome::Done { .. }) => done,
+        None => StepOutcome::done(
+            "BaselineApplied",
+            format!("Baseline {wanted:?} revision {} runs in {}", target.admitted, target.regions.join(", ")),
+        ),
+    }
+}
+
+/// The role cannot be assumed: a brand-new account's role takes a while (`WaitingForRole`),
+/// but after `--role-patience-seconds` of `BaselineReady` being False it is a person's problem
+/// (`RoleNotAssumable`), still tried every five minutes. Pure.
+fn role_refused(role: &str, account_id: &str, message: &str, waited: Duration, patience: Duration) -> StepOutcome {
+    if waited > patience {
+        return StepOutcome::stalled(
+            "RoleNotAssumable",
+            format!(
+                "Role {role} in account {account_id} could not be assumed for {} minutes: {message}; check the \
+                 Baseline's roleName, the role's trust policy (it must trust Silo's identity, and allow \
+                 sts:TagSession unless Silo runs with --session-tags=false) and the external id; Silo tries again \
+                 every 5 minutes",
+                waited.as_secs() / 60,
+            ),
+            Duration::from_secs(300),
+        );
+    }
+    StepOutcome::wait(
+        "WaitingForRole",
+        format!("Role {role} in account {account_id} cannot be assumed yet (new accounts take a while): {message}"),
+        ROLE_RETRY,
+    )
 }
 
 impl BaselineStep<'_> {
@@ -79,7 +294,7 @@ impl BaselineStep<'_> {
     }
 
     /// The revision this tenant should run and its content; no AWS call.
-    fn target(&self, rollout: &RolloutStatus, account_id: &str) -> Result<Target, NoTarget> {
+    fn target(&self, rollout: &RolloutStatus, account_id: &str) -> Result<Target, StepOutcome> {
         let (tenant, ctx) = (self.tenant, self.ctx);
         let wanted = tenant.spec.baseline.as_ref().expect("the step has a baseline");
         let admitted_before = admitted(tenant, &wanted.name);
@@ -87,24 +302,24 @@ impl BaselineStep<'_> {
         if admitted_before.is_none() && rollout.revision != baseline_revision_pending(ctx, &wanted.name) {
             // The Baseline changed and its controller has not recorded the new revision yet:
             // a new tenant waits for it rather than start on one about to be superseded.
-            return Err(NoTarget::Outcome(StepOutcome::wait(
+            return Err(StepOutcome::wait(
                 "WaitingForRevision",
                 format!("Baseline {:?} changed; waiting for its new revision to be recorded", wanted.name),
                 Duration::from_secs(2),
-            )));
+            ));
         }
         let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &admitted) else {
-            return Err(NoTarget::Outcome(StepOutcome::wait(
+            return Err(StepOutcome::wait(
                 "WaitingForRevision",
                 format!("Revision {admitted} of Baseline {:?} is not recorded yet", wanted.name),
                 Duration::from_secs(5),
-            )));
+            ));
         };
         let parameters =
             match baseline::resolve_parameters(&deployed, &wanted.parameters, &tenant.name_any(), account_id) {
                 Ok(parameters) => parameters,
                 Err(UndeclaredParameters(names)) => {
-                    return Err(NoTarget::Outcome(StepOutcome::stalled(
+                    return Err(StepOutcome::stalled(
                         "UndeclaredParameter",
                         format!(
                             "The template of Baseline {:?} (revision {admitted}) declares no parameter {}: fix the \
@@ -113,7 +328,7 @@ impl BaselineStep<'_> {
                             names.join(", ")
                         ),
                         RECHECK_STALLED,
-                    )));
+                    ));
                 }
             };
         let revision = baseline::tenant_revision(&admitted, &parameters);
@@ -121,63 +336,149 @@ impl BaselineStep<'_> {
         Ok(Target { admitted, deployed, parameters, revision, regions })
     }
 
-    /// Runs the baseline step; the account is placed, so its id is recorded.
-    pub async fn run(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+    /// What the step knows before any call: the spec, the status, the watch caches and the
+    /// controller's flags.
+    fn observe(&self, account_id: String) -> BaselineFacts {
         let (tenant, ctx) = (self.tenant, self.ctx);
-        let Some(wanted) = tenant.spec.baseline.clone() else {
-            progress.status.baseline = None;
-            return Ok(StepOutcome::done("NoBaseline", "No baseline requested"));
+        let wanted = tenant.spec.baseline.as_ref().map(|b| b.name.clone());
+        let baseline = wanted.as_ref().and_then(|name| ctx.baselines.get(&ObjectRef::new(name)));
+        let rollout = baseline.as_ref().and_then(|b| rollout_of(ctx, b));
+        let target = rollout.as_ref().map(|rollout| self.target(rollout, &account_id));
+        let applied = match (&wanted, &target) {
+            (Some(name), Some(Ok(target))) => self.already_applied(name, &target.revision, &target.regions),
+            _ => None,
         };
-        let account_id = progress.status.account_id.clone().unwrap_or_default();
-
-        // Dereference and validate: nothing is applied unless everything is in order.
-        let Some(baseline) = ctx.baselines.get(&ObjectRef::new(&wanted.name)) else {
-            return Ok(StepOutcome::stalled(
-                "BaselineNotFound",
-                format!("Baseline {:?} does not exist: create it or fix spec.baseline.name", wanted.name),
-                RECHECK_STALLED,
-            ));
-        };
-        let Some(rollout) = rollout_of(ctx, &baseline) else {
-            return Ok(StepOutcome::wait(
-                "WaitingForRevision",
-                format!("Baseline {:?} has no revision recorded yet", wanted.name),
-                Duration::from_secs(5),
-            ));
-        };
-        let target = match self.target(&rollout, &account_id) {
-            Ok(target) => target,
-            Err(NoTarget::Outcome(outcome)) => return Ok(outcome),
-        };
-        let admitted_before = admitted(tenant, &wanted.name);
-        let rolled = admitted_before.as_ref().is_some_and(|a| a != &target.admitted);
-        let previewing = wants_preview(tenant, &rollout);
-        if !previewing && let Some(done) = self.already_applied(&wanted.name, &target.revision, &target.regions) {
-            return Ok(done);
+        BaselineFacts {
+            account_id,
+            previewing: rollout.as_ref().is_some_and(|rollout| wants_preview(tenant, rollout)),
+            wanted,
+            baseline,
+            rollout,
+            target,
+            applied,
+            external_id_namespace: ctx.settings.external_id_namespace.clone(),
+            role_patience: ctx.settings.role_patience,
+            external_id: None,
+            session: None,
+            previewed: false,
+            regions: vec![],
         }
-        let external_id = match &baseline.spec.external_id {
-            None => None,
-            Some(reference) => match read_secret(ctx, &reference.name, &reference.key).await? {
-                Some(value) => Some(value),
-                None => {
-                    return Ok(StepOutcome::stalled(
-                        "ExternalIdNotFound",
-                        format!(
-                            "Secret {}/{} has no key {:?} with the external id of Baseline {:?}",
-                            ctx.settings.external_id_namespace, reference.name, reference.key, wanted.name
-                        ),
-                        RECHECK_STALLED,
-                    ));
-                }
-            },
-        };
+    }
 
-        // The admission is recorded before any stack call, and a new revision starts with a
-        // clean slate of attempts.
-        let previous = progress.status.baseline.take().filter(|b| b.name == wanted.name);
+    /// Runs the baseline step; the account is placed, so its id is recorded. Observe, decide,
+    /// act: makes the calls `decide` asks for, one at a time, until it says how the step ends.
+    pub async fn run(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
+        let mut facts = self.observe(progress.status.account_id.clone().unwrap_or_default());
+        loop {
+            match decide(&facts) {
+                BaselineDecision::Next(call) => self.learn(call, &mut facts, progress, writer).await?,
+                BaselineDecision::NoBaseline(outcome) => {
+                    progress.status.baseline = None;
+                    return Ok(outcome);
+                }
+                BaselineDecision::Report(outcome) => return Ok(outcome),
+                BaselineDecision::RenewSession(err) => {
+                    if let Some(Session::Open { key, .. }) = &facts.session {
+                        self.ctx.aws.tenants.forget(key).await;
+                    }
+                    return Err(Error::Aws(AwsError { kind: AwsErrorKind::Transient, ..err }));
+                }
+            }
+        }
+    }
+
+    /// Makes one call and records its answer.
+    async fn learn(
+        &self,
+        call: Call,
+        facts: &mut BaselineFacts,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<(), Error> {
+        let (tenant, ctx) = (self.tenant, self.ctx);
+        let baseline = facts.baseline.clone().expect("decide calls out only once the Baseline is found");
+        let Some(Ok(target)) = &facts.target else { unreachable!("decide calls out only once there is a target") };
+        let wanted = &baseline.name_any();
+        let rolled = admitted(tenant, wanted).is_some_and(|before| before != target.admitted);
+        let priority = self.priority(rolled);
+        let account_id = &facts.account_id;
+        match call {
+            Call::ReadExternalId => {
+                let reference = baseline.spec.external_id.as_ref().expect("decide reads a named external id");
+                facts.external_id = Some(match read_secret(ctx, &reference.name, &reference.key).await? {
+                    Some(value) => ExternalId::Value(value),
+                    None => ExternalId::Missing,
+                });
+            }
+            Call::OpenSession => {
+                self.admit(wanted, target, progress, writer).await?;
+                let external_id = match &facts.external_id {
+                    Some(ExternalId::Value(value)) => Some(value.clone()),
+                    _ => None,
+                };
+                let key = SessionKey {
+                    tenant_uid: tenant.uid().unwrap_or_default(),
+                    account_id: account_id.clone(),
+                    role_name: baseline.spec.role_name.clone(),
+                    external_id,
+                    session_policy: baseline.spec.session_policy.clone(),
+                };
+                facts.session = Some(match ctx.aws.tenants.credentials(&key, &tenant.name_any(), priority).await {
+                    Ok(credentials) => Session::Open { key, credentials },
+                    Err(err) => match session_refusal(&err) {
+                        SessionRefusal::RoleRefused => {
+                            Session::RoleRefused { message: err.message, not_ready_for: self.not_ready_for() }
+                        }
+                        SessionRefusal::Other => return Err(err.into()),
+                    },
+                });
+            }
+            Call::Preview => {
+                let Some(Session::Open { credentials, .. }) = &facts.session else {
+                    unreachable!("decide previews once the session is open")
+                };
+                let rollout = facts.rollout.as_ref().expect("a target comes from a rollout");
+                let preview = self.preview(rollout, account_id, credentials, priority).await?;
+                if let Some(state) = progress.status.baseline.as_mut() {
+                    state.preview = Some(preview);
+                }
+                facts.previewed = true;
+            }
+            Call::Converge(index) => {
+                let Some(Session::Open { credentials, .. }) = &facts.session else {
+                    unreachable!("decide converges once the session is open")
+                };
+                let spec = stack_spec(&baseline, target, tenant);
+                let stacks = ctx.aws.stacks(account_id, credentials.clone(), &target.regions[index], priority);
+                let region = Region { stacks: &stacks, spec: &spec, revision: &target.revision, index };
+                let answer = match region.converge(progress, writer).await {
+                    Ok(outcome) => RegionAnswer::Converged(outcome),
+                    Err(Error::Aws(err)) => match region_failure(&err) {
+                        RegionFailure::NotEnabled => RegionAnswer::NotEnabled,
+                        RegionFailure::StaleSession => RegionAnswer::StaleSession(err),
+                        RegionFailure::Other => return Err(Error::Aws(err)),
+                    },
+                    Err(err) => return Err(err),
+                };
+                facts.regions.push(answer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the admission to the target revision before any stack call; a new revision
+    /// starts with a clean slate of attempts.
+    async fn admit(
+        &self,
+        wanted: &str,
+        target: &Target,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<(), Error> {
+        let previous = progress.status.baseline.take().filter(|b| b.name == wanted);
         let remembered = previous.clone().filter(|b| b.revision == target.revision);
         let mut state = TenantBaselineStatus {
-            name: wanted.name.clone(),
+            name: wanted.to_string(),
             admitted_revision: Some(target.admitted.clone()),
             revision: target.revision.clone(),
             stacks: vec![],
@@ -188,75 +489,23 @@ impl BaselineStep<'_> {
             state.stacks.push(StackReport { region: region.clone(), ..known.unwrap_or_default() });
         }
         progress.status.baseline = Some(state);
-        if admitted_before.as_deref() != Some(target.admitted.as_str()) {
+        if admitted(self.tenant, wanted).as_deref() != Some(target.admitted.as_str()) {
             writer.save_intent(progress, "admission to a Baseline revision").await?;
         }
+        Ok(())
+    }
 
-        let key = SessionKey {
-            tenant_uid: tenant.uid().unwrap_or_default(),
-            account_id: account_id.clone(),
-            role_name: baseline.spec.role_name.clone(),
-            external_id,
-            session_policy: baseline.spec.session_policy.clone(),
-        };
-        let priority = self.priority(rolled);
-        let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), priority).await {
-            Ok(credentials) => credentials,
-            Err(err) if is_access_denied(&err) => {
-                return Ok(self.role_refused(&baseline.spec.role_name, &account_id, &err));
-            }
-            Err(err) => return Err(err.into()),
-        };
-        if previewing {
-            let preview = self.preview(&rollout, &account_id, &credentials, priority).await?;
-            if let Some(state) = progress.status.baseline.as_mut() {
-                state.preview = Some(preview);
-            }
-        }
-
-        let spec = stack_spec(&baseline, &target, tenant);
-        let mut outcomes = vec![];
-        for (index, region) in target.regions.iter().enumerate() {
-            let stacks = ctx.aws.stacks(&account_id, credentials.clone(), region, priority);
-            let region = Region { stacks: &stacks, spec: &spec, revision: &target.revision, index };
-            match region.converge(progress, writer).await {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(Error::Aws(err)) if err.has_code("OptInRequired") => {
-                    outcomes.push(StepOutcome::wait(
-                        "RegionNotEnabled",
-                        format!("Region {} is not enabled in account {account_id}; retrying", region.name(progress)),
-                        Duration::from_secs(300),
-                    ));
-                }
-                Err(Error::Aws(err)) if is_access_denied(&err) || err.has_code("InvalidClientTokenId") => {
-                    // The session went stale (or the role changed): make a new one and retry soon.
-                    ctx.aws.tenants.forget(&key).await;
-                    return Err(Error::Aws(AwsError { kind: AwsErrorKind::Transient, ..err }));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-
-        // The first region not done speaks for the step, with the soonest time to look again.
-        let soonest = outcomes.iter().filter_map(StepOutcome::look_again).min();
-        Ok(match outcomes.into_iter().find(|o| !o.is_done()) {
-            Some(StepOutcome::Wait { reason, message, .. }) => {
-                StepOutcome::Wait { reason, message, after: soonest.unwrap_or(POLL) }
-            }
-            Some(StepOutcome::Stalled { reason, message, .. }) => {
-                StepOutcome::Stalled { reason, message, retry_after: soonest.unwrap_or(RECHECK_STALLED) }
-            }
-            Some(done @ StepOutcome::Done { .. }) => done,
-            None => StepOutcome::done(
-                "BaselineApplied",
-                format!(
-                    "Baseline {:?} revision {} runs in {}",
-                    wanted.name,
-                    target.admitted,
-                    target.regions.join(", ")
-                ),
-            ),
-        })
+    /// How long `BaselineReady` has been False (zero when it is not).
+    fn not_ready_for(&self) -> Duration {
+        let not_ready_since =
+            self.tenant.status.as_ref().and_then(|s| {
+                conditions::find(&s.conditions, conditions::BASELINE_READY).filter(|c| c.status == "False")
+            });
+        not_ready_since
+            .and_then(|c| {
+                Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(c.last_transition_time.0)).ok()
+            })
+            .unwrap_or_default()
     }
 
     /// A preview of the rollout's revision for a canary tenant: a change set per region,
@@ -291,42 +540,6 @@ impl BaselineStep<'_> {
         }
         changes.sort();
         Ok(TenantPreview { revision: rollout.revision.clone(), changes })
-    }
-
-    /// The role cannot be assumed: a brand-new account's role takes a while (`WaitingForRole`),
-    /// but after `--role-patience-seconds` of `BaselineReady` being False it is a person's problem
-    /// (`RoleNotAssumable`), still tried every five minutes.
-    fn role_refused(&self, role: &str, account_id: &str, err: &AwsError) -> StepOutcome {
-        let not_ready_since =
-            self.tenant.status.as_ref().and_then(|s| {
-                conditions::find(&s.conditions, conditions::BASELINE_READY).filter(|c| c.status == "False")
-            });
-        let waited = not_ready_since
-            .and_then(|c| {
-                Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(c.last_transition_time.0)).ok()
-            })
-            .unwrap_or_default();
-        if waited > self.ctx.settings.role_patience {
-            return StepOutcome::stalled(
-                "RoleNotAssumable",
-                format!(
-                    "Role {role} in account {account_id} could not be assumed for {} minutes: {}; check the Baseline's \
-                     roleName, the role's trust policy (it must trust Silo's identity, and allow sts:TagSession unless \
-                     Silo runs with --session-tags=false) and the external id; Silo tries again every 5 minutes",
-                    waited.as_secs() / 60,
-                    err.message
-                ),
-                Duration::from_secs(300),
-            );
-        }
-        StepOutcome::wait(
-            "WaitingForRole",
-            format!(
-                "Role {role} in account {account_id} cannot be assumed yet (new accounts take a while): {}",
-                err.message
-            ),
-            ROLE_RETRY,
-        )
     }
 
     /// While converging, stacks recorded at the desired revision, with `BaselineReady` True,
@@ -465,7 +678,7 @@ impl Region<'_> {
                         report.stack_status = Some("CREATE_IN_PROGRESS".into());
                         StepOutcome::wait("CreatingStack", in_region(format!("Creating stack {}", spec.name)), POLL)
                     }
-                    Err(err) if err.kind == AwsErrorKind::Terminal => refused(&err, &in_region),
+                    Err(err) if stack_refusal(&err) == StackRefusal::Rejected => refused(&err, &in_region),
                     Err(err) => return Err(err.into()),
                 }
             }
@@ -481,7 +694,7 @@ impl Region<'_> {
                     Ok(Update::NothingToDo) => {
                         StepOutcome::wait("UpdatingStack", in_region("The stack already matches".into()), POLL)
                     }
-                    Err(err) if err.kind == AwsErrorKind::Terminal => refused(&err, &in_region),
+                    Err(err) if stack_refusal(&err) == StackRefusal::Rejected => refused(&err, &in_region),
                     Err(err) => return Err(err.into()),
                 }
             }
@@ -509,7 +722,7 @@ impl Region<'_> {
                 let changed_at = stack.as_ref().map_or(0, |s| s.changed_at);
                 let token = request_token("continue-rollback", revision, changed_at);
                 match stacks.continue_rollback(spec.name, &token).await {
-                    Err(err) if err.kind == AwsErrorKind::Terminal => return Ok(refused(&err, &in_region)),
+                    Err(err) if stack_refusal(&err) == StackRefusal::Rejected => return Ok(refused(&err, &in_region)),
                     other => other?,
                 }
                 let message = in_region(format!("Continuing the rollback of stack {}", spec.name));
@@ -594,7 +807,7 @@ pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<Step
     };
     let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), Priority::User).await {
         Ok(credentials) => credentials,
-        Err(err) if is_access_denied(&err) => {
+        Err(err) if session_refusal(&err) == SessionRefusal::RoleRefused => {
             return Ok(Some(StepOutcome::stalled(
                 "BaselineDeletionBlocked",
                 format!(
@@ -626,4 +839,208 @@ pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<Step
         format!("Deleting the baseline stacks in {} before the account is closed", remaining.join(", ")),
         POLL,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BaselineSpec, SecretKeyRef};
+
+    const ACCOUNT: &str = "111111111111";
+
+    fn baseline(external_id: bool) -> Arc<Baseline> {
+        let external_id = external_id.then(|| SecretKeyRef { name: "ids".into(), key: "acme".into() });
+        Arc::new(Baseline::new(
+            "web",
+            BaselineSpec { role_name: "SiloBootstrap".into(), external_id, ..Default::default() },
+        ))
+    }
+
+    /// A tenant whose Baseline `web` targets revision r2 in two regions; no call made yet.
+    fn facts() -> BaselineFacts {
+        BaselineFacts {
+            account_id: ACCOUNT.into(),
+            wanted: Some("web".into()),
+            baseline: Some(baseline(false)),
+            rollout: Some(RolloutStatus { revision: "r2".into(), ..Default::default() }),
+            target: Some(Ok(Target {
+                admitted: "r2".into(),
+                revision: "r2-acme".into(),
+                regions: vec!["eu-west-1".into(), "us-east-1".into()],
+                ..Default::default()
+            })),
+            applied: None,
+            previewing: false,
+            external_id_namespace: "silo-system".into(),
+            role_patience: Duration::from_secs(900),
+            external_id: None,
+            session: None,
+            previewed: false,
+            regions: vec![],
+        }
+    }
+
+    fn open() -> Option<Session> {
+        let key = SessionKey {
+            tenant_uid: "uid-1".into(),
+            account_id: ACCOUNT.into(),
+            role_name: "SiloBootstrap".into(),
+            external_id: None,
+            session_policy: None,
+        };
+        Some(Session::Open { key, credentials: Credentials::new("id", "secret", None, None, "test") })
+    }
+
+    fn refused(minutes: u64) -> Option<Session> {
+        Some(Session::RoleRefused {
+            message: "not authorized".into(),
+            not_ready_for: Duration::from_secs(minutes * 60),
+        })
+    }
+
+    fn converged(outcome: StepOutcome) -> RegionAnswer {
+        RegionAnswer::Converged(outcome)
+    }
+
+    fn ready() -> RegionAnswer {
+        converged(StepOutcome::done("StackReady", "Stack silo-baseline is at revision r2-acme"))
+    }
+
+    /// A decision in a few words: the call, or the outcome's kind, reason and time to look again.
+    fn summary(decision: &BaselineDecision) -> String {
+        let outcome = |o: &StepOutcome| {
+            let kind = match o {
+                StepOutcome::Done { .. } => "done",
+                StepOutcome::Wait { .. } => "wait",
+                StepOutcome::Stalled { .. } => "stalled",
+            };
+            let after = o.look_again().map(|d| format!(" {}s", d.as_secs())).unwrap_or_default();
+            format!("{kind} {}{after}", o.reason())
+        };
+        match decision {
+            BaselineDecision::Next(call) => format!("call {call:?}"),
+            BaselineDecision::NoBaseline(o) => format!("forget, {}", outcome(o)),
+            BaselineDecision::Report(o) => outcome(o),
+            BaselineDecision::RenewSession(err) => format!("renew the session ({})", err.code.as_deref().unwrap_or("")),
+        }
+    }
+
+    #[test]
+    fn each_baseline_step_is_decided_from_the_facts_in_order() {
+        let with = |change: &dyn Fn(&mut BaselineFacts)| {
+            let mut f = facts();
+            change(&mut f);
+            f
+        };
+        let stale = AwsError {
+            operation: "DescribeStacks",
+            kind: AwsErrorKind::Terminal,
+            code: Some("ExpiredToken".into()),
+            message: String::new(),
+        };
+        let recorded = StepOutcome::recorded_done("BaselineApplied", "Baseline \"web\" revision r2 runs in eu-west-1");
+        let table: Vec<(&str, BaselineFacts, &str)> = vec![
+            ("no baseline requested", with(&|f| f.wanted = None), "forget, done NoBaseline"),
+            ("the Baseline does not exist", with(&|f| f.baseline = None), "stalled BaselineNotFound 600s"),
+            ("no revision recorded yet", with(&|f| f.target = None), "wait WaitingForRevision 5s"),
+            (
+                "no target: its reason speaks",
+                with(&|f| {
+                    f.target = Some(Err(StepOutcome::stalled("UndeclaredParameter", "no Size", RECHECK_STALLED)))
+                }),
+                "stalled UndeclaredParameter 600s",
+            ),
+            ("recorded at the target: trusted", with(&|f| f.applied = Some(recorded.clone())), "done BaselineApplied"),
+            (
+                "recorded, but a preview is owed",
+                with(&|f| (f.applied, f.previewing) = (Some(recorded.clone()), true)),
+                "call OpenSession",
+            ),
+            ("an external id is named: read it", with(&|f| f.baseline = Some(baseline(true))), "call ReadExternalId"),
+            (
+                "its Secret has no such key",
+                with(&|f| (f.baseline, f.external_id) = (Some(baseline(true)), Some(ExternalId::Missing))),
+                "stalled ExternalIdNotFound 600s",
+            ),
+            (
+                "the external id is read: assume the role",
+                with(&|f| (f.baseline, f.external_id) = (Some(baseline(true)), Some(ExternalId::Value("x".into())))),
+                "call OpenSession",
+            ),
+            ("no external id named: assume the role", facts(), "call OpenSession"),
+            ("a new account's role refuses Silo", with(&|f| f.session = refused(3)), "wait WaitingForRole 10s"),
+            ("for longer than the patience", with(&|f| f.session = refused(16)), "stalled RoleNotAssumable 300s"),
+            ("a canary owes its preview", with(&|f| (f.session, f.previewing) = (open(), true)), "call Preview"),
+            (
+                "previewed: the first region",
+                with(&|f| (f.session, f.previewing, f.previewed) = (open(), true, true)),
+                "call Converge(0)",
+            ),
+            ("the first region", with(&|f| f.session = open()), "call Converge(0)"),
+            ("then the next", with(&|f| (f.session, f.regions) = (open(), vec![ready()])), "call Converge(1)"),
+            (
+                "a region not enabled does not stop the others",
+                with(&|f| (f.session, f.regions) = (open(), vec![RegionAnswer::NotEnabled])),
+                "call Converge(1)",
+            ),
+            (
+                "a stale session is renewed at once",
+                with(&|f| (f.session, f.regions) = (open(), vec![RegionAnswer::StaleSession(stale.clone())])),
+                "renew the session (ExpiredToken)",
+            ),
+            (
+                "every region ready",
+                with(&|f| (f.session, f.regions) = (open(), vec![ready(), ready()])),
+                "done BaselineApplied",
+            ),
+            (
+                "a region not enabled speaks for the step",
+                with(&|f| (f.session, f.regions) = (open(), vec![ready(), RegionAnswer::NotEnabled])),
+                "wait RegionNotEnabled 300s",
+            ),
+            (
+                "the first region not done speaks, with the soonest time to look again",
+                with(&|f| {
+                    let stalled = StepOutcome::stalled("StackRollbackComplete", "fix it", RECHECK_STALLED);
+                    let creating = StepOutcome::wait("CreatingStack", "Creating", Duration::from_secs(5));
+                    (f.session, f.regions) = (open(), vec![converged(stalled), converged(creating)]);
+                }),
+                "stalled StackRollbackComplete 5s",
+            ),
+        ];
+        for (case, facts, expected) in table {
+            assert_eq!(summary(&decide(&facts)), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_region_the_role_and_the_secret() {
+        let not_enabled = BaselineFacts { session: open(), regions: vec![RegionAnswer::NotEnabled], ..facts() };
+        let with_ready = BaselineFacts { regions: vec![RegionAnswer::NotEnabled, ready()], ..not_enabled };
+        let BaselineDecision::Report(outcome) = decide(&with_ready) else { panic!("every region answered") };
+        assert_eq!(outcome.message(), "Region eu-west-1 is not enabled in account 111111111111; retrying");
+
+        let applied = BaselineFacts { session: open(), regions: vec![ready(), ready()], ..facts() };
+        let BaselineDecision::Report(outcome) = decide(&applied) else { panic!("every region answered") };
+        assert_eq!(outcome.message(), "Baseline \"web\" revision r2 runs in eu-west-1, us-east-1");
+
+        let BaselineDecision::Report(outcome) = decide(&BaselineFacts { session: refused(20), ..facts() }) else {
+            panic!("a refused role is reported")
+        };
+        assert!(
+            outcome.message().starts_with(
+                "Role SiloBootstrap in account 111111111111 could not be assumed for 20 minutes: not authorized;"
+            ),
+            "{}",
+            outcome.message()
+        );
+
+        let missing =
+            BaselineFacts { baseline: Some(baseline(true)), external_id: Some(ExternalId::Missing), ..facts() };
+        let BaselineDecision::Report(outcome) = decide(&missing) else { panic!("a missing Secret is reported") };
+        assert_eq!(
+            outcome.message(),
+            "Secret silo-system/ids has no key \"acme\" with the external id of Baseline \"web\""
+        );
+    }
 }

@@ -480,7 +480,7 @@ fn surface(result: Result<StepOutcome, Error>) -> Result<StepOutcome, Error> {
 /// Settles the AWS side of a deleted Tenant before its finalizer goes.
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     ctx.org.creations.leave(&tenant.uid().unwrap_or_default());
-    match tenant.spec.deletion_policy {
+    let deletion = match tenant.spec.deletion_policy {
         DeletionPolicy::Retain => closure::retain(tenant, ctx).await?,
         DeletionPolicy::Close if tenant.spec.paused => {
             // Paused means no AWS calls, deletion included.
@@ -488,9 +488,14 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             progress.phase = Some("Deleting");
             progress.paused = true;
             StatusWriter::new(tenant, ctx.client.clone()).write(&progress).await?;
-            return Err(Error::DeletionPending { reason: "Paused".into(), retry_after: Duration::from_secs(3600) });
+            closure::Deletion::Wait { reason: "Paused".into(), retry_after: Duration::from_secs(3600) }
         }
         DeletionPolicy::Close => closure::close(tenant, ctx).await?,
+    };
+    match deletion {
+        closure::Deletion::Finished => Ok(Action::await_change()),
+        // kube-runtime's finalizer() removes the finalizer whenever cleanup returns Ok: a
+        // deletion that waits keeps it by being an error, here and nowhere else.
+        closure::Deletion::Wait { reason, retry_after } => Err(Error::DeletionPending { reason, retry_after }),
     }
-    Ok(Action::await_change())
 }
