@@ -52,7 +52,6 @@ use crate::{
     conditions::{self, Conditions},
     contract::FIELD_MANAGER,
     metrics::{BaselineLabels, METRICS, RolloutLabels},
-    tenant::bootstrap::wants_preview,
 };
 
 /// What the Baseline controller shares with the Tenant controller.
@@ -213,7 +212,7 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     let lagging = views
         .iter()
         .filter(|v| v.admitted.as_deref().is_some_and(|a| rollout::target(&step.status, &v.name, Some(a)) != a));
-    let previewers = users.iter().filter(|t| wants_preview(t, &step.status)).map(|t| t.name_any());
+    let previewers = users.iter().filter(|t| rollout::tenant_wants_preview(&step.status, t)).map(|t| t.name_any());
     let woken: BTreeSet<String> =
         step.admitted.iter().cloned().chain(lagging.map(|v| v.name.clone())).chain(previewers).collect();
     for tenant in woken {

@@ -27,8 +27,9 @@ use std::{
 };
 
 use k8s_openapi::{apimachinery::pkg::util::intstr::IntOrString, jiff::Timestamp};
+use kube::ResourceExt;
 
-use crate::api::{FailedTenant, RolloutSpec, RolloutStatus};
+use crate::api::{FailedTenant, RolloutSpec, RolloutStatus, Tenant};
 
 /// Where a rollout stands. [`step`] decides it; the status records it by name
 /// (`status.rollout.phase` is a string in the API, so a name Silo does not know yet reads as
@@ -224,6 +225,13 @@ pub fn wants_preview(rollout: &RolloutStatus, tenant: &str, previewed: Option<&s
     Phase::of(rollout) == Some(Phase::Previewing)
         && rollout.canary.iter().any(|c| c == tenant)
         && previewed != Some(&rollout.revision)
+}
+
+/// [`wants_preview`] for a Tenant, from the revision of its last preview in its status.
+pub fn tenant_wants_preview(rollout: &RolloutStatus, tenant: &Tenant) -> bool {
+    let previewed =
+        tenant.status.as_ref().and_then(|s| s.baseline.as_ref()?.preview.as_ref()).map(|p| p.revision.as_str());
+    wants_preview(rollout, &tenant.name_any(), previewed)
 }
 
 /// Whether the rollout has admitted `tenant` to its revision (canary, or within the waves).

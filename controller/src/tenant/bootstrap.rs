@@ -350,7 +350,7 @@ impl BaselineStep<'_> {
         };
         BaselineFacts {
             account_id,
-            previewing: rollout.as_ref().is_some_and(|rollout| wants_preview(tenant, rollout)),
+            previewing: rollout.as_ref().is_some_and(|rollout| rollout::tenant_wants_preview(rollout, tenant)),
             wanted,
             baseline,
             rollout,
@@ -580,13 +580,6 @@ fn rollout_of(ctx: &Context, baseline: &Baseline) -> Option<RolloutStatus> {
     ctx.rollouts.get(&baseline.name_any()).or_else(|| baseline.status.as_ref()?.rollout.clone())
 }
 
-/// Whether this tenant is a canary of a rollout in preview that has not shown its changes yet.
-pub fn wants_preview(tenant: &Tenant, rollout: &RolloutStatus) -> bool {
-    let previewed =
-        tenant.status.as_ref().and_then(|s| s.baseline.as_ref()?.preview.as_ref()).map(|p| p.revision.as_str());
-    rollout::wants_preview(rollout, &tenant.name_any(), previewed)
-}
-
 /// What the stacks of a target run, in CloudFormation's terms.
 fn stack_spec<'t>(baseline: &Baseline, target: &'t Target, tenant: &Tenant) -> StackSpec<'t> {
     StackSpec {
@@ -612,7 +605,7 @@ pub fn baseline_changed(tenant: &Tenant, ctx: &Context) -> bool {
     let Some(rollout) = rollout_of(ctx, &baseline) else { return false };
     let admitted_before = admitted(tenant, &wanted.name);
     let target = rollout::target(&rollout, &tenant.name_any(), admitted_before.as_deref());
-    if admitted_before.as_deref() != Some(target.as_str()) || wants_preview(tenant, &rollout) {
+    if admitted_before.as_deref() != Some(target.as_str()) || rollout::tenant_wants_preview(&rollout, tenant) {
         return true;
     }
     let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &target) else {
