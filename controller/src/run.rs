@@ -152,7 +152,7 @@ pub async fn controllers(
         revisions: shared.revisions.clone(),
         rollouts: shared.rollouts.clone(),
         recount,
-        settings: config,
+        config,
         failures: Default::default(),
     });
     let tenant_controller = {

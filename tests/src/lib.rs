@@ -259,8 +259,8 @@ pub async fn test_case_with(options: &EnvOptions) -> TestCase {
 }
 
 impl TestCase {
-    /// Settings for an in-process controller, as `silo run` would default them.
-    pub fn settings() -> Config {
+    /// The configuration of an in-process controller, as `silo run` would default it.
+    pub fn config() -> Config {
         Config {
             email_template: "aws+{tenant}@example.com".into(),
             create_missing_ous: false,

@@ -99,7 +99,7 @@ async fn email_already_exists_with_this_tenants_uid_is_adopted() {
     case.sim.configure(json!({"list_accounts_lag_seconds": 20})).await.unwrap();
     let existing = create_account_outside_silo(&case, "phoenix", "aws+phoenix@example.com", &uid).await;
 
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     unpause(&case, "phoenix").await;
     let tenant = case.wait_for("phoenix", conditions::READY, "True", WITHIN).await.unwrap();
     assert_eq!(tenant.status.as_ref().unwrap().account_id.as_deref(), Some(existing.as_str()));
@@ -116,7 +116,7 @@ async fn email_already_exists_with_another_uid_is_refused() {
     case.sim.configure(json!({"list_accounts_lag_seconds": 5})).await.unwrap();
     let existing = create_account_outside_silo(&case, "someone-else", "aws+icarus@example.com", "another-uid").await;
 
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     unpause(&case, "icarus").await;
     let tenant = case.wait_for("icarus", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason_of(&tenant, conditions::STALLED), "EmailInUse");
@@ -134,7 +134,7 @@ async fn email_already_exists_with_another_uid_is_refused() {
 async fn adopting_an_account_claimed_by_another_tenant_is_refused() {
     let mut case = test_case().await;
     let existing = create_account_outside_silo(&case, "owner", "owner@example.com", "owner-uid").await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(&format!(
         "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: thief}}\nspec: {{accountId: '{existing}'}}"
     ))
@@ -148,7 +148,7 @@ async fn adopting_an_account_claimed_by_another_tenant_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_the_ou_moves_the_account_and_moves_out_of_band_are_undone() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.create_missing_ous = true;
     settings.resync_period = Duration::from_secs(2);
     settings.index_refresh_period = Duration::from_secs(2);
@@ -205,7 +205,7 @@ async fn changing_the_ou_moves_the_account_and_moves_out_of_band_are_undone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_drift_is_repaired_without_touching_foreign_tags() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.resync_period = Duration::from_secs(2);
     settings.index_refresh_period = Duration::from_secs(2);
     case.start_controller(settings);
@@ -268,7 +268,7 @@ async fn tag_drift_is_repaired_without_touching_foreign_tags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_suspended_out_of_band_stalls_the_tenant() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.resync_period = Duration::from_secs(2);
     settings.index_refresh_period = Duration::from_secs(2);
     case.start_controller(settings);
@@ -284,7 +284,7 @@ async fn an_account_suspended_out_of_band_stalls_the_tenant() {
 async fn the_organizations_account_limit_stalls_creation() {
     let mut case = test_case().await;
     case.sim.configure(json!({"account_limit": 1})).await.unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: overflow}\nspec: {}").await.unwrap();
     let tenant = case.wait_for("overflow", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason_of(&tenant, conditions::STALLED), "OrganizationAccountLimit");
@@ -311,7 +311,7 @@ async fn account_state(org: &Organizations, account_id: &str) -> String {
 async fn close_with_allow_account_closure_closes_and_then_lets_the_tenant_go() {
     let mut case = test_case().await;
     case.sim.configure(json!({"close_pending_seconds": 600})).await.unwrap();
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
     let account_id = ready_close_tenant(&case, "sunset").await;
@@ -333,7 +333,7 @@ async fn close_with_allow_account_closure_closes_and_then_lets_the_tenant_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_closure_budget_queues_closures_beyond_it() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     settings.max_account_closures_per_day = 1;
     case.start_controller(settings);
@@ -374,7 +374,7 @@ async fn the_closure_budget_queues_closures_beyond_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifests_rbac_is_enough_for_create_place_tag_and_close() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     settings.create_missing_ous = true;
     case.start_controller_as_service_account(settings).await.unwrap();
@@ -397,7 +397,7 @@ async fn the_manifests_rbac_is_enough_for_create_place_tag_and_close() {
 async fn an_aws_closure_quota_backs_off_for_hours_and_says_when() {
     let mut case = test_case().await;
     case.sim.configure(json!({"close_quota": 0})).await.unwrap();
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
     let account_id = ready_close_tenant(&case, "quota").await;
@@ -424,7 +424,7 @@ async fn an_aws_closure_quota_backs_off_for_hours_and_says_when() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_without_this_tenants_uid_is_never_closed() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
     let account_id = ready_close_tenant(&case, "disowned").await;
@@ -535,7 +535,7 @@ async fn names_contacts_and_policies_follow_the_spec_and_only_silos_are_undone()
     let baseline_scp = create_scp(&org, "tenant-baseline").await;
     let extra_scp = create_scp(&org, "extra").await;
     let guardrail = create_scp(&org, "guardrail").await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.max_stalled_retry = Some(Duration::from_secs(1));
     settings.default_contacts = serde_yaml::from_str(
         "billing: {name: Bill Default, title: Finance, email: billing@example.com, phone: '+1 555 0100'}",
@@ -620,7 +620,7 @@ async fn names_contacts_and_policies_follow_the_spec_and_only_silos_are_undone()
 async fn a_missing_policy_or_a_full_account_stalls_without_attaching() {
     let mut case = test_case().await;
     let org = case.sim.organizations();
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.max_stalled_retry = Some(Duration::from_secs(1));
     case.start_controller(settings);
     case.apply(

@@ -108,7 +108,7 @@ fn outputs(tenant: &Tenant, region: &str) -> std::collections::BTreeMap<String, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_baseline_in_two_regions_runs_in_each_tenants_own_account_only() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     apply_baseline(&case, "standard", json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"]})).await;
     apply_tenant(&case, "alpha", json!({"name": "standard"}), json!({})).await;
     apply_tenant(&case, "beta", json!({"name": "standard", "parameters": {"Env": "prod"}}), json!({})).await;
@@ -189,7 +189,7 @@ async fn wait_for_output(case: &TestCase, name: &str, key: &str, value: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_changes_update_every_tenant_and_parameter_changes_only_one() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
     apply_tenant(&case, "one", json!({"name": "standard"}), json!({})).await;
     apply_tenant(&case, "two", json!({"name": "standard"}), json!({})).await;
@@ -221,7 +221,7 @@ async fn a_failing_template_is_recreated_then_stalls_and_recovers_when_fixed() {
         .configure(json!({"failing_stacks": {"^silo-baseline$": "Topic name is not allowed by the SCP"}, "stack_failure_seconds": 1}))
         .await
         .unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
     apply_tenant(&case, "flaky", json!({"name": "standard"}), json!({})).await;
 
@@ -253,7 +253,7 @@ async fn a_failing_template_is_recreated_then_stalls_and_recovers_when_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_baseline_or_undeclared_parameter_applies_nothing() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     apply_tenant(&case, "orphan", json!({"name": "nope"}), json!({})).await;
     let tenant = case.wait_for("orphan", conditions::BASELINE_READY, "False", WITHIN).await.unwrap();
     let reason = |t: &Tenant| {
@@ -278,7 +278,7 @@ async fn a_missing_baseline_or_undeclared_parameter_applies_nothing() {
 async fn a_role_not_assumable_for_20_seconds_only_delays_ready() {
     let mut case = test_case().await;
     case.sim.configure(json!({"unassumable_roles_seconds": 20})).await.unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
     apply_tenant(&case, "newborn", json!({"name": "standard"}), json!({})).await;
 
@@ -306,7 +306,7 @@ async fn a_role_not_assumable_for_20_seconds_only_delays_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
     apply_baseline(&case, "standard", json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"]})).await;

@@ -44,7 +44,7 @@ fn stalled(tenant: &Tenant) -> bool {
 async fn a_slow_creation_does_not_delay_another_tenant() {
     let mut case = test_case().await;
     case.sim.configure(json!({"create_account_delays": {"^aws\\+slow@": 30}})).await.unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(&tenant_yaml("slow")).await.unwrap();
     case.wait_for("slow", conditions::RECONCILING, "True", Duration::from_secs(60)).await.unwrap();
     let started = Instant::now();
@@ -68,7 +68,7 @@ async fn a_slow_creation_does_not_delay_another_tenant() {
 async fn thirty_percent_throttling_is_weather_not_failure() {
     let mut case = test_case().await;
     case.sim.configure(json!({"throttle_rate": 0.3, "create_account_delay_seconds": 2})).await.unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let names: Vec<String> = (0..10).map(|i| format!("storm-{i:02}")).collect();
     for name in &names {
         case.apply(&tenant_yaml(name)).await.unwrap();

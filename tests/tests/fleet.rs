@@ -55,7 +55,7 @@ fn assert_one_account_each(counts: &std::collections::BTreeMap<String, usize>, n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_instant_creations_each_get_their_own_account_and_no_slot_leaks() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let names = names("instant", 50);
     create_all(&case, &names, None).await;
     case.wait_for_all(&names, conditions::READY, "True", WITHIN).await.unwrap();
@@ -76,7 +76,7 @@ async fn fifty_instant_creations_each_get_their_own_account_and_no_slot_leaks() 
 async fn creations_wait_for_a_slot_and_never_meet_a_full_quota() {
     let mut case = test_case().await;
     case.sim.configure(json!({"create_account_delay_seconds": 2, "max_concurrent_creations": 5})).await.unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let names = names("queued", 20);
     create_all(&case, &names, None).await;
 
@@ -207,7 +207,7 @@ async fn an_account_missing_from_the_index_is_adopted_not_duplicated() {
         .unwrap();
     let existing = created.create_account_status().and_then(|s| s.account_id()).unwrap().to_string();
 
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let patch = json!({"spec": {"paused": false}});
     case.tenants().patch("lagging", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let tenant = case.wait_for("lagging", conditions::READY, "True", Duration::from_secs(180)).await.unwrap();
@@ -254,7 +254,7 @@ async fn a_tenant_applied_while_the_index_is_built_does_not_wait_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_is_rebuilt_after_the_simulator_restarts() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.create_missing_ous = true;
     case.start_controller(settings);
     case.create(&TenantFixture::named("before").in_ou("/Tenants/A")).await.unwrap();
@@ -284,7 +284,7 @@ async fn the_index_is_rebuilt_after_the_simulator_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_tenant_is_left_alone_until_its_verification_is_due() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let baseline = json!({
         "apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": "quiet"},
         "spec": {"template": "Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n"},
@@ -349,7 +349,7 @@ async fn a_restart_does_not_verify_the_fleet_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_annotation_verifies_now_once() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.create(&TenantFixture::named("checked").tag("team", "core")).await.unwrap();
     let tenant = case.wait_for("checked", conditions::READY, "True", WITHIN).await.unwrap();
     let account_id = tenant.status.unwrap().account_id.unwrap();

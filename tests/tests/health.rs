@@ -225,7 +225,7 @@ spec:
     capture("tenant-new", live::<Tenant>(&case, "fresh").await);
     capture("baseline-new", live::<Baseline>(&case, "standard").await);
 
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     for yaml in [
         "metadata: {name: slow}\nspec: {baseline: {name: standard}}",
         "metadata: {name: nowhere}\nspec: {organizationalUnit: /Does/Not/Exist}",

@@ -45,7 +45,7 @@ async fn a_tenant_gets_one_tagged_account_and_retain_keeps_it_after_deletion() {
         "lifecycle against kube-apiserver {} and the AWS simulator at {}",
         case.info.kube_version, case.sim.endpoint
     );
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(
         "apiVersion: silo.dev/v1alpha1
 kind: Tenant
@@ -103,7 +103,7 @@ async fn an_existing_account_is_adopted_by_id_without_creating_anything() {
     let account_id =
         created.create_account_status().and_then(|s| s.account_id()).expect("moto creates at once").to_string();
 
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(&format!(
         "apiVersion: silo.dev/v1alpha1
 kind: Tenant
@@ -130,7 +130,7 @@ spec: {{accountId: '{account_id}'}}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_are_placed_by_ou_path_and_missing_ous_are_created_when_allowed() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.create_missing_ous = true;
     case.start_controller(settings);
     case.apply(
@@ -156,7 +156,7 @@ spec: {organizationalUnit: /Tenants/Production}",
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_ou_stalls_the_tenant_with_a_message_saying_what_to_do() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(
         "apiVersion: silo.dev/v1alpha1
 kind: Tenant
@@ -177,7 +177,7 @@ spec: {organizationalUnit: /Does/Not/Exist}",
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_tenant_makes_no_aws_calls() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(
         "apiVersion: silo.dev/v1alpha1
 kind: Tenant
@@ -198,7 +198,7 @@ spec: {paused: true}",
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_without_allow_account_closure_waits_for_a_person() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(
         "apiVersion: silo.dev/v1alpha1
 kind: Tenant
@@ -230,7 +230,7 @@ spec: {deletionPolicy: Close}",
 async fn slow_creations_are_polled_and_reported_as_reconciling() {
     let mut case = test_case().await;
     case.sim.configure(json!({"create_account_delay_seconds": 8})).await.unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.apply(
         "apiVersion: silo.dev/v1alpha1
 kind: Tenant

@@ -115,7 +115,7 @@ fn now() -> f64 {
 async fn a_change_rolls_in_waves_never_above_max_concurrent() {
     let mut case = test_case().await;
     case.sim.configure(json!({"stack_operation_seconds": 1})).await.unwrap();
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     fleet_on_v1(&case, json!({"maxConcurrent": 5, "canary": {"count": 2}})).await;
 
     let since = now();
@@ -179,7 +179,7 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     fleet_on_v1(&case, json!({"maxConcurrent": 10})).await;
     case.sim
         .configure(json!({"stack_failures": [{"operations": ["UpdateStack"], "parameters": {"TenantName": "^fleet-00$"}, "reason": "Topic policy refused by an SCP"}]}))
@@ -212,7 +212,7 @@ async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_completes() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let rollout = json!({"maxConcurrent": 5, "failureTolerance": 1});
     fleet_on_v1(&case, rollout.clone()).await;
     case.sim
@@ -241,7 +241,7 @@ async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_complet
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     // early-bird must be Ready within the canary's bake: once the canary passes, it is rolled
     // forward in the first wave. One wave after the canary keeps the test's length with a
     // bake long enough for a loaded machine.
@@ -306,7 +306,7 @@ async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preview_shows_the_changes_and_executes_nothing() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     fleet_on_v1(&case, json!({"canary": {"count": 2}})).await;
     let since = now();
     let with_parameter = format!(

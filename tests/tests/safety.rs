@@ -62,7 +62,7 @@ async fn account_state(case: &TestCase, account_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_management_account_is_never_adopted() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.create(&TenantFixture::named("usurper").adopting(MANAGEMENT)).await.unwrap();
     annotate(&case, "usurper", "silo.dev/adopt-account", MANAGEMENT).await;
     let tenant = case.wait_for("usurper", conditions::STALLED, "True", WITHIN).await.unwrap();
@@ -77,7 +77,7 @@ async fn the_management_account_is_never_adopted() {
 async fn adoption_needs_consent_naming_the_account() {
     let mut case = test_case().await;
     let account = account_outside_silo(&case, "log-archive", &[("owner", "platform")]).await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.create(&TenantFixture::named("newcomer").adopting(&account)).await.unwrap();
     let tenant = case.wait_for("newcomer", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant, conditions::STALLED), "AdoptionNeedsConsent");
@@ -104,7 +104,7 @@ async fn adoption_needs_consent_naming_the_account() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_pointing_at_another_account_takes_nothing_over() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
     case.create(&TenantFixture::named("victim")).await.unwrap();
@@ -149,7 +149,7 @@ async fn a_status_pointing_at_another_account_takes_nothing_over() {
 async fn two_tenants_adopting_one_account_at_once_one_wins() {
     let mut case = test_case().await;
     let account = account_outside_silo(&case, "contested", &[]).await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     for name in ["claimant-a", "claimant-b"] {
         let mut tenant = TenantFixture::named(name).adopting(&account).tenant();
         tenant.annotations_mut().insert("silo.dev/adopt-account".into(), account.clone());
@@ -187,7 +187,7 @@ async fn two_tenants_adopting_one_account_at_once_one_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_closure_leaves_everything_in_place() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     settings.max_account_closures_per_day = 1;
     case.start_controller(settings);
@@ -240,7 +240,7 @@ async fn deleting_a_tenant_in_the_crash_window_closes_the_account_it_made() {
     let uid = tenant.uid().unwrap();
     let account =
         account_outside_silo(&case, "hasty", &[("silo.dev/tenant", "hasty"), ("silo.dev/tenant-uid", &uid)]).await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
     // The controller has seen the Tenant (its finalizer is on) before it is unpaused and deleted.
@@ -269,7 +269,7 @@ async fn an_account_id_added_during_a_creation_never_yields_two_accounts() {
     let uid = tenant.uid().unwrap();
     let made = account_outside_silo(&case, "torn", &[("silo.dev/tenant", "torn"), ("silo.dev/tenant-uid", &uid)]).await;
 
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let patch = json!({"spec": {"paused": false}});
     case.tenants().patch("torn", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let tenant = case.wait_for("torn", conditions::STALLED, "True", WITHIN).await.unwrap();
@@ -287,7 +287,7 @@ async fn a_refused_placement_is_retried_and_concurrent_modification_is_weather()
         .configure(json!({"refusals": {"organizations:MoveAccount": {"code": "AccessDeniedException", "times": 1}}}))
         .await
         .unwrap();
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.create_missing_ous = true;
     settings.max_stalled_retry = Some(Duration::from_secs(3));
     case.start_controller(settings);
@@ -323,7 +323,7 @@ async fn a_refused_placement_is_retried_and_concurrent_modification_is_weather()
 async fn a_role_that_stays_unassumable_is_stalled_not_waited_on_forever() {
     let mut case = test_case().await;
     case.sim.configure(json!({"unassumable_roles_seconds": 3600})).await.unwrap();
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.role_patience = Duration::from_secs(5);
     case.start_controller(settings);
     let baseline = json!({
@@ -346,7 +346,7 @@ async fn a_role_that_stays_unassumable_is_stalled_not_waited_on_forever() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_accounts_go_only_under_the_allowed_ou_roots() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.create_missing_ous = true;
     settings.tenant_ou_roots = vec!["/Tenants".into()];
     case.start_controller(settings);
@@ -369,7 +369,7 @@ async fn tenant_accounts_go_only_under_the_allowed_ou_roots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ou_roots_the_root_itself_is_refused() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     case.create(&TenantFixture::named("rooted").in_ou("/")).await.unwrap();
     let tenant = case.wait_for("rooted", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant, conditions::STALLED), "OrganizationalUnitNotAllowed");
@@ -380,7 +380,7 @@ async fn without_ou_roots_the_root_itself_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restored_tenants_reclaim_their_accounts_only_with_their_previous_uid() {
     let mut case = test_case().await;
-    case.start_controller(TestCase::settings());
+    case.start_controller(TestCase::config());
     let names = ["restored-a", "restored-b", "restored-c"];
     let mut before = vec![];
     for name in names {
@@ -428,7 +428,7 @@ async fn restored_tenants_reclaim_their_accounts_only_with_their_previous_uid() 
 async fn closing_an_adopted_account_needs_a_second_consent() {
     let mut case = test_case().await;
     let account = account_outside_silo(&case, "inherited", &[]).await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
     let mut tenant = TenantFixture::named("heir").adopting(&account).close().tenant();
@@ -452,7 +452,7 @@ async fn closing_an_adopted_account_needs_a_second_consent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closures_beyond_the_aws_quota_are_queued_not_refused() {
     let mut case = test_case().await;
-    let mut settings = TestCase::settings();
+    let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     settings.max_account_closures_per_day = 100;
     case.start_controller(settings);

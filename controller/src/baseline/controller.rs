@@ -191,7 +191,7 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
         .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name))
         .collect();
     let views: Vec<TenantView> = users.iter().map(|t| view(t, &name)).collect();
-    let settings = rollout::Settings::of(&baseline.spec.rollout, views.len());
+    let settings = rollout::ResolvedSpec::of(&baseline.spec.rollout, views.len());
     let recorded = baseline.status.as_ref().and_then(|s| s.rollout.clone());
     let current = recorded.or_else(|| ctx.shared.rollouts.get(&name));
     let step =

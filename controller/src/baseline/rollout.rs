@@ -84,9 +84,9 @@ pub const PHASES: [&str; 6] = [PROGRESSING, BAKING, HALTED, PAUSED, PREVIEWING, 
 /// Default tenants with stack work in flight at once.
 pub const DEFAULT_MAX_CONCURRENT: usize = 5;
 
-/// The rollout's settings, with percentages resolved against the number of tenants.
+/// The rollout spec, with percentages resolved against the number of tenants.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
+pub struct ResolvedSpec {
     pub max_concurrent: usize,
     pub failure_tolerance: usize,
     pub bake: Duration,
@@ -94,7 +94,7 @@ pub struct Settings {
     pub preview: bool,
 }
 
-impl Settings {
+impl ResolvedSpec {
     /// Resolves a Baseline's `spec.rollout` for a fleet of `tenants`.
     pub fn of(spec: &RolloutSpec, tenants: usize) -> Self {
         let resolve = |value: &Option<IntOrString>, default: usize, at_least: usize| match value {
@@ -249,7 +249,7 @@ pub fn is_admitted(rollout: &RolloutStatus, tenant: &str) -> bool {
 pub fn step(
     current: Option<&RolloutStatus>,
     newest: &str,
-    settings: &Settings,
+    settings: &ResolvedSpec,
     canary_rule: &CanaryRule,
     tenants: &[TenantView],
     now: Timestamp,
@@ -396,7 +396,7 @@ pub fn step(
 
 /// Bakes: true once `bake` has passed since the work in flight ended (starting the bake now
 /// if it had not started); while false, the rollout is [`Phase::Baking`].
-fn baked(status: &mut RolloutStatus, settings: &Settings, now: Timestamp) -> bool {
+fn baked(status: &mut RolloutStatus, settings: &ResolvedSpec, now: Timestamp) -> bool {
     if settings.bake.is_zero() {
         return true;
     }
@@ -447,8 +447,8 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap()
     }
 
-    fn settings(max_concurrent: usize, tolerance: usize, bake: u64) -> Settings {
-        Settings {
+    fn settings(max_concurrent: usize, tolerance: usize, bake: u64) -> ResolvedSpec {
+        ResolvedSpec {
             max_concurrent,
             failure_tolerance: tolerance,
             bake: Duration::from_secs(bake),
@@ -565,7 +565,7 @@ mod tests {
         assert!(next.news.iter().any(|n| n.note.contains("t00")), "the event names the failed tenants");
         assert_eq!(target(&next.status, "newcomer", None), OLD, "new tenants get the last complete revision");
         // Pausing and unpausing does not clear a halt.
-        let paused = Settings { paused: true, ..s.clone() };
+        let paused = ResolvedSpec { paused: true, ..s.clone() };
         let still = step(Some(&next.status), NEW, &paused, &CanaryRule::First(1), &fleet, at(2));
         let still = step(Some(&still.status), NEW, &s, &CanaryRule::First(1), &fleet, at(3));
         assert_eq!(still.status.phase, HALTED);
@@ -655,7 +655,7 @@ mod tests {
         admit(&mut fleet, &first, State::Current);
         let wave = step(Some(&first.status), NEW, &s, &CanaryRule::First(1), &fleet, at(1));
         admit(&mut fleet, &wave, State::Current);
-        let paused = Settings { paused: true, ..s.clone() };
+        let paused = ResolvedSpec { paused: true, ..s.clone() };
         let held = step(Some(&wave.status), NEW, &paused, &CanaryRule::First(1), &fleet, at(2));
         assert_eq!(held.status.phase, PAUSED);
         assert!(held.admitted.is_empty());
@@ -666,7 +666,7 @@ mod tests {
     #[test]
     fn a_preview_admits_nobody_until_it_is_turned_off() {
         let fleet = fleet(4, OLD, State::Current);
-        let preview = Settings { preview: true, ..settings(5, 0, 0) };
+        let preview = ResolvedSpec { preview: true, ..settings(5, 0, 0) };
         let previewing = step(Some(&complete(OLD)), NEW, &preview, &CanaryRule::First(1), &fleet, at(0));
         assert_eq!(previewing.status.phase, PREVIEWING);
         assert!(previewing.admitted.is_empty());
@@ -691,8 +691,8 @@ mod tests {
             failure_tolerance: Some(IntOrString::String("5%".into())),
             ..Default::default()
         };
-        let resolved = Settings::of(&spec, 95);
+        let resolved = ResolvedSpec::of(&spec, 95);
         assert_eq!((resolved.max_concurrent, resolved.failure_tolerance), (10, 5), "rounded up");
-        assert_eq!(Settings::of(&RolloutSpec::default(), 1000).max_concurrent, DEFAULT_MAX_CONCURRENT);
+        assert_eq!(ResolvedSpec::of(&RolloutSpec::default(), 1000).max_concurrent, DEFAULT_MAX_CONCURRENT);
     }
 }

@@ -420,7 +420,7 @@ impl AccountStep<'_> {
         };
         // A periodic verification reads the tags only in their turn (schedule::reads);
         // between turns, the tags Silo last read or wrote stand.
-        let checks = schedule::drift_checks(self.tenant, &self.ctx.settings.default_contacts);
+        let checks = schedule::drift_checks(self.tenant, &self.ctx.config.default_contacts);
         let read_tags = self.mode != Mode::Verify(Verification::Periodic)
             || schedule::reads(self.mode, &checks, progress.status.verification_count, DriftCheck::Tags);
         let tags = match &account {
@@ -743,7 +743,7 @@ impl AccountStep<'_> {
                     format!(
                         "AWS creates at most {} accounts of an organization at once ({in_use} in progress); this \
                          tenant is number {position} in line",
-                        self.ctx.settings.creation_slots
+                        self.ctx.config.creation_slots
                     ),
                     SLOT_FALLBACK,
                 ));

@@ -124,7 +124,7 @@ impl SettingsStep<'_> {
 
     /// Whether this reconcile reads `check` from AWS.
     fn reads(&self, progress: &Progress, check: DriftCheck) -> bool {
-        let checks = drift_checks(self.tenant, &self.ctx.settings.default_contacts);
+        let checks = drift_checks(self.tenant, &self.ctx.config.default_contacts);
         reads(self.mode, &checks, progress.status.verification_count, check)
     }
 
@@ -194,7 +194,7 @@ impl SettingsStep<'_> {
         let accounts = &self.ctx.aws.accounts;
         let current = org.account(account_id, Priority::User).await?.map(|a| a.account.name).unwrap_or_default();
         let rename = self.tenant.spec.account_name.as_ref().filter(|wanted| **wanted != current);
-        let defaults = &self.ctx.settings.default_contacts;
+        let defaults = &self.ctx.config.default_contacts;
         let wanted = |kind: ContactKind| {
             self.tenant.spec.contacts.as_ref().and_then(|c| c.get(kind)).or(defaults.get(kind)).cloned()
         };

@@ -308,7 +308,7 @@ impl BaselineStep<'_> {
                 Duration::from_secs(2),
             ));
         }
-        let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &admitted) else {
+        let Some(deployed) = revisions::find(&ctx.revisions, &ctx.config.namespace, &wanted.name, &admitted) else {
             return Err(StepOutcome::wait(
                 "WaitingForRevision",
                 format!("Revision {admitted} of Baseline {:?} is not recorded yet", wanted.name),
@@ -356,8 +356,8 @@ impl BaselineStep<'_> {
             rollout,
             target,
             applied,
-            external_id_namespace: ctx.settings.external_id_namespace.clone(),
-            role_patience: ctx.settings.role_patience,
+            external_id_namespace: ctx.config.external_id_namespace.clone(),
+            role_patience: ctx.config.role_patience,
             external_id: None,
             session: None,
             previewed: false,
@@ -519,7 +519,7 @@ impl BaselineStep<'_> {
     ) -> Result<TenantPreview, Error> {
         let (tenant, ctx) = (self.tenant, self.ctx);
         let wanted = tenant.spec.baseline.as_ref().expect("the step has a baseline");
-        let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &rollout.revision)
+        let Some(deployed) = revisions::find(&ctx.revisions, &ctx.config.namespace, &wanted.name, &rollout.revision)
         else {
             return Ok(TenantPreview { revision: rollout.revision.clone(), changes: vec![] });
         };
@@ -608,7 +608,7 @@ pub fn baseline_changed(tenant: &Tenant, ctx: &Context) -> bool {
     if admitted_before.as_deref() != Some(target.as_str()) || rollout::tenant_wants_preview(&rollout, tenant) {
         return true;
     }
-    let Some(deployed) = revisions::find(&ctx.revisions, &ctx.settings.namespace, &wanted.name, &target) else {
+    let Some(deployed) = revisions::find(&ctx.revisions, &ctx.config.namespace, &wanted.name, &target) else {
         return false;
     };
     let account_id = status.account_id.clone().unwrap_or_default();
@@ -767,8 +767,7 @@ fn refused(err: &AwsError, in_region: &dyn Fn(String) -> String) -> StepOutcome 
 }
 
 async fn read_secret(ctx: &Context, name: &str, key: &str) -> Result<Option<String>, Error> {
-    let secret =
-        Api::<Secret>::namespaced(ctx.client.clone(), &ctx.settings.external_id_namespace).get_opt(name).await?;
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.external_id_namespace).get_opt(name).await?;
     Ok(secret
         .and_then(|s| s.data)
         .and_then(|data| data.get(key).cloned())

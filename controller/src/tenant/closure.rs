@@ -443,8 +443,8 @@ impl ClosureFacts {
         Self {
             policy,
             uid: tenant.uid().unwrap_or_default(),
-            closure_allowed: ctx.settings.allow_account_closure,
-            closures_per_day: ctx.settings.max_account_closures_per_day,
+            closure_allowed: ctx.config.allow_account_closure,
+            closures_per_day: ctx.config.max_account_closures_per_day,
             adopted: status.is_some_and(|s| s.adopted),
             consent: tenant.annotations().get(CLOSE_ADOPTED_ACCOUNT).cloned(),
             next_closure_attempt: status.and_then(|s| s.next_closure_attempt.as_deref()?.parse().ok()),

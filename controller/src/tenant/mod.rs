@@ -91,7 +91,7 @@ pub struct Context {
     pub aws: Aws,
     /// The organization: its index, its creation slots, its Organizations budget.
     pub org: Arc<Organization>,
-    pub settings: Config,
+    pub config: Config,
     pub recorder: Recorder,
     pub closures: closure::ClosureLedger,
     /// Baselines, from the watch cache.
@@ -220,7 +220,7 @@ pub async fn controller(
     woken: UnboundedReceiver<ObjectRef<Tenant>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let concurrency = ctx.settings.concurrency;
+    let concurrency = ctx.config.concurrency;
     info!(concurrency, "starting the Tenant controller");
     let users = tenants.clone();
     let uses = move |baseline: Baseline| {
@@ -320,7 +320,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Action {
     match err.innermost() {
         Error::DeletionPending { retry_after, .. } => {
-            let retry_after = ctx.settings.max_stalled_retry.map_or(*retry_after, |cap| cap.min(*retry_after));
+            let retry_after = ctx.config.max_stalled_retry.map_or(*retry_after, |cap| cap.min(*retry_after));
             return Action::requeue(jittered(retry_after / 2).min(retry_after + Duration::from_secs(60)));
         }
         // A verification found AWS's budget busy with user work: it waits its turn, quietly.
@@ -368,14 +368,14 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     }
     let now = Timestamp::now();
     let baseline_changed = bootstrap::baseline_changed(tenant, ctx);
-    let mode = match schedule::mode(tenant, now, ctx.settings.resync_period, baseline_changed) {
+    let mode = match schedule::mode(tenant, now, ctx.config.resync_period, baseline_changed) {
         Mode::Idle(wait) => return Ok(Action::requeue(wait)),
         mode => mode,
     };
     tracing::debug!(tenant = %tenant.name_any(), ?mode, baseline_changed, "reconciling");
 
     progress.start_steps();
-    let identity = match identity::plan(tenant, &ctx.settings.email_template) {
+    let identity = match identity::plan(tenant, &ctx.config.email_template) {
         Ok(identity) => identity,
         Err(stalled) => {
             progress.account = Some(stalled);
@@ -431,12 +431,12 @@ async fn finish(
     }
     let requeue = match progress.blocking().and_then(StepOutcome::look_again) {
         Some(after) if matches!(progress.blocking(), Some(StepOutcome::Stalled { .. })) => {
-            ctx.settings.max_stalled_retry.map_or(after, |cap| after.min(cap))
+            ctx.config.max_stalled_retry.map_or(after, |cap| after.min(cap))
         }
         Some(after) => after,
         None => {
             let last = progress.status.last_verified_time.as_deref().and_then(|t| t.parse().ok()).unwrap_or(now);
-            let due = schedule::next_verification(&tenant.uid().unwrap_or_default(), last, ctx.settings.resync_period);
+            let due = schedule::next_verification(&tenant.uid().unwrap_or_default(), last, ctx.config.resync_period);
             Duration::try_from(due.duration_since(now)).unwrap_or(Duration::from_secs(1))
         }
     };

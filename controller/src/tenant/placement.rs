@@ -84,7 +84,7 @@ impl PlacementStep<'_> {
                 {
                     return Ok(self.not_allowed(spec));
                 }
-                Some(org.resolve(&target, self.ctx.settings.create_missing_ous).await?)
+                Some(org.resolve(&target, self.ctx.config.create_missing_ous).await?)
             }
             None => None,
         };
@@ -131,7 +131,7 @@ impl PlacementStep<'_> {
     /// The allowed roots as paths, `None` when none is configured (a root given as an OU id
     /// that does not exist allows nothing).
     async fn roots(&self) -> Result<Option<Vec<Vec<String>>>, Error> {
-        let configured = &self.ctx.settings.tenant_ou_roots;
+        let configured = &self.ctx.config.tenant_ou_roots;
         if configured.is_empty() {
             return Ok(None);
         }
@@ -145,7 +145,7 @@ impl PlacementStep<'_> {
     }
 
     fn not_allowed(&self, wanted: &str) -> StepOutcome {
-        let roots = &self.ctx.settings.tenant_ou_roots;
+        let roots = &self.ctx.config.tenant_ou_roots;
         let message = if roots.is_empty() {
             format!(
                 "spec.organizationalUnit {wanted} is the organization's root, where tenant accounts do not go: name an \
