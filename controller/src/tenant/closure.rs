@@ -212,7 +212,7 @@ pub enum StacksLeft {
 /// only when the answers before it do not settle the deletion. So the calls are made one at a
 /// time, in the order of the rails, and nothing is asked (or recorded, or destroyed) that a
 /// rail before it forbids.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClosureFacts {
     pub policy: DeletionPolicy,
     /// This Tenant's UID: the value its account's ownership tag must carry.
@@ -623,17 +623,8 @@ mod tests {
             uid: "uid-1".into(),
             closure_allowed: true,
             closures_per_day: 2,
-            adopted: false,
-            consent: None,
-            next_closure_attempt: None,
             recorded_message: "AWS refused to close account 111111111111 (quota)".into(),
-            found: None,
-            described: None,
-            tags: None,
-            management_account: None,
-            reservation: None,
-            stacks: None,
-            closed: None,
+            ..ClosureFacts::default()
         }
     }
 
