@@ -38,7 +38,7 @@ use kube::{ResourceExt, runtime::events::EventType};
 use tracing::info;
 
 use super::{
-    Context, Error,
+    Context, Error, RECHECK_STALLED,
     identity::Identity,
     schedule::{self, DriftCheck, Mode, Verification},
     status::{Progress, StatusWriter, trusted},
@@ -67,8 +67,6 @@ const SLOT_FALLBACK: Duration = Duration::from_secs(120);
 /// After EMAIL_ALREADY_EXISTS, how long the account may stay missing from the index
 /// (listings are eventually consistent) before Silo concludes it lies outside the organization.
 const EMAIL_OWNER_GRACE: Duration = Duration::from_secs(300);
-/// How soon a Stalled account step is looked at again, in case the world changed.
-pub const RECHECK_STALLED: Duration = Duration::from_secs(600);
 
 /// What the account step looks at, decided from the spec and the recorded status alone.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,8 +24,7 @@ use kube::runtime::events::EventType;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Context, Error,
-    account::RECHECK_STALLED,
+    Context, Error, RECHECK_STALLED,
     schedule::{DriftCheck, Mode, drift_checks, priority, reads},
     status::{Progress, StatusWriter, trusted},
 };

@@ -17,11 +17,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aws_credential_types::Credentials;
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use super::{
-    Context, Error,
+    Context, Error, RECHECK_STALLED,
     schedule::{Mode, Verification},
     status::{Progress, StatusWriter},
 };
@@ -43,7 +42,6 @@ use crate::{
 pub const REVISION_TAG: &str = "silo.dev/revision";
 /// The first look at a stack after an operation was started on it.
 const POLL: Duration = POLL_BOUNDS.0;
-const RECHECK_STALLED: Duration = Duration::from_secs(600);
 /// How soon a role that cannot be assumed yet is tried again.
 const ROLE_RETRY: Duration = Duration::from_secs(10);
 
@@ -405,7 +403,7 @@ impl BaselineStep<'_> {
         match call {
             Call::ReadExternalId => {
                 let reference = baseline.spec.external_id.as_ref().expect("decide reads a named external id");
-                facts.external_id = Some(match read_secret(ctx, &reference.name, &reference.key).await? {
+                facts.external_id = Some(match ctx.external_id(&reference.name, &reference.key).await? {
                     Some(value) => ExternalId::Value(value),
                     None => ExternalId::Missing,
                 });
@@ -764,73 +762,6 @@ fn refused(err: &AwsError, in_region: &dyn Fn(String) -> String) -> StepOutcome 
         in_region(format!("CloudFormation refused the stack: {}; fix the Baseline", err.message)),
         RECHECK_STALLED,
     )
-}
-
-async fn read_secret(ctx: &Context, name: &str, key: &str) -> Result<Option<String>, Error> {
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.external_id_namespace).get_opt(name).await?;
-    Ok(secret
-        .and_then(|s| s.data)
-        .and_then(|data| data.get(key).cloned())
-        .and_then(|bytes| String::from_utf8(bytes.0).ok()))
-}
-
-/// Deletes the tenant's baseline stacks in every region, before its account is closed.
-/// Returns `None` once none is left, or what is going on while they are being deleted.
-pub async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<StepOutcome>, Error> {
-    let Some(applied) = tenant.status.as_ref().and_then(|s| s.baseline.clone()) else { return Ok(None) };
-    let Some(account_id) = tenant.status.as_ref().and_then(|s| s.account_id.clone()) else { return Ok(None) };
-    let baseline = ctx.baselines.get(&ObjectRef::new(&applied.name));
-    let (role_name, session_policy, external_id, stack_name) = match &baseline {
-        Some(b) => {
-            let external_id = match &b.spec.external_id {
-                Some(r) => read_secret(ctx, &r.name, &r.key).await?,
-                None => None,
-            };
-            (b.spec.role_name.clone(), b.spec.session_policy.clone(), external_id, b.spec.stack_name.clone())
-        }
-        None => ("OrganizationAccountAccessRole".to_string(), None, None, "silo-baseline".to_string()),
-    };
-    let key = SessionKey {
-        tenant_uid: tenant.uid().unwrap_or_default(),
-        account_id: account_id.clone(),
-        role_name,
-        external_id,
-        session_policy,
-    };
-    let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), Priority::User).await {
-        Ok(credentials) => credentials,
-        Err(err) if session_refusal(&err) == SessionRefusal::RoleRefused => {
-            return Ok(Some(StepOutcome::stalled(
-                "BaselineDeletionBlocked",
-                format!(
-                    "Cannot assume {} in account {account_id} to delete the baseline stacks: {}",
-                    key.role_name, err.message
-                ),
-                RECHECK_STALLED,
-            )));
-        }
-        Err(err) => return Err(err.into()),
-    };
-    let mut remaining = vec![];
-    for entry in &applied.stacks {
-        let stacks = ctx.aws.stacks(&account_id, credentials.clone(), &entry.region, Priority::User);
-        let name = entry.stack_id.clone().unwrap_or_else(|| stack_name.clone());
-        let Some(stack) = stacks.describe(&name).await? else { continue };
-        match stack.status.as_str() {
-            "DELETE_COMPLETE" => continue,
-            "DELETE_IN_PROGRESS" => {}
-            _ => stacks.delete(&stack, &request_token("delete", &applied.revision, stack.changed_at)).await?,
-        }
-        remaining.push(entry.region.clone());
-    }
-    if remaining.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(StepOutcome::wait(
-        "DeletingBaseline",
-        format!("Deleting the baseline stacks in {} before the account is closed", remaining.join(", ")),
-        POLL,
-    )))
 }
 
 #[cfg(test)]

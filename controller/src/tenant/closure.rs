@@ -40,20 +40,22 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{ObjectMeta, PostParams},
-    runtime::events::EventType,
+    runtime::{events::EventType, reflector::ObjectRef},
 };
 use tracing::info;
 
 use super::{
-    Context, Error,
+    Context, Error, RECHECK_STALLED,
     status::{Progress, StatusWriter},
 };
 use crate::{
     api::{DeletionPolicy, Tenant},
     aws::{
-        Priority,
+        Priority, SessionKey,
         organizations::{CloseRefusal, CreationState},
+        stack_answers::{SessionRefusal, session_refusal},
     },
+    baseline::stack::{POLL_BOUNDS, request_token},
     conditions::StepOutcome,
     contract::{
         TENANT_UID_TAG,
@@ -71,6 +73,8 @@ const AWS_WINDOW: SignedDuration = SignedDuration::from_hours(30 * 24);
 /// How long Silo waits after AWS refused a closure for quota reasons.
 const QUOTA_BACKOFF: Duration = Duration::from_secs(4 * 3600);
 const POLL: Duration = Duration::from_secs(10);
+/// How soon a tenant whose baseline stacks are being deleted looks again.
+const DELETION_POLL: Duration = POLL_BOUNDS.0;
 
 /// AWS's closure quota for an organization with `members` member accounts: 10% of them, at
 /// least 10 and at most 1,000, in any 30 days. Pure.
@@ -493,7 +497,7 @@ impl ClosureFacts {
                 self.reservation = Some(Reservation { answer, at });
             }
             Call::DeleteStacks => {
-                self.stacks = Some(match super::bootstrap::delete_stacks(tenant, ctx).await? {
+                self.stacks = Some(match delete_stacks(tenant, ctx).await? {
                     None => StacksLeft::None,
                     Some(deleting) => StacksLeft::Some(deleting),
                 });
@@ -603,6 +607,65 @@ async fn report_wait(
     progress.account = Some(outcome);
     StatusWriter::new(tenant, ctx.client.clone()).write(&progress).await?;
     Ok(Deletion::Wait { reason, retry_after })
+}
+
+/// Deletes the tenant's baseline stacks in every region, before its account is closed.
+/// Returns `None` once none is left, or what is going on while they are being deleted.
+async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<StepOutcome>, Error> {
+    let Some(applied) = tenant.status.as_ref().and_then(|s| s.baseline.clone()) else { return Ok(None) };
+    let Some(account_id) = tenant.status.as_ref().and_then(|s| s.account_id.clone()) else { return Ok(None) };
+    let baseline = ctx.baselines.get(&ObjectRef::new(&applied.name));
+    let (role_name, session_policy, external_id, stack_name) = match &baseline {
+        Some(b) => {
+            let external_id = match &b.spec.external_id {
+                Some(r) => ctx.external_id(&r.name, &r.key).await?,
+                None => None,
+            };
+            (b.spec.role_name.clone(), b.spec.session_policy.clone(), external_id, b.spec.stack_name.clone())
+        }
+        None => ("OrganizationAccountAccessRole".to_string(), None, None, "silo-baseline".to_string()),
+    };
+    let key = SessionKey {
+        tenant_uid: tenant.uid().unwrap_or_default(),
+        account_id: account_id.clone(),
+        role_name,
+        external_id,
+        session_policy,
+    };
+    let credentials = match ctx.aws.tenants.credentials(&key, &tenant.name_any(), Priority::User).await {
+        Ok(credentials) => credentials,
+        Err(err) if session_refusal(&err) == SessionRefusal::RoleRefused => {
+            return Ok(Some(StepOutcome::stalled(
+                "BaselineDeletionBlocked",
+                format!(
+                    "Cannot assume {} in account {account_id} to delete the baseline stacks: {}",
+                    key.role_name, err.message
+                ),
+                RECHECK_STALLED,
+            )));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let mut remaining = vec![];
+    for entry in &applied.stacks {
+        let stacks = ctx.aws.stacks(&account_id, credentials.clone(), &entry.region, Priority::User);
+        let name = entry.stack_id.clone().unwrap_or_else(|| stack_name.clone());
+        let Some(stack) = stacks.describe(&name).await? else { continue };
+        match stack.status.as_str() {
+            "DELETE_COMPLETE" => continue,
+            "DELETE_IN_PROGRESS" => {}
+            _ => stacks.delete(&stack, &request_token("delete", &applied.revision, stack.changed_at)).await?,
+        }
+        remaining.push(entry.region.clone());
+    }
+    if remaining.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(StepOutcome::wait(
+        "DeletingBaseline",
+        format!("Deleting the baseline stacks in {} before the account is closed", remaining.join(", ")),
+        DELETION_POLL,
+    )))
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ use futures::{
     StreamExt,
     channel::mpsc::{UnboundedReceiver, UnboundedSender},
 };
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -109,6 +109,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// The external id a Baseline names (`spec.externalId`): the `key` of Secret `name` in the
+    /// external-id namespace, the only Secrets Silo can read. `None` when either is missing.
+    pub async fn external_id(&self, name: &str, key: &str) -> Result<Option<String>, kube::Error> {
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.config.external_id_namespace);
+        let secret = secrets.get_opt(name).await?;
+        Ok(secret
+            .and_then(|s| s.data)
+            .and_then(|data| data.get(key).cloned())
+            .and_then(|bytes| String::from_utf8(bytes.0).ok()))
+    }
+
     /// Publishes a Kubernetes Event about a tenant; failures are logged, never fatal.
     pub async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
         METRICS.milestones.get_or_create(&MilestoneLabels { milestone: reason.to_string() }).inc();
@@ -350,8 +361,9 @@ pub fn error_policy(tenant: Arc<Tenant>, err: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
-/// How soon a step AWS refused is tried again.
-const REFUSED_RETRY: Duration = Duration::from_secs(600);
+/// How soon a Stalled step is looked at again by itself, in case the world changed (a person
+/// fixed the cause); `--max-stalled-retry-seconds` shortens it. A step AWS refused too.
+pub const RECHECK_STALLED: Duration = Duration::from_secs(600);
 
 /// Brings the AWS side of one tenant in line with its spec.
 async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
@@ -471,7 +483,7 @@ fn surface(result: Result<StepOutcome, Error>) -> Result<StepOutcome, Error> {
                 err.code.as_deref().unwrap_or("no code"),
                 err.message
             ),
-            REFUSED_RETRY,
+            RECHECK_STALLED,
         )),
         other => other,
     }

@@ -15,8 +15,7 @@
 use kube::runtime::events::EventType;
 
 use super::{
-    Context, Error,
-    account::RECHECK_STALLED,
+    Context, Error, RECHECK_STALLED,
     schedule::Mode,
     status::{Progress, trusted},
 };
