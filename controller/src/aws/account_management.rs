@@ -16,11 +16,9 @@ use aws_sdk_account::{
 use super::{
     budget::{Budget, Gate, Priority},
     error::AwsError,
+    fence::Fence,
 };
-use crate::{
-    api::{Contact, ContactKind},
-    leader::Fence,
-};
+use crate::api::{Contact, ContactKind};
 
 /// The Account API of the management account.
 #[derive(Clone)]

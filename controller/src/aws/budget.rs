@@ -44,8 +44,7 @@ use std::{
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::{count_request, error::AwsError};
-use crate::leader::Fence;
+use super::{count_request, error::AwsError, fence::Fence};
 
 /// Limits for one AWS API (one service, one organization).
 #[derive(Clone, Copy, Debug)]

@@ -17,8 +17,9 @@ use super::{
     budget::{KeyedBudget, Permit, Priority},
     count_request,
     error::AwsError,
+    fence::Fence,
 };
-use crate::{api::ResourceChange, leader::Fence};
+use crate::api::ResourceChange;
 
 /// How long a preview waits for CloudFormation to work out a change set.
 const CHANGE_SET_PATIENCE: Duration = Duration::from_secs(60);

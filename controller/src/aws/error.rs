@@ -64,7 +64,7 @@ impl AwsError {
     }
 
     /// A write this replica may not send: it cannot prove it still holds the Lease (see
-    /// `leader::Fence`). Retried later, quietly, like busy background work.
+    /// [`super::fence`]). Retried later, quietly, like busy background work.
     pub fn fenced(operation: &'static str) -> Self {
         Self {
             operation,

@@ -13,6 +13,7 @@ pub mod account_management;
 pub mod budget;
 pub mod cloudformation;
 pub mod error;
+pub mod fence;
 pub mod organizations;
 pub mod templates;
 pub mod tenant_access;
@@ -25,13 +26,11 @@ use aws_credential_types::Credentials;
 pub use account_management::AccountManagement;
 pub use budget::{Budget, BudgetLimits, KeyedBudget, Priority};
 pub use error::{AwsError, AwsErrorKind};
+pub use fence::Fence;
 pub use organizations::Organizations;
 pub use tenant_access::{SessionKey, TenantAccess};
 
-use crate::{
-    leader::Fence,
-    metrics::{AwsRequestLabels, METRICS},
-};
+use crate::metrics::{AwsRequestLabels, METRICS};
 
 /// How long ago an AWS timestamp was; `None` for a time in the future or out of range.
 pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
@@ -96,7 +95,7 @@ pub struct Aws {
     pub accounts: AccountManagement,
     pub tenants: TenantAccess,
     stacks_budget: KeyedBudget,
-    /// Every AWS write checks it first (see [`crate::leader::Fence`]).
+    /// Every AWS write checks it first (see [`fence`]).
     fence: Fence,
     /// The management account's configuration: endpoint, region, credentials.
     pub config: SdkConfig,

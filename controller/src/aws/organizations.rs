@@ -20,8 +20,8 @@ use aws_sdk_organizations::{
 use super::{
     budget::{Budget, Gate, Priority},
     error::AwsError,
+    fence::Fence,
 };
-use crate::leader::Fence;
 
 /// Runs a paginated listing to the end, taking one budget permit per page, and returns the
 /// items of every page.
