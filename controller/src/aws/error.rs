@@ -38,7 +38,7 @@ const THROTTLING_CODES: &[&str] = &[
 
 /// Error codes AWS services use for a passing fault on their side.
 const TRANSIENT_CODES: &[&str] =
-    &["ServiceException", "InternalFailure", "InternalError", "ServiceUnavailable", "RequestTimeout"];
+    &["ServiceException", "ServiceFailure", "InternalFailure", "InternalError", "ServiceUnavailable", "RequestTimeout"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AwsErrorKind {
@@ -217,6 +217,17 @@ mod tests {
         assert_eq!(classify(Some("TooManyRequestsException"), Some(400)), AwsErrorKind::Throttled);
         assert_eq!(classify(Some("Throttling"), Some(400)), AwsErrorKind::Throttled);
         assert_eq!(classify(None, Some(429)), AwsErrorKind::Throttled);
+    }
+
+    #[test]
+    fn codes_alone_say_weather() {
+        // Without a status to go by (preflight knew these before it used this classifier).
+        for code in ["Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"] {
+            assert_eq!(classify(Some(code), None), AwsErrorKind::Throttled, "{code}");
+        }
+        for code in ["ServiceUnavailable", "InternalFailure", "InternalError", "ServiceFailure"] {
+            assert_eq!(classify(Some(code), None), AwsErrorKind::Transient, "{code}");
+        }
     }
 
     #[test]
