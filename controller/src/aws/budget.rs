@@ -228,7 +228,7 @@ impl Gate {
 
 /// One AWS request: waits for `permit`, counts the request in `silo_aws_requests_total` once
 /// it is granted, then sends it and holds the permit until the answer. Without a permit,
-/// nothing is sent or counted. Every request of the clients in [`super`] goes through here.
+/// nothing is sent or counted. Every request paced by a budget goes through here.
 pub(super) async fn call<T, E, F>(
     service: &'static str,
     operation: &'static str,

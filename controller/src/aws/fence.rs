@@ -9,9 +9,9 @@
 //!
 //! ## Guarantees
 //! - A fence from [`Fence::open`] (a single replica, no leader election) never refuses.
-//! - Any other fence refuses writes except between an [`Fence::allow_until`] and the moment
+//! - Any other fence refuses writes except between an `allow_until` and the moment
 //!   it names: the leader allows writes only as long as its proof holds, and closes the fence
-//!   ([`Fence::close`]) the moment it knows the Lease is lost.
+//!   (`close`) the moment it knows the Lease is lost.
 //! - A write is checked both before it waits for its budget's permit and again once it holds
 //!   it: a write queued while this replica led is not sent after its fence closed.
 //! - A refused write is an [`AwsError::fenced`]: nothing was sent, and the work is retried

@@ -8,6 +8,11 @@
 //! the controller's identity, CloudFormation one rate per tenant account and region, the
 //! Account API ([`account_management`]) its own.
 //! Every request is counted in `silo_aws_requests_total{service,operation}`.
+//!
+//! A call site names its operation once: [`budget::Gate`] (or CloudFormation's
+//! [`cloudformation::Pacing`]) takes the permit, checks the [`fence`] for a write, counts the
+//! request and keeps the operation for the error, which the caller may inspect as the
+//! service's own before [`error`] classifies it.
 
 pub mod account_management;
 pub mod budget;
