@@ -18,11 +18,11 @@
 //!   unreachable, the proof is not renewed and every AWS write stops before another replica
 //!   can start. A new leader writes from the first renewal it sees (half a lease after it
 //!   took the Lease).
+//! - How the fence holds writes back (checked before and after the wait for a budget
+//!   permit) is [`crate::aws::fence`]'s guarantee; this module only decides until when it is
+//!   open.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -31,7 +31,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::aws::AwsError;
+use crate::aws::Fence;
 
 /// How often, as a fraction of the lease duration, Silo reads its own Lease.
 const CONFIRM_EVERY: u32 = 10;
@@ -41,61 +41,6 @@ const SAFETY_MARGIN: Duration = Duration::from_secs(1);
 
 fn margin(duration: Duration) -> Duration {
     SAFETY_MARGIN.min(duration / 5)
-}
-
-/// Whether this process may write to AWS now. Cheap to clone.
-#[derive(Clone)]
-pub struct Fence {
-    /// `None`: no leader election, always open.
-    until: Option<Arc<Mutex<Option<Instant>>>>,
-}
-
-impl Fence {
-    /// A fence that never closes (a single replica without leader election).
-    pub fn open() -> Self {
-        Self { until: None }
-    }
-
-    fn closed() -> Self {
-        Self { until: Some(Arc::new(Mutex::new(None))) }
-    }
-
-    fn allow_until(&self, until: Instant) {
-        if let Some(state) = &self.until {
-            *state.lock().expect("fence lock") = Some(until);
-        }
-    }
-
-    fn close(&self) {
-        if let Some(state) = &self.until {
-            *state.lock().expect("fence lock") = None;
-        }
-    }
-
-    /// Ok while this process certainly still holds the Lease; an error that retries the work
-    /// later otherwise.
-    pub fn check(&self, operation: &'static str) -> Result<(), AwsError> {
-        let Some(state) = &self.until else { return Ok(()) };
-        match *state.lock().expect("fence lock") {
-            Some(until) if Instant::now() < until => Ok(()),
-            _ => Err(AwsError::fenced(operation)),
-        }
-    }
-
-    /// Waits for `permit` (the AWS budget's) to send the write `operation`, and hands it over
-    /// only while the fence allows it: checked before the wait, so nothing queues in vain, and
-    /// again after it, because at fleet scale the wait can outlast the Lease, and a replica that
-    /// lost it must not send what it queued while it led. Every AWS write goes through here.
-    pub async fn permit_write<P>(
-        &self,
-        operation: &'static str,
-        permit: impl Future<Output = Result<P, AwsError>>,
-    ) -> Result<P, AwsError> {
-        self.check(operation)?;
-        let permit = permit.await?;
-        self.check(operation)?;
-        Ok(permit)
-    }
 }
 
 /// A held Lease. Completes [`Leadership::lost`] when it is lost.
@@ -194,48 +139,5 @@ async fn confirm(leases: Api<Lease>, name: String, identity: String, duration: D
             Err(err) => warn!(%err, "cannot read the Lease; AWS writes stop when the lease would expire"),
         }
         tokio::time::sleep(every).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_fence_allows_writes_until_it_expires() {
-        assert!(Fence::open().check("TagResource").is_ok(), "without leader election, always open");
-        let fence = Fence::closed();
-        assert!(fence.check("TagResource").is_err(), "closed until a renewal is proven");
-        fence.allow_until(Instant::now() + Duration::from_secs(60));
-        assert!(fence.check("TagResource").is_ok());
-        fence.allow_until(Instant::now() - Duration::from_secs(1));
-        assert!(fence.check("TagResource").is_err(), "expired");
-        fence.allow_until(Instant::now() + Duration::from_secs(60));
-        fence.close();
-        assert!(fence.check("TagResource").is_err(), "a lost Lease closes it");
-    }
-
-    #[tokio::test]
-    async fn a_write_that_waited_past_the_lease_is_not_sent() {
-        let fence = Fence::closed();
-        fence.allow_until(Instant::now() + Duration::from_secs(60));
-        let sent = fence.permit_write("MoveAccount", async { Ok(()) }).await;
-        assert!(sent.is_ok(), "a permit while the Lease is held");
-
-        // The Lease is lost while the write waits for its permit.
-        let waiting = fence.permit_write("MoveAccount", async {
-            fence.close();
-            Ok(())
-        });
-        assert!(waiting.await.is_err(), "the fence is checked again once the permit is held");
-
-        // A closed fence does not queue the write at all.
-        let mut asked = false;
-        let refused = fence.permit_write("MoveAccount", async {
-            asked = true;
-            Ok(())
-        });
-        assert!(refused.await.is_err());
-        assert!(!asked, "no permit is asked for while the fence is closed");
     }
 }

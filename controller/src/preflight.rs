@@ -30,7 +30,10 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use crate::{Baseline, Tenant};
+use crate::{
+    Baseline, Tenant,
+    aws::{AwsErrorKind, error::classify},
+};
 
 /// The problems preflight found, one line each.
 #[derive(Debug)]
@@ -205,17 +208,18 @@ fn no_credentials(detail: &str) -> String {
 }
 
 /// A failed STS call in the user's terms; `None` for weather (throttling, 5xx, timeouts).
-fn aws_problem<E, R>(err: &SdkError<E, R>, config: &SdkConfig, call: &str) -> Option<String>
+/// An AWS answer is weather when the controllers' own classifier ([`classify`]) would retry it.
+fn aws_problem<E>(err: &SdkError<E>, config: &SdkConfig, call: &str) -> Option<String>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + 'static,
 {
     let region = config.region().map(|r| r.to_string()).unwrap_or_default();
     match err {
         SdkError::ServiceError(ctx) => {
-            let code = ctx.err().code().unwrap_or("Unknown");
             let message = ctx.err().message().unwrap_or_default();
-            if is_weather(code) {
+            let kind = classify(ctx.err().code(), Some(ctx.raw().status().as_u16()));
+            let code = ctx.err().code().unwrap_or("Unknown");
+            if matches!(kind, AwsErrorKind::Throttled | AwsErrorKind::Transient) {
                 warn!(code, message, "preflight: {call} was refused for now; starting anyway, the controllers retry");
                 return None;
             }
@@ -243,20 +247,6 @@ where
         }
         _ => Some(format!("{call} failed in region {region}: {}", error_chain(err))),
     }
-}
-
-fn is_weather(code: &str) -> bool {
-    matches!(
-        code,
-        "Throttling"
-            | "ThrottlingException"
-            | "TooManyRequestsException"
-            | "RequestLimitExceeded"
-            | "ServiceUnavailable"
-            | "InternalFailure"
-            | "InternalError"
-            | "ServiceFailure"
-    )
 }
 
 /// `us-east-1`, `us-gov-west-1`, `ap-southeast-5`, `eusc-de-east-1`: letters, dash-separated
@@ -292,6 +282,27 @@ mod tests {
         for bad in ["", "us-east", "useast1", "US-EAST-1", "us-east-1a", "us_east_1", "eu--1", "europe-west-1"] {
             assert!(!is_region_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn aws_weather_is_what_the_controllers_retry() {
+        use aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityError;
+        use aws_smithy_runtime_api::http::{Response, StatusCode};
+        use aws_smithy_types::{body::SdkBody, error::ErrorMetadata};
+        let refused = |code: &str, status: u16| {
+            let error = GetCallerIdentityError::generic(ErrorMetadata::builder().code(code).message("no").build());
+            SdkError::service_error(error, Response::new(StatusCode::try_from(status).unwrap(), SdkBody::empty()))
+        };
+        let config = SdkConfig::builder().region(Region::new("eu-west-1")).build();
+        let problem = |code, status| aws_problem(&refused(code, status), &config, "sts:GetCallerIdentity");
+        for (code, status) in
+            [("Throttling", 400), ("ThrottledException", 400), ("RequestThrottledException", 400), ("BadGateway", 502)]
+        {
+            assert_eq!(problem(code, status), None, "{code} ({status}) is weather: Silo starts");
+        }
+        let refused = problem("InvalidClientTokenId", 403).expect("a problem");
+        assert!(refused.contains("the access key is unknown to AWS"), "{refused}");
+        assert!(refused.contains("region eu-west-1"), "{refused}");
     }
 
     #[test]

@@ -16,11 +16,9 @@ use aws_sdk_account::{
 use super::{
     budget::{Budget, Gate, Priority},
     error::AwsError,
+    fence::Fence,
 };
-use crate::{
-    api::{Contact, ContactKind},
-    leader::Fence,
-};
+use crate::api::{Contact, ContactKind};
 
 /// The Account API of the management account.
 #[derive(Clone)]
@@ -46,70 +44,60 @@ impl AccountManagement {
         kind: ContactKind,
         priority: Priority,
     ) -> Result<Option<Contact>, AwsError> {
-        let _permit = self.gate.read(priority, "GetAlternateContact").await?;
         let request = self.client.get_alternate_contact().account_id(account_id).alternate_contact_type(aws_kind(kind));
-        match request.send().await {
+        match self.gate.read(priority, "GetAlternateContact", || request.send()).await {
             Ok(out) => Ok(out.alternate_contact.map(|c| Contact {
                 name: c.name.unwrap_or_default(),
                 title: c.title.unwrap_or_default(),
                 email: c.email_address.unwrap_or_default(),
                 phone: c.phone_number.unwrap_or_default(),
             })),
-            Err(err)
-                if matches!(err.as_service_error(), Some(GetAlternateContactError::ResourceNotFoundException(_))) =>
+            Err(failure)
+                if matches!(failure.service_error(), Some(GetAlternateContactError::ResourceNotFoundException(_))) =>
             {
                 Ok(None)
             }
-            Err(err) => Err(AwsError::from_sdk("GetAlternateContact", err)),
+            Err(failure) => Err(failure.into_aws()),
         }
     }
 
     /// PutAlternateContact.
     pub async fn set_contact(&self, account_id: &str, kind: ContactKind, contact: &Contact) -> Result<(), AwsError> {
-        let _permit = self.gate.write("PutAlternateContact").await?;
-        self.client
+        let request = self
+            .client
             .put_alternate_contact()
             .account_id(account_id)
             .alternate_contact_type(aws_kind(kind))
             .name(&contact.name)
             .title(&contact.title)
             .email_address(&contact.email)
-            .phone_number(&contact.phone)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("PutAlternateContact", err))?;
+            .phone_number(&contact.phone);
+        self.gate.write("PutAlternateContact", || request.send()).await?;
         Ok(())
     }
 
     /// DeleteAlternateContact; a contact that is not set is fine.
     pub async fn delete_contact(&self, account_id: &str, kind: ContactKind) -> Result<(), AwsError> {
-        let _permit = self.gate.write("DeleteAlternateContact").await?;
         let request =
             self.client.delete_alternate_contact().account_id(account_id).alternate_contact_type(aws_kind(kind));
-        match request.send().await {
+        match self.gate.write("DeleteAlternateContact", || request.send()).await {
             Ok(_) => Ok(()),
-            Err(err)
+            Err(failure)
                 if matches!(
-                    err.as_service_error(),
+                    failure.service_error(),
                     Some(DeleteAlternateContactError::ResourceNotFoundException(_))
                 ) =>
             {
                 Ok(())
             }
-            Err(err) => Err(AwsError::from_sdk("DeleteAlternateContact", err)),
+            Err(failure) => Err(failure.into_aws()),
         }
     }
 
     /// PutAccountName.
     pub async fn rename(&self, account_id: &str, name: &str) -> Result<(), AwsError> {
-        let _permit = self.gate.write("PutAccountName").await?;
-        self.client
-            .put_account_name()
-            .account_id(account_id)
-            .account_name(name)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("PutAccountName", err))?;
+        let request = self.client.put_account_name().account_id(account_id).account_name(name);
+        self.gate.write("PutAccountName", || request.send()).await?;
         Ok(())
     }
 }

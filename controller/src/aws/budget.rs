@@ -41,11 +41,15 @@ use std::{
     time::Duration,
 };
 
+use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::{count_request, error::AwsError};
-use crate::leader::Fence;
+use super::{
+    count_request,
+    error::{AwsError, Failure},
+    fence::Fence,
+};
 
 /// Limits for one AWS API (one service, one organization).
 #[derive(Clone, Copy, Debug)]
@@ -174,8 +178,9 @@ impl Budget {
     }
 }
 
-/// How a management-account client (Organizations, the Account API) sends a request: a permit
-/// from its service's budget, counted in `silo_aws_requests_total`; writes only while the
+/// How a client with one budget for its whole service (Organizations, the Account API, STS)
+/// sends a request: [`Gate::read`] or [`Gate::write`] name the operation once, for the
+/// permit, the count in `silo_aws_requests_total` and the error. Writes go only while the
 /// leader's fence allows them, and always at user priority.
 #[derive(Clone)]
 pub struct Gate {
@@ -194,20 +199,48 @@ impl Gate {
         Self { fence, ..self }
     }
 
-    /// A permit for a read at `priority`; at [`Priority::IfIdle`], a `Busy` error instead of
-    /// waiting when the budget is not idle.
-    pub async fn read(&self, priority: Priority, operation: &'static str) -> Result<Permit, AwsError> {
-        let permit = self.budget.permit(priority).await.ok_or_else(|| AwsError::busy(operation))?;
-        count_request(self.service, operation);
-        Ok(permit)
+    /// Sends the read `operation` with a permit at `priority`: `send` builds and sends the
+    /// request, once. At [`Priority::IfIdle`], when the budget is not idle, nothing is sent
+    /// and the call fails with a `Busy` error.
+    pub async fn read<T, E, F>(
+        &self,
+        priority: Priority,
+        operation: &'static str,
+        send: impl FnOnce() -> F,
+    ) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        let permit = async { self.budget.permit(priority).await.ok_or_else(|| AwsError::busy(operation)) };
+        call(self.service, operation, permit, send).await
     }
 
-    /// A permit for a write: at user priority, and only while the fence allows it.
-    pub async fn write(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        let permit = self.fence.permit_write(operation, async { Ok(self.budget.user().await) }).await?;
-        count_request(self.service, operation);
-        Ok(permit)
+    /// Sends the write `operation`: at user priority, and only while the fence allows it,
+    /// checked before and after the wait for the permit ([`Fence::permit_write`]).
+    pub async fn write<T, E, F>(&self, operation: &'static str, send: impl FnOnce() -> F) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        let permit = self.fence.permit_write(operation, async { Ok(self.budget.user().await) });
+        call(self.service, operation, permit, send).await
     }
+}
+
+/// One AWS request: waits for `permit`, counts the request in `silo_aws_requests_total` once
+/// it is granted, then sends it and holds the permit until the answer. Without a permit,
+/// nothing is sent or counted. Every request paced by a budget goes through here.
+pub(super) async fn call<T, E, F>(
+    service: &'static str,
+    operation: &'static str,
+    permit: impl Future<Output = Result<Permit, AwsError>>,
+    send: impl FnOnce() -> F,
+) -> Result<T, Failure<E>>
+where
+    F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    let _permit = permit.await.map_err(Failure::NotSent)?;
+    count_request(service, operation);
+    send().await.map_err(|error| Failure::Sent { operation, error })
 }
 
 /// A budget with one rate per key and one in-flight cap for all keys: CloudFormation's
@@ -267,7 +300,23 @@ impl Drop for UserWaiting<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use aws_sdk_organizations::operation::list_roots::ListRootsError;
+
     use super::*;
+    use crate::{
+        aws::{AwsErrorKind, error::refused},
+        metrics::{AwsRequestLabels, METRICS},
+    };
+
+    /// What a call through a gate returns in these tests (any operation's SDK types would do).
+    type Answer<T> = Result<T, SdkError<ListRootsError, HttpResponse>>;
+
+    /// How many `operation` requests `service` sent, as `silo_aws_requests_total` counts them.
+    fn sent(service: &'static str, operation: &'static str) -> u64 {
+        METRICS.aws_requests.get_or_create(&AwsRequestLabels { service, operation }).get()
+    }
 
     fn budget(rps: u32, in_flight: usize) -> Budget {
         Budget::new(BudgetLimits { requests_per_second: NonZeroU32::new(rps).unwrap(), max_in_flight: in_flight })
@@ -359,5 +408,71 @@ mod tests {
         assert!(!background.is_finished(), "the slot is held");
         drop(held);
         tokio::time::timeout(Duration::from_secs(5), background).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_names_its_operation_once_for_the_count_and_the_error() {
+        let gate = Gate::new("test-gate", budget(1000, 4));
+        let answer = gate.read(Priority::User, "ListRoots", || async { Answer::Ok("r-1") }).await;
+        assert_eq!(answer.unwrap(), "r-1");
+        assert_eq!(sent("test-gate", "ListRoots"), 1, "one request, counted once");
+
+        let refusal =
+            gate.read(Priority::Background, "ListRoots", || async { Answer::<()>::Err(refused("Throttling", 400)) });
+        let err = refusal.await.unwrap_err().into_aws();
+        assert_eq!((err.operation, err.kind), ("ListRoots", AwsErrorKind::Throttled), "the error names it too");
+        assert_eq!(sent("test-gate", "ListRoots"), 2, "a refused request was sent: it counts");
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_fence_closes_while_it_waits_for_its_permit_is_not_sent() {
+        let budget = budget(1000, 1);
+        let fence = Fence::closed();
+        fence.allow_until(Instant::now() + Duration::from_secs(60));
+        let gate = Gate::new("test-fenced", budget.clone()).fenced(fence.clone());
+        gate.write("TagResource", || async { Answer::Ok(()) }).await.expect("the fence is open");
+        assert_eq!(sent("test-fenced", "TagResource"), 1);
+
+        // The only slot is held; the Lease is lost while the write waits for it.
+        let held = budget.user().await;
+        let mut sent_to_aws = false;
+        let write = gate.write("TagResource", || {
+            sent_to_aws = true;
+            async { Answer::Ok(()) }
+        });
+        let lose_the_lease = async {
+            while budget.users_waiting.load(Ordering::Acquire) == 0 {
+                tokio::task::yield_now().await;
+            }
+            fence.close();
+            drop(held);
+        };
+        let (answer, ()) = tokio::join!(write, lose_the_lease);
+        match answer {
+            Err(Failure::NotSent(err)) => assert!(err.has_code("LeaseNotConfirmed"), "{err}"),
+            other => panic!("a write past its fence must not be sent: {other:?}"),
+        }
+        assert!(!sent_to_aws);
+        assert_eq!(sent("test-fenced", "TagResource"), 1, "nothing more was counted");
+    }
+
+    #[tokio::test]
+    async fn idle_work_on_a_busy_budget_sends_nothing() {
+        let budget = budget(1000, 1);
+        let gate = Gate::new("test-if-idle", budget.clone());
+        let _held = budget.user().await;
+        let mut sent_to_aws = false;
+        let answer = gate
+            .read(Priority::IfIdle, "DescribeAccount", || {
+                sent_to_aws = true;
+                async { Answer::Ok(()) }
+            })
+            .await;
+        match answer {
+            Err(Failure::NotSent(err)) => assert_eq!(err.kind, AwsErrorKind::Busy),
+            other => panic!("idle work must not wait for a busy budget: {other:?}"),
+        }
+        assert!(!sent_to_aws);
+        assert_eq!(sent("test-if-idle", "DescribeAccount"), 0);
     }
 }

@@ -12,13 +12,14 @@ use aws_sdk_cloudformation::{
     Client,
     types::{Capability, ChangeSetStatus, ChangeSetType, Parameter, ResourceStatus, Tag},
 };
+use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
 
 use super::{
-    budget::{KeyedBudget, Permit, Priority},
-    count_request,
-    error::AwsError,
+    budget::{KeyedBudget, Permit, Priority, call},
+    error::{AwsError, Failure},
+    fence::Fence,
 };
-use crate::{api::ResourceChange, leader::Fence};
+use crate::api::ResourceChange;
 
 /// How long a preview waits for CloudFormation to work out a change set.
 const CHANGE_SET_PATIENCE: Duration = Duration::from_secs(60);
@@ -70,6 +71,33 @@ pub struct Pacing {
     pub fence: Fence,
 }
 
+impl Pacing {
+    /// Sends the read `operation` with a permit for this account and region (as
+    /// [`super::budget::Gate::read`] does for a service-wide budget).
+    async fn read<T, E, F>(&self, operation: &'static str, send: impl FnOnce() -> F) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        call("cloudformation", operation, self.permit(operation), send).await
+    }
+
+    /// Sends the write `operation` with a permit for this account and region, only while the
+    /// fence allows it ([`Fence::permit_write`]). Unlike a [`super::budget::Gate`] write, it
+    /// asks at the pacing's priority: at [`Priority::IfIdle`], a write that finds no permit
+    /// now is not sent (`Busy`), like a read.
+    async fn write<T, E, F>(&self, operation: &'static str, send: impl FnOnce() -> F) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        call("cloudformation", operation, self.fence.permit_write(operation, self.permit(operation)), send).await
+    }
+
+    /// Waits for a permit for one request on this account and region's budget.
+    async fn permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
+        self.budget.permit(&self.key, self.priority).await.ok_or_else(|| AwsError::busy(operation))
+    }
+}
+
 /// The stacks of one account in one region.
 pub struct Stacks {
     client: Client,
@@ -88,39 +116,14 @@ impl Stacks {
         Self { client: Client::from_conf(config), pacing }
     }
 
-    /// A permit for a write, and only while the fence allows it; counted.
-    async fn write_permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        let permit = self.pacing.fence.permit_write(operation, self.take(operation)).await?;
-        count_request("cloudformation", operation);
-        Ok(permit)
-    }
-
-    /// A permit for a read; counted.
-    async fn permit(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        let permit = self.take(operation).await?;
-        count_request("cloudformation", operation);
-        Ok(permit)
-    }
-
-    /// Waits for a permit for one request on this account and region's budget.
-    async fn take(&self, operation: &'static str) -> Result<Permit, AwsError> {
-        let Pacing { budget, key, priority, .. } = &self.pacing;
-        budget.permit(key, *priority).await.ok_or_else(|| AwsError::busy(operation))
-    }
-
     /// DescribeStacks for one stack; `None` when it does not exist.
     pub async fn describe(&self, name: &str) -> Result<Option<Stack>, AwsError> {
-        let _permit = self.permit("DescribeStacks").await?;
-        let out = match self.client.describe_stacks().stack_name(name).send().await {
+        let request = self.client.describe_stacks().stack_name(name);
+        let answer = self.pacing.read("DescribeStacks", || request.send()).await;
+        let out = match answer.map_err(Failure::into_aws) {
             Ok(out) => out,
-            Err(err) => {
-                let err = AwsError::from_sdk("DescribeStacks", err);
-                return if err.has_code("ValidationError") && err.message.contains("does not exist") {
-                    Ok(None)
-                } else {
-                    Err(err)
-                };
-            }
+            Err(err) if err.has_code("ValidationError") && err.message.contains("does not exist") => return Ok(None),
+            Err(err) => return Err(err),
         };
         let Some(stack) = out.stacks.unwrap_or_default().into_iter().next() else { return Ok(None) };
         let changed = stack.last_updated_time.or(stack.creation_time);
@@ -146,9 +149,8 @@ impl Stacks {
 
     /// CreateStack. The token makes a retried call a no-op.
     pub async fn create(&self, spec: &StackSpec<'_>, token: &str) -> Result<String, AwsError> {
-        let _permit = self.write_permit("CreateStack").await?;
         let input = StackInput::from(spec);
-        let out = self
+        let request = self
             .client
             .create_stack()
             .stack_name(spec.name)
@@ -158,18 +160,15 @@ impl Stacks {
             .set_capabilities(Some(input.capabilities))
             .set_tags(Some(input.tags))
             .enable_termination_protection(spec.termination_protection)
-            .client_request_token(token)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("CreateStack", err))?;
+            .client_request_token(token);
+        let out = self.pacing.write("CreateStack", || request.send()).await?;
         Ok(out.stack_id.unwrap_or_default())
     }
 
     /// UpdateStack. The token makes a retried call a no-op.
     pub async fn update(&self, spec: &StackSpec<'_>, token: &str) -> Result<Update, AwsError> {
-        let _permit = self.write_permit("UpdateStack").await?;
         let input = StackInput::from(spec);
-        let result = self
+        let request = self
             .client
             .update_stack()
             .stack_name(spec.name)
@@ -178,42 +177,26 @@ impl Stacks {
             .set_parameters(Some(input.parameters))
             .set_capabilities(Some(input.capabilities))
             .set_tags(Some(input.tags))
-            .client_request_token(token)
-            .send()
-            .await;
-        match result {
+            .client_request_token(token);
+        let answer = self.pacing.write("UpdateStack", || request.send()).await;
+        match answer.map_err(Failure::into_aws) {
             Ok(_) => Ok(Update::Started),
-            Err(err) => {
-                let err = AwsError::from_sdk("UpdateStack", err);
-                if err.has_code("ValidationError") && err.message.contains("No updates are to be performed") {
-                    Ok(Update::NothingToDo)
-                } else {
-                    Err(err)
-                }
+            Err(err) if err.has_code("ValidationError") && err.message.contains("No updates are to be performed") => {
+                Ok(Update::NothingToDo)
             }
+            Err(err) => Err(err),
         }
     }
 
     /// DeleteStack (turning termination protection off first, when it is on).
     pub async fn delete(&self, stack: &Stack, token: &str) -> Result<(), AwsError> {
         if stack.termination_protection {
-            let _permit = self.write_permit("UpdateTerminationProtection").await?;
-            self.client
-                .update_termination_protection()
-                .stack_name(&stack.id)
-                .enable_termination_protection(false)
-                .send()
-                .await
-                .map_err(|err| AwsError::from_sdk("UpdateTerminationProtection", err))?;
+            let request =
+                self.client.update_termination_protection().stack_name(&stack.id).enable_termination_protection(false);
+            self.pacing.write("UpdateTerminationProtection", || request.send()).await?;
         }
-        let _permit = self.write_permit("DeleteStack").await?;
-        self.client
-            .delete_stack()
-            .stack_name(&stack.id)
-            .client_request_token(token)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("DeleteStack", err))?;
+        let request = self.client.delete_stack().stack_name(&stack.id).client_request_token(token);
+        self.pacing.write("DeleteStack", || request.send()).await?;
         Ok(())
     }
 
@@ -224,36 +207,22 @@ impl Stacks {
         let creating =
             existing.as_ref().is_none_or(|s| s.status == "DELETE_COMPLETE" || s.status == "REVIEW_IN_PROGRESS");
         let input = StackInput::from(spec);
-        let id = {
-            let _permit = self.write_permit("CreateChangeSet").await?;
-            self.client
-                .create_change_set()
-                .stack_name(spec.name)
-                .change_set_name(name)
-                .change_set_type(if creating { ChangeSetType::Create } else { ChangeSetType::Update })
-                .set_template_body(input.template_body)
-                .set_template_url(input.template_url)
-                .set_parameters(Some(input.parameters))
-                .set_capabilities(Some(input.capabilities))
-                .set_tags(Some(input.tags))
-                .send()
-                .await
-                .map_err(|err| AwsError::from_sdk("CreateChangeSet", err))?
-                .id
-                .unwrap_or_else(|| name.to_string())
-        };
+        let request = self
+            .client
+            .create_change_set()
+            .stack_name(spec.name)
+            .change_set_name(name)
+            .change_set_type(if creating { ChangeSetType::Create } else { ChangeSetType::Update })
+            .set_template_body(input.template_body)
+            .set_template_url(input.template_url)
+            .set_parameters(Some(input.parameters))
+            .set_capabilities(Some(input.capabilities))
+            .set_tags(Some(input.tags));
+        let id = self.pacing.write("CreateChangeSet", || request.send()).await?.id.unwrap_or_else(|| name.to_string());
         let started = std::time::Instant::now();
         let changes = loop {
-            let out = {
-                let _permit = self.permit("DescribeChangeSet").await?;
-                self.client
-                    .describe_change_set()
-                    .change_set_name(&id)
-                    .stack_name(spec.name)
-                    .send()
-                    .await
-                    .map_err(|err| AwsError::from_sdk("DescribeChangeSet", err))?
-            };
+            let request = self.client.describe_change_set().change_set_name(&id).stack_name(spec.name);
+            let out = self.pacing.read("DescribeChangeSet", || request.send()).await?;
             match out.status() {
                 Some(ChangeSetStatus::CreateComplete) => {
                     break out
@@ -288,52 +257,27 @@ impl Stacks {
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         };
-        {
-            let _permit = self.write_permit("DeleteChangeSet").await?;
-            self.client
-                .delete_change_set()
-                .change_set_name(&id)
-                .stack_name(spec.name)
-                .send()
-                .await
-                .map_err(|err| AwsError::from_sdk("DeleteChangeSet", err))?;
-        }
+        let request = self.client.delete_change_set().change_set_name(&id).stack_name(spec.name);
+        self.pacing.write("DeleteChangeSet", || request.send()).await?;
         if creating {
             // A change set for a new stack leaves the stack in REVIEW_IN_PROGRESS: remove it.
-            let _permit = self.write_permit("DeleteStack").await?;
-            self.client
-                .delete_stack()
-                .stack_name(spec.name)
-                .send()
-                .await
-                .map_err(|err| AwsError::from_sdk("DeleteStack", err))?;
+            let request = self.client.delete_stack().stack_name(spec.name);
+            self.pacing.write("DeleteStack", || request.send()).await?;
         }
         Ok(changes)
     }
 
     /// ContinueUpdateRollback.
     pub async fn continue_rollback(&self, name: &str, token: &str) -> Result<(), AwsError> {
-        let _permit = self.write_permit("ContinueUpdateRollback").await?;
-        self.client
-            .continue_update_rollback()
-            .stack_name(name)
-            .client_request_token(token)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("ContinueUpdateRollback", err))?;
+        let request = self.client.continue_update_rollback().stack_name(name).client_request_token(token);
+        self.pacing.write("ContinueUpdateRollback", || request.send()).await?;
         Ok(())
     }
 
     /// The first resource that failed, with its reason, from the stack's events.
     pub async fn first_failure(&self, stack_id: &str) -> Result<Option<String>, AwsError> {
-        let _permit = self.permit("DescribeStackEvents").await?;
-        let out = self
-            .client
-            .describe_stack_events()
-            .stack_name(stack_id)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("DescribeStackEvents", err))?;
+        let request = self.client.describe_stack_events().stack_name(stack_id);
+        let out = self.pacing.read("DescribeStackEvents", || request.send()).await?;
         // Events come newest first; the first failure is the last failed one listed.
         let failed = out.stack_events().iter().rev().find(|e| {
             matches!(e.resource_status(), Some(ResourceStatus::CreateFailed | ResourceStatus::UpdateFailed))
@@ -372,5 +316,59 @@ impl From<&StackSpec<'_>> for StackInput {
             capabilities: spec.capabilities.iter().map(|c| Capability::from(*c)).collect(),
             tags: spec.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use aws_sdk_cloudformation::operation::create_stack::CreateStackError;
+
+    use super::*;
+    use crate::{
+        aws::{AwsErrorKind, BudgetLimits},
+        metrics::{AwsRequestLabels, METRICS},
+    };
+
+    type Answer = Result<(), SdkError<CreateStackError, HttpResponse>>;
+
+    fn sent(operation: &'static str) -> u64 {
+        METRICS.aws_requests.get_or_create(&AwsRequestLabels { service: "cloudformation", operation }).get()
+    }
+
+    #[tokio::test]
+    async fn paced_requests_are_fenced_and_idle_ones_do_not_wait() {
+        let limits = BudgetLimits { requests_per_second: NonZeroU32::new(1000).unwrap(), max_in_flight: 1 };
+        let budget = KeyedBudget::new(limits);
+        let key = ("111111111111".to_string(), "eu-west-1".to_string());
+        let pacing = |priority, fence| Pacing { budget: budget.clone(), key: key.clone(), priority, fence };
+        let (writes, reads) = (sent("TestCreateStack"), sent("TestDescribeStacks"));
+
+        let mut sent_to_aws = false;
+        let lost_lease = pacing(Priority::User, Fence::closed());
+        let fenced = lost_lease.write("TestCreateStack", || {
+            sent_to_aws = true;
+            async { Answer::Ok(()) }
+        });
+        match fenced.await {
+            Err(Failure::NotSent(err)) => assert!(err.has_code("LeaseNotConfirmed"), "{err}"),
+            other => panic!("a write past its fence must not be sent: {other:?}"),
+        }
+        assert!(!sent_to_aws);
+
+        // The account's only slot is taken: idle work finds no permit now, and sends nothing.
+        let _held = budget.permit(&key, Priority::User).await;
+        let verification = pacing(Priority::IfIdle, Fence::open());
+        let idle = verification.read("TestDescribeStacks", || {
+            sent_to_aws = true;
+            async { Answer::Ok(()) }
+        });
+        match idle.await {
+            Err(Failure::NotSent(err)) => assert_eq!(err.kind, AwsErrorKind::Busy),
+            other => panic!("idle work must not wait: {other:?}"),
+        }
+        assert!(!sent_to_aws);
+        assert_eq!((sent("TestCreateStack"), sent("TestDescribeStacks")), (writes, reads), "nothing was counted");
     }
 }

@@ -10,12 +10,18 @@
 //! - [`AwsErrorKind::Terminal`]: AWS understood and refused. The caller decides which
 //!   condition to report; the code and message are kept for it.
 //! - [`AwsErrorKind::Busy`]: not an AWS answer at all: Silo's own budget had no permit for
-//!   background work at that moment (see [`super::budget`]). The work is done later.
+//!   background work at that moment (see [`super::budget`]), or the fence held a write back
+//!   (see [`super::fence`]). The work is done later.
+//!
+//! A call sent through the budget fails first as a [`Failure`], which still holds the
+//! service's own typed error: a caller that treats a refusal as an answer (a policy already
+//! attached, a contact not set) looks at it there; everything else becomes an [`AwsError`]
+//! with `?`, which classifies it and counts it in `silo_aws_errors_total`.
 
-use aws_sdk_organizations::error::SdkError;
+use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::metrics::{AwsErrorLabels, METRICS};
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Error codes AWS services use to say "slow down".
 const THROTTLING_CODES: &[&str] = &[
@@ -32,7 +38,7 @@ const THROTTLING_CODES: &[&str] = &[
 
 /// Error codes AWS services use for a passing fault on their side.
 const TRANSIENT_CODES: &[&str] =
-    &["ServiceException", "InternalFailure", "InternalError", "ServiceUnavailable", "RequestTimeout"];
+    &["ServiceException", "ServiceFailure", "InternalFailure", "InternalError", "ServiceUnavailable", "RequestTimeout"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AwsErrorKind {
@@ -64,7 +70,7 @@ impl AwsError {
     }
 
     /// A write this replica may not send: it cannot prove it still holds the Lease (see
-    /// `leader::Fence`). Retried later, quietly, like busy background work.
+    /// [`super::fence`]). Retried later, quietly, like busy background work.
     pub fn fenced(operation: &'static str) -> Self {
         Self {
             operation,
@@ -112,6 +118,49 @@ impl AwsError {
     }
 }
 
+/// A call through the budget that did not succeed, not classified yet.
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// Nothing was sent: the budget had no permit for it now ([`AwsErrorKind::Busy`]), or the
+    /// fence refused the write ([`AwsError::fenced`]).
+    NotSent(AwsError),
+    /// The request was sent and failed: AWS refused it, or the way there failed.
+    Sent { operation: &'static str, error: SdkError<E, HttpResponse> },
+}
+
+impl<E> Failure<E> {
+    /// The service's own error, when AWS answered with one; to match before classifying.
+    pub fn service_error(&self) -> Option<&E> {
+        match self {
+            Self::NotSent(_) => None,
+            Self::Sent { error, .. } => error.as_service_error(),
+        }
+    }
+}
+
+impl<E> Failure<E>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    /// The failure as Silo handles it: what was not sent as is, what AWS answered classified
+    /// (and counted) by [`AwsError::from_sdk`].
+    pub fn into_aws(self) -> AwsError {
+        match self {
+            Self::NotSent(err) => err,
+            Self::Sent { operation, error } => AwsError::from_sdk(operation, error),
+        }
+    }
+}
+
+impl<E> From<Failure<E>> for AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    fn from(failure: Failure<E>) -> Self {
+        failure.into_aws()
+    }
+}
+
 /// The HTTP status of a raw response, for classification.
 pub trait HttpStatus {
     fn status_code(&self) -> u16;
@@ -145,6 +194,20 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// What an SDK call returns when AWS refuses with `code` and HTTP `status`: a test double
+/// in the SDK's own types (ListRoots' error type stands for any operation's).
+#[cfg(test)]
+pub(crate) fn refused(
+    code: &str,
+    status: u16,
+) -> SdkError<aws_sdk_organizations::operation::list_roots::ListRootsError, HttpResponse> {
+    use aws_sdk_organizations::operation::list_roots::ListRootsError;
+    use aws_smithy_types::{body::SdkBody, error::ErrorMetadata};
+    let error = ListRootsError::generic(ErrorMetadata::builder().code(code).message("refused").build());
+    let status = aws_smithy_runtime_api::http::StatusCode::try_from(status).expect("an HTTP status");
+    SdkError::service_error(error, HttpResponse::new(status, SdkBody::empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,10 +220,43 @@ mod tests {
     }
 
     #[test]
+    fn codes_alone_say_weather() {
+        // Without a status to go by (preflight knew these before it used this classifier).
+        for code in ["Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"] {
+            assert_eq!(classify(Some(code), None), AwsErrorKind::Throttled, "{code}");
+        }
+        for code in ["ServiceUnavailable", "InternalFailure", "InternalError", "ServiceFailure"] {
+            assert_eq!(classify(Some(code), None), AwsErrorKind::Transient, "{code}");
+        }
+    }
+
+    #[test]
     fn server_faults_are_transient_and_refusals_terminal() {
         assert_eq!(classify(Some("ServiceException"), Some(500)), AwsErrorKind::Transient);
         assert_eq!(classify(None, Some(503)), AwsErrorKind::Transient);
         assert_eq!(classify(Some("AccountNotFoundException"), Some(400)), AwsErrorKind::Terminal);
         assert_eq!(classify(Some("AccessDeniedException"), Some(403)), AwsErrorKind::Terminal);
+    }
+
+    #[test]
+    fn a_refusal_the_caller_handles_is_counted_as_an_error_only_once_classified() {
+        let errors = |kind| METRICS.aws_errors.get_or_create(&AwsErrorLabels { operation: "TestRefusal", kind }).get();
+        let failure = Failure::Sent { operation: "TestRefusal", error: refused("PolicyNotAttachedException", 400) };
+        assert!(failure.service_error().is_some(), "the service's own error, to match before classifying");
+        assert_eq!(errors("terminal"), 0, "looking at it counts nothing");
+        let err = AwsError::from(failure);
+        assert_eq!((err.operation, err.kind), ("TestRefusal", AwsErrorKind::Terminal));
+        assert!(err.has_code("PolicyNotAttachedException"));
+        assert_eq!(errors("terminal"), 1, "classified, it is counted");
+    }
+
+    #[test]
+    fn what_was_not_sent_is_not_counted_as_an_aws_error() {
+        use aws_sdk_organizations::operation::list_roots::ListRootsError;
+        let errors = |kind| METRICS.aws_errors.get_or_create(&AwsErrorLabels { operation: "TestNotSent", kind }).get();
+        let failure = Failure::<ListRootsError>::NotSent(AwsError::busy("TestNotSent"));
+        assert!(failure.service_error().is_none(), "AWS did not answer");
+        assert_eq!(failure.into_aws().kind, AwsErrorKind::Busy);
+        assert_eq!(errors("busy"), 0, "Silo's own refusal is not an answer from AWS");
     }
 }

@@ -8,11 +8,17 @@
 //! the controller's identity, CloudFormation one rate per tenant account and region, the
 //! Account API ([`account_management`]) its own.
 //! Every request is counted in `silo_aws_requests_total{service,operation}`.
+//!
+//! A call site names its operation once: [`budget::Gate`] (or CloudFormation's
+//! [`cloudformation::Pacing`]) takes the permit, checks the [`fence`] for a write, counts the
+//! request and keeps the operation for the error, which the caller may inspect as the
+//! service's own before [`error`] classifies it.
 
 pub mod account_management;
 pub mod budget;
 pub mod cloudformation;
 pub mod error;
+pub mod fence;
 pub mod organizations;
 pub mod stack_answers;
 pub mod templates;
@@ -26,13 +32,11 @@ use aws_credential_types::Credentials;
 pub use account_management::AccountManagement;
 pub use budget::{Budget, BudgetLimits, KeyedBudget, Priority};
 pub use error::{AwsError, AwsErrorKind};
+pub use fence::Fence;
 pub use organizations::Organizations;
 pub use tenant_access::{SessionKey, TenantAccess};
 
-use crate::{
-    leader::Fence,
-    metrics::{AwsRequestLabels, METRICS},
-};
+use crate::metrics::{AwsRequestLabels, METRICS};
 
 /// How long ago an AWS timestamp was; `None` for a time in the future or out of range.
 pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
@@ -97,7 +101,7 @@ pub struct Aws {
     pub accounts: AccountManagement,
     pub tenants: TenantAccess,
     stacks_budget: KeyedBudget,
-    /// Every AWS write checks it first (see [`crate::leader::Fence`]).
+    /// Every AWS write checks it first (see [`fence`]).
     fence: Fence,
     /// The management account's configuration: endpoint, region, credentials.
     pub config: SdkConfig,

@@ -19,21 +19,18 @@ use aws_sdk_organizations::{
 
 use super::{
     budget::{Budget, Gate, Priority},
-    error::AwsError,
+    error::{AwsError, Failure},
+    fence::Fence,
 };
-use crate::leader::Fence;
 
-/// Runs a paginated listing to the end, taking one budget permit per page, and returns the
-/// items of every page.
+/// Runs a paginated listing to the end, each page a request of its own (its own permit, its
+/// own count), and returns the items of every page.
 macro_rules! all_pages {
     ($self:ident, $priority:expr, $operation:literal, $request:expr, $items:ident) => {{
         let mut out = Vec::new();
         let mut token = None;
         loop {
-            let page = {
-                let _permit = $self.gate.read($priority, $operation).await?;
-                $request.set_next_token(token).send().await.map_err(|err| AwsError::from_sdk($operation, err))?
-            };
+            let page = $self.gate.read($priority, $operation, || $request.set_next_token(token).send()).await?;
             out.extend(page.$items.unwrap_or_default());
             token = page.next_token;
             if token.is_none() {
@@ -160,13 +157,8 @@ impl Organizations {
 
     /// DescribeOrganization.
     pub async fn describe_organization(&self, priority: Priority) -> Result<OrganizationInfo, AwsError> {
-        let _permit = self.gate.read(priority, "DescribeOrganization").await?;
-        let out = self
-            .client
-            .describe_organization()
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("DescribeOrganization", err))?;
+        let out =
+            self.gate.read(priority, "DescribeOrganization", || self.client.describe_organization().send()).await?;
         let org = out
             .organization
             .ok_or_else(|| AwsError::unexpected_answer("DescribeOrganization", "the answer carried no organization"))?;
@@ -178,13 +170,12 @@ impl Organizations {
 
     /// DescribeAccount; `None` when the account is not in the organization.
     pub async fn describe_account(&self, account_id: &str, priority: Priority) -> Result<Option<Account>, AwsError> {
-        let _permit = self.gate.read(priority, "DescribeAccount").await?;
-        match self.client.describe_account().account_id(account_id).send().await {
+        let request = self.client.describe_account().account_id(account_id);
+        let answer = self.gate.read(priority, "DescribeAccount", || request.send()).await;
+        match answer.map_err(Failure::into_aws) {
             Ok(out) => Ok(out.account.map(account_from)),
-            Err(err) => {
-                let err = AwsError::from_sdk("DescribeAccount", err);
-                if err.has_code("AccountNotFoundException") { Ok(None) } else { Err(err) }
-            }
+            Err(err) if err.has_code("AccountNotFoundException") => Ok(None),
+            Err(err) => Err(err),
         }
     }
 
@@ -234,16 +225,8 @@ impl Organizations {
         email: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<CreateRequest, AwsError> {
-        let _permit = self.gate.write("CreateAccount").await?;
-        let out = self
-            .client
-            .create_account()
-            .account_name(name)
-            .email(email)
-            .set_tags(Some(aws_tags(tags)))
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("CreateAccount", err))?;
+        let request = self.client.create_account().account_name(name).email(email).set_tags(Some(aws_tags(tags)));
+        let out = self.gate.write("CreateAccount", || request.send()).await?;
         out.create_account_status
             .map(create_request_from)
             .ok_or_else(|| AwsError::unexpected_answer("CreateAccount", "the answer carried no CreateAccountStatus"))
@@ -255,14 +238,8 @@ impl Organizations {
         request_id: &str,
         priority: Priority,
     ) -> Result<CreateRequest, AwsError> {
-        let _permit = self.gate.read(priority, "DescribeCreateAccountStatus").await?;
-        let out = self
-            .client
-            .describe_create_account_status()
-            .create_account_request_id(request_id)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("DescribeCreateAccountStatus", err))?;
+        let request = self.client.describe_create_account_status().create_account_request_id(request_id);
+        let out = self.gate.read(priority, "DescribeCreateAccountStatus", || request.send()).await?;
         out.create_account_status.map(create_request_from).ok_or_else(|| {
             AwsError::unexpected_answer("DescribeCreateAccountStatus", "the answer carried no CreateAccountStatus")
         })
@@ -277,34 +254,21 @@ impl Organizations {
 
     /// TagResource.
     pub async fn tag_account(&self, account_id: &str, tags: &BTreeMap<String, String>) -> Result<(), AwsError> {
-        let _permit = self.gate.write("TagResource").await?;
-        self.client
-            .tag_resource()
-            .resource_id(account_id)
-            .set_tags(Some(aws_tags(tags)))
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("TagResource", err))?;
+        let request = self.client.tag_resource().resource_id(account_id).set_tags(Some(aws_tags(tags)));
+        self.gate.write("TagResource", || request.send()).await?;
         Ok(())
     }
 
     /// UntagResource.
     pub async fn untag_account(&self, account_id: &str, keys: &[String]) -> Result<(), AwsError> {
-        let _permit = self.gate.write("UntagResource").await?;
-        self.client
-            .untag_resource()
-            .resource_id(account_id)
-            .set_tag_keys(Some(keys.to_vec()))
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("UntagResource", err))?;
+        let request = self.client.untag_resource().resource_id(account_id).set_tag_keys(Some(keys.to_vec()));
+        self.gate.write("UntagResource", || request.send()).await?;
         Ok(())
     }
 
     /// The id of the organization's root (ListRoots).
     pub async fn root_id(&self, priority: Priority) -> Result<String, AwsError> {
-        let _permit = self.gate.read(priority, "ListRoots").await?;
-        let out = self.client.list_roots().send().await.map_err(|err| AwsError::from_sdk("ListRoots", err))?;
+        let out = self.gate.read(priority, "ListRoots", || self.client.list_roots().send()).await?;
         out.roots()
             .iter()
             .find_map(|r| r.id.clone())
@@ -330,27 +294,19 @@ impl Organizations {
 
     /// The name of an OU (DescribeOrganizationalUnit); `None` when it does not exist.
     pub async fn describe_unit(&self, ou_id: &str, priority: Priority) -> Result<Option<OrganizationalUnit>, AwsError> {
-        let _permit = self.gate.read(priority, "DescribeOrganizationalUnit").await?;
-        match self.client.describe_organizational_unit().organizational_unit_id(ou_id).send().await {
+        let request = self.client.describe_organizational_unit().organizational_unit_id(ou_id);
+        let answer = self.gate.read(priority, "DescribeOrganizationalUnit", || request.send()).await;
+        match answer.map_err(Failure::into_aws) {
             Ok(out) => Ok(out.organizational_unit.map(unit_from)),
-            Err(err) => {
-                let err = AwsError::from_sdk("DescribeOrganizationalUnit", err);
-                if err.has_code("OrganizationalUnitNotFoundException") { Ok(None) } else { Err(err) }
-            }
+            Err(err) if err.has_code("OrganizationalUnitNotFoundException") => Ok(None),
+            Err(err) => Err(err),
         }
     }
 
     /// CreateOrganizationalUnit.
     pub async fn create_unit(&self, parent_id: &str, name: &str) -> Result<OrganizationalUnit, AwsError> {
-        let _permit = self.gate.write("CreateOrganizationalUnit").await?;
-        let out = self
-            .client
-            .create_organizational_unit()
-            .parent_id(parent_id)
-            .name(name)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("CreateOrganizationalUnit", err))?;
+        let request = self.client.create_organizational_unit().parent_id(parent_id).name(name);
+        let out = self.gate.write("CreateOrganizationalUnit", || request.send()).await?;
         out.organizational_unit
             .map(unit_from)
             .ok_or_else(|| AwsError::unexpected_answer("CreateOrganizationalUnit", "the answer carried no OU"))
@@ -358,14 +314,8 @@ impl Organizations {
 
     /// The current parent of an account or OU (ListParents).
     pub async fn parent_of(&self, child_id: &str, priority: Priority) -> Result<String, AwsError> {
-        let _permit = self.gate.read(priority, "ListParents").await?;
-        let out = self
-            .client
-            .list_parents()
-            .child_id(child_id)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("ListParents", err))?;
+        let request = self.client.list_parents().child_id(child_id);
+        let out = self.gate.read(priority, "ListParents", || request.send()).await?;
         out.parents()
             .iter()
             .find_map(|p| p.id.clone())
@@ -374,15 +324,9 @@ impl Organizations {
 
     /// MoveAccount.
     pub async fn move_account(&self, account_id: &str, from: &str, to: &str) -> Result<(), AwsError> {
-        let _permit = self.gate.write("MoveAccount").await?;
-        self.client
-            .move_account()
-            .account_id(account_id)
-            .source_parent_id(from)
-            .destination_parent_id(to)
-            .send()
-            .await
-            .map_err(|err| AwsError::from_sdk("MoveAccount", err))?;
+        let request =
+            self.client.move_account().account_id(account_id).source_parent_id(from).destination_parent_id(to);
+        self.gate.write("MoveAccount", || request.send()).await?;
         Ok(())
     }
 
@@ -411,11 +355,12 @@ impl Organizations {
         policy_id: &str,
         account_id: &str,
     ) -> Result<Result<(), AttachRefusal>, AwsError> {
-        let _permit = self.gate.write("AttachPolicy").await?;
-        match self.client.attach_policy().policy_id(policy_id).target_id(account_id).send().await {
+        let request = self.client.attach_policy().policy_id(policy_id).target_id(account_id);
+        match self.gate.write("AttachPolicy", || request.send()).await {
             Ok(_) => Ok(Ok(())),
-            Err(err) => {
-                let refusal = match err.as_service_error() {
+            Err(failure) => {
+                // Refusals Silo handles are answers: they are not classified or counted as errors.
+                let refusal = match failure.service_error() {
                     Some(AttachPolicyError::DuplicatePolicyAttachmentException(_)) => {
                         Some(AttachRefusal::AlreadyAttached)
                     }
@@ -429,7 +374,7 @@ impl Organizations {
                 };
                 match refusal {
                     Some(refusal) => Ok(Err(refusal)),
-                    None => Err(AwsError::from_sdk("AttachPolicy", err)),
+                    None => Err(failure.into_aws()),
                 }
             }
         }
@@ -437,14 +382,14 @@ impl Organizations {
 
     /// DetachPolicy; a policy that is not attached (any more) is fine.
     pub async fn detach_policy(&self, policy_id: &str, account_id: &str) -> Result<(), AwsError> {
-        let _permit = self.gate.write("DetachPolicy").await?;
-        match self.client.detach_policy().policy_id(policy_id).target_id(account_id).send().await {
+        let request = self.client.detach_policy().policy_id(policy_id).target_id(account_id);
+        match self.gate.write("DetachPolicy", || request.send()).await {
             Ok(_) => Ok(()),
-            Err(err) => match err.as_service_error() {
+            Err(failure) => match failure.service_error() {
                 Some(
                     DetachPolicyError::PolicyNotAttachedException(_) | DetachPolicyError::PolicyNotFoundException(_),
                 ) => Ok(()),
-                _ => Err(AwsError::from_sdk("DetachPolicy", err)),
+                _ => Err(failure.into_aws()),
             },
         }
     }
@@ -465,11 +410,12 @@ impl Organizations {
 
     /// CloseAccount. `Ok(Err(_))` when AWS refused for a reason the caller handles.
     pub async fn close_account(&self, account_id: &str) -> Result<Result<(), CloseRefusal>, AwsError> {
-        let _permit = self.gate.write("CloseAccount").await?;
-        match self.client.close_account().account_id(account_id).send().await {
+        let request = self.client.close_account().account_id(account_id);
+        match self.gate.write("CloseAccount", || request.send()).await {
             Ok(_) => Ok(Ok(())),
-            Err(err) => {
-                let refusal = match err.as_service_error() {
+            Err(failure) => {
+                // As for AttachPolicy: a refusal Silo handles is not counted as an error.
+                let refusal = match failure.service_error() {
                     Some(CloseAccountError::AccountAlreadyClosedException(_)) => Some(CloseRefusal::AlreadyClosed),
                     Some(CloseAccountError::ConstraintViolationException(e)) => {
                         let reason = e.reason().map(|r| r.as_str().to_string()).unwrap_or_default();
@@ -481,7 +427,7 @@ impl Organizations {
                 };
                 match refusal {
                     Some(refusal) => Ok(Err(refusal)),
-                    None => Err(AwsError::from_sdk("CloseAccount", err)),
+                    None => Err(failure.into_aws()),
                 }
             }
         }

@@ -23,8 +23,7 @@ use aws_sdk_sts::types::Tag;
 use moka::{Expiry, future::Cache};
 
 use super::{
-    budget::{Budget, Priority},
-    count_request,
+    budget::{Budget, Gate, Priority},
     error::{AwsError, AwsErrorKind},
 };
 
@@ -82,7 +81,8 @@ impl Expiry<SessionKey, Session> for UntilExpiry {
 #[derive(Clone)]
 pub struct TenantAccess {
     sts: aws_sdk_sts::Client,
-    budget: Budget,
+    /// The STS budget of the controller's identity; AssumeRole is a read (nothing to fence).
+    gate: Gate,
     sessions: Cache<SessionKey, Session>,
     tag_sessions: bool,
 }
@@ -90,7 +90,7 @@ pub struct TenantAccess {
 impl TenantAccess {
     pub fn new(config: &SdkConfig, budget: Budget, tag_sessions: bool) -> Self {
         let sessions = Cache::builder().max_capacity(MAX_SESSIONS).expire_after(UntilExpiry).build();
-        Self { sts: aws_sdk_sts::Client::new(config), budget, sessions, tag_sessions }
+        Self { sts: aws_sdk_sts::Client::new(config), gate: Gate::new("sts", budget), sessions, tag_sessions }
     }
 
     /// Credentials for `key`, from the cache or a new AssumeRole named after `tenant`, sent
@@ -128,9 +128,7 @@ impl TenantAccess {
             let tag = Tag::builder().key("silo-tenant").value(tenant).build().expect("key and value are set");
             request = request.tags(tag);
         }
-        let _permit = self.budget.permit(priority).await.ok_or_else(|| AwsError::busy("AssumeRole"))?;
-        count_request("sts", "AssumeRole");
-        let out = request.send().await.map_err(|err| AwsError::from_sdk("AssumeRole", err))?;
+        let out = self.gate.read(priority, "AssumeRole", || request.send()).await?;
         let creds = out
             .credentials
             .ok_or_else(|| AwsError::unexpected_answer("AssumeRole", "the answer carried no credentials"))?;
