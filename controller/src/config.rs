@@ -1,6 +1,6 @@
 //! Process configuration: `silo run`'s flags ([`RunArgs`], each with its environment
 //! variable) and what they become: the controllers' [`Config`] and the AWS clients'
-//! [`AwsSettings`]. Nothing else in Silo reads flags or the environment for configuration.
+//! [`AwsConfig`]. Nothing else in Silo reads flags or the environment for configuration.
 //!
 //! Every flag is documented in docs/configuration.md (`make docs-check` fails when one is
 //! missing there).
@@ -9,7 +9,7 @@ use std::{num::NonZeroU32, time::Duration};
 
 use crate::{
     api::{AlternateContacts, Contact, ContactKind},
-    aws::{AwsSettings, BudgetLimits},
+    aws::{AwsConfig, BudgetLimits},
     telemetry::LogFormat,
 };
 
@@ -196,9 +196,9 @@ impl RunArgs {
     }
 
     /// How the AWS clients are paced, and which identity they use.
-    pub fn aws(&self) -> AwsSettings {
-        let defaults = AwsSettings::defaults();
-        AwsSettings {
+    pub fn aws(&self) -> AwsConfig {
+        let defaults = AwsConfig::defaults();
+        AwsConfig {
             limits: BudgetLimits {
                 requests_per_second: self.aws_requests_per_second,
                 max_in_flight: self.aws_max_in_flight,

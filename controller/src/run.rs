@@ -49,13 +49,13 @@ use crate::{
 pub async fn silo_run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let config = args.config()?;
-    let aws_settings = args.aws();
+    let aws_config = args.aws();
     let readiness = Readiness::default();
     let server = tokio::spawn(metrics::serve(args.metrics_address, readiness.clone()));
     let client = preflight::kube_client().await?;
-    let role = aws_settings.management_role_arn.as_deref();
+    let role = aws_config.management_role_arn.as_deref();
     preflight::check(&client, &config.namespace, &args.lease_name, role).await?;
-    let aws = Aws::from_env(&aws_settings).await;
+    let aws = Aws::from_env(&aws_config).await;
     readiness.set_ready();
     let result = if args.leader_election {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("silo-{}", std::process::id()));

@@ -34,7 +34,7 @@ use kube::{
 };
 use silo::{
     Tenant,
-    aws::{Aws, AwsSettings},
+    aws::{Aws, AwsConfig},
     config::Config,
 };
 
@@ -280,14 +280,14 @@ impl TestCase {
     }
 
     /// How an in-process controller reaches AWS: Silo's defaults.
-    pub fn aws_settings() -> AwsSettings {
-        AwsSettings::defaults()
+    pub fn aws_config() -> AwsConfig {
+        AwsConfig::defaults()
     }
 
     /// Runs the Tenant controller in this process against the environment.
     pub fn start_controller(&mut self, settings: Config) {
         let client = self.client.clone();
-        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_settings());
+        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_config());
         self.controllers.push(tokio::spawn(async move {
             if let Err(err) = silo::run::controllers(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");
@@ -300,7 +300,7 @@ impl TestCase {
     /// grants is allowed.
     pub async fn start_controller_as_service_account(&mut self, settings: Config) -> Result<()> {
         let client = self.service_account_client().await?;
-        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_settings());
+        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_config());
         self.controllers.push(tokio::spawn(async move {
             if let Err(err) = silo::run::controllers(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");

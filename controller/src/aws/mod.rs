@@ -58,7 +58,7 @@ const MAX_ATTEMPTS: u32 = 4;
 
 /// How Silo reaches AWS.
 #[derive(Clone, Debug)]
-pub struct AwsSettings {
+pub struct AwsConfig {
     /// Organizations requests, for the whole organization.
     pub limits: BudgetLimits,
     /// STS requests (AssumeRole into tenant accounts), for the controller's identity.
@@ -74,7 +74,7 @@ pub struct AwsSettings {
     pub tag_sessions: bool,
 }
 
-impl AwsSettings {
+impl AwsConfig {
     /// Silo's defaults (those of `silo run`).
     pub fn defaults() -> Self {
         let limits = |rps: u32, in_flight| BudgetLimits {
@@ -110,11 +110,11 @@ pub struct Aws {
 impl Aws {
     /// Loads the standard AWS configuration from the environment, then assumes the
     /// management role when one is given.
-    pub async fn from_env(settings: &AwsSettings) -> Self {
+    pub async fn from_env(aws: &AwsConfig) -> Self {
         let region =
             aws_config::meta::region::RegionProviderChain::default_provider().or_else(Region::new(DEFAULT_REGION));
         let mut config = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
-        if let Some(role) = &settings.management_role_arn {
+        if let Some(role) = &aws.management_role_arn {
             let provider =
                 AssumeRoleProvider::builder(role).session_name("silo-controller").configure(&config).build().await;
             config = config
@@ -122,23 +122,17 @@ impl Aws {
                 .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
                 .build();
         }
-        Self::from_config(&config, settings)
+        Self::from_config(&config, aws)
     }
 
     /// Clients from a loaded configuration, with Silo's retry policy and one budget per service.
-    pub fn from_config(config: &SdkConfig, settings: &AwsSettings) -> Self {
+    pub fn from_config(config: &SdkConfig, aws: &AwsConfig) -> Self {
         let config = config.to_builder().retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS)).build();
         Self {
-            organizations: Organizations::new(
-                aws_sdk_organizations::Client::new(&config),
-                Budget::new(settings.limits),
-            ),
-            accounts: AccountManagement::new(
-                aws_sdk_account::Client::new(&config),
-                Budget::new(settings.account_limits),
-            ),
-            tenants: TenantAccess::new(&config, Budget::new(settings.sts_limits), settings.tag_sessions),
-            stacks_budget: KeyedBudget::new(settings.cloudformation_limits),
+            organizations: Organizations::new(aws_sdk_organizations::Client::new(&config), Budget::new(aws.limits)),
+            accounts: AccountManagement::new(aws_sdk_account::Client::new(&config), Budget::new(aws.account_limits)),
+            tenants: TenantAccess::new(&config, Budget::new(aws.sts_limits), aws.tag_sessions),
+            stacks_budget: KeyedBudget::new(aws.cloudformation_limits),
             fence: Fence::open(),
             config,
         }

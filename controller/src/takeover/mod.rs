@@ -22,7 +22,7 @@ pub mod orphans;
 use std::{collections::BTreeMap, num::NonZeroU32, time::Duration};
 
 use crate::{
-    aws::{AwsError, AwsSettings, BudgetLimits, Organizations, Priority, organizations::Account},
+    aws::{AwsConfig, AwsError, BudgetLimits, Organizations, Priority, organizations::Account},
     org::units,
     retry::Backoff,
 };
@@ -47,15 +47,15 @@ pub struct Pacing {
 impl Pacing {
     /// The Organizations client of the management account, paced by these flags.
     pub async fn organizations(&self) -> Organizations {
-        let settings = AwsSettings {
+        let config = AwsConfig {
             limits: BudgetLimits {
                 requests_per_second: self.aws_requests_per_second,
                 max_in_flight: self.aws_max_in_flight.max(1),
             },
             management_role_arn: self.management_role_arn.clone(),
-            ..AwsSettings::defaults()
+            ..AwsConfig::defaults()
         };
-        crate::aws::Aws::from_env(&settings).await.organizations
+        crate::aws::Aws::from_env(&config).await.organizations
     }
 }
 
