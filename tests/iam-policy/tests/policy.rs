@@ -265,11 +265,19 @@ fn every_organizations_operation_in_the_client_has_a_scenario() {
     for (client, service) in [("organizations.rs", "organizations"), ("account_management.rs", "account")] {
         let path = repo_root().join("controller/src/aws").join(client);
         let source = std::fs::read_to_string(path).expect("the client");
-        // Each request goes through `AwsError::from_sdk("Operation", ..)`, each paginated listing
-        // through `all_pages!(self, priority, "Operation", ..)`, maybe wrapped over lines.
+        // Each request goes through the client's gate, naming its operation once:
+        // `gate.read(priority, "Operation", ..)` or `gate.write("Operation", ..)`; each paginated
+        // listing through `all_pages!(self, priority, "Operation", ..)`; maybe wrapped over lines.
         let source = source.split_whitespace().collect::<Vec<_>>().join(" ");
         operations.extend(
-            ["from_sdk(\"", "all_pages!(self, priority, \"", "all_pages!( self, priority, \""]
+            [
+                "gate.read(priority, \"",
+                "gate.read( priority, \"",
+                "gate.write(\"",
+                "gate.write( \"",
+                "all_pages!(self, priority, \"",
+                "all_pages!( self, priority, \"",
+            ]
                 .iter()
                 .flat_map(|marker| source.split(marker).skip(1).collect::<Vec<_>>())
                 .filter_map(|rest| rest.split('"').next())
