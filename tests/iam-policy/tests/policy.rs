@@ -278,10 +278,10 @@ fn every_organizations_operation_in_the_client_has_a_scenario() {
                 "all_pages!(self, priority, \"",
                 "all_pages!( self, priority, \"",
             ]
-                .iter()
-                .flat_map(|marker| source.split(marker).skip(1).collect::<Vec<_>>())
-                .filter_map(|rest| rest.split('"').next())
-                .map(|operation| format!("{service}:{operation}")),
+            .iter()
+            .flat_map(|marker| source.split(marker).skip(1).collect::<Vec<_>>())
+            .filter_map(|rest| rest.split('"').next())
+            .map(|operation| format!("{service}:{operation}")),
         );
     }
     assert!(operations.len() >= 22, "found only {operations:?} in the clients: has their shape changed?");
