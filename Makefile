@@ -93,8 +93,16 @@ e2e-and-image: build ## What `make test` runs: the images build (niced, in the b
 demo-check: build ## Run the demo unattended until every example tenant is Ready.
 	$(TESTENV) demo --silo $(SILO) --exit-when-ready --timeout-seconds 300
 
+# A small benchmark held against request ceilings: counts per tenant, never times.
+BENCH_CHECK_FLAGS := BENCH_SCENARIOS=onboard BENCH_TENANTS=50 BENCH_PLOTS=false BENCH_CHECK=tests/bench/ceilings.json
+
+.PHONY: bench-check
+bench-check: build ## A 50-tenant onboarding with the debug build; fails when a request count per tenant exceeds tests/bench/ceilings.json.
+	rm -rf "$(SILO_CACHE)/bench-check"
+	$(BENCH_CHECK_FLAGS) BENCH_OUT="$(SILO_CACHE)/bench-check" $(CARGO_TARGET_DIR)/debug/silo-bench --silo $(SILO)
+
 .PHONY: test
-test: tools lint unit crds-check docs-check sim-test e2e-and-image demo-check ## Everything CI runs (`make image` and `make e2e` overlapped).
+test: tools lint unit crds-check docs-check sim-test e2e-and-image demo-check bench-check ## Everything CI runs (`make image` and `make e2e` overlapped).
 	@echo "make test: all checks passed"
 
 .PHONY: demo

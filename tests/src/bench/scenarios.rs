@@ -244,6 +244,10 @@ impl Bench {
             "plot": plot_spec,
         });
         let path = write_json(&self.out, scenario.name(), &doc)?;
+        if !self.p.plots {
+            println!("wrote {}\n", path.display());
+            return Ok(());
+        }
         match plot(&self.p.python, &path) {
             Ok(png) => println!("wrote {} and {}\n", path.display(), png.display()),
             Err(err) => {

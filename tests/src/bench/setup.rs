@@ -61,6 +61,15 @@ pub struct Params {
     )]
     pub scenarios: Vec<Scenario>,
 
+    /// Draw each scenario's PNG (needs matplotlib in --python); the JSON is written either way.
+    #[arg(long, env = "BENCH_PLOTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub plots: bool,
+
+    /// After the scenarios, hold their results against the ceilings in this file and fail on
+    /// any excess (`make bench-check`, inside `make test`: counts, never times).
+    #[arg(long, env = "BENCH_CHECK")]
+    pub check: Option<PathBuf>,
+
     /// Output directory (default `$SILO_CACHE/bench/<UTC timestamp>`).
     #[arg(long, env = "BENCH_OUT")]
     pub out: Option<PathBuf>,

@@ -9,6 +9,8 @@
 //! The harness relies only on `silo run`'s flags, the Tenant API (as JSON) and the simulator,
 //! so it measures any version of the controller.
 
+#[path = "../bench/check.rs"]
+mod check;
 #[path = "../bench/controller.rs"]
 mod controller;
 #[path = "../bench/fleet.rs"]
@@ -97,5 +99,12 @@ async fn run(params: Params) -> Result<()> {
     let env_dir = bench.env_dir();
     drop(bench);
     let _ = std::fs::remove_dir_all(env_dir);
+    if let Some(ceilings) = &params.check {
+        let excess = check::check(ceilings, &out)?;
+        if !excess.is_empty() {
+            bail!("the results break the ceilings of {}:\n{}", ceilings.display(), excess.join("\n"));
+        }
+        println!("silo-bench: every count is within the ceilings of {}", ceilings.display());
+    }
     Ok(())
 }
