@@ -505,7 +505,7 @@ impl TestCase {
 
     /// Starts watching the listed Tenants for Stalled=True (see [`StalledWatch`]); returns
     /// once the watch is established, so every later change is seen.
-    pub async fn watch_stalled(&self, names: &[&str]) -> Result<StalledWatch> {
+    pub async fn watch_stalled(&self, names: &[impl AsRef<str>]) -> Result<StalledWatch> {
         StalledWatch::start(self.tenants(), names).await
     }
 }
@@ -533,10 +533,10 @@ pub struct StalledWatch {
 }
 
 impl StalledWatch {
-    async fn start(api: Api<Tenant>, names: &[&str]) -> Result<Self> {
+    async fn start(api: Api<Tenant>, names: &[impl AsRef<str>]) -> Result<Self> {
         use futures::StreamExt as _;
         use kube::runtime::{WatchStreamExt as _, watcher};
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let names: Vec<String> = names.iter().map(|n| n.as_ref().to_string()).collect();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (ready, established) = tokio::sync::oneshot::channel();
         let mut ready = Some(ready);
