@@ -60,6 +60,21 @@ impl<T, E: Into<anyhow::Error>> Verdict for Result<T, E> {
 pub async fn eventually<V, Fut>(
     timeout: Duration,
     alive: impl Fn() -> Result<()>,
+    probe: impl FnMut() -> Fut,
+) -> Result<V::Value>
+where
+    V: Verdict,
+    Fut: Future<Output = V>,
+{
+    eventually_every(timeout, POLL, alive, probe).await
+}
+
+/// [`eventually`], looking every `every` instead of every [`POLL`] (for a probe that records
+/// what it sees on the way, and must not miss a short state).
+pub async fn eventually_every<V, Fut>(
+    timeout: Duration,
+    every: Duration,
+    alive: impl Fn() -> Result<()>,
     mut probe: impl FnMut() -> Fut,
 ) -> Result<V::Value>
 where
@@ -78,7 +93,7 @@ where
         if started.elapsed() >= timeout {
             return Err(last.context(format!("did not hold within {timeout:?}")));
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -321,6 +321,20 @@ impl TestCase {
         checks::eventually(timeout, || self.check_controllers(), probe).await
     }
 
+    /// [`checks::eventually_every`], failing as soon as a controller of this test case has ended.
+    pub async fn eventually_every<V, Fut>(
+        &self,
+        timeout: Duration,
+        every: Duration,
+        probe: impl FnMut() -> Fut,
+    ) -> Result<V::Value>
+    where
+        V: checks::Verdict,
+        Fut: Future<Output = V>,
+    {
+        checks::eventually_every(timeout, every, || self.check_controllers(), probe).await
+    }
+
     /// [`checks::consistently`], failing as soon as a controller of this test case has ended.
     pub async fn consistently<V, Fut>(&self, duration: Duration, probe: impl FnMut() -> Fut) -> Result<()>
     where
