@@ -414,6 +414,12 @@ async fn an_aws_closure_quota_backs_off_for_hours_and_says_when() {
     .unwrap();
     assert!(condition.message.contains("CLOSE_ACCOUNT_QUOTA_EXCEEDED"), "{}", condition.message);
     assert!(condition.message.contains("next try is at"), "{}", condition.message);
+    // For hours: the next attempt the status records is hours away, not a quick retry.
+    let status = case.tenants().get("quota").await.unwrap().status.unwrap();
+    let next: k8s_openapi::jiff::Timestamp =
+        status.next_closure_attempt.as_deref().expect("status.nextClosureAttempt").parse().unwrap();
+    let wait = next.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!(wait >= 3 * 3600, "the next attempt is {wait} s away, not hours");
     // No hot loop: one refused CloseAccount, and nothing more while the back-off runs.
     case.consistently(Duration::from_secs(5), || async {
         let stats = case.sim.stats().await?;

@@ -251,11 +251,11 @@ async fn a_tenant_applied_while_the_index_is_built_does_not_wait_for_it() {
     controller.kill();
 }
 
-/// The organization under a running controller is replaced (the simulator restarts with a
-/// new organization): the index notices, is rebuilt, and new work happens in the new
-/// organization; a tenant whose account vanished says so.
+/// The organization under a running controller is replaced (the simulator is reset and
+/// creates a new organization; its process keeps running): the index notices, is rebuilt, and
+/// new work happens in the new organization; a tenant whose account vanished says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_index_is_rebuilt_after_the_simulator_restarts() {
+async fn the_index_is_rebuilt_when_the_organization_is_replaced() {
     let mut case = test_case().await;
     let mut settings = TestCase::config();
     settings.create_missing_ous = true;
