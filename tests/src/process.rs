@@ -79,15 +79,10 @@ impl Watch {
 impl State {
     fn check_running(&self) -> Result<()> {
         let status = self.child.lock().unwrap_or_else(PoisonError::into_inner).try_wait()?;
-        if let Some(status) = status {
-            if !self.stopped.load(Ordering::SeqCst) {
-                bail!(
-                    "{} exited ({status}); last lines of {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&self.log, 30)
-                );
-            }
+        if let Some(status) = status
+            && !self.stopped.load(Ordering::SeqCst)
+        {
+            bail!("{} exited ({status}); last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30));
         }
         Ok(())
     }
