@@ -438,8 +438,9 @@ impl TestCase {
     }
 
     /// Waits until every listed Tenant has the condition with the given status.
+    /// Each look lists every Tenant, so it looks every 500 ms rather than every 250 ms.
     pub async fn wait_for_all(&self, names: &[String], condition: &str, status: &str, timeout: Duration) -> Result<()> {
-        self.eventually(timeout, || async {
+        self.eventually_every(timeout, Duration::from_millis(500), || async {
             let tenants = self.tenants().list(&Default::default()).await?.items;
             let missing: Vec<&String> = names
                 .iter()

@@ -154,7 +154,7 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
     ];
     wanted.extend((1..=rollout.wave).map(|wave| ("WaveAdmitted", format!("Wave {wave} of revision {revision}:"))));
     assert!(rollout.wave >= 2, "the rollout ran in waves: {rollout:?}");
-    case.eventually(WITHIN, || async {
+    case.eventually_every(WITHIN, Duration::from_millis(500), || async {
         let events = Api::<Event>::namespaced(case.client.clone(), "default").list(&Default::default()).await?;
         let seen: Vec<(String, String)> = events
             .items
@@ -264,9 +264,11 @@ async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary(
     case.wait_for("late-bird", conditions::READY, "True", WITHIN).await.unwrap();
     assert_eq!(versions(&case).await.get("late-bird").map(String::as_str), Some("v2"), "after the canary: v2");
     wait_for_phase(&case, "Complete").await;
-    case.eventually(WITHIN, || async { versions(&case).await.get("early-bird").map(String::as_str) == Some("v2") })
-        .await
-        .expect("the early tenant is rolled forward with the others");
+    case.eventually_every(WITHIN, Duration::from_millis(500), || async {
+        versions(&case).await.get("early-bird").map(String::as_str) == Some("v2")
+    })
+    .await
+    .expect("the early tenant is rolled forward with the others");
 }
 
 /// The controller SIGKILLed mid-rollout resumes where it stopped, never above maxConcurrent.
