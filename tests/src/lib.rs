@@ -543,8 +543,19 @@ impl Drop for TestCase {
 /// status the API server stored is delivered, so a Stalled that lasted one write is seen too
 /// (polling every few hundred milliseconds misses it).
 pub struct StalledWatch {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    api: Api<Tenant>,
+    names: Vec<String>,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`StalledWatch`] has seen so far.
+#[derive(Default)]
+struct Seen {
+    /// Each transition to Stalled=True (and each watch error, which could hide one).
+    transitions: Vec<String>,
+    /// The resourceVersion of the last change seen, per Tenant.
+    latest: std::collections::BTreeMap<String, String>,
 }
 
 impl StalledWatch {
@@ -552,11 +563,11 @@ impl StalledWatch {
         use futures::StreamExt as _;
         use kube::runtime::{WatchStreamExt as _, watcher};
         let names: Vec<String> = names.iter().map(|n| n.as_ref().to_string()).collect();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
         let (ready, established) = tokio::sync::oneshot::channel();
         let mut ready = Some(ready);
-        let record = seen.clone();
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let (record, watched) = (seen.clone(), names.clone());
+        let mut stream = watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
         let task = tokio::spawn(async move {
             let mut stalled_now = std::collections::BTreeSet::new();
             while let Some(event) = stream.next().await {
@@ -570,15 +581,13 @@ impl StalledWatch {
                     Ok(watcher::Event::Apply(t) | watcher::Event::InitApply(t)) => t,
                     Ok(_) => continue,
                     Err(err) => {
-                        record
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(format!("watch error: {err}"));
+                        let mut seen = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        seen.transitions.push(format!("watch error (a transition may be missed): {err}"));
                         continue;
                     }
                 };
                 let name = tenant.name_any();
-                if !names.contains(&name) {
+                if !watched.contains(&name) {
                     continue;
                 }
                 let stalled = tenant
@@ -586,32 +595,58 @@ impl StalledWatch {
                     .as_ref()
                     .and_then(|s| silo::conditions::find(&s.conditions, silo::conditions::STALLED))
                     .filter(|c| c.status == "True");
+                let version = tenant.resource_version().unwrap_or_default();
+                let mut seen = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 match stalled {
                     Some(c) if stalled_now.insert(name.clone()) => {
-                        record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(format!(
-                            "{name} Stalled ({}): {} at resourceVersion {}",
-                            c.reason,
-                            c.message,
-                            tenant.resource_version().unwrap_or_default()
-                        ));
+                        seen.transitions
+                            .push(format!("{name} Stalled ({}): {} at resourceVersion {version}", c.reason, c.message));
                     }
                     Some(_) => {}
                     None => {
                         stalled_now.remove(&name);
                     }
                 }
+                seen.latest.insert(name, version);
             }
         });
         tokio::time::timeout(Duration::from_secs(30), established)
             .await
             .context("the watch of Tenants was not established within 30 s")?
             .context("the watch of Tenants ended before it was established")?;
-        Ok(Self { seen, task })
+        Ok(Self { api, names, seen, task })
     }
 
-    /// The transitions to Stalled=True seen so far (and watch errors, which would hide some).
-    pub fn transitions(&self) -> Vec<String> {
-        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    /// The transitions to Stalled=True seen up to now (and watch errors, which could hide
+    /// one). Waits first until the watch has delivered each watched Tenant's current version,
+    /// so a Stalled written just before the caller's last look is not still on its way.
+    pub async fn transitions(&self) -> Result<Vec<String>> {
+        checks::eventually(
+            Duration::from_secs(30),
+            || {
+                anyhow::ensure!(!self.task.is_finished(), "the watch of Tenants ended");
+                Ok(())
+            },
+            || async {
+                for name in &self.names {
+                    let Some(tenant) = self.api.get_opt(name).await? else { continue };
+                    let current = tenant.resource_version().unwrap_or_default();
+                    let seen = self.lock().latest.get(name).cloned();
+                    anyhow::ensure!(
+                        seen.as_deref() == Some(current.as_str()),
+                        "the watch has {name} at {seen:?}, the API server at {current}"
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await
+        .context("the watch of Tenants did not catch up")?;
+        Ok(self.lock().transitions.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

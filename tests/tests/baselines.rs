@@ -293,7 +293,7 @@ async fn a_role_not_assumable_for_20_seconds_only_delays_ready() {
         .await
         .expect("the tenant reports WaitingForRole while the role is not assumable");
     case.wait_for("newborn", conditions::READY, "True", WITHIN).await.unwrap();
-    assert_eq!(stalled.transitions(), Vec::<String>::new(), "never Stalled");
+    assert_eq!(stalled.transitions().await.unwrap(), Vec::<String>::new(), "never Stalled");
     assert!(case.sim.stats().await.unwrap()["assume_role_denied"].as_u64().unwrap() >= 1);
 }
 

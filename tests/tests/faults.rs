@@ -78,7 +78,7 @@ async fn thirty_percent_throttling_is_weather_not_failure() {
         case.apply(&tenant_yaml(name)).await.unwrap();
     }
     case.wait_for_all(&names, conditions::READY, "True", Duration::from_secs(300)).await.unwrap();
-    assert_eq!(stalled.transitions(), Vec::<String>::new(), "throttling must never show as Stalled");
+    assert_eq!(stalled.transitions().await.unwrap(), Vec::<String>::new(), "throttling must never show as Stalled");
     let stats = case.sim.stats().await.unwrap();
     let throttled: u64 = stats["throttled"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
     let requests: u64 = stats["requests"].as_object().unwrap().values().filter_map(Value::as_u64).sum();

@@ -299,7 +299,7 @@ async fn a_refused_placement_is_retried_and_concurrent_modification_is_weather()
     let stalled = case.watch_stalled(&["jostled"]).await.unwrap();
     case.create(&TenantFixture::named("jostled").in_ou("/Tenants")).await.unwrap();
     case.wait_for("jostled", conditions::READY, "True", WITHIN).await.unwrap();
-    assert_eq!(stalled.transitions(), Vec::<String>::new(), "ConcurrentModification is not Stalled");
+    assert_eq!(stalled.transitions().await.unwrap(), Vec::<String>::new(), "ConcurrentModification is not Stalled");
 }
 
 /// A role that stays unassumable is Stalled after the controller's patience, and still tried.
