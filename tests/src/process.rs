@@ -135,21 +135,17 @@ impl Process {
 
     /// Waits up to `timeout` for the process to exit by itself, and returns its status.
     pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child().try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                bail!(
-                    "{} still runs after {timeout:?}; last lines of {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&self.log, 30)
-                );
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let every = std::time::Duration::from_millis(100);
+        crate::checks::eventually_every(
+            timeout,
+            every,
+            || Ok(()),
+            || async { self.child().try_wait()?.context("still running") },
+        )
+        .await
+        .with_context(|| {
+            format!("{} still runs; last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30))
+        })
     }
 
     /// Sends SIGKILL and reaps the process. Its end is the test's doing: no failure.
@@ -173,21 +169,19 @@ pub async fn wait_until<T, Fut>(
     process: &mut Process,
     what: &str,
     timeout: std::time::Duration,
-    mut probe: impl FnMut() -> Fut,
+    probe: impl FnMut() -> Fut,
 ) -> Result<T>
 where
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        process.check_running()?;
-        if let Some(value) = probe().await {
-            return Ok(value);
+    let every = std::time::Duration::from_millis(100);
+    let process = &*process;
+    match crate::checks::eventually_every(timeout, every, || process.check_running(), probe).await {
+        Ok(value) => Ok(value),
+        Err(err) if process.check_running().is_err() => Err(err),
+        Err(_) => {
+            bail!("{what} within {timeout:?}; last lines of {}:\n{}", process.log.display(), tail(&process.log, 30))
         }
-        if std::time::Instant::now() > deadline {
-            bail!("{what} within {timeout:?}; last lines of {}:\n{}", process.log.display(), tail(&process.log, 30));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
