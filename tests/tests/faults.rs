@@ -129,8 +129,9 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
             // Kill as soon as AWS has processed a CreateAccount: its answer is still held back,
             // so the controller cannot have written the request id. Within 30 s, else nothing
             // is left to create and the kill lands at that moment instead.
-            let created = checks::eventually(
+            let created = checks::eventually_every(
                 Duration::from_secs(30),
+                Duration::from_millis(20),
                 || controller.check_running(),
                 || async { case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0) > created_before },
             )
@@ -247,7 +248,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_before_another_takes
     }
     // Cut the leader off as soon as it has sent a CreateAccount: its creations end while it
     // is cut off, and the moves into /Tenants are writes it must not make.
-    case.eventually(Duration::from_secs(60), || async {
+    case.eventually_every(Duration::from_secs(60), Duration::from_millis(50), || async {
         case.sim.stats().await.unwrap()["by_access_key"]["replica-a"]["organizations:CreateAccount"]
             .as_u64()
             .unwrap_or(0)

@@ -153,8 +153,9 @@ async fn sigkills_during_a_queued_onboarding_while_the_index_is_built_leave_one_
         if after_create < AFTER_CREATE_KILLS {
             // Kill as soon as AWS has made an account: its answer is still held back. Within
             // 30 s, else the kill lands at that moment instead.
-            let created = checks::eventually(
+            let created = checks::eventually_every(
                 Duration::from_secs(30),
+                Duration::from_millis(20),
                 || controller.check_running(),
                 || async { case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0) > created_before },
             )
