@@ -14,6 +14,7 @@
 //! its image) calls [`test_case_with`] instead, with its [`EnvOptions`].
 
 pub mod awssim;
+pub mod checks;
 pub mod container;
 pub mod control_plane;
 pub mod process;
@@ -225,11 +226,16 @@ pub fn shared_with(options: &EnvOptions) -> &'static EnvInfo {
 
 /// One end-to-end test's hold on the shared environment: exclusive, with the simulator reset
 /// and no Tenants left from earlier tests. Controllers it started stop when it is dropped.
+///
+/// Every wait of a test case ([`TestCase::eventually`], [`TestCase::consistently`],
+/// [`TestCase::wait_for`] and the other `wait_*`) fails, naming the cause, once a controller
+/// it started (in process, or a `silo run` process it spawned and the test did not kill) has
+/// ended; so does the end of the test, when the test case is dropped.
 pub struct TestCase {
     pub client: Client,
     pub sim: SimClient,
     pub info: &'static EnvInfo,
-    controllers: Vec<tokio::task::JoinHandle<()>>,
+    watchdog: checks::Watchdog,
     _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -255,7 +261,7 @@ pub async fn test_case_with(options: &EnvOptions) -> TestCase {
     let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
     let _ = leases.delete(LEASE_NAME, &DeleteParams::default()).await;
     sim.reset().await.expect("reset the AWS simulator");
-    TestCase { client, sim, info, controllers: vec![], _exclusive: exclusive }
+    TestCase { client, sim, info, watchdog: checks::Watchdog::default(), _exclusive: exclusive }
 }
 
 impl TestCase {
@@ -287,12 +293,55 @@ impl TestCase {
     /// Runs the Tenant controller in this process against the environment.
     pub fn start_controller(&mut self, settings: Config) {
         let client = self.client.clone();
+        self.run_controller(client, settings);
+    }
+
+    fn run_controller(&mut self, client: Client, settings: Config) {
         let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_config());
-        self.controllers.push(tokio::spawn(async move {
+        self.watchdog.spawn("controller", async move {
             if let Err(err) = silo::run::controllers(client, aws, settings, std::future::pending()).await {
                 panic!("controller failed: {err:#}");
             }
-        }));
+        });
+    }
+
+    /// Fails, naming the cause, if a controller this test case started has ended: an
+    /// in-process one (its panic message), or a `silo run` process that exited without the
+    /// test killing it (the end of its log).
+    pub fn check_controllers(&self) -> Result<()> {
+        self.watchdog.check()
+    }
+
+    /// [`checks::eventually`], failing as soon as a controller of this test case has ended.
+    pub async fn eventually<V, Fut>(&self, timeout: Duration, probe: impl FnMut() -> Fut) -> Result<V::Value>
+    where
+        V: checks::Verdict,
+        Fut: Future<Output = V>,
+    {
+        checks::eventually(timeout, || self.check_controllers(), probe).await
+    }
+
+    /// [`checks::eventually_every`], failing as soon as a controller of this test case has ended.
+    pub async fn eventually_every<V, Fut>(
+        &self,
+        timeout: Duration,
+        every: Duration,
+        probe: impl FnMut() -> Fut,
+    ) -> Result<V::Value>
+    where
+        V: checks::Verdict,
+        Fut: Future<Output = V>,
+    {
+        checks::eventually_every(timeout, every, || self.check_controllers(), probe).await
+    }
+
+    /// [`checks::consistently`], failing as soon as a controller of this test case has ended.
+    pub async fn consistently<V, Fut>(&self, duration: Duration, probe: impl FnMut() -> Fut) -> Result<()>
+    where
+        V: checks::Verdict,
+        Fut: Future<Output = V>,
+    {
+        checks::consistently(duration, || self.check_controllers(), probe).await
     }
 
     /// Runs the Tenant controller in this process as the `silo` ServiceAccount of
@@ -300,12 +349,7 @@ impl TestCase {
     /// grants is allowed.
     pub async fn start_controller_as_service_account(&mut self, settings: Config) -> Result<()> {
         let client = self.service_account_client().await?;
-        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_config());
-        self.controllers.push(tokio::spawn(async move {
-            if let Err(err) = silo::run::controllers(client, aws, settings, std::future::pending()).await {
-                panic!("controller failed: {err:#}");
-            }
-        }));
+        self.run_controller(client, settings);
         Ok(())
     }
 
@@ -332,7 +376,9 @@ impl TestCase {
     }
 
     /// Starts `silo run` as a separate process against the environment, with extra flags.
-    /// The binary is the one built next to this test binary (`cargo build -p silo`).
+    /// The binary is the one built next to this test binary (`cargo build -p silo`). It is
+    /// expected to keep running until the test kills or drops it: every wait of this test
+    /// case fails once it exits by itself.
     pub fn spawn_controller(&self, args: &[&str], log_name: &str) -> Result<process::Process> {
         self.spawn_controller_with(args, log_name, Spawn::default())
     }
@@ -374,7 +420,9 @@ impl TestCase {
         if let Some(identity) = spawn.identity {
             command.env("POD_NAME", identity);
         }
-        process::Process::start("silo run", command, &self.info.dir.join(log_name))
+        let process = process::Process::start("silo run", command, &self.info.dir.join(log_name))?;
+        self.watchdog.watch(&process);
+        Ok(process)
     }
 
     pub fn tenants(&self) -> Api<Tenant> {
@@ -390,9 +438,9 @@ impl TestCase {
     }
 
     /// Waits until every listed Tenant has the condition with the given status.
+    /// Each look lists every Tenant, so it looks every 500 ms rather than every 250 ms.
     pub async fn wait_for_all(&self, names: &[String], condition: &str, status: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        self.eventually_every(timeout, Duration::from_millis(500), || async {
             let tenants = self.tenants().list(&Default::default()).await?.items;
             let missing: Vec<&String> = names
                 .iter()
@@ -405,14 +453,12 @@ impl TestCase {
                     })
                 })
                 .collect();
-            if missing.is_empty() {
-                return Ok(());
+            if !missing.is_empty() {
+                bail!("{} Tenants are not {condition}={status}: {missing:?}", missing.len());
             }
-            if Instant::now() > deadline {
-                bail!("{} Tenants are not {condition}={status} after {timeout:?}: {missing:?}", missing.len());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            Ok(())
+        })
+        .await
     }
 
     /// Creates or updates a Tenant from YAML with server-side apply.
@@ -447,41 +493,166 @@ impl TestCase {
         timeout: Duration,
         check: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool,
     ) -> Result<Tenant> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        self.eventually(timeout, || async {
             let tenant = self.tenants().get(name).await?;
             let found = tenant.status.as_ref().and_then(|s| silo::conditions::find(&s.conditions, condition));
-            if found.is_some_and(&check) {
-                return Ok(tenant);
-            }
-            if Instant::now() > deadline {
+            if !found.is_some_and(&check) {
                 bail!(
-                    "Tenant {name}: {condition} has no {wanted} after {timeout:?}; status: {}",
+                    "Tenant {name}: {condition} has no {wanted}; status: {}",
                     serde_json::to_string_pretty(&tenant.status).unwrap_or_default()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            Ok(tenant)
+        })
+        .await
     }
 
     /// Waits until the Tenant is gone.
     pub async fn wait_deleted(&self, name: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.tenants().get_opt(name).await?.is_some() {
-            if Instant::now() > deadline {
-                bail!("Tenant {name} still exists after {timeout:?}");
+        self.eventually(timeout, || async {
+            if self.tenants().get_opt(name).await?.is_some() {
+                bail!("Tenant {name} still exists");
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts watching the listed Tenants for Stalled=True (see [`StalledWatch`]); returns
+    /// once the watch is established, so every later change is seen.
+    pub async fn watch_stalled(&self, names: &[impl AsRef<str>]) -> Result<StalledWatch> {
+        StalledWatch::start(self.tenants(), names).await
     }
 }
 
 impl Drop for TestCase {
+    /// Stops the in-process controllers; a test that otherwise passed fails here if one of
+    /// its controllers ended before the end of the test.
     fn drop(&mut self) {
-        for controller in &self.controllers {
-            controller.abort();
+        let ended = self.watchdog.check();
+        self.watchdog.abort_all();
+        if let Err(err) = ended
+            && !std::thread::panicking()
+        {
+            panic!("at the end of the test: {err:#}");
         }
+    }
+}
+
+/// Every time a watched Tenant turned Stalled=True, seen on a watch of the Tenants: each
+/// status the API server stored is delivered, so a Stalled that lasted one write is seen too
+/// (polling every few hundred milliseconds misses it).
+pub struct StalledWatch {
+    api: Api<Tenant>,
+    names: Vec<String>,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`StalledWatch`] has seen so far.
+#[derive(Default)]
+struct Seen {
+    /// Each transition to Stalled=True (and each watch error, which could hide one).
+    transitions: Vec<String>,
+    /// The resourceVersion of the last change seen, per Tenant.
+    latest: std::collections::BTreeMap<String, String>,
+}
+
+impl StalledWatch {
+    async fn start(api: Api<Tenant>, names: &[impl AsRef<str>]) -> Result<Self> {
+        use futures::StreamExt as _;
+        use kube::runtime::{WatchStreamExt as _, watcher};
+        let names: Vec<String> = names.iter().map(|n| n.as_ref().to_string()).collect();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let (ready, established) = tokio::sync::oneshot::channel();
+        let mut ready = Some(ready);
+        let (record, watched) = (seen.clone(), names.clone());
+        let mut stream = watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
+        let task = tokio::spawn(async move {
+            let mut stalled_now = std::collections::BTreeSet::new();
+            while let Some(event) = stream.next().await {
+                let tenant = match event {
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                        continue;
+                    }
+                    Ok(watcher::Event::Apply(t) | watcher::Event::InitApply(t)) => t,
+                    Ok(_) => continue,
+                    Err(err) => {
+                        let mut seen = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        seen.transitions.push(format!("watch error (a transition may be missed): {err}"));
+                        continue;
+                    }
+                };
+                let name = tenant.name_any();
+                if !watched.contains(&name) {
+                    continue;
+                }
+                let stalled = tenant
+                    .status
+                    .as_ref()
+                    .and_then(|s| silo::conditions::find(&s.conditions, silo::conditions::STALLED))
+                    .filter(|c| c.status == "True");
+                let version = tenant.resource_version().unwrap_or_default();
+                let mut seen = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match stalled {
+                    Some(c) if stalled_now.insert(name.clone()) => {
+                        seen.transitions
+                            .push(format!("{name} Stalled ({}): {} at resourceVersion {version}", c.reason, c.message));
+                    }
+                    Some(_) => {}
+                    None => {
+                        stalled_now.remove(&name);
+                    }
+                }
+                seen.latest.insert(name, version);
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .context("the watch of Tenants was not established within 30 s")?
+            .context("the watch of Tenants ended before it was established")?;
+        Ok(Self { api, names, seen, task })
+    }
+
+    /// The transitions to Stalled=True seen up to now (and watch errors, which could hide
+    /// one). Waits first until the watch has delivered each watched Tenant's current version,
+    /// so a Stalled written just before the caller's last look is not still on its way.
+    pub async fn transitions(&self) -> Result<Vec<String>> {
+        checks::eventually(
+            Duration::from_secs(30),
+            || {
+                anyhow::ensure!(!self.task.is_finished(), "the watch of Tenants ended");
+                Ok(())
+            },
+            || async {
+                for name in &self.names {
+                    let Some(tenant) = self.api.get_opt(name).await? else { continue };
+                    let current = tenant.resource_version().unwrap_or_default();
+                    let seen = self.lock().latest.get(name).cloned();
+                    anyhow::ensure!(
+                        seen.as_deref() == Some(current.as_str()),
+                        "the watch has {name} at {seen:?}, the API server at {current}"
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await
+        .context("the watch of Tenants did not catch up")?;
+        Ok(self.lock().transitions.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for StalledWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -648,12 +819,18 @@ async fn remove_all_tenants(client: &Client) -> Result<()> {
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         let _ = api.delete(&name, &DeleteParams::default()).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !api.list(&Default::default()).await?.items.is_empty() {
-        if Instant::now() > deadline {
-            bail!("Tenants were not deleted within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    checks::eventually(
+        Duration::from_secs(30),
+        || Ok(()),
+        || async {
+            let left = api.list(&Default::default()).await?.items;
+            anyhow::ensure!(
+                left.is_empty(),
+                "Tenants not deleted yet: {:?}",
+                left.iter().map(|t| t.name_any()).collect::<Vec<_>>()
+            );
+            Ok(())
+        },
+    )
+    .await
 }

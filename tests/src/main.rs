@@ -132,7 +132,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     if let Some(path) = &kubeconfig {
         command.env("KUBECONFIG", path);
     }
-    let mut controller = Process::start("silo run", command, &dir.join("silo.log"))?;
+    let controller = Process::start("silo run", command, &dir.join("silo.log"))?;
     println!("silo run is running; its log: {}; its metrics: http://{metrics}/metrics", controller.log.display());
 
     let names = apply_examples(&client, &args.examples).await?;

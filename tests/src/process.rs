@@ -13,7 +13,8 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        OnceLock,
+        Arc, Mutex, OnceLock, PoisonError, Weak,
+        atomic::{AtomicBool, Ordering},
         mpsc::{Sender, channel},
     },
 };
@@ -47,7 +48,44 @@ fn spawner() -> &'static std::sync::Mutex<Sender<SpawnRequest>> {
 pub struct Process {
     pub name: String,
     pub log: PathBuf,
-    child: Child,
+    state: Arc<State>,
+}
+
+/// What a [`Process`] shares with those who watch it ([`crate::checks::Watchdog`]).
+struct State {
+    name: String,
+    log: PathBuf,
+    child: Mutex<Child>,
+    /// Set when the test stops the process itself: its end is then no failure.
+    stopped: AtomicBool,
+}
+
+/// A weak hold on a [`Process`]: tells whether it ended by itself, and lapses when the test
+/// kills or drops the process.
+#[derive(Clone)]
+pub struct Watch(Weak<State>);
+
+impl Watch {
+    /// Fails with the end of the log if the process exited without the test stopping it.
+    /// A process the test killed or dropped is no failure.
+    pub fn check(&self) -> Result<()> {
+        match self.0.upgrade() {
+            Some(state) if !state.stopped.load(Ordering::SeqCst) => state.check_running(),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl State {
+    fn check_running(&self) -> Result<()> {
+        let status = self.child.lock().unwrap_or_else(PoisonError::into_inner).try_wait()?;
+        if let Some(status) = status
+            && !self.stopped.load(Ordering::SeqCst)
+        {
+            bail!("{} exited ({status}); last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30));
+        }
+        Ok(())
+    }
 }
 
 impl Process {
@@ -68,44 +106,54 @@ impl Process {
         let (tx, rx) = channel();
         spawner().lock().expect("spawner lock").send((command, tx)).context("spawner thread is gone")?;
         let child = rx.recv().context("spawner thread is gone")?.with_context(|| format!("start {name}"))?;
-        Ok(Self { name: name.into(), log: log.into(), child })
+        let state = Arc::new(State {
+            name: name.into(),
+            log: log.into(),
+            child: Mutex::new(child),
+            stopped: AtomicBool::new(false),
+        });
+        Ok(Self { name: name.into(), log: log.into(), state })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child().id()
     }
 
-    /// Fails with the end of the log if the process has exited.
-    pub fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited ({status}); last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30));
-        }
-        Ok(())
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.state.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A hold on this process for a [`crate::checks::Watchdog`].
+    pub fn watch(&self) -> Watch {
+        Watch(Arc::downgrade(&self.state))
+    }
+
+    /// Fails with the end of the log if the process has exited (unless the test killed it).
+    pub fn check_running(&self) -> Result<()> {
+        self.state.check_running()
     }
 
     /// Waits up to `timeout` for the process to exit by itself, and returns its status.
     pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                bail!(
-                    "{} still runs after {timeout:?}; last lines of {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&self.log, 30)
-                );
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let every = std::time::Duration::from_millis(100);
+        crate::checks::eventually_every(
+            timeout,
+            every,
+            || Ok(()),
+            || async { self.child().try_wait()?.context("still running") },
+        )
+        .await
+        .with_context(|| {
+            format!("{} still runs; last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30))
+        })
     }
 
-    /// Sends SIGKILL and reaps the process.
+    /// Sends SIGKILL and reaps the process. Its end is the test's doing: no failure.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.state.stopped.store(true, Ordering::SeqCst);
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -121,21 +169,19 @@ pub async fn wait_until<T, Fut>(
     process: &mut Process,
     what: &str,
     timeout: std::time::Duration,
-    mut probe: impl FnMut() -> Fut,
+    probe: impl FnMut() -> Fut,
 ) -> Result<T>
 where
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        process.check_running()?;
-        if let Some(value) = probe().await {
-            return Ok(value);
+    let every = std::time::Duration::from_millis(100);
+    let process = &*process;
+    match crate::checks::eventually_every(timeout, every, || process.check_running(), probe).await {
+        Ok(value) => Ok(value),
+        Err(err) if process.check_running().is_err() => Err(err),
+        Err(_) => {
+            bail!("{what} within {timeout:?}; last lines of {}:\n{}", process.log.display(), tail(&process.log, 30))
         }
-        if std::time::Instant::now() > deadline {
-            bail!("{what} within {timeout:?}; last lines of {}:\n{}", process.log.display(), tail(&process.log, 30));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

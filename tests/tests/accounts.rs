@@ -37,21 +37,25 @@ async fn event_count(case: &TestCase, tenant: &Tenant, reason: &str) -> usize {
         .sum()
 }
 
-/// Polls `check` until it holds, or fails with what it last saw.
-async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+/// [`TestCase::eventually`] for a probe and a check of what it saw: waits until `check`
+/// holds, or fails with what it last saw.
+async fn eventually_sees<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    case: &TestCase,
     what: &str,
     mut probe: impl FnMut() -> F,
     check: impl Fn(&T) -> bool,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let seen = probe().await;
-        if check(&seen) {
-            return seen;
+    let check = &check;
+    case.eventually(WITHIN, || {
+        let seen = probe();
+        async move {
+            let seen = seen.await;
+            anyhow::ensure!(check(&seen), "last saw {seen:?}");
+            Ok(seen)
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: last saw {seen:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{what}: {err:#}"))
 }
 
 fn reason_of(tenant: &Tenant, condition: &str) -> String {
@@ -168,19 +172,20 @@ async fn changing_the_ou_moves_the_account_and_moves_out_of_band_are_undone() {
     // The spec changes: the account moves.
     let patch = json!({"spec": {"organizationalUnit": "/Tenants/B"}});
     case.tenants().patch("nomad", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    let in_b = loop {
-        let tenant = case.tenants().get("nomad").await.unwrap();
-        let status = tenant.status.clone().unwrap();
-        if status.observed_generation == tenant.metadata.generation
-            && conditions::is_true(&status.conditions, conditions::READY)
-            && status.organizational_unit_id.as_deref() != Some(in_a.as_str())
-        {
-            break status.organizational_unit_id.unwrap();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the account did not move to /Tenants/B: {status:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let in_b = case
+        .eventually(WITHIN, || async {
+            let tenant = case.tenants().get("nomad").await?;
+            let status = tenant.status.clone().unwrap();
+            anyhow::ensure!(
+                status.observed_generation == tenant.metadata.generation
+                    && conditions::is_true(&status.conditions, conditions::READY)
+                    && status.organizational_unit_id.as_deref() != Some(in_a.as_str()),
+                "not moved to /Tenants/B: {status:?}"
+            );
+            Ok(status.organizational_unit_id.unwrap())
+        })
+        .await
+        .expect("the account moves to /Tenants/B");
     assert_eq!(parent_of(&org, &account_id).await, in_b);
 
     // Someone moves it back to A by hand: drift is repaired on the next verification.
@@ -191,15 +196,13 @@ async fn changing_the_ou_moves_the_account_and_moves_out_of_band_are_undone() {
         .send()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while parent_of(&org, &account_id).await != in_b {
-        assert!(tokio::time::Instant::now() < deadline, "the out-of-band move was not undone");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    case.eventually(WITHIN, || async { parent_of(&org, &account_id).await == in_b })
+        .await
+        .expect("the out-of-band move is undone");
     // The event follows the move, so it may be recorded a moment after the move is seen.
     let tenant = case.tenants().get("nomad").await.unwrap();
     let moves = || event_count(&case, &tenant, "AccountMoved");
-    eventually("initial placement, spec change and repair recorded", moves, |n| *n >= 3).await;
+    eventually_sees(&case, "initial placement, spec change and repair recorded", moves, |n| *n >= 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,43 +229,39 @@ async fn tag_drift_is_repaired_without_touching_foreign_tags() {
     ];
     org.tag_resource().resource_id(&account_id).set_tags(Some(foreign.to_vec())).send().await.unwrap();
 
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let tags = tags_of(&org, &account_id).await;
-        let has = |k: &str, v: &str| tags.iter().any(|(key, val)| key == k && val == v);
-        if has("team", "core") && has("silo.dev/tenant", "tidy") {
-            assert!(has("owner", "finance"), "the foreign tag stays: {tags:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "tags were not repaired: {tags:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    eventually("the repair recorded", || event_count(&case, &tenant, "TagsRepaired"), |n| *n >= 1).await;
+    let tags = eventually_sees(
+        &case,
+        "tags repaired",
+        || tags_of(&org, &account_id),
+        |tags| {
+            let has = |k: &str, v: &str| tags.iter().any(|(key, val)| key == k && val == v);
+            has("team", "core") && has("silo.dev/tenant", "tidy")
+        },
+    )
+    .await;
+    assert!(tags.iter().any(|(k, v)| k == "owner" && v == "finance"), "the foreign tag stays: {tags:?}");
+    eventually_sees(&case, "the repair recorded", || event_count(&case, &tenant, "TagsRepaired"), |n| *n >= 1).await;
 
     // A key leaves the spec: Silo removes it, because Silo applied it; the foreign tag stays.
     let patch = json!({"spec": {"tags": {"team": "core", "tier": null}}});
     case.tenants().patch("tidy", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let tags = tags_of(&org, &account_id).await;
-        if !tags.iter().any(|(k, _)| k == "tier") {
-            assert!(tags.iter().any(|(k, v)| k == "owner" && v == "finance"), "the foreign tag stays: {tags:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "tier was not removed: {tags:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let tags = eventually_sees(
+        &case,
+        "tier removed",
+        || tags_of(&org, &account_id),
+        |tags| !tags.iter().any(|(k, _)| k == "tier"),
+    )
+    .await;
+    assert!(tags.iter().any(|(k, v)| k == "owner" && v == "finance"), "the foreign tag stays: {tags:?}");
     // The status forgets the key too (it is written right after the AWS calls).
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let status = case.tenants().get("tidy").await.unwrap().status.unwrap();
-        if !status.applied_tag_keys.contains(&"tier".to_string()) {
-            assert!(status.applied_tag_keys.contains(&"team".to_string()));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "status still lists tier: {:?}", status.applied_tag_keys);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let applied = eventually_sees(
+        &case,
+        "status forgets tier",
+        || async { case.tenants().get("tidy").await.unwrap().status.unwrap().applied_tag_keys },
+        |keys| !keys.contains(&"tier".to_string()),
+    )
+    .await;
+    assert!(applied.contains(&"team".to_string()), "{applied:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,21 +343,21 @@ async fn the_closure_budget_queues_closures_beyond_it() {
         case.tenants().delete(name, &DeleteParams::default()).await.unwrap();
     }
     // One of the two is closed; the other waits in the queue with a condition that says so.
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    let (queued, queued_account) = loop {
-        let remaining: Vec<Tenant> = case.tenants().list(&Default::default()).await.unwrap().items;
-        if remaining.len() == 1 {
-            let t = remaining.into_iter().next().unwrap();
-            if t.status.as_ref().is_some_and(|s| {
-                conditions::find(&s.conditions, conditions::READY).is_some_and(|c| c.reason == "ClosureQueued")
-            }) {
-                let account = if t.name_any() == "gone-1" { first.clone() } else { second.clone() };
-                break (t, account);
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "expected one closed and one queued tenant");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (queued, queued_account) = case
+        .eventually(WITHIN, || async {
+            let remaining: Vec<Tenant> = case.tenants().list(&Default::default()).await?.items;
+            let queued = |t: &Tenant| {
+                t.status.as_ref().is_some_and(|s| {
+                    conditions::find(&s.conditions, conditions::READY).is_some_and(|c| c.reason == "ClosureQueued")
+                })
+            };
+            let [t] = remaining.as_slice() else { anyhow::bail!("{} Tenants left, not 1", remaining.len()) };
+            anyhow::ensure!(queued(t), "{} is not ClosureQueued: {:?}", t.name_any(), t.status);
+            let account = if t.name_any() == "gone-1" { first.clone() } else { second.clone() };
+            Ok((t.clone(), account))
+        })
+        .await
+        .expect("one tenant closed and one queued");
     let status = queued.status.unwrap();
     let ready = conditions::find(&status.conditions, conditions::READY).unwrap();
     assert!(ready.message.contains("--max-account-closures-per-day"), "{}", ready.message);
@@ -402,22 +401,33 @@ async fn an_aws_closure_quota_backs_off_for_hours_and_says_when() {
     case.start_controller(settings);
     let account_id = ready_close_tenant(&case, "quota").await;
     case.tenants().delete("quota", &DeleteParams::default()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    let condition = loop {
-        let tenant = case.tenants().get("quota").await.unwrap();
-        let ready = tenant.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY)).cloned();
-        if let Some(ready) = ready.filter(|c| c.reason == "ClosureQuotaExceeded") {
-            break ready;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no ClosureQuotaExceeded: {:?}", tenant.status);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let condition = eventually_sees(
+        &case,
+        "ClosureQuotaExceeded",
+        || async {
+            let tenant = case.tenants().get("quota").await.unwrap();
+            tenant.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY)).cloned()
+        },
+        |ready| ready.as_ref().is_some_and(|c| c.reason == "ClosureQuotaExceeded"),
+    )
+    .await
+    .unwrap();
     assert!(condition.message.contains("CLOSE_ACCOUNT_QUOTA_EXCEEDED"), "{}", condition.message);
     assert!(condition.message.contains("next try is at"), "{}", condition.message);
+    // For hours: the next attempt the status records is hours away, not a quick retry.
+    let status = case.tenants().get("quota").await.unwrap().status.unwrap();
+    let next: k8s_openapi::jiff::Timestamp =
+        status.next_closure_attempt.as_deref().expect("status.nextClosureAttempt").parse().unwrap();
+    let wait = next.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!(wait >= 3 * 3600, "the next attempt is {wait} s away, not hours");
     // No hot loop: one refused CloseAccount, and nothing more while the back-off runs.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let stats = case.sim.stats().await.unwrap();
-    assert_eq!(stats["requests"]["organizations:CloseAccount"], json!(1), "{stats}");
+    case.consistently(Duration::from_secs(5), || async {
+        let stats = case.sim.stats().await?;
+        anyhow::ensure!(stats["requests"]["organizations:CloseAccount"] == json!(1), "{stats}");
+        Ok(())
+    })
+    .await
+    .expect("one CloseAccount, and no retry while the back-off runs");
     assert_eq!(account_state(&case.sim.organizations(), &account_id).await, "ACTIVE");
 }
 
@@ -583,9 +593,15 @@ async fn names_contacts_and_policies_follow_the_spec_and_only_silos_are_undone()
     set_contact(&case, &account_id, "OPERATIONS", "Olga Ops").await;
     let patch = json!({"metadata": {"annotations": {"silo.dev/verify": "1"}}});
     case.tenants().patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    eventually("the baseline policy attached again", || policies_on(&org, &account_id), |p| p.contains(&baseline_scp))
-        .await;
-    eventually(
+    eventually_sees(
+        &case,
+        "the baseline policy attached again",
+        || policies_on(&org, &account_id),
+        |p| p.contains(&baseline_scp),
+    )
+    .await;
+    eventually_sees(
+        &case,
         "the security contact restored",
         || contact_on(&case, &account_id, "SECURITY"),
         |c| c.as_ref().is_some_and(|(name, _)| name == "Sam Sec"),
@@ -597,19 +613,26 @@ async fn names_contacts_and_policies_follow_the_spec_and_only_silos_are_undone()
     // stay, and so does the default billing contact.
     let patch = json!({"spec": {"accountName": "Acme Corp", "policies": null, "contacts": null}});
     case.tenants().patch("acme", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let policies = eventually(
+    let policies = eventually_sees(
+        &case,
         "Silo's policies detached",
         || policies_on(&org, &account_id),
         |p| !p.contains(&baseline_scp) && !p.contains(&extra_scp),
     )
     .await;
     assert!(policies.contains(&guardrail), "the guardrail stays: {policies:?}");
-    eventually("the security contact removed", || contact_on(&case, &account_id, "SECURITY"), Option::is_none).await;
-    eventually("renamed", || account_name(&org, &account_id), |n| n == "Acme Corp").await;
+    eventually_sees(
+        &case,
+        "the security contact removed",
+        || contact_on(&case, &account_id, "SECURITY"),
+        Option::is_none,
+    )
+    .await;
+    eventually_sees(&case, "renamed", || account_name(&org, &account_id), |n| n == "Acme Corp").await;
     assert_eq!(contact_on(&case, &account_id, "OPERATIONS").await.map(|c| c.0).as_deref(), Some("Olga Ops"));
     assert_eq!(contact_on(&case, &account_id, "BILLING").await.map(|c| c.0).as_deref(), Some("Bill Default"));
     let tenant = case.wait_for("acme", conditions::READY, "True", WITHIN).await.unwrap();
-    eventually("the rename recorded", || event_count(&case, &tenant, "AccountRenamed"), |n| *n >= 1).await;
+    eventually_sees(&case, "the rename recorded", || event_count(&case, &tenant, "AccountRenamed"), |n| *n >= 1).await;
     let status = tenant.status.unwrap();
     assert_eq!(status.account_name.as_deref(), Some("Acme Corp"));
     assert!(status.attached_policy_ids.is_empty());
@@ -646,7 +669,8 @@ async fn a_missing_policy_or_a_full_account_stalls_without_attaching() {
         org.attach_policy().policy_id(&id).target_id(&account_id).send().await.unwrap();
     }
     let wanted = create_scp(&org, "no-such-policy").await;
-    let tenant = eventually(
+    let tenant = eventually_sees(
+        &case,
         "PolicyLimitExceeded",
         || async { case.tenants().get("strict").await.unwrap() },
         |t| reason_of(t, conditions::SETTINGS_READY) == "PolicyLimitExceeded",

@@ -1,7 +1,7 @@
 //! Baselines end to end: a role assumed in each tenant's account, a CloudFormation stack per
 //! region there, outputs in the Tenant's status, updates, failures and deletion.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_organizations::config::{Credentials, SharedCredentialsProvider};
@@ -147,15 +147,16 @@ async fn a_baseline_in_two_regions_runs_in_each_tenants_own_account_only() {
         assert!(topics(&management).await.is_empty(), "no topic in the management account");
     }
 
-    let baseline = Api::<Baseline>::all(case.client.clone()).get("standard").await.unwrap();
-    let deadline = Instant::now() + WITHIN;
-    let mut baseline = baseline;
-    while baseline.status.as_ref().map(|s| s.tenants.current) != Some(2) {
-        assert!(Instant::now() < deadline, "Baseline status never counted 2 current tenants: {:?}", baseline.status);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        baseline = Api::<Baseline>::all(case.client.clone()).get("standard").await.unwrap();
-    }
-    assert!(baseline.status.unwrap().revision.is_some());
+    let status = case
+        .eventually(WITHIN, || async {
+            let baseline = Api::<Baseline>::all(case.client.clone()).get("standard").await?;
+            let status = baseline.status.unwrap_or_default();
+            anyhow::ensure!(status.tenants.current == 2, "status: {status:?}");
+            Ok(status)
+        })
+        .await
+        .expect("the Baseline's status counts 2 current tenants");
+    assert!(status.revision.is_some());
 }
 
 /// The revision tag of the tenant's stack.
@@ -168,22 +169,25 @@ async fn running_revision(case: &TestCase, account_id: &str) -> String {
 }
 
 async fn wait_for_output(case: &TestCase, name: &str, key: &str, value: &str) -> Tenant {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let tenant = case.tenants().get(name).await.unwrap();
+    case.eventually(WITHIN, || async {
+        let tenant = case.tenants().get(name).await?;
         let ready = tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY));
-        if ready
-            && tenant
-                .status
-                .as_ref()
-                .and_then(|s| s.baseline.as_ref())
-                .is_some_and(|_| outputs(&tenant, "us-east-1").get(key).map(String::as_str) == Some(value))
-        {
-            return tenant;
-        }
-        assert!(Instant::now() < deadline, "{name}: output {key} never became {value}: {:?}", tenant.status);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        anyhow::ensure!(
+            ready
+                && tenant.status.as_ref().and_then(|s| s.baseline.as_ref()).is_some_and(|_| outputs(
+                    &tenant,
+                    "us-east-1"
+                )
+                .get(key)
+                .map(String::as_str)
+                    == Some(value)),
+            "status: {:?}",
+            tenant.status
+        );
+        Ok(tenant)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{name}: output {key} never became {value}: {err:#}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,26 +284,16 @@ async fn a_role_not_assumable_for_20_seconds_only_delays_ready() {
     case.sim.configure(json!({"unassumable_roles_seconds": 20})).await.unwrap();
     case.start_controller(TestCase::config());
     apply_baseline(&case, "standard", json!({"template": TEMPLATE})).await;
+    // Every status newborn goes through is seen on a watch: a Stalled that lasted one write
+    // fails the test (sampling every 200 ms, as this test did, could miss it).
+    let stalled = case.watch_stalled(&["newborn"]).await.unwrap();
     apply_tenant(&case, "newborn", json!({"name": "standard"}), json!({})).await;
 
-    let mut saw_waiting = false;
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let tenant = case.tenants().get("newborn").await.unwrap();
-        let status = tenant.status.clone().unwrap_or_default();
-        assert!(!conditions::is_true(&status.conditions, conditions::STALLED), "never Stalled: {status:?}");
-        if conditions::find(&status.conditions, conditions::BASELINE_READY)
-            .is_some_and(|c| c.reason == "WaitingForRole")
-        {
-            saw_waiting = true;
-        }
-        if conditions::is_true(&status.conditions, conditions::READY) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not Ready: {status:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(saw_waiting, "the tenant reported WaitingForRole while the role was not assumable");
+    case.wait_for_reason("newborn", conditions::BASELINE_READY, "WaitingForRole", WITHIN)
+        .await
+        .expect("the tenant reports WaitingForRole while the role is not assumable");
+    case.wait_for("newborn", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(stalled.transitions().await.unwrap(), Vec::<String>::new(), "never Stalled");
     assert!(case.sim.stats().await.unwrap()["assume_role_denied"].as_u64().unwrap() >= 1);
 }
 
@@ -316,19 +310,23 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
 
     case.tenants().delete("leaving", &DeleteParams::default()).await.unwrap();
     let org = case.sim.organizations();
-    let mut reasons = vec![];
-    let deadline = Instant::now() + WITHIN;
-    while let Some(tenant) = case.tenants().get_opt("leaving").await.unwrap() {
+    // Each Ready reason seen while the Tenant is deleted, with whether the account was active.
+    let seen = std::sync::Mutex::new(Vec::<(String, bool)>::new());
+    case.eventually_every(WITHIN, Duration::from_millis(100), || async {
+        let Some(tenant) = case.tenants().get_opt("leaving").await.unwrap() else { return Ok(()) };
         if let Some(ready) = tenant.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY)) {
             let state = org.describe_account().account_id(&account_id).send().await.unwrap();
             let active = state.account().and_then(|a| a.state()).map(|s| s.as_str()) == Some("ACTIVE");
-            if reasons.last().map(|(r, _): &(String, bool)| r != &ready.reason).unwrap_or(true) {
-                reasons.push((ready.reason.clone(), active));
+            let mut seen = seen.lock().unwrap();
+            if seen.last().is_none_or(|(r, _)| r != &ready.reason) {
+                seen.push((ready.reason.clone(), active));
             }
         }
-        assert!(Instant::now() < deadline, "the Tenant was not deleted: {reasons:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        anyhow::bail!("not deleted yet; seen {:?}", seen.lock().unwrap())
+    })
+    .await
+    .expect("the Tenant is deleted");
+    let reasons = seen.into_inner().unwrap();
     assert!(
         reasons.iter().any(|(r, active)| r == "DeletingBaseline" && *active),
         "stacks deleted while the account was active: {reasons:?}"

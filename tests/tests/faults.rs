@@ -9,7 +9,7 @@ use std::{
 use rand::Rng;
 use serde_json::{Value, json};
 use silo::{Tenant, conditions};
-use silo_testenv::{SimClient, Spawn, TenantFixture, TestCase, test_case};
+use silo_testenv::{SimClient, Spawn, TenantFixture, TestCase, checks, test_case};
 
 fn tenant_yaml(name: &str) -> String {
     format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{}}")
@@ -36,10 +36,6 @@ fn ready(tenant: &Tenant) -> bool {
     tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY))
 }
 
-fn stalled(tenant: &Tenant) -> bool {
-    tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::STALLED))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_creation_does_not_delay_another_tenant() {
     let mut case = test_case().await;
@@ -64,26 +60,25 @@ async fn a_slow_creation_does_not_delay_another_tenant() {
     case.wait_for("slow", conditions::READY, "True", Duration::from_secs(120)).await.unwrap();
 }
 
+/// Every tenant becomes Ready under throttling and none is ever Stalled: a watch of the
+/// Tenants sees every status written, so even a Stalled that lasted one write fails the test.
+/// The simulator accepts duplicate emails, so a second account made for a tenant would be
+/// counted below rather than refused by the simulator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_throttling_is_weather_not_failure() {
     let mut case = test_case().await;
-    case.sim.configure(json!({"throttle_rate": 0.3, "create_account_delay_seconds": 2})).await.unwrap();
+    case.sim
+        .configure(json!({"throttle_rate": 0.3, "create_account_delay_seconds": 2, "unique_emails": false}))
+        .await
+        .unwrap();
     case.start_controller(TestCase::config());
     let names: Vec<String> = (0..10).map(|i| format!("storm-{i:02}")).collect();
+    let stalled = case.watch_stalled(&names).await.unwrap();
     for name in &names {
         case.apply(&tenant_yaml(name)).await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
-        let stalled: Vec<_> = tenants.iter().filter(|t| stalled(t)).map(|t| t.status.clone()).collect();
-        assert!(stalled.is_empty(), "throttling must never show as Stalled: {stalled:?}");
-        if tenants.iter().filter(|t| ready(t)).count() == names.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not every tenant was Ready under throttling");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    case.wait_for_all(&names, conditions::READY, "True", Duration::from_secs(300)).await.unwrap();
+    assert_eq!(stalled.transitions().await.unwrap(), Vec::<String>::new(), "throttling must never show as Stalled");
     let stats = case.sim.stats().await.unwrap();
     let throttled: u64 = stats["throttled"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
     let requests: u64 = stats["requests"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
@@ -132,18 +127,18 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
         let created_before = case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0);
         if after_create < AFTER_CREATE_KILLS {
             // Kill as soon as AWS has processed a CreateAccount: its answer is still held back,
-            // so the controller cannot have written the request id.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let stats = case.sim.stats().await.unwrap();
-                if stats["accounts_created"].as_u64().unwrap_or(0) > created_before {
-                    after_create += 1;
-                    break;
-                }
-                if Instant::now() > deadline {
-                    break; // nothing left to create; kill at a random moment instead
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            // so the controller cannot have written the request id. Within 30 s, else nothing
+            // is left to create and the kill lands at that moment instead.
+            let created = checks::eventually_every(
+                Duration::from_secs(30),
+                Duration::from_millis(20),
+                || controller.check_running(),
+                || async { case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0) > created_before },
+            )
+            .await;
+            controller.check_running().unwrap();
+            if created.is_ok() {
+                after_create += 1;
             }
         } else {
             tokio::time::sleep(Duration::from_millis(rng.random_range(200..2500))).await;
@@ -154,16 +149,9 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
 
     let mut controller =
         case.spawn_controller(&["--concurrency", "4", "--leader-election", "false"], "crash-controller.log").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        controller.check_running().unwrap();
-        let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
-        if tenants.iter().filter(|t| ready(t)).count() == TENANTS {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not every tenant was Ready after the final restart");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    case.wait_for_all(&names, conditions::READY, "True", Duration::from_secs(300))
+        .await
+        .expect("every tenant Ready after the final restart");
     controller.kill();
 
     let counts = accounts_by_email(&case.sim).await;
@@ -180,29 +168,44 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
     assert!(after_create >= 5, "enough kills hit the window between CreateAccount and the status write");
 }
 
-/// Two `silo run` processes: only the one holding the Lease acts; when it dies, the other
-/// takes over.
+/// Two `silo run` processes: only the one holding the Lease writes to AWS (the simulator
+/// counts each process's writes by the access key it signs with); when it dies, the other
+/// takes over and writes. The simulator accepts duplicate emails, so an account made twice
+/// (by both processes, or again after the takeover) would be counted, not refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_acts_and_a_follower_takes_over() {
     let case = test_case().await;
-    let mut first = case.spawn_controller(&["--concurrency", "2"], "leader-1.log").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut second = case.spawn_controller(&["--concurrency", "2"], "leader-2.log").unwrap();
-    case.apply(&tenant_yaml("led-1")).await.unwrap();
-    case.wait_for("led-1", conditions::READY, "True", Duration::from_secs(90)).await.unwrap();
-
+    case.sim.configure(json!({"unique_emails": false})).await.unwrap();
+    let flags = ["--concurrency", "2"];
+    let as_replica = |key| Spawn { access_key: Some(key), identity: Some(key), ..Spawn::default() };
+    let mut first = case.spawn_controller_with(&flags, "leader-1.log", as_replica("replica-1")).unwrap();
     let leaders = |log: &std::path::Path| {
         std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("became the leader")).count()
     };
+    case.eventually(Duration::from_secs(60), || async { leaders(&first.log) == 1 })
+        .await
+        .expect("the first process leads");
+    let mut second = case.spawn_controller_with(&flags, "leader-2.log", as_replica("replica-2")).unwrap();
+    case.apply(&tenant_yaml("led-1")).await.unwrap();
+    case.wait_for("led-1", conditions::READY, "True", Duration::from_secs(90)).await.unwrap();
+
     assert_eq!(leaders(&first.log) + leaders(&second.log), 1, "exactly one process leads");
-    let (leader, follower) =
-        if leaders(&first.log) == 1 { (&mut first, &mut second) } else { (&mut second, &mut first) };
-    leader.kill();
+    assert!(writes_by(&case.sim, "replica-1").await > 0, "the leader created led-1's account");
+    assert_eq!(
+        writes_by(&case.sim, "replica-2").await,
+        0,
+        "the follower wrote to AWS: {}",
+        case.sim.stats().await.unwrap()["writes_by_access_key"]
+    );
+    first.kill();
+    let leader_writes = writes_by(&case.sim, "replica-1").await;
     case.apply(&tenant_yaml("led-2")).await.unwrap();
     case.wait_for("led-2", conditions::READY, "True", Duration::from_secs(90)).await.unwrap();
-    follower.check_running().unwrap();
-    assert_eq!(leaders(&follower.log), 1, "the follower took over");
-    follower.kill();
+    second.check_running().unwrap();
+    assert_eq!(leaders(&second.log), 1, "the follower took over");
+    assert!(writes_by(&case.sim, "replica-2").await > 0, "the new leader created led-2's account");
+    assert_eq!(writes_by(&case.sim, "replica-1").await, leader_writes, "the killed leader wrote nothing more");
+    second.kill();
     let counts = accounts_by_email(&case.sim).await;
     assert_eq!(counts.get("aws+led-1@example.com"), Some(&1));
     assert_eq!(counts.get("aws+led-2@example.com"), Some(&1));
@@ -221,7 +224,8 @@ async fn writes_by(sim: &SimClient, access_key: &str) -> u64 {
 async fn a_leader_cut_off_from_the_api_server_stops_writing_before_another_takes_over() {
     const LEASE_SECONDS: u64 = 4;
     let case = test_case().await;
-    case.sim.configure(json!({"create_account_delay_seconds": 8})).await.unwrap();
+    // Duplicate emails are accepted, so an account made by both replicas would be counted below.
+    case.sim.configure(json!({"create_account_delay_seconds": 8, "unique_emails": false})).await.unwrap();
     let kubeconfig = std::fs::read_to_string(&case.info.kubeconfig).unwrap();
     let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: https://")).unwrap();
     let proxy = silo_testenv::proxy::Proxy::start(server.parse().unwrap()).await.unwrap();
@@ -230,12 +234,11 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_before_another_takes
     let flags = ["--lease-seconds", lease.as_str(), "--create-missing-ous"];
     let leader = Spawn { kubeconfig: Some(&through_proxy), access_key: Some("replica-a"), identity: Some("replica-a") };
     let mut first = case.spawn_controller_with(&flags, "cut-off-leader.log", leader).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&first.log).unwrap_or_default().contains("became the leader") {
-        first.check_running().unwrap();
-        assert!(Instant::now() < deadline, "the first replica never led");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    case.eventually(Duration::from_secs(60), || async {
+        std::fs::read_to_string(&first.log).unwrap_or_default().contains("became the leader")
+    })
+    .await
+    .expect("the first replica leads");
     let follower = Spawn { access_key: Some("replica-b"), identity: Some("replica-b"), ..Spawn::default() };
     let mut second = case.spawn_controller_with(&flags, "follower.log", follower).unwrap();
 
@@ -245,39 +248,38 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_before_another_takes
     }
     // Cut the leader off as soon as it has sent a CreateAccount: its creations end while it
     // is cut off, and the moves into /Tenants are writes it must not make.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while case.sim.stats().await.unwrap()["by_access_key"]["replica-a"]["organizations:CreateAccount"]
-        .as_u64()
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the leader sent no CreateAccount");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    case.eventually_every(Duration::from_secs(60), Duration::from_millis(50), || async {
+        case.sim.stats().await.unwrap()["by_access_key"]["replica-a"]["organizations:CreateAccount"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    })
+    .await
+    .expect("the leader sends a CreateAccount");
     proxy.cut();
     // Past the point where the follower may take over, the leader must have stopped writing.
+    // (This wait is the start of the window, not a check: the leader's writes are counted
+    // from here on, on every look below.)
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 1)).await;
     let leader_writes = writes_by(&case.sim, "replica-a").await;
+    let leader_wrote_nothing_more = || async {
+        let writes = writes_by(&case.sim, "replica-a").await;
+        anyhow::ensure!(
+            writes == leader_writes,
+            "the cut-off leader wrote to AWS after another replica could lead ({leader_writes} -> {writes}): {}",
+            case.sim.stats().await.unwrap()["writes_by_access_key"]
+        );
+        Ok(())
+    };
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        second.check_running().unwrap();
-        let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
-        if tenants.iter().filter(|t| ready(t)).count() == names.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the follower did not finish the rollout");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // Give the cut-off leader's creations time to end (8 s) and its tenants time to be woken.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    first.check_running().unwrap();
-    assert_eq!(
-        writes_by(&case.sim, "replica-a").await,
-        leader_writes,
-        "the cut-off leader wrote to AWS after another replica could lead: {}",
-        case.sim.stats().await.unwrap()["writes_by_access_key"]
-    );
+    case.eventually(Duration::from_secs(180), || async {
+        leader_wrote_nothing_more().await.unwrap_or_else(|err| panic!("{err:#}"));
+        case.tenants().list(&Default::default()).await.unwrap().items.iter().filter(|t| ready(t)).count() == names.len()
+    })
+    .await
+    .expect("the follower finishes the rollout");
+    // The cut-off leader's creations end (8 s) and its tenants are woken: it still writes nothing.
+    case.consistently(Duration::from_secs(5), leader_wrote_nothing_more).await.unwrap();
     assert!(writes_by(&case.sim, "replica-b").await > 0, "the follower took over");
     first.kill();
     second.kill();

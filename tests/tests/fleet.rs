@@ -1,7 +1,7 @@
 //! The fleet engine: creation slots taken in turn, the organization index, and crash safety
 //! while both are being built, against a real kube-apiserver and the AWS simulator.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_organizations::types::Tag;
 use k8s_openapi::api::events::v1::Event;
@@ -12,7 +12,7 @@ use kube::{
 use rand::Rng;
 use serde_json::json;
 use silo::{Tenant, conditions};
-use silo_testenv::{TenantFixture, TestCase, metric, process::free_port, scrape, test_case};
+use silo_testenv::{TenantFixture, TestCase, checks, metric, process::free_port, scrape, test_case};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
@@ -43,10 +43,19 @@ async fn events_by_tenant(case: &TestCase) -> std::collections::BTreeMap<String,
     out
 }
 
+/// Every tenant has exactly one account. Tests that assert it turn the simulator's email
+/// uniqueness off ([`accept_duplicate_emails`]): with it on, a second CreateAccount for a
+/// tenant would be refused by the simulator and never counted here.
 fn assert_one_account_each(counts: &std::collections::BTreeMap<String, usize>, names: &[String]) {
     for name in names {
         assert_eq!(counts.get(&format!("aws+{name}@example.com")), Some(&1), "exactly one account for {name}");
     }
+}
+
+/// Lets the simulator make a second account with an email already in use, so that a duplicate
+/// made by Silo is counted by [`assert_one_account_each`] instead of refused.
+async fn accept_duplicate_emails(case: &TestCase) {
+    case.sim.configure(json!({"unique_emails": false})).await.unwrap();
 }
 
 /// Creations that finish at once free their slot at once, and a tenant never adopts the
@@ -55,6 +64,7 @@ fn assert_one_account_each(counts: &std::collections::BTreeMap<String, usize>, n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_instant_creations_each_get_their_own_account_and_no_slot_leaks() {
     let mut case = test_case().await;
+    accept_duplicate_emails(&case).await;
     case.start_controller(TestCase::config());
     let names = names("instant", 50);
     create_all(&case, &names, None).await;
@@ -76,25 +86,24 @@ async fn fifty_instant_creations_each_get_their_own_account_and_no_slot_leaks() 
 async fn creations_wait_for_a_slot_and_never_meet_a_full_quota() {
     let mut case = test_case().await;
     case.sim.configure(json!({"create_account_delay_seconds": 2, "max_concurrent_creations": 5})).await.unwrap();
+    accept_duplicate_emails(&case).await;
     case.start_controller(TestCase::config());
     let names = names("queued", 20);
     create_all(&case, &names, None).await;
 
     // The queue is visible while it is long.
-    let deadline = Instant::now() + WITHIN;
-    let waiting = loop {
-        let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
-        let waiting = tenants.iter().find(|t| {
-            t.status.as_ref().is_some_and(|s| {
-                conditions::find(&s.conditions, conditions::READY).is_some_and(|c| c.reason == "WaitingForCreationSlot")
+    let waiting = case
+        .eventually(WITHIN, || async {
+            let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
+            tenants.into_iter().find(|t| {
+                t.status.as_ref().is_some_and(|s| {
+                    conditions::find(&s.conditions, conditions::READY)
+                        .is_some_and(|c| c.reason == "WaitingForCreationSlot")
+                })
             })
-        });
-        if let Some(tenant) = waiting {
-            break tenant.clone();
-        }
-        assert!(Instant::now() < deadline, "no tenant was ever seen waiting for a creation slot");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        })
+        .await
+        .expect("a tenant is seen waiting for a creation slot");
     let status = waiting.status.unwrap();
     let message = &conditions::find(&status.conditions, conditions::READY).unwrap().message;
     assert!(message.contains("in line"), "the condition says where the tenant stands: {message}");
@@ -142,14 +151,18 @@ async fn sigkills_during_a_queued_onboarding_while_the_index_is_built_leave_one_
         let mut controller = case.spawn_controller(&flags, "crowd-controller.log").unwrap();
         let created_before = case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0);
         if after_create < AFTER_CREATE_KILLS {
-            // Kill as soon as AWS has made an account: its answer is still held back.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0) > created_before {
-                    after_create += 1;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            // Kill as soon as AWS has made an account: its answer is still held back. Within
+            // 30 s, else the kill lands at that moment instead.
+            let created = checks::eventually_every(
+                Duration::from_secs(30),
+                Duration::from_millis(20),
+                || controller.check_running(),
+                || async { case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0) > created_before },
+            )
+            .await;
+            controller.check_running().unwrap();
+            if created.is_ok() {
+                after_create += 1;
             }
         } else {
             tokio::time::sleep(Duration::from_millis(rng.random_range(300..4000))).await;
@@ -159,20 +172,9 @@ async fn sigkills_during_a_queued_onboarding_while_the_index_is_built_leave_one_
     }
 
     let mut controller = case.spawn_controller(&flags, "crowd-controller.log").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        controller.check_running().unwrap();
-        let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
-        let ready = tenants
-            .iter()
-            .filter(|t| t.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY)))
-            .count();
-        if ready == TENANTS {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{ready} of {TENANTS} tenants Ready after the final restart");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    case.wait_for_all(&names, conditions::READY, "True", Duration::from_secs(300))
+        .await
+        .expect("every tenant Ready after the final restart");
     controller.kill();
     let counts = case.sim.accounts_by_email().await.unwrap();
     assert_one_account_each(&counts, &names);
@@ -183,6 +185,13 @@ async fn sigkills_during_a_queued_onboarding_while_the_index_is_built_leave_one_
 
 /// A tenant in the crash window (its intent recorded, no request id) whose account exists in
 /// AWS but not in the index (listings lag) adopts that account and never makes a second one.
+///
+/// The email uniqueness of the simulator (as of AWS) stays on here, so the count below cannot
+/// fail by itself: it is AWS's EMAIL_ALREADY_EXISTS that keeps the second account from being
+/// made. With uniqueness off, Silo does make a second account in this situation (seen on
+/// 2026-12-05: Ready with another account id than the one made before), so Silo's own crash
+/// safety does not cover an account that is missing from the listings; see the report on
+/// issue 18 before turning uniqueness off here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_missing_from_the_index_is_adopted_not_duplicated() {
     let mut case = test_case().await;
@@ -237,22 +246,21 @@ async fn a_tenant_applied_while_the_index_is_built_does_not_wait_for_it() {
     assert_eq!(metric(&exposition, "silo_index_complete"), Some(0.0), "Ready before the index was built");
 
     // The index does get built (a listing per parent, a minute each).
-    let deadline = Instant::now() + 3 * WITHIN;
-    while metric(&scrape(&metrics).await.unwrap(), "silo_index_complete") != Some(1.0) {
-        controller.check_running().unwrap();
-        assert!(Instant::now() < deadline, "the index was never built");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    case.eventually(3 * WITHIN, || async {
+        metric(&scrape(&metrics).await.unwrap(), "silo_index_complete") == Some(1.0)
+    })
+    .await
+    .expect("the index is built");
     let exposition = scrape(&metrics).await.unwrap();
     assert_eq!(metric(&exposition, "silo_index_accounts"), Some(2.0), "the management account and early's");
     controller.kill();
 }
 
-/// The organization under a running controller is replaced (the simulator restarts with a
-/// new organization): the index notices, is rebuilt, and new work happens in the new
-/// organization; a tenant whose account vanished says so.
+/// The organization under a running controller is replaced (the simulator is reset and
+/// creates a new organization; its process keeps running): the index notices, is rebuilt, and
+/// new work happens in the new organization; a tenant whose account vanished says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_index_is_rebuilt_after_the_simulator_restarts() {
+async fn the_index_is_rebuilt_when_the_organization_is_replaced() {
     let mut case = test_case().await;
     let mut settings = TestCase::config();
     settings.create_missing_ous = true;
@@ -298,8 +306,13 @@ async fn a_ready_tenant_is_left_alone_until_its_verification_is_due() {
         case.create(&TenantFixture::named(name).tag("team", "a").baseline("quiet")).await.unwrap();
     }
     case.wait_for_all(&names, conditions::READY, "True", WITHIN).await.unwrap();
-    // Let the Baseline controller count the tenants (it writes the Baseline's status).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The Baseline controller counts the tenants (it writes the Baseline's status).
+    case.eventually(WITHIN, || async {
+        let baseline = Api::<silo::Baseline>::all(case.client.clone()).get("quiet").await.unwrap();
+        baseline.status.is_some_and(|s| s.tenants.current == 3)
+    })
+    .await
+    .expect("the Baseline counts its 3 tenants");
     let before = case.sim.per_account_requests().await.unwrap();
     for name in &names {
         let labels = json!({"metadata": {"labels": {"argocd.argoproj.io/instance": "fleet"}}});
@@ -310,14 +323,13 @@ async fn a_ready_tenant_is_left_alone_until_its_verification_is_due() {
         .patch_status("quiet", &PatchParams::default(), &Patch::Merge(&recount))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = case.sim.per_account_requests().await.unwrap();
-    assert_eq!(
-        after,
-        before,
-        "no AWS request for Ready tenants between verifications: {}",
-        case.sim.stats().await.unwrap()
-    );
+    case.consistently(Duration::from_secs(10), || async {
+        let after = case.sim.per_account_requests().await?;
+        anyhow::ensure!(after == before, "{} AWS requests: {}", after - before, case.sim.stats().await?);
+        Ok(())
+    })
+    .await
+    .expect("no AWS request for Ready tenants between verifications");
 }
 
 /// A restarted controller does not verify the fleet again: each tenant waits for its turn.
@@ -336,11 +348,14 @@ async fn a_restart_does_not_verify_the_fleet_again() {
     // A new tenant after the restart is served at once...
     case.create(&TenantFixture::named("newcomer")).await.unwrap();
     case.wait_for("newcomer", conditions::READY, "True", WITHIN).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    controller.check_running().unwrap();
     // ... with CreateAccount, DescribeCreateAccountStatus at most, and nothing for the others.
-    let spent = case.sim.per_account_requests().await.unwrap() - before;
-    assert!(spent <= 2, "only the newcomer's requests after a restart, not the fleet's: {spent}");
+    case.consistently(Duration::from_secs(5), || async {
+        let spent = case.sim.per_account_requests().await? - before;
+        anyhow::ensure!(spent <= 2, "{spent} requests: {}", case.sim.stats().await?);
+        Ok(())
+    })
+    .await
+    .expect("only the newcomer's requests after a restart, not the fleet's");
     controller.kill();
 }
 
@@ -358,27 +373,22 @@ async fn the_verify_annotation_verifies_now_once() {
 
     let annotate = json!({"metadata": {"annotations": {"silo.dev/verify": "2026-12-01T12:00"}}});
     case.tenants().patch("checked", &PatchParams::default(), &Patch::Merge(&annotate)).await.unwrap();
-    let deadline = Instant::now() + WITHIN;
-    loop {
+    case.eventually(WITHIN, || async {
         let tags = org.list_tags_for_resource().resource_id(&account_id).send().await.unwrap();
-        if tags.tags().iter().any(|t| t.key() == "team" && t.value() == "core") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the requested verification did not repair the tag");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let deadline = Instant::now() + WITHIN;
-    while case.tenants().get("checked").await.unwrap().status.unwrap().verified_request.as_deref()
-        != Some("2026-12-01T12:00")
-    {
-        assert!(Instant::now() < deadline, "status.verifiedRequest does not record the request");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        tags.tags().iter().any(|t| t.key() == "team" && t.value() == "core")
+    })
+    .await
+    .expect("the requested verification repairs the tag");
+    case.eventually(WITHIN, || async {
+        case.tenants().get("checked").await.unwrap().status.unwrap().verified_request.as_deref()
+            == Some("2026-12-01T12:00")
+    })
+    .await
+    .expect("status.verifiedRequest records the request");
     let before = case.sim.requests("organizations:ListTagsForResource").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        case.sim.requests("organizations:ListTagsForResource").await.unwrap(),
-        before,
-        "the request is acted on once"
-    );
+    case.consistently(Duration::from_secs(5), || async {
+        case.sim.requests("organizations:ListTagsForResource").await.unwrap() == before
+    })
+    .await
+    .expect("the request is acted on once");
 }

@@ -189,18 +189,19 @@ async fn apply_baseline(case: &TestCase, yaml: &str) {
 /// Waits until the Baseline's Ready condition has `reason`, and returns it as served.
 async fn baseline_with_reason(case: &TestCase, name: &str, reason: &str) -> Value {
     let api = Api::<Baseline>::all(case.client.clone());
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let baseline = api.get(name).await.unwrap();
+    case.eventually(WITHIN, || async {
+        let baseline = api.get(name).await?;
         let status = baseline.status.clone().unwrap_or_default();
-        if conditions::find(&status.conditions, conditions::READY).is_some_and(|c| c.reason == reason)
-            && status.observed_generation == baseline.metadata.generation
-        {
-            return live::<Baseline>(case, name).await;
-        }
-        assert!(std::time::Instant::now() < deadline, "Baseline {name} never had Ready reason {reason}: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        anyhow::ensure!(
+            conditions::find(&status.conditions, conditions::READY).is_some_and(|c| c.reason == reason)
+                && status.observed_generation == baseline.metadata.generation,
+            "status: {status:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("Baseline {name} never had Ready reason {reason}: {err:#}"));
+    live::<Baseline>(case, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

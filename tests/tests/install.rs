@@ -660,7 +660,7 @@ async fn the_dashboard_queries_only_metrics_and_labels_silo_exports() {
     .unwrap();
     case.wait_for("ghost", conditions::STALLED, "True", READY_WITHIN).await.unwrap();
     // The fleet gauges are published from the cache every 10 s.
-    wait_for_metric(&metrics, "silo_tenants_stalled{", "reason=").await;
+    wait_for_metric(&case, &metrics, "silo_tenants_stalled{", "reason=").await;
     // Throttling, then 5xx, beyond the SDK's retries, for a new tenant's creation.
     case.sim
         .configure(json!({"throttle_rate": 1.0, "throttle_operations": ["organizations:CreateAccount"]}))
@@ -669,14 +669,14 @@ async fn the_dashboard_queries_only_metrics_and_labels_silo_exports() {
     case.apply("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: weather}\nspec: {deletionPolicy: Close}")
         .await
         .unwrap();
-    wait_for_metric(&metrics, "silo_aws_errors_total{", "kind=\"throttled\"").await;
+    wait_for_metric(&case, &metrics, "silo_aws_errors_total{", "kind=\"throttled\"").await;
     case.sim
         .configure(
             json!({"throttle_rate": 0.0, "error_rate": 1.0, "error_operations": ["organizations:CreateAccount"]}),
         )
         .await
         .unwrap();
-    wait_for_metric(&metrics, "silo_aws_errors_total{", "kind=\"transient\"").await;
+    wait_for_metric(&case, &metrics, "silo_aws_errors_total{", "kind=\"transient\"").await;
     case.sim.configure(json!({"error_rate": 0.0})).await.unwrap();
     case.wait_for("weather", conditions::READY, "True", READY_WITHIN).await.unwrap();
     case.tenants().delete("weather", &Default::default()).await.unwrap();
@@ -729,20 +729,15 @@ async fn the_dashboard_queries_only_metrics_and_labels_silo_exports() {
     );
 }
 
-async fn wait_for_metric(address: &str, metric: &str, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+async fn wait_for_metric(case: &TestCase, address: &str, metric: &str, needle: &str) {
     let counted = |line: &str| {
         line.starts_with(metric)
             && line.contains(needle)
             && line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0)
     };
-    loop {
-        if scrape(address).await.lines().any(counted) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "no {metric}{{{needle}}} above 0 within 60 s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    case.eventually(Duration::from_secs(60), || async { scrape(address).await.lines().any(counted) })
+        .await
+        .unwrap_or_else(|err| panic!("no {metric}{{{needle}}} above 0: {err:#}"));
 }
 
 /// Sample names in the text format, with the label names seen on their series.

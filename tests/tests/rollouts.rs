@@ -68,17 +68,18 @@ fn phase(baseline: &Baseline) -> Option<String> {
 }
 
 async fn wait_for_phase(case: &TestCase, wanted: &str) -> Baseline {
-    let deadline = Instant::now() + WITHIN;
-    loop {
+    case.eventually(WITHIN, || async {
         let baseline = baseline(case).await;
-        if phase(&baseline).as_deref() == Some(wanted)
-            && baseline.status.as_ref().and_then(|s| s.observed_generation) == baseline.metadata.generation
-        {
-            return baseline;
-        }
-        assert!(Instant::now() < deadline, "the rollout never reached {wanted}: {:?}", baseline.status);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        anyhow::ensure!(
+            phase(&baseline).as_deref() == Some(wanted)
+                && baseline.status.as_ref().and_then(|s| s.observed_generation) == baseline.metadata.generation,
+            "status: {:?}",
+            baseline.status
+        );
+        Ok(baseline)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("the rollout never reached {wanted}: {err:#}"))
 }
 
 /// The `Version` output each tenant's stack shows in its status.
@@ -153,9 +154,8 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
     ];
     wanted.extend((1..=rollout.wave).map(|wave| ("WaveAdmitted", format!("Wave {wave} of revision {revision}:"))));
     assert!(rollout.wave >= 2, "the rollout ran in waves: {rollout:?}");
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let events = Api::<Event>::namespaced(case.client.clone(), "default").list(&Default::default()).await.unwrap();
+    case.eventually_every(WITHIN, Duration::from_millis(500), || async {
+        let events = Api::<Event>::namespaced(case.client.clone(), "default").list(&Default::default()).await?;
         let seen: Vec<(String, String)> = events
             .items
             .into_iter()
@@ -166,12 +166,11 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
             .iter()
             .filter(|(reason, note)| !seen.iter().any(|(r, n)| r == reason && n.starts_with(note)))
             .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "missing Events {missing:?}; seen {seen:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        anyhow::ensure!(missing.is_empty(), "missing Events {missing:?}; seen {seen:?}");
+        Ok(())
+    })
+    .await
+    .expect("an Event for each step of the rollout");
 }
 
 /// A canary that fails halts the rollout: no other tenant is touched, the Baseline says
@@ -201,11 +200,16 @@ async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
         "{}",
         stalled.message
     );
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let ops = updates(&case, since).await;
     let canary = account_of(&case, "fleet-00").await;
-    assert!(!ops.is_empty() && ops.iter().all(|op| op.account == canary), "only the canary was updated: {ops:?}");
-    assert_eq!(phase(&baseline(&case).await).as_deref(), Some("Halted"), "a halt holds");
+    case.consistently(Duration::from_secs(5), || async {
+        let ops = updates(&case, since).await;
+        anyhow::ensure!(!ops.is_empty() && ops.iter().all(|op| op.account == canary), "updates: {ops:?}");
+        let phase = phase(&baseline(&case).await);
+        anyhow::ensure!(phase.as_deref() == Some("Halted"), "the phase is {phase:?}");
+        Ok(())
+    })
+    .await
+    .expect("a halt holds, with only the canary updated");
 }
 
 /// Failures beyond the tolerance mid-rollout halt it; a fixed revision completes it.
@@ -253,20 +257,18 @@ async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary(
     case.wait_for("early-bird", conditions::READY, "True", WITHIN).await.unwrap();
     assert_eq!(versions(&case).await.get("early-bird").map(String::as_str), Some("v1"), "during the canary: v1");
 
-    let deadline = Instant::now() + WITHIN;
-    while !baseline(&case).await.status.unwrap().rollout.unwrap().canary_passed {
-        assert!(Instant::now() < deadline, "the canary never passed");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    case.eventually(WITHIN, || async { baseline(&case).await.status.unwrap().rollout.unwrap().canary_passed })
+        .await
+        .expect("the canary passes");
     case.create(&TenantFixture::named("late-bird").baseline("fleet")).await.unwrap();
     case.wait_for("late-bird", conditions::READY, "True", WITHIN).await.unwrap();
     assert_eq!(versions(&case).await.get("late-bird").map(String::as_str), Some("v2"), "after the canary: v2");
     wait_for_phase(&case, "Complete").await;
-    let deadline = Instant::now() + WITHIN;
-    while versions(&case).await.get("early-bird").map(String::as_str) != Some("v2") {
-        assert!(Instant::now() < deadline, "the early tenant was rolled forward with the others");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    case.eventually_every(WITHIN, Duration::from_millis(500), || async {
+        versions(&case).await.get("early-bird").map(String::as_str) == Some("v2")
+    })
+    .await
+    .expect("the early tenant is rolled forward with the others");
 }
 
 /// The controller SIGKILLed mid-rollout resumes where it stopped, never above maxConcurrent.
@@ -285,13 +287,14 @@ async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
         controller.kill();
         controller = case.spawn_controller(&flags, "rollout-controller.log").unwrap();
     }
-    let deadline = Instant::now() + WITHIN;
-    while phase(&baseline(&case).await).as_deref() != Some("Complete") {
-        controller.check_running().unwrap();
+    case.eventually(WITHIN, || async {
         let status = baseline(&case).await.status;
-        assert!(Instant::now() < deadline, "the rollout did not complete after the restarts: {status:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        let complete = status.as_ref().and_then(|s| s.rollout.as_ref()).is_some_and(|r| r.phase == "Complete");
+        anyhow::ensure!(complete, "status: {status:?}");
+        Ok(())
+    })
+    .await
+    .expect("the rollout completes after the restarts");
     case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
     controller.kill();
     let ops = updates(&case, since).await;
@@ -317,15 +320,14 @@ async fn a_preview_shows_the_changes_and_executes_nothing() {
         "Resources:\n  Setting:\n    Type: AWS::SSM::Parameter\n    Properties:\n      Type: String\n      Value: !Ref Version\n",
     );
     apply_baseline(&case, json!({"template": with_parameter, "parameters": {"Version": "v1"}, "rollout": {"canary": {"count": 2}, "preview": true}})).await;
-    let deadline = Instant::now() + WITHIN;
-    let preview = loop {
-        let status = baseline(&case).await.status.unwrap();
-        if status.preview.len() == 2 {
-            break status.preview;
-        }
-        assert!(Instant::now() < deadline, "no preview: {status:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let preview = case
+        .eventually(WITHIN, || async {
+            let status = baseline(&case).await.status.unwrap();
+            anyhow::ensure!(status.preview.len() == 2, "no preview of 2 tenants: {status:?}");
+            Ok(status.preview)
+        })
+        .await
+        .expect("a preview for the 2 canary tenants");
     for report in &preview {
         assert!(
             report
@@ -338,9 +340,13 @@ async fn a_preview_shows_the_changes_and_executes_nothing() {
         );
     }
     assert_eq!(phase(&baseline(&case).await).as_deref(), Some("Previewing"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let stats = case.sim.stats().await.unwrap();
-    let executed = case.sim.stack_operations().await.unwrap().into_iter().filter(|op| op.started >= since).count();
-    assert_eq!(executed, 0, "nothing executed: {stats}");
-    assert_eq!(stats["requests"].get("cloudformation:ExecuteChangeSet"), None);
+    case.consistently(Duration::from_secs(3), || async {
+        let stats = case.sim.stats().await?;
+        let executed = case.sim.stack_operations().await?.into_iter().filter(|op| op.started >= since).count();
+        anyhow::ensure!(executed == 0, "{executed} stack operations: {stats}");
+        anyhow::ensure!(stats["requests"].get("cloudformation:ExecuteChangeSet").is_none(), "{stats}");
+        Ok(())
+    })
+    .await
+    .expect("a preview executes nothing");
 }

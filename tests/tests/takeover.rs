@@ -266,21 +266,19 @@ async fn orphans_are_listed_and_counted() {
 
     let gauge = |kind: &str| format!("silo_orphan_accounts{{kind=\"{kind}\"}}");
     let wait_for_gauges = |tagged: f64, untracked: f64| {
-        let (metrics, gauge) = (metrics.clone(), gauge);
+        let (metrics, gauge, case) = (metrics.clone(), gauge, &case);
         async move {
-            let deadline = Instant::now() + WITHIN;
-            loop {
-                let exposition = scrape(&metrics).await.unwrap();
+            case.eventually(WITHIN, || async {
+                let exposition = scrape(&metrics).await?;
                 let seen = (
                     metric(&exposition, &gauge("tagged_without_tenant")),
                     metric(&exposition, &gauge("untracked_in_tenant_ou")),
                 );
-                if seen == (Some(tagged), Some(untracked)) {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "the gauges show {seen:?}, not ({tagged}, {untracked})");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+                anyhow::ensure!(seen == (Some(tagged), Some(untracked)), "the gauges show {seen:?}");
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|err| panic!("the gauges never showed ({tagged}, {untracked}): {err:#}"));
         }
     };
     wait_for_gauges(1.0, 1.0).await;
