@@ -379,6 +379,28 @@ impl TestCase {
     /// The binary is the one built next to this test binary (`cargo build -p silo`). It is
     /// expected to keep running until the test kills or drops it: every wait of this test
     /// case fails once it exits by itself.
+    /// How many accounts the simulator has made so far.
+    pub async fn accounts_created(&self) -> u64 {
+        self.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0)
+    }
+
+    /// For the kill-after-CreateAccount tests: waits, looking every 20 ms for at most 30 s,
+    /// until the simulator has made an account beyond `before` while `controller` runs (its
+    /// answer is still held back, so the controller cannot have recorded the request id).
+    /// True when it did; false when nothing was left to create in that time. Panics when the
+    /// controller died.
+    pub async fn an_account_beyond(&self, before: u64, controller: &process::Process) -> bool {
+        let created = checks::eventually_every(
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || controller.check_running(),
+            || async { self.accounts_created().await > before },
+        )
+        .await;
+        controller.check_running().unwrap();
+        created.is_ok()
+    }
+
     pub fn spawn_controller(&self, args: &[&str], log_name: &str) -> Result<process::Process> {
         self.spawn_controller_with(args, log_name, Spawn::default())
     }

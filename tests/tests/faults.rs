@@ -9,7 +9,7 @@ use std::{
 use rand::Rng;
 use serde_json::{Value, json};
 use silo::{Tenant, conditions};
-use silo_testenv::{SimClient, Spawn, TenantFixture, TestCase, checks, test_case};
+use silo_testenv::{SimClient, Spawn, TenantFixture, TestCase, test_case};
 
 fn tenant_yaml(name: &str) -> String {
     format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{}}")
@@ -124,20 +124,12 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
         let mut controller = case
             .spawn_controller(&["--concurrency", "4", "--leader-election", "false"], "crash-controller.log")
             .unwrap();
-        let created_before = case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0);
+        let created_before = case.accounts_created().await;
         if after_create < AFTER_CREATE_KILLS {
             // Kill as soon as AWS has processed a CreateAccount: its answer is still held back,
             // so the controller cannot have written the request id. Within 30 s, else nothing
             // is left to create and the kill lands at that moment instead.
-            let created = checks::eventually_every(
-                Duration::from_secs(30),
-                Duration::from_millis(20),
-                || controller.check_running(),
-                || async { case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0) > created_before },
-            )
-            .await;
-            controller.check_running().unwrap();
-            if created.is_ok() {
+            if case.an_account_beyond(created_before, &controller).await {
                 after_create += 1;
             }
         } else {

@@ -12,7 +12,7 @@ use kube::{
 use rand::Rng;
 use serde_json::json;
 use silo::{Tenant, conditions};
-use silo_testenv::{TenantFixture, TestCase, checks, metric, process::free_port, scrape, test_case};
+use silo_testenv::{TenantFixture, TestCase, metric, process::free_port, scrape, test_case};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
@@ -149,19 +149,11 @@ async fn sigkills_during_a_queued_onboarding_while_the_index_is_built_leave_one_
     let (mut kills, mut after_create) = (0, 0);
     while kills < KILLS {
         let mut controller = case.spawn_controller(&flags, "crowd-controller.log").unwrap();
-        let created_before = case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0);
+        let created_before = case.accounts_created().await;
         if after_create < AFTER_CREATE_KILLS {
             // Kill as soon as AWS has made an account: its answer is still held back. Within
             // 30 s, else the kill lands at that moment instead.
-            let created = checks::eventually_every(
-                Duration::from_secs(30),
-                Duration::from_millis(20),
-                || controller.check_running(),
-                || async { case.sim.stats().await.unwrap()["accounts_created"].as_u64().unwrap_or(0) > created_before },
-            )
-            .await;
-            controller.check_running().unwrap();
-            if created.is_ok() {
+            if case.an_account_beyond(created_before, &controller).await {
                 after_create += 1;
             }
         } else {
