@@ -5,8 +5,12 @@ moto's server runs in-process (werkzeug, threaded). A thin WSGI middleware
 (`SiloLayer`) sits in front of it and, per request, can delay, throttle or fail
 it, enforce Organizations quotas, and rewrite moto's answers so that slow or
 failing AWS workflows (account creation, account closure, stack creation,
-role assumption) look the way they do on real AWS. Faults are off by default;
-a test switches them on through the admin API under /_silo/:
+role assumption) look the way they do on real AWS. By default the simulator is
+as strict as AWS (see the constants above `Config`): AWS's request rates and
+quotas, creations, listings, role propagation, closures and stack operations
+that take time (compressed from AWS's minutes to seconds, never 0), emails that
+stay taken. Random faults (throttling, 5xx, latency) are off by default. A test
+changes any of it through the admin API under /_silo/:
 
     POST /_silo/reset    reset moto and every fault, counter and config key
     POST /_silo/config   merge a JSON object into the config (unknown key: 400)
@@ -243,7 +247,7 @@ ORG_THROTTLE_MESSAGE = (
     "AWS Organizations can't complete your request because another request is "
     "already in progress. Try again later."
 )
-RATE_LIMIT_SCOPES = ("global", "account", "account-region")
+RATE_LIMIT_SCOPES = ("global", "account", "account-region", "target-account")
 STACK_OPERATIONS = ("CreateStack", "UpdateStack")
 ACCOUNT_PRINCIPAL = "account.amazonaws.com"
 CONTACT_TYPES = ("BILLING", "OPERATIONS", "SECURITY")
@@ -261,6 +265,61 @@ ORG_SERVICE_MESSAGE = (
     "service error. Try again later."
 )
 
+# What the simulator does by default: as strict as AWS. Where AWS publishes a figure the
+# default is that figure (the source is named); where it does not, the simulator's own
+# choice is labelled so. Durations that take minutes on AWS are compressed to seconds so
+# that a test can wait for them, but never 0: every state a caller can meet on AWS lasts
+# long enough here to be met. docs/simulator-fidelity.md has the row for each.
+DAY = 86_400.0
+AWS_DEFAULT_ACCOUNT_LIMIT = 10              # Quotas for AWS Organizations: 10, adjustable
+CLOSE_QUOTA_SHARE, CLOSE_QUOTA_MIN, CLOSE_QUOTA_MAX = 10, 10, 1000   # CloseAccount: "10% of
+CLOSE_QUOTA_WINDOW_SECONDS = 30 * DAY       # member accounts, between 10 and 1000, within a
+                                            # rolling 30 day period"
+POST_CLOSURE_SECONDS = 90 * DAY             # Account Management: the 90-day post-closure period
+DEFAULT_CREATION_SECONDS = 2.0              # AWS: minutes ("asynchronous"), compressed
+DEFAULT_LISTING_LAG_SECONDS = 2.0           # AWS publishes no bound; the simulator's choice
+DEFAULT_ROLE_PROPAGATION_SECONDS = 2.0      # AWS: "wait a few minutes", compressed
+DEFAULT_CLOSE_PENDING_SECONDS = 30.0        # AWS: "a few minutes", compressed
+DEFAULT_STACK_OPERATION_SECONDS = 1.0       # AWS: seconds to minutes per stack, compressed
+# Request rates (token buckets). Account Management publishes its rates and bursts
+# (Quotas for AWS Account Management); "per account" is the account the request names,
+# "per caller account" the caller's. Organizations, STS and CloudFormation publish no
+# rate: the simulator assumes Silo's own default budgets (--aws-requests-per-second 10,
+# --sts-requests-per-second 20, --cloudformation-requests-per-second 5), metered the way
+# AWS meters each service (Organizations per organization, i.e. per management account;
+# STS and CloudFormation per account and Region), so that a Silo that exceeds its budget
+# is throttled.
+AWS_RATE_LIMITS: dict[str, float] = {
+    "organizations:*": 10,
+    "sts:*": 20,
+    "cloudformation:*": 5,
+    "account:GetAlternateContact": 10,
+    "account:PutAlternateContact": 5,
+    "account:DeleteAlternateContact": 1,
+    "account:PutAccountName": 1,
+    "account:GetAccountInformation": 3,
+}
+AWS_RATE_LIMIT_BURST: dict[str, float] = {
+    "account:GetAlternateContact": 15,
+    "account:PutAlternateContact": 8,
+    "account:DeleteAlternateContact": 6,
+    "account:PutAccountName": 1,
+    "account:GetAccountInformation": 3,
+}
+AWS_RATE_LIMIT_SCOPE: dict[str, str] = {
+    "organizations:*": "account",
+    "sts:*": "account-region",
+    "cloudformation:*": "account-region",
+    "account:GetAlternateContact": "target-account",
+    "account:PutAlternateContact": "target-account",
+    "account:DeleteAlternateContact": "target-account",
+    "account:PutAccountName": "account",
+    "account:GetAccountInformation": "account",
+}
+# Requests signed with this access key are a test looking at the simulator, not a
+# caller AWS would meter: no rate limit applies to them (they are still counted).
+OBSERVER_ACCESS_KEY = "observer"
+
 log = logging.getLogger("silo-awssim")
 
 
@@ -277,23 +336,50 @@ class Config:
                                   matches (re.search, case-sensitive; use (?i))
                                   the first pattern in order uses that delay
                                   instead, for real and synthetic-failure creations
-    unique_emails                 a reused email fails with EMAIL_ALREADY_EXISTS
-    account_limit                 accounts (management included) in the org, else
-                                  ACCOUNT_LIMIT_EXCEEDED; None = no limit
+    unique_emails                 an email any account the simulator made since the
+                                  last reset ever had (in any organization, closed
+                                  or removed accounts included), or that an
+                                  account of the caller's organization has, fails
+                                  with EMAIL_ALREADY_EXISTS
+    create_account_failures       [rule]: CreateAccount requests that fail, each
+                                  {"reason": a FailureReason (INTERNAL_FAILURE,
+                                   CONCURRENT_ACCOUNT_MODIFICATION,
+                                   ACCOUNT_LIMIT_EXCEEDED, ...),
+                                   "email": regex (re.search; default all),
+                                   "times": n (the first n matching requests;
+                                   null: every one)}; the first rule with
+                                  requests left applies. The request makes no
+                                  account, is IN_PROGRESS for its creation delay,
+                                  then FAILED with that reason
+    account_limit                 accounts (management included, permanently
+                                  CLOSED ones not) in the org, else
+                                  ACCOUNT_LIMIT_EXCEEDED; None = no limit.
+                                  Default 10, AWS's default quota: a test of a
+                                  larger fleet raises it, as its owner would
     max_concurrent_creations      creations IN_PROGRESS at once, else throttled
     list_accounts_lag_seconds     an account missing from ListAccounts,
                                   ListAccountsForParent and ListChildren for this
                                   long after it became ACTIVE (other calls see it);
                                   raising it does not hide accounts already listed
-    rate_limits                   {op key: requests per second} token buckets
-    rate_limit_scope              {op key: "global" | "account" | "account-region"}:
-                                  what one `rate_limits` bucket covers for the
-                                  calls the key selects (most specific key wins;
-                                  default global: one bucket for every caller).
+    rate_limits                   {op key: requests per second} token buckets;
+                                  default AWS_RATE_LIMITS (AWS's published rates).
+                                  Requests signed with OBSERVER_ACCESS_KEY (a
+                                  test's own look at the simulator) never draw
+                                  from a bucket
+    rate_limit_burst              {op key: burst}: a bucket's size (default: the
+                                  rate, at least 1); default AWS_RATE_LIMIT_BURST
+    rate_limit_scope              {op key: "global" | "account" | "account-region"
+                                  | "target-account"}: what one `rate_limits`
+                                  bucket covers for the calls the key selects
+                                  (most specific key wins; a key not listed is
+                                  global: one bucket for every caller).
                                   "account": a bucket per caller account (the
                                   account moto acts as); "account-region": per
                                   account and credential-scope region, as AWS
-                                  meters CloudFormation and STS
+                                  meters CloudFormation and STS; "target-account":
+                                  per AccountId the request names (else the
+                                  caller), as AWS meters the Account API's
+                                  "per account" quotas; default AWS_RATE_LIMIT_SCOPE
     throttle_rate/_operations     probability of throttling the selected ops
     error_rate/error_operations   probability of a 5xx on the selected ops
     refusals                      {op key: {"code": str, "message": str,
@@ -306,7 +392,16 @@ class Config:
     response_delays_ms            {op key: ms}: hold the answer back this long
                                   AFTER moto processed the request
     close_pending_seconds         PENDING_CLOSURE time before SUSPENDED
-    close_quota                   CloseAccount calls allowed; None = no quota
+    closed_after_seconds          SUSPENDED time before the account's State is
+                                  CLOSED (AWS's 90-day post-closure period;
+                                  Status stays SUSPENDED)
+    close_quota                   CloseAccount calls that succeed in any rolling
+                                  `close_quota_window_seconds`: "aws" (AWS's rule:
+                                  10% of the organization's member accounts, at
+                                  least 10 and at most 1,000), a number, or None
+                                  (no quota); beyond it ConstraintViolationException
+                                  CLOSE_ACCOUNT_QUOTA_EXCEEDED
+    close_quota_window_seconds    the rolling window (AWS: 30 days)
     failing_stacks                {stack-name regex: failure reason}: CreateStack
                                   of a matching stack fails (see stack_failures)
     stack_failures                [rule]: stack operations that fail, each rule
@@ -332,14 +427,16 @@ class Config:
     unassumable_roles_seconds     AccessDenied on AssumeRole into a new account
     """
 
-    create_account_delay_seconds: float = 0
+    create_account_delay_seconds: float = DEFAULT_CREATION_SECONDS
     create_account_delays: dict[str, float] = field(default_factory=dict)
     unique_emails: bool = True
-    account_limit: int | None = None
+    create_account_failures: list[dict[str, Any]] = field(default_factory=list)
+    account_limit: int | None = AWS_DEFAULT_ACCOUNT_LIMIT
     max_concurrent_creations: int | None = 5
-    list_accounts_lag_seconds: float = 0
-    rate_limits: dict[str, float] = field(default_factory=dict)
-    rate_limit_scope: dict[str, str] = field(default_factory=dict)
+    list_accounts_lag_seconds: float = DEFAULT_LISTING_LAG_SECONDS
+    rate_limits: dict[str, float] = field(default_factory=lambda: dict(AWS_RATE_LIMITS))
+    rate_limit_burst: dict[str, float] = field(default_factory=lambda: dict(AWS_RATE_LIMIT_BURST))
+    rate_limit_scope: dict[str, str] = field(default_factory=lambda: dict(AWS_RATE_LIMIT_SCOPE))
     throttle_rate: float = 0.0
     throttle_operations: list[str] | None = None
     error_rate: float = 0.0
@@ -348,13 +445,15 @@ class Config:
     latency_ms: float = 0
     latency_rate: float = 0.0
     response_delays_ms: dict[str, float] = field(default_factory=dict)
-    close_pending_seconds: float = 0
-    close_quota: int | None = None
+    close_pending_seconds: float = DEFAULT_CLOSE_PENDING_SECONDS
+    closed_after_seconds: float = POST_CLOSURE_SECONDS
+    close_quota: int | str | None = "aws"
+    close_quota_window_seconds: float = CLOSE_QUOTA_WINDOW_SECONDS
     failing_stacks: dict[str, str] = field(default_factory=dict)
     stack_failures: list[dict[str, Any]] = field(default_factory=list)
-    stack_operation_seconds: float = 0
+    stack_operation_seconds: float = DEFAULT_STACK_OPERATION_SECONDS
     stack_failure_seconds: float = 2
-    unassumable_roles_seconds: float = 0
+    unassumable_roles_seconds: float = DEFAULT_ROLE_PROPAGATION_SECONDS
 
     def merged(self, updates: Any) -> Config:
         """A copy with `updates` applied; ValueError says what is wrong."""
@@ -379,8 +478,12 @@ def _validate(key: str, value: Any) -> None:
         ok = isinstance(value, bool)
     elif key in ("throttle_rate", "error_rate", "latency_rate"):
         ok = _number(value) and value <= 1
-    elif key in ("account_limit", "max_concurrent_creations", "close_quota"):
+    elif key in ("account_limit", "max_concurrent_creations"):
         ok = value is None or (_number(value) and int(value) == value)
+    elif key == "close_quota":
+        ok = value is None or value == "aws" or (_number(value) and int(value) == value)
+    elif key == "create_account_failures":
+        ok = isinstance(value, list) and all(_creation_failure_rule_ok(r) for r in value)
     elif key in ("throttle_operations", "error_operations"):
         ok = value is None or (
             isinstance(value, list) and all(isinstance(v, str) for v in value))
@@ -393,7 +496,7 @@ def _validate(key: str, value: Any) -> None:
     elif key == "rate_limit_scope":
         ok = isinstance(value, dict) and all(
             v in RATE_LIMIT_SCOPES for v in value.values())
-    elif key in ("rate_limits", "response_delays_ms"):
+    elif key in ("rate_limits", "rate_limit_burst", "response_delays_ms"):
         ok = isinstance(value, dict) and all(_number(v) for v in value.values())
     elif key == "failing_stacks":
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
@@ -407,6 +510,19 @@ def _validate(key: str, value: Any) -> None:
         ok = _number(value)
     if not ok:
         raise ValueError(f"bad value for {key}: {value!r}")
+
+
+def _creation_failure_rule_ok(rule: Any) -> bool:
+    """A `create_account_failures` rule: a reason, an optional email regex and count."""
+    if not isinstance(rule, dict) or set(rule) - {"reason", "email", "times"}:
+        return False
+    times = rule.get("times")
+    if not (isinstance(rule.get("reason"), str) and rule["reason"]
+            and isinstance(rule.get("email", ""), str)
+            and (times is None or (_number(times) and int(times) == times))):
+        return False
+    _check_regexes("create_account_failures", {rule.get("email", ""): None})
+    return True
 
 
 def _stack_failure_rule_ok(rule: Any) -> bool:
@@ -700,7 +816,12 @@ class State:
     stack_tokens: dict[tuple[str, str, str, str, str], StackOp] = field(default_factory=dict)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     refusals_used: dict[str, int] = field(default_factory=dict)
-    closes: int = 0
+    creation_failures_used: dict[int, int] = field(default_factory=dict)  # rule index -> n
+    # Lower-cased emails of every account made since the reset, in any organization.
+    emails_taken: set[str] = field(default_factory=set)
+    closes: collections.deque[float] = field(default_factory=collections.deque)  # monotonic
+    # id -> (account, when its State becomes CLOSED): SUSPENDED accounts still counting down.
+    suspended: dict[str, tuple[Any, float]] = field(default_factory=dict)
     log: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=LOG_LIMIT))
     log_next: int = 0           # seq of the next log entry
@@ -1142,8 +1263,9 @@ class SiloLayer:
         accounts become SUSPENDED, stack operations take their next steps.
         Takes moto_lock then lock, and only when something is due."""
         now = time.monotonic()
+        timers = (self.state.closing, self.state.suspended)
         with self.lock:
-            due = any(until <= now for _, until in self.state.closing.values()) or any(
+            due = any(until <= now for timer in timers for _, until in timer.values()) or any(
                 op.steps[0][0] <= now for op in self.state.stacks_in_flight)
         if not due:
             return
@@ -1152,7 +1274,14 @@ class SiloLayer:
                 if now >= until:
                     if account.status == "PENDING_CLOSURE":
                         account.status = account.state = "SUSPENDED"
+                        self.state.suspended[account_id] = (
+                            account, until + self.state.config.closed_after_seconds)
                     del self.state.closing[account_id]
+            for account_id, (account, until) in list(self.state.suspended.items()):
+                if now >= until:
+                    if account.state == "SUSPENDED":
+                        account.state = "CLOSED"     # Status has no CLOSED: it stays SUSPENDED
+                    del self.state.suspended[account_id]
             for op in list(self.state.stacks_in_flight):
                 self.run_steps(op, now)
 
@@ -1162,10 +1291,11 @@ class SiloLayer:
         key (`service:Operation`, `service:*`, `*`) applies."""
         limits = self.state.config.rate_limits
         key = _most_specific(call, limits)
-        if key is None:
+        if key is None or call.access_key == OBSERVER_ACCESS_KEY:
             return None
         rate, now = float(limits[key]), time.monotonic()
-        burst = max(1.0, rate)
+        bursts = self.state.config.rate_limit_burst
+        burst = max(1.0, float(bursts.get(key, rate)))
         bucket = self.state.buckets.setdefault(self.bucket_key(call, key), Bucket(burst, now))
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
@@ -1186,6 +1316,8 @@ class SiloLayer:
             return f"{limit_key}|{call.account}"
         if scope == "account-region":
             return f"{limit_key}|{call.account}|{call.region}"
+        if scope == "target-account":
+            return f"{limit_key}|{call.param('AccountId') or call.account}"
         return limit_key
 
     def configured_refusal(self, call: Call) -> Response | None:
@@ -1261,6 +1393,7 @@ class SiloLayer:
                     self.state.creation_of_account[account_id] = creation
                 if reason is None:
                     self.state.stats["accounts_created"] += 1
+                    self.state.emails_taken.add(str(call.params.get("Email", "")).lower())
                 else:
                     self.state.count("create_account_failures", reason)
         if reason is None and delay <= 0:
@@ -1278,12 +1411,25 @@ class SiloLayer:
                      if re.search(pattern, email)), float(cfg.create_account_delay_seconds))
 
     def creation_failure(self, call: Call, backend: Any) -> str | None:
-        """EMAIL_ALREADY_EXISTS / ACCOUNT_LIMIT_EXCEEDED, or None (lock held)."""
+        """Why this creation fails, or None (lock held): an injected failure
+        (`create_account_failures`), EMAIL_ALREADY_EXISTS (an email any account
+        ever had: AWS accounts keep their email after they are closed or leave
+        the organization), ACCOUNT_LIMIT_EXCEEDED."""
         cfg = self.state.config
-        email = str(call.params.get("Email", "")).lower()
-        if cfg.unique_emails and email in self.org_emails(backend):
+        email = str(call.params.get("Email", ""))
+        for index, rule in enumerate(cfg.create_account_failures):
+            used = self.state.creation_failures_used.get(index, 0)
+            if rule.get("times") is not None and used >= rule["times"]:
+                continue
+            if re.search(rule.get("email", ""), email):
+                self.state.creation_failures_used[index] = used + 1
+                return str(rule["reason"])
+        if cfg.unique_emails and (email.lower() in self.state.emails_taken
+                                  or email.lower() in self.org_emails(backend)):
             return "EMAIL_ALREADY_EXISTS"
-        if cfg.account_limit is not None and len(backend.accounts) >= cfg.account_limit:
+        counted = sum(1 for a in backend.accounts if a.state != "CLOSED") \
+            if cfg.account_limit is not None else 0
+        if cfg.account_limit is not None and counted >= cfg.account_limit:
             return "ACCOUNT_LIMIT_EXCEEDED"
         return None
 
@@ -1433,8 +1579,8 @@ class SiloLayer:
                 return aws_error(call, 400, "AccountAlreadyClosedException",
                                  "The provided account is already closed.")
             with self.lock:
-                quota = self.state.config.close_quota
-                if quota is not None and self.state.closes >= quota:
+                quota = self.close_quota(backend)
+                if quota is not None and len(self.state.closes) >= quota:
                     return aws_error(
                         call, 400, "ConstraintViolationException",
                         "You have exceeded close account quota for the past 30 days.",
@@ -1443,13 +1589,32 @@ class SiloLayer:
             if resp.status != 200:
                 return resp
             with self.lock:
-                self.state.closes += 1
+                now = time.monotonic()
+                self.state.closes.append(now)
                 self.state.stats["accounts_closed"] += 1
                 pending = self.state.config.close_pending_seconds
                 if account is not None and pending > 0:
                     account.status = account.state = "PENDING_CLOSURE"
-                    self.state.closing[account_id] = (account, time.monotonic() + pending)
+                    self.state.closing[account_id] = (account, now + pending)
+                elif account is not None:
+                    self.state.suspended[account_id] = (
+                        account, now + self.state.config.closed_after_seconds)
         return resp
+
+    def close_quota(self, backend: Any) -> int | None:
+        """How many closures the rolling window still holds in all, or None
+        for no quota (lock held). AWS: "You can close only 10% of member
+        accounts, between 10 and 1000, within a rolling 30 day period";
+        permanently closed (CLOSED) accounts are no longer members."""
+        cfg = self.state.config
+        window_start = time.monotonic() - cfg.close_quota_window_seconds
+        while self.state.closes and self.state.closes[0] <= window_start:
+            self.state.closes.popleft()
+        if cfg.close_quota != "aws":
+            return None if cfg.close_quota is None else int(cfg.close_quota)
+        members = sum(1 for a in backend.accounts
+                      if a.id != backend.account_id and a.state != "CLOSED")
+        return min(CLOSE_QUOTA_MAX, max(CLOSE_QUOTA_MIN, members * CLOSE_QUOTA_SHARE // 100))
 
     # ---- Organizations: service control policies ---------------------------
 

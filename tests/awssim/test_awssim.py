@@ -112,11 +112,34 @@ def sim_server():
         stderr.close()
 
 
+# The simulator is as strict as AWS by default (test_defaults_are_as_strict_as_aws).
+# Most tests here check one behaviour at a time, so the `sim` fixture turns off the
+# defaults that would get in its way: no waits, no request rates, no account or
+# closure quota. A test of one of these behaviours turns it back on itself; `strict_sim`
+# is the simulator exactly as a reset leaves it.
+LENIENT = {
+    "create_account_delay_seconds": 0,
+    "list_accounts_lag_seconds": 0,
+    "unassumable_roles_seconds": 0,
+    "stack_operation_seconds": 0,
+    "close_pending_seconds": 0,
+    "rate_limits": {},
+    "account_limit": None,
+    "close_quota": None,
+}
+
+
 @pytest.fixture
-def sim(sim_server: Sim) -> Sim:
+def strict_sim(sim_server: Sim) -> Sim:
     status, body = sim_server.admin("/_silo/reset", {})
     assert (status, body) == (200, {"ok": True})
     return sim_server
+
+
+@pytest.fixture
+def sim(strict_sim: Sim) -> Sim:
+    strict_sim.configure(**LENIENT)
+    return strict_sim
 
 
 @pytest.fixture
@@ -222,7 +245,7 @@ def test_admin_api_delay_lag_and_response_keys(sim: Sim) -> None:
     sim.admin("/_silo/reset", {})
     config = sim.admin("/_silo/config")[1]
     assert config["create_account_delays"] == {} and config["response_delays_ms"] == {}
-    assert config["list_accounts_lag_seconds"] == 0
+    assert config["list_accounts_lag_seconds"] == 2, "reset restores the strict default"
     stats = sim.stats()
     assert stats["answered"] == {} and stats["response_delayed"] == {}
     assert stats["accounts_unlisted"] == []
@@ -301,6 +324,37 @@ def test_duplicate_email_fails(sim: Sim, org: Any) -> None:
     assert status["FailureReason"] == "EMAIL_ALREADY_EXISTS"
     sim.configure(unique_emails=False)
     assert wait_status(org, create_account(org, "four", "TENANT@example.com"))["State"] == "SUCCEEDED"
+
+
+def test_an_email_stays_taken_after_its_account_is_closed_or_removed(sim: Sim, org: Any) -> None:
+    closed, removed = new_account(org, "closed"), new_account(org, "removed")
+    org.close_account(AccountId=closed)
+    org.remove_account_from_organization(AccountId=removed)
+    assert removed not in account_ids(org)
+    for name in ("closed", "removed"):
+        status = wait_status(org, create_account(org, f"{name}-again", f"{name}@example.com"))
+        assert status["FailureReason"] == "EMAIL_ALREADY_EXISTS", (name, status)
+    sim.configure(unique_emails=False)
+    assert wait_status(org, create_account(org, "again", "removed@example.com"))["State"] == "SUCCEEDED"
+
+
+def test_injected_create_account_failures(sim: Sim, org: Any) -> None:
+    for bad in ([{"email": "x"}], [{"reason": ""}], [{"reason": "X", "email": "("}],
+                [{"reason": "X", "times": 1.5}], [{"reason": "X", "other": 1}], {"reason": "X"}):
+        status, body = sim.admin("/_silo/config", {"create_account_failures": bad})
+        assert status == 400 and "create_account_failures" in body["error"], (bad, body)
+    sim.configure(create_account_delay_seconds=0.5, create_account_failures=[
+        {"reason": "CONCURRENT_ACCOUNT_MODIFICATION", "email": "^busy@", "times": 1},
+        {"reason": "INTERNAL_FAILURE", "times": 2}])
+    busy = org.create_account(AccountName="busy", Email="busy@example.com")["CreateAccountStatus"]
+    assert busy["State"] == "IN_PROGRESS", "a failure is only known once the request ends"
+    assert wait_status(org, busy["Id"])["FailureReason"] == "CONCURRENT_ACCOUNT_MODIFICATION"
+    reasons = [wait_status(org, create_account(org, name)).get("FailureReason")
+               for name in ("a", "busy", "b")]
+    assert reasons == ["INTERNAL_FAILURE", "INTERNAL_FAILURE", None], "each rule fails its count"
+    assert len(account_ids(org)) == 2, "a failed request makes no account"
+    assert sim.stats()["create_account_failures"] == {
+        "CONCURRENT_ACCOUNT_MODIFICATION": 1, "INTERNAL_FAILURE": 2}
 
 
 def test_account_limit(sim: Sim, org: Any) -> None:
@@ -628,7 +682,7 @@ def test_close_goes_through_pending_closure(sim: Sim, org: Any) -> None:
 
 def test_close_quota(sim: Sim, org: Any) -> None:
     first, second = new_account(org, "c1"), new_account(org, "c2")
-    sim.configure(close_quota=1)
+    sim.configure(close_quota=1, close_quota_window_seconds=2)
     org.close_account(AccountId=first)
     with pytest.raises(ClientError) as exc:
         org.close_account(AccountId=second)
@@ -636,6 +690,39 @@ def test_close_quota(sim: Sim, org: Any) -> None:
     assert exc.value.response["Reason"] == "CLOSE_ACCOUNT_QUOTA_EXCEEDED"
     assert org.describe_account(AccountId=second)["Account"]["Status"] == "ACTIVE"
     assert org.describe_account(AccountId=first)["Account"]["Status"] == "SUSPENDED"
+    time.sleep(2.1)   # the window rolls past the first closure
+    org.close_account(AccountId=second)
+
+
+def test_aws_close_quota_is_a_share_of_the_members_with_a_floor(sim: Sim, org: Any) -> None:
+    members = [new_account(org, f"m{i}") for i in range(11)]
+    sim.configure(close_quota="aws")           # 10% of 11 members is 1: the floor of 10 holds
+    for account in members[:10]:
+        org.close_account(AccountId=account)
+    with pytest.raises(ClientError) as exc:
+        org.close_account(AccountId=members[10])
+    assert exc.value.response["Reason"] == "CLOSE_ACCOUNT_QUOTA_EXCEEDED"
+    assert sim.admin("/_silo/config", {"close_quota": "some"})[0] == 400
+
+
+def test_a_suspended_account_is_closed_for_good_after_the_post_closure_period(
+        sim: Sim, org: Any) -> None:
+    sim.configure(close_pending_seconds=0.5, closed_after_seconds=0.5, account_limit=3)
+    account = new_account(org, "leaving")
+    new_account(org, "staying")
+    org.close_account(AccountId=account)
+    described = org.describe_account(AccountId=account)["Account"]
+    assert described["State"] == described["Status"] == "PENDING_CLOSURE"
+    status = wait_status(org, create_account(org, "full"))
+    assert status["FailureReason"] == "ACCOUNT_LIMIT_EXCEEDED", "a closed account still counts"
+    time.sleep(0.6)
+    described = org.describe_account(AccountId=account)["Account"]
+    assert described["State"] == described["Status"] == "SUSPENDED"
+    time.sleep(0.6)
+    described = org.describe_account(AccountId=account)["Account"]
+    assert (described["State"], described["Status"]) == ("CLOSED", "SUSPENDED")
+    assert wait_status(org, create_account(org, "room"))["State"] == "SUCCEEDED", \
+        "a permanently closed account no longer counts against the account quota"
 
 
 # ---- CloudFormation ------------------------------------------------------------
@@ -883,7 +970,8 @@ def test_rate_limit_scope(sim: Sim, org: Any) -> None:
                 out.append(err.response["Error"]["Code"])
         return out
 
-    sim.configure(rate_limits={"sts:GetCallerIdentity": 0.01})   # burst 1, then ~none
+    sim.configure(rate_limits={"sts:GetCallerIdentity": 0.01},   # burst 1, then ~none
+                  rate_limit_scope={})                           # every key global
     assert outcomes(mgmt_east, member_east, mgmt_west) == ["ok", "Throttling", "Throttling"]
     sim.configure(rate_limit_scope={"sts:*": "account"})
     assert outcomes(mgmt_east, member_east, mgmt_west, member_east) == \
@@ -896,7 +984,7 @@ def test_rate_limit_scope(sim: Sim, org: Any) -> None:
     assert sim.admin("/_silo/config")[1]["rate_limit_scope"] == {
         "sts:GetCallerIdentity": "account-region", "*": "global"}
     sim.admin("/_silo/reset", {})
-    assert sim.admin("/_silo/config")[1]["rate_limit_scope"] == {}
+    assert sim.admin("/_silo/config")[1]["rate_limit_scope"]["sts:*"] == "account-region"
 
 
 # ---- CloudFormation: operations over time, failures, change sets ---------------
@@ -1085,9 +1173,9 @@ def test_stack_failures_config_is_checked(sim: Sim) -> None:
     assert config["stack_failures"] == rules and config["stack_operation_seconds"] == 2.5
     sim.admin("/_silo/reset", {})
     config = sim.admin("/_silo/config")[1]
-    assert config["stack_failures"] == [] and config["stack_operation_seconds"] == 0
+    assert config["stack_failures"] == [] and config["stack_operation_seconds"] == 1
     # Without a reason, a failure says it is simulated.
-    sim.configure(stack_failures=[{"stack": "^x$"}])
+    sim.configure(**LENIENT, stack_failures=[{"stack": "^x$"}])
     cfn = sim.client("cloudformation")
     cfn.create_stack(StackName="x", TemplateBody=template("x"))
     reasons = [r for lid, s, r in stack_events(cfn, "x") if lid == "Topic" and s == "CREATE_FAILED"]
@@ -1474,3 +1562,60 @@ def test_refusals_answer_an_operation_with_an_aws_error(sim: Sim, org: Any) -> N
     assert sim.stats()["refused"]["organizations:ListRoots"] == 2
     code, body = sim.admin("/_silo/config", {"refusals": {"organizations:ListRoots": {"times": 1}}})
     assert code == 400, body
+
+
+# ---- defaults: as strict as AWS ------------------------------------------------
+
+def test_defaults_are_as_strict_as_aws(strict_sim: Sim) -> None:
+    sim = strict_sim
+    config = sim.admin("/_silo/config")[1]
+    assert config["unique_emails"] and config["account_limit"] == 10
+    assert config["close_quota"] == "aws" and config["close_quota_window_seconds"] == 30 * 86400
+    assert config["closed_after_seconds"] == 90 * 86400 and config["close_pending_seconds"] > 0
+    assert config["rate_limits"]["account:PutAccountName"] == 1
+    org = sim.client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    created = org.create_account(AccountName="slow", Email="slow@example.com")
+    assert created["CreateAccountStatus"]["State"] == "IN_PROGRESS", "creation takes time"
+    status = wait_status(org, created["CreateAccountStatus"]["Id"])
+    account = status["AccountId"]
+    assert account not in account_ids(org), "a new account is missing from listings at first"
+    with pytest.raises(ClientError) as exc:
+        assume(sim, account)
+    assert error_code(exc) == "AccessDenied", "a new account's role is not assumable at once"
+    org.close_account(AccountId=account)
+    assert org.describe_account(AccountId=account)["Account"]["State"] == "PENDING_CLOSURE"
+    cfn = sim.client("cloudformation")
+    cfn.create_stack(StackName="slow", TemplateBody=template("slow"))
+    assert cfn.describe_stacks(StackName="slow")["Stacks"][0]["StackStatus"] == "CREATE_IN_PROGRESS"
+
+
+def test_default_request_rates_throttle_callers_but_not_the_observer(strict_sim: Sim) -> None:
+    sim = strict_sim
+    org = sim.client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    observer = sim.client("organizations", {"aws_access_key_id": "observer",
+                                            "aws_secret_access_key": "observer"})
+    assert observer.describe_organization()["Organization"]["MasterAccountId"] == "123456789012"
+
+    def throttled(call: Any, times: int) -> int:
+        n = 0
+        for _ in range(times):
+            try:
+                call()
+            except ClientError as err:
+                assert error_code_of(err) in ("TooManyRequestsException", "Throttling"), err
+                n += 1
+        return n
+
+    assert throttled(org.list_roots, 25) > 0, "Organizations: 10 requests per second"
+    assert throttled(observer.list_roots, 25) == 0, "the observer is never throttled"
+    account = sim.client("account")
+    assert throttled(account.get_account_information, 6) > 0, "3 per second per caller"
+    stats = sim.stats()
+    assert stats["throttled"]["organizations:ListRoots"] > 0
+    assert stats["requests"]["organizations:ListRoots"] >= 50, "observer requests count too"
+
+
+def error_code_of(err: ClientError) -> str:
+    return err.response["Error"]["Code"]
