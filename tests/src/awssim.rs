@@ -25,6 +25,9 @@ use crate::{
 /// moto's management account: the organization's owner, and the identity of plain credentials.
 pub const MANAGEMENT_ACCOUNT: &str = "123456789012";
 
+/// The access key of a test looking at the simulator (`OBSERVER_ACCESS_KEY` in silo_awssim.py).
+pub const OBSERVER_ACCESS_KEY: &str = "observer";
+
 /// The Python interpreter of the project's venv (`make tools`).
 pub fn python() -> PathBuf {
     match std::env::var_os("SILO_VENV") {
@@ -146,6 +149,12 @@ impl SimClient {
         self.admin_post("config", &config).await.map(drop)
     }
 
+    /// The fault layer's whole configuration as it stands (`GET /_silo/config`).
+    pub async fn config(&self) -> Result<Value> {
+        let response = reqwest::get(format!("{}/_silo/config", self.endpoint)).await?;
+        Ok(response.error_for_status()?.json().await?)
+    }
+
     /// Request counters: `requests`, `throttled`, `injected_errors`, ...
     pub async fn stats(&self) -> Result<Value> {
         let response = reqwest::get(format!("{}/_silo/stats", self.endpoint)).await?;
@@ -162,15 +171,26 @@ impl SimClient {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// AWS configuration for the management account, pointed at the simulator.
+    /// AWS configuration for the management account, pointed at the simulator: Silo's
+    /// identity, metered like any AWS caller.
     pub fn sdk_config(&self) -> SdkConfig {
+        self.config_signed_by("testing")
+    }
+
+    /// The management account as the test's own eyes: the simulator never throttles these
+    /// requests (its `OBSERVER_ACCESS_KEY`), so a test's look does not spend Silo's quota.
+    pub fn observer_config(&self) -> SdkConfig {
+        self.config_signed_by(OBSERVER_ACCESS_KEY)
+    }
+
+    fn config_signed_by(&self, access_key: &str) -> SdkConfig {
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
             .credentials_provider(aws_sdk_organizations::config::SharedCredentialsProvider::new(Credentials::new(
-                "testing",
-                "testing",
+                access_key,
+                access_key,
                 None,
                 None,
                 "silo-tests",
@@ -180,12 +200,35 @@ impl SimClient {
 
     /// An Organizations client of the management account, for test assertions.
     pub fn organizations(&self) -> aws_sdk_organizations::Client {
-        aws_sdk_organizations::Client::new(&self.sdk_config())
+        aws_sdk_organizations::Client::new(&self.observer_config())
     }
 
     /// An Account Management client of the management account, for test assertions.
     pub fn account_management(&self) -> aws_sdk_account::Client {
-        aws_sdk_account::Client::new(&self.sdk_config())
+        aws_sdk_account::Client::new(&self.observer_config())
+    }
+
+    /// Creates an account outside Silo, as a person or an earlier controller would, with
+    /// these tags, and waits until AWS has made it (creations take time): its id.
+    pub async fn create_account(&self, name: &str, email: &str, tags: &[(&str, &str)]) -> Result<String> {
+        use aws_sdk_organizations::types::{CreateAccountState, Tag};
+        let org = self.organizations();
+        let tags = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect::<Result<Vec<_>, _>>()?;
+        let created = org.create_account().account_name(name).email(email).set_tags(Some(tags)).send().await?;
+        let id = created.create_account_status().and_then(|s| s.id()).context("CreateAccount gave no request id")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = org.describe_create_account_status().create_account_request_id(id).send().await?;
+            let status = out.create_account_status().context("no CreateAccountStatus")?;
+            match status.state() {
+                Some(CreateAccountState::Succeeded) => {
+                    return Ok(status.account_id().context("SUCCEEDED without AccountId")?.to_string());
+                }
+                Some(CreateAccountState::Failed) => bail!("creating {email} failed: {:?}", status.failure_reason()),
+                _ if tokio::time::Instant::now() > deadline => bail!("creating {email} took over 60 s"),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// How many accounts of the organization have each email (every page of ListAccounts).

@@ -64,20 +64,8 @@ fn reason_of(tenant: &Tenant, condition: &str) -> String {
 
 /// Creates an account out of band, as if by an earlier controller, carrying the given UID.
 async fn create_account_outside_silo(case: &TestCase, name: &str, email: &str, uid: &str) -> String {
-    let org = case.sim.organizations();
-    let tags = [
-        Tag::builder().key("silo.dev/tenant").value(name).build().unwrap(),
-        Tag::builder().key("silo.dev/tenant-uid").value(uid).build().unwrap(),
-    ];
-    let out = org
-        .create_account()
-        .account_name(format!("{name}-from-before"))
-        .email(email)
-        .set_tags(Some(tags.to_vec()))
-        .send()
-        .await
-        .unwrap();
-    out.create_account_status().and_then(|s| s.account_id()).expect("created at once").to_string()
+    let tags = [("silo.dev/tenant", name), ("silo.dev/tenant-uid", uid)];
+    case.sim.create_account(&format!("{name}-from-before"), email, &tags).await.unwrap()
 }
 
 async fn paused_tenant(case: &TestCase, name: &str) -> Tenant {
@@ -277,6 +265,42 @@ async fn an_account_suspended_out_of_band_stalls_the_tenant() {
     case.sim.organizations().close_account().account_id(&account_id).send().await.unwrap();
     let tenant = case.wait_for("frozen", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason_of(&tenant, conditions::STALLED), "AccountNotActive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_that_fails_internally_or_concurrently_is_sent_again_and_makes_one_account() {
+    let mut case = test_case().await;
+    // Email uniqueness off: a second account for the same Tenant would show.
+    case.sim
+        .configure(json!({"unique_emails": false, "create_account_failures": [
+            {"reason": "INTERNAL_FAILURE", "email": "^aws\\+hiccup@", "times": 1},
+            {"reason": "CONCURRENT_ACCOUNT_MODIFICATION", "email": "^aws\\+jostle@", "times": 1},
+        ]}))
+        .await
+        .unwrap();
+    case.start_controller(TestCase::config());
+    let names = ["hiccup", "jostle"];
+    let stalled = case.watch_stalled(&names).await.unwrap();
+    for name in names {
+        case.apply(&format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{}}"))
+            .await
+            .unwrap();
+    }
+    for name in names {
+        case.wait_for(name, conditions::READY, "True", WITHIN).await.unwrap();
+    }
+    assert_eq!(stalled.transitions().await.unwrap(), Vec::<String>::new(), "a failed creation is weather");
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(
+        stats["create_account_failures"],
+        json!({"INTERNAL_FAILURE": 1, "CONCURRENT_ACCOUNT_MODIFICATION": 1}),
+        "{stats}"
+    );
+    assert_eq!(stats["requests"]["organizations:CreateAccount"], json!(4), "one retry each: {stats}");
+    let by_email = case.sim.accounts_by_email().await.unwrap();
+    for name in names {
+        assert_eq!(by_email.get(&format!("aws+{name}@example.com")), Some(&1), "{by_email:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,7 +57,7 @@ async fn apply_tenant(case: &TestCase, name: &str, baseline: serde_json::Value, 
 
 /// Credentials inside a tenant's account, assumed like Silo does (through the management account).
 async fn inside(sim: &SimClient, account_id: &str, region: &str) -> SdkConfig {
-    let sts = aws_sdk_sts::Client::new(&sim.sdk_config());
+    let sts = aws_sdk_sts::Client::new(&sim.observer_config());
     let out = sts
         .assume_role()
         .role_arn(format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"))
@@ -140,7 +140,7 @@ async fn a_baseline_in_two_regions_runs_in_each_tenants_own_account_only() {
             "{ta:?}"
         );
         assert!(tb.iter().all(|t| t.contains(&beta_account) && t.ends_with("beta-events")) && tb.len() == 1, "{tb:?}");
-        let mut management = case.sim.sdk_config().to_builder();
+        let mut management = case.sim.observer_config().to_builder();
         management.set_region(Some(Region::new(region)));
         let management = management.build();
         assert!(stack_names(&management).await.is_empty(), "no stack in the management account");

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_organizations::types::Tag;
 use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api, ResourceExt,
@@ -193,20 +192,8 @@ async fn an_account_missing_from_the_index_is_adopted_not_duplicated() {
     let intent = json!({"status": {"accountName": "lagging", "email": "aws+lagging@example.com"}});
     case.tenants().patch_status("lagging", &PatchParams::default(), &Patch::Merge(&intent)).await.unwrap();
     case.sim.configure(json!({"list_accounts_lag_seconds": 20})).await.unwrap();
-    let tags = [
-        Tag::builder().key("silo.dev/tenant").value("lagging").build().unwrap(),
-        Tag::builder().key("silo.dev/tenant-uid").value(&uid).build().unwrap(),
-    ];
-    let org = case.sim.organizations();
-    let created = org
-        .create_account()
-        .account_name("lagging")
-        .email("aws+lagging@example.com")
-        .set_tags(Some(tags.to_vec()))
-        .send()
-        .await
-        .unwrap();
-    let existing = created.create_account_status().and_then(|s| s.account_id()).unwrap().to_string();
+    let tags = [("silo.dev/tenant", "lagging"), ("silo.dev/tenant-uid", uid.as_str())];
+    let existing = case.sim.create_account("lagging", "aws+lagging@example.com", &tags).await.unwrap();
 
     case.start_controller(TestCase::config());
     let patch = json!({"spec": {"paused": false}});

@@ -983,9 +983,7 @@ async fn first_run_with_a_wrong_region_names_it() {
 async fn first_run_with_a_management_role_it_cannot_assume_says_what_the_trust_policy_needs() {
     let case = case().await;
     // A role in an account whose roles the simulator refuses to let anyone assume.
-    let org = case.sim.organizations();
-    let created = org.create_account().account_name("mgmt").email("mgmt@example.com").send().await.unwrap();
-    let account = created.create_account_status().and_then(|s| s.account_id()).unwrap().to_string();
+    let account = case.sim.create_account("mgmt", "mgmt@example.com", &[]).await.unwrap();
     case.sim.configure(json!({"unassumable_roles_seconds": 3600})).await.unwrap();
     let role = format!("arn:aws:iam::{account}:role/silo-management");
     let output = first_run(&case, &["--management-role-arn", &role], &sim_env(&case), "first-run-role.log").await;

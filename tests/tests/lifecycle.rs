@@ -102,9 +102,7 @@ spec:
 async fn an_existing_account_is_adopted_by_id_without_creating_anything() {
     let mut case = test_case().await;
     let org = case.sim.organizations();
-    let created = org.create_account().account_name("legacy").email("legacy@example.com").send().await.unwrap();
-    let account_id =
-        created.create_account_status().and_then(|s| s.account_id()).expect("moto creates at once").to_string();
+    let account_id = case.sim.create_account("legacy", "legacy@example.com", &[]).await.unwrap();
 
     case.start_controller(TestCase::config());
     case.apply(&format!(

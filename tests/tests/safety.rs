@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_organizations::types::Tag;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -34,18 +33,7 @@ fn silo_tags(tags: &[(String, String)]) -> Vec<&(String, String)> {
 
 /// An account made outside Silo, with the given tags.
 async fn account_outside_silo(case: &TestCase, name: &str, tags: &[(&str, &str)]) -> String {
-    let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build().unwrap()).collect();
-    let out = case
-        .sim
-        .organizations()
-        .create_account()
-        .account_name(name)
-        .email(format!("{name}@example.com"))
-        .set_tags(Some(tags))
-        .send()
-        .await
-        .unwrap();
-    out.create_account_status().and_then(|s| s.account_id()).unwrap().to_string()
+    case.sim.create_account(name, &format!("{name}@example.com"), tags).await.unwrap()
 }
 
 async fn annotate(case: &TestCase, name: &str, key: &str, value: &str) {

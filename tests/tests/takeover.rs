@@ -53,9 +53,7 @@ async fn root_id(case: &TestCase) -> String {
 /// these tags, moved under `parent` unless that is the root.
 async fn account_outside_silo(case: &TestCase, name: &str, email: &str, tags: &[(&str, &str)], parent: &str) -> String {
     let org = case.sim.organizations();
-    let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build().unwrap()).collect();
-    let out = org.create_account().account_name(name).email(email).set_tags(Some(tags)).send().await.unwrap();
-    let id = out.create_account_status().and_then(|s| s.account_id()).unwrap().to_string();
+    let id = case.sim.create_account(name, email, tags).await.unwrap();
     let from = org.list_parents().child_id(&id).send().await.unwrap().parents()[0].id().unwrap().to_string();
     if from != parent {
         org.move_account().account_id(&id).source_parent_id(from).destination_parent_id(parent).send().await.unwrap();

@@ -112,11 +112,17 @@ impl Bench {
         CpuReading::read(&self.env.dir, &port, named)
     }
 
-    /// Configures the simulator and returns its whole config as it then stands.
-    async fn configure(&self, config: Value) -> Result<Value> {
+    /// Configures the simulator and returns its whole config as it then stands. Request
+    /// rates the profile sets replace the simulator's defaults (AWS's rates) for those keys
+    /// only; an empty `rate_limits` turns every rate off.
+    async fn configure(&self, mut config: Value) -> Result<Value> {
+        if let Some(rates) = config.get("rate_limits").and_then(Value::as_object).filter(|r| !r.is_empty()) {
+            let mut merged = self.sim.config().await?["rate_limits"].as_object().cloned().unwrap_or_default();
+            merged.extend(rates.clone());
+            config["rate_limits"] = Value::Object(merged);
+        }
         self.sim.configure(config).await?;
-        let response = reqwest::get(format!("{}/_silo/config", self.sim.endpoint)).await?;
-        Ok(response.error_for_status()?.json().await?)
+        self.sim.config().await
     }
 
     async fn apply_tenants(&self, names: &[String], baseline: Option<&str>) -> Result<f64> {

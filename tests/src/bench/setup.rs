@@ -170,6 +170,8 @@ impl Params {
     /// The simulator's AWS-like quotas for this run.
     pub fn quotas(&self) -> Value {
         json!({
+            // A fleet's organization has its account quota raised (AWS grants up to 10,000).
+            "account_limit": null,
             "create_account_delay_seconds": self.create_seconds,
             "max_concurrent_creations": self.creation_slots,
             "rate_limits": {
@@ -184,7 +186,12 @@ impl Params {
 /// The simulator with its quotas off: no rate limits, no creation cap, creations taking
 /// `create_seconds` (0: instant).
 pub fn no_quotas(create_seconds: f64) -> Value {
-    json!({"create_account_delay_seconds": create_seconds, "max_concurrent_creations": null, "rate_limits": {}})
+    json!({
+        "create_account_delay_seconds": create_seconds,
+        "max_concurrent_creations": null,
+        "rate_limits": {},
+        "account_limit": null,
+    })
 }
 
 /// The fewest-requests bound on onboarding `n` tenants: creations run `slots` at a time and
