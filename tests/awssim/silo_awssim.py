@@ -40,7 +40,9 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
     accounts_closed, assume_role_denied   (ints)
     stacks_failed             (int) stack operations made to fail (failing_stacks,
                               stack_failures): creations and updates
-    sessions   (the last 500 AssumeRole requests: role, name, tags, external_id, policy)
+    sessions   (the last 500 AssumeRole requests: role, name, tags, external_id, policy,
+               denied: null if the layer let it through to moto, else why it
+               answered AccessDenied: "unassumable", "no such role", "trust policy")
     accounts_pending          (ids) creation still IN_PROGRESS: unknown to every call
     accounts_unlisted         (ids) ACTIVE but still missing from listings
                               (list_accounts_lag_seconds)
@@ -189,6 +191,40 @@ of a type on one entity"; POLICY_NUMBER_LIMIT_EXCEEDED is its reason for the
 organization-wide number of policies, not simulated); attaching a policy
 already attached is
 DuplicatePolicyAttachmentException (moto accepted it silently).
+
+Roles and AssumeRole. moto 5.2.5 lets any caller assume any role ARN in any
+account, whether the role exists or not, and evaluates no policy. With
+`enforce_trust_policies` (the default) the layer answers AssumeRole with
+AccessDenied, HTTP 403 ("User: <caller ARN> is not authorized to perform:
+sts:AssumeRole on resource: <role ARN>", counted in assume_role_denied) unless:
+  the role exists in moto's IAM of the account the RoleArn names, and RoleArn is
+    its ARN (its path included);
+  its trust policy (AssumeRolePolicyDocument) has an Allow statement for
+    sts:AssumeRole (sts:*, *, any matching wildcard) whose Principal names the
+    caller: "*" or {"AWS": "*"}, the caller's account (its id or
+    arn:aws:iam::<id>:root: anyone in it, as IAM policies of the caller are not
+    evaluated), or the caller's ARN (an IAM user's; for a role session the
+    role's ARN or the session's assumed-role ARN); lists name each;
+  the statement's conditions hold: StringEquals / StringLike on sts:ExternalId
+    (a request without an ExternalId fails them). Any other condition operator
+    or key (IfExists and ForAnyValue forms included) is not evaluated: such a
+    statement never allows, and such a Deny statement always denies;
+  no Deny statement covers the request (Deny wins).
+The caller is the account moto acts as for the access key: plain credentials
+such as "testing" are the management account (arn:aws:iam::<id>:user/moto),
+not a role, so a role Silo assumes in the management account
+(--management-role-arn) must be created with IAM CreateRole first. Not
+simulated: sts:TagSession (AWS requires the trust policy to allow it when the
+request passes session tags, and OrganizationAccountAccessRole does not), the
+caller's identity policies, SCPs, permission boundaries and session policies.
+`enforce_trust_policies: false` brings moto's behaviour back; the timer
+(`unassumable_roles_seconds`) applies either way, before the trust policy.
+Every account CreateAccount makes (moto 5.2.5 makes the role; the layer adds
+its permissions) has the role named by RoleName (default
+OrganizationAccountAccessRole) trusting the management account
+(arn:aws:iam::<management>:root, sts:AssumeRole) and giving administrator
+permissions, as AWS documents it: here an inline policy AdministratorAccess
+(Allow * on *).
 
 Large organizations. moto 5.2.5 slowed every request down in proportion to the
 number of accounts (about 180 ms per request at 6,000); the layer patches the
@@ -426,6 +462,12 @@ class Config:
                                   UPDATE_ROLLBACK_IN_PROGRESS time before
                                   UPDATE_ROLLBACK_COMPLETE
     unassumable_roles_seconds     AccessDenied on AssumeRole into a new account
+    enforce_trust_policies        AssumeRole only into a role that exists in
+                                  the target account's IAM and whose trust
+                                  policy lets the caller in, with the external
+                                  id it requires (see `trust_policy_allows`);
+                                  false: any caller assumes any role ARN, as
+                                  moto alone does
     """
 
     create_account_delay_seconds: float = DEFAULT_CREATION_SECONDS
@@ -455,6 +497,7 @@ class Config:
     stack_operation_seconds: float = DEFAULT_STACK_OPERATION_SECONDS
     stack_failure_seconds: float = 2
     unassumable_roles_seconds: float = DEFAULT_ROLE_PROPAGATION_SECONDS
+    enforce_trust_policies: bool = True
 
     def merged(self, updates: Any) -> Config:
         """A copy with `updates` applied; ValueError says what is wrong."""
@@ -476,6 +519,8 @@ def _number(v: Any) -> bool:
 def _validate(key: str, value: Any) -> None:
     ok: bool
     if key == "unique_emails":
+        ok = isinstance(value, bool)
+    elif key == "enforce_trust_policies":
         ok = isinstance(value, bool)
     elif key in ("throttle_rate", "error_rate", "latency_rate"):
         ok = _number(value) and value <= 1
@@ -1080,6 +1125,166 @@ def change_set_changes(change_set: Any) -> list[Any]:
 
 
 # --------------------------------------------------------------------------
+# IAM trust policies (AssumeRole)
+# --------------------------------------------------------------------------
+
+ORG_ACCESS_ROLE = "OrganizationAccountAccessRole"   # CreateAccount's default RoleName
+ADMINISTRATOR_ACCESS = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+TRUST_CONDITION_OPERATORS = ("StringEquals", "StringLike")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls AssumeRole: the account moto acts as for the access key and the ARNs a
+    trust policy may name it by (an IAM user's ARN; for a role session the role's ARN
+    and the session's, arn:aws:sts::<account>:assumed-role/<role>/<session>). `arn` is
+    the one AWS names in an AccessDenied message; plain credentials moto holds no user
+    for (such as "testing") are arn:aws:iam::<account>:user/moto."""
+
+    account: str
+    arns: frozenset[str]
+    arn: str
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _wildcard(pattern: str, value: str, ignore_case: bool = False) -> bool:
+    """IAM's * (any characters) and ? (one character) match of the whole value."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL | (re.IGNORECASE if ignore_case else 0)) is not None
+
+
+def _principal_matches(principal: Any, caller: Caller) -> bool:
+    """`Principal` names the caller: "*", {"AWS": "*"}, its account (the id or
+    arn:aws:iam::<id>:root: anyone in that account), or one of its ARNs; a list
+    of them names each. Service and Federated principals never name an AWS caller."""
+    if principal == "*":
+        return True
+    if not isinstance(principal, dict):
+        return False
+    account_root = f"arn:{PARTITION}:iam::{caller.account}:root"
+    return any(isinstance(p, str) and (p in ("*", caller.account, account_root) or p in caller.arns)
+               for p in _listed(principal.get("AWS", [])))
+
+
+def _conditions_hold(condition: Any, context: dict[str, str | None]) -> bool | None:
+    """A statement's Condition: True if every test holds, False if one does not,
+    None if the simulator cannot tell (an operator other than StringEquals or
+    StringLike, a key other than sts:ExternalId, or a malformed block). Values of
+    one key are alternatives; a key the request does not carry does not hold."""
+    if condition is None:
+        return True
+    if not isinstance(condition, dict):
+        return None
+    unknown = False
+    # Condition keys ignore case; the context holds them in lower case.
+    for operator, tests in condition.items():
+        if operator not in TRUST_CONDITION_OPERATORS or not isinstance(tests, dict):
+            unknown = True
+            continue
+        for key, expected in tests.items():
+            if not isinstance(key, str) or key.lower() not in context:
+                unknown = True
+                continue
+            actual = context[key.lower()]
+            values = [v if isinstance(v, str) else json.dumps(v) for v in _listed(expected)]
+            if actual is None:
+                return False
+            if operator == "StringEquals":
+                if actual not in values:
+                    return False
+            elif not any(_wildcard(v, actual) for v in values):
+                return False
+    return None if unknown else True
+
+
+def _statement_applies(statement: dict[str, Any], action: str, caller: Caller,
+                       context: dict[str, str | None]) -> bool | None:
+    """Whether a trust policy statement covers this request (None: cannot tell)."""
+    if "Principal" in statement:
+        named = _principal_matches(statement["Principal"], caller)
+    elif "NotPrincipal" in statement:
+        named = not _principal_matches(statement["NotPrincipal"], caller)
+    else:
+        return False
+    if "Action" in statement:
+        acts = any(isinstance(a, str) and _wildcard(a, action, ignore_case=True)
+                   for a in _listed(statement["Action"]))
+    elif "NotAction" in statement:
+        acts = not any(isinstance(a, str) and _wildcard(a, action, ignore_case=True)
+                       for a in _listed(statement["NotAction"]))
+    else:
+        return False
+    if not (named and acts):
+        return False
+    return _conditions_hold(statement.get("Condition"), context)
+
+
+def trust_policy_allows(document: Any, caller: Caller, external_id: str | None,
+                        action: str = "sts:AssumeRole") -> bool:
+    """Whether a role's trust policy (AssumeRolePolicyDocument, JSON) lets `caller`
+    assume the role with this ExternalId. An Allow statement must name the
+    caller (see `_principal_matches`) and the action (sts:AssumeRole, sts:*, *, or
+    another wildcard that matches; NotPrincipal and NotAction are read the
+    AWS way), and its conditions must hold: StringEquals and StringLike on
+    sts:ExternalId (a request without an ExternalId fails them). A Deny statement
+    that covers the request wins over any Allow. Conservatively, a statement
+    whose conditions the simulator cannot evaluate (any other operator or key,
+    IfExists and ForAnyValue forms included) never allows, and a Deny one
+    always denies. A document that is not JSON allows nothing. Identity
+    policies of the caller, session tags (sts:TagSession), SCPs and permission
+    boundaries are not evaluated."""
+    try:
+        policy = json.loads(document) if isinstance(document, str) else document
+    except ValueError:
+        return False
+    statements = _listed(policy.get("Statement", [])) if isinstance(policy, dict) else []
+    context: dict[str, str | None] = {"sts:externalid": external_id}
+    allowed = False
+    for statement in statements:
+        if not isinstance(statement, dict):
+            continue
+        applies = _statement_applies(statement, action, caller, context)
+        if statement.get("Effect") == "Deny" and applies is not False:
+            return False
+        if statement.get("Effect") == "Allow" and applies is True:
+            allowed = True
+    return allowed
+
+
+def _iam_backend(account_id: str) -> Any:
+    """moto's IAM backend of an account, None if moto has none (not created)."""
+    from moto.iam.models import iam_backends
+
+    partitions = dict.get(iam_backends, account_id)
+    return dict.get(partitions, PARTITION) if partitions is not None else None
+
+
+def create_access_role(account_id: str, role_name: str, management_account: str) -> None:
+    """What Organizations' CreateAccount leaves in a new account: role `role_name`
+    that the management account may assume (arn:aws:iam::<management>:root,
+    sts:AssumeRole), with administrator permissions (an inline policy named
+    AdministratorAccess, Allow * on *). moto 5.2.5 already makes the role with that
+    trust policy (and honours RoleName) but with no permissions; this adds them, and
+    the role if moto did not make it. Callers hold moto_lock."""
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[account_id][PARTITION]
+    role = next((r for r in iam.roles.values() if r.name == role_name), None)
+    if role is None:
+        trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRole",
+            "Principal": {"AWS": f"arn:{PARTITION}:iam::{management_account}:root"}}]})
+        role = iam.create_role(role_name=role_name, assume_role_policy_document=trust, path="/",
+                               permissions_boundary=None, description="", tags=[],
+                               max_session_duration="3600")
+    role.put_policy("AdministratorAccess", ADMINISTRATOR_ACCESS)
+
+
+# --------------------------------------------------------------------------
 # The middleware
 # --------------------------------------------------------------------------
 
@@ -1359,7 +1564,9 @@ class SiloLayer:
         quota) are only reported by DescribeCreateAccountStatus, and AWS
         throttles a caller with too many creations in flight. Every creation
         is recorded, instant ones included, for ListCreateAccountStatus and
-        the listing lag."""
+        the listing lag. An account made gets the role RoleName (default
+        OrganizationAccountAccessRole) that trusts the management account
+        (`create_access_role`)."""
         backend = org_backend(call.account)
         if backend.org is None:
             return self.forward(call.environ)
@@ -1379,6 +1586,9 @@ class SiloLayer:
                     return resp
                 status = resp.json()["CreateAccountStatus"]
                 request_id, account_id = status["Id"], status["AccountId"]
+                with self.moto_lock:
+                    create_access_role(account_id, call.param("RoleName") or ORG_ACCESS_ROLE,
+                                       backend.org.master_account_id)
             else:
                 request_id, account_id = "car-" + uuid.uuid4().hex, None
             with self.lock:
@@ -2077,40 +2287,91 @@ class SiloLayer:
     # ---- STS -----------------------------------------------------------------
 
     def assume_role(self, call: Call) -> Response:
-        """Roles in a brand-new account cannot be assumed at once on AWS (IAM
-        is eventually consistent): AccessDenied until the account is
-        `unassumable_roles_seconds` old, counted from when it became ready."""
+        """AssumeRole as AWS refuses it, with AccessDenied (HTTP 403):
+        - roles in a brand-new account cannot be assumed at once (IAM is
+          eventually consistent): until the account is `unassumable_roles_seconds`
+          old, counted from when it became ready (and while it is being created);
+        - with `enforce_trust_policies` (default), the role must exist in the
+          target account's IAM (RoleArn equal to its ARN) and its trust policy
+          must let the caller in with the ExternalId given (`trust_policy_allows`).
+        Every request is recorded in stats["sessions"] with why it was denied."""
         role_arn = call.params.get("RoleArn", "")
         parts = role_arn.split(":")
         target = parts[4] if len(parts) > 5 else ""
-        self.record_session(call, role_arn)
-        with self.lock:
-            creation = self.state.creation_of_account.get(target)
-            wait = self.state.config.unassumable_roles_seconds
-            denied = creation is not None and \
-                time.monotonic() < creation.ready_at + wait
-            if denied:
-                self.state.stats["assume_role_denied"] += 1
-        if not denied:
-            return self.forward(call.environ)
-        caller = f"arn:aws:iam::{call.account}:user/moto"
+        session = self.record_session(call, role_arn)
+        with self.moto_lock:
+            caller = self.caller(call)
+            with self.lock:
+                creation = self.state.creation_of_account.get(target)
+                wait = self.state.config.unassumable_roles_seconds
+                enforce = self.state.config.enforce_trust_policies
+            denied = None
+            if creation is not None and time.monotonic() < creation.ready_at + wait:
+                denied = "unassumable"
+            elif enforce:
+                denied = self.trust_refusal(role_arn, target, caller, call.param("ExternalId"))
+            with self.lock:
+                session["denied"] = denied
+                if denied:
+                    self.state.stats["assume_role_denied"] += 1
+            if not denied:
+                return self.forward(call.environ)
         return aws_error(call, 403, "AccessDenied",
-                         f"User: {caller} is not authorized to perform: "
+                         f"User: {caller.arn} is not authorized to perform: "
                          f"sts:AssumeRole on resource: {role_arn}")
 
-    def record_session(self, call: Call, role_arn: str) -> None:
+    @staticmethod
+    def trust_refusal(role_arn: str, target: str, caller: Caller,
+                      external_id: str | None) -> str | None:
+        """Why the role refuses the caller ("no such role", "trust policy"), None
+        if it lets it in (moto_lock held)."""
+        iam = _iam_backend(target) if re.fullmatch(r"\d{12}", target) else None
+        role = next((r for r in list(iam.roles.values()) if r.arn == role_arn), None) \
+            if iam is not None else None
+        if role is None:
+            return "no such role"
+        if not trust_policy_allows(role.assume_role_policy_document, caller, external_id):
+            return "trust policy"
+        return None
+
+    @staticmethod
+    def caller(call: Call) -> Caller:
+        """Who signed the request, as a trust policy names it (moto_lock held): a
+        role session (moto's temporary key, which knows its role), an IAM user, or
+        plain credentials moto holds no user for."""
+        from moto.sts.models import sts_backends
+
+        account, key = call.account, call.access_key
+        iam = _iam_backend(account)
+        access_key = iam.access_keys.get(key) if iam is not None else None
+        if access_key is not None and access_key.role_arn:
+            sessions = sts_backends[account][PARTITION].assumed_roles
+            session = next((r for r in reversed(sessions) if r.access_key_id == key), None)
+            name = access_key.role_arn.split("/")[-1]
+            arn = session.arn if session is not None else \
+                f"arn:{PARTITION}:sts::{account}:assumed-role/{name}/unknown"
+            return Caller(account, frozenset({access_key.role_arn, arn}), arn)
+        user = iam.get_user_from_access_key_id(key) if iam is not None else None
+        if user is not None:
+            return Caller(account, frozenset({user.arn}), user.arn)
+        arn = f"arn:{PARTITION}:iam::{account}:user/moto"
+        return Caller(account, frozenset({arn}), arn)
+
+    def record_session(self, call: Call, role_arn: str) -> dict[str, Any]:
         """Keeps what a caller asked AssumeRole for (moto ignores session names, tags,
         external ids and session policies), so tests can check it: the last 500 in
-        stats["sessions"]."""
+        stats["sessions"]. The caller fills in `denied` once it has decided."""
         params = call.params
         tags = {params[k]: params.get(k[: -len("Key")] + "Value", "")
                 for k in params if k.startswith("Tags.member.") and k.endswith(".Key")}
         session = {"role": role_arn, "name": params.get("RoleSessionName", ""), "tags": tags,
-                   "external_id": params.get("ExternalId"), "policy": params.get("Policy")}
+                   "external_id": params.get("ExternalId"), "policy": params.get("Policy"),
+                   "denied": None}
         with self.lock:
             sessions = self.state.stats["sessions"]
             sessions.append(session)
             del sessions[:-500]
+        return session
 
     # ---- request log ----------------------------------------------------------
 

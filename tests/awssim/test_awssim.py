@@ -32,6 +32,7 @@ REGION = "us-east-1"
 NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 ONE_RETRY = Config(retries={"total_max_attempts": 2, "mode": "standard"})
 ROLE = "OrganizationAccountAccessRole"
+MANAGEMENT = "123456789012"     # moto's management account: the one "testing" acts in
 
 
 
@@ -779,6 +780,7 @@ def test_unassumable_role_then_assumable(sim: Sim, org: Any) -> None:
     assert error_code(exc) == "AccessDenied" and http_status(exc) == 403
     assert f"sts:AssumeRole on resource: {role_arn}" in exc.value.response["Error"]["Message"]
     # The management account's own roles are not affected.
+    sim.client("iam").create_role(RoleName="admin", AssumeRolePolicyDocument=trust(MANAGEMENT))
     sts.assume_role(RoleArn="arn:aws:iam::123456789012:role/admin", RoleSessionName="other")
     deadline = time.monotonic() + 30
     while True:
@@ -817,6 +819,171 @@ def test_assumed_role_acts_in_member_account(sim: Sim, org: Any) -> None:
     stack = member_cfn.describe_stacks(StackName="member-fail")["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_FAILED"
     assert len(sim.client("sns", creds).list_topics()["Topics"]) == 1   # tenant-member's
+
+
+def trust(*principals: str, external_id: str | None = None, like: bool = False) -> str:
+    """A trust policy letting `principals` (account ids or ARNs) sts:AssumeRole,
+    with the external id (StringEquals, or StringLike) when given."""
+    statement: dict[str, Any] = {"Effect": "Allow", "Action": "sts:AssumeRole",
+                                 "Principal": {"AWS": list(principals)}}
+    if external_id is not None:
+        operator = "StringLike" if like else "StringEquals"
+        statement["Condition"] = {operator: {"sts:ExternalId": external_id}}
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+
+def assume_denied(sts: Any, role_arn: str, **kwargs: Any) -> str:
+    """AssumeRole is refused as AWS refuses it; returns the message."""
+    with pytest.raises(ClientError) as exc:
+        sts.assume_role(RoleArn=role_arn, RoleSessionName="silo", **kwargs)
+    assert error_code(exc) == "AccessDenied" and http_status(exc) == 403
+    message = exc.value.response["Error"]["Message"]
+    assert message.endswith(f"is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+    return message
+
+
+def test_assume_role_needs_a_role_that_exists(sim: Sim, org: Any) -> None:
+    sts = sim.client("sts")
+    missing = f"arn:aws:iam::{MANAGEMENT}:role/silo-management"
+    message = assume_denied(sts, missing)
+    assert message.startswith(f"User: arn:aws:iam::{MANAGEMENT}:user/moto is not authorized")
+    member = new_account(org, "member")
+    assume_denied(sts, f"arn:aws:iam::{member}:role/NoSuchRole")
+    assume_denied(sts, "arn:aws:iam::999999999999:role/OrganizationAccountAccessRole")
+    assume_denied(sts, "arn:aws:iam::not-an-account:role/x")
+    # A role in the management account that trusts it: the management account's own
+    # credentials are no role, so Silo's --management-role-arn must be created first.
+    sim.client("iam").create_role(RoleName="silo-management",
+                                  AssumeRolePolicyDocument=trust(f"arn:aws:iam::{MANAGEMENT}:root"))
+    creds = sts.assume_role(RoleArn=missing, RoleSessionName="silo-controller")["Credentials"]
+    session = {"aws_access_key_id": creds["AccessKeyId"],
+               "aws_secret_access_key": creds["SecretAccessKey"],
+               "aws_session_token": creds["SessionToken"]}
+    # The session (a principal of the management account) enters the member account.
+    assert sim.client("sts", session).assume_role(
+        RoleArn=f"arn:aws:iam::{member}:role/{ROLE}", RoleSessionName="silo")["Credentials"]
+    # The path is part of a role's ARN.
+    sim.client("iam").create_role(RoleName="pathed", Path="/silo/",
+                                  AssumeRolePolicyDocument=trust(MANAGEMENT))
+    assume_denied(sts, f"arn:aws:iam::{MANAGEMENT}:role/pathed")
+    sts.assume_role(RoleArn=f"arn:aws:iam::{MANAGEMENT}:role/silo/pathed", RoleSessionName="pathed")
+    stats = sim.stats()
+    assert stats["assume_role_denied"] == 5
+    denied = [(s["role"], s["denied"]) for s in stats["sessions"]]
+    assert denied[0] == (missing, "no such role") and denied[4] == (missing, None)
+    assert [d for _, d in denied].count("no such role") == 5
+
+
+def test_trust_policy_external_id(sim: Sim, org: Any) -> None:
+    iam, sts = sim.client("iam"), sim.client("sts")
+    iam.create_role(RoleName="guarded",
+                    AssumeRolePolicyDocument=trust(MANAGEMENT, external_id="right-id"))
+    iam.create_role(RoleName="patterned",
+                    AssumeRolePolicyDocument=trust(MANAGEMENT, external_id="tenant-*", like=True))
+    guarded = f"arn:aws:iam::{MANAGEMENT}:role/guarded"
+    assume_denied(sts, guarded)                          # no external id
+    assume_denied(sts, guarded, ExternalId="wrong-id")
+    assume_denied(sts, guarded, ExternalId="RIGHT-ID")    # StringEquals is case-sensitive
+    assert sts.assume_role(RoleArn=guarded, RoleSessionName="silo",
+                           ExternalId="right-id")["Credentials"]["AccessKeyId"]
+    patterned = f"arn:aws:iam::{MANAGEMENT}:role/patterned"
+    sts.assume_role(RoleArn=patterned, RoleSessionName="silo", ExternalId="tenant-acme")
+    assume_denied(sts, patterned, ExternalId="other-acme")
+    # OrganizationAccountAccessRole requires none: an external id is simply accepted.
+    member = new_account(org, "member")
+    sts.assume_role(RoleArn=f"arn:aws:iam::{member}:role/{ROLE}", RoleSessionName="silo",
+                    ExternalId="ext-1234")
+    # Conditions the simulator cannot evaluate never allow; a Deny it cannot evaluate denies.
+    iam.create_role(RoleName="mfa", AssumeRolePolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": MANAGEMENT}, "Action": "sts:AssumeRole",
+         "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "true"}}}]}))
+    assume_denied(sts, f"arn:aws:iam::{MANAGEMENT}:role/mfa")
+    iam.create_role(RoleName="denied", AssumeRolePolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": "sts:*"},
+        {"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
+         "Condition": {"StringEquals": {"sts:ExternalId": "banned"}}}]}))
+    denied = f"arn:aws:iam::{MANAGEMENT}:role/denied"
+    sts.assume_role(RoleArn=denied, RoleSessionName="silo", ExternalId="fine")
+    assume_denied(sts, denied, ExternalId="banned")
+    sessions = sim.stats()["sessions"]
+    assert [(s["external_id"], s["denied"]) for s in sessions[:4]] == [
+        (None, "trust policy"), ("wrong-id", "trust policy"), ("RIGHT-ID", "trust policy"),
+        ("right-id", None)]
+
+
+def test_trust_policy_names_the_accounts_it_trusts(sim: Sim, org: Any) -> None:
+    a, b, c = (new_account(org, name) for name in ("trusted", "holder", "stranger"))
+    # A role in member account B that trusts account A only, and one that trusts a
+    # single role of A.
+    in_b = sim.client("iam", assume(sim, b))
+    in_b.create_role(RoleName="shared", AssumeRolePolicyDocument=trust(f"arn:aws:iam::{a}:root"))
+    in_b.create_role(RoleName="narrow",
+                     AssumeRolePolicyDocument=trust(f"arn:aws:iam::{a}:role/deployer"))
+    shared, narrow = (f"arn:aws:iam::{b}:role/{name}" for name in ("shared", "narrow"))
+    from_a, from_c = sim.client("sts", assume(sim, a)), sim.client("sts", assume(sim, c))
+    assert from_a.assume_role(RoleArn=shared, RoleSessionName="from-a")["Credentials"]
+    message = assume_denied(from_c, shared)
+    assert message.startswith(f"User: arn:aws:sts::{c}:assumed-role/{ROLE}/silo is not authorized")
+    # The management account is not trusted by B's role either (only A is).
+    assume_denied(sim.client("sts"), shared)
+    # Only sessions of A's role "deployer" get into "narrow": not another role of A.
+    assume_denied(from_a, narrow)
+    sim.client("iam", assume(sim, a)).create_role(
+        RoleName="deployer", AssumeRolePolicyDocument=trust(MANAGEMENT))
+    creds = sim.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{a}:role/deployer", RoleSessionName="deploy")["Credentials"]
+    deployer = sim.client("sts", {"aws_access_key_id": creds["AccessKeyId"],
+                                  "aws_secret_access_key": creds["SecretAccessKey"],
+                                  "aws_session_token": creds["SessionToken"]})
+    assert deployer.get_caller_identity()["Account"] == a
+    assert deployer.assume_role(RoleArn=narrow, RoleSessionName="narrow")["Credentials"]
+
+
+def test_enforce_trust_policies_off_lets_anyone_assume_anything(sim: Sim, org: Any) -> None:
+    assert sim.admin("/_silo/config", {"enforce_trust_policies": 1})[0] == 400
+    assert sim.admin("/_silo/config")[1]["enforce_trust_policies"] is True
+    sim.client("iam").create_role(RoleName="guarded",
+                                  AssumeRolePolicyDocument=trust("210987654321", external_id="x"))
+    sim.configure(enforce_trust_policies=False)
+    sts = sim.client("sts")
+    for role_arn in (f"arn:aws:iam::{MANAGEMENT}:role/missing", "arn:aws:iam::999999999999:role/any",
+                     f"arn:aws:iam::{MANAGEMENT}:role/guarded"):
+        assert sts.assume_role(RoleArn=role_arn, RoleSessionName="silo",
+                               ExternalId="wrong")["Credentials"]["AccessKeyId"]
+    stats = sim.stats()
+    assert stats["assume_role_denied"] == 0
+    assert [s["denied"] for s in stats["sessions"]] == [None] * 3
+    # The timer still applies with the knob off.
+    sim.configure(unassumable_roles_seconds=600)
+    assume_denied(sts, f"arn:aws:iam::{new_account(org, 'fresh')}:role/anything")
+    assert sim.stats()["sessions"][-1]["denied"] == "unassumable"
+
+
+def test_create_account_makes_the_role_that_trusts_the_management_account(sim: Sim, org: Any) -> None:
+    default = new_account(org, "default")
+    resp = org.create_account(AccountName="custom", Email="custom@example.com", RoleName="SiloAdmin")
+    custom = wait_status(org, resp["CreateAccountStatus"]["Id"])["AccountId"]
+    iam = sim.client("iam", assume(sim, default))
+    role = iam.get_role(RoleName=ROLE)["Role"]
+    assert role["Arn"] == f"arn:aws:iam::{default}:role/{ROLE}"
+    assert role["AssumeRolePolicyDocument"]["Statement"] == [{
+        "Effect": "Allow", "Action": "sts:AssumeRole",
+        "Principal": {"AWS": f"arn:aws:iam::{MANAGEMENT}:root"}}]
+    assert iam.list_role_policies(RoleName=ROLE)["PolicyNames"] == ["AdministratorAccess"]
+    admin = iam.get_role_policy(RoleName=ROLE, PolicyName="AdministratorAccess")["PolicyDocument"]
+    assert admin["Statement"] == [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+    # RoleName names the role instead; no OrganizationAccountAccessRole then.
+    sts = sim.client("sts")
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{custom}:role/SiloAdmin",
+                            RoleSessionName="silo")["Credentials"]
+    in_custom = sim.client("iam", {"aws_access_key_id": creds["AccessKeyId"],
+                                   "aws_secret_access_key": creds["SecretAccessKey"],
+                                   "aws_session_token": creds["SessionToken"]})
+    assert [r["RoleName"] for r in in_custom.list_roles()["Roles"]] == ["SiloAdmin"]
+    assume_denied(sts, f"arn:aws:iam::{custom}:role/{ROLE}")
+    # A creation that fails makes no account and no role.
+    failed = wait_status(org, create_account(org, "again", "default@example.com"))
+    assert failed["State"] == "FAILED" and "AccountId" not in failed
 
 
 # ---- request log and per-caller counters --------------------------------------

@@ -121,6 +121,17 @@ pub fn most_in_flight(operations: &[StackOperation], kind: &str, since: f64) -> 
     usize::try_from(most).unwrap_or(0)
 }
 
+/// A trust policy that lets `principal` (an account id, `arn:aws:iam::<id>:root`, or a role
+/// ARN) `sts:AssumeRole`, and only with `external_id` when one is given.
+pub fn trust_policy(principal: &str, external_id: Option<&str>) -> String {
+    let mut statement =
+        serde_json::json!({"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": principal}});
+    if let Some(id) = external_id {
+        statement["Condition"] = serde_json::json!({"StringEquals": {"sts:ExternalId": id}});
+    }
+    serde_json::json!({"Version": "2012-10-17", "Statement": [statement]}).to_string()
+}
+
 /// A handle on a simulator by its endpoint; cheap, and usable from any runtime.
 #[derive(Clone, Debug)]
 pub struct SimClient {
@@ -196,6 +207,49 @@ impl SimClient {
                 "silo-tests",
             )))
             .build()
+    }
+
+    /// Creates IAM role `name` with `trust_policy` in `account_id`: the management account
+    /// (with its own credentials), or a member account, entered through its
+    /// OrganizationAccountAccessRole. The simulator lets a role be assumed only as its trust
+    /// policy says, and the management account's credentials are no role: a role Silo
+    /// assumes there (`--management-role-arn`) must be created first. The workspace has no
+    /// IAM SDK crate, so this is IAM's query protocol by hand; the simulator, like moto,
+    /// reads the access key from the signature but does not check it.
+    pub async fn create_role(&self, account_id: &str, name: &str, trust_policy: &str) -> Result<()> {
+        let access_key = if account_id == MANAGEMENT_ACCOUNT {
+            "testing".to_string()
+        } else {
+            let out = aws_sdk_sts::Client::new(&self.sdk_config())
+                .assume_role()
+                .role_arn(format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"))
+                .role_session_name("silo-tests")
+                .send()
+                .await
+                .with_context(|| format!("AssumeRole into {account_id} to create role {name}"))?;
+            out.credentials.context("AssumeRole answered no credentials")?.access_key_id
+        };
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential={access_key}/20250101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0"
+        );
+        let form = [
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", name),
+            ("AssumeRolePolicyDocument", trust_policy),
+        ];
+        let response = reqwest::Client::new()
+            .post(&self.endpoint)
+            .header("Authorization", authorization)
+            .form(&form)
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("IAM CreateRole {name} in {account_id} answered {status}: {text}");
+        }
+        Ok(())
     }
 
     /// An Organizations client of the management account, for test assertions.

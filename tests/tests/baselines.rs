@@ -368,6 +368,11 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     .await;
     apply_tenant(&case, "audited", json!({"name": "limited"}), json!({})).await;
     let management_role = "arn:aws:iam::123456789012:role/silo-management";
+    // The simulator enforces trust policies, and Silo's own credentials are the management
+    // account, not a role: the management role must exist and trust that account.
+    let management = silo_testenv::awssim::MANAGEMENT_ACCOUNT;
+    let trust = silo_testenv::awssim::trust_policy(&format!("arn:aws:iam::{management}:root"), None);
+    case.sim.create_role(management, "silo-management", &trust).await.unwrap();
     let metrics = format!("127.0.0.1:{}", silo_testenv::process::free_port().unwrap());
     let mut controller = case
         .spawn_controller(&["--management-role-arn", management_role, "--metrics-address", &metrics], "chain.log")
@@ -384,7 +389,9 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
 
     let sessions = case.sim.stats().await.unwrap()["sessions"].as_array().cloned().unwrap();
     assert!(
-        sessions.iter().any(|s| s["role"] == management_role && s["name"] == "silo-controller"),
+        sessions
+            .iter()
+            .any(|s| s["role"] == management_role && s["name"] == "silo-controller" && s["denied"].is_null()),
         "the management role is assumed first: {sessions:?}"
     );
     let tenant_session = sessions
@@ -395,4 +402,6 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     assert_eq!(tenant_session["tags"]["silo-tenant"], "audited");
     assert_eq!(tenant_session["external_id"], "ext-1234");
     assert_eq!(tenant_session["policy"], policy);
+    // The role trusts the management account and requires no external id: one is accepted.
+    assert!(tenant_session["denied"].is_null(), "{tenant_session}");
 }

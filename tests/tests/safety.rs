@@ -290,27 +290,84 @@ async fn a_refused_placement_is_retried_and_concurrent_modification_is_weather()
     assert_eq!(stalled.transitions().await.unwrap(), Vec::<String>::new(), "ConcurrentModification is not Stalled");
 }
 
-/// A role that stays unassumable is Stalled after the controller's patience, and still tried.
+/// A role that stays unassumable is Stalled after the controller's patience, and still tried:
+/// a role that does not exist, and a role whose trust policy wants another external id than
+/// the Baseline's. Once the Secret holds the id the role wants, the next try gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_stays_unassumable_is_stalled_not_waited_on_forever() {
     let mut case = test_case().await;
-    case.sim.configure(json!({"unassumable_roles_seconds": 3600})).await.unwrap();
     let mut settings = TestCase::config();
     settings.role_patience = Duration::from_secs(5);
+    // Stalled tenants are tried again every 2 s rather than every 10 minutes.
+    settings.max_stalled_retry = Some(Duration::from_secs(2));
     case.start_controller(settings);
-    let baseline = json!({
-        "apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": "locked"},
-        "spec": {"template": "Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n", "roleName": "MissingRole"},
-    });
-    Api::<silo::Baseline>::all(case.client.clone())
-        .patch("locked", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&baseline))
+    put_external_id(&case, "wrong-id").await;
+    let template = "Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n";
+    for (name, spec) in [
+        ("locked", json!({"template": template, "roleName": "MissingRole"})),
+        (
+            "guarded",
+            json!({"template": template, "roleName": "Guarded",
+                   "externalId": {"name": "silo-external-ids", "key": "guarded"}}),
+        ),
+    ] {
+        let baseline =
+            json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": name}, "spec": spec});
+        Api::<silo::Baseline>::all(case.client.clone())
+            .patch(name, &PatchParams::apply("silo-tests").force(), &Patch::Apply(&baseline))
+            .await
+            .unwrap();
+    }
+    case.create(&TenantFixture::named("locked-out").baseline("locked")).await.unwrap();
+    case.create(&TenantFixture::named("wrong-id").baseline("guarded")).await.unwrap();
+    // Once its account exists, the role Guarded is made there: it trusts the management
+    // account, only with the external id right-id.
+    let account = case
+        .eventually(WITHIN, || async {
+            let tenant = case.tenants().get("wrong-id").await.ok()?;
+            tenant.status.and_then(|s| s.account_id)
+        })
         .await
         .unwrap();
-    case.create(&TenantFixture::named("locked-out").baseline("locked")).await.unwrap();
+    let trust = silo_testenv::awssim::trust_policy(&format!("arn:aws:iam::{MANAGEMENT}:root"), Some("right-id"));
+    case.sim.create_role(&account, "Guarded", &trust).await.unwrap();
+
     case.wait_for("locked-out", conditions::RECONCILING, "True", WITHIN).await.unwrap();
     let tenant = case.wait_for("locked-out", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant, conditions::STALLED), "RoleNotAssumable");
     assert!(message(&tenant, conditions::STALLED).contains("MissingRole"));
+    let tenant = case.wait_for("wrong-id", conditions::STALLED, "True", WITHIN).await.unwrap();
+    assert_eq!(reason(&tenant, conditions::STALLED), "RoleNotAssumable");
+    assert!(message(&tenant, conditions::STALLED).contains("Guarded"));
+    // The role exists: what refused Silo is its trust policy, given the Baseline's id.
+    let guarded = format!("arn:aws:iam::{account}:role/Guarded");
+    case.eventually(WITHIN, || async {
+        let stats = case.sim.stats().await.unwrap();
+        let sessions = stats["sessions"].as_array().cloned().unwrap_or_default();
+        sessions.iter().any(|s| s["role"] == guarded && s["external_id"] == "wrong-id" && s["denied"] == "trust policy")
+    })
+    .await
+    .expect("Silo's AssumeRole with the wrong external id is refused by the role's trust policy");
+
+    put_external_id(&case, "right-id").await;
+    case.wait_for("wrong-id", conditions::READY, "True", WITHIN).await.unwrap();
+    let tenant = case.tenants().get("locked-out").await.unwrap();
+    assert_eq!(reason(&tenant, conditions::STALLED), "RoleNotAssumable", "a missing role stays refused");
+}
+
+/// The external id Baseline "guarded" names: key `guarded` of Secret silo-external-ids.
+async fn put_external_id(case: &TestCase, value: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "silo-external-ids", "namespace": silo_testenv::EXTERNAL_ID_NAMESPACE},
+        "stringData": {"guarded": value},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(case.client.clone(), silo_testenv::EXTERNAL_ID_NAMESPACE)
+        .patch("silo-external-ids", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&secret))
+        .await
+        .unwrap();
 }
 
 /// OU roots: a target outside them is Stalled and nothing is created or moved; without the
