@@ -303,7 +303,9 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
-    apply_baseline(&case, "standard", json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"]})).await;
+    // Protected stacks: Silo turns termination protection off before it deletes them.
+    let spec = json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"], "terminationProtection": true});
+    apply_baseline(&case, "standard", spec).await;
     apply_tenant(&case, "leaving", json!({"name": "standard"}), json!({"deletionPolicy": "Close"})).await;
     let tenant = case.wait_for("leaving", conditions::READY, "True", WITHIN).await.unwrap();
     let account_id = tenant.status.unwrap().account_id.unwrap();
@@ -366,6 +368,8 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     }
     let state = org.describe_account().account_id(&account_id).send().await.unwrap();
     assert_ne!(state.account().and_then(|a| a.state()).map(|s| s.as_str()), Some("ACTIVE"), "the account is closed");
+    let turned_off = case.sim.requests("cloudformation:UpdateTerminationProtection").await.unwrap();
+    assert_eq!(turned_off, 2, "termination protection turned off once per region");
 }
 
 /// The whole chain, with `silo run` as a process: its own identity -> the management role ->
