@@ -39,7 +39,7 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
     create_account_failures   {FailureReason: n} synthetic failed creations
     accounts_closed, assume_role_denied   (ints)
     stacks_failed             (int) stack operations made to fail (failing_stacks,
-                              stack_failures): creations and updates
+                              stack_failures): creations, updates and deletions
     sessions   (the last 500 AssumeRole requests: role, name, tags, external_id, policy,
                denied: null if the layer let it through to moto, else why it
                answered AccessDenied: "unassumable", "no such role", "trust policy")
@@ -82,17 +82,20 @@ An entry:
     region          the region of the SigV4 credential scope, when present
 
 Stack operations (GET /_silo/stack_operations): a JSON list, oldest first, of
-every CreateStack, UpdateStack, ExecuteChangeSet and DeleteStack that moto
+every CreateStack, UpdateStack, ExecuteChangeSet and DeleteStack that was
 accepted (the last 200,000), each {account, region, stack_name, stack_id,
 operation, started, finished, result}: wall-clock seconds; `finished` and
 `result` (the stack status it ended in: CREATE_COMPLETE, ROLLBACK_COMPLETE,
 UPDATE_COMPLETE, UPDATE_ROLLBACK_COMPLETE, ...) are null while in flight.
 `finished` is when the operation was due to end, even if the layer only
-noticed later. DeleteStack is instant (started == finished, DELETE_COMPLETE);
-an operation cut short by DeleteStack ends then, with DELETE_COMPLETE.
+noticed later. A DeleteStack ends DELETE_COMPLETE or DELETE_FAILED; one the
+layer refused (termination protection, RetainResources), or sent while the
+stack is already DELETE_IN_PROGRESS or gone, is not recorded. An operation
+cut short by DeleteStack ends when DeleteStack arrives, with DELETE_IN_PROGRESS.
 
-Stacks over time. moto makes and updates a stack's resources at once; the layer
-then reports the stack the way AWS does over `stack_operation_seconds`:
+Stacks over time. moto makes and updates a stack's resources at once (the
+layer deletes them when a deletion ends); the layer reports the stack the way
+AWS does over `stack_operation_seconds`:
   CreateStack (or executing a CREATE change set): CREATE_IN_PROGRESS without
     Outputs, then CREATE_COMPLETE with them.
   UpdateStack (or executing an UPDATE change set): UPDATE_IN_PROGRESS, then
@@ -104,10 +107,29 @@ then reports the stack the way AWS does over `stack_operation_seconds`:
     repeats the token of an earlier CreateStack / UpdateStack of the same
     stack is that same request retried: answered with its StackId, nothing
     changes, no new operation is recorded, whatever state the stack is in.
+  DeleteStack: DELETE_IN_PROGRESS, then DELETE_COMPLETE: moto deletes the
+    resources (except those retained, see below), and the stack is gone from
+    DescribeStacks by name (a new stack may take the name) while DescribeStacks
+    by stack id still shows it DELETE_COMPLETE, as on AWS. With the default of
+    0 s it is DELETE_COMPLETE when the call answers. A DeleteStack of a stack
+    already DELETE_IN_PROGRESS, deleted, or never made is accepted and changes
+    nothing. It is accepted in every other state too, and an operation in
+    flight on the stack ends there (see stack operations above). AWS refuses
+    it in some states (users report "Stack [<name>] cannot be deleted while
+    in status UPDATE_IN_PROGRESS"; the API reference does not list them): not
+    simulated.
   A stack that is not CREATE_COMPLETE, UPDATE_COMPLETE or
   UPDATE_ROLLBACK_COMPLETE cannot be updated: UpdateStack and an UPDATE
   ExecuteChangeSet answer ValidationError "Stack:<id> is in <STATUS> state and
-  can not be updated." DeleteStack is accepted in every state (as moto does).
+  can not be updated."
+Termination protection (moto keeps CreateStack's EnableTerminationProtection
+but ignores it; moto 5.2.5 has no UpdateTerminationProtection): DeleteStack
+of a protected stack answers ValidationError "Stack [<StackName as given>]
+cannot be deleted while TerminationProtection is enabled" and changes nothing.
+UpdateTerminationProtection (StackName: name or id, EnableTerminationProtection)
+sets the flag and answers the StackId; on a stack DELETE_IN_PROGRESS or
+DELETE_COMPLETE it is a ValidationError (AWS: protection can be set in any
+other status), on an unknown stack "Stack with id <name> does not exist".
 Failing stack operations (`failing_stacks`, `stack_failures`; the first
 matching rule wins, failing_stacks first):
   a creation is CREATE_IN_PROGRESS for stack_operation_seconds, then
@@ -120,6 +142,23 @@ matching rule wins, failing_stacks first):
     one) for stack_failure_seconds, then UPDATE_ROLLBACK_COMPLETE: moto
     re-applies the previous template and parameters to the resources, and the
     stack has its previous template, parameters, outputs and tags again.
+  a deletion (only a `stack_failures` rule that names DeleteStack fails one)
+    is DELETE_IN_PROGRESS for stack_operation_seconds, then DELETE_FAILED: the
+    stack's first resource still there (template order) gets a DELETE_FAILED
+    event with the reason, the stack a DELETE_FAILED event and StackStatusReason
+    "The following resource(s) failed to delete: [<logical id>]. "; moto
+    deletes every other resource, and the stack stays (DescribeStacks by name
+    shows it). A stack with no resources left (ROLLBACK_COMPLETE) never fails.
+    Another DeleteStack without RetainResources fails again for as long as the
+    rule matches (the resource's failure does not go away by itself; a rule's
+    `times` limits it). A DeleteStack with RetainResources naming exactly the
+    resource that failed (anything else: ValidationError "The specified
+    resources to retain must be in a valid state. ...") never fails: the
+    resource gets a DELETE_SKIPPED event and outlives the stack, which goes
+    DELETE_IN_PROGRESS, then DELETE_COMPLETE. RetainResources on a stack that
+    is not DELETE_FAILED: ValidationError "Invalid operation on stack [<id>].
+    RetainResources can only be specified when the stack is in the
+    DELETE_FAILED state." (the simulator's wording, not AWS's verified one).
   The change set executed, if any, is EXECUTE_IN_PROGRESS meanwhile, then
   EXECUTE_FAILED (else EXECUTE_COMPLETE).
 
@@ -284,11 +323,12 @@ ORG_THROTTLE_MESSAGE = (
     "already in progress. Try again later."
 )
 RATE_LIMIT_SCOPES = ("global", "account", "account-region", "target-account")
-STACK_OPERATIONS = ("CreateStack", "UpdateStack")
+STACK_OPERATIONS = ("CreateStack", "UpdateStack")   # what a stack_failures rule fails by default
+FAILABLE_STACK_OPERATIONS = STACK_OPERATIONS + ("DeleteStack",)
 ACCOUNT_PRINCIPAL = "account.amazonaws.com"
 CONTACT_TYPES = ("BILLING", "OPERATIONS", "SECURITY")
 SCP_ATTACHMENT_LIMIT = 5     # SCPs on one root, OU or account (AWS quota)
-STACK_FAILURE_KEYS = {"operations", "account", "stack", "parameters", "reason"}
+STACK_FAILURE_KEYS = {"operations", "account", "stack", "parameters", "reason", "times"}
 DEFAULT_STACK_FAILURE = 'Resource handler returned message: "Simulated failure (silo-awssim)"'
 STACK_OPS_LIMIT = 200_000    # stack operations kept for /_silo/stack_operations
 UPDATABLE_STACK = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE")
@@ -442,22 +482,32 @@ class Config:
     failing_stacks                {stack-name regex: failure reason}: CreateStack
                                   of a matching stack fails (see stack_failures)
     stack_failures                [rule]: stack operations that fail, each rule
-                                  {"operations": ["CreateStack", "UpdateStack"],
+                                  {"operations": ["CreateStack", "UpdateStack",
+                                                  "DeleteStack"],
                                    "account": regex on the stack's account id,
                                    "stack": regex on the stack name,
                                    "parameters": {name: regex on the value},
-                                   "reason": the failure message}; every match
-                                  field is optional (operations: both), all
-                                  those given must match (re.search); a
+                                   "reason": the failure message,
+                                   "times": n}; every field is optional
+                                  (operations: CreateStack and UpdateStack;
+                                  DeleteStack only when named), all match
+                                  fields given must match (re.search); a
                                   parameter matches on the value the operation
                                   would run with (passed, previous value, or
-                                  the template default; a parameter it does
-                                  not have never matches). Executing a change
-                                  set counts as CreateStack / UpdateStack by
-                                  its type. reason defaults to a generic
-                                  handler message.
-    stack_operation_seconds       how long CreateStack, UpdateStack and
-                                  ExecuteChangeSet stay *_IN_PROGRESS
+                                  the template default; for DeleteStack the
+                                  stack's own; a parameter it does not have
+                                  never matches). Executing a change set counts
+                                  as CreateStack / UpdateStack by its type.
+                                  reason defaults to a generic handler message.
+                                  times: the rule fails at most n operations
+                                  (every one it matched counts, since
+                                  stack_failures was last set), then matches
+                                  nothing; null or absent: no limit. A
+                                  DeleteStack with RetainResources, or of a
+                                  stack with no resources left, never fails.
+    stack_operation_seconds       how long CreateStack, UpdateStack,
+                                  ExecuteChangeSet and DeleteStack stay
+                                  *_IN_PROGRESS
     stack_failure_seconds         CREATE_FAILED time before ROLLBACK_COMPLETE,
                                   UPDATE_ROLLBACK_IN_PROGRESS time before
                                   UPDATE_ROLLBACK_COMPLETE
@@ -578,7 +628,9 @@ def _stack_failure_rule_ok(rule: Any) -> bool:
     ops = rule.get("operations", list(STACK_OPERATIONS))
     params = rule.get("parameters", {})
     patterns = [rule.get("account", ""), rule.get("stack", "")]
-    if not (isinstance(ops, list) and set(ops) <= set(STACK_OPERATIONS)
+    times = rule.get("times")
+    if not (isinstance(ops, list) and set(ops) <= set(FAILABLE_STACK_OPERATIONS)
+            and (times is None or (_number(times) and int(times) == times))
             and isinstance(params, dict) and isinstance(rule.get("reason", ""), str)
             and all(isinstance(p, str) for p in patterns + list(params.values()))):
         return False
@@ -726,6 +778,16 @@ def query_response(call: Call, result_xml: str) -> Response:
                     xml.encode())
 
 
+def empty_query_response(call: Call) -> Response:
+    """A query-protocol success answer without a result (DeleteStack), as moto writes it."""
+    request_id = str(uuid.uuid4())
+    xmlns = QUERY_XMLNS.get(call.service, f"https://{call.service}.amazonaws.com/doc/")
+    xml = (f'<{call.operation}Response xmlns="{xmlns}"><ResponseMetadata><RequestId>'
+           f"{request_id}</RequestId></ResponseMetadata></{call.operation}Response>")
+    return Response(200, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)],
+                    xml.encode())
+
+
 def throttling_error(call: Call) -> Response:
     """What AWS answers when a caller exceeds a request rate."""
     if call.service == "organizations":
@@ -830,6 +892,7 @@ class StackOp:
     change_set: Any = None               # the moto ChangeSet executed, if any
     outputs: Any = None                  # the OutputMap hidden while creating
     token: str | None = None             # its ClientRequestToken
+    retain: tuple[str, ...] = ()         # a DeleteStack's RetainResources
 
     def public(self) -> dict[str, Any]:
         return {"account": self.account, "region": self.region,
@@ -860,6 +923,9 @@ class State:
     stacks_in_flight: list[StackOp] = field(default_factory=list)
     # (account, region, operation, stack name, ClientRequestToken) -> the operation
     stack_tokens: dict[tuple[str, str, str, str, str], StackOp] = field(default_factory=dict)
+    # stack id -> (logical id, type) of the resource a DELETE_FAILED stack failed to delete
+    delete_failed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    stack_failures_used: dict[int, int] = field(default_factory=dict)  # rule index -> matches
     buckets: dict[str, Bucket] = field(default_factory=dict)
     refusals_used: dict[str, int] = field(default_factory=dict)
     creation_failures_used: dict[int, int] = field(default_factory=dict)  # rule index -> n
@@ -949,6 +1015,13 @@ def _member_list(params: dict[str, Any], name: str) -> list[dict[str, str]]:
     return [items[i] for i in sorted(items)]
 
 
+def _string_list(params: dict[str, Any], name: str) -> list[str]:
+    """A query-protocol list of strings (Name.member.N), in order."""
+    items = {int(m.group(1)): value for key, value in params.items()
+             if (m := re.fullmatch(rf"{name}\.member\.(\d+)", key))}
+    return [items[i] for i in sorted(items)]
+
+
 def _parse_template(body: Any) -> dict[str, Any]:
     from moto.cloudformation.models import Stack
 
@@ -1023,6 +1096,46 @@ def _remove_stack_resources(stack: Any) -> None:
     exports = cloudformation_backends[account][region].exports
     for name in [n for n, e in exports.items() if e.exporting_stack_id == stack.stack_id]:
         del exports[name]
+
+
+def _existing_resources(stack: Any) -> list[tuple[str, str]]:
+    """(logical id, type) of the resources the stack has now (moto made
+    them and nothing deleted them), in template order."""
+    resource_map = stack.resource_map
+    return [(logical_id, (resource or {}).get("Type", "AWS::CloudFormation::Stack"))
+            for logical_id, resource in resource_map._resource_json_map.items()
+            if resource_map._parsed_resources.get(logical_id) is not None]
+
+
+def _delete_stack_resources(stack: Any, keep: set[str]) -> None:
+    """moto deletes the stack's resources but `keep` (logical ids), which stay
+    the stack's only resources (a DELETE_FAILED stack), or are retained (a
+    deleted one: the caller forgets the stack)."""
+    resource_map = stack.resource_map
+    resources = resource_map._resource_json_map
+    kept = {k: resource_map._parsed_resources.pop(k) for k in keep
+            if k in resource_map._parsed_resources}
+    resource_map._resource_json_map = {k: v for k, v in resources.items() if k not in keep}
+    try:
+        resource_map.delete()
+    except Exception as exc:  # noqa: BLE001 - best effort, as moto's own delete_stack
+        log.warning("deleting %s left resources: %s", stack.name, exc)
+    resource_map._resource_json_map = {k: v for k, v in resources.items() if k in keep}
+    resource_map._parsed_resources.update(kept)
+
+
+def _forget_stack(stack: Any) -> None:
+    """What moto's delete_stack does once the resources are gone: the stack
+    moves to the deleted stacks (found by id only), its exports go."""
+    from moto.cloudformation.models import cloudformation_backends
+
+    _, _, _, region, account, _ = stack.stack_id.split(":", 5)
+    backend = cloudformation_backends[account][region]
+    stack.resource_map._resource_json_map = {}
+    backend.stacks.pop(stack.stack_id, None)
+    backend.deleted_stacks[stack.stack_id] = stack
+    for name in [n for n, e in backend.exports.items() if e.exporting_stack_id == stack.stack_id]:
+        del backend.exports[name]
 
 
 def _restore_stack(stack: Any, snap: StackSnapshot) -> None:
@@ -1428,6 +1541,7 @@ class SiloLayer:
             "cloudformation:CreateStack": self.create_stack,
             "cloudformation:UpdateStack": self.update_stack,
             "cloudformation:DeleteStack": self.delete_stack,
+            "cloudformation:UpdateTerminationProtection": self.update_termination_protection,
             "cloudformation:CreateChangeSet": self.create_change_set,
             "cloudformation:ExecuteChangeSet": self.execute_change_set,
             "cloudformation:DescribeChangeSet": self.change_set_call,
@@ -1954,6 +2068,8 @@ class SiloLayer:
         "update_complete": "UPDATE_IN_PROGRESS",
         "update_failed": "UPDATE_IN_PROGRESS",
         "update_rollback_complete": "UPDATE_ROLLBACK_IN_PROGRESS",
+        "delete_complete": "DELETE_IN_PROGRESS",
+        "delete_failed": "DELETE_IN_PROGRESS",
     }
 
     def create_stack(self, call: Call) -> Response:
@@ -2005,18 +2121,67 @@ class SiloLayer:
         return resp
 
     def delete_stack(self, call: Call) -> Response:
-        """moto deletes at once; the layer records the deletion and ends any
-        operation still in flight on the stack."""
+        """The layer deletes the stack over time (moto would at once): refused
+        while termination protection is on, RetainResources refused outside
+        DELETE_FAILED; DELETE_IN_PROGRESS for `stack_operation_seconds`, then
+        DELETE_COMPLETE, or DELETE_FAILED (`stack_failures` naming
+        DeleteStack). Any operation still in flight on the stack ends."""
+        name = call.param("StackName") or ""
+        retain = tuple(_string_list(call.params, "RetainResources"))
         with self.moto_lock:
-            stack = self.find_stack(call, call.param("StackName"))
-            resp = self.forward(call.environ)
-            if resp.status == 200 and stack is not None and stack.status == "DELETE_COMPLETE":
-                with self.lock:
-                    now = time.monotonic()
-                    for op in [o for o in self.state.stacks_in_flight if o.stack is stack]:
-                        self.finish(op, now)
-                    self.begin(self.stack_op(stack, "DeleteStack"), now)
-        return resp
+            stack = self.find_stack(call, name)
+            if stack is None or stack.status == "DELETE_COMPLETE":
+                return self.forward(call.environ)   # moto: nothing to delete, success
+            if stack.enable_termination_protection:
+                return aws_error(call, 400, "ValidationError", f"Stack [{name}] cannot be "
+                                 "deleted while TerminationProtection is enabled")
+            if retain and stack.status != "DELETE_FAILED":
+                return aws_error(call, 400, "ValidationError",
+                                 f"Invalid operation on stack [{stack.stack_id}]. RetainResources "
+                                 "can only be specified when the stack is in the DELETE_FAILED "
+                                 "state.")
+            if stack.status == "DELETE_IN_PROGRESS":
+                return empty_query_response(call)   # accepted; nothing changes
+            with self.lock:
+                failed = self.state.delete_failed.get(stack.stack_id)
+                if retain and (failed is None or set(retain) != {failed[0]}):
+                    return aws_error(call, 400, "ValidationError",
+                                     "The specified resources to retain must be in a valid "
+                                     "state. Do not specify resources that are in the "
+                                     "DELETE_COMPLETE state.")
+                remaining = _existing_resources(stack)
+                reason = None
+                if remaining and not retain:
+                    parameters = {**_template_defaults(stack.template_dict),
+                                  **(stack.parameters or {})}
+                    reason = self.stack_failure("DeleteStack", _stack_account(stack),
+                                                stack.name, parameters)
+                self.start_deletion(stack, reason, remaining[:1], retain)
+        return empty_query_response(call)
+
+    def update_termination_protection(self, call: Call) -> Response:
+        """UpdateTerminationProtection (moto 5.2.5 lacks it): sets the flag
+        moto keeps from CreateStack's EnableTerminationProtection, which
+        DeleteStack honours. As on AWS, not on a stack that is
+        DELETE_IN_PROGRESS or DELETE_COMPLETE."""
+        name = call.param("StackName") or ""
+        enable = (call.param("EnableTerminationProtection") or "").lower()
+        if enable not in ("true", "false"):
+            return aws_error(call, 400, "ValidationError",
+                             "1 validation error detected: Value null at "
+                             "'enableTerminationProtection' failed to satisfy constraint: "
+                             "Member must not be null")
+        with self.moto_lock:
+            stack = self.find_stack(call, name)
+            if stack is None:
+                return aws_error(call, 400, "ValidationError",
+                                 f"Stack with id {name} does not exist")
+            if stack.status in ("DELETE_IN_PROGRESS", "DELETE_COMPLETE"):
+                return aws_error(call, 400, "ValidationError",
+                                 f"Stack:{stack.stack_id} is in {stack.status} state and its "
+                                 "termination protection can not be updated.")
+            stack.enable_termination_protection = enable == "true"
+            return query_response(call, f"<StackId>{escape(stack.stack_id)}</StackId>")
 
     def create_change_set(self, call: Call) -> Response:
         """moto makes the change set; the layer replaces its Changes with its
@@ -2136,7 +2301,7 @@ class SiloLayer:
                           None)
             if reason is not None:
                 return reason
-        for rule in cfg.stack_failures:
+        for index, rule in enumerate(cfg.stack_failures):
             if operation not in rule.get("operations", STACK_OPERATIONS):
                 continue
             if not re.search(rule.get("account", ""), account) \
@@ -2144,6 +2309,10 @@ class SiloLayer:
                 continue
             if all(name in parameters and re.search(pattern, str(parameters[name]))
                    for name, pattern in rule.get("parameters", {}).items()):
+                used = self.state.stack_failures_used.get(index, 0)
+                if rule.get("times") is not None and used >= rule["times"]:
+                    continue
+                self.state.stack_failures_used[index] = used + 1
                 return rule.get("reason", DEFAULT_STACK_FAILURE)
         return None
 
@@ -2208,6 +2377,29 @@ class SiloLayer:
                                                   stack.name)
             op.steps = [(done, "update_failed"),
                         (done + cfg.stack_failure_seconds, "update_rollback_complete")]
+            self.state.stats["stacks_failed"] += 1
+        self.begin(op, now)
+
+    def start_deletion(self, stack: Any, reason: str | None, failing: list[tuple[str, str]],
+                       retain: tuple[str, ...]) -> None:
+        """DELETE_IN_PROGRESS, then DELETE_COMPLETE (moto deletes the
+        resources, except those retained, and forgets the stack's name); or,
+        if it fails, DELETE_FAILED on `failing`'s resource, the only one left.
+        An operation in flight on the stack ends now, in DELETE_IN_PROGRESS."""
+        cfg, now = self.state.config, time.monotonic()
+        stack.status = "DELETE_IN_PROGRESS"
+        stack.stack_status_reason = None
+        for op in [o for o in self.state.stacks_in_flight if o.stack is stack]:
+            self.finish(op, now)
+        op = self.stack_op(stack, "DeleteStack")
+        op.retain = retain
+        _stack_event(stack, "DELETE_IN_PROGRESS", reason="User Initiated")
+        done = now + cfg.stack_operation_seconds
+        if reason is None:
+            op.steps = [(done, "delete_complete")]
+        else:
+            op.reason, op.resource = reason, failing[0]
+            op.steps = [(done, "delete_failed")]
             self.state.stats["stacks_failed"] += 1
         self.begin(op, now)
 
@@ -2283,6 +2475,29 @@ class SiloLayer:
         _stack_event(op.stack, "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS")
         _stack_event(op.stack, "UPDATE_ROLLBACK_COMPLETE")
         op.stack.status = "UPDATE_ROLLBACK_COMPLETE"
+
+    def step_delete_complete(self, op: StackOp) -> None:
+        stack = op.stack
+        resources = stack.template_dict.get("Resources") or {}
+        for logical_id in op.retain:
+            resource_type = (resources.get(logical_id) or {}).get("Type", "")
+            _stack_event(stack, "DELETE_SKIPPED", logical_id, resource_type)
+        _delete_stack_resources(stack, keep=set(op.retain))
+        _forget_stack(stack)
+        _stack_event(stack, "DELETE_COMPLETE")
+        stack.status = "DELETE_COMPLETE"
+        self.state.delete_failed.pop(stack.stack_id, None)
+
+    def step_delete_failed(self, op: StackOp) -> None:
+        stack, (logical_id, resource_type) = op.stack, op.resource
+        _delete_stack_resources(stack, keep={logical_id})   # the others are gone, as on AWS
+        _stack_event(stack, "DELETE_IN_PROGRESS", logical_id, resource_type)
+        _stack_event(stack, "DELETE_FAILED", logical_id, resource_type, op.reason)
+        summary = f"The following resource(s) failed to delete: [{logical_id}]. "
+        _stack_event(stack, "DELETE_FAILED", reason=summary)
+        stack.status = "DELETE_FAILED"
+        stack.stack_status_reason = summary
+        self.state.delete_failed[stack.stack_id] = op.resource
 
     # ---- STS -----------------------------------------------------------------
 
@@ -2436,6 +2651,8 @@ class SiloLayer:
                     self.state.config = self.state.config.merged(updates)
                     if "rate_limits" in updates or "rate_limit_scope" in updates:
                         self.state.buckets.clear()
+                    if "stack_failures" in updates:
+                        self.state.stack_failures_used.clear()
                     return json_response(200, dataclasses.asdict(self.state.config))
             except ValueError as exc:
                 return json_response(400, {"error": str(exc)})

@@ -1251,13 +1251,15 @@ def test_stack_operations_take_time(sim: Sim) -> None:
     assert all(o["finished"] is None for o in ops[2:])
     assert ops[1]["stack_id"] == stack_id and ops[1]["account"] == "123456789012"
     assert ops[1]["region"] == REGION and 0.9 <= ops[1]["finished"] - ops[1]["started"] < 30
+    p3 = stack_of(cfn, "p3")["StackId"]
     cfn.delete_stack(StackName="p3")
     for name in ("p1", "p2"):
         wait_stack(cfn, name, "CREATE_IN_PROGRESS")
+    wait_stack(cfn, p3, "DELETE_IN_PROGRESS")
     ops = sim.admin("/_silo/stack_operations")[1]
     assert [(o["stack_name"], o["operation"], o["result"]) for o in ops[2:]] == [
         ("p1", "CreateStack", "CREATE_COMPLETE"), ("p2", "CreateStack", "CREATE_COMPLETE"),
-        ("p3", "CreateStack", "DELETE_COMPLETE"), ("p3", "DeleteStack", "DELETE_COMPLETE")]
+        ("p3", "CreateStack", "DELETE_IN_PROGRESS"), ("p3", "DeleteStack", "DELETE_COMPLETE")]
     events = sorted([(o["started"], 1) for o in ops] + [(o["finished"], -1) for o in ops])
     in_flight = max(itertools.accumulate(step for _, step in events))
     assert in_flight == 3
@@ -1328,7 +1330,7 @@ def test_stack_failures_by_account_and_parameter(sim: Sim, org: Any) -> None:
 
 
 def test_stack_failures_config_is_checked(sim: Sim) -> None:
-    for bad in ([{"operations": ["DeleteStack"]}], [{"stack": "("}], [{"parameters": {"a": 1}}],
+    for bad in ([{"operations": ["Delete"]}], [{"stack": "("}], [{"parameters": {"a": 1}}],
                 [{"parameters": {"a": "["}}], [{"unknown": "x"}], {"stack": "x"}, ["x"],
                 [{"reason": 3}]):
         status, body = sim.admin("/_silo/config", {"stack_failures": bad})
@@ -1715,6 +1717,7 @@ def test_client_request_token_makes_a_retry_the_same_request(sim: Sim) -> None:
         ("CreateStack", "CREATE_COMPLETE"), ("UpdateStack", "UPDATE_COMPLETE")]
     # A deleted stack's token starts a new stack.
     cfn.delete_stack(StackName="tok")
+    wait_stack(cfn, stack_id, "DELETE_IN_PROGRESS")
     assert cfn.create_stack(StackName="tok", TemplateBody=revision_template(),
                             ClientRequestToken="create-1", **rev_args("1"))["StackId"] != stack_id
 
@@ -1792,3 +1795,190 @@ def test_default_request_rates_throttle_callers_but_not_the_observer(strict_sim:
 
 def error_code_of(err: ClientError) -> str:
     return err.response["Error"]["Code"]
+
+
+# ---- CloudFormation: DeleteStack over time, DELETE_FAILED, termination protection ------
+
+def stack_ops(sim: Sim, name: str) -> list[tuple[str, str | None]]:
+    """(operation, result) of every recorded operation on stacks named `name`."""
+    return [(o["operation"], o["result"]) for o in sim.admin("/_silo/stack_operations")[1]
+            if o["stack_name"] == name]
+
+
+def test_delete_stack_takes_time(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=1)
+    cfn = sim.client("cloudformation")
+    stack_id = cfn.create_stack(StackName="going", TemplateBody=revision_template(),
+                                **rev_args("1"))["StackId"]
+    wait_stack(cfn, "going", "CREATE_IN_PROGRESS")
+    cfn.delete_stack(StackName="going")
+    assert stack_of(cfn, "going")["StackStatus"] == "DELETE_IN_PROGRESS"
+    # Deleting again while it is being deleted is accepted and changes nothing.
+    cfn.delete_stack(StackName=stack_id)
+    # The name is still taken until the deletion is over.
+    with pytest.raises(ClientError) as exc:
+        cfn.create_stack(StackName="going", TemplateBody=revision_template(), **rev_args("2"))
+    assert error_code(exc) == "AlreadyExistsException"
+    assert wait_stack(cfn, stack_id, "DELETE_IN_PROGRESS") == "DELETE_COMPLETE"
+    # Gone by name, as on AWS; by id DescribeStacks still shows it DELETE_COMPLETE.
+    with pytest.raises(ClientError) as exc:
+        stack_of(cfn, "going")
+    assert error_code(exc) == "ValidationError" and "does not exist" in str(exc.value)
+    assert stack_of(cfn, stack_id)["StackStatus"] == "DELETE_COMPLETE"
+    assert topic_names(sim) == set()
+    assert [s for _, s, _ in stack_events(cfn, stack_id)][-2:] == [
+        "DELETE_IN_PROGRESS", "DELETE_COMPLETE"]
+    ops = [o for o in sim.admin("/_silo/stack_operations")[1] if o["operation"] == "DeleteStack"]
+    assert len(ops) == 1 and ops[0]["result"] == "DELETE_COMPLETE"
+    assert ops[0]["stack_id"] == stack_id and 0.9 <= ops[0]["finished"] - ops[0]["started"] < 30
+    # Deleting a deleted stack, or one that never existed, is accepted (as moto does).
+    cfn.delete_stack(StackName=stack_id)
+    cfn.delete_stack(StackName="never")
+    assert stack_ops(sim, "going") == [("CreateStack", "CREATE_COMPLETE"),
+                                       ("DeleteStack", "DELETE_COMPLETE")]
+    # With the default of 0 s a stack is DELETE_COMPLETE when DeleteStack answers.
+    sim.configure(stack_operation_seconds=0)
+    cfn.create_stack(StackName="quick", TemplateBody=template("q"))
+    quick = stack_of(cfn, "quick")["StackId"]
+    cfn.delete_stack(StackName="quick")
+    assert stack_of(cfn, quick)["StackStatus"] == "DELETE_COMPLETE"
+
+
+def test_delete_failure_then_retain_succeeds(sim: Sim) -> None:
+    reason = "Resource handler returned message: \"The bucket you tried to delete is not empty\""
+    sim.configure(stack_operation_seconds=0.5, stack_failures=[
+        {"operations": ["DeleteStack"], "stack": "^stuck$", "reason": reason}])
+    cfn, ssm = sim.client("cloudformation"), sim.client("ssm")
+    stack_id = cfn.create_stack(StackName="stuck", **rev_args("1"),
+                                TemplateBody=revision_template(("Topic", "Other")))["StackId"]
+    wait_stack(cfn, "stuck", "CREATE_IN_PROGRESS")
+    cfn.delete_stack(StackName="stuck")
+    assert stack_of(cfn, "stuck")["StackStatus"] == "DELETE_IN_PROGRESS"
+    assert wait_stack(cfn, "stuck", "DELETE_IN_PROGRESS") == "DELETE_FAILED"
+    summary = "The following resource(s) failed to delete: [Topic]. "
+    stack = stack_of(cfn, "stuck")     # still there, by name too
+    assert stack["StackStatusReason"] == summary
+    events = stack_events(cfn, "stuck")
+    assert events[-3:] == [("Topic", "DELETE_IN_PROGRESS", None),
+                           ("Topic", "DELETE_FAILED", reason), ("stuck", "DELETE_FAILED", summary)]
+    failed = [e for e in cfn.describe_stack_events(StackName="stuck")["StackEvents"]
+              if e["ResourceStatus"] == "DELETE_FAILED" and e["LogicalResourceId"] == "Topic"]
+    assert failed[0]["ResourceType"] == "AWS::SNS::Topic"
+    # Only the resource that failed is left.
+    assert topic_names(sim) == {"topic"}
+    assert ssm.describe_parameters()["Parameters"] == []
+    resources = cfn.describe_stack_resources(StackName="stuck")["StackResources"]
+    assert [r["LogicalResourceId"] for r in resources] == ["Topic"]
+    with pytest.raises(ClientError) as exc:
+        cfn.update_stack(StackName="stuck", TemplateBody=revision_template(), **rev_args("2"))
+    assert "is in DELETE_FAILED state and can not be updated." in str(exc.value)
+
+    # Deleting again without RetainResources fails again: the rule still matches.
+    cfn.delete_stack(StackName="stuck")
+    assert stack_of(cfn, "stuck")["StackStatus"] == "DELETE_IN_PROGRESS"
+    assert wait_stack(cfn, "stuck", "DELETE_IN_PROGRESS") == "DELETE_FAILED"
+    assert topic_names(sim) == {"topic"}
+
+    # Only the resources that failed to delete can be retained.
+    for wrong in (["Other"], ["Topic", "Other"], ["Nothing"]):
+        with pytest.raises(ClientError) as exc:
+            cfn.delete_stack(StackName="stuck", RetainResources=wrong)
+        assert error_code(exc) == "ValidationError" and "resources to retain" in str(exc.value)
+    assert stack_of(cfn, "stuck")["StackStatus"] == "DELETE_FAILED"
+
+    cfn.delete_stack(StackName="stuck", RetainResources=["Topic"])
+    assert stack_of(cfn, "stuck")["StackStatus"] == "DELETE_IN_PROGRESS"
+    assert wait_stack(cfn, stack_id, "DELETE_IN_PROGRESS") == "DELETE_COMPLETE"
+    assert ("Topic", "DELETE_SKIPPED", None) in stack_events(cfn, stack_id)
+    assert topic_names(sim) == {"topic"}, "a retained resource outlives its stack"
+    assert stack_ops(sim, "stuck") == [
+        ("CreateStack", "CREATE_COMPLETE"), ("DeleteStack", "DELETE_FAILED"),
+        ("DeleteStack", "DELETE_FAILED"), ("DeleteStack", "DELETE_COMPLETE")]
+    assert sim.stats()["stacks_failed"] == 2
+
+
+def test_retain_resources_is_refused_outside_delete_failed(sim: Sim) -> None:
+    cfn = sim.client("cloudformation")
+    stack_id = cfn.create_stack(StackName="fine", TemplateBody=template("f"))["StackId"]
+    with pytest.raises(ClientError) as exc:
+        cfn.delete_stack(StackName="fine", RetainResources=["Topic"])
+    assert error_code(exc) == "ValidationError" and http_status(exc) == 400
+    assert exc.value.response["Error"]["Message"] == (
+        f"Invalid operation on stack [{stack_id}]. RetainResources can only be specified when "
+        "the stack is in the DELETE_FAILED state.")
+    assert stack_of(cfn, "fine")["StackStatus"] == "CREATE_COMPLETE"
+    assert stack_ops(sim, "fine") == [("CreateStack", "CREATE_COMPLETE")]
+
+
+def test_delete_failures_times_and_defaults(sim: Sim) -> None:
+    for bad in ([{"operations": ["DeleteStack"], "times": -1}], [{"times": 1.5}],
+                [{"times": "2"}], [{"operations": ["DescribeStacks"]}]):
+        status, body = sim.admin("/_silo/config", {"stack_failures": bad})
+        assert status == 400 and "stack_failures" in body["error"], (bad, body)
+    sim.configure(stack_failure_seconds=0, failing_stacks={"^empty$": "no"}, stack_failures=[
+        {"stack": "^plain$"},                                   # no operations: not DeleteStack
+        {"operations": ["DeleteStack"], "stack": "^(once|empty)$", "times": 1}])
+    cfn = sim.client("cloudformation")
+    # A rule that does not name DeleteStack never fails a deletion (failing_stacks neither).
+    cfn.create_stack(StackName="plain", TemplateBody=template("p"))
+    assert stack_of(cfn, "plain")["StackStatus"] == "ROLLBACK_COMPLETE"
+    cfn.delete_stack(StackName="plain")
+    # A stack with no resources left has nothing that could fail to delete.
+    cfn.create_stack(StackName="empty", TemplateBody=template("e"))
+    assert stack_of(cfn, "empty")["StackStatus"] == "ROLLBACK_COMPLETE"
+    cfn.delete_stack(StackName="empty")
+    assert stack_ops(sim, "plain")[-1] == stack_ops(sim, "empty")[-1] == (
+        "DeleteStack", "DELETE_COMPLETE")
+    # times: 1 -- the first deletion fails, the next one (no RetainResources) succeeds.
+    cfn.create_stack(StackName="once", TemplateBody=template("o"))
+    cfn.delete_stack(StackName="once")
+    assert stack_of(cfn, "once")["StackStatus"] == "DELETE_FAILED"
+    cfn.delete_stack(StackName="once")
+    assert stack_ops(sim, "once") == [("CreateStack", "CREATE_COMPLETE"),
+                                      ("DeleteStack", "DELETE_FAILED"),
+                                      ("DeleteStack", "DELETE_COMPLETE")]
+    assert topic_names(sim) == set()
+    # Setting stack_failures again starts the counts again.
+    sim.configure(stack_failures=[{"operations": ["DeleteStack"], "times": 1}])
+    cfn.create_stack(StackName="once", TemplateBody=template("o"))
+    cfn.delete_stack(StackName="once")
+    assert stack_of(cfn, "once")["StackStatus"] == "DELETE_FAILED"
+
+
+def test_termination_protection_blocks_delete_until_turned_off(sim: Sim) -> None:
+    cfn = sim.client("cloudformation")
+    stack_id = cfn.create_stack(StackName="kept", TemplateBody=template("k"),
+                                EnableTerminationProtection=True)["StackId"]
+    assert stack_of(cfn, "kept")["EnableTerminationProtection"] is True
+    for name in ("kept", stack_id):
+        with pytest.raises(ClientError) as exc:
+            cfn.delete_stack(StackName=name)
+        assert error_code(exc) == "ValidationError" and http_status(exc) == 400
+        assert exc.value.response["Error"]["Message"] == \
+            f"Stack [{name}] cannot be deleted while TerminationProtection is enabled"
+    assert stack_of(cfn, "kept")["StackStatus"] == "CREATE_COMPLETE"
+    assert topic_names(sim) == {"t-k"}
+    assert stack_ops(sim, "kept") == [("CreateStack", "CREATE_COMPLETE")]
+
+    # Turned off the way Silo does it (by stack id), the stack can be deleted.
+    answer = cfn.update_termination_protection(StackName=stack_id,
+                                               EnableTerminationProtection=False)
+    assert answer["StackId"] == stack_id
+    assert stack_of(cfn, "kept")["EnableTerminationProtection"] is False
+    cfn.delete_stack(StackName=stack_id)
+    assert stack_of(cfn, stack_id)["StackStatus"] == "DELETE_COMPLETE"
+    # Not on a deleted stack, nor one that does not exist.
+    for name, words in ((stack_id, "is in DELETE_COMPLETE state"), ("nope", "does not exist")):
+        with pytest.raises(ClientError) as exc:
+            cfn.update_termination_protection(StackName=name, EnableTerminationProtection=True)
+        assert error_code(exc) == "ValidationError" and words in str(exc.value)
+
+    # Turned on after creation, by name, it protects too.
+    cfn.create_stack(StackName="later", TemplateBody=template("l"))
+    cfn.update_termination_protection(StackName="later", EnableTerminationProtection=True)
+    with pytest.raises(ClientError) as exc:
+        cfn.delete_stack(StackName="later")
+    assert "cannot be deleted while TerminationProtection is enabled" in str(exc.value)
+    # A write, counted like the others (the two refused ones too).
+    assert sim.stats()["writes_by_access_key"]["testing"][
+        "cloudformation:UpdateTerminationProtection"] == 4

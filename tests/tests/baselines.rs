@@ -303,13 +303,42 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     case.start_controller(settings);
-    apply_baseline(&case, "standard", json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"]})).await;
+    // Protected stacks: Silo turns termination protection off before it deletes them.
+    let spec = json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"], "terminationProtection": true});
+    apply_baseline(&case, "standard", spec).await;
     apply_tenant(&case, "leaving", json!({"name": "standard"}), json!({"deletionPolicy": "Close"})).await;
     let tenant = case.wait_for("leaving", conditions::READY, "True", WITHIN).await.unwrap();
     let account_id = tenant.status.unwrap().account_id.unwrap();
 
+    // First the stacks cannot be deleted (DELETE_FAILED, as with a bucket that is not empty):
+    // the account stays open, whatever Silo does meanwhile. (The condition is not checked:
+    // Silo reports DeletingBaseline and sends DeleteStack again, without naming the failure.)
+    let refusal = json!({"stack_failures": [{"operations": ["DeleteStack"], "reason": "The bucket is not empty"}]});
+    case.sim.configure(refusal).await.unwrap();
     case.tenants().delete("leaving", &DeleteParams::default()).await.unwrap();
     let org = case.sim.organizations();
+    let not_ready = || async {
+        let tenant = case.tenants().get("leaving").await?;
+        anyhow::ensure!(!conditions::is_true(&tenant.status.unwrap_or_default().conditions, conditions::READY));
+        Ok(())
+    };
+    case.eventually(WITHIN, not_ready).await.expect("the deleted Tenant is no longer Ready");
+    case.consistently(Duration::from_secs(8), || async {
+        not_ready().await?;
+        let state = org.describe_account().account_id(&account_id).send().await?;
+        anyhow::ensure!(state.account().and_then(|a| a.state()).map(|s| s.as_str()) == Some("ACTIVE"), "{state:?}");
+        anyhow::ensure!(case.sim.requests("organizations:CloseAccount").await? == 0, "CloseAccount was sent");
+        Ok(())
+    })
+    .await
+    .expect("no account closure while its stacks are DELETE_FAILED");
+    let ops = case.sim.stack_operations().await.unwrap();
+    let failed = ops.iter().filter(|op| op.operation == "DeleteStack" && op.result.as_deref() == Some("DELETE_FAILED"));
+    let regions: std::collections::BTreeSet<_> = failed.map(|op| op.region.as_str()).collect();
+    assert_eq!(regions.len(), 2, "a deletion failed in each region: {regions:?}");
+
+    // Once the stacks can go, the closure goes on.
+    case.sim.configure(json!({"stack_failures": []})).await.unwrap();
     // Each Ready reason seen while the Tenant is deleted, with whether the account was active.
     let seen = std::sync::Mutex::new(Vec::<(String, bool)>::new());
     case.eventually_every(WITHIN, Duration::from_millis(100), || async {
@@ -339,6 +368,8 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     }
     let state = org.describe_account().account_id(&account_id).send().await.unwrap();
     assert_ne!(state.account().and_then(|a| a.state()).map(|s| s.as_str()), Some("ACTIVE"), "the account is closed");
+    let turned_off = case.sim.requests("cloudformation:UpdateTerminationProtection").await.unwrap();
+    assert_eq!(turned_off, 2, "termination protection turned off once per region");
 }
 
 /// The whole chain, with `silo run` as a process: its own identity -> the management role ->
