@@ -242,6 +242,12 @@ impl Creations {
         }
     }
 
+    /// The tenant's request ended without an account and the tenant forgot it: its next
+    /// attempt is a new request, not this one again.
+    pub fn forget(&self, uid: &str) {
+        self.lock().by_tenant.remove(uid);
+    }
+
     /// The request this process knows the tenant sent or follows.
     pub fn request_of(&self, uid: &str) -> Option<String> {
         self.lock().by_tenant.get(uid).cloned()
@@ -427,6 +433,21 @@ mod tests {
         assert_eq!(creations.known("r1").unwrap().state, failed);
         assert!(woken.lock().unwrap().contains(&"b".to_string()));
         assert_eq!(creations.reserve(&applicant("b", 2)), Ok(()));
+    }
+
+    #[test]
+    fn a_forgotten_request_is_not_the_tenants_request_any_more() {
+        let (creations, _) = creations(1);
+        creations.mark_ready();
+        creations.reserve(&applicant("a", 1)).unwrap();
+        creations.sent("uid-a", &request("r1", CreationState::InProgress));
+        creations
+            .observe(&request("r1", CreationState::Failed { reason: "INTERNAL_FAILURE".into(), failed_for: None }));
+        assert_eq!(creations.request_of("uid-a").as_deref(), Some("r1"), "a reconcile on a stale Tenant finds it");
+        // The tenant retries: its next reconcile must send a new request, not look at r1 again.
+        creations.forget("uid-a");
+        assert_eq!(creations.request_of("uid-a"), None);
+        assert_eq!(creations.reserve(&applicant("a", 1)), Ok(()));
     }
 
     #[test]

@@ -353,6 +353,16 @@ impl AccountStep<'_> {
         }
     }
 
+    /// Forgets a request that ended without an account, in the status and in this process's
+    /// creation tracker, so the next attempt starts afresh.
+    fn forget_request(&self, progress: &mut Progress) {
+        progress.status.create_account_request_id = None;
+        // No account was made with this email and name, so they may change (spec, or the template).
+        progress.status.email = None;
+        progress.status.account_name = None;
+        self.ctx.org.creations.forget(&self.uid());
+    }
+
     fn annotation(&self, key: &str) -> Option<String> {
         self.tenant.annotations().get(key).filter(|v| !v.is_empty()).cloned()
     }
@@ -500,7 +510,7 @@ impl AccountStep<'_> {
     ) -> StepOutcome {
         if route == Route::FoundByEmail {
             // The email is someone else's: nothing of this tenant's was made with it.
-            forget_request(progress);
+            self.forget_request(progress);
             let claim = match verdict {
                 AccountVerdict::ClaimedBy { tenant } => Claim::OtherTenant(tenant.clone()),
                 _ => Claim::Nobody,
@@ -591,11 +601,11 @@ impl AccountStep<'_> {
             }
             RequestVerdict::LookUpByEmail { failed_for } => self.email_taken(failed_for, progress, writer).await,
             RequestVerdict::Retry { reason, after } => {
-                forget_request(progress);
+                self.forget_request(progress);
                 Ok(StepOutcome::wait("RetryingCreation", format!("AWS answered {reason}; retrying"), after))
             }
             RequestVerdict::AccountLimit => {
-                forget_request(progress);
+                self.forget_request(progress);
                 Ok(StepOutcome::stalled(
                     "OrganizationAccountLimit",
                     "The organization has reached its account quota (ACCOUNT_LIMIT_EXCEEDED): ask AWS to raise it; \
@@ -604,7 +614,7 @@ impl AccountStep<'_> {
                 ))
             }
             RequestVerdict::Failed { reason } => {
-                forget_request(progress);
+                self.forget_request(progress);
                 Ok(StepOutcome::stalled(
                     "AccountCreationFailed",
                     format!("AWS could not create the account: {reason}; fix the cause, Silo retries every 10 minutes"),
@@ -636,7 +646,7 @@ impl AccountStep<'_> {
                 Duration::from_secs(15),
             )),
             EmailOwner::Outside => {
-                forget_request(progress);
+                self.forget_request(progress);
                 Ok(StepOutcome::stalled(
                     "EmailInUse",
                     format!(
@@ -774,14 +784,6 @@ fn record_account(progress: &mut Progress, account: Option<&Account>) {
         progress.status.account_id = Some(account.id.clone());
         progress.status.account_arn = Some(account.arn.clone());
     }
-}
-
-/// Forgets a request that ended without an account, so the next attempt starts afresh.
-fn forget_request(progress: &mut Progress) {
-    progress.status.create_account_request_id = None;
-    // No account was made with this email and name, so they may change (spec, or the template).
-    progress.status.email = None;
-    progress.status.account_name = None;
 }
 
 fn email_in_use(email: &str, account_id: &str, claim: &Claim) -> StepOutcome {
