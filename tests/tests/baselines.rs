@@ -302,6 +302,7 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     let mut case = test_case().await;
     let mut settings = TestCase::config();
     settings.allow_account_closure = true;
+    settings.max_stalled_retry = Some(Duration::from_secs(6));
     case.start_controller(settings);
     // Protected stacks: Silo turns termination protection off before it deletes them.
     let spec = json!({"template": TEMPLATE, "regions": ["us-east-1", "eu-west-1"], "terminationProtection": true});
@@ -311,20 +312,18 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     let account_id = tenant.status.unwrap().account_id.unwrap();
 
     // First the stacks cannot be deleted (DELETE_FAILED, as with a bucket that is not empty):
-    // the account stays open, whatever Silo does meanwhile. (The condition is not checked:
-    // Silo reports DeletingBaseline and sends DeleteStack again, without naming the failure.)
+    // the Tenant stalls naming them, Silo does not send DeleteStack again on every look, and
+    // the account stays open.
     let refusal = json!({"stack_failures": [{"operations": ["DeleteStack"], "reason": "The bucket is not empty"}]});
     case.sim.configure(refusal).await.unwrap();
     case.tenants().delete("leaving", &DeleteParams::default()).await.unwrap();
+    let tenant = case.wait_for_reason("leaving", conditions::STALLED, "BaselineDeleteFailed", WITHIN).await.unwrap();
+    let message = &conditions::find(&tenant.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap().message;
+    assert!(message.contains("silo-baseline in") && message.contains(&account_id), "names the stack: {message}");
+    let sent = case.sim.requests("cloudformation:DeleteStack").await.unwrap();
+    assert_eq!(sent, 2, "one DeleteStack per region until the stalled recheck");
     let org = case.sim.organizations();
-    let not_ready = || async {
-        let tenant = case.tenants().get("leaving").await?;
-        anyhow::ensure!(!conditions::is_true(&tenant.status.unwrap_or_default().conditions, conditions::READY));
-        Ok(())
-    };
-    case.eventually(WITHIN, not_ready).await.expect("the deleted Tenant is no longer Ready");
-    case.consistently(Duration::from_secs(8), || async {
-        not_ready().await?;
+    case.consistently(Duration::from_secs(4), || async {
         let state = org.describe_account().account_id(&account_id).send().await?;
         anyhow::ensure!(state.account().and_then(|a| a.state()).map(|s| s.as_str()) == Some("ACTIVE"), "{state:?}");
         anyhow::ensure!(case.sim.requests("organizations:CloseAccount").await? == 0, "CloseAccount was sent");
@@ -337,7 +336,7 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     let regions: std::collections::BTreeSet<_> = failed.map(|op| op.region.as_str()).collect();
     assert_eq!(regions.len(), 2, "a deletion failed in each region: {regions:?}");
 
-    // Once the stacks can go, the closure goes on.
+    // Once the stacks can go, the next recheck deletes them and the closure goes on.
     case.sim.configure(json!({"stack_failures": []})).await.unwrap();
     // Each Ready reason seen while the Tenant is deleted, with whether the account was active.
     let seen = std::sync::Mutex::new(Vec::<(String, bool)>::new());

@@ -73,6 +73,8 @@ const AWS_WINDOW: SignedDuration = SignedDuration::from_hours(30 * 24);
 /// How long Silo waits after AWS refused a closure for quota reasons.
 const QUOTA_BACKOFF: Duration = Duration::from_secs(4 * 3600);
 const POLL: Duration = Duration::from_secs(10);
+/// The Stalled reason while a baseline stack of a closing Tenant is DELETE_FAILED.
+const DELETE_FAILED_REASON: &str = "BaselineDeleteFailed";
 /// How soon a tenant whose baseline stacks are being deleted looks again.
 const DELETION_POLL: Duration = POLL_BOUNDS.0;
 
@@ -646,7 +648,15 @@ async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<StepOutc
         }
         Err(err) => return Err(err.into()),
     };
-    let mut remaining = vec![];
+    // A deletion that failed is not sent again on every look: the Tenant stalls naming the
+    // stack, and each stalled recheck sends one more DeleteStack (someone may have removed
+    // what blocked it).
+    let rechecking = tenant
+        .status
+        .as_ref()
+        .and_then(|s| crate::conditions::find(&s.conditions, crate::conditions::STALLED))
+        .is_some_and(|c| c.status == "True" && c.reason == DELETE_FAILED_REASON);
+    let (mut remaining, mut failed) = (vec![], vec![]);
     for entry in &applied.stacks {
         let stacks = ctx.aws.stacks(&account_id, credentials.clone(), &entry.region, Priority::User);
         let name = entry.stack_id.clone().unwrap_or_else(|| stack_name.clone());
@@ -654,9 +664,26 @@ async fn delete_stacks(tenant: &Tenant, ctx: &Context) -> Result<Option<StepOutc
         match stack.status.as_str() {
             "DELETE_COMPLETE" => continue,
             "DELETE_IN_PROGRESS" => {}
+            "DELETE_FAILED" if !rechecking => {
+                let why = stack.reason.as_deref().unwrap_or("CloudFormation gave no reason");
+                failed.push(format!("{stack_name} in {} ({why})", entry.region));
+                continue;
+            }
             _ => stacks.delete(&stack, &request_token("delete", &applied.revision, stack.changed_at)).await?,
         }
         remaining.push(entry.region.clone());
+    }
+    if !failed.is_empty() {
+        return Ok(Some(StepOutcome::stalled(
+            DELETE_FAILED_REASON,
+            format!(
+                "The baseline stack could not be deleted, so account {account_id} stays open: {}. Remove what \
+                 blocks the deletion (or delete the stack yourself, with RetainResources for what must stay); \
+                 Silo tries the deletion again at every recheck",
+                failed.join("; ")
+            ),
+            RECHECK_STALLED,
+        )));
     }
     if remaining.is_empty() {
         return Ok(None);
