@@ -542,6 +542,13 @@ impl TestCase {
 
     /// Starts watching the listed Tenants for Stalled=True (see [`StalledWatch`]); returns
     /// once the watch is established, so every later change is seen.
+    /// Raises the organization's account quota (AWS's default, and the simulator's, is 10
+    /// accounts, the management account included) to `accounts`, as an organization's owner
+    /// does through Service Quotas before onboarding a fleet.
+    pub async fn raise_account_quota(&self, accounts: u32) {
+        self.sim.configure(serde_json::json!({"account_limit": accounts})).await.expect("raise the account quota");
+    }
+
     pub async fn watch_stalled(&self, names: &[impl AsRef<str>]) -> Result<StalledWatch> {
         StalledWatch::start(self.tenants(), names).await
     }

@@ -71,6 +71,7 @@ async fn thirty_percent_throttling_is_weather_not_failure() {
         .configure(json!({"throttle_rate": 0.3, "create_account_delay_seconds": 2, "unique_emails": false}))
         .await
         .unwrap();
+    case.raise_account_quota(100).await;
     case.start_controller(TestCase::config());
     let names: Vec<String> = (0..10).map(|i| format!("storm-{i:02}")).collect();
     let stalled = case.watch_stalled(&names).await.unwrap();
@@ -112,6 +113,7 @@ async fn sigkill_anywhere_during_a_rollout_never_duplicates_an_account() {
         }))
         .await
         .unwrap();
+    case.raise_account_quota(200).await;
     let names: Vec<String> = (0..TENANTS).map(|i| format!("crash-{i:02}")).collect();
     for name in &names {
         case.apply(&tenant_yaml(name)).await.unwrap();

@@ -64,6 +64,7 @@ async fn accept_duplicate_emails(case: &TestCase) {
 async fn fifty_instant_creations_each_get_their_own_account_and_no_slot_leaks() {
     let mut case = test_case().await;
     accept_duplicate_emails(&case).await;
+    case.raise_account_quota(100).await;
     case.start_controller(TestCase::config());
     let names = names("instant", 50);
     create_all(&case, &names, None).await;
@@ -86,6 +87,7 @@ async fn creations_wait_for_a_slot_and_never_meet_a_full_quota() {
     let mut case = test_case().await;
     case.sim.configure(json!({"create_account_delay_seconds": 2, "max_concurrent_creations": 5})).await.unwrap();
     accept_duplicate_emails(&case).await;
+    case.raise_account_quota(100).await;
     case.start_controller(TestCase::config());
     let names = names("queued", 20);
     create_all(&case, &names, None).await;
@@ -140,6 +142,7 @@ async fn sigkills_during_a_queued_onboarding_while_the_index_is_built_leave_one_
         }))
         .await
         .unwrap();
+    case.raise_account_quota(200).await;
     let names = names("crowd", TENANTS);
     create_all(&case, &names, None).await;
     let flags = ["--concurrency", "8", "--leader-election", "false"];
@@ -316,6 +319,7 @@ async fn a_ready_tenant_is_left_alone_until_its_verification_is_due() {
 async fn a_restart_does_not_verify_the_fleet_again() {
     let case = test_case().await;
     let flags = ["--leader-election", "false"];
+    case.raise_account_quota(20).await;
     let mut controller = case.spawn_controller(&flags, "restart-controller.log").unwrap();
     let names = names("steady", 10);
     create_all(&case, &names, None).await;

@@ -50,6 +50,7 @@ async fn apply_baseline(case: &TestCase, spec: Value) {
 /// The Baseline with `Version` and rollout settings; the tenants that use it, all Ready.
 async fn fleet_on_v1(case: &TestCase, rollout: Value) {
     let started = Instant::now();
+    case.raise_account_quota(100).await;
     apply_baseline(case, json!({"template": TEMPLATE, "parameters": {"Version": "v1"}, "rollout": rollout})).await;
     for name in names() {
         case.create(&TenantFixture::named(&name).baseline("fleet")).await.unwrap();

@@ -482,7 +482,8 @@ async fn closing_an_adopted_account_needs_a_second_consent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closures_beyond_the_aws_quota_are_queued_not_refused() {
     let mut case = test_case().await;
-    case.sim.configure(json!({"close_quota": 10})).await.unwrap();
+    // The simulator's default closure quota is AWS's: 10% of the members, at least 10, in 30 days.
+    case.raise_account_quota(20).await;
     let mut settings = TestCase::config();
     settings.allow_account_closure = true;
     settings.max_account_closures_per_day = 100;
