@@ -332,7 +332,7 @@ async fn a_role_that_stays_unassumable_is_stalled_not_waited_on_forever() {
     let trust = silo_testenv::awssim::trust_policy(&format!("arn:aws:iam::{MANAGEMENT}:root"), Some("right-id"));
     case.sim.create_role(&account, "Guarded", &trust).await.unwrap();
 
-    case.wait_for("locked-out", conditions::RECONCILING, "True", WITHIN).await.unwrap();
+    // (locked-out may already be Stalled by now: its patience is 5 s.)
     let tenant = case.wait_for("locked-out", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant, conditions::STALLED), "RoleNotAssumable");
     assert!(message(&tenant, conditions::STALLED).contains("MissingRole"));

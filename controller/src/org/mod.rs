@@ -465,6 +465,24 @@ impl Organization {
         }
     }
 
+    /// The CreateAccount requests with this account name, for a tenant in the crash window
+    /// (intent recorded, request id not): those this process tracks, and every IN_PROGRESS or
+    /// SUCCEEDED request AWS lists (ListCreateAccountStatus, all pages). Account listings lag
+    /// behind a creation, so the index can miss an account made just before a crash; the
+    /// request that made it is listed at once. Only the crash window pays for this listing.
+    pub async fn requests_named(&self, account_name: &str, priority: Priority) -> Result<Vec<CreateRequest>, AwsError> {
+        let states = [CreateAccountState::InProgress, CreateAccountState::Succeeded];
+        let listed = self.api.create_requests(&states, priority).await?;
+        let mut requests = self.creations.named(account_name);
+        for request in listed.into_iter().filter(|r| r.account_name == account_name) {
+            if !requests.iter().any(|known| known.id == request.id) {
+                self.creations.observe(&request);
+                requests.push(request);
+            }
+        }
+        Ok(requests)
+    }
+
     /// Where a creation request stands: from the tracker when it knows, else from AWS
     /// (DescribeCreateAccountStatus), which the tracker then learns.
     pub async fn creation(&self, request_id: &str) -> Result<CreateRequest, AwsError> {

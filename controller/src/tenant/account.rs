@@ -666,7 +666,12 @@ impl AccountStep<'_> {
         let org = &self.ctx.org;
         let by_email = org.index.account_by_email(&self.identity.email);
         let mut named = vec![];
-        for request in org.creations.named(&self.identity.account_name) {
+        // Only a complete index that misses the email needs AWS's list of requests.
+        let requests = match org.index.is_complete() && by_email.is_none() {
+            true => org.requests_named(&self.identity.account_name, Priority::User).await?,
+            false => vec![],
+        };
+        for request in requests {
             let account = match &request.state {
                 CreationState::Succeeded { account_id } => {
                     org.account(account_id, Priority::User).await?.map(|a| a.account)

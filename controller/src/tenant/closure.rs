@@ -541,7 +541,7 @@ async fn find_account(tenant: &Tenant, ctx: &Context) -> Result<Found, Error> {
     if let Some(found) = org.index.account_by_email(&email) {
         return Ok(Found::Account(found.account.id));
     }
-    for request in org.creations.named(&name) {
+    for request in org.requests_named(&name, Priority::User).await? {
         match request.state {
             CreationState::InProgress => return Ok(Found::CreationInFlight),
             CreationState::Succeeded { account_id } => {
