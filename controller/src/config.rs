@@ -107,9 +107,10 @@ pub struct RunArgs {
     #[arg(long, env = "SILO_MANAGEMENT_ROLE_ARN")]
     pub management_role_arn: Option<String>,
 
-    /// Tag each tenant session with the tenant (CloudTrail shows it). The role's trust policy
-    /// must allow sts:TagSession; set to false for roles that do not.
-    #[arg(long, env = "SILO_SESSION_TAGS", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Tag each tenant session with the tenant (`silo-tenant`; CloudTrail shows it). Off by
+    /// default: with tags, AWS also requires sts:TagSession in the tenant role's trust policy,
+    /// which the OrganizationAccountAccessRole that CreateAccount makes does not allow.
+    #[arg(long, env = "SILO_SESSION_TAGS", default_value_t = false, action = clap::ArgAction::Set)]
     pub session_tags: bool,
 
     /// Run the controllers only while holding a Lease, so several replicas can run and only

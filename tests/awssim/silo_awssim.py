@@ -42,7 +42,8 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
                               stack_failures): creations, updates and deletions
     sessions   (the last 500 AssumeRole requests: role, name, tags, external_id, policy,
                denied: null if the layer let it through to moto, else why it
-               answered AccessDenied: "unassumable", "no such role", "trust policy")
+               answered AccessDenied: "unassumable", "no such role", "trust policy",
+               "tag session")
     accounts_pending          (ids) creation still IN_PROGRESS: unknown to every call
     accounts_unlisted         (ids) ACTIVE but still missing from listings
                               (list_accounts_lag_seconds)
@@ -248,14 +249,21 @@ sts:AssumeRole on resource: <role ARN>", counted in assume_role_denied) unless:
     (a request without an ExternalId fails them). Any other condition operator
     or key (IfExists and ForAnyValue forms included) is not evaluated: such a
     statement never allows, and such a Deny statement always denies;
-  no Deny statement covers the request (Deny wins).
+  no Deny statement covers the request (Deny wins);
+  when the request passes session tags (Tags.member.N) or TransitiveTagKeys,
+    the trust policy allows sts:TagSession to the caller too, read the same way
+    (an Allow statement for sts:TagSession, sts:*, * or a matching wildcard that
+    names the caller and whose conditions hold; Deny wins). Otherwise the
+    answer names sts:TagSession instead ("... is not authorized to perform:
+    sts:TagSession on resource: <role ARN>", as AWS words it). The role
+    CreateAccount makes allows sts:AssumeRole only: AssumeRole into it with
+    session tags is refused, as on AWS.
 The caller is the account moto acts as for the access key: plain credentials
 such as "testing" are the management account (arn:aws:iam::<id>:user/moto),
 not a role, so a role Silo assumes in the management account
 (--management-role-arn) must be created with IAM CreateRole first. Not
-simulated: sts:TagSession (AWS requires the trust policy to allow it when the
-request passes session tags, and OrganizationAccountAccessRole does not), the
-caller's identity policies, SCPs, permission boundaries and session policies.
+simulated: the caller's identity policies, SCPs, permission boundaries and
+session policies.
 `enforce_trust_policies: false` brings moto's behaviour back; the timer
 (`unassumable_roles_seconds`) applies either way, before the trust policy.
 Every account CreateAccount makes (moto 5.2.5 makes the role; the layer adds
@@ -515,9 +523,10 @@ class Config:
     enforce_trust_policies        AssumeRole only into a role that exists in
                                   the target account's IAM and whose trust
                                   policy lets the caller in, with the external
-                                  id it requires (see `trust_policy_allows`);
-                                  false: any caller assumes any role ARN, as
-                                  moto alone does
+                                  id it requires, and sts:TagSession too when
+                                  the request passes session tags (see
+                                  `trust_policy_allows`); false: any caller
+                                  assumes any role ARN, as moto alone does
     """
 
     create_account_delay_seconds: float = DEFAULT_CREATION_SECONDS
@@ -1339,17 +1348,18 @@ def _statement_applies(statement: dict[str, Any], action: str, caller: Caller,
 def trust_policy_allows(document: Any, caller: Caller, external_id: str | None,
                         action: str = "sts:AssumeRole") -> bool:
     """Whether a role's trust policy (AssumeRolePolicyDocument, JSON) lets `caller`
-    assume the role with this ExternalId. An Allow statement must name the
-    caller (see `_principal_matches`) and the action (sts:AssumeRole, sts:*, *, or
-    another wildcard that matches; NotPrincipal and NotAction are read the
-    AWS way), and its conditions must hold: StringEquals and StringLike on
-    sts:ExternalId (a request without an ExternalId fails them). A Deny statement
-    that covers the request wins over any Allow. Conservatively, a statement
-    whose conditions the simulator cannot evaluate (any other operator or key,
+    perform `action` on the role with this ExternalId: sts:AssumeRole, or
+    sts:TagSession (which AWS also requires when AssumeRole passes session tags).
+    An Allow statement must name the caller (see `_principal_matches`) and the
+    action (the action itself, sts:*, *, or another wildcard that matches;
+    NotPrincipal and NotAction are read the AWS way), and its conditions must
+    hold: StringEquals and StringLike on sts:ExternalId (a request without an
+    ExternalId fails them). A Deny statement that covers the request wins over
+    any Allow. Conservatively, a statement whose conditions the simulator
+    cannot evaluate (any other operator or key, aws:RequestTag and aws:TagKeys,
     IfExists and ForAnyValue forms included) never allows, and a Deny one
     always denies. A document that is not JSON allows nothing. Identity
-    policies of the caller, session tags (sts:TagSession), SCPs and permission
-    boundaries are not evaluated."""
+    policies of the caller, SCPs and permission boundaries are not evaluated."""
     try:
         policy = json.loads(document) if isinstance(document, str) else document
     except ValueError:
@@ -2508,12 +2518,16 @@ class SiloLayer:
           old, counted from when it became ready (and while it is being created);
         - with `enforce_trust_policies` (default), the role must exist in the
           target account's IAM (RoleArn equal to its ARN) and its trust policy
-          must let the caller in with the ExternalId given (`trust_policy_allows`).
+          must let the caller in with the ExternalId given (`trust_policy_allows`),
+          and allow it sts:TagSession too when the request passes session tags
+          or TransitiveTagKeys (the refusal then names sts:TagSession).
         Every request is recorded in stats["sessions"] with why it was denied."""
         role_arn = call.params.get("RoleArn", "")
         parts = role_arn.split(":")
         target = parts[4] if len(parts) > 5 else ""
         session = self.record_session(call, role_arn)
+        tagged = any(k.startswith(("Tags.member.", "TransitiveTagKeys.member."))
+                     for k in call.params)
         with self.moto_lock:
             caller = self.caller(call)
             with self.lock:
@@ -2524,22 +2538,25 @@ class SiloLayer:
             if creation is not None and time.monotonic() < creation.ready_at + wait:
                 denied = "unassumable"
             elif enforce:
-                denied = self.trust_refusal(role_arn, target, caller, call.param("ExternalId"))
+                denied = self.trust_refusal(role_arn, target, caller, call.param("ExternalId"),
+                                            tagged)
             with self.lock:
                 session["denied"] = denied
                 if denied:
                     self.state.stats["assume_role_denied"] += 1
             if not denied:
                 return self.forward(call.environ)
+        action = "sts:TagSession" if denied == "tag session" else "sts:AssumeRole"
         return aws_error(call, 403, "AccessDenied",
                          f"User: {caller.arn} is not authorized to perform: "
-                         f"sts:AssumeRole on resource: {role_arn}")
+                         f"{action} on resource: {role_arn}")
 
     @staticmethod
     def trust_refusal(role_arn: str, target: str, caller: Caller,
-                      external_id: str | None) -> str | None:
-        """Why the role refuses the caller ("no such role", "trust policy"), None
-        if it lets it in (moto_lock held)."""
+                      external_id: str | None, tagged: bool = False) -> str | None:
+        """Why the role refuses the caller ("no such role", "trust policy", or "tag
+        session": it may assume the role but not pass session tags, `tagged`),
+        None if it lets it in (moto_lock held)."""
         iam = _iam_backend(target) if re.fullmatch(r"\d{12}", target) else None
         role = next((r for r in list(iam.roles.values()) if r.arn == role_arn), None) \
             if iam is not None else None
@@ -2547,6 +2564,9 @@ class SiloLayer:
             return "no such role"
         if not trust_policy_allows(role.assume_role_policy_document, caller, external_id):
             return "trust policy"
+        if tagged and not trust_policy_allows(role.assume_role_policy_document, caller,
+                                              external_id, action="sts:TagSession"):
+            return "tag session"
         return None
 
     @staticmethod

@@ -939,6 +939,89 @@ def test_trust_policy_names_the_accounts_it_trusts(sim: Sim, org: Any) -> None:
     assert deployer.assume_role(RoleArn=narrow, RoleSessionName="narrow")["Credentials"]
 
 
+def tag_session_denied(sts: Any, role_arn: str, **kwargs: Any) -> None:
+    """AssumeRole with session tags is refused for want of sts:TagSession, as AWS words it."""
+    with pytest.raises(ClientError) as exc:
+        sts.assume_role(RoleArn=role_arn, RoleSessionName="silo", **kwargs)
+    assert error_code(exc) == "AccessDenied" and http_status(exc) == 403
+    message = exc.value.response["Error"]["Message"]
+    assert message.endswith(f"is not authorized to perform: sts:TagSession on resource: {role_arn}")
+
+
+def test_session_tags_need_sts_tag_session(sim: Sim, org: Any) -> None:
+    sts, iam = sim.client("sts"), sim.client("iam")
+    tags = [{"Key": "silo-tenant", "Value": "acme"}]
+    # The role CreateAccount makes trusts the management account for sts:AssumeRole only:
+    # session tags (or transitive tag keys) are refused, without them it lets the caller in.
+    member = new_account(org, "member")
+    default = f"arn:aws:iam::{member}:role/{ROLE}"
+    tag_session_denied(sts, default, Tags=tags)
+    tag_session_denied(sts, default, Tags=tags, TransitiveTagKeys=["silo-tenant"])
+    tag_session_denied(sts, default, ExternalId="ext-1234", Tags=tags)
+    assert sts.assume_role(RoleArn=default, RoleSessionName="silo")["Credentials"]
+    # A role that refuses sts:AssumeRole is refused for that first, tags or not.
+    assume_denied(sts, f"arn:aws:iam::{member}:role/NoSuchRole", Tags=tags)
+    iam.create_role(RoleName="elsewhere", AssumeRolePolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "210987654321"},
+         "Action": ["sts:AssumeRole", "sts:TagSession"]}]}))
+    assume_denied(sts, f"arn:aws:iam::{MANAGEMENT}:role/elsewhere", Tags=tags)
+
+    # Trust policies that allow sts:TagSession, spelled the ways IAM reads an action.
+    def allowing(name: str, action: Any, **extra: Any) -> str:
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({"Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{MANAGEMENT}:root"},
+             "Action": action, **extra}]}))
+        return f"arn:aws:iam::{MANAGEMENT}:role/{name}"
+
+    for name, action in (("listed", ["sts:AssumeRole", "sts:TagSession"]), ("sts-star", "sts:*"),
+                         ("star", "*"), ("wildcard", ["sts:AssumeRole", "STS:Tag*"])):
+        role_arn = allowing(name, action)
+        assert sts.assume_role(RoleArn=role_arn, RoleSessionName="silo", Tags=tags,
+                               TransitiveTagKeys=["silo-tenant"])["Credentials"]
+    # TagSession in a statement of its own counts; its conditions must hold too.
+    iam.create_role(RoleName="split", AssumeRolePolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": MANAGEMENT}, "Action": "sts:AssumeRole"},
+        {"Effect": "Allow", "Principal": {"AWS": MANAGEMENT}, "Action": "sts:TagSession",
+         "Condition": {"StringEquals": {"sts:ExternalId": "right-id"}}}]}))
+    split = f"arn:aws:iam::{MANAGEMENT}:role/split"
+    assert sts.assume_role(RoleArn=split, RoleSessionName="silo")["Credentials"]
+    tag_session_denied(sts, split, Tags=tags)
+    tag_session_denied(sts, split, Tags=tags, ExternalId="wrong-id")
+    assert sts.assume_role(RoleArn=split, RoleSessionName="silo", Tags=tags,
+                           ExternalId="right-id")["Credentials"]
+    # NotAction that leaves sts:TagSession out does not allow it; a Deny on it wins.
+    iam.create_role(RoleName="no-tags", AssumeRolePolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": MANAGEMENT}, "NotAction": "sts:TagSession"}]}))
+    no_tags = f"arn:aws:iam::{MANAGEMENT}:role/no-tags"
+    assert sts.assume_role(RoleArn=no_tags, RoleSessionName="silo")["Credentials"]
+    tag_session_denied(sts, no_tags, Tags=tags)
+    iam.create_role(RoleName="denies", AssumeRolePolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": "sts:*"},
+        {"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "sts:TagSession"}]}))
+    denies = f"arn:aws:iam::{MANAGEMENT}:role/denies"
+    assert sts.assume_role(RoleArn=denies, RoleSessionName="silo")["Credentials"]
+    tag_session_denied(sts, denies, Tags=tags)
+    # Adding sts:TagSession to the default role lets tagged sessions in.
+    in_member = sim.client("iam", assume(sim, member))
+    in_member.update_assume_role_policy(RoleName=ROLE, PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{MANAGEMENT}:root"},
+         "Action": ["sts:AssumeRole", "sts:TagSession"]}]}))
+    assert sts.assume_role(RoleArn=default, RoleSessionName="silo", Tags=tags)["Credentials"]
+
+    stats = sim.stats()
+    refusals = [(s["role"], s["tags"], s["denied"]) for s in stats["sessions"] if s["denied"]]
+    assert refusals[:3] == [(default, {"silo-tenant": "acme"}, "tag session")] * 3
+    assert [d for _, _, d in refusals] == ["tag session"] * 3 + ["no such role", "trust policy"] + \
+        ["tag session"] * 4
+    assert stats["assume_role_denied"] == len(refusals)
+    last = stats["sessions"][-1]
+    assert (last["role"], last["tags"], last["denied"]) == (default, {"silo-tenant": "acme"}, None)
+    # Without enforcement, tags need nothing.
+    sim.configure(enforce_trust_policies=False)
+    assert sts.assume_role(RoleArn=split, RoleSessionName="silo", Tags=tags)["Credentials"]
+
+
 def test_enforce_trust_policies_off_lets_anyone_assume_anything(sim: Sim, org: Any) -> None:
     assert sim.admin("/_silo/config", {"enforce_trust_policies": 1})[0] == 400
     assert sim.admin("/_silo/config")[1]["enforce_trust_policies"] is True

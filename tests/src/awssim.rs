@@ -122,10 +122,25 @@ pub fn most_in_flight(operations: &[StackOperation], kind: &str, since: f64) -> 
 }
 
 /// A trust policy that lets `principal` (an account id, `arn:aws:iam::<id>:root`, or a role
-/// ARN) `sts:AssumeRole`, and only with `external_id` when one is given.
+/// ARN) `sts:AssumeRole`, and only with `external_id` when one is given. Like the role
+/// CreateAccount makes, it does not allow `sts:TagSession`: AssumeRole with session tags
+/// (`silo run --session-tags=true`) is refused (see [`trust_policy_allowing_tags`]).
 pub fn trust_policy(principal: &str, external_id: Option<&str>) -> String {
-    let mut statement =
-        serde_json::json!({"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": principal}});
+    trust_policy_for(&["sts:AssumeRole"], principal, external_id)
+}
+
+/// [`trust_policy`] that also lets `principal` tag its sessions (`sts:TagSession`), as AWS
+/// (and the simulator) requires of a role Silo assumes with `--session-tags=true`.
+pub fn trust_policy_allowing_tags(principal: &str, external_id: Option<&str>) -> String {
+    trust_policy_for(&["sts:AssumeRole", "sts:TagSession"], principal, external_id)
+}
+
+fn trust_policy_for(actions: &[&str], principal: &str, external_id: Option<&str>) -> String {
+    let action = match actions {
+        [one] => serde_json::json!(one),
+        _ => serde_json::json!(actions),
+    };
+    let mut statement = serde_json::json!({"Effect": "Allow", "Action": action, "Principal": {"AWS": principal}});
     if let Some(id) = external_id {
         statement["Condition"] = serde_json::json!({"StringEquals": {"sts:ExternalId": id}});
     }
@@ -217,6 +232,20 @@ impl SimClient {
     /// IAM SDK crate, so this is IAM's query protocol by hand; the simulator, like moto,
     /// reads the access key from the signature but does not check it.
     pub async fn create_role(&self, account_id: &str, name: &str, trust_policy: &str) -> Result<()> {
+        let form = [("Action", "CreateRole"), ("RoleName", name), ("AssumeRolePolicyDocument", trust_policy)];
+        self.iam(account_id, &form).await.with_context(|| format!("IAM CreateRole {name} in {account_id}"))
+    }
+
+    /// Replaces the trust policy of role `name` in `account_id` (IAM UpdateAssumeRolePolicy),
+    /// entering the account as [`SimClient::create_role`] does. The document needs a
+    /// `"Version": "2012-10-17"` ([`trust_policy`] has one).
+    pub async fn update_assume_role_policy(&self, account_id: &str, name: &str, trust_policy: &str) -> Result<()> {
+        let form = [("Action", "UpdateAssumeRolePolicy"), ("RoleName", name), ("PolicyDocument", trust_policy)];
+        self.iam(account_id, &form).await.with_context(|| format!("IAM UpdateAssumeRolePolicy {name} in {account_id}"))
+    }
+
+    /// One IAM request (query protocol, `form` without Version) in `account_id`.
+    async fn iam(&self, account_id: &str, form: &[(&str, &str)]) -> Result<()> {
         let access_key = if account_id == MANAGEMENT_ACCOUNT {
             "testing".to_string()
         } else {
@@ -226,18 +255,14 @@ impl SimClient {
                 .role_session_name("silo-tests")
                 .send()
                 .await
-                .with_context(|| format!("AssumeRole into {account_id} to create role {name}"))?;
+                .with_context(|| format!("AssumeRole into {account_id}"))?;
             out.credentials.context("AssumeRole answered no credentials")?.access_key_id
         };
         let authorization = format!(
             "AWS4-HMAC-SHA256 Credential={access_key}/20250101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0"
         );
-        let form = [
-            ("Action", "CreateRole"),
-            ("Version", "2010-05-08"),
-            ("RoleName", name),
-            ("AssumeRolePolicyDocument", trust_policy),
-        ];
+        let mut form = form.to_vec();
+        form.push(("Version", "2010-05-08"));
         let response = reqwest::Client::new()
             .post(&self.endpoint)
             .header("Authorization", authorization)
@@ -247,7 +272,7 @@ impl SimClient {
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
-            bail!("IAM CreateRole {name} in {account_id} answered {status}: {text}");
+            bail!("answered {status}: {text}");
         }
         Ok(())
     }

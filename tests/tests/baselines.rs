@@ -371,12 +371,16 @@ async fn deleting_a_close_tenant_deletes_its_stacks_before_closing_the_account()
     assert_eq!(turned_off, 2, "termination protection turned off once per region");
 }
 
-/// The whole chain, with `silo run` as a process: its own identity -> the management role ->
-/// the tenant role, with the session named and tagged after the tenant, the external id
-/// from a Secret and the session policy passed along.
+/// The whole chain, with `silo run --session-tags=true` as a process: its own identity -> the
+/// management role -> the tenant role, with the session named and tagged after the tenant, the
+/// external id from a Secret and the session policy passed along. Session tags need
+/// `sts:TagSession` in the tenant role's trust policy: the OrganizationAccountAccessRole that
+/// CreateAccount makes refuses them (the Tenant waits for the role, naming sts:TagSession) until
+/// the test adds it, as docs/install.md says to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_limits() {
     use k8s_openapi::api::core::v1::Secret;
+    use silo_testenv::awssim::{MANAGEMENT_ACCOUNT, trust_policy, trust_policy_allowing_tags};
     let case = test_case().await;
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -399,14 +403,38 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     apply_tenant(&case, "audited", json!({"name": "limited"}), json!({})).await;
     let management_role = "arn:aws:iam::123456789012:role/silo-management";
     // The simulator enforces trust policies, and Silo's own credentials are the management
-    // account, not a role: the management role must exist and trust that account.
-    let management = silo_testenv::awssim::MANAGEMENT_ACCOUNT;
-    let trust = silo_testenv::awssim::trust_policy(&format!("arn:aws:iam::{management}:root"), None);
-    case.sim.create_role(management, "silo-management", &trust).await.unwrap();
+    // account, not a role: the management role must exist and trust that account. Silo tags
+    // only tenant sessions, so it needs no sts:TagSession.
+    let management = format!("arn:aws:iam::{MANAGEMENT_ACCOUNT}:root");
+    case.sim.create_role(MANAGEMENT_ACCOUNT, "silo-management", &trust_policy(&management, None)).await.unwrap();
     let metrics = format!("127.0.0.1:{}", silo_testenv::process::free_port().unwrap());
     let mut controller = case
-        .spawn_controller(&["--management-role-arn", management_role, "--metrics-address", &metrics], "chain.log")
+        .spawn_controller(
+            &["--session-tags=true", "--management-role-arn", management_role, "--metrics-address", &metrics],
+            "chain.log",
+        )
         .unwrap();
+
+    // The tenant role trusts the management account for sts:AssumeRole only: tagged
+    // sessions are refused, and the Tenant says why while it waits.
+    let waiting = case
+        .eventually(WITHIN, || async {
+            let tenant = case.tenants().get("audited").await?;
+            let status = tenant.status.as_ref();
+            let condition = status.and_then(|s| conditions::find(&s.conditions, conditions::BASELINE_READY));
+            anyhow::ensure!(
+                condition.is_some_and(|c| c.reason == "WaitingForRole" && c.message.contains("sts:TagSession")),
+                "BaselineReady is not WaitingForRole naming sts:TagSession: {condition:?}"
+            );
+            Ok(tenant)
+        })
+        .await
+        .unwrap();
+    let account_id = waiting.status.unwrap().account_id.unwrap();
+    let tenant_role = format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole");
+    let trust = trust_policy_allowing_tags(&management, None);
+    case.sim.update_assume_role_policy(&account_id, "OrganizationAccountAccessRole", &trust).await.unwrap();
+
     let tenant = case.wait_for("audited", conditions::READY, "True", WITHIN).await;
     let scraped = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
     let ready = reqwest::get(format!("http://{metrics}/readyz")).await.unwrap().status();
@@ -414,24 +442,28 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     assert!(ready.is_success());
     assert!(scraped.contains("silo_reconciles_total{controller=\"tenant\",result=\"ok\"}"), "{scraped}");
     assert!(scraped.contains("silo_milestones_total{milestone=\"AccountCreated\"} 1"), "{scraped}");
-    let tenant = tenant.unwrap();
-    let account_id = tenant.status.unwrap().account_id.unwrap();
+    assert_eq!(tenant.unwrap().status.unwrap().account_id.unwrap(), account_id);
 
     let sessions = case.sim.stats().await.unwrap()["sessions"].as_array().cloned().unwrap();
     assert!(
-        sessions
-            .iter()
-            .any(|s| s["role"] == management_role && s["name"] == "silo-controller" && s["denied"].is_null()),
-        "the management role is assumed first: {sessions:?}"
+        sessions.iter().any(|s| s["role"] == management_role
+            && s["name"] == "silo-controller"
+            && s["tags"] == json!({})
+            && s["denied"].is_null()),
+        "the management role is assumed first, untagged: {sessions:?}"
     );
-    let tenant_session = sessions
+    let tenant_sessions: Vec<&serde_json::Value> =
+        sessions.iter().filter(|s| s["role"] == tenant_role.as_str() && s["name"] == "silo-audited").collect();
+    assert!(
+        tenant_sessions.iter().any(|s| s["tags"]["silo-tenant"] == "audited" && s["denied"] == "tag session"),
+        "the role refused the tagged session before it allowed sts:TagSession: {tenant_sessions:?}"
+    );
+    let tenant_session = tenant_sessions
         .iter()
-        .find(|s| s["role"] == format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"))
+        .find(|s| s["denied"].is_null())
         .unwrap_or_else(|| panic!("no session into the tenant's account: {sessions:?}"));
-    assert_eq!(tenant_session["name"], "silo-audited");
     assert_eq!(tenant_session["tags"]["silo-tenant"], "audited");
+    // The role trusts the management account and requires no external id: one is accepted.
     assert_eq!(tenant_session["external_id"], "ext-1234");
     assert_eq!(tenant_session["policy"], policy);
-    // The role trusts the management account and requires no external id: one is accepted.
-    assert!(tenant_session["denied"].is_null(), "{tenant_session}");
 }

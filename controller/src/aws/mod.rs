@@ -70,7 +70,8 @@ pub struct AwsConfig {
     pub account_limits: BudgetLimits,
     /// A role in the management account to assume first (`--management-role-arn`).
     pub management_role_arn: Option<String>,
-    /// Tag tenant sessions with the tenant (needs sts:TagSession in the role's trust policy).
+    /// Tag tenant sessions with the tenant (needs sts:TagSession in the role's trust policy,
+    /// which OrganizationAccountAccessRole does not allow: off by default).
     pub tag_sessions: bool,
 }
 
@@ -87,7 +88,7 @@ impl AwsConfig {
             cloudformation_limits: limits(5, 32),
             account_limits: limits(5, 4),
             management_role_arn: None,
-            tag_sessions: true,
+            tag_sessions: false,
         }
     }
 }

@@ -11,9 +11,10 @@
 //! - A cached session is dropped five minutes before it expires (a chained session lasts at
 //!   most one hour) and the cache holds at most [`MAX_SESSIONS`] sessions, so memory stays
 //!   bounded for any fleet size.
-//! - Every session is named after its tenant (`RoleSessionName`, at most 64 characters) and
-//!   carries the tenant as a session tag, so CloudTrail in every account shows which tenant a
-//!   call was made for.
+//! - Every session is named after its tenant (`RoleSessionName`, at most 64 characters), so
+//!   CloudTrail in every account shows which tenant a call was made for; with
+//!   `--session-tags=true` it also carries the tenant as the session tag `silo-tenant` (the
+//!   role's trust policy must then allow sts:TagSession).
 
 use std::time::{Duration, Instant, SystemTime};
 

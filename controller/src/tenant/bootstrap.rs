@@ -266,7 +266,7 @@ fn role_refused(role: &str, account_id: &str, message: &str, waited: Duration, p
             format!(
                 "Role {role} in account {account_id} could not be assumed for {} minutes: {message}; check the \
                  Baseline's roleName, the role's trust policy (it must trust Silo's identity, and allow \
-                 sts:TagSession unless Silo runs with --session-tags=false) and the external id; Silo tries again \
+                 sts:TagSession too when Silo runs with --session-tags=true) and the external id; Silo tries again \
                  every 5 minutes",
                 waited.as_secs() / 60,
             ),
