@@ -2451,13 +2451,7 @@ class SiloLayer:
         op.stack.status = "CREATE_COMPLETE"
 
     def step_create_failed(self, op: StackOp) -> None:
-        stack, (logical_id, resource_type) = op.stack, op.resource
-        _stack_event(stack, "CREATE_IN_PROGRESS", logical_id, resource_type)
-        _stack_event(stack, "CREATE_FAILED", logical_id, resource_type, op.reason)
-        summary = f"The following resource(s) failed to create: [{logical_id}]. "
-        _stack_event(stack, "CREATE_FAILED", reason=summary)
-        stack.status = "CREATE_FAILED"
-        stack.stack_status_reason = summary
+        _resource_failed(op, "create", "CREATE_FAILED")
 
     def step_rollback_complete(self, op: StackOp) -> None:
         logical_id, resource_type = op.resource
@@ -2471,13 +2465,7 @@ class SiloLayer:
         op.stack.status = "UPDATE_COMPLETE"
 
     def step_update_failed(self, op: StackOp) -> None:
-        stack, (logical_id, resource_type) = op.stack, op.resource
-        _stack_event(stack, "UPDATE_IN_PROGRESS", logical_id, resource_type)
-        _stack_event(stack, "UPDATE_FAILED", logical_id, resource_type, op.reason)
-        summary = f"The following resource(s) failed to update: [{logical_id}]. "
-        _stack_event(stack, "UPDATE_ROLLBACK_IN_PROGRESS", reason=summary)
-        stack.status = "UPDATE_ROLLBACK_IN_PROGRESS"
-        stack.stack_status_reason = summary
+        _resource_failed(op, "update", "UPDATE_ROLLBACK_IN_PROGRESS")
 
     def step_update_rollback_complete(self, op: StackOp) -> None:
         assert op.snapshot is not None
@@ -2499,15 +2487,9 @@ class SiloLayer:
         self.state.delete_failed.pop(stack.stack_id, None)
 
     def step_delete_failed(self, op: StackOp) -> None:
-        stack, (logical_id, resource_type) = op.stack, op.resource
-        _delete_stack_resources(stack, keep={logical_id})   # the others are gone, as on AWS
-        _stack_event(stack, "DELETE_IN_PROGRESS", logical_id, resource_type)
-        _stack_event(stack, "DELETE_FAILED", logical_id, resource_type, op.reason)
-        summary = f"The following resource(s) failed to delete: [{logical_id}]. "
-        _stack_event(stack, "DELETE_FAILED", reason=summary)
-        stack.status = "DELETE_FAILED"
-        stack.stack_status_reason = summary
-        self.state.delete_failed[stack.stack_id] = op.resource
+        _delete_stack_resources(op.stack, keep={op.resource[0]})   # the others are gone, as on AWS
+        _resource_failed(op, "delete", "DELETE_FAILED")
+        self.state.delete_failed[op.stack.stack_id] = op.resource
 
     # ---- STS -----------------------------------------------------------------
 
@@ -2693,6 +2675,20 @@ class SiloLayer:
         if path.rstrip("/") in known:
             return json_response(405, {"error": f"{method} not allowed on {path}"})
         return json_response(404, {"error": f"no admin endpoint {path}"})
+
+
+def _resource_failed(op: StackOp, verb: str, stack_status: str) -> None:
+    """The events and status of a stack operation that failed on op.resource: the resource
+    in progress, then failed with op.reason, then the stack's summary ("The following
+    resource(s) failed to <verb>: [...]") in `stack_status`."""
+    stack, (logical_id, resource_type) = op.stack, op.resource
+    upper = verb.upper()
+    _stack_event(stack, f"{upper}_IN_PROGRESS", logical_id, resource_type)
+    _stack_event(stack, f"{upper}_FAILED", logical_id, resource_type, op.reason)
+    summary = f"The following resource(s) failed to {verb}: [{logical_id}]. "
+    _stack_event(stack, stack_status, reason=summary)
+    stack.status = stack_status
+    stack.stack_status_reason = summary
 
 
 def _stack_event(stack: Any, status: str, logical_id: str | None = None,

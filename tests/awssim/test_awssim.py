@@ -832,13 +832,13 @@ def trust(*principals: str, external_id: str | None = None, like: bool = False) 
     return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
 
 
-def assume_denied(sts: Any, role_arn: str, **kwargs: Any) -> str:
-    """AssumeRole is refused as AWS refuses it; returns the message."""
+def assume_denied(sts: Any, role_arn: str, action: str = "sts:AssumeRole", **kwargs: Any) -> str:
+    """AssumeRole is refused as AWS refuses it, for want of `action`; returns the message."""
     with pytest.raises(ClientError) as exc:
         sts.assume_role(RoleArn=role_arn, RoleSessionName="silo", **kwargs)
     assert error_code(exc) == "AccessDenied" and http_status(exc) == 403
     message = exc.value.response["Error"]["Message"]
-    assert message.endswith(f"is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+    assert message.endswith(f"is not authorized to perform: {action} on resource: {role_arn}")
     return message
 
 
@@ -941,11 +941,7 @@ def test_trust_policy_names_the_accounts_it_trusts(sim: Sim, org: Any) -> None:
 
 def tag_session_denied(sts: Any, role_arn: str, **kwargs: Any) -> None:
     """AssumeRole with session tags is refused for want of sts:TagSession, as AWS words it."""
-    with pytest.raises(ClientError) as exc:
-        sts.assume_role(RoleArn=role_arn, RoleSessionName="silo", **kwargs)
-    assert error_code(exc) == "AccessDenied" and http_status(exc) == 403
-    message = exc.value.response["Error"]["Message"]
-    assert message.endswith(f"is not authorized to perform: sts:TagSession on resource: {role_arn}")
+    assume_denied(sts, role_arn, "sts:TagSession", **kwargs)
 
 
 def test_session_tags_need_sts_tag_session(sim: Sim, org: Any) -> None:
