@@ -328,9 +328,11 @@ impl SimClient {
     }
 
     /// Requests about one account or stack (everything but the organization-wide reads
-    /// every controller makes of its organization at start and on refresh).
+    /// every controller makes of its organization at start and on refresh, and the identity
+    /// check of its start).
     pub async fn per_account_requests(&self) -> Result<u64> {
-        const ORGANIZATION_WIDE: [&str; 6] = [
+        const ORGANIZATION_WIDE: [&str; 7] = [
+            "sts:GetCallerIdentity",
             "organizations:CreateOrganization",
             "organizations:DescribeOrganization",
             "organizations:ListRoots",
