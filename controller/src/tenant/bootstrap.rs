@@ -42,8 +42,15 @@ use crate::{
 pub const REVISION_TAG: &str = "silo.dev/revision";
 /// The first look at a stack after an operation was started on it.
 const POLL: Duration = POLL_BOUNDS.0;
-/// How soon a role that cannot be assumed yet is tried again.
-const ROLE_RETRY: Duration = Duration::from_secs(10);
+/// How soon a role that cannot be assumed yet is tried again: a quarter of the time the
+/// tenant has waited for it, between these bounds. A role that propagates in seconds is used
+/// within seconds; one that takes AWS's few minutes is tried every 10 s.
+const ROLE_RETRY: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(10));
+
+/// When to try a role again after `waited` without it. Pure.
+fn role_retry(waited: Duration) -> Duration {
+    (waited / 4).clamp(ROLE_RETRY.0, ROLE_RETRY.1)
+}
 
 /// How often a failed create is deleted and created again before the tenant is Stalled.
 pub const MAX_CREATE_ATTEMPTS: u32 = 2;
@@ -276,7 +283,7 @@ fn role_refused(role: &str, account_id: &str, message: &str, waited: Duration, p
     StepOutcome::wait(
         "WaitingForRole",
         format!("Role {role} in account {account_id} cannot be assumed yet (new accounts take a while): {message}"),
-        ROLE_RETRY,
+        role_retry(waited),
     )
 }
 
@@ -934,6 +941,13 @@ mod tests {
         for (case, facts, expected) in table {
             assert_eq!(summary(&decide(&facts)), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_role_is_tried_again_soon_at_first_and_every_10_seconds_later() {
+        assert_eq!(role_retry(Duration::ZERO), Duration::from_secs(2), "a brand-new account");
+        assert_eq!(role_retry(Duration::from_secs(20)), Duration::from_secs(5));
+        assert_eq!(role_retry(Duration::from_secs(600)), Duration::from_secs(10), "AWS's few minutes");
     }
 
     #[test]
