@@ -17,6 +17,8 @@ mod controller;
 mod fleet;
 #[path = "../bench/report.rs"]
 mod report;
+#[path = "../bench/scaling.rs"]
+mod scaling;
 #[path = "../bench/scenarios.rs"]
 mod scenarios;
 #[path = "../bench/setup.rs"]
