@@ -17,6 +17,11 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 pub use silo::tenant::schedule::next_verification;
 
+/// How long `silo run` uses a tenant session (AssumeRole into the tenant's account) before it
+/// assumes the role again: sessions last an hour (`SESSION_SECONDS` in
+/// `controller/src/aws/tenant_access.rs`) and are dropped five minutes before they expire.
+pub const SESSION_REUSE_SECONDS: u64 = 3600 - 300;
+
 /// Tenants the schedule is followed for: their UIDs hash to phases spread over the period.
 const SAMPLE_UIDS: usize = 64;
 /// Consecutive verifications followed for each.

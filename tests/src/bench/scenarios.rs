@@ -56,6 +56,9 @@ const LIST_OPERATIONS: &[&str] = &[
     "ListChildren",
 ];
 
+/// A tenant session: STS AssumeRole into the tenant's account.
+const ASSUME_ROLE: &str = "sts:AssumeRole";
+
 /// The services whose requests the bench reports.
 const SERVICES: &[&str] = &["organizations", "account", "sts", "cloudformation"];
 
@@ -752,13 +755,22 @@ impl Bench {
         let is_index_op = |key: &str| index_flag && is_list_key(key);
         let verification_interval = scaling::verification_interval(default_period);
         let mut rows = BTreeMap::new();
+        // At the default period a tenant's session has expired by its next verification, so
+        // each verification that reads a Baseline's stacks assumes the role again; the short
+        // resync reuses sessions. The profile's Tenants all have a Baseline or none.
+        let sessions_expire = p.profile.baseline().is_some() && default_resync > scaling::SESSION_REUSE_SECONDS;
+        let measured_assume_role = d.requests.get(ASSUME_ROLE).copied().unwrap_or(0);
+        let at_default = |key: &str, count: u64| if sessions_expire && key == ASSUME_ROLE { verified } else { count };
         let (mut resync_total, mut index_total) = (0u64, 0u64);
         for (key, count) in &d.requests {
             if is_index_op(key) {
                 index_total += count;
             } else {
-                resync_total += count;
+                resync_total += at_default(key, *count);
             }
+        }
+        if sessions_expire && !d.requests.contains_key(ASSUME_ROLE) {
+            resync_total += verified;
         }
         let index_refresh = Duration::from_secs(index_default.unwrap_or(0));
         let per_hour_index = |requests: f64| match (index_flag, sweeps.complete) {
@@ -767,15 +779,20 @@ impl Bench {
             }
             _ => 0.0,
         };
-        for (key, count) in &d.requests {
+        let mut counted = d.requests.clone();
+        if sessions_expire {
+            counted.entry(ASSUME_ROLE.to_string()).or_default();
+        }
+        for (key, count) in &counted {
             let index = is_index_op(key);
             let hourly = if index {
                 per_hour_index(sweeps.by_operation.get(key).copied().unwrap_or(0) as f64)
             } else {
-                scaling::resync_per_tenant_per_hour(*count, verified, default_period)
+                scaling::resync_per_tenant_per_hour(at_default(key, *count), verified, default_period)
             };
             rows.insert(key.clone(), json!({
                 "requests_in_window": count,
+                "counted_at_the_default_period": if index { None } else { Some(at_default(key, *count)) },
                 "throttled_in_window": d.throttled.get(key).copied().unwrap_or(0),
                 "in_complete_sweeps": if index { sweeps.by_operation.get(key).copied() } else { None },
                 "class": if index { "index refresh" } else if is_list_key(key) { "resync (list operation)" } else { "resync" },
@@ -814,7 +831,16 @@ impl Bench {
         summary
             .row(vec!["throttled in the window".into(), sum_service(&d.throttled, "").to_string()])
             .row(vec!["verifications counted in the window".into(), verified.to_string()])
-            .row(vec!["requests per verification (resync part)".into(), f(resync_total as f64 / verified as f64, 2)])
+            .row(vec![
+                if sessions_expire {
+                    format!(
+                        "requests per verification (resync part; {ASSUME_ROLE} one per verification at the default period, {measured_assume_role} in the window)"
+                    )
+                } else {
+                    "requests per verification (resync part)".into()
+                },
+                f(resync_total as f64 / verified as f64, 2),
+            ])
             .row(vec![
                 "verification interval at the default resync (s, silo::tenant::schedule)".into(),
                 verification_interval.as_secs().to_string(),
@@ -893,7 +919,9 @@ impl Bench {
             "window_throttled_by_operation": d.throttled,
             "window_requests_by_service": SERVICES.iter().map(|s| (s.to_string(), d.total(s))).collect::<BTreeMap<_, _>>(),
             "by_operation": rows,
-            "resync_requests_in_window": resync_total,
+            "resync_requests_counted": resync_total,
+            "sessions_expire_between_verifications": sessions_expire,
+            "assume_role_in_window": measured_assume_role,
             "verifications_in_window": verified,
             "list_operations_in_resync_part": list_in_resync,
             "index_requests_in_window": index_total,
@@ -906,10 +934,12 @@ impl Bench {
                  Resync part: silo::tenant::schedule verifies a Ready tenant once per period, at a phase of the period fixed by its UID (next_verification: the first time on its phase at least half a period after the last verification). \
                  The bench counts the verifications in the window (changes of status.lastVerifiedTime, watched), so requests per verification = resync requests / verifications; \
                  per tenant per hour = requests per verification * 3600 / the mean interval between two verifications of a tenant under next_verification at the default period P (from `silo run --help`), {} s for P = {default_resync} s (bench scaling::resync_per_tenant_per_hour; a unit test pins the interval to P). \
+                 A tenant session (AssumeRole) is reused for {} s (controller/src/aws/tenant_access.rs: one hour, dropped five minutes early): when P is longer and the Tenants have a Baseline, whose stacks each verification reads, every verification assumes the role again, so sts:AssumeRole is counted once per verification instead of as measured (the short resync reuses sessions). \
                  Index part, only when `silo run --help` lists --index-refresh-seconds: the controller sweeps the organization, then sleeps the refresh period (controller/src/org/mod.rs, keep_index: no jitter; the sleep starts when the sweep ends), so a sweep starts every I + s, s the time a sweep takes. \
                  From the simulator's request log the bench takes the sweeps that start (DescribeOrganization) and end (ListCreateAccountStatus) in the window: requests per sweep and s; per tenant per hour at the default I_d = requests per sweep * 3600 / (I_d + s) / N (bench scaling::index_per_tenant_per_hour). \
                  Without the flag, list operations are counted in the resync part.",
-                verification_interval.as_secs()
+                verification_interval.as_secs(),
+                scaling::SESSION_REUSE_SECONDS
             ),
             "controller": usage_json(&usage, "sampled once a second from the start to the end of the window"),
             "loadavg_start": loadavg_start,
