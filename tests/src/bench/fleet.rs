@@ -17,6 +17,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use silo_testenv::SimClient;
 
+use crate::setup::Profile;
+
 /// The OU every bench Tenant is placed in.
 pub const OU_PATH: &str = "/Tenants";
 const FIELD_MANAGER: &str = "silo-bench";
@@ -33,42 +35,99 @@ pub fn baselines(client: &Client) -> Api<DynamicObject> {
     Api::all_with(client.clone(), &resource("Baseline", "baselines"))
 }
 
-/// A bench Tenant: `spec: {organizationalUnit: /Tenants}`, with a Baseline when named.
-pub fn tenant(name: &str, baseline: Option<&str>) -> Value {
+/// A bench Tenant of `profile` (see [`Profile`]), with `baseline` when named.
+pub fn tenant(name: &str, profile: Profile, baseline: Option<&str>) -> Value {
     let mut spec = json!({"organizationalUnit": OU_PATH});
+    if profile == Profile::Full {
+        let contact = |kind: &str| json!({"name": format!("{name} {kind}"), "title": "On call", "email": format!("{kind}+{name}@example.com"), "phone": "+1 555 0100"});
+        spec["accountName"] = json!(format!("Bench customer {name}"));
+        spec["tags"] = json!({
+            "cost-center": "4711",
+            "tier": "standard",
+            "environment": "production",
+            "owner": "team-platform",
+            "customer": name,
+        });
+        spec["policies"] = json!([BENCH_POLICY]);
+        spec["contacts"] = json!({
+            "security": contact("security"),
+            "billing": contact("billing"),
+            "operations": contact("operations"),
+        });
+    }
     if let Some(baseline) = baseline {
         spec["baseline"] = json!({"name": baseline});
     }
     json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name}, "spec": spec})
 }
 
-/// The service control policy every steady-scenario Tenant names in `spec.policies`.
+/// The service control policy every full-profile Tenant names in `spec.policies`.
 pub const BENCH_POLICY: &str = "bench-guardrail";
+const BENCH_POLICY_CONTENT: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"ec2:*","Resource":"*"}]}"#;
 
-/// A bench Tenant with a service control policy (`spec.policies`).
-pub fn tenant_with_policy(name: &str) -> Value {
-    let mut tenant = tenant(name, None);
-    tenant["spec"]["policies"] = json!([BENCH_POLICY]);
-    tenant
+/// The Baseline every full-profile Tenant has: two regions.
+pub const FULL_BASELINE: &str = "bench-full";
+/// The Baseline of the baseline scenario's bare Tenants: one region.
+pub const BARE_BASELINE: &str = "bench";
+
+impl Profile {
+    /// The Baseline every Tenant of the profile has (the baseline scenario gives bare
+    /// Tenants [`BARE_BASELINE`]).
+    pub fn baseline(self) -> Option<&'static str> {
+        match self {
+            Profile::Bare => None,
+            Profile::Full => Some(FULL_BASELINE),
+        }
+    }
 }
 
-/// True when the Tenant's `SettingsReady` and `Ready` conditions are `True` for its current
-/// generation.
-pub fn is_settled(tenant: &DynamicObject) -> bool {
-    let generation = tenant.metadata.generation;
-    let conds = tenant.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    let current = |type_: &str| {
-        conds
-            .iter()
-            .any(|c| c["type"] == type_ && c["status"] == "True" && c["observedGeneration"].as_i64() == generation)
-    };
-    current("SettingsReady") && current("Ready")
+/// The Baseline template: like examples/baseline-standard.yaml, the SNS topic only.
+pub const BASELINE_TEMPLATE: &str = "Parameters:
+  TenantName: {Type: String}
+  AccountId: {Type: String}
+Resources:
+  Events:
+    Type: AWS::SNS::Topic
+    Properties:
+      TopicName: !Sub \"${TenantName}-events\"
+Outputs:
+  EventsTopicArn:
+    Value: !Ref Events
+";
+
+/// A Baseline of [`BASELINE_TEMPLATE`] in `regions`.
+pub fn baseline(name: &str, regions: &[&str]) -> Value {
+    json!({
+        "apiVersion": "silo.dev/v1alpha1",
+        "kind": "Baseline",
+        "metadata": {"name": name},
+        "spec": {"regions": regions, "template": BASELINE_TEMPLATE},
+    })
 }
 
-/// Tenants settled (see [`is_settled`]), from one LIST.
-pub async fn count_settled(api: &Api<DynamicObject>) -> Result<usize> {
-    let list = api.list(&ListParams::default()).await.context("list Tenants")?;
-    Ok(list.items.iter().filter(|t| is_settled(t)).count())
+/// The regions of a bench Baseline.
+pub fn baseline_regions(name: &str) -> &'static [&'static str] {
+    if name == FULL_BASELINE { &["us-east-1", "eu-west-1"] } else { &["us-east-1"] }
+}
+
+/// What a full-profile fleet needs in the organization before its Tenants are applied, as
+/// an owner would have it: the service control policy its Tenants name, and trusted access
+/// for AWS Account Management (alternate contacts). The Baseline is applied by the caller.
+pub async fn prepare_full_profile(sim: &SimClient) -> Result<()> {
+    let org = sim.organizations();
+    let scp = aws_sdk_organizations::types::PolicyType::ServiceControlPolicy;
+    let listed = org.list_policies().filter(scp.clone()).send().await.context("ListPolicies")?;
+    if !listed.policies().iter().any(|p| p.name() == Some(BENCH_POLICY)) {
+        let create = org.create_policy().name(BENCH_POLICY).description("silo-bench").content(BENCH_POLICY_CONTENT);
+        create.r#type(scp).send().await.context("CreatePolicy")?;
+    }
+    org.enable_aws_service_access()
+        .service_principal("account.amazonaws.com")
+        .send()
+        .await
+        .context("EnableAWSServiceAccess")?;
+    Ok(())
 }
 
 /// `bench-00001` ... : names that sort in creation order.
@@ -175,6 +234,57 @@ pub async fn create_ou(sim: &SimClient) -> Result<Org> {
     let ou_id =
         ou.organizational_unit().and_then(|o| o.id()).context("CreateOrganizationalUnit gave no id")?.to_string();
     Ok(Org { root_id, ou_id })
+}
+
+/// One entry of the simulator's request log (`GET /_silo/log`).
+#[derive(serde::Deserialize, Clone, Debug)]
+pub struct LogEntry {
+    /// Wall clock (seconds) when the request arrived.
+    pub time: f64,
+    /// Seconds from arrival to answer.
+    pub duration: f64,
+    /// `service:Operation`.
+    pub key: String,
+    #[serde(default)]
+    pub access_key: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct LogPage {
+    next: u64,
+    entries: Vec<LogEntry>,
+    more: bool,
+    #[serde(default)]
+    dropped: u64,
+}
+
+async fn log_page(sim: &SimClient, since: u64, limit: u64) -> Result<LogPage> {
+    let url = format!("{}/_silo/log?since={since}&limit={limit}", sim.endpoint);
+    let response = reqwest::get(url).await.context("GET /_silo/log")?;
+    Ok(response.error_for_status()?.json().await?)
+}
+
+/// Where the request log ends now: pass it to [`read_log`] later to read what came since.
+pub async fn log_position(sim: &SimClient) -> Result<u64> {
+    Ok(log_page(sim, u64::from(u32::MAX), 0).await?.next)
+}
+
+/// Every request the simulator answered since `since` (a [`log_position`]), oldest first,
+/// the bench's own observer requests left out. Fails when the log dropped some of them.
+pub async fn read_log(sim: &SimClient, since: u64) -> Result<Vec<LogEntry>> {
+    let mut entries = vec![];
+    let mut at = since;
+    loop {
+        let page = log_page(sim, at, 10_000).await?;
+        if page.dropped > 0 {
+            bail!("the simulator's request log dropped {} entries after {since}", page.dropped);
+        }
+        entries.extend(page.entries.into_iter().filter(|e| e.access_key.as_deref() != Some("observer")));
+        at = page.next;
+        if !page.more {
+            return Ok(entries);
+        }
+    }
 }
 
 /// The simulator's counters (`GET /_silo/stats`), per `service:Operation`.

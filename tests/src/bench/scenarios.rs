@@ -19,11 +19,30 @@ use crate::{
     controller::{Controller, CpuReading, Usage, require_samples},
     fleet::{self, Counters, Org, of_service, sum_service},
     report::{Table, f, plot, series, vline, write_json},
-    setup::{self, Params, Scenario, SiloHelp, flag_value, without_flags},
+    scaling,
+    setup::{self, Params, Profile, RestartAt, Scenario, SiloHelp, flag_value, without_flags},
 };
 
 /// Organizations requests a created tenant needs at the least: CreateAccount and MoveAccount.
 const MIN_ORG_REQUESTS: f64 = 2.0;
+
+/// Organizations requests a created tenant of `profile` needs at the least: CreateAccount
+/// and MoveAccount, and AttachPolicy for its service control policy when full.
+fn min_org_requests(profile: Profile) -> f64 {
+    match profile {
+        Profile::Bare => MIN_ORG_REQUESTS,
+        Profile::Full => MIN_ORG_REQUESTS + 1.0,
+    }
+}
+
+/// Account Management requests a created tenant of `profile` needs at the least: one
+/// PutAlternateContact per contact.
+fn min_account_requests(profile: Profile) -> f64 {
+    match profile {
+        Profile::Bare => 0.0,
+        Profile::Full => 3.0,
+    }
+}
 
 /// Organizations operations that read the organization's shape: a controller with an
 /// organization index makes them on its own period (`--index-refresh-seconds`), not per tenant.
@@ -36,6 +55,9 @@ const LIST_OPERATIONS: &[&str] = &[
     "DescribeOrganization",
     "ListChildren",
 ];
+
+/// A tenant session: STS AssumeRole into the tenant's account.
+const ASSUME_ROLE: &str = "sts:AssumeRole";
 
 /// The services whose requests the bench reports.
 const SERVICES: &[&str] = &["organizations", "account", "sts", "cloudformation"];
@@ -125,11 +147,29 @@ impl Bench {
         self.sim.config().await
     }
 
+    /// Applies Tenants of the run's profile (with the profile's Baseline, or `baseline`).
     async fn apply_tenants(&self, names: &[String], baseline: Option<&str>) -> Result<f64> {
-        let docs = names.iter().map(|n| fleet::tenant(n, baseline)).collect();
+        let profile = self.p.profile;
+        let baseline = baseline.or(profile.baseline());
+        let docs = names.iter().map(|n| fleet::tenant(n, profile, baseline)).collect();
         let seconds = fleet::apply_all(&self.tenants(), docs, self.p.apply_concurrency).await?;
         eprintln!("silo-bench: applied {} Tenants in {seconds:.1} s", names.len());
         Ok(seconds)
+    }
+
+    /// What the profile needs in the organization and the cluster before its Tenants are
+    /// applied (full: the policy, trusted access for Account Management, the two-region
+    /// Baseline), and the Baseline `extra` when named.
+    async fn prepare_profile(&self, extra: Option<&str>) -> Result<()> {
+        let mut baselines = vec![];
+        if self.p.profile == Profile::Full {
+            fleet::prepare_full_profile(&self.sim).await?;
+            baselines.push(fleet::FULL_BASELINE);
+        }
+        baselines.extend(extra.filter(|b| !baselines.contains(b)));
+        let docs = baselines.iter().map(|b| fleet::baseline(b, fleet::baseline_regions(b))).collect();
+        fleet::apply_all(&fleet::baselines(&self.client), docs, 1).await?;
+        Ok(())
     }
 
     async fn start_controller(&self, args: &[String], log_name: &str) -> Result<Controller> {
@@ -203,6 +243,7 @@ impl Bench {
         self.reset_world().await?;
         self.configure(self.p.quotas()).await?;
         fleet::create_ou(&self.sim).await?;
+        self.prepare_profile(None).await?;
         self.apply_tenants(&fleet::names("bench", n), None).await?;
         let mut controller = self.start_controller(&self.p.user_flags(), "setup.silo.log").await?;
         self.wait_all_ready(&mut controller, n, "setup").await?;
@@ -229,8 +270,14 @@ impl Bench {
         results: Value,
         plot_spec: Value,
     ) -> Result<()> {
+        self.write_as(scenario.name(), silo_args, results, plot_spec).await
+    }
+
+    /// [`Bench::write`] to `<name>.json` (a scenario with variants writes one file each).
+    async fn write_as(&mut self, name: &str, silo_args: &[String], results: Value, plot_spec: Value) -> Result<()> {
         let doc = json!({
-            "scenario": scenario.name(),
+            "scenario": name,
+            "profile": self.p.profile.name(),
             "git": &self.git,
             "machine": setup::machine(),
             "params": &self.p,
@@ -249,7 +296,7 @@ impl Bench {
             "results": results,
             "plot": plot_spec,
         });
-        let path = write_json(&self.out, scenario.name(), &doc)?;
+        let path = write_json(&self.out, name, &doc)?;
         if !self.p.plots {
             println!("wrote {}\n", path.display());
             return Ok(());
@@ -258,7 +305,7 @@ impl Bench {
             Ok(png) => println!("wrote {} and {}\n", path.display(), png.display()),
             Err(err) => {
                 println!("wrote {}; the plot failed: {err:#}\n", path.display());
-                self.plot_failures.push(format!("{}: {err:#}", scenario.name()));
+                self.plot_failures.push(format!("{name}: {err:#}"));
             }
         }
         Ok(())
@@ -273,6 +320,7 @@ impl Bench {
         self.reset_world().await?;
         let sim_config = self.configure(p.quotas()).await?;
         fleet::create_ou(&self.sim).await?;
+        self.prepare_profile(None).await?;
         let apply_seconds = self.apply_tenants(&fleet::names("bench", n), None).await?;
         let loadavg_start = setup::loadavg();
         let before = Counters::read(&self.sim).await?;
@@ -284,8 +332,12 @@ impl Bench {
         let d = Counters::read(&self.sim).await?.since(&before);
         self.fleet = Some(n);
 
-        let bound = setup::onboard_bound(n, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS);
+        let c = min_org_requests(p.profile);
+        let bound = setup::onboard_bound(n, p.creation_slots, p.create_seconds, p.org_rps, c);
         let efficiency = bound / rollout.all_ready;
+        // AWS meters the Account API per account, so only Silo's own budget limits a fleet.
+        let (account_rps, _) = self.setting(&p.user_flags(), "--account-requests-per-second", 5)?;
+        let account_budget_seconds = n as f64 * min_account_requests(p.profile) / account_rps as f64;
         let org = of_service(&d.requests, "organizations");
         let org_throttled = of_service(&d.throttled, "organizations");
         let org_total = sum_service(&d.requests, "organizations");
@@ -294,13 +346,20 @@ impl Bench {
         let org_answered = org_total.saturating_sub(sum_service(&d.throttled, "organizations"));
 
         let mut summary = Table::new(
-            format!("onboard: {n} Tenants, D = {} s, R = {} rps", p.create_seconds, p.org_rps),
+            format!("onboard: {n} {} Tenants, D = {} s, R = {} rps", p.profile.name(), p.create_seconds, p.org_rps),
             &["", "value"],
         );
         summary
             .row(vec!["time to all Ready (s, from the controller's start)".into(), f(rollout.all_ready, 1)])
-            .row(vec!["bound (s)".into(), f(bound, 1)])
-            .row(vec!["efficiency (bound / time)".into(), f(efficiency, 3)])
+            .row(vec![format!("bound (s): max(ceil(N/5) x D, {c} N / R)"), f(bound, 1)])
+            .row(vec!["efficiency (bound / time)".into(), f(efficiency, 3)]);
+        if p.profile == Profile::Full {
+            summary.row(vec![
+                format!("3 contacts per tenant at Silo's Account API budget of {account_rps}/s (s)"),
+                f(account_budget_seconds, 1),
+            ]);
+        }
+        summary
             .row(vec!["Organizations requests per tenant".into(), f(org_total as f64 / n as f64, 2)])
             .row(vec![
                 "throttled Organizations requests".into(),
@@ -317,8 +376,10 @@ impl Bench {
             ]);
         println!("{}", summary.render());
         println!("{}", op_table("Organizations requests by operation", &org, &org_throttled, n).render());
+        println!("{}", op_table("AWS requests by operation, every service", &d.requests, &d.throttled, n).render());
         self.summary.push(format!(
-            "onboard: {n} Tenants Ready in {:.1} s, bound {bound:.1} s, efficiency {efficiency:.3}, {:.2} Organizations requests per tenant",
+            "onboard ({}): {n} Tenants Ready in {:.1} s, bound {bound:.1} s, efficiency {efficiency:.3}, {:.2} Organizations requests per tenant",
+            p.profile.name(),
             rollout.all_ready,
             org_total as f64 / n as f64
         ));
@@ -330,10 +391,14 @@ impl Bench {
             "time_to_all_ready_seconds": rollout.all_ready,
             "bound_seconds": bound,
             "bound": {
-                "formula": "max(ceil(N / slots) * D, N * c / R), c = 2 (CreateAccount + MoveAccount)",
+                "formula": "max(ceil(N / slots) * D, N * c / R), c = 2 (CreateAccount + MoveAccount), 3 for the full profile (+ AttachPolicy)",
+                "c": c,
                 "creation_slots_seconds": (n as f64 / p.creation_slots as f64).ceil() * p.create_seconds,
-                "organizations_requests_seconds": n as f64 * MIN_ORG_REQUESTS / p.org_rps,
+                "organizations_requests_seconds": n as f64 * c / p.org_rps,
             },
+            "account_budget_seconds": account_budget_seconds,
+            "account_budget_note": "N * (PutAlternateContact per tenant: 3 for the full profile, 0 bare) / Silo's --account-requests-per-second: AWS meters the Account API per account, so only Silo's own budget limits a fleet's contacts; not part of the bound",
+            "requests_per_tenant_by_operation": per_tenant(&d.requests, n),
             "efficiency": efficiency,
             "silo_aws_requests_per_second": budget,
             "silo_budget_seconds": org_answered as f64 / budget as f64,
@@ -359,7 +424,7 @@ impl Bench {
             "ylabel": "Ready Tenants",
             "series": [
                 series("Ready Tenants (silo run)", &rollout.ready, "step", "left"),
-                series("bound: 5 creations per D, R/2 tenants per second", &setup::ideal_curve(n, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS), "dashed", "left"),
+                series(&format!("bound: 5 creations per D, R/{c} tenants per second"), &setup::ideal_curve(n, p.creation_slots, p.create_seconds, p.org_rps, c), "dashed", "left"),
             ],
             "vlines": [vline(bound, &format!("bound {bound:.0} s")), vline(rollout.all_ready, &format!("all Ready {:.0} s", rollout.all_ready))],
         });
@@ -368,27 +433,106 @@ impl Bench {
 
     // ---- restart ------------------------------------------------------------------------
 
-    /// With N Ready Tenants: start the controller again (the previous one was killed), apply
-    /// one new Tenant a second later, count AWS requests over the window.
+    /// With N Ready Tenants, once per point of the verification schedule in
+    /// `BENCH_RESTART_AT`: the schedule state set as a controller left it there, the controller
+    /// started again (the previous one was killed), one new Tenant applied a second later, and
+    /// the AWS requests counted over the window. Each point writes `restart-<point>.json`.
     pub async fn restart(&mut self) -> Result<()> {
+        let points = self.p.restart_at.clone();
+        if points.is_empty() {
+            bail!("BENCH_RESTART_AT names no point of the schedule");
+        }
+        for at in points {
+            eprintln!("silo-bench: restart at {}", at.name());
+            self.restart_at(at).await.with_context(|| format!("restart at {}", at.name()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes each Ready Tenant's `status.lastVerifiedTime` as a controller that verified the
+    /// fleet on its schedule (at `period`) until `until`, then stopped, left it: the tenant's
+    /// last turn before `until` ([`scaling::last_turn_before`]). Returns, for the restart at
+    /// `now`, how many tenants the schedule makes overdue and due within `window`.
+    async fn set_schedule_state(
+        &self,
+        until: k8s_openapi::jiff::Timestamp,
+        now: k8s_openapi::jiff::Timestamp,
+        period: Duration,
+        window: Duration,
+    ) -> Result<Value> {
+        use kube::api::{ListParams, Patch, PatchParams};
+        let api = self.tenants();
+        let list = api.list(&ListParams::default()).await.context("list Tenants")?;
+        let end = now + k8s_openapi::jiff::SignedDuration::try_from(window)?;
+        let (mut overdue, mut due_in_window) = (0usize, 0usize);
+        let mut patches = vec![];
+        for tenant in list.items.iter().filter(|t| fleet::is_ready(t)) {
+            let (Some(name), Some(uid)) = (tenant.metadata.name.clone(), tenant.metadata.uid.clone()) else { continue };
+            let last = scaling::last_turn_before(&uid, until, period);
+            let due = scaling::next_verification(&uid, last, period);
+            overdue += usize::from(due <= now);
+            due_in_window += usize::from(due <= end);
+            patches.push((name, json!({"status": {"lastVerifiedTime": last.to_string()}})));
+        }
+        let written = patches.len();
+        futures::stream::iter(patches)
+            .map(|(name, patch)| {
+                let api = api.clone();
+                async move {
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .with_context(|| format!("write the schedule state of {name}"))?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(self.p.apply_concurrency.max(1))
+            .try_collect::<()>()
+            .await?;
+        Ok(json!({
+            "tenants_written": written,
+            "verified_until": until.to_string(),
+            "restart_at": now.to_string(),
+            "overdue_at_restart": overdue,
+            "due_within_window_overdue_included": due_in_window,
+            "how": "status.lastVerifiedTime of each Ready Tenant set to its last turn before verified_until under silo::tenant::schedule at the controller's --resync-seconds (what a controller that ran on the schedule until then leaves); the counts follow next_verification from it",
+        }))
+    }
+
+    async fn restart_at(&mut self, at: RestartAt) -> Result<()> {
         let p = self.p.clone();
         let n = self.ensure_fleet().await?;
         let window = p.restart_window_seconds as f64;
         let sim_config = self.configure(p.quotas()).await?;
         let api = self.tenants();
-        let new_name = "bench-restart";
+        let new_name = format!("bench-restart-{}", at.name());
+        let flags = p.user_flags();
+        let (period_seconds, period_source) = self.setting(&flags, "--resync-seconds", 3 * 3600)?;
+        let period = Duration::from_secs(period_seconds);
+        let outage = match at {
+            RestartAt::Random => 0,
+            RestartAt::Outage => p.restart_outage_seconds,
+        };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let until = now - k8s_openapi::jiff::SignedDuration::from_secs(i64::try_from(outage)?);
+        let schedule = self.set_schedule_state(until, now, period, Duration::from_secs_f64(window)).await?;
+        eprintln!(
+            "silo-bench: restart: schedule state written ({} overdue, {} due within the window)",
+            schedule["overdue_at_restart"], schedule["due_within_window_overdue_included"]
+        );
+        let verifications = Verifications::watch(self.client.clone()).await?;
         let loadavg_start = setup::loadavg();
         // The controller that brought the Tenants to Ready was stopped with SIGKILL.
         let before = Counters::read(&self.sim).await?;
-        let mut controller = self.start_controller(&p.user_flags(), "restart.silo.log").await?;
+        let mut controller = self.start_controller(&flags, &format!("restart-{}.silo.log", at.name())).await?;
+        verifications.start_counting();
         let args = controller.args.clone();
         tokio::time::sleep_until((controller.started + Duration::from_secs(1)).into()).await;
-        fleet::apply_all(&api, vec![fleet::tenant(new_name, None)], 1).await?;
+        fleet::apply_all(&api, vec![fleet::tenant(&new_name, p.profile, p.profile.baseline())], 1).await?;
         let applied_at = controller.elapsed();
 
         let timeout = window + p.timeout(1).as_secs_f64();
         let mut new_ready_at: Option<f64> = None;
-        let mut in_window: Option<Counters> = None;
+        let mut in_window: Option<(Counters, u64)> = None;
         let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> =
             SERVICES.iter().map(|s| (*s, vec![[0.0, 0.0]])).collect();
         let mut ready_over_time = vec![];
@@ -396,7 +540,7 @@ impl Bench {
         loop {
             controller.check()?;
             let t = controller.elapsed();
-            if new_ready_at.is_none() && api.get_opt(new_name).await?.is_some_and(|tenant| fleet::is_ready(&tenant)) {
+            if new_ready_at.is_none() && api.get_opt(&new_name).await?.is_some_and(|tenant| fleet::is_ready(&tenant)) {
                 new_ready_at = Some(t);
                 eprintln!("silo-bench: restart: the new Tenant is Ready {:.1} s after it was applied", t - applied_at);
             }
@@ -412,7 +556,7 @@ impl Bench {
                     eprintln!("silo-bench: restart: {t:.0} s of {window:.0} s, {} AWS requests so far", now.total(""));
                 }
                 if in_window.is_none() && t >= window {
-                    in_window = Some(now);
+                    in_window = Some((now, verifications.count()));
                 }
             }
             if in_window.is_some() && new_ready_at.is_some() {
@@ -427,16 +571,30 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        verifications.stop();
         let usage = controller.stop();
         require_samples(&usage)?;
-        let d = in_window.expect("set before the loop ends");
+        let (d, verified) = in_window.expect("set before the loop ends");
         let new_ready_at = new_ready_at.expect("set before the loop ends");
         let latency = new_ready_at - applied_at;
         self.fleet = Some(n + 1);
 
-        let mut summary =
-            Table::new(format!("restart: {n} Ready Tenants, one new Tenant 1 s after the start"), &["", "value"]);
+        let point = match at {
+            RestartAt::Random => "at a random point of the schedule".to_string(),
+            RestartAt::Outage => format!("after an outage of {outage} s"),
+        };
+        let mut summary = Table::new(
+            format!("restart {point}: {n} Ready {} Tenants, one new Tenant 1 s after the start", p.profile.name()),
+            &["", "value"],
+        );
         summary
+            .row(vec![format!("verification period (--resync-seconds, {period_source})"), period_seconds.to_string()])
+            .row(vec!["tenants overdue at the restart (schedule)".into(), schedule["overdue_at_restart"].to_string()])
+            .row(vec![
+                format!("tenants due within {window:.0} s, overdue included (schedule)"),
+                schedule["due_within_window_overdue_included"].to_string(),
+            ])
+            .row(vec![format!("verifications counted in the first {window:.0} s"), verified.to_string()])
             .row(vec!["new Tenant Ready after (s, from its apply)".into(), f(latency, 1)])
             .row(vec!["new Tenant Ready after (s, from the controller's start)".into(), f(new_ready_at, 1)])
             .row(vec![format!("AWS requests in the first {window:.0} s"), d.total("").to_string()]);
@@ -454,13 +612,21 @@ impl Bench {
                 .render()
         );
         self.summary.push(format!(
-            "restart: new Tenant Ready {latency:.1} s after its apply; {} AWS requests in the first {window:.0} s ({:.2} per Ready tenant)",
+            "restart {point} ({}): new Tenant Ready {latency:.1} s after its apply; {} AWS requests in the first {window:.0} s ({:.2} per Ready tenant), {verified} verifications",
+            p.profile.name(),
             d.total(""),
             d.total("") as f64 / n as f64
         ));
 
         let results = json!({
+            "point_of_schedule": at.name(),
+            "outage_seconds": outage,
             "ready_tenants_before": n,
+            "tenants": n,
+            "resync_seconds": period_seconds,
+            "resync_source": period_source,
+            "schedule_state": schedule,
+            "verifications_in_window": verified,
             "previous_controller_stopped_with": "SIGKILL",
             "new_tenant_applied_at_seconds": applied_at,
             "new_tenant_ready_at_seconds": new_ready_at,
@@ -483,20 +649,21 @@ impl Bench {
             .collect();
         plot_series.push(series("Ready Tenants", &ready_over_time, "step", "right"));
         let plot_spec = json!({
-            "title": format!("restart with {n} Ready Tenants: new Tenant Ready {latency:.0} s after its apply"),
+            "title": format!("restart {point} with {n} Ready Tenants: new Tenant Ready {latency:.0} s after its apply"),
             "xlabel": "seconds since the controller started",
             "ylabel": "AWS requests since the start",
             "ylabel_right": "Ready Tenants",
             "series": plot_series,
             "vlines": [vline(applied_at, "new Tenant applied"), vline(new_ready_at, "new Tenant Ready")],
         });
-        self.write(Scenario::Restart, &args, results, plot_spec).await
+        self.write_as(&format!("restart-{}", at.name()), &args, results, plot_spec).await
     }
 
     // ---- steady -------------------------------------------------------------------------
 
-    /// With N Ready Tenants: the controller with a short resync; requests counted over a window
-    /// that starts when the start-up pass is over, scaled to the default periods.
+    /// With N Ready Tenants: the controller with a short resync and index refresh; requests
+    /// counted over a window that starts when the start-up pass is over, scaled to the default
+    /// periods by [`scaling`].
     pub async fn steady(&mut self) -> Result<()> {
         let p = self.p.clone();
         let n = self.ensure_fleet().await?;
@@ -504,36 +671,39 @@ impl Bench {
         let resync = p.steady_resync_seconds as f64;
         let window = p.steady_window() as f64;
         let (default_resync, resync_source) = self.help.number("--resync-seconds", 3 * 3600);
+        let default_period = Duration::from_secs(default_resync);
         let index_flag = self.help.has_flag("--index-refresh-seconds");
-        let index_default = self.help.default_of("--index-refresh-seconds").and_then(|v| v.parse::<f64>().ok());
+        let index_default = self.help.default_of("--index-refresh-seconds").and_then(|v| v.parse::<u64>().ok());
         if index_flag && index_default.is_none() {
             bail!("silo run --help lists --index-refresh-seconds without a default; cannot scale index refreshes");
         }
         let index_period = p.steady_index_refresh_seconds as f64;
         let mut args = without_flags(&p.user_flags(), &["--resync-seconds", "--index-refresh-seconds"]);
-        let settings_pass = if p.steady_settings != 0 { Some(self.settings_pass(n, &mut args).await?) } else { None };
         args.extend(["--resync-seconds".into(), p.steady_resync_seconds.to_string()]);
         if index_flag {
             args.extend(["--index-refresh-seconds".into(), p.steady_index_refresh_seconds.to_string()]);
         }
         let loadavg_start = setup::loadavg();
         let start = Counters::read(&self.sim).await?;
-        let verifications = Verifications::watch(self.client.clone());
+        let verifications = Verifications::watch(self.client.clone()).await?;
         let mut controller = self.start_controller(&args, "steady.silo.log").await?;
         let args = controller.args.clone();
 
-        // Warm-up: the start-up pass over every Tenant. It is over at the first moment, at
-        // least 10 s in, after which no AWS request came for 5 s; at the latest at one resync.
+        // Warm-up: the start-up pass (the first sweep, the tenants overdue after the restart).
+        // It is over at the first moment, at least 10 s in, after which no AWS request came
+        // for 5 s; at the latest at one resync, when every tenant verified in it has its next
+        // turn on its phase.
         const QUIET: f64 = 5.0;
         let mut requests_over_time: BTreeMap<&str, Vec<[f64; 2]>> =
             SERVICES.iter().map(|s| (*s, vec![[0.0, 0.0]])).collect();
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut last_total, mut last_change) = (0, 0.0);
-        let (window_start, at_start, warmup_capped) = loop {
+        let (window_start, at_start, log_start, warmup_capped) = loop {
             ticker.tick().await;
             controller.check()?;
             let t = controller.elapsed();
+            let log_at = fleet::log_position(&self.sim).await?;
             let now = Counters::read(&self.sim).await?;
             let since = now.since(&start);
             for service in SERVICES {
@@ -542,14 +712,10 @@ impl Bench {
             if since.total("") != last_total {
                 (last_total, last_change) = (since.total(""), t);
             }
-            if t >= 10.0 && t - last_change >= QUIET {
+            let quiet = t >= 10.0 && t - last_change >= QUIET;
+            if quiet || t >= resync {
                 verifications.start_counting();
-                break (t, now, false);
-            }
-            if t >= resync {
-                verifications.start_counting();
-                eprintln!("silo-bench: steady: the start-up pass was still going after one resync ({resync:.0} s)");
-                break (t, now, true);
+                break (t, now, log_at, !quiet);
             }
         };
         let warmup = at_start.since(&start);
@@ -582,68 +748,79 @@ impl Bench {
         if verified == 0 {
             bail!("no Tenant recorded a verification (status.lastVerifiedTime) in the window: nothing to scale");
         }
+        let log = fleet::read_log(&self.sim, log_start).await?;
+        let sweeps = Sweeps::of(&log);
 
-        // Scaling. Resync part: a Ready tenant is verified again after a jittered period,
-        // uniform between S and 2 S. The window starts after the start-up pass, so with
-        // W = 2 S it holds exactly one verification of each tenant (its first resync): requests
-        // per tenant in the window = requests per verification. At the default period P the
-        // mean interval is 1.5 P, so per tenant per hour = per verification * 3600 / (1.5 P).
-        // Index part (only if --index-refresh-seconds exists): refreshes run every I seconds,
-        // so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, per
-        // tenant divided by N.
-        let is_index_op = |key: &str| {
-            index_flag
-                && key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
-        };
-        let is_list_op = |key: &str| {
-            key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
-        };
-        // Requests per verification come from the verifications counted in the window (every
-        // one records status.lastVerifiedTime), not from an assumed one per tenant.
-        let mean_interval = 1.5 * default_resync as f64;
-        let per_hour_resync = |count: u64| count as f64 / verified as f64 * 3600.0 / mean_interval;
-        let per_hour_index = |count: u64| match index_default {
-            Some(default) => count as f64 / window * (index_period / default) * 3600.0 / n as f64,
-            None => 0.0,
-        };
+        // Scaling (the "scaling" text of the results says the same).
+        let is_index_op = |key: &str| index_flag && is_list_key(key);
+        let verification_interval = scaling::verification_interval(default_period);
         let mut rows = BTreeMap::new();
+        // At the default period a tenant's session has expired by its next verification, so
+        // each verification that reads a Baseline's stacks assumes the role again; the short
+        // resync reuses sessions. The profile's Tenants all have a Baseline or none.
+        let sessions_expire = p.profile.baseline().is_some() && default_resync > scaling::SESSION_REUSE_SECONDS;
+        let measured_assume_role = d.requests.get(ASSUME_ROLE).copied().unwrap_or(0);
+        let at_default = |key: &str, count: u64| if sessions_expire && key == ASSUME_ROLE { verified } else { count };
         let (mut resync_total, mut index_total) = (0u64, 0u64);
         for (key, count) in &d.requests {
-            let index = is_index_op(key);
-            if index {
+            if is_index_op(key) {
                 index_total += count;
             } else {
-                resync_total += count;
+                resync_total += at_default(key, *count);
             }
-            let hourly = if index { per_hour_index(*count) } else { per_hour_resync(*count) };
+        }
+        if sessions_expire && !d.requests.contains_key(ASSUME_ROLE) {
+            resync_total += verified;
+        }
+        let index_refresh = Duration::from_secs(index_default.unwrap_or(0));
+        let per_hour_index = |requests: f64| match (index_flag, sweeps.complete) {
+            (true, complete) if complete > 0 => {
+                scaling::index_per_tenant_per_hour(requests / complete as f64, sweeps.mean_seconds(), index_refresh, n)
+            }
+            _ => 0.0,
+        };
+        let mut counted = d.requests.clone();
+        if sessions_expire {
+            counted.entry(ASSUME_ROLE.to_string()).or_default();
+        }
+        for (key, count) in &counted {
+            let index = is_index_op(key);
+            let hourly = if index {
+                per_hour_index(sweeps.by_operation.get(key).copied().unwrap_or(0) as f64)
+            } else {
+                scaling::resync_per_tenant_per_hour(at_default(key, *count), verified, default_period)
+            };
             rows.insert(key.clone(), json!({
                 "requests_in_window": count,
+                "counted_at_the_default_period": if index { None } else { Some(at_default(key, *count)) },
                 "throttled_in_window": d.throttled.get(key).copied().unwrap_or(0),
-                "class": if index { "index refresh" } else if is_list_op(key) { "resync (list operation)" } else { "resync" },
+                "in_complete_sweeps": if index { sweeps.by_operation.get(key).copied() } else { None },
+                "class": if index { "index refresh" } else if is_list_key(key) { "resync (list operation)" } else { "resync" },
                 "per_tenant_per_hour": hourly,
             }));
         }
-        let resync_hourly = per_hour_resync(resync_total);
-        let index_hourly = per_hour_index(index_total);
+        if index_flag && sweeps.complete == 0 {
+            bail!(
+                "no complete index sweep in the window ({} index requests): raise BENCH_STEADY_WINDOW_SECONDS or lower BENCH_STEADY_INDEX_REFRESH_SECONDS",
+                index_total
+            );
+        }
+        let resync_hourly = scaling::resync_per_tenant_per_hour(resync_total, verified, default_period);
+        let index_hourly = per_hour_index(sweeps.requests as f64);
         let total_hourly = resync_hourly + index_hourly;
         let list_in_resync: u64 =
-            d.requests.iter().filter(|(k, _)| is_list_op(k) && !is_index_op(k)).map(|(_, v)| v).sum();
+            d.requests.iter().filter(|(k, _)| is_list_key(k) && !is_index_op(k)).map(|(_, v)| v).sum();
         let org_rate = d.total("organizations") as f64 / window;
         let (budget, _) = self.setting(&args, "--aws-requests-per-second", 8)?;
         let saturated = org_rate > 0.8 * p.org_rps.min(budget as f64);
 
         let mut summary = Table::new(
             format!(
-                "steady: {n} Ready Tenants, --resync-seconds {resync:.0}, window {window:.0} s, scaled to the default resync {default_resync} s"
+                "steady: {n} Ready {} Tenants, --resync-seconds {resync:.0}, window {window:.0} s, scaled to the default resync {default_resync} s",
+                p.profile.name()
             ),
             &["", "value"],
         );
-        if let Some(pass) = &settings_pass {
-            summary.row(vec![
-                "every Tenant has (settings pass before the window)".into(),
-                format!("1 policy, 3 contacts; set in {:.0} s", pass["seconds"].as_f64().unwrap_or(0.0)),
-            ]);
-        }
         summary
             .row(vec!["start-up pass (s, excluded)".into(), f(window_start, 0)])
             .row(vec!["AWS requests in the start-up pass (excluded)".into(), warmup.total("").to_string()])
@@ -654,11 +831,36 @@ impl Bench {
         summary
             .row(vec!["throttled in the window".into(), sum_service(&d.throttled, "").to_string()])
             .row(vec!["verifications counted in the window".into(), verified.to_string()])
-            .row(vec!["requests per verification (resync part)".into(), f(resync_total as f64 / verified as f64, 2)])
+            .row(vec![
+                if sessions_expire {
+                    format!(
+                        "requests per verification (resync part; {ASSUME_ROLE} one per verification at the default period, {measured_assume_role} in the window)"
+                    )
+                } else {
+                    "requests per verification (resync part)".into()
+                },
+                f(resync_total as f64 / verified as f64, 2),
+            ])
+            .row(vec![
+                "verification interval at the default resync (s, silo::tenant::schedule)".into(),
+                verification_interval.as_secs().to_string(),
+            ])
             .row(vec!["resync part: requests per tenant per hour".into(), f(resync_hourly, 4)])
             .row(vec![
+                "complete index sweeps in the window; requests, seconds each".into(),
+                format!("{}; {}, {}", sweeps.complete, f(sweeps.mean_requests(), 1), f(sweeps.mean_seconds(), 2)),
+            ])
+            .row(vec![
+                format!("index sweeps start every (s, measured; --index-refresh-seconds {index_period:.0} + a sweep)"),
+                f(sweeps.mean_start_interval(), 2),
+            ])
+            .row(vec![
                 if index_flag {
-                    "index part: requests per tenant per hour".into()
+                    format!(
+                        "index part: requests per tenant per hour (a sweep every {} + {} s)",
+                        index_refresh.as_secs(),
+                        f(sweeps.mean_seconds(), 1)
+                    )
                 } else {
                     "index part: (no --index-refresh-seconds in this silo)".into()
                 },
@@ -685,7 +887,7 @@ impl Bench {
         println!("{}", by_op.render());
         if warmup_capped {
             println!(
-                "WARNING: the start-up pass had not ended after one resync; the window holds some of it (an over-estimate)"
+                "note: no 5 s without AWS requests came in the first resync; the window starts at one resync ({resync:.0} s), when every tenant verified at the start has its next turn on its phase"
             );
         }
         if saturated {
@@ -694,19 +896,22 @@ impl Bench {
             );
         }
         self.summary.push(format!(
-            "steady: {total_hourly:.4} AWS requests per tenant per hour at the default resync ({resync_hourly:.4} resync + {index_hourly:.4} index)"
+            "steady ({}): {total_hourly:.4} AWS requests per tenant per hour at the default resync ({resync_hourly:.4} resync + {index_hourly:.4} index)",
+            p.profile.name()
         ));
 
         let results = json!({
             "ready_tenants": n,
+            "tenants": n,
             "resync_seconds": resync,
             "window_seconds": window,
             "default_resync_seconds": default_resync,
             "default_resync_source": resync_source,
+            "verification_interval_at_default_seconds": verification_interval.as_secs(),
             "index_refresh_flag": index_flag,
             "index_refresh_seconds": if index_flag { Some(index_period) } else { None },
             "default_index_refresh_seconds": index_default,
-            "settings_pass": settings_pass,
+            "index_sweeps": sweeps.json(),
             "startup_pass_seconds": window_start,
             "startup_pass_capped_at_one_resync": warmup_capped,
             "startup_pass_requests_by_operation": warmup.requests,
@@ -714,17 +919,28 @@ impl Bench {
             "window_throttled_by_operation": d.throttled,
             "window_requests_by_service": SERVICES.iter().map(|s| (s.to_string(), d.total(s))).collect::<BTreeMap<_, _>>(),
             "by_operation": rows,
-            "resync_requests_in_window": resync_total,
+            "resync_requests_counted": resync_total,
+            "sessions_expire_between_verifications": sessions_expire,
+            "assume_role_in_window": measured_assume_role,
             "verifications_in_window": verified,
-            "per_tenant_per_hour_if_one_verification_per_tenant": resync_total as f64 / n as f64 * 3600.0 / mean_interval + index_hourly,
             "list_operations_in_resync_part": list_in_resync,
             "index_requests_in_window": index_total,
             "per_tenant_per_hour": {"resync": resync_hourly, "index": index_hourly, "sum": total_hourly},
-            "per_tenant_per_hour_if_unjittered": resync_total as f64 / n as f64 * 3600.0 / default_resync as f64 + index_hourly,
             "organizations_rps_in_window": org_rate,
             "silo_aws_requests_per_second": budget,
             "rate_bound_warning": saturated,
-            "scaling": "The window starts when the start-up pass is over (no AWS request for 5 s, at least 10 s after the start) and lasts W (default 2 S). A Ready tenant is verified again after a period jittered uniformly between S and 2 S, and tenants overdue after the restart are verified during the first period, so a tenant is verified once or twice in the window: the bench counts the verifications (changes of status.lastVerifiedTime, watched) and requests per verification = resync requests / verifications. At the default period P (from `silo run --help`) the mean interval is 1.5 P: per tenant per hour = requests per verification * 3600 / (1.5 P). `per_tenant_per_hour_if_unjittered` uses P instead of 1.5 P and one verification per tenant in the window; `per_tenant_per_hour_if_one_verification_per_tenant` is the older scaling that assumed one. Index part, only when `silo run --help` lists --index-refresh-seconds: the list operations (ListAccounts, ListAccountsForParent, ListOrganizationalUnitsForParent, ListRoots, ListCreateAccountStatus, DescribeOrganization, ListChildren) run every I s, so per hour at the default I_d = requests in the window / W * (I / I_d) * 3600, divided by N per tenant. Without the flag, list operations are counted in the resync part.",
+            "scaling": format!(
+                "The window starts when the start-up pass is over (no AWS request for 5 s, at least 10 s after the start; at the latest one resync S in) and lasts W (default 2 S). \
+                 Resync part: silo::tenant::schedule verifies a Ready tenant once per period, at a phase of the period fixed by its UID (next_verification: the first time on its phase at least half a period after the last verification). \
+                 The bench counts the verifications in the window (changes of status.lastVerifiedTime, watched), so requests per verification = resync requests / verifications; \
+                 per tenant per hour = requests per verification * 3600 / the mean interval between two verifications of a tenant under next_verification at the default period P (from `silo run --help`), {} s for P = {default_resync} s (bench scaling::resync_per_tenant_per_hour; a unit test pins the interval to P). \
+                 A tenant session (AssumeRole) is reused for {} s (controller/src/aws/tenant_access.rs: one hour, dropped five minutes early): when P is longer and the Tenants have a Baseline, whose stacks each verification reads, every verification assumes the role again, so sts:AssumeRole is counted once per verification instead of as measured (the short resync reuses sessions). \
+                 Index part, only when `silo run --help` lists --index-refresh-seconds: the controller sweeps the organization, then sleeps the refresh period (controller/src/org/mod.rs, keep_index: no jitter; the sleep starts when the sweep ends), so a sweep starts every I + s, s the time a sweep takes. \
+                 From the simulator's request log the bench takes the sweeps that start (DescribeOrganization) and end (ListCreateAccountStatus) in the window: requests per sweep and s; per tenant per hour at the default I_d = requests per sweep * 3600 / (I_d + s) / N (bench scaling::index_per_tenant_per_hour). \
+                 Without the flag, list operations are counted in the resync part.",
+                verification_interval.as_secs(),
+                scaling::SESSION_REUSE_SECONDS
+            ),
             "controller": usage_json(&usage, "sampled once a second from the start to the end of the window"),
             "loadavg_start": loadavg_start,
             "simulator_config": sim_config,
@@ -744,82 +960,20 @@ impl Bench {
         self.write(Scenario::Steady, &args, results, plot_spec).await
     }
 
-    /// Gives the fleet what a verification must check besides tags: a service control policy
-    /// on every Tenant (`spec.policies`) and three alternate contacts for every account
-    /// (`--default-contacts-file`, added to `args`), with trusted access for AWS Account
-    /// Management on. Runs a controller until every Tenant has them; returns what that took.
-    async fn settings_pass(&mut self, n: usize, args: &mut Vec<String>) -> Result<Value> {
-        let org = self.sim.organizations();
-        let content = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"ec2:*","Resource":"*"}]}"#;
-        let scp = aws_sdk_organizations::types::PolicyType::ServiceControlPolicy;
-        let listed = org.list_policies().filter(scp.clone()).send().await.context("ListPolicies")?;
-        if !listed.policies().iter().any(|p| p.name() == Some(fleet::BENCH_POLICY)) {
-            let create = org.create_policy().name(fleet::BENCH_POLICY).description("silo-bench").content(content);
-            create.r#type(scp).send().await.context("CreatePolicy")?;
-        }
-        org.enable_aws_service_access()
-            .service_principal("account.amazonaws.com")
-            .send()
-            .await
-            .context("EnableAWSServiceAccess")?;
-        let contacts = self.out.join("contacts.yaml");
-        let contact = |kind: &str| {
-            format!("{kind}: {{name: Bench {kind}, title: On call, email: {kind}@example.com, phone: '+1 555 0100'}}\n")
-        };
-        std::fs::write(&contacts, ["security", "billing", "operations"].map(contact).concat())?;
-        args.extend(["--default-contacts-file".into(), contacts.display().to_string()]);
-
-        let docs = fleet::names("bench", n).iter().map(|name| fleet::tenant_with_policy(name)).collect();
-        fleet::apply_all(&self.tenants(), docs, self.p.apply_concurrency).await?;
-        let start = Counters::read(&self.sim).await?;
-        let mut controller = self.start_controller(args, "settings.silo.log").await?;
-        let mut ticker = tokio::time::interval(Duration::from_secs(1));
-        let timeout = self.p.timeout(n).as_secs_f64();
-        let seconds = loop {
-            ticker.tick().await;
-            controller.check()?;
-            let settled = fleet::count_settled(&self.tenants()).await?;
-            let t = controller.elapsed();
-            if settled >= n {
-                break t;
-            }
-            if t > timeout {
-                bail!("settings pass: {settled}/{n} Tenants have their policy and contacts after {t:.0} s");
-            }
-        };
-        controller.stop();
-        let d = Counters::read(&self.sim).await?.since(&start);
-        eprintln!("silo-bench: steady: every Tenant has its policy and contacts after {seconds:.0} s");
-        let table = op_table("steady: the settings pass (requests per tenant)", &d.requests, &d.throttled, n);
-        println!("{}", table.render());
-        Ok(json!({
-            "seconds": seconds,
-            "policy": fleet::BENCH_POLICY,
-            "contacts": ["security", "billing", "operations"],
-            "requests_by_operation": d.requests,
-            "throttled_by_operation": d.throttled,
-            "per_tenant": per_tenant(&d.requests, n),
-        }))
-    }
-
     // ---- baseline -----------------------------------------------------------------------
 
-    /// M Tenants with a one-region Baseline (an SNS topic): STS and CloudFormation requests
-    /// per tenant, time to all Ready.
+    /// M Tenants of the profile with a Baseline (an SNS topic; one region for bare Tenants,
+    /// the full profile's two): STS and CloudFormation requests per tenant, time to all Ready.
     pub async fn baseline(&mut self) -> Result<()> {
         let p = self.p.clone();
         let m = p.baseline_tenants;
         self.reset_world().await?;
         let sim_config = self.configure(p.quotas()).await?;
         fleet::create_ou(&self.sim).await?;
-        let baseline = json!({
-            "apiVersion": "silo.dev/v1alpha1",
-            "kind": "Baseline",
-            "metadata": {"name": "bench"},
-            "spec": {"regions": ["us-east-1"], "template": BASELINE_TEMPLATE},
-        });
-        fleet::apply_all(&fleet::baselines(&self.client), vec![baseline], 1).await?;
-        let apply_seconds = self.apply_tenants(&fleet::names("bl", m), Some("bench")).await?;
+        let baseline_name = p.profile.baseline().unwrap_or(fleet::BARE_BASELINE);
+        let regions = fleet::baseline_regions(baseline_name);
+        self.prepare_profile(Some(baseline_name)).await?;
+        let apply_seconds = self.apply_tenants(&fleet::names("bl", m), Some(baseline_name)).await?;
         let loadavg_start = setup::loadavg();
         let before = Counters::read(&self.sim).await?;
         let mut controller = self.start_controller(&p.user_flags(), "baseline.silo.log").await?;
@@ -829,8 +983,12 @@ impl Bench {
         require_samples(&usage)?;
         let d = Counters::read(&self.sim).await?.since(&before);
 
-        let bound = setup::onboard_bound(m, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS);
-        let mut summary = Table::new(format!("baseline: {m} Tenants with a one-region Baseline"), &["", "value"]);
+        let c = min_org_requests(p.profile);
+        let bound = setup::onboard_bound(m, p.creation_slots, p.create_seconds, p.org_rps, c);
+        let mut summary = Table::new(
+            format!("baseline: {m} {} Tenants with a Baseline in {} region(s)", p.profile.name(), regions.len()),
+            &["", "value"],
+        );
         summary
             .row(vec!["time to all Ready (s, from the controller's start)".into(), f(rollout.all_ready, 1)])
             .row(vec!["Organizations bound without the Baseline (s)".into(), f(bound, 1)]);
@@ -842,7 +1000,7 @@ impl Bench {
             .row(vec!["peak RSS of the controller (MiB)".into(), f(usage.peak_rss_mib(), 1)])
             .row(vec!["CPU seconds of the controller".into(), f(usage.cpu_seconds, 1)]);
         println!("{}", summary.render());
-        for service in ["sts", "cloudformation", "organizations"] {
+        for service in SERVICES {
             let ops = of_service(&d.requests, service);
             println!(
                 "{}",
@@ -851,7 +1009,9 @@ impl Bench {
             );
         }
         self.summary.push(format!(
-            "baseline: {m} Tenants Ready in {:.1} s; per tenant {:.2} STS and {:.2} CloudFormation requests",
+            "baseline ({}, {} region(s)): {m} Tenants Ready in {:.1} s; per tenant {:.2} STS and {:.2} CloudFormation requests",
+            p.profile.name(),
+            regions.len(),
             rollout.all_ready,
             d.total("sts") as f64 / m as f64,
             d.total("cloudformation") as f64 / m as f64
@@ -860,7 +1020,7 @@ impl Bench {
         let per_service = |service: &str| per_tenant(&of_service(&d.requests, service), m);
         let results = json!({
             "tenants": m,
-            "baseline": {"regions": ["us-east-1"], "template": BASELINE_TEMPLATE},
+            "baseline": {"name": baseline_name, "regions": regions, "template": fleet::BASELINE_TEMPLATE},
             "measured_from": "the controller process's start; the Baseline and all Tenants were applied before it started",
             "apply_seconds": apply_seconds,
             "time_to_all_ready_seconds": rollout.all_ready,
@@ -869,6 +1029,8 @@ impl Bench {
             "sts_requests_per_tenant_by_operation": per_service("sts"),
             "cloudformation_requests_per_tenant_by_operation": per_service("cloudformation"),
             "organizations_requests_per_tenant_by_operation": per_service("organizations"),
+            "account_requests_per_tenant_by_operation": per_service("account"),
+            "requests_per_tenant_by_operation": per_tenant(&d.requests, m),
             "requests_by_operation": d.requests,
             "throttled_by_operation": d.throttled,
             "accounts_created": d.accounts_created,
@@ -878,12 +1040,12 @@ impl Bench {
             "ready_over_time": rollout.ready,
         });
         let plot_spec = json!({
-            "title": format!("baseline: {m} Tenants with a one-region Baseline, all Ready in {:.0} s", rollout.all_ready),
+            "title": format!("baseline: {m} {} Tenants, Baseline in {} region(s), all Ready in {:.0} s", p.profile.name(), regions.len(), rollout.all_ready),
             "xlabel": "seconds since the controller started",
             "ylabel": "Ready Tenants",
             "series": [
                 series("Ready Tenants (silo run)", &rollout.ready, "step", "left"),
-                series("Organizations bound (no Baseline)", &setup::ideal_curve(m, p.creation_slots, p.create_seconds, p.org_rps, MIN_ORG_REQUESTS), "dashed", "left"),
+                series("Organizations bound (no Baseline)", &setup::ideal_curve(m, p.creation_slots, p.create_seconds, p.org_rps, c), "dashed", "left"),
             ],
             "vlines": [vline(bound, &format!("bound {bound:.0} s")), vline(rollout.all_ready, &format!("all Ready {:.0} s", rollout.all_ready))],
         });
@@ -900,7 +1062,10 @@ impl Bench {
         self.reset_world().await?;
         let sim_config = self.configure(setup::no_quotas(p.unthrottled_create_seconds)).await?;
         fleet::create_ou(&self.sim).await?;
-        self.apply_tenants(&fleet::names("bench", n), None).await?;
+        // Bare Tenants whatever the profile: the direct client makes only the Organizations
+        // requests a bare tenant needs.
+        let docs = fleet::names("bench", n).iter().map(|name| fleet::tenant(name, Profile::Bare, None)).collect();
+        fleet::apply_all(&self.tenants(), docs, p.apply_concurrency).await?;
         let loadavg_start = setup::loadavg();
         let before = Counters::read(&self.sim).await?;
         let cpu_before = self.cpu(&[]);
@@ -1177,21 +1342,6 @@ impl Bench {
     }
 }
 
-/// The Baseline of the baseline scenario: like examples/baseline-standard.yaml, one region,
-/// the SNS topic only.
-const BASELINE_TEMPLATE: &str = "Parameters:
-  TenantName: {Type: String}
-  AccountId: {Type: String}
-Resources:
-  Events:
-    Type: AWS::SNS::Topic
-    Properties:
-      TopicName: !Sub \"${TenantName}-events\"
-Outputs:
-  EventsTopicArn:
-    Value: !Ref Events
-";
-
 /// The direct client: for each of `n` fake tenants, the Organizations requests Silo needs at
 /// the least, `concurrency` tenants at once. Returns each tenant's completion time (seconds
 /// since the first request).
@@ -1284,8 +1434,9 @@ fn usage_json(usage: &Usage, how: &str) -> Value {
     })
 }
 
-/// Counts verifications: changes of a Tenant's `status.lastVerifiedTime`, seen through a
-/// watch, from [`Verifications::start_counting`] to [`Verifications::stop`].
+/// Counts verifications: changes of a Tenant's `status.lastVerifiedTime` from one value to
+/// another (a new Tenant's first one is not a verification), seen through a watch, from
+/// [`Verifications::start_counting`] to [`Verifications::stop`].
 struct Verifications {
     counting: std::sync::Arc<std::sync::atomic::AtomicBool>,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -1293,34 +1444,166 @@ struct Verifications {
 }
 
 impl Verifications {
-    fn watch(client: Client) -> Self {
+    /// Starts the watch and waits until it holds every Tenant as it is now, so that a
+    /// verification right after a controller's start is not missed.
+    async fn watch(client: Client) -> Result<Self> {
         use std::sync::atomic::Ordering;
+
+        use kube::runtime::watcher::Event;
         let counting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
         let (c, n) = (counting.clone(), count.clone());
         let task = tokio::spawn(async move {
             let mut last: std::collections::HashMap<String, Option<String>> = Default::default();
             let stream = kube::runtime::watcher(Api::<silo::Tenant>::all(client), Default::default());
-            let mut stream = std::pin::pin!(kube::runtime::WatchStreamExt::applied_objects(stream));
-            while let Some(tenant) = stream.next().await {
-                let Ok(tenant) = tenant else { continue };
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let tenant = match event {
+                    Ok(Event::Apply(tenant) | Event::InitApply(tenant)) => tenant,
+                    Ok(Event::InitDone) => {
+                        let _ = synced_tx.send(true);
+                        continue;
+                    }
+                    _ => continue,
+                };
                 let name = kube::ResourceExt::name_any(&tenant);
                 let verified = tenant.status.and_then(|s| s.last_verified_time);
                 let previous = last.insert(name, verified.clone());
-                if c.load(Ordering::Acquire) && previous.is_some_and(|p| p != verified) {
+                let changed = matches!((&previous, &verified), (Some(Some(p)), Some(v)) if p != v);
+                if c.load(Ordering::Acquire) && changed {
                     n.fetch_add(1, Ordering::AcqRel);
                 }
             }
         });
-        Self { counting, count, task }
+        tokio::time::timeout(Duration::from_secs(120), synced.wait_for(|s| *s))
+            .await
+            .context("the Tenant watch did not list the Tenants within 120 s")?
+            .context("the Tenant watch ended")?;
+        Ok(Self { counting, count, task })
     }
 
     fn start_counting(&self) {
         self.counting.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn stop(self) -> u64 {
         self.task.abort();
-        self.count.load(std::sync::atomic::Ordering::Acquire)
+        self.count()
+    }
+}
+
+/// Whether `key` (`service:Operation`) is one of the organization's listings ([`LIST_OPERATIONS`]).
+fn is_list_key(key: &str) -> bool {
+    key.split_once(':').is_some_and(|(s, op)| s == "organizations" && LIST_OPERATIONS.contains(&op))
+}
+
+/// The index sweeps in a stretch of the simulator's request log. A sweep
+/// (`Organization::sweep`) sends DescribeOrganization first and ListCreateAccountStatus last,
+/// the listings of the organization between them, one after the other.
+#[derive(Default, Debug)]
+struct Sweeps {
+    /// Sweeps that started and ended in the stretch.
+    complete: u64,
+    /// Their requests, in all and by operation.
+    requests: u64,
+    by_operation: BTreeMap<String, u64>,
+    /// Their durations (first request's arrival to the last one's answer) and start times.
+    seconds: Vec<f64>,
+    starts: Vec<f64>,
+}
+
+impl Sweeps {
+    fn of(log: &[fleet::LogEntry]) -> Self {
+        let mut sweeps = Sweeps::default();
+        let mut open: Option<(f64, BTreeMap<String, u64>)> = None;
+        for entry in log.iter().filter(|e| is_list_key(&e.key)) {
+            if entry.key == "organizations:DescribeOrganization" {
+                open = Some((entry.time, BTreeMap::new()));
+            }
+            let Some((started, ops)) = open.as_mut() else { continue };
+            *ops.entry(entry.key.clone()).or_default() += 1;
+            if entry.key == "organizations:ListCreateAccountStatus" {
+                let started = *started;
+                let (_, ops) = open.take().expect("a sweep is open");
+                sweeps.complete += 1;
+                sweeps.requests += ops.values().sum::<u64>();
+                for (op, count) in ops {
+                    *sweeps.by_operation.entry(op).or_default() += count;
+                }
+                sweeps.seconds.push(entry.time + entry.duration - started);
+                sweeps.starts.push(started);
+            }
+        }
+        sweeps
+    }
+
+    fn mean_seconds(&self) -> f64 {
+        if self.seconds.is_empty() { 0.0 } else { self.seconds.iter().sum::<f64>() / self.seconds.len() as f64 }
+    }
+
+    fn mean_requests(&self) -> f64 {
+        if self.complete == 0 { 0.0 } else { self.requests as f64 / self.complete as f64 }
+    }
+
+    /// The mean time between the starts of consecutive sweeps (0 with fewer than two).
+    fn mean_start_interval(&self) -> f64 {
+        match (self.starts.first(), self.starts.last()) {
+            (Some(first), Some(last)) if self.starts.len() > 1 => (last - first) / (self.starts.len() - 1) as f64,
+            _ => 0.0,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "complete_in_window": self.complete,
+            "requests": self.requests,
+            "requests_per_sweep": self.mean_requests(),
+            "requests_by_operation": self.by_operation,
+            "sweep_seconds_mean": self.mean_seconds(),
+            "sweep_seconds": self.seconds,
+            "start_interval_seconds_mean": self.mean_start_interval(),
+            "how": "from the simulator's request log (GET /_silo/log): a sweep is the listings from a DescribeOrganization to the next ListCreateAccountStatus; its time runs from the first request's arrival to the last one's answer",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(time: f64, op: &str) -> fleet::LogEntry {
+        fleet::LogEntry { time, duration: 0.01, key: format!("organizations:{op}"), access_key: None }
+    }
+
+    #[test]
+    fn sweeps_are_found_in_the_log() {
+        let log = vec![
+            entry(0.0, "ListAccountsForParent"), // the end of a sweep that started before
+            entry(0.1, "ListCreateAccountStatus"),
+            entry(30.0, "DescribeOrganization"),
+            entry(30.1, "ListRoots"),
+            fleet::LogEntry {
+                time: 30.2,
+                duration: 0.01,
+                key: "organizations:ListTagsForResource".into(),
+                access_key: None,
+            },
+            entry(30.3, "ListAccountsForParent"),
+            entry(30.5, "ListCreateAccountStatus"),
+            entry(61.0, "DescribeOrganization"),
+            entry(61.5, "ListCreateAccountStatus"),
+            entry(92.0, "DescribeOrganization"), // still going when the window ended
+        ];
+        let sweeps = Sweeps::of(&log);
+        assert_eq!(sweeps.complete, 2);
+        assert_eq!(sweeps.requests, 6);
+        assert_eq!(sweeps.by_operation["organizations:DescribeOrganization"], 2);
+        assert!((sweeps.mean_seconds() - 0.51).abs() < 1e-9, "{}", sweeps.mean_seconds());
+        assert!((sweeps.mean_start_interval() - 31.0).abs() < 1e-9);
     }
 }

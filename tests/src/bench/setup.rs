@@ -37,6 +37,48 @@ impl Scenario {
     }
 }
 
+/// What the bench's Tenants carry.
+#[derive(ValueEnum, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// An OU, nothing else (`spec: {organizationalUnit: /Tenants}`); the baseline scenario's
+    /// Baseline has one region.
+    Bare,
+    /// What a real tenant carries: an account name, 5 tags, 1 service control policy, 3
+    /// alternate contacts in `spec.contacts`, and a Baseline in two regions.
+    Full,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Bare => "bare",
+            Profile::Full => "full",
+        }
+    }
+}
+
+/// Where in the verification schedule the restart scenario restarts the controller.
+#[derive(ValueEnum, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartAt {
+    /// The fleet was verified on its schedule until the restart: the restart falls at a
+    /// random point of the schedule (each tenant's phase is a hash of its UID).
+    Random,
+    /// The controller was down for `BENCH_RESTART_OUTAGE_SECONDS` before the restart: the
+    /// tenants whose turn fell in the outage are overdue.
+    Outage,
+}
+
+impl RestartAt {
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartAt::Random => "random",
+            RestartAt::Outage => "outage",
+        }
+    }
+}
+
 /// Every knob; each has a `BENCH_*` variable so `make bench BENCH_TENANTS=30` works.
 #[derive(Parser, Serialize, Clone, Debug)]
 #[command(
@@ -74,6 +116,11 @@ pub struct Params {
     #[arg(long, env = "BENCH_OUT")]
     pub out: Option<PathBuf>,
 
+    /// What every Tenant carries: `bare` (an OU) or `full` (account name, 5 tags, 1 service
+    /// control policy, 3 alternate contacts, a two-region Baseline).
+    #[arg(long, env = "BENCH_PROFILE", value_enum, default_value = "bare")]
+    pub profile: Profile,
+
     /// N: Tenants in onboard, restart, steady and unthrottled.
     #[arg(long, env = "BENCH_TENANTS", default_value_t = 500)]
     pub tenants: usize,
@@ -106,6 +153,16 @@ pub struct Params {
     #[arg(long, env = "BENCH_RESTART_WINDOW_SECONDS", default_value_t = 600)]
     pub restart_window_seconds: u64,
 
+    /// restart: the points of the verification schedule to restart at (comma list), each
+    /// measured on its own: `random` (the fleet was verified on its schedule until the
+    /// restart) and `outage` (the controller was down `BENCH_RESTART_OUTAGE_SECONDS` first).
+    #[arg(long, env = "BENCH_RESTART_AT", value_delimiter = ',', default_value = "random,outage")]
+    pub restart_at: Vec<RestartAt>,
+
+    /// restart: how long the controller was down before the `outage` restart.
+    #[arg(long, env = "BENCH_RESTART_OUTAGE_SECONDS", default_value_t = 3600)]
+    pub restart_outage_seconds: u64,
+
     /// steady: the short `--resync-seconds` the controller runs with.
     #[arg(long, env = "BENCH_STEADY_RESYNC_SECONDS", default_value_t = 120)]
     pub steady_resync_seconds: u64,
@@ -114,17 +171,12 @@ pub struct Params {
     #[arg(long, env = "BENCH_STEADY_WINDOW_SECONDS")]
     pub steady_window_seconds: Option<u64>,
 
-    /// steady: give every Tenant what a real fleet uses and a verification must check (one
-    /// service control policy in `spec.policies`, three alternate contacts from
-    /// `--default-contacts-file`) before counting; 0 counts a fleet of plain Tenants.
-    #[arg(long, env = "BENCH_STEADY_SETTINGS", default_value_t = 1)]
-    pub steady_settings: u8,
-
     /// steady: `--index-refresh-seconds`, passed only when `silo run --help` lists that flag.
     #[arg(long, env = "BENCH_STEADY_INDEX_REFRESH_SECONDS", default_value_t = 30)]
     pub steady_index_refresh_seconds: u64,
 
-    /// M: Tenants with a Baseline in the baseline scenario.
+    /// M: Tenants with a Baseline in the baseline scenario (the profile's Baseline: one
+    /// region when bare, two when full).
     #[arg(long, env = "BENCH_BASELINE_TENANTS", default_value_t = 100)]
     pub baseline_tenants: usize,
 

@@ -4,10 +4,14 @@
 //! simulator), sets the simulator to AWS-like quotas, and runs `silo run` as a separate
 //! process through the scenarios selected by `BENCH_SCENARIOS`: onboard, restart, steady,
 //! baseline, unthrottled, import. Each prints its tables and writes `<scenario>.json` and
-//! `<scenario>.png` under `BENCH_OUT`. `silo-bench --help` lists every knob and its variable.
+//! `<scenario>.png` under `BENCH_OUT` (`restart` one pair per point of the verification
+//! schedule: `restart-random`, `restart-outage`). `BENCH_PROFILE` says what the Tenants carry
+//! (`bare`, `full`). `silo-bench --help` lists every knob and its variable.
 //!
-//! The harness relies only on `silo run`'s flags, the Tenant API (as JSON) and the simulator,
-//! so it measures any version of the controller.
+//! The harness drives the controller only through `silo run`'s flags, the Tenant API and the
+//! simulator. Its scaling and the restart's schedule state follow the verification schedule
+//! of the `silo` crate it is built with (`scaling`), so measure a controller with the bench of
+//! the same tree.
 
 #[path = "../bench/check.rs"]
 mod check;
@@ -17,6 +21,8 @@ mod controller;
 mod fleet;
 #[path = "../bench/report.rs"]
 mod report;
+#[path = "../bench/scaling.rs"]
+mod scaling;
 #[path = "../bench/scenarios.rs"]
 mod scenarios;
 #[path = "../bench/setup.rs"]
