@@ -667,9 +667,10 @@ impl AccountStep<'_> {
         let by_email = org.index.account_by_email(&self.identity.email);
         let mut named = vec![];
         // Only a complete index that misses the email needs AWS's list of requests.
-        let requests = match org.index.is_complete() && by_email.is_none() {
-            true => org.requests_named(&self.identity.account_name, Priority::User).await?,
-            false => vec![],
+        let requests = if org.index.is_complete() && by_email.is_none() {
+            org.requests_named(&self.identity.account_name, Priority::User).await?
+        } else {
+            vec![]
         };
         for request in requests {
             let account = match &request.state {
