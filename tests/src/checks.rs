@@ -28,6 +28,11 @@ use crate::process::{Process, Watch};
 /// How long the checks wait between two looks.
 pub const POLL: Duration = Duration::from_millis(250);
 
+/// How long a negative check keeps looking after the controller reached a state it should
+/// stay in (Stalled, say): long enough for the reconcile that wrote that state, and the one
+/// its own status write triggers, to have done anything they were going to do.
+pub const AFTERWARDS: Duration = Duration::from_secs(2);
+
 /// What a probe's answer means: holds (with a value) or not (with why).
 pub trait Verdict {
     type Value;

@@ -507,6 +507,9 @@ impl TestCase {
         self.wait_for_condition(name, condition, &format!("reason {reason}"), timeout, |c| c.reason == reason).await
     }
 
+    /// Waits on a watch of the Tenant (every status the API server stores is seen, with no
+    /// polling delay) until `check` holds for its condition. Fails with the Tenant's last
+    /// status when `timeout` passes, and at once when a controller of this test case ended.
     async fn wait_for_condition(
         &self,
         name: &str,
@@ -515,18 +518,34 @@ impl TestCase {
         timeout: Duration,
         check: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool,
     ) -> Result<Tenant> {
-        self.eventually(timeout, || async {
-            let tenant = self.tenants().get(name).await?;
-            let found = tenant.status.as_ref().and_then(|s| silo::conditions::find(&s.conditions, condition));
-            if !found.is_some_and(&check) {
-                bail!(
-                    "Tenant {name}: {condition} has no {wanted}; status: {}",
-                    serde_json::to_string_pretty(&tenant.status).unwrap_or_default()
-                );
+        let holds = |tenant: Option<&Tenant>| {
+            tenant
+                .and_then(|t| t.status.as_ref())
+                .and_then(|s| silo::conditions::find(&s.conditions, condition))
+                .is_some_and(&check)
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut watch = Box::pin(kube::runtime::wait::await_condition(self.tenants(), name, &holds));
+        loop {
+            tokio::select! {
+                found = &mut watch => match found {
+                    Ok(Some(tenant)) => return Ok(tenant),
+                    Ok(None) => bail!("Tenant {name} was deleted while waiting for {condition} with {wanted}"),
+                    // A watch that broke (the API server restarted, say) is started again.
+                    Err(_) => watch = Box::pin(kube::runtime::wait::await_condition(self.tenants(), name, &holds)),
+                },
+                () = tokio::time::sleep(checks::POLL) => {
+                    self.check_controllers()?;
+                    if tokio::time::Instant::now() >= deadline {
+                        let status = self.tenants().get_opt(name).await?.and_then(|t| t.status);
+                        bail!(
+                            "Tenant {name}: {condition} has no {wanted} within {timeout:?}; status: {}",
+                            serde_json::to_string_pretty(&status).unwrap_or_default()
+                        );
+                    }
+                }
             }
-            Ok(tenant)
-        })
-        .await
+        }
     }
 
     /// Waits until the Tenant is gone.

@@ -11,7 +11,7 @@ use kube::{
 };
 use serde_json::json;
 use silo::{Baseline, Tenant, conditions};
-use silo_testenv::{SimClient, TestCase, test_case};
+use silo_testenv::{SimClient, TestCase, checks::AFTERWARDS, test_case};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
@@ -274,8 +274,13 @@ async fn a_missing_baseline_or_undeclared_parameter_applies_nothing() {
     apply_tenant(&case, "typo", json!({"name": "standard", "parameters": {"Evn": "prod"}}), json!({})).await;
     let tenant = case.wait_for("typo", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant), "UndeclaredParameter");
-    let stats = case.sim.stats().await.unwrap();
-    assert!(stats["requests"].get("cloudformation:CreateStack").is_none(), "nothing applied: {stats}");
+    case.consistently(AFTERWARDS, || async {
+        let stats = case.sim.stats().await?;
+        anyhow::ensure!(stats["requests"].get("cloudformation:CreateStack").is_none(), "a stack was created: {stats}");
+        Ok(())
+    })
+    .await
+    .expect("nothing applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

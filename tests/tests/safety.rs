@@ -9,7 +9,7 @@ use kube::{
 };
 use serde_json::json;
 use silo::{Tenant, conditions};
-use silo_testenv::{TenantFixture, TestCase, test_case};
+use silo_testenv::{TenantFixture, TestCase, checks::AFTERWARDS, test_case};
 
 const WITHIN: Duration = Duration::from_secs(90);
 const MANAGEMENT: &str = silo_testenv::awssim::MANAGEMENT_ACCOUNT;
@@ -55,8 +55,15 @@ async fn the_management_account_is_never_adopted() {
     annotate(&case, "usurper", "silo.dev/adopt-account", MANAGEMENT).await;
     let tenant = case.wait_for("usurper", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant, conditions::STALLED), "AccountIsManagementAccount");
-    assert!(tenant.status.unwrap().account_id.is_none());
-    assert!(silo_tags(&tags_of(&case, MANAGEMENT).await).is_empty(), "no Silo tag on the management account");
+    case.consistently(AFTERWARDS, || async {
+        let status = case.tenants().get("usurper").await?.status.unwrap_or_default();
+        anyhow::ensure!(status.account_id.is_none(), "the management account was adopted: {status:?}");
+        let tags = tags_of(&case, MANAGEMENT).await;
+        anyhow::ensure!(silo_tags(&tags).is_empty(), "Silo tagged the management account: {tags:?}");
+        Ok(())
+    })
+    .await
+    .expect("not adopted, no Silo tag on the management account");
 }
 
 /// Adopting an account that does not carry this Tenant's UID needs the owner's consent,
@@ -70,10 +77,12 @@ async fn adoption_needs_consent_naming_the_account() {
     let tenant = case.wait_for("newcomer", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant, conditions::STALLED), "AdoptionNeedsConsent");
     assert!(message(&tenant, conditions::STALLED).contains(&format!("silo.dev/adopt-account: \"{account}\"")));
-    assert!(silo_tags(&tags_of(&case, &account).await).is_empty(), "nothing written without consent");
+    case.consistently(AFTERWARDS, || async { silo_tags(&tags_of(&case, &account).await).is_empty() })
+        .await
+        .expect("nothing written without consent");
 
     annotate(&case, "newcomer", "silo.dev/adopt-account", "999999999999").await;
-    case.consistently(Duration::from_secs(3), || async { silo_tags(&tags_of(&case, &account).await).is_empty() })
+    case.consistently(AFTERWARDS, || async { silo_tags(&tags_of(&case, &account).await).is_empty() })
         .await
         .expect("consent for another account is not consent: no Silo tag is written");
 
@@ -107,16 +116,29 @@ async fn a_status_pointing_at_another_account_takes_nothing_over() {
     annotate(&case, "thief", "silo.dev/verify", "1").await;
     let thief = case.wait_for("thief", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&thief, conditions::STALLED), "AccountClaimedByAnotherTenant");
-    let tags = tags_of(&case, &victims_account).await;
-    assert!(
-        tags.iter().any(|(k, v)| k == "silo.dev/tenant-uid" && Some(v) == victim.uid().as_ref()),
-        "the victim's UID tag is never overwritten: {tags:?}"
-    );
+    case.consistently(AFTERWARDS, || async {
+        let tags = tags_of(&case, &victims_account).await;
+        anyhow::ensure!(
+            tags.iter().any(|(k, v)| k == "silo.dev/tenant-uid" && Some(v) == victim.uid().as_ref()),
+            "the victim's UID tag was overwritten: {tags:?}"
+        );
+        Ok(())
+    })
+    .await
+    .expect("the victim's UID tag is never overwritten");
     case.tenants().delete("thief", &DeleteParams::default()).await.unwrap();
     case.wait_for_reason("thief", conditions::READY, "AccountNotOwned", WITHIN)
         .await
         .expect("the thief's deletion is refused as AccountNotOwned");
-    assert_eq!(account_state(&case, &victims_account).await, "ACTIVE", "never closed");
+    case.consistently(AFTERWARDS, || async {
+        let stats = case.sim.stats().await?;
+        anyhow::ensure!(stats["requests"].get("organizations:CloseAccount").is_none(), "CloseAccount sent: {stats}");
+        let state = account_state(&case, &victims_account).await;
+        anyhow::ensure!(state == "ACTIVE", "the victim's account is {state}");
+        Ok(())
+    })
+    .await
+    .expect("the victim's account is never closed");
 
     // An account without any UID tag is not tagged either.
     let untagged = account_outside_silo(&case, "bystander", &[]).await;
@@ -127,7 +149,9 @@ async fn a_status_pointing_at_another_account_takes_nothing_over() {
     annotate(&case, "drifter", "silo.dev/verify", "1").await;
     let drifter = case.wait_for("drifter", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&drifter, conditions::STALLED), "AccountOwnershipUnproven");
-    assert!(silo_tags(&tags_of(&case, &untagged).await).is_empty(), "the missing tag is not silently added");
+    case.consistently(AFTERWARDS, || async { silo_tags(&tags_of(&case, &untagged).await).is_empty() })
+        .await
+        .expect("the missing tag is not silently added");
 }
 
 /// Two Tenants adopting one account at once: exactly one wins, the other is told, and the
@@ -253,7 +277,9 @@ async fn an_account_id_added_during_a_creation_never_yields_two_accounts() {
     let tenant = case.wait_for("torn", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason(&tenant, conditions::STALLED), "AccountIdMismatch");
     assert_eq!(tenant.status.unwrap().account_id.as_deref(), Some(made.as_str()), "the account it made is its own");
-    assert!(silo_tags(&tags_of(&case, &other).await).is_empty(), "the other account is untouched");
+    case.consistently(AFTERWARDS, || async { silo_tags(&tags_of(&case, &other).await).is_empty() })
+        .await
+        .expect("the other account is untouched");
     assert_eq!(case.sim.accounts_by_email().await.unwrap().get("torn@example.com"), Some(&1));
 }
 
@@ -387,12 +413,17 @@ async fn tenant_accounts_go_only_under_the_allowed_ou_roots() {
     assert!(message(&outside, conditions::STALLED).contains("/Tenants"));
     let org = case.sim.organizations();
     let root = org.list_roots().send().await.unwrap().roots()[0].id().unwrap().to_string();
-    let units = org.list_organizational_units_for_parent().parent_id(&root).send().await.unwrap();
-    let names: Vec<&str> = units.organizational_units().iter().filter_map(|u| u.name()).collect();
-    assert!(!names.contains(&"Security"), "no OU is created outside the roots: {names:?}");
     let account = outside.status.unwrap().account_id.unwrap();
-    let parent = org.list_parents().child_id(&account).send().await.unwrap();
-    assert_eq!(parent.parents()[0].id(), Some(root.as_str()), "the account was not moved");
+    case.consistently(AFTERWARDS, || async {
+        let units = org.list_organizational_units_for_parent().parent_id(&root).send().await?;
+        let names: Vec<&str> = units.organizational_units().iter().filter_map(|u| u.name()).collect();
+        anyhow::ensure!(!names.contains(&"Security"), "an OU was created outside the roots: {names:?}");
+        let parent = org.list_parents().child_id(&account).send().await?;
+        anyhow::ensure!(parent.parents()[0].id() == Some(root.as_str()), "the account was moved: {parent:?}");
+        Ok(())
+    })
+    .await
+    .expect("no OU is created outside the roots, and the account is not moved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
