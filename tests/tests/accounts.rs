@@ -319,15 +319,22 @@ async fn a_creation_that_fails_internally_or_concurrently_is_sent_again_and_make
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_organizations_account_limit_stalls_creation() {
+async fn the_organizations_account_limit_stalls_creation_and_counts_closed_accounts() {
     let mut case = test_case().await;
-    case.sim.configure(json!({"account_limit": 1})).await.unwrap();
+    // The organization: the management account and one closed account, which still counts
+    // against a quota of 2. (No listing lag: the controller's first sweep sees the closed one.)
+    case.sim.configure(json!({"account_limit": 2, "list_accounts_lag_seconds": 0})).await.unwrap();
+    let closed = case.sim.create_account("gone", "gone@example.com", &[]).await.unwrap();
+    let org = case.sim.organizations();
+    org.close_account().account_id(&closed).send().await.unwrap();
+    assert_eq!(account_state(&org, &closed).await, "PENDING_CLOSURE");
     case.start_controller(TestCase::config());
     case.apply("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: overflow}\nspec: {}").await.unwrap();
     let tenant = case.wait_for("overflow", conditions::STALLED, "True", WITHIN).await.unwrap();
     assert_eq!(reason_of(&tenant, conditions::STALLED), "OrganizationAccountLimit");
     let message = &conditions::find(&tenant.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap().message;
-    assert!(message.contains("quota"), "{message}");
+    assert!(message.contains("holds 2 accounts, 1 of them closed"), "what fills the quota: {message}");
+    assert!(message.contains("\"Default maximum number of accounts\" in Service Quotas"), "what to raise: {message}");
 }
 
 async fn ready_close_tenant(case: &TestCase, name: &str) -> String {

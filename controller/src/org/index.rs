@@ -39,6 +39,15 @@ pub struct IndexedAccount {
     pub tags: Option<BTreeMap<String, String>>,
 }
 
+/// What counts against the organization's account quota ([`OrgIndex::quota_usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaUsage {
+    /// Accounts that count, the management account included.
+    pub members: usize,
+    /// Of those, accounts closed but not yet permanently (PENDING_CLOSURE, SUSPENDED).
+    pub closed: usize,
+}
+
 #[derive(Clone, Debug)]
 struct Entry<T> {
     value: T,
@@ -127,6 +136,22 @@ impl OrgIndex {
 
     pub fn account_count(&self) -> usize {
         self.read().accounts.len()
+    }
+
+    /// How many accounts count against the organization's account quota, as far as the index
+    /// knows: every member but those AWS closed permanently (State CLOSED). A closed account
+    /// (PENDING_CLOSURE, SUSPENDED) still counts until then, for 90 days after its closure.
+    pub fn quota_usage(&self) -> QuotaUsage {
+        let view = self.read();
+        let counted = view.accounts.values().map(|e| &e.value.account).filter(|a| a.state != "CLOSED");
+        let (mut members, mut closed) = (0, 0);
+        for account in counted {
+            members += 1;
+            if account.is_closing_or_closed() {
+                closed += 1;
+            }
+        }
+        QuotaUsage { members, closed }
     }
 
     /// Every account the index knows, in no particular order.
@@ -357,6 +382,16 @@ mod tests {
     /// Applies a walk that started now, with nothing written during it.
     fn sweep(index: &OrgIndex, org_id: &str, accounts: &[(&str, &str)]) {
         index.apply_sweep(walk(org_id, accounts), index.write_mark());
+    }
+
+    #[test]
+    fn the_quota_counts_closed_accounts_until_they_are_closed_for_good() {
+        let index = OrgIndex::default();
+        sweep(&index, "o-1", &[("1", "a@x"), ("2", "b@x"), ("3", "c@x"), ("4", "d@x")]);
+        for (id, state) in [("2", "PENDING_CLOSURE"), ("3", "SUSPENDED"), ("4", "CLOSED")] {
+            index.update_account(id, |a| a.account.state = state.into());
+        }
+        assert_eq!(index.quota_usage(), QuotaUsage { members: 3, closed: 2 });
     }
 
     #[test]

@@ -55,7 +55,7 @@ use crate::{
         annotations::{ADOPT_ACCOUNT, PREVIOUS_UID},
         ownership::{Claim, claim, tagged_uid},
     },
-    org::{Applicant, NotYet},
+    org::{Applicant, NotYet, index::QuotaUsage},
 };
 
 /// How soon a tenant whose creation is in flight looks again by itself (the creation
@@ -606,10 +606,10 @@ impl AccountStep<'_> {
             }
             RequestVerdict::AccountLimit => {
                 self.forget_request(progress);
+                let usage = self.ctx.org.index.quota_usage();
                 Ok(StepOutcome::stalled(
                     "OrganizationAccountLimit",
-                    "The organization has reached its account quota (ACCOUNT_LIMIT_EXCEEDED): ask AWS to raise it; \
-                     Silo retries every hour",
+                    account_limit_message(usage),
                     Duration::from_secs(3600),
                 ))
             }
@@ -792,6 +792,23 @@ fn record_account(progress: &mut Progress, account: Option<&Account>) {
     }
 }
 
+/// What a Tenant stalled on ACCOUNT_LIMIT_EXCEEDED says: what fills the quota (closed accounts
+/// count for 90 days, which surprises people) and which quota to raise, where.
+fn account_limit_message(usage: QuotaUsage) -> String {
+    let closed = match usage.closed {
+        0 => String::new(),
+        n => format!(
+            ", {n} of them closed: a closed account counts until AWS closes it permanently, 90 days after its closure"
+        ),
+    };
+    let accounts = if usage.members == 1 { "1 account".to_string() } else { format!("{} accounts", usage.members) };
+    format!(
+        "The organization is at its account quota (ACCOUNT_LIMIT_EXCEEDED): it holds {accounts}{closed}. From the \
+         management account, request an increase of the AWS Organizations quota \"Default maximum number of \
+         accounts\" in Service Quotas (Region us-east-1); Silo tries again every hour"
+    )
+}
+
 fn email_in_use(email: &str, account_id: &str, claim: &Claim) -> StepOutcome {
     let message = match claim {
         Claim::OtherTenant(other) => format!(
@@ -824,6 +841,15 @@ mod tests {
 
     fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_account_limit_message_names_the_quota_and_the_closed_accounts_that_fill_it() {
+        let full = account_limit_message(QuotaUsage { members: 10, closed: 3 });
+        assert!(full.contains("holds 10 accounts, 3 of them closed"), "{full}");
+        assert!(full.contains("\"Default maximum number of accounts\" in Service Quotas (Region us-east-1)"), "{full}");
+        let none_closed = account_limit_message(QuotaUsage { members: 10, closed: 0 });
+        assert!(none_closed.contains("holds 10 accounts. From"), "{none_closed}");
     }
 
     #[test]
