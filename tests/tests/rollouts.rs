@@ -19,6 +19,7 @@ use silo_testenv::{
 
 /// Enough tenants for a canary and several waves at every maxConcurrent the tests use (5,
 /// 6, 10), and for a halt that leaves a third of the fleet untouched.
+/// The largest fleet a test here needs; each test makes the smallest that shows its point.
 const FLEET: usize = 30;
 const WITHIN: Duration = Duration::from_secs(300);
 
@@ -36,8 +37,8 @@ Outputs:
     Value: !Ref Version
 ";
 
-fn names() -> Vec<String> {
-    (0..FLEET).map(|i| format!("fleet-{i:02}")).collect()
+fn names(size: usize) -> Vec<String> {
+    (0..size).map(|i| format!("fleet-{i:02}")).collect()
 }
 
 async fn apply_baseline(case: &TestCase, spec: Value) {
@@ -49,17 +50,17 @@ async fn apply_baseline(case: &TestCase, spec: Value) {
         .unwrap();
 }
 
-/// The Baseline with `Version` and rollout settings; the tenants that use it, all Ready.
-async fn fleet_on_v1(case: &TestCase, rollout: Value) {
+/// The Baseline with `Version` and rollout settings; `size` tenants that use it, all Ready.
+async fn fleet_on_v1(case: &TestCase, size: usize, rollout: Value) {
     let started = Instant::now();
     case.raise_account_quota(100).await;
     apply_baseline(case, json!({"template": TEMPLATE, "parameters": {"Version": "v1"}, "rollout": rollout})).await;
-    for name in names() {
+    for name in names(size) {
         case.create(&TenantFixture::named(&name).baseline("fleet")).await.unwrap();
     }
-    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    case.wait_for_all(&names(size), conditions::READY, "True", WITHIN).await.unwrap();
     wait_for_phase(case, "Complete").await;
-    eprintln!("{FLEET} tenants on v1 in {:?}", started.elapsed());
+    eprintln!("{size} tenants on v1 in {:?}", started.elapsed());
 }
 
 async fn baseline(case: &TestCase) -> Baseline {
@@ -120,16 +121,18 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
     let mut case = test_case().await;
     case.sim.configure(json!({"stack_operation_seconds": 1})).await.unwrap();
     case.start_controller(TestCase::config());
-    fleet_on_v1(&case, json!({"maxConcurrent": 5, "canary": {"count": 2}})).await;
+    // Two canaries, then 13 tenants: three waves of 5 at most.
+    let fleet = 15;
+    fleet_on_v1(&case, fleet, json!({"maxConcurrent": 5, "canary": {"count": 2}})).await;
 
     let since = now();
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": {"maxConcurrent": 5, "canary": {"count": 2}}})).await;
     let done = wait_for_phase(&case, "Complete").await;
-    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    case.wait_for_all(&names(fleet), conditions::READY, "True", WITHIN).await.unwrap();
     let versions = versions(&case).await;
     assert!(versions.values().all(|v| v == "v2"), "every tenant runs v2: {versions:?}");
     let ops = updates(&case, since).await;
-    assert_eq!(ops.len(), FLEET, "one update per tenant");
+    assert_eq!(ops.len(), fleet, "one update per tenant");
     let most = most_in_flight(&ops, "UpdateStack", since);
     eprintln!("{} updates, at most {most} in flight", ops.len());
     assert!(most <= 5, "at most maxConcurrent tenants in flight: {most}");
@@ -182,7 +185,7 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
 async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
     let mut case = test_case().await;
     case.start_controller(TestCase::config());
-    fleet_on_v1(&case, json!({"maxConcurrent": 10})).await;
+    fleet_on_v1(&case, 10, json!({"maxConcurrent": 10})).await;
     case.sim
         .configure(json!({"stack_failures": [{"operations": ["UpdateStack"], "parameters": {"TenantName": "^fleet-00$"}, "reason": "Topic policy refused by an SCP"}]}))
         .await
@@ -221,7 +224,7 @@ async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_complet
     let mut case = test_case().await;
     case.start_controller(TestCase::config());
     let rollout = json!({"maxConcurrent": 5, "failureTolerance": 1});
-    fleet_on_v1(&case, rollout.clone()).await;
+    fleet_on_v1(&case, FLEET, rollout.clone()).await;
     case.sim
         .configure(json!({"stack_failures": [{"operations": ["UpdateStack"], "parameters": {"TenantName": "^fleet-1[0-3]$", "Version": "^v2$"}, "reason": "quota of topics reached"}]}))
         .await
@@ -238,7 +241,7 @@ async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_complet
     // The fix: a new revision (v3, which the injected failure does not match).
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v3"}, "rollout": rollout})).await;
     wait_for_phase(&case, "Complete").await;
-    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    case.wait_for_all(&names(FLEET), conditions::READY, "True", WITHIN).await.unwrap();
     let versions = versions(&case).await;
     assert!(versions.values().all(|v| v == "v3"), "{versions:?}");
 }
@@ -253,7 +256,7 @@ async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary(
     // forward in the first wave. One wave after the canary keeps the test's length with a
     // bake long enough for a loaded machine.
     let rollout = json!({"maxConcurrent": 100, "bakeSeconds": 30});
-    fleet_on_v1(&case, rollout.clone()).await;
+    fleet_on_v1(&case, 10, rollout.clone()).await;
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
     wait_for_phase(&case, "Baking").await;
     case.create(&TenantFixture::named("early-bird").baseline("fleet")).await.unwrap();
@@ -282,7 +285,7 @@ async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
     let flags = ["--leader-election", "false"];
     let mut controller = case.spawn_controller(&flags, "rollout-controller.log").unwrap();
     let rollout = json!({"maxConcurrent": 6});
-    fleet_on_v1(&case, rollout.clone()).await;
+    fleet_on_v1(&case, FLEET, rollout.clone()).await;
     let since = now();
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
     for _ in 0..4 {
@@ -298,7 +301,7 @@ async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
     })
     .await
     .expect("the rollout completes after the restarts");
-    case.wait_for_all(&names(), conditions::READY, "True", WITHIN).await.unwrap();
+    case.wait_for_all(&names(FLEET), conditions::READY, "True", WITHIN).await.unwrap();
     controller.kill();
     let ops = updates(&case, since).await;
     let most = most_in_flight(&ops, "UpdateStack", since);
@@ -313,7 +316,7 @@ async fn a_rollout_resumes_after_sigkills_without_exceeding_max_concurrent() {
 async fn a_preview_shows_the_changes_and_executes_nothing() {
     let mut case = test_case().await;
     case.start_controller(TestCase::config());
-    fleet_on_v1(&case, json!({"canary": {"count": 2}})).await;
+    fleet_on_v1(&case, 6, json!({"canary": {"count": 2}})).await;
     let since = now();
     let with_parameter = format!(
         "{TEMPLATE}  Name:\n    Value: !Ref Setting\n"
