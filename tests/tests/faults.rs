@@ -6,10 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use rand::Rng;
 use serde_json::{Value, json};
 use silo::{Tenant, conditions};
-use silo_testenv::{SimClient, Spawn, TenantFixture, TestCase, test_case};
+use silo_testenv::{CONTROLLER_NAMESPACE, LEASE_NAME, SimClient, Spawn, TenantFixture, TestCase, test_case};
 
 fn tenant_yaml(name: &str) -> String {
     format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{}}")
@@ -251,10 +253,16 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_before_another_takes
     .await
     .expect("the leader sends a CreateAccount");
     proxy.cut();
-    // Past the point where the follower may take over, the leader must have stopped writing.
-    // (This wait is the start of the window, not a check: the leader's writes are counted
-    // from here on, on every look below.)
-    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 1)).await;
+    // Once the follower holds the Lease, the leader must have stopped writing: its writes are
+    // counted from the takeover on, on every look below.
+    let leases = Api::<Lease>::namespaced(case.client.clone(), CONTROLLER_NAMESPACE);
+    case.eventually(Duration::from_secs(60), || async {
+        let holder = leases.get(LEASE_NAME).await?.spec.and_then(|s| s.holder_identity);
+        anyhow::ensure!(holder.as_deref() == Some("replica-b"), "the Lease is held by {holder:?}");
+        Ok(())
+    })
+    .await
+    .expect("the follower takes the Lease once it expires");
     let leader_writes = writes_by(&case.sim, "replica-a").await;
     let leader_wrote_nothing_more = || async {
         let writes = writes_by(&case.sim, "replica-a").await;
