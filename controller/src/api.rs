@@ -32,6 +32,12 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("size(self.metadata.name) <= 50 || has(self.spec.accountName)")
         .message("metadata.name is longer than 50 characters, the most an AWS account name may have: set spec.accountName")
         .field_path(".spec.accountName"),
+    validation = Rule::new("!has(self.spec.pool) || !has(self.spec.email)")
+        .message("spec.email cannot be set with spec.pool: an account from a pool keeps the root email it was created with (changing it needs the new address's owner to confirm it); status.email shows it")
+        .field_path(".spec.email"),
+    validation = Rule::new("!has(self.spec.pool) || !has(self.spec.accountId)")
+        .message("spec.pool and spec.accountId exclude each other: a Tenant either adopts an account or takes one from a pool")
+        .field_path(".spec.pool"),
     validation = Rule::new("!has(self.spec.accountId) || has(oldSelf.spec.accountId) || !has(self.status) || (!has(self.status.email) && !has(self.status.accountId) && !has(self.status.createAccountRequestId))")
         .message("spec.accountId cannot be added once Silo has started creating an account for this Tenant (status.email is recorded): delete the Tenant with deletionPolicy Retain and create a new one to adopt an account")
         .field_path(".spec.accountId"),
@@ -124,6 +130,14 @@ pub struct TenantSpec {
     /// While true, Silo makes no AWS calls for this tenant; a condition says it is paused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+
+    /// An AccountPool to take a ready account from instead of creating one. When the pool has
+    /// none ready, Silo creates one as without a pool: a pool speeds a Tenant up, it never
+    /// blocks it. The account keeps the pool's root email (status.email), so spec.email cannot
+    /// be set with it. Read only until the Tenant has an account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub pool: Option<String>,
 }
 
 /// The alternate contacts of an account, by kind.
@@ -267,6 +281,11 @@ pub struct TenantStatus {
     /// owner consented with the silo.dev/adopt-account annotation), not created by Silo.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
+
+    /// The AccountPool the account was claimed from, recorded with status.accountId before
+    /// any AWS write: a controller that stops mid-claim resumes the same claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_from_pool: Option<String>,
 
     /// A one-word summary for humans: Pending, Creating, Ready, Paused, Stalled, Deleting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -678,9 +697,160 @@ pub struct PreviewReport {
     pub changes: Vec<ResourceChange>,
 }
 
+/// A pool of ready accounts that Tenants with `spec.pool` take instead of waiting for
+/// CreateAccount (minutes on AWS) and for the new account's role to be usable.
+#[allow(clippy::duplicated_attributes)] // four integer printer columns look alike to clippy
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "silo.dev",
+    version = "v1alpha1",
+    kind = "AccountPool",
+    plural = "accountpools",
+    shortname = "pool",
+    status = "AccountPoolStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "An AccountPool keeps accounts created in advance, ready in an OU, for Tenants that name it in spec.pool: a new Tenant takes one at once instead of waiting minutes for AWS to create an account.",
+    printcolumn(name = "Size", type_ = "integer", json_path = ".spec.size", description = "Ready accounts to keep"),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.ready",
+        description = "Accounts ready to be claimed"
+    ),
+    printcolumn(
+        name = "Creating",
+        type_ = "integer",
+        json_path = ".status.creating",
+        description = "Accounts AWS is creating for the pool"
+    ),
+    printcolumn(
+        name = "Claimed",
+        type_ = "integer",
+        json_path = ".status.claimed",
+        description = "Tenants holding an account from the pool"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the pool is (not) full"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountPoolSpec {
+    /// How many ready accounts to keep, 0 to 100. Shrinking the pool closes nothing: accounts
+    /// beyond the size stay ready, tagged as the pool's.
+    #[schemars(range(max = 100))]
+    pub size: u32,
+
+    /// Where the pool's accounts wait: an OU id, or a path from the root like /Tenants/Pool,
+    /// within the controller's --tenant-ou-root. A Tenant moves its account to its own OU.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}$') || self.matches('^(/[^/]{1,128}){1,5}$')")
+            .message("spec.organizationalUnit must be an OU id like ou-ab12-cdef3456 or a path of 1 to 5 OU names from the root like /Tenants/Pool"),
+    )]
+    pub organizational_unit: String,
+
+    /// The root email of each account, with {index} replaced by the account's index in the
+    /// pool (0, 1, 2, ...; an index is never used twice, since AWS never reuses an email):
+    /// for example aws+pool-{index}@example.com.
+    #[schemars(length(min = 6, max = 64))]
+    #[x_kube(
+        validation = Rule::new("self.contains('{index}')").message("spec.emailTemplate must contain {index}: every account needs its own email"),
+        validation = Rule::new("self.replace('{index}', '0').matches('^[^@\\\\s]+@[^@\\\\s]+\\\\.[^@\\\\s.][^@\\\\s]*$')")
+            .message("spec.emailTemplate must make an email: one local part, one '@' and a domain with a dot, like aws+pool-{index}@example.com"),
+    )]
+    pub email_template: String,
+
+    /// The name of each account while it waits in the pool, with {index} replaced as in
+    /// emailTemplate: at most 40 characters, printable ASCII. Defaults to the pool's name
+    /// followed by -{index}. A Tenant renames the account it takes to its own account name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 40))]
+    #[x_kube(
+        validation = Rule::new("self.contains('{index}')").message("spec.nameTemplate must contain {index}"),
+        validation = Rule::new("self.matches('^[ -~]+$')").message("spec.nameTemplate may contain only printable ASCII characters"),
+    )]
+    pub name_template: Option<String>,
+
+    /// Tags for the pool's accounts while they wait, besides silo.dev/pool and
+    /// silo.dev/pool-uid; a Tenant that takes an account replaces them with its own. Same
+    /// rules as a Tenant's spec.tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 40, "additionalProperties" = {"type": "string", "maxLength": 256}))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128)").message("spec.tags keys must be 1 to 128 characters long"),
+        validation = Rule::new("self.all(k, !k.startsWith('aws:') && !k.startsWith('silo.dev/'))").message("spec.tags keys must not start with 'aws:' (AWS's) or 'silo.dev/' (Silo's)"),
+    )]
+    pub tags: BTreeMap<String, String>,
+
+    /// While true, the pool creates no account; Tenants still take the ready ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// What the pool holds. Written only by the controller; each creation is recorded before its
+/// CreateAccount is sent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountPoolStatus {
+    /// The index the next account gets. Indexes are never reused.
+    #[serde(default)]
+    pub next_index: u64,
+    /// Accounts ready to be claimed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<PoolAccount>,
+    /// Accounts being created, each recorded before its CreateAccount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creations: Vec<PoolCreation>,
+    /// How many accounts are ready.
+    #[serde(default)]
+    pub ready: u32,
+    /// How many accounts AWS is creating for the pool.
+    #[serde(default)]
+    pub creating: u32,
+    /// How many Tenants hold an account they took from the pool.
+    #[serde(default)]
+    pub claimed: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready (the pool is full), Reconciling and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A ready account of a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolAccount {
+    pub account_id: String,
+    pub index: u64,
+    pub email: String,
+    pub account_name: String,
+}
+
+/// An account the pool is creating.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolCreation {
+    pub index: u64,
+    pub email: String,
+    pub account_name: String,
+    /// The CreateAccount request, once AWS answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The account, once created: placed in the pool's OU before it is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+}
+
 /// Every CRD Silo owns, in the order `silo crd` prints them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![Tenant::crd(), Baseline::crd()]
+    vec![Tenant::crd(), Baseline::crd(), AccountPool::crd()]
 }
 
 /// The YAML `silo crd` prints: every CRD, as one multi-document stream.

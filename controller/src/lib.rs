@@ -10,7 +10,8 @@
 //!   -> account settings -> baseline -> status); [`tenant::account`] is where an account is
 //!   created or adopted, [`tenant::closure`] where one is closed.
 //! - [`baseline`]: revisions, parameters, the stack state machine, rollouts, and the Baseline
-//!   controller.
+//!   controller; [`pool`]: account pools (what a pool account is, and the pool controller
+//!   that refills them).
 //! - [`org`]: the one owner of the organization's quotas: the Organizations budget, the
 //!   creation slots, the organization index, OU resolution and service control policies.
 //! - [`leader`]: the leader Lease, which opens and closes the AWS write fence.
@@ -30,6 +31,7 @@ pub mod contract;
 pub mod leader;
 pub mod metrics;
 pub mod org;
+pub mod pool;
 pub mod preflight;
 pub mod retry;
 pub mod run;

@@ -83,6 +83,25 @@ pub struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: &'static str,
+}
+
+/// How a Tenant came to its account, in `silo_tenant_ready_seconds{path}`.
+pub const READY_PATHS: [&str; 3] = ["pool", "create", "adopt"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolNameLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OrphanLabels {
     pub kind: &'static str,
 }
@@ -125,6 +144,9 @@ pub struct Metrics {
     pub rollout_phase: Family<RolloutLabels, Gauge>,
     pub rollout_failures: Family<BaselineLabels, Gauge>,
     pub orphan_accounts: Family<OrphanLabels, Gauge>,
+    pub pool_accounts: Family<PoolLabels, Gauge>,
+    pub pool_size: Family<PoolNameLabels, Gauge>,
+    pub tenant_ready_seconds: Family<PathLabels, Histogram>,
     registry: Registry,
 }
 
@@ -219,8 +241,30 @@ impl Metrics {
             "Active accounts no Tenant has, by kind: tagged_without_tenant (Silo's UID tag of a Tenant that is gone), untracked_in_tenant_ou (in a --tenant-ou-root without a Tenant)",
             orphan_accounts.clone(),
         );
+        let pool_accounts = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_accounts",
+            "Accounts of each AccountPool by state: ready (to be claimed), creating, claimed (held by a Tenant)",
+            pool_accounts.clone(),
+        );
+        let pool_size = Family::<PoolNameLabels, Gauge>::default();
+        registry.register("pool_size", "Each AccountPool's spec.size: the ready accounts it keeps", pool_size.clone());
+        let tenant_ready_seconds = Family::<PathLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0])
+        });
+        for path in READY_PATHS {
+            let _ = tenant_ready_seconds.get_or_create(&PathLabels { path });
+        }
+        registry.register(
+            "tenant_ready_seconds",
+            "From a Tenant's creation to its first Ready, by how it came to its account: pool (taken from an AccountPool), create, adopt",
+            tenant_ready_seconds.clone(),
+        );
         Self {
             orphan_accounts,
+            pool_accounts,
+            pool_size,
+            tenant_ready_seconds,
             baseline_tenants,
             rollout_phase,
             rollout_failures,

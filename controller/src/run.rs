@@ -9,8 +9,9 @@
 //! - the Tenant watch and the Baseline revision watch (one cache each, read by both
 //!   controllers);
 //! - the [`Organization`] (index, creation slots, Organizations budget), which wakes tenants;
-//! - the Tenant controller ([`tenant::controller`]) and the Baseline controller
-//!   ([`baseline::controller::run`]);
+//! - the Tenant controller ([`tenant::controller`]), the Baseline controller
+//!   ([`baseline::controller::run`]) and the AccountPool controller
+//!   ([`pool::controller::run`]);
 //! - the fleet gauges ([`tenant::publish_fleet`]) and the orphan gauge
 //!   ([`takeover::orphans::publish`]).
 //!
@@ -40,7 +41,7 @@ use crate::{
     leader::Leadership,
     metrics::{self, METRICS, Readiness},
     org::{OrgConfig, Organization},
-    preflight, takeover, telemetry,
+    pool, preflight, takeover, telemetry,
     tenant::{self, Context, closure::ClosureLedger},
 };
 
@@ -103,6 +104,9 @@ pub async fn controllers(
     let (revisions, revision_changes) = baseline::controller::watch_revisions(&client, &config.namespace);
     let (recount, recounts) = futures::channel::mpsc::unbounded();
     let (wake, woken) = futures::channel::mpsc::unbounded();
+    let (pools, pool_changes) = pool::controller::watch(&client);
+    let pools_ready = caches::Ready::of(&pools);
+    let (pool_wake, pools_woken) = futures::channel::mpsc::unbounded();
     let shared = baseline::controller::Shared {
         tenants_ready: caches::Ready::of(&tenants),
         revisions_ready: caches::Ready::of(&revisions),
@@ -138,6 +142,8 @@ pub async fn controllers(
         org.clone(),
         tenants.clone(),
         shared.tenants_ready.clone(),
+        pools.clone(),
+        pools_ready.clone(),
         config.tenant_ou_roots.clone(),
     );
     let reporter = Reporter { controller: "silo".into(), instance: std::env::var("POD_NAME").ok() };
@@ -152,9 +158,27 @@ pub async fn controllers(
         revisions: shared.revisions.clone(),
         rollouts: shared.rollouts.clone(),
         recount,
-        config,
+        tenants: tenants.clone(),
+        tenants_ready: shared.tenants_ready.clone(),
+        pools_ready,
+        pools: pools.clone(),
+        pool_wake,
+        config: config.clone(),
         failures: Default::default(),
     });
+    let pool_controller = pool::controller::run(
+        Arc::new(pool::controller::Context {
+            client: ctx.client.clone(),
+            org: org.clone(),
+            tenants: tenants.clone(),
+            tenants_ready: shared.tenants_ready.clone(),
+            config,
+        }),
+        pools,
+        pool_changes,
+        pools_woken,
+        shutdown.clone(),
+    );
     let tenant_controller = {
         let shutdown = shutdown.clone();
         let tenants = tenants.clone();
@@ -170,6 +194,7 @@ pub async fn controllers(
             () = org.run() => {}
             () = tenant::publish_fleet(tenants.clone()) => {}
             () = orphans => {}
+            () = pool_controller => {}
         }
     };
     // The revision cache stays current while the stream is polled.

@@ -255,6 +255,10 @@ pub async fn test_case_with(options: &EnvOptions) -> TestCase {
     let sim = SimClient::new(&info.aws_endpoint);
     remove_all_tenants(&client).await.expect("remove Tenants left by an earlier test");
     remove_all_baselines(&client).await.expect("remove Baselines left by an earlier test");
+    Api::<silo::api::AccountPool>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .expect("remove AccountPools left by an earlier test");
     let ledger = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
     let _ = ledger.delete(silo::tenant::closure::LEDGER_NAME, &DeleteParams::default()).await;
     // Each test's controller creates the leader Lease itself, as a first install would.
@@ -760,6 +764,10 @@ impl TenantFixture {
 
     pub fn baseline(self, name: &str) -> Self {
         self.with("baseline", serde_json::json!({"name": name}))
+    }
+
+    pub fn from_pool(self, pool: &str) -> Self {
+        self.with("pool", pool.into())
     }
 
     pub fn name(&self) -> &str {

@@ -182,7 +182,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     }
 }
 
-/// Applies every Baseline and Tenant in `dir`; returns the Tenants' names.
+/// Applies every AccountPool, Baseline and Tenant in `dir`; returns the Tenants' names.
 async fn apply_examples(client: &Client, dir: &std::path::Path) -> Result<Vec<String>> {
     let api = Api::<Tenant>::all(client.clone());
     let baselines = Api::<Baseline>::all(client.clone());
@@ -197,6 +197,15 @@ async fn apply_examples(client: &Client, dir: &std::path::Path) -> Result<Vec<St
         let text = std::fs::read_to_string(&file)?;
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+            if value["kind"] == "AccountPool" {
+                let pool: silo::api::AccountPool =
+                    serde_json::from_value(value).with_context(|| format!("parse {}", file.display()))?;
+                let name = pool.name_any();
+                Api::<silo::api::AccountPool>::all(client.clone())
+                    .patch(&name, &PatchParams::apply("silo-demo").force(), &Patch::Apply(&pool))
+                    .await?;
+                continue;
+            }
             if value["kind"] == "Baseline" {
                 let baseline: Baseline =
                     serde_json::from_value(value).with_context(|| format!("parse {}", file.display()))?;

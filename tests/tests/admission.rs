@@ -216,6 +216,16 @@ fn refusals() -> Vec<Refusal> {
             says: &["contact email must look like name@example.com"],
         },
         Refusal {
+            case: "a pool and an email",
+            tenant: tenant("t27", json!({"pool": "warm", "email": "root@acme.example"})),
+            says: &["spec.email cannot be set with spec.pool", "status.email shows it"],
+        },
+        Refusal {
+            case: "a pool and an account id",
+            tenant: tenant("t28", json!({"pool": "warm", "accountId": "111122223333"})),
+            says: &["spec.pool and spec.accountId exclude each other"],
+        },
+        Refusal {
             case: "unknown deletion policy",
             tenant: tenant("t21", json!({"deletionPolicy": "Delete"})),
             says: &["spec.deletionPolicy", "Unsupported value: \"Delete\"", "\"Retain\"", "\"Close\""],
@@ -359,6 +369,29 @@ async fn email_and_account_id_cannot_change_once_set() {
     }
 }
 
+/// Creates each object with a dry run: every refused one must be refused with its words, the
+/// valid one accepted. Returns what went wrong.
+async fn judge(
+    api: &Api<DynamicObject>,
+    refused: &[(&str, DynamicObject, &str)],
+    valid: &DynamicObject,
+) -> Vec<String> {
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let mut failures = vec![];
+    for (what, object, says) in refused {
+        match api.create(&dry_run, object).await {
+            Ok(_) => failures.push(format!("{what}: accepted")),
+            Err(kube::Error::Api(status)) if status.message.contains(says) => {}
+            Err(other) => failures.push(format!("{what}: {other} lacks {says:?}")),
+        }
+    }
+    if let Err(err) = api.create(&dry_run, valid).await {
+        failures
+            .push(format!("a valid {} was refused: {err}", valid.types.as_ref().map_or("object", |t| t.kind.as_str())));
+    }
+    failures
+}
+
 fn baseline(name: &str, spec: Value) -> DynamicObject {
     object("Baseline", name, spec)
 }
@@ -369,7 +402,6 @@ async fn invalid_baselines_are_refused_and_valid_ones_accepted() {
     let gvk = GroupVersionKind::gvk("silo.dev", "v1alpha1", "Baseline");
     let api: Api<DynamicObject> =
         Api::all_with(case.client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "baselines"));
-    let dry_run = PostParams { dry_run: true, ..Default::default() };
     let template = "Resources: {}";
     let refused = [
         ("no template", baseline("b1", json!({})), "set exactly one of spec.template"),
@@ -409,21 +441,60 @@ async fn invalid_baselines_are_refused_and_valid_ones_accepted() {
             "spec.parameters must not set TenantName or AccountId",
         ),
     ];
-    let mut failures = vec![];
-    for (what, object, says) in &refused {
-        match api.create(&dry_run, object).await {
-            Ok(_) => failures.push(format!("{what}: accepted")),
-            Err(kube::Error::Api(status)) if status.message.contains(says) => {}
-            Err(other) => failures.push(format!("{what}: {other} lacks {says:?}")),
-        }
-    }
     let valid = baseline(
         "ok",
         json!({"template": "#".repeat(51_200), "regions": ["us-east-1", "eu-west-1"], "capabilities": ["CAPABILITY_NAMED_IAM"],
                "externalId": {"name": "silo-external-id", "key": "id"}, "sessionPolicy": "{}"}),
     );
-    if let Err(err) = api.create(&dry_run, &valid).await {
-        failures.push(format!("a valid Baseline was refused: {err}"));
-    }
+    let failures = judge(&api, &refused, &valid).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn pool(name: &str, spec: Value) -> DynamicObject {
+    object("AccountPool", name, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_account_pools_are_refused_and_valid_ones_accepted() {
+    let case = test_case().await;
+    let gvk = GroupVersionKind::gvk("silo.dev", "v1alpha1", "AccountPool");
+    let api: Api<DynamicObject> =
+        Api::all_with(case.client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "accountpools"));
+    let spec = |changes: Value| {
+        let mut spec =
+            json!({"size": 2, "organizationalUnit": "/Tenants/Pool", "emailTemplate": "aws+pool-{index}@example.com"});
+        spec.as_object_mut().unwrap().extend(changes.as_object().unwrap().clone());
+        spec
+    };
+    let refused = [
+        (
+            "an email template without {index}",
+            pool("p1", spec(json!({"emailTemplate": "pool@example.com"}))),
+            "spec.emailTemplate must contain {index}",
+        ),
+        (
+            "an email template that makes no email",
+            pool("p2", spec(json!({"emailTemplate": "pool-{index}"}))),
+            "spec.emailTemplate must make an email",
+        ),
+        (
+            "a name template without {index}",
+            pool("p3", spec(json!({"nameTemplate": "spare"}))),
+            "spec.nameTemplate must contain {index}",
+        ),
+        (
+            "the root as the pool's OU",
+            pool("p4", spec(json!({"organizationalUnit": "/"}))),
+            "spec.organizationalUnit must be an OU id",
+        ),
+        ("a size over 100", pool("p5", spec(json!({"size": 101}))), "should be less than or equal to 100"),
+        (
+            "a tag in Silo's namespace",
+            pool("p6", spec(json!({"tags": {"silo.dev/pool": "x"}}))),
+            "must not start with 'aws:' (AWS's) or 'silo.dev/'",
+        ),
+    ];
+    let valid = pool("ok", spec(json!({"nameTemplate": "Spare {index}", "tags": {"stage": "spare"}, "paused": true})));
+    let failures = judge(&api, &refused, &valid).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -23,6 +23,14 @@ pub const TENANT_TAG: &str = "silo.dev/tenant";
 /// (see [`ownership`]).
 pub const TENANT_UID_TAG: &str = "silo.dev/tenant-uid";
 
+/// Tag carrying the AccountPool's name on an account that waits in the pool.
+pub const POOL_TAG: &str = "silo.dev/pool";
+
+/// Tag carrying the AccountPool's UID on an account that waits in the pool: the proof that an
+/// account is the pool's to hand out. A Tenant that takes the account removes both pool tags
+/// when it puts its own [`TENANT_UID_TAG`] on.
+pub const POOL_UID_TAG: &str = "silo.dev/pool-uid";
+
 /// The annotations a person puts on a Tenant to tell Silo something the spec cannot say.
 /// Each one triggers a reconcile when it changes.
 pub mod annotations {

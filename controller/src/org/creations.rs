@@ -1,7 +1,9 @@
 //! Creation slots: AWS runs at most 5 CreateAccount requests of an organization at once, and
 //! refuses a sixth. This component owns those slots for the whole fleet.
 //!
-//! - Tenants that need an account wait in a FIFO ordered by their creation time.
+//! - Tenants that need an account wait in a FIFO ordered by their creation time; account
+//!   pools refilling wait behind every Tenant ([`Applicant::refill`]): a user's Tenant always
+//!   gets a slot before a refill.
 //! - A slot is taken ([`Creations::reserve`]) before CreateAccount is sent, atomically with
 //!   the count, so no CreateAccount is ever sent into a full quota by Silo itself.
 //! - A slot is freed by the request's state in AWS, whichever code path sees it: the tracker,
@@ -49,13 +51,23 @@ const MIN_CHECK_GAP: Duration = Duration::from_millis(100);
 const MAX_CHECK_GAP: Duration = Duration::from_secs(30);
 
 /// A tenant that wants a slot: its name (to wake it), UID (its identity) and creation time
-/// (its place in line).
+/// (its place in line); or an account pool refilling, behind every tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applicant {
     pub name: String,
     pub uid: String,
     /// Seconds since the epoch of the Tenant's creationTimestamp.
     pub created: i64,
+    /// An account pool's refill (`name` is the pool's; pools are not woken, they look again
+    /// by themselves), not a Tenant.
+    pub refill: bool,
+}
+
+impl Applicant {
+    /// The place in line: every Tenant before every refill, then by creation time.
+    fn key(&self) -> (bool, i64, String) {
+        (self.refill, self.created, self.uid.clone())
+    }
 }
 
 /// Why a tenant cannot have a slot yet.
@@ -78,7 +90,8 @@ struct Tracked {
 
 #[derive(Debug)]
 struct Waiter {
-    name: String,
+    /// The Tenant to wake; `None` for a refill.
+    name: Option<String>,
     last_asked: Instant,
     /// When it was last woken for a free slot.
     woken: Option<Instant>,
@@ -100,10 +113,11 @@ struct Finished {
 #[derive(Debug, Default)]
 struct Slots {
     ready: bool,
-    /// Waiting tenants by (creation time, uid).
-    waiting: BTreeMap<(i64, String), Waiter>,
-    /// Tenants holding a slot before their CreateAccount is answered (uid -> name).
-    reserved: HashMap<String, String>,
+    /// Waiting applicants by (refill, creation time, uid).
+    waiting: BTreeMap<(bool, i64, String), Waiter>,
+    /// Applicants holding a slot before their CreateAccount is answered (uid -> name, or
+    /// `None` for a refill: nobody to wake).
+    reserved: HashMap<String, Option<String>>,
     in_flight: HashMap<String, Tracked>,
     finished: HashMap<String, Finished>,
     /// The request of each tenant (uid -> request id), for reconciles that run on a cached
@@ -164,12 +178,13 @@ impl Creations {
     pub fn reserve(&self, tenant: &Applicant) -> Result<(), NotYet> {
         let mut slots = self.lock();
         let now = Instant::now();
-        let key = (tenant.created, tenant.uid.clone());
+        let key = tenant.key();
         if slots.reserved.contains_key(&tenant.uid) {
             return Ok(());
         }
         let woken = slots.waiting.get(&key).and_then(|w| w.woken);
-        slots.waiting.insert(key.clone(), Waiter { name: tenant.name.clone(), last_asked: now, woken });
+        let name = (!tenant.refill).then(|| tenant.name.clone());
+        slots.waiting.insert(key.clone(), Waiter { name, last_asked: now, woken });
         let result = if !slots.ready {
             Err(NotYet::Starting)
         } else {
@@ -177,7 +192,8 @@ impl Creations {
             let ahead = slots.waiting.range(..key.clone()).filter(|(_, w)| !w.gone(now)).count();
             if ahead < free {
                 slots.waiting.remove(&key);
-                slots.reserved.insert(tenant.uid.clone(), tenant.name.clone());
+                let name = (!tenant.refill).then(|| tenant.name.clone());
+                slots.reserved.insert(tenant.uid.clone(), name);
                 Ok(())
             } else {
                 Err(NotYet::InLine { position: ahead + 1, in_use: slots.in_use() })
@@ -199,7 +215,7 @@ impl Creations {
     /// The tenant no longer wants an account created (deleted, paused, adopting instead).
     pub fn leave(&self, uid: &str) {
         let mut slots = self.lock();
-        slots.waiting.retain(|(_, waiter), _| waiter != uid);
+        slots.waiting.retain(|(_, _, waiter), _| waiter != uid);
         let released = slots.reserved.remove(uid).is_some();
         if released {
             self.wake_next(&mut slots);
@@ -217,12 +233,7 @@ impl Creations {
                 let next_check = slots.first_check(Instant::now());
                 slots.in_flight.insert(
                     request.id.clone(),
-                    Tracked {
-                        owner: Some(name),
-                        account_name: request.account_name.clone(),
-                        next_check,
-                        gap: MIN_CHECK_GAP,
-                    },
+                    Tracked { owner: name, account_name: request.account_name.clone(), next_check, gap: MIN_CHECK_GAP },
                 );
                 self.changed.notify_one();
             } else {
@@ -361,7 +372,9 @@ impl Creations {
         let free = self.capacity.saturating_sub(slots.in_use());
         for waiter in slots.waiting.values_mut().filter(|w| !w.gone(now)).take(free) {
             waiter.woken = Some(now);
-            (self.wake)(waiter.name.clone());
+            if let Some(name) = &waiter.name {
+                (self.wake)(name.clone());
+            }
         }
     }
 }
@@ -373,7 +386,11 @@ mod tests {
     use super::*;
 
     fn applicant(name: &str, created: i64) -> Applicant {
-        Applicant { name: name.into(), uid: format!("uid-{name}"), created }
+        Applicant { name: name.into(), uid: format!("uid-{name}"), created, refill: false }
+    }
+
+    fn refill(pool: &str, created: i64) -> Applicant {
+        Applicant { refill: true, ..applicant(pool, created) }
     }
 
     fn request(id: &str, state: CreationState) -> CreateRequest {
@@ -482,6 +499,23 @@ mod tests {
     }
 
     #[test]
+    fn every_tenant_gets_a_slot_before_a_refill_and_a_refill_is_never_woken() {
+        let (creations, woken) = creations(1);
+        creations.mark_ready();
+        creations.reserve(&applicant("first", 1)).unwrap();
+        // The pool has waited longest, but a Tenant that came later goes first.
+        assert!(creations.reserve(&refill("pool", 0)).is_err());
+        assert_eq!(creations.reserve(&applicant("late", 5)), Err(NotYet::InLine { position: 1, in_use: 1 }));
+        creations.release("uid-first");
+        assert_eq!(*woken.lock().unwrap(), vec!["late".to_string()]);
+        assert!(creations.reserve(&refill("pool", 0)).is_err(), "the slot is the Tenant's");
+        creations.reserve(&applicant("late", 5)).unwrap();
+        creations.release("uid-late");
+        assert_eq!(*woken.lock().unwrap(), vec!["late".to_string()], "a pool is not woken: it looks again itself");
+        assert_eq!(creations.reserve(&refill("pool", 0)), Ok(()));
+    }
+
+    #[test]
     fn a_tenant_woken_for_a_slot_that_never_comes_holds_nobody_back() {
         let (creations, woken) = creations(1);
         creations.mark_ready();
@@ -493,7 +527,7 @@ mod tests {
         // b never comes (its Tenant was removed without its finalizer, say).
         {
             let mut slots = creations.lock();
-            let waiter = slots.waiting.values_mut().find(|w| w.name == "b").unwrap();
+            let waiter = slots.waiting.values_mut().find(|w| w.name.as_deref() == Some("b")).unwrap();
             let long_ago = Instant::now() - WAKE_GRACE - Duration::from_secs(1);
             waiter.woken = Some(long_ago);
             waiter.last_asked = long_ago - Duration::from_secs(1);

@@ -138,6 +138,11 @@ impl OrgIndex {
         self.read().accounts.len()
     }
 
+    /// Every account the index knows with this name (names are not unique).
+    pub fn accounts_named(&self, name: &str) -> Vec<IndexedAccount> {
+        self.read().accounts.values().map(|e| &e.value).filter(|a| a.account.name == name).cloned().collect()
+    }
+
     /// How many accounts count against the organization's account quota, as far as the index
     /// knows: every member but those AWS closed permanently (State CLOSED). A closed account
     /// (PENDING_CLOSURE, SUSPENDED) still counts until then, for 90 days after its closure.

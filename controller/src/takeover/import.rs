@@ -597,6 +597,7 @@ mod tests {
                 consent: annotation(ADOPT_ACCOUNT),
                 previous_uid: annotation(PREVIOUS_UID),
                 claimed_by: None,
+                from_pool: None,
             };
             let verdict = judge_account(Some(&account), &tags, &desired_tags(&tenant), &[], &ownership);
             let AccountVerdict::Fine { title: got, to_set, to_remove } = verdict else {

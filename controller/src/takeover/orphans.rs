@@ -1,12 +1,15 @@
 //! Orphans: accounts no Tenant has. `silo orphans` lists them; the controller keeps the gauge
 //! `silo_orphan_accounts{kind}` current ([`publish`]). Both classify with [`classify`].
 //!
-//! Two kinds:
+//! Three kinds:
 //! - `tagged_without_tenant`: the account carries Silo's `silo.dev/tenant-uid` tag, and no
 //!   Tenant has that UID (its Tenant was deleted with `deletionPolicy: Retain`, or was
 //!   recreated and so has another UID). Import takes it back with `silo.dev/previous-uid`.
 //! - `untracked_in_tenant_ou`: the account is in one of the tenant OU roots
 //!   (`--tenant-ou-root`) or below, without Silo's tag and without a Tenant: made out of band.
+//! - `pool_surplus`: the account carries an AccountPool's tags, and no pool keeps it: the
+//!   pool was deleted, or shrank below the accounts it had ready. Silo never closes them; a
+//!   person closes them, or adopts them with a Tenant.
 //!
 //! Only ACTIVE accounts are orphans: a closed account is nobody's to keep clean, and the
 //! management account never is.
@@ -31,10 +34,12 @@ use serde::Serialize;
 use super::{OrgTree, Pacing};
 use crate::{
     Tenant,
+    api::AccountPool,
     aws::{Priority, organizations::Account},
     contract::ownership::{Holder, TenantClaims},
     metrics::{METRICS, OrphanLabels},
     org::{Organization, units},
+    pool::{PoolHold, PoolHolds},
 };
 
 /// `silo orphans`.
@@ -66,15 +71,18 @@ pub enum Format {
 pub enum OrphanKind {
     TaggedWithoutTenant,
     UntrackedInTenantOu,
+    PoolSurplus,
 }
 
 impl OrphanKind {
-    pub const ALL: [OrphanKind; 2] = [OrphanKind::TaggedWithoutTenant, OrphanKind::UntrackedInTenantOu];
+    pub const ALL: [OrphanKind; 3] =
+        [OrphanKind::TaggedWithoutTenant, OrphanKind::UntrackedInTenantOu, OrphanKind::PoolSurplus];
 
     pub fn label(self) -> &'static str {
         match self {
             OrphanKind::TaggedWithoutTenant => "tagged_without_tenant",
             OrphanKind::UntrackedInTenantOu => "untracked_in_tenant_ou",
+            OrphanKind::PoolSurplus => "pool_surplus",
         }
     }
 }
@@ -103,6 +111,9 @@ pub struct Orphan {
     pub tenant_uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_name: Option<String>,
+    /// The AccountPool its tags name, for `pool_surplus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Whether an account's tags must be read to classify it: it is active, not the management
@@ -111,11 +122,12 @@ pub fn is_candidate(account: &Account, claims: &TenantClaims, management_account
     account.is_active() && account.id != management_account && claims.naming(&account.id).is_none()
 }
 
-/// The orphans among `accounts`, given the Tenants and the tenant OU roots (ids). Accounts
-/// whose tags were not read are left out. Pure.
+/// The orphans among `accounts`, given the Tenants, the pools and the tenant OU roots (ids).
+/// Accounts whose tags were not read are left out. Pure.
 pub fn classify(
     accounts: &[AccountFacts],
     claims: &TenantClaims,
+    pools: &PoolHolds,
     roots: &[String],
     management_account: &str,
 ) -> Vec<Orphan> {
@@ -126,14 +138,18 @@ pub fn classify(
             continue;
         }
         let Some(tags) = &facts.tags else { continue };
-        let (kind, tenant_uid, tenant_name) = match claims.holder(&account.id, tags) {
-            Holder::Tenant(_) => continue,
-            Holder::Gone { uid, tenant } => (OrphanKind::TaggedWithoutTenant, Some(uid), tenant),
-            Holder::Nobody if roots.iter().any(|root| facts.ancestors.contains(root)) => {
-                (OrphanKind::UntrackedInTenantOu, None, None)
-            }
-            Holder::Nobody => continue,
-        };
+        let (kind, tenant_uid, tenant_name, pool) =
+            match (pools.judge(&account.id, tags), claims.holder(&account.id, tags)) {
+                (_, Holder::Tenant(_)) | (PoolHold::Kept, _) => continue,
+                (PoolHold::Surplus { pool }, _) => (OrphanKind::PoolSurplus, None, None, Some(pool)),
+                (PoolHold::NotPooled, Holder::Gone { uid, tenant }) => {
+                    (OrphanKind::TaggedWithoutTenant, Some(uid), tenant, None)
+                }
+                (PoolHold::NotPooled, Holder::Nobody) if roots.iter().any(|root| facts.ancestors.contains(root)) => {
+                    (OrphanKind::UntrackedInTenantOu, None, None, None)
+                }
+                (PoolHold::NotPooled, Holder::Nobody) => continue,
+            };
         orphans.push(Orphan {
             account_id: account.id.clone(),
             account_name: account.name.clone(),
@@ -141,6 +157,7 @@ pub fn classify(
             parent: facts.ancestors.first().cloned().unwrap_or_default(),
             tenant_uid,
             tenant_name,
+            pool,
         });
     }
     orphans.sort_by(|a, b| (a.kind, &a.account_id).cmp(&(b.kind, &b.account_id)));
@@ -159,10 +176,14 @@ pub fn count(orphans: &[Orphan]) -> BTreeMap<OrphanKind, i64> {
 /// Runs `silo orphans`: reads the organization, the Tenants, and the tags of the candidates.
 pub async fn run(args: OrphansArgs) -> anyhow::Result<()> {
     let client = crate::preflight::kube_client().await?;
-    let tenants = Api::<Tenant>::all(client).list(&Default::default()).await.map_err(|err| {
+    let tenants = Api::<Tenant>::all(client.clone()).list(&Default::default()).await.map_err(|err| {
         anyhow::anyhow!("cannot list the cluster's Tenants ({err}): check KUBECONFIG and that the CRDs are installed")
     })?;
     let claims = TenantClaims::of(&tenants.items);
+    let pools = Api::<AccountPool>::all(client).list(&Default::default()).await.map_err(|err| {
+        anyhow::anyhow!("cannot list the cluster's AccountPools ({err}): check that the CRDs are installed")
+    })?;
+    let pools = PoolHolds::of(&pools.items);
     let api = args.pacing.organizations().await;
     let tree = OrgTree::read(&api).await.context("read the organization")?;
     let mut roots = vec![];
@@ -179,7 +200,7 @@ pub async fn run(args: OrphansArgs) -> anyhow::Result<()> {
         };
         facts.push(AccountFacts { account: account.clone(), ancestors: tree.ancestors(parent), tags });
     }
-    let orphans = classify(&facts, &claims, &roots, &tree.management_account);
+    let orphans = classify(&facts, &claims, &pools, &roots, &tree.management_account);
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&orphans)?),
         Format::Table => print!("{}", table(&orphans, &tree)),
@@ -188,11 +209,12 @@ pub async fn run(args: OrphansArgs) -> anyhow::Result<()> {
 }
 
 fn table(orphans: &[Orphan], tree: &OrgTree) -> String {
-    let mut rows = vec![["ACCOUNT", "NAME", "KIND", "OU", "TENANT (FROM ITS TAGS)"].map(String::from)];
+    let mut rows = vec![["ACCOUNT", "NAME", "KIND", "OU", "TENANT OR POOL (FROM ITS TAGS)"].map(String::from)];
     for o in orphans {
-        let tenant = match (&o.tenant_name, &o.tenant_uid) {
-            (Some(name), Some(uid)) => format!("{name} (UID {uid})"),
-            (None, Some(uid)) => format!("UID {uid}"),
+        let tenant = match (&o.tenant_name, &o.tenant_uid, &o.pool) {
+            (Some(name), Some(uid), _) => format!("{name} (UID {uid})"),
+            (None, Some(uid), _) => format!("UID {uid}"),
+            (_, None, Some(pool)) => format!("pool {pool}"),
             _ => String::new(),
         };
         let ou = tree.path_of(&o.parent).unwrap_or_else(|| "/".into());
@@ -220,12 +242,14 @@ pub async fn publish(
     org: Arc<Organization>,
     tenants: Store<Tenant>,
     tenants_ready: crate::caches::Ready,
+    pools: Store<AccountPool>,
+    pools_ready: crate::caches::Ready,
     tenant_ou_roots: Vec<String>,
 ) {
     for kind in OrphanKind::ALL {
         METRICS.orphan_accounts.get_or_create(&OrphanLabels { kind: kind.label() }).set(0);
     }
-    if tenants_ready.wait().await.is_err() {
+    if tenants_ready.wait().await.is_err() || pools_ready.wait().await.is_err() {
         return;
     }
     let mut known_tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
@@ -242,6 +266,7 @@ pub async fn publish(
             as_of_sweep = index.sweeps();
         }
         let claims = TenantClaims::of(tenants.state().iter().map(|t| t.as_ref()));
+        let holds = PoolHolds::of(pools.state().iter().map(|p| p.as_ref()));
         let roots: Vec<String> = tenant_ou_roots.iter().filter_map(|spec| index.resolve(spec)).collect();
         let mut facts = vec![];
         for indexed in index.accounts() {
@@ -258,7 +283,7 @@ pub async fn publish(
             let tags = known_tags.get(&account.id).cloned();
             facts.push(AccountFacts { account, ancestors, tags });
         }
-        for (kind, n) in count(&classify(&facts, &claims, &roots, &info.management_account_id)) {
+        for (kind, n) in count(&classify(&facts, &claims, &holds, &roots, &info.management_account_id)) {
             METRICS.orphan_accounts.get_or_create(&OrphanLabels { kind: kind.label() }).set(n);
         }
     }
@@ -319,11 +344,11 @@ mod tests {
             (facts("999999999999", "ACTIVE", "ou-t", None), None),
         ];
         for (facts, want) in &cases {
-            let got = classify(std::slice::from_ref(facts), &claims, &roots, "123456789012");
+            let got = classify(std::slice::from_ref(facts), &claims, &PoolHolds::default(), &roots, "123456789012");
             assert_eq!(got.first().map(|o| o.kind), *want, "{}", facts.account.id);
         }
         let all: Vec<AccountFacts> = cases.into_iter().map(|(f, _)| f).collect();
-        let orphans = classify(&all, &claims, &roots, "123456789012");
+        let orphans = classify(&all, &claims, &PoolHolds::default(), &roots, "123456789012");
         assert_eq!(
             orphans.iter().map(|o| o.account_id.as_str()).collect::<Vec<_>>(),
             ["222222222222", "333333333333", "555555555555"]
@@ -332,14 +357,46 @@ mod tests {
         assert_eq!(orphans[0].tenant_name.as_deref(), Some("gone"));
         assert_eq!(
             count(&orphans),
-            BTreeMap::from([(OrphanKind::TaggedWithoutTenant, 2), (OrphanKind::UntrackedInTenantOu, 1)])
+            BTreeMap::from([
+                (OrphanKind::TaggedWithoutTenant, 2),
+                (OrphanKind::UntrackedInTenantOu, 1),
+                (OrphanKind::PoolSurplus, 0)
+            ])
         );
         assert_eq!(
             count(&[]),
-            BTreeMap::from([(OrphanKind::TaggedWithoutTenant, 0), (OrphanKind::UntrackedInTenantOu, 0)])
+            BTreeMap::from([
+                (OrphanKind::TaggedWithoutTenant, 0),
+                (OrphanKind::UntrackedInTenantOu, 0),
+                (OrphanKind::PoolSurplus, 0)
+            ])
         );
         // Without roots, only the tagged ones.
-        assert_eq!(classify(&all, &claims, &[], "123456789012").len(), 2);
+        assert_eq!(classify(&all, &claims, &PoolHolds::default(), &[], "123456789012").len(), 2);
+    }
+
+    #[test]
+    fn a_pools_ready_account_is_no_orphan_and_its_surplus_is() {
+        use crate::{
+            api::{AccountPool, AccountPoolSpec, AccountPoolStatus, PoolAccount},
+            contract::{POOL_TAG, POOL_UID_TAG},
+        };
+        let tree = tree();
+        let mut pool = AccountPool::new("warm", AccountPoolSpec::default());
+        pool.metadata.uid = Some("uid-pool".into());
+        let kept = PoolAccount { account_id: "111111111111".into(), ..Default::default() };
+        pool.status = Some(AccountPoolStatus { accounts: vec![kept], ..Default::default() });
+        let pooled = |id: &str| AccountFacts {
+            account: account(id, "warm-0", "ACTIVE"),
+            ancestors: tree.ancestors("ou-p"),
+            tags: Some(tags(&[(POOL_TAG, "warm"), (POOL_UID_TAG, "uid-pool")])),
+        };
+        let facts = [pooled("111111111111"), pooled("222222222222")];
+        let orphans =
+            classify(&facts, &TenantClaims::default(), &PoolHolds::of([&pool]), &["ou-t".into()], "123456789012");
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!((orphans[0].account_id.as_str(), orphans[0].kind), ("222222222222", OrphanKind::PoolSurplus));
+        assert_eq!(orphans[0].pool.as_deref(), Some("warm"));
     }
 
     #[test]
@@ -365,6 +422,7 @@ mod tests {
             parent: "ou-p".into(),
             tenant_uid: Some("uid-1".into()),
             tenant_name: Some("old".into()),
+            pool: None,
         }];
         let text = table(&orphans, &tree());
         assert!(text.contains("222222222222  gone  tagged_without_tenant  /Tenants/Prod  old (UID uid-1)"), "{text}");

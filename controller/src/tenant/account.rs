@@ -51,9 +51,9 @@ use crate::{
     },
     conditions::{self, StepOutcome},
     contract::{
-        TENANT_TAG, TENANT_UID_TAG,
+        POOL_TAG, TENANT_TAG, TENANT_UID_TAG,
         annotations::{ADOPT_ACCOUNT, PREVIOUS_UID},
-        ownership::{Claim, claim, tagged_uid},
+        ownership::{Claim, TenantClaims, claim, tagged_uid},
     },
     org::{Applicant, NotYet, index::QuotaUsage},
 };
@@ -93,6 +93,8 @@ pub enum Route {
     SpecAccountId,
     /// Found by this tenant's email (after a crash, or after AWS said the email is taken).
     FoundByEmail,
+    /// Taken from the AccountPool `spec.pool` names.
+    FromPool,
 }
 
 /// Decides what to look at. `own_request` is the request this process sent for the tenant,
@@ -156,6 +158,8 @@ pub struct Ownership {
     pub previous_uid: Option<String>,
     /// The Tenant (UID) this process already let claim the account, if another one.
     pub claimed_by: Option<String>,
+    /// The AccountPool the status records the account was claimed from.
+    pub from_pool: Option<String>,
 }
 
 /// How an account is this tenant's.
@@ -167,6 +171,9 @@ pub enum Title {
     Consented,
     /// It carries this Tenant's UID from before a restore (`silo.dev/previous-uid`).
     Reclaimed,
+    /// It carries no UID but the tag of the pool the status records it was claimed from: a
+    /// claim that stopped before the Tenant's tag was written.
+    FromPool,
 }
 
 /// What the account and its tags say, for a known account or one to take.
@@ -219,6 +226,9 @@ pub fn judge_account(
             Title::Reclaimed
         }
         Claim::Nobody if ownership.consent.as_deref() == Some(account.id.as_str()) => Title::Consented,
+        Claim::Nobody if ownership.from_pool.is_some() && tags.get(POOL_TAG) == ownership.from_pool.as_ref() => {
+            Title::FromPool
+        }
         Claim::Nobody => return AccountVerdict::Unproven,
     };
     if let Some(other) = &ownership.claimed_by
@@ -350,6 +360,7 @@ impl AccountStep<'_> {
             name: self.tenant.name_any(),
             uid: self.uid(),
             created: self.tenant.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+            refill: false,
         }
     }
 
@@ -360,6 +371,7 @@ impl AccountStep<'_> {
         // No account was made with this email and name, so they may change (spec, or the template).
         progress.status.email = None;
         progress.status.account_name = None;
+        progress.status.claimed_from_pool = None;
         self.ctx.org.creations.forget(&self.uid());
     }
 
@@ -384,7 +396,10 @@ impl AccountStep<'_> {
             Situation::New if self.annotation(PREVIOUS_UID).is_some() => {
                 self.reclaim_by_email(progress, writer).await?
             }
-            Situation::New => self.create(progress, writer).await?,
+            Situation::New => match &self.tenant.spec.pool {
+                Some(pool) => self.claim_from_pool(pool, progress, writer).await?,
+                None => self.create(progress, writer).await?,
+            },
         };
         // The account this tenant has is not the one spec.accountId names (it was set while a
         // creation was under way): say so rather than take a second one.
@@ -445,6 +460,7 @@ impl AccountStep<'_> {
             consent: self.annotation(ADOPT_ACCOUNT),
             previous_uid: self.annotation(PREVIOUS_UID),
             claimed_by: org.index.claimant(account_id),
+            from_pool: progress.status.claimed_from_pool.clone(),
         };
         let desired = desired_tags(self.tenant);
         let applied = &progress.status.applied_tag_keys;
@@ -462,7 +478,7 @@ impl AccountStep<'_> {
             // The account is recorded as this tenant's before it is tagged.
             record_account(progress, account.as_ref().map(|a| &a.account));
             progress.status.create_account_request_id = None;
-            progress.status.adopted = title != Title::Tagged;
+            progress.status.adopted = !matches!(title, Title::Tagged | Title::FromPool);
             writer.save_intent(progress, "TagResource").await?;
         }
         org.change_tags(account_id, &to_set, &to_remove).await?;
@@ -483,6 +499,10 @@ impl AccountStep<'_> {
             (Route::FoundByEmail, _) => {
                 event("AccountAdopted", format!("Found and adopted account {account_id}")).await
             }
+            (Route::FromPool, _) => {
+                let pool = progress.status.claimed_from_pool.clone().unwrap_or_default();
+                event("AccountClaimed", format!("Took account {account_id} from AccountPool {pool}")).await
+            }
             (Route::Recorded, _)
                 if matches!(self.mode, Mode::Verify(_)) && (!to_set.is_empty() || !to_remove.is_empty()) =>
             {
@@ -497,6 +517,13 @@ impl AccountStep<'_> {
             Route::SpecAccountId | Route::FoundByEmail => {
                 StepOutcome::done("AccountAdopted", format!("Account {account_id} was adopted"))
             }
+            Route::FromPool => StepOutcome::done(
+                "AccountClaimed",
+                format!(
+                    "Account {account_id} was taken from AccountPool {}",
+                    progress.status.claimed_from_pool.as_deref().unwrap_or_default()
+                ),
+            ),
         })
     }
 
@@ -578,11 +605,21 @@ impl AccountStep<'_> {
         progress.status.create_account_request_id = Some(request_id.to_string());
         let request = self.ctx.org.creation(request_id).await?;
         match judge_request(&request.state) {
-            RequestVerdict::InProgress => Ok(StepOutcome::wait(
-                "CreatingAccount",
-                format!("AWS is creating account {:?} (request {request_id})", self.identity.account_name),
-                CREATION_FALLBACK,
-            )),
+            RequestVerdict::InProgress => Ok(match &self.tenant.spec.pool {
+                Some(pool) => StepOutcome::wait(
+                    "CreatingAccountPoolEmpty",
+                    format!(
+                        "AccountPool {pool} had no ready account: AWS is creating account {:?} (request {request_id})",
+                        self.identity.account_name
+                    ),
+                    CREATION_FALLBACK,
+                ),
+                None => StepOutcome::wait(
+                    "CreatingAccount",
+                    format!("AWS is creating account {:?} (request {request_id})", self.identity.account_name),
+                    CREATION_FALLBACK,
+                ),
+            }),
             RequestVerdict::Created { account_id } => {
                 // Tags set by CreateAccount are trusted; they are listed on verification.
                 let desired = desired_tags(self.tenant);
@@ -723,6 +760,8 @@ impl AccountStep<'_> {
 
     /// A new Tenant annotated with its previous UID (restored from a backup): its account is
     /// found by email, once the index is complete, and taken back; without one, it is created.
+    /// An account taken from a pool kept the pool's email but took the Tenant's name: with
+    /// `spec.pool`, it is found by name among the accounts carrying the previous UID.
     async fn reclaim_by_email(&self, progress: &mut Progress, writer: &mut StatusWriter) -> Result<StepOutcome, Error> {
         let org = &self.ctx.org;
         if !org.index.is_complete() {
@@ -732,10 +771,99 @@ impl AccountStep<'_> {
                 Duration::from_secs(5),
             ));
         }
-        match org.index.account_by_email(&self.identity.email) {
-            Some(found) => self.settle(&found.account.id, Route::FoundByEmail, progress, writer).await,
-            None => self.create(progress, writer).await,
+        if let Some(found) = org.index.account_by_email(&self.identity.email) {
+            return self.settle(&found.account.id, Route::FoundByEmail, progress, writer).await;
         }
+        if let Some(pool) = &self.tenant.spec.pool {
+            let previous = self.annotation(PREVIOUS_UID);
+            for named in org.index.accounts_named(&self.identity.account_name) {
+                let tags = org.tags(&named.account.id, Priority::User).await?;
+                if previous.is_some() && tagged_uid(&tags) == previous.as_deref() {
+                    progress.status.email = Some(named.account.email.clone());
+                    progress.status.claimed_from_pool = Some(pool.clone());
+                    return self.settle(&named.account.id, Route::FoundByEmail, progress, writer).await;
+                }
+            }
+        }
+        self.create(progress, writer).await
+    }
+
+    /// A new Tenant with `spec.pool`: takes the pool's oldest ready account that no Tenant
+    /// holds, or creates one as without a pool when there is none (a pool speeds a Tenant up,
+    /// it never blocks it).
+    ///
+    /// The index's claim (one owner of claims in the process) gives the account to one Tenant;
+    /// the statuses of every Tenant are checked too, for claims recorded before a restart.
+    /// The account is recorded in the status (with `claimedFromPool`) before any AWS write:
+    /// a controller stopped after that resumes the same claim ([`Title::FromPool`]).
+    async fn claim_from_pool(
+        &self,
+        pool_name: &str,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<StepOutcome, Error> {
+        let ctx = self.ctx;
+        ctx.pools_ready.wait().await?;
+        ctx.tenants_ready.wait().await?;
+        let Some(pool) = ctx.pools.get(&kube::runtime::reflector::ObjectRef::new(pool_name)) else {
+            let note = format!("AccountPool {pool_name} does not exist: creating an account instead");
+            return self.create_instead_of_pool(note, progress, writer).await;
+        };
+        if !ctx.org.index.is_complete() {
+            return Ok(StepOutcome::wait(
+                "ClaimingFromPool",
+                format!("Taking an account from AccountPool {pool_name} once Silo has read the organization"),
+                Duration::from_secs(5),
+            ));
+        }
+        let uid = self.uid();
+        let name = self.tenant.name_any();
+        let pool_uid = pool.uid().unwrap_or_default();
+        let ready = pool.status.as_ref().map(|s| s.accounts.clone()).unwrap_or_default();
+        let claims = TenantClaims::of(ctx.tenants.state().iter().map(|t| t.as_ref()));
+        let mut passed = std::collections::BTreeSet::new();
+        loop {
+            let held = |id: &str| {
+                passed.contains(id)
+                    || claims.naming(id).is_some_and(|holder| holder != name)
+                    || ctx.org.index.claimant(id).is_some_and(|holder| holder != uid)
+            };
+            let Some(candidate) = crate::pool::candidate(&ready, held) else { break };
+            let id = candidate.account_id.clone();
+            passed.insert(id.clone());
+            // Only an ACTIVE account that still waits in this pool, claimed here first.
+            let Some(account) = ctx.org.read_account(&id, Priority::User).await?.filter(|a| a.account.is_active())
+            else {
+                continue;
+            };
+            if !crate::pool::waits_in(&ctx.org.tags(&id, Priority::User).await?, &pool_uid)
+                || ctx.org.index.claim(&id, &uid, None).is_err()
+            {
+                continue;
+            }
+            record_account(progress, Some(&account.account));
+            progress.status.email = Some(account.account.email.clone());
+            progress.status.account_name = Some(account.account.name.clone());
+            progress.status.claimed_from_pool = Some(pool_name.to_string());
+            // The pool's tags were Silo's: the Tenant's replace them.
+            progress.status.applied_tag_keys = crate::pool::pool_tags(&pool).into_keys().collect();
+            writer.save_intent(progress, "TagResource").await?;
+            let _ = ctx.pool_wake.unbounded_send(kube::runtime::reflector::ObjectRef::from_obj(pool.as_ref()));
+            return self.settle(&id, Route::FromPool, progress, writer).await;
+        }
+        let note = format!("AccountPool {pool_name} has no ready account: creating one instead");
+        self.create_instead_of_pool(note, progress, writer).await
+    }
+
+    /// The pool could not serve this Tenant: an Event says so, and the account is created.
+    async fn create_instead_of_pool(
+        &self,
+        note: String,
+        progress: &mut Progress,
+        writer: &mut StatusWriter,
+    ) -> Result<StepOutcome, Error> {
+        self.ctx.event(self.tenant, EventType::Normal, "PoolEmpty", note).await;
+        self.create(progress, writer).await
     }
 
     /// Takes a creation slot, records the intent, and sends CreateAccount.
@@ -953,6 +1081,8 @@ mod tests {
         let consented_elsewhere = Ownership { consent: Some("2".into()), ..own.clone() };
         let restored = Ownership { previous_uid: Some("uid-2".into()), ..own.clone() };
         let raced = Ownership { consent: Some("1".into()), claimed_by: Some("uid-9".into()), ..own.clone() };
+        let from_pool = Ownership { from_pool: Some("warm".into()), ..own.clone() };
+        let pooled = tags(&[(POOL_TAG, "warm"), ("team", "a")]);
         let set_uid = || tags(&[(TENANT_UID_TAG, "uid-1")]);
         let fine = |title, to_set, to_remove: &[&str]| AccountVerdict::Fine {
             title,
@@ -1018,6 +1148,27 @@ mod tests {
                 untagged,
                 &raced,
                 AccountVerdict::ClaimedBy { tenant: "with UID uid-9".into() },
+            ),
+            (
+                "a claim from a pool that stopped before the Tenant's tag: resumed",
+                Some(&active),
+                pooled.clone(),
+                &from_pool,
+                fine(Title::FromPool, set_uid(), &[]),
+            ),
+            (
+                "a pool's account the status does not claim: unproven",
+                Some(&active),
+                pooled.clone(),
+                &own,
+                AccountVerdict::Unproven,
+            ),
+            (
+                "an account of another pool than the one claimed: unproven",
+                Some(&active),
+                tags(&[(POOL_TAG, "cold"), ("team", "a")]),
+                &from_pool,
+                AccountVerdict::Unproven,
             ),
         ];
         for (case, account, current, ownership, expected) in table {

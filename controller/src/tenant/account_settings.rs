@@ -2,7 +2,9 @@
 //! service control policies attached to it.
 //!
 //! - **Name.** `spec.accountName`, when set, is the account's name: a changed name is applied
-//!   with the Account API's PutAccountName. Without it the account keeps its name.
+//!   with the Account API's PutAccountName. Without it the account keeps its name, but for an
+//!   account taken from a pool, which gets the Tenant's name (metadata.name) where AWS Account
+//!   Management has trusted access.
 //! - **Contacts.** `spec.contacts`, each kind falling back to the controller's defaults
 //!   (`--default-contacts-file`), set with PutAlternateContact. Silo records a fingerprint of
 //!   each contact it set (`status.appliedContacts`) and removes a contact only when it still
@@ -20,7 +22,7 @@
 
 use std::collections::BTreeSet;
 
-use kube::runtime::events::EventType;
+use kube::{ResourceExt, runtime::events::EventType};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -192,7 +194,14 @@ impl SettingsStep<'_> {
         let org = &self.ctx.org;
         let accounts = &self.ctx.aws.accounts;
         let current = org.account(account_id, Priority::User).await?.map(|a| a.account.name).unwrap_or_default();
-        let rename = self.tenant.spec.account_name.as_ref().filter(|wanted| **wanted != current);
+        // An account taken from a pool still has the pool's name: it gets the Tenant's.
+        let wanted = self
+            .tenant
+            .spec
+            .account_name
+            .clone()
+            .or_else(|| progress.status.claimed_from_pool.as_ref().map(|_| self.tenant.name_any()));
+        let rename = wanted.as_ref().filter(|wanted| **wanted != current);
         let defaults = &self.ctx.config.default_contacts;
         let wanted = |kind: ContactKind| {
             self.tenant.spec.contacts.as_ref().and_then(|c| c.get(kind)).or(defaults.get(kind)).cloned()
@@ -209,7 +218,14 @@ impl SettingsStep<'_> {
             progress.status.account_name = Some(current);
             return Ok(None);
         }
-        if !org.account_management_trusted().await? {
+        let trusted = org.account_management_trusted().await?;
+        // The pool's name on a taken account is only a default: without trusted access it
+        // stays (a name the spec asks for, or contacts, still need it).
+        if !trusted && self.tenant.spec.account_name.is_none() && touched.is_empty() {
+            progress.status.account_name = Some(current);
+            return Ok(None);
+        }
+        if !trusted {
             return Ok(Some(StepOutcome::stalled(
                 "TrustedAccessDisabled",
                 "Setting an account's name or alternate contacts needs trusted access for AWS Account Management \

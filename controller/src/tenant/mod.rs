@@ -66,7 +66,7 @@ use kube::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{Baseline, DeletionPolicy, Tenant},
+    api::{AccountPool, Baseline, DeletionPolicy, Tenant},
     aws::{Aws, AwsError, AwsErrorKind},
     conditions::{self, StepOutcome},
     config::Config,
@@ -104,6 +104,14 @@ pub struct Context {
     pub rollouts: Arc<crate::baseline::rollout::Rollouts>,
     /// Asks the Baseline controller to recount a Baseline's tenants.
     pub recount: UnboundedSender<ObjectRef<Baseline>>,
+    /// Every Tenant, from the controller's own watch (which accounts the statuses name).
+    pub tenants: Store<Tenant>,
+    pub tenants_ready: crate::caches::Ready,
+    /// AccountPools, from the pool controller's watch, and its first listing.
+    pub pools: Store<AccountPool>,
+    pub pools_ready: crate::caches::Ready,
+    /// Wakes a pool a Tenant took an account from, so it refills at once.
+    pub pool_wake: UnboundedSender<ObjectRef<AccountPool>>,
     /// Consecutive failed reconciles per Tenant, for exponential backoff.
     pub(crate) failures: Mutex<HashMap<String, u32>>,
 }
@@ -425,6 +433,17 @@ async fn finish(
     let was_ready = tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY));
     if let Some(requested) = schedule::requested_verification(tenant) {
         progress.status.verified_request = Some(requested);
+    }
+    // The first Ready (never verified before): how long it took from the Tenant's creation.
+    let first_ready = progress.all_done() && tenant.status.as_ref().is_none_or(|s| s.last_verified_time.is_none());
+    if first_ready && let Some(created) = &tenant.metadata.creation_timestamp {
+        let path = match (&progress.status.claimed_from_pool, progress.status.adopted) {
+            (Some(_), _) => "pool",
+            (None, true) => "adopt",
+            (None, false) => "create",
+        };
+        let seconds = now.duration_since(created.0).as_secs_f64().max(0.0);
+        METRICS.tenant_ready_seconds.get_or_create(&crate::metrics::PathLabels { path }).observe(seconds);
     }
     // A tenant just brought in line, or verified, counts as verified now.
     if progress.all_done() && (matches!(mode, Mode::Verify(_)) || !was_ready) {

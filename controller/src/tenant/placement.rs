@@ -21,9 +21,10 @@ use super::{
 };
 use crate::{
     api::Tenant,
+    aws::AwsError,
     aws::Priority,
     conditions::{self, StepOutcome},
-    org::{Placed, Resolved, Target},
+    org::{Organization, Placed, Resolved, Target},
 };
 
 /// What the placement step does.
@@ -78,9 +79,7 @@ impl PlacementStep<'_> {
         let resolved = match wanted {
             Some(spec) => {
                 let target = Target::parse(spec);
-                if let Some(path) = self.path(&target).await?
-                    && !allowed(&path, self.roots().await?.as_deref())
-                {
+                if !target_allowed(org, &target, &self.ctx.config.tenant_ou_roots).await? {
                     return Ok(self.not_allowed(spec));
                 }
                 Some(org.resolve(&target, self.ctx.config.create_missing_ous).await?)
@@ -118,31 +117,33 @@ impl PlacementStep<'_> {
     }
 }
 
+/// Whether `target` may hold tenant accounts under the controller's `--tenant-ou-root`s
+/// (`configured`), from the index, reading through to AWS. An OU id that does not exist is
+/// not judged here (`true`): resolving it finds it missing.
+pub async fn target_allowed(org: &Organization, target: &Target, configured: &[String]) -> Result<bool, AwsError> {
+    let Some(path) = path(org, target).await? else { return Ok(true) };
+    if configured.is_empty() {
+        return Ok(allowed(&path, None));
+    }
+    // A root given as an OU id that does not exist allows nothing.
+    let mut roots = vec![];
+    for root in configured {
+        if let Some(root) = self::path(org, &Target::parse(root)).await? {
+            roots.push(root);
+        }
+    }
+    Ok(allowed(&path, Some(&roots)))
+}
+
+/// The path of a target, `None` for an OU id that does not exist.
+async fn path(org: &Organization, target: &Target) -> Result<Option<Vec<String>>, AwsError> {
+    Ok(match target {
+        Target::Path(names) => Some(names.clone()),
+        Target::Id(id) => org.path_of(id).await?,
+    })
+}
+
 impl PlacementStep<'_> {
-    /// The path of a target, `None` for an OU id that does not exist.
-    async fn path(&self, target: &Target) -> Result<Option<Vec<String>>, Error> {
-        Ok(match target {
-            Target::Path(names) => Some(names.clone()),
-            Target::Id(id) => self.ctx.org.path_of(id).await?,
-        })
-    }
-
-    /// The allowed roots as paths, `None` when none is configured (a root given as an OU id
-    /// that does not exist allows nothing).
-    async fn roots(&self) -> Result<Option<Vec<Vec<String>>>, Error> {
-        let configured = &self.ctx.config.tenant_ou_roots;
-        if configured.is_empty() {
-            return Ok(None);
-        }
-        let mut roots = vec![];
-        for root in configured {
-            if let Some(path) = self.path(&Target::parse(root)).await? {
-                roots.push(path);
-            }
-        }
-        Ok(Some(roots))
-    }
-
     fn not_allowed(&self, wanted: &str) -> StepOutcome {
         let roots = &self.ctx.config.tenant_ou_roots;
         let message = if roots.is_empty() {

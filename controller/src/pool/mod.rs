@@ -1,0 +1,193 @@
+//! Account pools: accounts created in advance, waiting in an OU, for Tenants that name the
+//! pool in `spec.pool` to take at once instead of waiting minutes for CreateAccount.
+//!
+//! This module is the pure part, shared by the pool controller ([`controller`]: refilling)
+//! and the Tenant's account step (claiming):
+//! - the names, emails and tags of a pool's accounts ([`identity`], [`pool_tags`]);
+//! - which ready account a Tenant may take ([`candidate`]);
+//! - what a refill does next ([`plan_refill`]).
+//!
+//! ## One account, one Tenant
+//! A pool account carries the pool's [`POOL_UID_TAG`] and no [`TENANT_UID_TAG`]. A Tenant
+//! takes one only after the organization index's claim (the one owner of claims in the
+//! process) gave it the account and no other Tenant names it in its status; it records the
+//! account (`status.accountId`, `status.claimedFromPool`) before any AWS write, then puts its
+//! own UID tag on and the pool's tags off. A controller stopped anywhere in between resumes
+//! the same claim from the status; the pool drops an account from its ready list once any
+//! Tenant holds it.
+
+pub mod controller;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+
+use crate::{
+    api::{AccountPool, PoolAccount},
+    contract::{POOL_TAG, POOL_UID_TAG, TENANT_UID_TAG},
+};
+
+/// The name and email of the pool's account number `index`.
+pub fn identity(pool: &AccountPool, index: u64) -> (String, String) {
+    let name = pool.name_any();
+    let fill = |template: &str| template.replace("{index}", &index.to_string()).replace("{pool}", &name);
+    let account_name = fill(pool.spec.name_template.as_deref().unwrap_or("{pool}-{index}"));
+    (account_name, fill(&pool.spec.email_template))
+}
+
+/// The tags a pool's account carries while it waits: the pool's own, its name and its UID.
+pub fn pool_tags(pool: &AccountPool) -> BTreeMap<String, String> {
+    let mut tags = pool.spec.tags.clone();
+    tags.insert(POOL_TAG.into(), pool.name_any());
+    tags.insert(POOL_UID_TAG.into(), pool.uid().unwrap_or_default());
+    tags
+}
+
+/// Whether an account's tags say it waits in this pool (the pool's UID, and no Tenant's).
+pub fn waits_in(tags: &BTreeMap<String, String>, pool_uid: &str) -> bool {
+    tags.get(POOL_UID_TAG).is_some_and(|uid| uid == pool_uid) && !tags.contains_key(TENANT_UID_TAG)
+}
+
+/// The first ready account no Tenant holds, oldest first. `held` says whether a Tenant holds
+/// an account (the index's claims, the Tenants' statuses). Pure.
+pub fn candidate(ready: &[PoolAccount], held: impl Fn(&str) -> bool) -> Option<&PoolAccount> {
+    ready.iter().find(|account| !held(&account.account_id))
+}
+
+/// Which accounts the AccountPools keep (ready, or created and being placed), by pool UID.
+#[derive(Clone, Debug, Default)]
+pub struct PoolHolds {
+    by_uid: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What a pool's tag on an account means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolHold {
+    /// No pool tag.
+    NotPooled,
+    /// Its pool keeps it: ready, or on its way.
+    Kept,
+    /// Tagged as pool `pool`'s, but no pool keeps it (the pool was deleted, or shrank).
+    Surplus { pool: String },
+}
+
+impl PoolHolds {
+    pub fn of<'a>(pools: impl IntoIterator<Item = &'a AccountPool>) -> Self {
+        let mut holds = Self::default();
+        for pool in pools {
+            let status = pool.status.clone().unwrap_or_default();
+            let kept = status.accounts.into_iter().map(|a| a.account_id);
+            let on_the_way = status.creations.into_iter().filter_map(|c| c.account_id);
+            holds.by_uid.entry(pool.uid().unwrap_or_default()).or_default().extend(kept.chain(on_the_way));
+        }
+        holds
+    }
+
+    /// Judges an account by its tags (a Tenant's UID tag is judged elsewhere). Pure.
+    pub fn judge(&self, account_id: &str, tags: &BTreeMap<String, String>) -> PoolHold {
+        let Some(uid) = tags.get(POOL_UID_TAG) else { return PoolHold::NotPooled };
+        if tags.contains_key(TENANT_UID_TAG) {
+            return PoolHold::NotPooled;
+        }
+        match self.by_uid.get(uid) {
+            Some(kept) if kept.contains(account_id) => PoolHold::Kept,
+            _ => PoolHold::Surplus { pool: tags.get(POOL_TAG).cloned().unwrap_or_else(|| format!("UID {uid}")) },
+        }
+    }
+}
+
+/// What a refill does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refill {
+    /// The pool holds `size` accounts, ready or on their way.
+    Full,
+    /// Paused: nothing is created.
+    Paused,
+    /// Create this many more.
+    Create(u32),
+}
+
+/// Decides the refill from the spec and what the pool holds. Pure.
+pub fn plan_refill(size: u32, paused: bool, ready: usize, creating: usize) -> Refill {
+    let have = u32::try_from(ready + creating).unwrap_or(u32::MAX);
+    match size.saturating_sub(have) {
+        0 => Refill::Full,
+        _ if paused => Refill::Paused,
+        missing => Refill::Create(missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AccountPoolSpec;
+
+    fn pool() -> AccountPool {
+        let mut pool = AccountPool::new(
+            "warm",
+            AccountPoolSpec {
+                size: 3,
+                organizational_unit: "/Tenants/Pool".into(),
+                email_template: "aws+pool-{index}@example.com".into(),
+                ..Default::default()
+            },
+        );
+        pool.metadata.uid = Some("pool-uid".into());
+        pool
+    }
+
+    fn ready(id: &str) -> PoolAccount {
+        PoolAccount { account_id: id.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn names_and_emails_come_from_the_templates_and_the_index() {
+        let mut pool = pool();
+        assert_eq!(identity(&pool, 7), ("warm-7".to_string(), "aws+pool-7@example.com".to_string()));
+        pool.spec.name_template = Some("Spare {index}".into());
+        assert_eq!(identity(&pool, 0).0, "Spare 0");
+    }
+
+    #[test]
+    fn a_pool_account_carries_the_pools_name_and_uid_beside_its_tags() {
+        let mut pool = pool();
+        pool.spec.tags.insert("team".into(), "platform".into());
+        let tags = pool_tags(&pool);
+        assert_eq!(tags.get(POOL_TAG).map(String::as_str), Some("warm"));
+        assert_eq!(tags.get(POOL_UID_TAG).map(String::as_str), Some("pool-uid"));
+        assert_eq!(tags.get("team").map(String::as_str), Some("platform"));
+        assert!(waits_in(&tags, "pool-uid"));
+        assert!(!waits_in(&tags, "another-pool"));
+        let mut taken = tags.clone();
+        taken.insert(TENANT_UID_TAG.into(), "tenant".into());
+        assert!(!waits_in(&taken, "pool-uid"), "an account a Tenant tagged is no longer the pool's");
+    }
+
+    #[test]
+    fn a_tenant_takes_the_oldest_account_nobody_holds() {
+        let accounts = [ready("1"), ready("2"), ready("3")];
+        assert_eq!(candidate(&accounts, |_| false).map(|a| a.account_id.as_str()), Some("1"));
+        assert_eq!(candidate(&accounts, |id| id != "3").map(|a| a.account_id.as_str()), Some("3"));
+        assert_eq!(candidate(&accounts, |_| true), None);
+    }
+
+    #[test]
+    fn an_account_tagged_as_a_pools_that_no_pool_keeps_is_surplus() {
+        let mut pool = pool();
+        pool.status = Some(crate::api::AccountPoolStatus { accounts: vec![ready("1")], ..Default::default() });
+        let holds = PoolHolds::of([&pool]);
+        let tags = pool_tags(&pool);
+        assert_eq!(holds.judge("1", &tags), PoolHold::Kept);
+        assert_eq!(holds.judge("2", &tags), PoolHold::Surplus { pool: "warm".into() }, "dropped when the pool shrank");
+        assert_eq!(PoolHolds::default().judge("1", &tags), PoolHold::Surplus { pool: "warm".into() }, "pool deleted");
+        assert_eq!(holds.judge("3", &BTreeMap::new()), PoolHold::NotPooled);
+    }
+
+    #[test]
+    fn a_refill_creates_what_is_missing_unless_paused() {
+        assert_eq!(plan_refill(5, false, 2, 1), Refill::Create(2));
+        assert_eq!(plan_refill(5, true, 2, 1), Refill::Paused);
+        assert_eq!(plan_refill(5, false, 4, 1), Refill::Full);
+        assert_eq!(plan_refill(2, true, 4, 0), Refill::Full, "a shrunk pool keeps its surplus, creates nothing");
+    }
+}

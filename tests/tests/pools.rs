@@ -1,0 +1,237 @@
+//! Account pools, end to end: a pool fills, a Tenant takes a ready account instead of waiting
+//! for CreateAccount, the account becomes the Tenant's (name, OU, tags), and the pool refills.
+//! One account is never handed to two Tenants, and an account that is not ACTIVE never is.
+
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+use silo::{Tenant, api::AccountPool, conditions};
+use silo_testenv::{TenantFixture, TestCase, test_case};
+
+const WITHIN: Duration = Duration::from_secs(120);
+
+/// The controller as its ServiceAccount (the RBAC must be enough for pools), allowed to
+/// create the OUs under /Tenants; with AWS Account Management trusted when `trusted` (a taken
+/// account is renamed then).
+async fn start(case: &mut TestCase, trusted: bool) {
+    if trusted {
+        let org = case.sim.organizations();
+        org.enable_aws_service_access().service_principal("account.amazonaws.com").send().await.unwrap();
+    }
+    let mut settings = TestCase::config();
+    settings.create_missing_ous = true;
+    settings.tenant_ou_roots = vec!["/Tenants".into()];
+    case.start_controller_as_service_account(settings).await.unwrap();
+}
+
+async fn apply_pool(case: &TestCase, size: u32, paused: bool) {
+    let pool = json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "AccountPool", "metadata": {"name": "warm"},
+        "spec": {"size": size, "organizationalUnit": "/Tenants/Pool", "emailTemplate": "aws+pool-{index}@example.com",
+                 "tags": {"stage": "spare"}, "paused": paused},
+    });
+    Api::<AccountPool>::all(case.client.clone())
+        .patch("warm", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&pool))
+        .await
+        .unwrap();
+}
+
+/// Waits until the pool has `ready` accounts ready and none on the way; returns their ids.
+async fn pool_with_ready(case: &TestCase, ready: usize) -> Vec<String> {
+    case.eventually(WITHIN, || async {
+        let pool = Api::<AccountPool>::all(case.client.clone()).get("warm").await?;
+        let status = pool.status.unwrap_or_default();
+        anyhow::ensure!(status.accounts.len() == ready && status.creations.is_empty(), "the pool: {status:?}");
+        Ok(status.accounts.into_iter().map(|a| a.account_id).collect())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("the pool never held {ready} ready accounts: {err:#}"))
+}
+
+async fn tags_of(case: &TestCase, account_id: &str) -> std::collections::BTreeMap<String, String> {
+    let out = case.sim.organizations().list_tags_for_resource().resource_id(account_id).send().await.unwrap();
+    out.tags().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
+}
+
+async fn events(case: &TestCase, tenant: &str, reason: &str) -> usize {
+    let events = Api::<Event>::namespaced(case.client.clone(), "default").list(&Default::default()).await.unwrap();
+    events
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(tenant))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .count()
+}
+
+fn claimed_from(tenant: &Tenant) -> Option<String> {
+    tenant.status.as_ref().and_then(|s| s.claimed_from_pool.clone())
+}
+
+/// A Tenant takes a ready account: no CreateAccount of its own; the account gets the Tenant's
+/// name, OU and tags (the pool's go, foreign ones stay); the pool refills behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_takes_a_ready_account_which_becomes_its_own_and_the_pool_refills() {
+    let mut case = test_case().await;
+    start(&mut case, true).await;
+    apply_pool(&case, 2, false).await;
+    let ready = pool_with_ready(&case, 2).await;
+    let org = case.sim.organizations();
+    let first = &ready[0];
+    org.tag_resource()
+        .resource_id(first)
+        .tags(aws_sdk_organizations::types::Tag::builder().key("owner").value("finance").build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let created_before = case.accounts_created().await;
+
+    case.create(&TenantFixture::named("acme").from_pool("warm").in_ou("/Tenants/Prod").tag("team", "a")).await.unwrap();
+    let tenant = case.wait_for("acme", conditions::READY, "True", WITHIN).await.unwrap();
+    let status = tenant.status.clone().unwrap();
+    assert_eq!(status.account_id.as_ref(), Some(first), "the oldest ready account");
+    assert_eq!(claimed_from(&tenant).as_deref(), Some("warm"));
+    assert_eq!(status.email.as_deref(), Some("aws+pool-0@example.com"), "the pool's root email stays");
+    assert_eq!(conditions::find(&status.conditions, conditions::ACCOUNT_READY).unwrap().reason, "AccountClaimed");
+    assert_eq!(events(&case, "acme", "AccountClaimed").await, 1);
+
+    let tags = tags_of(&case, first).await;
+    assert_eq!(tags.get("silo.dev/tenant-uid"), tenant.uid().as_ref(), "{tags:?}");
+    assert_eq!(tags.get("team").map(String::as_str), Some("a"), "{tags:?}");
+    assert_eq!(tags.get("owner").map(String::as_str), Some("finance"), "a foreign tag stays: {tags:?}");
+    for pools in ["silo.dev/pool", "silo.dev/pool-uid", "stage"] {
+        assert!(!tags.contains_key(pools), "the pool's tag {pools} is gone: {tags:?}");
+    }
+    let described = org.describe_account().account_id(first).send().await.unwrap();
+    assert_eq!(described.account().and_then(|a| a.name()), Some("acme"), "renamed to the Tenant's name");
+    let parent = org.list_parents().child_id(first).send().await.unwrap().parents()[0].id().unwrap().to_string();
+    assert_eq!(Some(parent), status.organizational_unit_id, "moved to the Tenant's OU");
+
+    // The pool refills: the Tenant's account came from it, the pool made a new one.
+    let refilled = pool_with_ready(&case, 2).await;
+    assert!(!refilled.contains(first), "the taken account left the pool: {refilled:?}");
+    assert_eq!(case.accounts_created().await, created_before + 1, "one CreateAccount: the refill");
+    let pool = Api::<AccountPool>::all(case.client.clone()).get("warm").await.unwrap();
+    assert_eq!(pool.status.unwrap().claimed, 1);
+
+    // A restore: the Tenant is gone (deletionPolicy Retain), and comes back from a backup with
+    // its previous UID. It takes its account back (found by the name it gave it: the email is
+    // the pool's), not a ready one, and creates nothing.
+    let old_uid = tenant.uid().unwrap();
+    case.tenants().delete("acme", &Default::default()).await.unwrap();
+    case.wait_deleted("acme", WITHIN).await.unwrap();
+    let created_before = case.accounts_created().await;
+    let mut restored = TenantFixture::named("acme").from_pool("warm").in_ou("/Tenants/Prod").tag("team", "a").tenant();
+    restored.annotations_mut().insert("silo.dev/previous-uid".into(), old_uid);
+    case.tenants().create(&Default::default(), &restored).await.unwrap();
+    let restored = case.wait_for("acme", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(restored.status.as_ref().unwrap().account_id.as_ref(), Some(first), "its own account, taken back");
+    assert_eq!(restored.status.as_ref().unwrap().email.as_deref(), Some("aws+pool-0@example.com"));
+    assert_eq!(tags_of(&case, first).await.get("silo.dev/tenant-uid"), restored.uid().as_ref());
+    assert_eq!(case.accounts_created().await, created_before, "nothing created");
+    assert_eq!(pool_with_ready(&case, 2).await, refilled, "no ready account taken");
+}
+
+/// Two Tenants race for the pool's last account: one takes it, the other gets an account
+/// created for it (an Event says the pool was empty), and they never share one. Without
+/// trusted access for AWS Account Management, the taken account keeps the pool's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_racing_for_the_last_account_one_takes_it_and_the_other_gets_a_new_one() {
+    let mut case = test_case().await;
+    start(&mut case, false).await;
+    apply_pool(&case, 1, false).await;
+    let ready = pool_with_ready(&case, 1).await;
+    // No refill from here on: the second Tenant cannot be served by a new pool account.
+    apply_pool(&case, 1, true).await;
+
+    for name in ["left", "right"] {
+        case.create(&TenantFixture::named(name).from_pool("warm")).await.unwrap();
+    }
+    let left = case.wait_for("left", conditions::READY, "True", WITHIN).await.unwrap();
+    let right = case.wait_for("right", conditions::READY, "True", WITHIN).await.unwrap();
+    let (winner, loser) = if claimed_from(&left).is_some() { (left, right) } else { (right, left) };
+    assert_eq!(claimed_from(&winner).as_deref(), Some("warm"));
+    assert_eq!(winner.status.as_ref().unwrap().account_id.as_ref(), Some(&ready[0]));
+    assert_eq!(winner.status.as_ref().unwrap().account_name.as_deref(), Some("warm-0"), "no trusted access: no rename");
+    assert_eq!(claimed_from(&loser), None, "{:?}", loser.status);
+    let loser_account = loser.status.as_ref().unwrap().account_id.clone().unwrap();
+    assert_ne!(&loser_account, &ready[0], "one account, one Tenant");
+    assert_eq!(
+        loser.status.as_ref().unwrap().email.as_deref(),
+        Some(format!("aws+{}@example.com", loser.name_any()).as_str()),
+        "created with the Tenant's own email"
+    );
+    assert_eq!(events(&case, &loser.name_any(), "PoolEmpty").await, 1);
+    let by_email = case.sim.accounts_by_email().await.unwrap();
+    assert!(by_email.values().all(|n| *n == 1), "{by_email:?}");
+}
+
+/// A ready account closed out of band is never taken: the Tenant gets a new account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_account_closed_out_of_band_is_never_taken() {
+    let mut case = test_case().await;
+    start(&mut case, true).await;
+    apply_pool(&case, 1, false).await;
+    let ready = pool_with_ready(&case, 1).await;
+    apply_pool(&case, 1, true).await;
+    case.sim.organizations().close_account().account_id(&ready[0]).send().await.unwrap();
+
+    case.create(&TenantFixture::named("careful").from_pool("warm")).await.unwrap();
+    let tenant = case.wait_for("careful", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(claimed_from(&tenant), None);
+    assert_ne!(tenant.status.as_ref().unwrap().account_id.as_ref(), Some(&ready[0]));
+    let tags = tags_of(&case, &ready[0]).await;
+    assert!(!tags.contains_key("silo.dev/tenant-uid"), "the closed account was not tagged: {tags:?}");
+}
+
+/// A refill never takes a creation slot a Tenant is waiting for: with one slot, the Tenants
+/// that arrive while the pool's first account is being created get the slot before its second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_get_creation_slots_before_a_refill() {
+    let mut case = test_case().await;
+    // Long enough for both Tenants to be in line before the pool's first account is made.
+    case.sim.configure(json!({"create_account_delay_seconds": 4})).await.unwrap();
+    let org = case.sim.organizations();
+    org.enable_aws_service_access().service_principal("account.amazonaws.com").send().await.unwrap();
+    let mut settings = TestCase::config();
+    settings.create_missing_ous = true;
+    settings.tenant_ou_roots = vec!["/Tenants".into()];
+    settings.creation_slots = 1;
+    case.start_controller(settings);
+    apply_pool(&case, 2, false).await;
+    // The pool's first creation holds the only slot.
+    case.eventually(WITHIN, || async {
+        let pool = Api::<AccountPool>::all(case.client.clone()).get("warm").await?;
+        let creations = pool.status.unwrap_or_default().creations;
+        anyhow::ensure!(creations.iter().any(|c| c.request_id.is_some()), "no creation in flight: {creations:?}");
+        Ok(())
+    })
+    .await
+    .expect("the pool starts refilling");
+    for name in ["first", "second"] {
+        case.create(&TenantFixture::named(name)).await.unwrap();
+    }
+    case.wait_for_all(&["first".into(), "second".into()], conditions::READY, "True", WITHIN).await.unwrap();
+    pool_with_ready(&case, 2).await;
+
+    // The order AWS made the accounts in.
+    let mut joined = vec![];
+    let mut pages = org.list_accounts().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for account in page.unwrap().accounts() {
+            let email = account.email().unwrap_or_default().to_string();
+            joined.push((account.joined_timestamp().map(|t| t.as_nanos()).unwrap_or_default(), email));
+        }
+    }
+    joined.sort();
+    let order: Vec<&str> = joined.iter().map(|(_, email)| email.as_str()).filter(|e| e.starts_with("aws+")).collect();
+    eprintln!("creation order: {order:?}");
+    let position = |email: &str| order.iter().position(|e| *e == email).unwrap_or_else(|| panic!("{email}: {order:?}"));
+    assert!(position("aws+pool-0@example.com") < position("aws+first@example.com"), "{order:?}");
+    assert!(position("aws+first@example.com") < position("aws+pool-1@example.com"), "{order:?}");
+    assert!(position("aws+second@example.com") < position("aws+pool-1@example.com"), "{order:?}");
+}
