@@ -484,8 +484,6 @@ async fn an_account_without_this_tenants_uid_is_never_closed() {
     settings.allow_account_closure = true;
     case.start_controller(settings);
     let account_id = ready_close_tenant(&case, "disowned").await;
-    // Let the reconcile that Silo's own status write triggers finish (it would repair the tag).
-    tokio::time::sleep(Duration::from_secs(2)).await;
     // Someone strips Silo's ownership tag: Silo can no longer prove the account is this Tenant's.
     let org = case.sim.organizations();
     org.untag_resource().resource_id(&account_id).tag_keys("silo.dev/tenant-uid").send().await.unwrap();

@@ -89,9 +89,20 @@ async fn a_tenant_takes_a_ready_account_which_becomes_its_own_and_the_pool_refil
         .await
         .unwrap();
     let created_before = case.accounts_created().await;
+    let requests_before = case.sim.stats().await.unwrap()["requests"].clone();
 
     case.create(&TenantFixture::named("acme").from_pool("warm").in_ou("/Tenants/Prod").tag("team", "a")).await.unwrap();
     let tenant = case.wait_for("acme", conditions::READY, "True", WITHIN).await.unwrap();
+    // What the claim cost (the pool's refill runs at the same time and is counted too).
+    let requests = case.sim.stats().await.unwrap()["requests"].clone();
+    let spent: std::collections::BTreeMap<&String, i64> = requests
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(op, n)| (op, n.as_i64().unwrap_or(0) - requests_before[op].as_i64().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    eprintln!("AWS requests from the claim to Ready (the refill included): {spent:?}");
     let status = tenant.status.clone().unwrap();
     assert_eq!(status.account_id.as_ref(), Some(first), "the oldest ready account");
     assert_eq!(claimed_from(&tenant).as_deref(), Some("warm"));

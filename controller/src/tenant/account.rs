@@ -439,13 +439,16 @@ impl AccountStep<'_> {
             (Route::SpecAccountId, Mode::Converge) if org.index.is_complete() => {
                 org.account(account_id, Priority::User).await?
             }
+            // The claim has just read the account and its tags from AWS.
+            (Route::FromPool, _) => org.account(account_id, Priority::User).await?,
             _ => org.read_account(account_id, Priority::User).await?,
         };
         // A periodic verification reads the tags only in their turn (schedule::reads);
         // between turns, the tags Silo last read or wrote stand.
         let checks = schedule::drift_checks(self.tenant, &self.ctx.config.default_contacts);
-        let read_tags = self.mode != Mode::Verify(Verification::Periodic)
-            || schedule::reads(self.mode, &checks, progress.status.verification_count, DriftCheck::Tags);
+        let read_tags = route != Route::FromPool
+            && (self.mode != Mode::Verify(Verification::Periodic)
+                || schedule::reads(self.mode, &checks, progress.status.verification_count, DriftCheck::Tags));
         let tags = match &account {
             Some(a) if a.account.is_active() => match &a.tags {
                 Some(known) if !read_tags => known.clone(),
@@ -831,9 +834,9 @@ impl AccountStep<'_> {
             let Some(candidate) = crate::pool::candidate(&ready, held) else { break };
             let id = candidate.account_id.clone();
             passed.insert(id.clone());
-            // Only an ACTIVE account that still waits in this pool, claimed here first.
-            let Some(account) = ctx.org.read_account(&id, Priority::User).await?.filter(|a| a.account.is_active())
-            else {
+            // Only an ACTIVE account that still waits in this pool, claimed here first. Both
+            // reads are recorded in the index, where taking the account reads them again.
+            let Some(account) = ctx.org.describe_account_fresh(&id).await?.filter(|a| a.is_active()) else {
                 continue;
             };
             if !crate::pool::waits_in(&ctx.org.tags(&id, Priority::User).await?, &pool_uid)
@@ -841,9 +844,9 @@ impl AccountStep<'_> {
             {
                 continue;
             }
-            record_account(progress, Some(&account.account));
-            progress.status.email = Some(account.account.email.clone());
-            progress.status.account_name = Some(account.account.name.clone());
+            record_account(progress, Some(&account));
+            progress.status.email = Some(account.email.clone());
+            progress.status.account_name = Some(account.name.clone());
             progress.status.claimed_from_pool = Some(pool_name.to_string());
             // The pool's tags were Silo's: the Tenant's replace them.
             progress.status.applied_tag_keys = crate::pool::pool_tags(&pool).into_keys().collect();
