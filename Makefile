@@ -76,14 +76,16 @@ e2e: build ## End-to-end suites against a real kube-apiserver and the AWS simula
 
 # Every end-to-end suite but install, the only one that needs the images.
 E2E_WITHOUT_IMAGES := $(filter-out install,$(basename $(notdir $(wildcard tests/tests/*.rs))))
+# How many of them run at once (hack/run-suites.sh): they wait on the simulator, not the CPU.
+E2E_LANES ?= 3
 
 .PHONY: e2e-and-image
-e2e-and-image: build ## What `make test` runs: the images build (niced, in the background) while the suites that do not need them run; then install.
+e2e-and-image: build ## What `make test` runs: the images build (niced, in the background) while the suites that do not need them run, E2E_LANES at a time; then install.
 	$(CARGO) test -p silo-testenv --tests --no-run
 	@log="$(SILO_CACHE)/image-build.log"; mkdir -p "$(SILO_CACHE)"; \
 	echo "building the images in the background (nice 19; log: $$log)"; \
 	nice -n 19 images/build.sh >"$$log" 2>&1 & image=$$!; \
-	suites=0; $(CARGO) test -p silo-testenv $(E2E_WITHOUT_IMAGES:%=--test %) -- --nocapture || suites=$$?; \
+	suites=0; CARGO="$(CARGO)" hack/run-suites.sh $(E2E_LANES) "$(SILO_CACHE)/suites" $(E2E_WITHOUT_IMAGES) || suites=$$?; \
 	if ! wait $$image; then echo "make image failed; the end of $$log:" >&2; tail -n 40 "$$log" >&2; exit 1; fi; \
 	tail -n 3 "$$log"; \
 	if [[ $$suites != 0 ]]; then exit $$suites; fi
