@@ -43,6 +43,19 @@ pub struct RunArgs {
     #[arg(long, env = "SILO_MAX_CONCURRENT_CREATIONS", default_value_t = 5)]
     pub max_concurrent_creations: usize,
 
+    /// The organization's account quota ("Default maximum number of accounts" in Service
+    /// Quotas, us-east-1; AWS's default is 10): with it, AccountPool refills stop
+    /// --pool-account-headroom accounts short of it, so Tenants keep room to create accounts.
+    /// Without it, refills stop only when AWS refuses one with ACCOUNT_LIMIT_EXCEEDED.
+    #[arg(long, env = "SILO_ACCOUNT_LIMIT")]
+    pub account_limit: Option<u32>,
+
+    /// How many accounts below --account-limit AccountPool refills stop: the room kept for
+    /// Tenants that create their own account. Closed accounts count against the limit for 90
+    /// days after their closure, and so does every creation in flight.
+    #[arg(long, env = "SILO_POOL_ACCOUNT_HEADROOM", default_value_t = 10)]
+    pub pool_account_headroom: u32,
+
     /// How many Tenants are reconciled at once.
     #[arg(long, env = "SILO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -152,6 +165,11 @@ pub struct Config {
     pub index_refresh_period: Duration,
     /// CreateAccount requests AWS runs at once for the organization.
     pub creation_slots: usize,
+    /// The organization's account quota, when known: refills stop `pool_account_headroom`
+    /// short of it.
+    pub account_limit: Option<u32>,
+    /// The room below `account_limit` kept for Tenants' own creations.
+    pub pool_account_headroom: u32,
     /// Tenants reconciled at once.
     pub concurrency: u16,
     /// Close accounts of deleted `Close` Tenants. Off by default: see `tenant::closure`.
@@ -182,6 +200,8 @@ impl RunArgs {
             resync_period: Duration::from_secs(self.resync_seconds.max(1)),
             index_refresh_period: Duration::from_secs(self.index_refresh_seconds.max(1)),
             creation_slots: self.max_concurrent_creations.max(1),
+            account_limit: self.account_limit,
+            pool_account_headroom: self.pool_account_headroom,
             concurrency: self.concurrency,
             allow_account_closure: self.allow_account_closure,
             max_account_closures_per_day: self.max_account_closures_per_day,

@@ -278,6 +278,8 @@ impl TestCase {
             resync_period: Duration::from_secs(3600),
             index_refresh_period: Duration::from_secs(3600),
             creation_slots: 5,
+            account_limit: None,
+            pool_account_headroom: 10,
             concurrency: 8,
             allow_account_closure: false,
             max_account_closures_per_day: 10,

@@ -246,3 +246,52 @@ async fn tenants_get_creation_slots_before_a_refill() {
     assert!(position("aws+first@example.com") < position("aws+pool-1@example.com"), "{order:?}");
     assert!(position("aws+second@example.com") < position("aws+pool-1@example.com"), "{order:?}");
 }
+
+/// With the organization's account quota given to the controller (`--account-limit`), refills
+/// stop the headroom short of it (`--pool-account-headroom`) and the pool says why; Tenants
+/// still create accounts in the headroom, up to the quota, where AWS refuses the next one and
+/// its Tenant is Stalled with OrganizationAccountLimit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refills_stop_at_the_headroom_below_the_account_limit_and_tenants_use_it() {
+    let mut case = test_case().await;
+    // Six accounts: the management account, three for the pool (6 less a headroom of 2), then
+    // two for Tenants.
+    case.raise_account_quota(6).await;
+    let mut settings = TestCase::config();
+    settings.create_missing_ous = true;
+    settings.tenant_ou_roots = vec!["/Tenants".into()];
+    settings.account_limit = Some(6);
+    settings.pool_account_headroom = 2;
+    case.start_controller(settings);
+    apply_pool(&case, 5, false).await;
+    pool_with_ready(&case, 3).await;
+    let pool = case
+        .eventually(WITHIN, || async {
+            let pool = Api::<AccountPool>::all(case.client.clone()).get("warm").await?;
+            let status = pool.status.clone().unwrap_or_default();
+            let stalled = conditions::find(&status.conditions, conditions::STALLED).cloned();
+            anyhow::ensure!(
+                stalled.as_ref().is_some_and(|c| c.status == "True" && c.reason == "AccountLimitHeadroom"),
+                "{stalled:?}"
+            );
+            Ok(pool)
+        })
+        .await
+        .expect("the pool says it stopped at the headroom");
+    let message = conditions::find(&pool.status.unwrap().conditions, conditions::STALLED).unwrap().message.clone();
+    assert!(message.contains("4 accounts count against it"), "the message counts the accounts: {message}");
+
+    let names: Vec<String> = ["inside-1", "inside-2", "beyond"].map(String::from).into();
+    for name in &names[..2] {
+        case.create(&TenantFixture::named(name)).await.unwrap();
+    }
+    case.wait_for_all(&names[..2], conditions::READY, "True", WITHIN).await.unwrap();
+    case.create(&TenantFixture::named("beyond")).await.unwrap();
+    let beyond = case.wait_for_reason("beyond", conditions::STALLED, "OrganizationAccountLimit", WITHIN).await.unwrap();
+    assert_eq!(beyond.status.unwrap().account_id, None);
+    let stats = case.sim.stats().await.unwrap();
+    assert_eq!(stats["requests"]["organizations:CreateAccount"], json!(6), "3 refills, 3 Tenants: {stats}");
+    assert_eq!(case.accounts_created().await, 5, "the refused one made nothing");
+    let pool = Api::<AccountPool>::all(case.client.clone()).get("warm").await.unwrap();
+    assert_eq!(pool.status.unwrap().ready, 3, "no refill into the headroom");
+}

@@ -174,6 +174,11 @@ impl Creations {
         self.wake_next(&mut slots);
     }
 
+    /// Slots taken: reserved, or with a CreateAccount in flight. Each will be an account.
+    pub fn in_use(&self) -> usize {
+        self.lock().in_use()
+    }
+
     /// Takes a slot for `tenant` if it is its turn; otherwise keeps its place in line.
     pub fn reserve(&self, tenant: &Applicant) -> Result<(), NotYet> {
         let mut slots = self.lock();

@@ -6,9 +6,10 @@
 //!    the surplus of a pool that shrank; counts the Tenants holding one of its accounts;
 //! 2. moves each creation along: follow the CreateAccount request, record the account, place it
 //!    in the pool's OU, and only then list it as ready;
-//! 3. refills: takes a creation slot behind every Tenant ([`Applicant::refill`]), records the
-//!    creation (index, name, email) in the status, **then** sends CreateAccount, then records
-//!    the request id.
+//! 3. refills, while the organization has room below its account limit less the headroom kept
+//!    for Tenants (`--account-limit`, `--pool-account-headroom`): takes a creation slot behind
+//!    every Tenant ([`Applicant::refill`]), records the creation (index, name, email) in the
+//!    status, **then** sends CreateAccount, then records the request id.
 //!
 //! ## Crash safety
 //! A creation is in the status before its CreateAccount, so a controller killed during the
@@ -39,7 +40,7 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Refill, identity, plan_refill, pool_tags, waits_in};
+use super::{Refill, identity, plan_refill, pool_tags, room_below_headroom, waits_in};
 use crate::{
     api::{AccountPool, AccountPoolStatus, PoolAccount, PoolCreation, Tenant},
     aws::{AwsError, AwsErrorKind, Priority},
@@ -62,7 +63,8 @@ const WHILE_CREATING: Duration = Duration::from_secs(5);
 const WHILE_FULL: Duration = Duration::from_secs(300);
 /// How long refills wait after AWS answered ACCOUNT_LIMIT_EXCEEDED.
 const AFTER_ACCOUNT_LIMIT: Duration = Duration::from_secs(3600);
-/// How soon a pool that cannot be served (its OU is missing or not allowed) looks again.
+/// How soon a pool that cannot be served (its OU is missing or not allowed, or the
+/// organization is at the headroom below its account limit) looks again.
 const RECHECK_STALLED: Duration = Duration::from_secs(600);
 /// After EMAIL_ALREADY_EXISTS, how long the account may stay missing from the index.
 const EMAIL_OWNER_GRACE: Duration = Duration::from_secs(300);
@@ -260,9 +262,31 @@ async fn refill(
     writer: &mut PoolStatus,
     ctx: &Context,
 ) -> Result<Option<Shortfall>, Error> {
-    let missing = match plan_refill(pool.spec.size, pool.spec.paused, status.accounts.len(), status.creations.len()) {
+    if ctx.config.account_limit.is_some() && !ctx.org.index.is_complete() {
+        let message = "Counting the organization's accounts against --account-limit before refilling";
+        return Ok(Some(Shortfall::waiting("WaitingForIndex", message)));
+    }
+    let usage = ctx.org.index.quota_usage();
+    let in_flight = ctx.org.creations.in_use();
+    let (limit, headroom) = (ctx.config.account_limit, ctx.config.pool_account_headroom);
+    let room = room_below_headroom(limit, headroom, usage.members, in_flight);
+    let plan = plan_refill(pool.spec.size, pool.spec.paused, status.accounts.len(), status.creations.len(), room);
+    let missing = match plan {
         Refill::Full => return Ok(None),
         Refill::Paused => return Ok(Some(Shortfall::waiting("Paused", "spec.paused is true: nothing is created"))),
+        Refill::AtHeadroom => {
+            let message = format!(
+                "Refills stop {headroom} accounts short of the organization's account limit ({limit}, \
+                 --account-limit), the room kept for Tenants: {} accounts count against it ({} of them closed, \
+                 which count for 90 days after their closure) and {in_flight} creations are in flight. Raise the \
+                 quota in Service Quotas (us-east-1, \"Default maximum number of accounts\") and --account-limit \
+                 with it",
+                usage.members,
+                usage.closed,
+                limit = limit.unwrap_or_default(),
+            );
+            return Ok(Some(Shortfall::stalled("AccountLimitHeadroom", message, RECHECK_STALLED)));
+        }
         Refill::Create(missing) => missing,
     };
     let uid = pool.uid().unwrap_or_default();

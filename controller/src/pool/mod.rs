@@ -5,7 +5,8 @@
 //! and the Tenant's account step (claiming):
 //! - the names, emails and tags of a pool's accounts ([`identity`], [`pool_tags`]);
 //! - which ready account a Tenant may take ([`candidate`]);
-//! - what a refill does next ([`plan_refill`]).
+//! - what a refill does next ([`plan_refill`]), within the room the organization's account
+//!   limit leaves ([`room_below_headroom`]).
 //!
 //! ## One account, one Tenant
 //! A pool account carries the pool's [`POOL_UID_TAG`] and no [`TENANT_UID_TAG`]. A Tenant
@@ -103,17 +104,34 @@ pub enum Refill {
     Full,
     /// Paused: nothing is created.
     Paused,
+    /// The organization is at the account limit less the headroom kept for Tenants.
+    AtHeadroom,
     /// Create this many more.
     Create(u32),
 }
 
-/// Decides the refill from the spec and what the pool holds. Pure.
-pub fn plan_refill(size: u32, paused: bool, ready: usize, creating: usize) -> Refill {
+/// How many more accounts refills may add to the organization: its account limit, less the
+/// headroom kept for Tenants, less what counts already (`counted`: members, closed ones within
+/// their 90 days included) and what is on its way (`in_flight`: creation slots in use).
+/// `None`: the limit is not known, and AWS's ACCOUNT_LIMIT_EXCEEDED is the only stop. Pure.
+pub fn room_below_headroom(limit: Option<u32>, headroom: u32, counted: usize, in_flight: usize) -> Option<usize> {
+    let limit = usize::try_from(limit?).unwrap_or(usize::MAX);
+    let headroom = usize::try_from(headroom).unwrap_or(usize::MAX);
+    Some(limit.saturating_sub(headroom).saturating_sub(counted + in_flight))
+}
+
+/// Decides the refill from the spec, what the pool holds, and the `room` refills have in the
+/// organization ([`room_below_headroom`]). Pure.
+pub fn plan_refill(size: u32, paused: bool, ready: usize, creating: usize, room: Option<usize>) -> Refill {
     let have = u32::try_from(ready + creating).unwrap_or(u32::MAX);
     match size.saturating_sub(have) {
         0 => Refill::Full,
         _ if paused => Refill::Paused,
-        missing => Refill::Create(missing),
+        missing => match room.map(|room| u32::try_from(room).unwrap_or(u32::MAX)) {
+            Some(0) => Refill::AtHeadroom,
+            Some(room) => Refill::Create(missing.min(room)),
+            None => Refill::Create(missing),
+        },
     }
 }
 
@@ -185,9 +203,23 @@ mod tests {
 
     #[test]
     fn a_refill_creates_what_is_missing_unless_paused() {
-        assert_eq!(plan_refill(5, false, 2, 1), Refill::Create(2));
-        assert_eq!(plan_refill(5, true, 2, 1), Refill::Paused);
-        assert_eq!(plan_refill(5, false, 4, 1), Refill::Full);
-        assert_eq!(plan_refill(2, true, 4, 0), Refill::Full, "a shrunk pool keeps its surplus, creates nothing");
+        assert_eq!(plan_refill(5, false, 2, 1, None), Refill::Create(2));
+        assert_eq!(plan_refill(5, true, 2, 1, None), Refill::Paused);
+        assert_eq!(plan_refill(5, false, 4, 1, None), Refill::Full);
+        assert_eq!(plan_refill(2, true, 4, 0, None), Refill::Full, "a shrunk pool keeps its surplus, creates nothing");
+    }
+
+    #[test]
+    fn refills_stop_at_the_headroom_kept_below_the_account_limit() {
+        // A limit of 100 with 10 kept for Tenants: 88 counted and 1 in flight leave room for 1.
+        assert_eq!(room_below_headroom(Some(100), 10, 88, 1), Some(1));
+        assert_eq!(room_below_headroom(Some(100), 10, 85, 10), Some(0), "creations in flight count");
+        assert_eq!(room_below_headroom(Some(100), 10, 99, 0), Some(0), "Tenants used the headroom");
+        assert_eq!(room_below_headroom(Some(5), 10, 1, 0), Some(0), "a headroom above the limit: no refill at all");
+        assert_eq!(room_below_headroom(None, 10, 5000, 5), None, "no limit known");
+        assert_eq!(plan_refill(5, false, 0, 0, Some(2)), Refill::Create(2), "only what fits");
+        assert_eq!(plan_refill(5, false, 0, 0, Some(0)), Refill::AtHeadroom);
+        assert_eq!(plan_refill(5, false, 5, 0, Some(0)), Refill::Full, "a full pool is full, whatever the room");
+        assert_eq!(plan_refill(5, true, 0, 0, Some(0)), Refill::Paused);
     }
 }
