@@ -295,3 +295,79 @@ async fn refills_stop_at_the_headroom_below_the_account_limit_and_tenants_use_it
     let pool = Api::<AccountPool>::all(case.client.clone()).get("warm").await.unwrap();
     assert_eq!(pool.status.unwrap().ready, 3, "no refill into the headroom");
 }
+
+/// A controller SIGKILLed every 2 s while 40 Tenants claim from a pool of 20 leaves every
+/// account with exactly one Tenant: no account claimed twice, every claimed account gone from
+/// the pool, every Tenant Ready. The simulator accepts duplicate emails here, so an account
+/// created twice for a Tenant would be counted, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_while_forty_tenants_claim_from_a_pool_of_twenty_leave_each_account_with_one_tenant() {
+    const TENANTS: usize = 40;
+    const POOL: usize = 20;
+    const KILLS: usize = 15;
+    let case = test_case().await;
+    case.raise_account_quota(100).await;
+    case.sim.configure(json!({"unique_emails": false})).await.unwrap();
+    let org = case.sim.organizations();
+    org.enable_aws_service_access().service_principal("account.amazonaws.com").send().await.unwrap();
+    let flags =
+        ["--create-missing-ous", "--tenant-ou-root", "/Tenants", "--leader-election", "false", "--concurrency", "8"];
+    let log = "claims-controller.log";
+    let mut controller = case.spawn_controller(&flags, log).unwrap();
+    apply_pool(&case, POOL as u32, false).await;
+    let pooled = pool_with_ready(&case, POOL).await;
+    // No refill from here on: every account a Tenant gets is one of these 20 or its own.
+    apply_pool(&case, POOL as u32, true).await;
+    controller.kill();
+
+    let names: Vec<String> = (0..TENANTS).map(|i| format!("signup-{i:02}")).collect();
+    for name in &names {
+        case.create(&TenantFixture::named(name).from_pool("warm").in_ou("/Tenants/Prod")).await.unwrap();
+    }
+    for _ in 0..KILLS {
+        let mut controller = case.spawn_controller(&flags, log).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        controller.kill();
+    }
+    let mut controller = case.spawn_controller(&flags, log).unwrap();
+    case.wait_for_all(&names, conditions::READY, "True", Duration::from_secs(300))
+        .await
+        .expect("every Tenant Ready after the last restart");
+
+    let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
+    let mut holders: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut claimed = 0;
+    for tenant in &tenants {
+        let status = tenant.status.as_ref().unwrap();
+        let account = status.account_id.clone().unwrap();
+        holders.entry(account.clone()).or_default().push(tenant.name_any());
+        assert_eq!(tags_of(&case, &account).await.get("silo.dev/tenant-uid"), tenant.uid().as_ref(), "{account}");
+        if claimed_from(tenant).is_some() {
+            claimed += 1;
+            assert!(pooled.contains(&account), "{} claimed {account}, not one of the pool's", tenant.name_any());
+        } else {
+            assert!(!pooled.contains(&account), "{} holds pool account {account} unclaimed", tenant.name_any());
+        }
+    }
+    let shared: Vec<_> = holders.iter().filter(|(_, names)| names.len() > 1).collect();
+    assert!(shared.is_empty(), "accounts held by more than one Tenant: {shared:?}");
+    // The pool drops what Tenants hold as each claim wakes it.
+    case.eventually(WITHIN, || async {
+        let pool = Api::<AccountPool>::all(case.client.clone()).get("warm").await?.status.unwrap_or_default();
+        let held: Vec<_> = pool.accounts.iter().filter(|a| holders.contains_key(&a.account_id)).collect();
+        anyhow::ensure!(held.is_empty(), "held and still ready in the pool: {held:?}");
+        anyhow::ensure!(claimed + pool.accounts.len() == POOL, "each pool account claimed or still ready: {pool:?}");
+        Ok(())
+    })
+    .await
+    .expect("every claimed account gone from the pool, every other one still in it");
+    controller.kill();
+    let counts = case.sim.accounts_by_email().await.unwrap();
+    assert!(counts.values().all(|n| *n == 1), "one account per email: {counts:?}");
+    assert_eq!(counts.len(), 1 + POOL + (TENANTS - claimed), "the management account, the pool's, the created ones");
+    eprintln!(
+        "{KILLS} SIGKILLs: {claimed} Tenants claimed from the pool, {} had an account created",
+        TENANTS - claimed
+    );
+    assert!(claimed >= POOL / 2, "the pool served Tenants under the kills: {claimed} of {POOL}");
+}
