@@ -145,6 +145,19 @@ async fn a_tenant_takes_a_ready_account_which_becomes_its_own_and_the_pool_refil
     assert_eq!(tags_of(&case, first).await.get("silo.dev/tenant-uid"), restored.uid().as_ref());
     assert_eq!(case.accounts_created().await, created_before, "nothing created");
     assert_eq!(pool_with_ready(&case, 2).await, refilled, "no ready account taken");
+
+    // A deleted pool's series go (the in-process controller's registry).
+    let series = r#"silo_pool_size{pool="warm"}"#;
+    assert!(silo::metrics::METRICS.render().contains(series), "the pool is published");
+    Api::<AccountPool>::all(case.client.clone()).delete("warm", &Default::default()).await.unwrap();
+    case.eventually(WITHIN, || async {
+        let rendered = silo::metrics::METRICS.render();
+        let left: Vec<&str> = rendered.lines().filter(|l| l.contains(r#"pool="warm""#)).collect();
+        anyhow::ensure!(left.is_empty(), "series of the deleted pool: {left:?}");
+        Ok(())
+    })
+    .await
+    .expect("the deleted pool's series are gone");
 }
 
 /// Two Tenants race for the pool's last account: one takes it, the other gets an account

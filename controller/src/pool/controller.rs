@@ -6,10 +6,13 @@
 //!    the surplus of a pool that shrank; counts the Tenants holding one of its accounts;
 //! 2. moves each creation along: follow the CreateAccount request, record the account, place it
 //!    in the pool's OU, and only then list it as ready;
-//! 3. refills, while the organization has room below its account limit less the headroom kept
-//!    for Tenants (`--account-limit`, `--pool-account-headroom`): takes a creation slot behind
-//!    every Tenant ([`Applicant::refill`]), records the creation (index, name, email) in the
-//!    status, **then** sends CreateAccount, then records the request id.
+//! 3. refills, once no Tenant that names the pool is still deciding where its account comes
+//!    from ([`tenants_deciding`]: signups racing for the last ready accounts must not find
+//!    their creation slots taken by the refill), and while the organization has room below its
+//!    account limit less the headroom kept for Tenants (`--account-limit`,
+//!    `--pool-account-headroom`): takes a creation slot behind every Tenant
+//!    ([`Applicant::refill`]), records the creation (index, name, email) in the status,
+//!    **then** sends CreateAccount, then records the request id.
 //!
 //! ## Crash safety
 //! A creation is in the status before its CreateAccount, so a controller killed during the
@@ -40,7 +43,7 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Refill, identity, plan_refill, pool_tags, room_below_headroom, waits_in};
+use super::{Refill, identity, plan_refill, pool_tags, room_below_headroom, tenants_deciding, waits_in};
 use crate::{
     api::{AccountPool, AccountPoolStatus, PoolAccount, PoolCreation, Tenant},
     aws::{AwsError, AwsErrorKind, Priority},
@@ -99,6 +102,11 @@ pub fn watch(
     let stream = watcher(Api::<AccountPool>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
+        .inspect(|event| {
+            if let Ok(watcher::Event::Delete(pool)) = event {
+                forget(&pool.name_any());
+            }
+        })
         .applied_objects()
         // Silo's own status writes trigger nothing; Tenants that take an account wake the pool.
         .predicate_filter(predicates::generation, PredicateConfig::default());
@@ -262,6 +270,13 @@ async fn refill(
     writer: &mut PoolStatus,
     ctx: &Context,
 ) -> Result<Option<Shortfall>, Error> {
+    let deciding = tenants_deciding(ctx.tenants.state().iter().map(|t| t.as_ref()), &pool.name_any());
+    if deciding > 0 {
+        let message = format!(
+            "{deciding} Tenants that name this pool have no account yet: they take creation slots before a refill"
+        );
+        return Ok(Some(Shortfall::waiting("WaitingForTenants", message)));
+    }
     if ctx.config.account_limit.is_some() && !ctx.org.index.is_complete() {
         let message = "Counting the organization's accounts against --account-limit before refilling";
         return Ok(Some(Shortfall::waiting("WaitingForIndex", message)));
@@ -469,11 +484,22 @@ async fn own_account(pool: &AccountPool, account_id: &str, ctx: &Context) -> Res
     })
 }
 
+/// The `state` label of `silo_pool_accounts`.
+const POOL_STATES: [&str; 3] = ["ready", "creating", "claimed"];
+
 /// Publishes `silo_pool_accounts{pool,state}` and `silo_pool_size{pool}`.
 fn publish(pool: &str, size: u32, status: &AccountPoolStatus) {
     METRICS.pool_size.get_or_create(&PoolNameLabels { pool: pool.to_string() }).set(i64::from(size));
-    for (state, count) in [("ready", status.ready), ("creating", status.creating), ("claimed", status.claimed)] {
+    for (state, count) in POOL_STATES.into_iter().zip([status.ready, status.creating, status.claimed]) {
         METRICS.pool_accounts.get_or_create(&PoolLabels { pool: pool.to_string(), state }).set(i64::from(count));
+    }
+}
+
+/// Removes a deleted pool's series, so dashboards and the empty-pool alert forget it.
+fn forget(pool: &str) {
+    METRICS.pool_size.remove(&PoolNameLabels { pool: pool.to_string() });
+    for state in POOL_STATES {
+        METRICS.pool_accounts.remove(&PoolLabels { pool: pool.to_string(), state });
     }
 }
 

@@ -4,7 +4,8 @@
 //! This module is the pure part, shared by the pool controller ([`controller`]: refilling)
 //! and the Tenant's account step (claiming):
 //! - the names, emails and tags of a pool's accounts ([`identity`], [`pool_tags`]);
-//! - which ready account a Tenant may take ([`candidate`]);
+//! - which ready account a Tenant may take ([`candidate`]), and which Tenants are still
+//!   deciding, ahead of a refill ([`tenants_deciding`]);
 //! - what a refill does next ([`plan_refill`]), within the room the organization's account
 //!   limit leaves ([`room_below_headroom`]).
 //!
@@ -24,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 
 use crate::{
-    api::{AccountPool, PoolAccount},
+    api::{AccountPool, PoolAccount, Tenant},
+    conditions,
     contract::{POOL_TAG, POOL_UID_TAG, TENANT_UID_TAG},
 };
 
@@ -97,6 +99,26 @@ impl PoolHolds {
     }
 }
 
+/// How many Tenants that name the pool `pool` are still deciding where their account comes
+/// from: no account and no creation of their own recorded yet, neither paused, Stalled nor
+/// being deleted. They are looking at the pool's ready accounts, or are in line for a creation
+/// slot; a refill waits for them, so that it never takes a slot one of them is about to ask
+/// for. Pure.
+pub fn tenants_deciding<'a>(tenants: impl IntoIterator<Item = &'a Tenant>, pool: &str) -> usize {
+    tenants
+        .into_iter()
+        .filter(|t| t.spec.pool.as_deref() == Some(pool) && !t.spec.paused && t.metadata.deletion_timestamp.is_none())
+        .filter(|t| {
+            let status = t.status.as_ref();
+            let started = status.is_some_and(|s| s.account_id.is_some() || s.email.is_some());
+            let stalled = status
+                .and_then(|s| conditions::find(&s.conditions, conditions::STALLED))
+                .is_some_and(|c| c.status == "True");
+            !started && !stalled
+        })
+        .count()
+}
+
 /// What a refill does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refill {
@@ -138,7 +160,7 @@ pub fn plan_refill(size: u32, paused: bool, ready: usize, creating: usize, room:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::AccountPoolSpec;
+    use crate::{api::AccountPoolSpec, conditions::Conditions};
 
     fn pool() -> AccountPool {
         let mut pool = AccountPool::new(
@@ -207,6 +229,31 @@ mod tests {
         assert_eq!(plan_refill(5, true, 2, 1, None), Refill::Paused);
         assert_eq!(plan_refill(5, false, 4, 1, None), Refill::Full);
         assert_eq!(plan_refill(2, true, 4, 0, None), Refill::Full, "a shrunk pool keeps its surplus, creates nothing");
+    }
+
+    #[test]
+    fn tenants_that_name_the_pool_and_have_not_started_are_deciding() {
+        use crate::api::{TenantSpec, TenantStatus};
+        let tenant = |pool: Option<&str>, status: Option<TenantStatus>| {
+            let mut tenant = Tenant::new("t", TenantSpec { pool: pool.map(String::from), ..Default::default() });
+            tenant.status = status;
+            tenant
+        };
+        let deciding = tenant(Some("warm"), None);
+        let other_pool = tenant(Some("cold"), None);
+        let no_pool = tenant(None, None);
+        let claimed = tenant(Some("warm"), Some(TenantStatus { account_id: Some("1".into()), ..Default::default() }));
+        let creating = tenant(Some("warm"), Some(TenantStatus { email: Some("a@x".into()), ..Default::default() }));
+        let mut stalled = TenantStatus::default();
+        let mut stalled_conditions =
+            Conditions::new(&mut stalled.conditions, Some(1), k8s_openapi::jiff::Timestamp::now());
+        stalled_conditions.set(conditions::STALLED, true, "OrganizationalUnitNotFound", "fix it");
+        let stalled = tenant(Some("warm"), Some(stalled));
+        let mut paused = tenant(Some("warm"), None);
+        paused.spec.paused = true;
+        let all = [&deciding, &other_pool, &no_pool, &claimed, &creating, &stalled, &paused];
+        assert_eq!(tenants_deciding(all, "warm"), 1, "only the one that has neither an account nor a creation");
+        assert_eq!(tenants_deciding([&deciding, &deciding], "warm"), 2);
     }
 
     #[test]
