@@ -834,14 +834,17 @@ impl AccountStep<'_> {
             let Some(candidate) = crate::pool::candidate(&ready, held) else { break };
             let id = candidate.account_id.clone();
             passed.insert(id.clone());
-            // Only an ACTIVE account that still waits in this pool, claimed here first. Both
-            // reads are recorded in the index, where taking the account reads them again.
+            // Claimed in the index first (in memory, atomic), so that of the Tenants racing
+            // for one account only the one that got it reads it from AWS. Then only an ACTIVE
+            // account that still waits in this pool is taken; one that is not stays claimed by
+            // this Tenant in the index, where no other Tenant could take it either.
+            if ctx.org.index.claim(&id, &uid, None).is_err() {
+                continue;
+            }
             let Some(account) = ctx.org.describe_account_fresh(&id).await?.filter(|a| a.is_active()) else {
                 continue;
             };
-            if !crate::pool::waits_in(&ctx.org.tags(&id, Priority::User).await?, &pool_uid)
-                || ctx.org.index.claim(&id, &uid, None).is_err()
-            {
+            if !crate::pool::waits_in(&ctx.org.tags(&id, Priority::User).await?, &pool_uid) {
                 continue;
             }
             record_account(progress, Some(&account));
