@@ -4,7 +4,7 @@
     python plot.py onboard.json onboard.png
 
 The `plot` object: title, xlabel, ylabel, optional ylabel_right, series (each with label,
-points [[x, y], ...], style "step" | "line" | "dashed", axis "left" | "right") and vlines
+points [[x, y], ...], style "step" | "line" | "dashed" | "points", axis "left" | "right") and vlines
 (each with x and label). Runs with matplotlib's Agg backend and the fonts matplotlib ships,
 so it needs no display and no system fonts.
 """
@@ -42,6 +42,8 @@ def main(src: str, dst: str) -> int:
         style = s.get("style", "line")
         if style == "step":
             (h,) = ax.step(xs, ys, where="post", label=s["label"], color=color, linewidth=1.8)
+        elif style == "points":
+            h = ax.scatter(xs, ys, label=s["label"], color=color, s=14)
         elif style == "dashed":
             (h,) = ax.plot(xs, ys, "--", label=s["label"], color="gray", linewidth=1.4)
         else:

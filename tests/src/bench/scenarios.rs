@@ -15,6 +15,9 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 use silo_testenv::{Env, SimClient, process::tail};
 
+#[path = "signup.rs"]
+mod signup;
+
 use crate::{
     controller::{Controller, CpuReading, Usage, require_samples},
     fleet::{self, Counters, Org, of_service, sum_service},

@@ -22,6 +22,7 @@ pub enum Scenario {
     Baseline,
     Unthrottled,
     Import,
+    Signup,
 }
 
 impl Scenario {
@@ -33,6 +34,7 @@ impl Scenario {
             Scenario::Baseline => "baseline",
             Scenario::Unthrottled => "unthrottled",
             Scenario::Import => "import",
+            Scenario::Signup => "signup",
         }
     }
 }
@@ -99,7 +101,7 @@ pub struct Params {
         long,
         env = "BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "onboard,restart,steady,baseline,unthrottled,import"
+        default_value = "onboard,restart,steady,baseline,unthrottled,import,signup"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -195,6 +197,35 @@ pub struct Params {
     /// import: accounts made directly in the simulator (not by Silo), then imported.
     #[arg(long, env = "BENCH_IMPORT_ACCOUNTS", default_value_t = 1000)]
     pub import_accounts: usize,
+
+    /// signup: the AccountPool's size; the burst is 3 x this many Tenants at once.
+    #[arg(long, env = "BENCH_SIGNUP_POOL_SIZE", default_value_t = 10)]
+    pub signup_pool_size: usize,
+
+    /// signup: D, seconds a CreateAccount stays IN_PROGRESS (minutes on AWS, in proportion).
+    #[arg(long, env = "BENCH_SIGNUP_CREATE_SECONDS", default_value_t = 60.0)]
+    pub signup_create_seconds: f64,
+
+    /// signup: seconds a new account's role stays unassumable after its creation (IAM
+    /// propagation).
+    #[arg(long, env = "BENCH_SIGNUP_ROLE_SECONDS", default_value_t = 20.0)]
+    pub signup_role_seconds: f64,
+
+    /// signup: S, seconds each stack operation stays *_IN_PROGRESS.
+    #[arg(long, env = "BENCH_SIGNUP_STACK_SECONDS", default_value_t = 10.0)]
+    pub signup_stack_seconds: f64,
+
+    /// signup: Tenants arriving at random (Poisson) in the steady phase.
+    #[arg(long, env = "BENCH_SIGNUP_TENANTS", default_value_t = 20)]
+    pub signup_tenants: usize,
+
+    /// signup: the steady arrival rate, as a share of the rate the pool refills at (5 per D).
+    #[arg(long, env = "BENCH_SIGNUP_LOAD", default_value_t = 0.5)]
+    pub signup_load: f64,
+
+    /// signup: the seed of the random arrivals (the same for the runs with and without a pool).
+    #[arg(long, env = "BENCH_SIGNUP_SEED", default_value_t = 1)]
+    pub signup_seed: u64,
 
     /// Give up when no Tenant became Ready for this many seconds while some are not.
     #[arg(long, env = "BENCH_STALL_SECONDS", default_value_t = 600)]

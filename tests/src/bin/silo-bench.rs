@@ -3,8 +3,8 @@
 //! Starts the project's test environment (a real kube-apiserver and etcd, and the AWS
 //! simulator), sets the simulator to AWS-like quotas, and runs `silo run` as a separate
 //! process through the scenarios selected by `BENCH_SCENARIOS`: onboard, restart, steady,
-//! baseline, unthrottled, import. Each prints its tables and writes `<scenario>.json` and
-//! `<scenario>.png` under `BENCH_OUT` (`restart` one pair per point of the verification
+//! baseline, unthrottled, import, signup. Each prints its tables and writes `<scenario>.json`
+//! and `<scenario>.png` under `BENCH_OUT` (`restart` one pair per point of the verification
 //! schedule: `restart-random`, `restart-outage`). `BENCH_PROFILE` says what the Tenants carry
 //! (`bare`, `full`). `silo-bench --help` lists every knob and its variable.
 //!
@@ -77,6 +77,7 @@ async fn run(params: Params) -> Result<()> {
         Scenario::Baseline,
         Scenario::Unthrottled,
         Scenario::Import,
+        Scenario::Signup,
     ] {
         if !params.selected(scenario) {
             continue;
@@ -90,6 +91,7 @@ async fn run(params: Params) -> Result<()> {
             Scenario::Baseline => bench.baseline().await,
             Scenario::Unthrottled => bench.unthrottled().await,
             Scenario::Import => bench.import().await,
+            Scenario::Signup => bench.signup().await,
         };
         result.with_context(|| format!("scenario {}", scenario.name()))?;
         eprintln!("silo-bench: {} took {:.0} s", scenario.name(), t.elapsed().as_secs_f64());
