@@ -502,7 +502,9 @@ impl AccountStep<'_> {
             (Route::FoundByEmail, _) => {
                 event("AccountAdopted", format!("Found and adopted account {account_id}")).await
             }
-            (Route::FromPool, _) => {
+            // From the pool, or the same claim resumed after its tagging failed or the
+            // controller stopped (the account still carries the pool's tags, not this Tenant's).
+            (Route::FromPool, _) | (Route::Recorded, Title::FromPool) => {
                 let pool = progress.status.claimed_from_pool.clone().unwrap_or_default();
                 event("AccountClaimed", format!("Took account {account_id} from AccountPool {pool}")).await
             }
