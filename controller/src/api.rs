@@ -790,6 +790,15 @@ pub struct AccountPoolSpec {
     /// While true, the pool creates no account; Tenants still take the ready ones.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+
+    /// A Baseline to bootstrap in each account before it is ready (TenantName is the account's
+    /// name in the pool, AccountId its id), so that a Tenant taking it waits for one stack
+    /// update, not for the new account's role and a stack creation. A Tenant takes an account
+    /// of this pool only if its own Baseline replaces these stacks: the same stack name, in
+    /// every Region of this one (the same Baseline always does); other Tenants get an account
+    /// created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineRef>,
 }
 
 /// What the pool holds. Written only by the controller; each creation is recorded before its
@@ -843,9 +852,13 @@ pub struct PoolCreation {
     /// The CreateAccount request, once AWS answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// The account, once created: placed in the pool's OU before it is ready.
+    /// The account, once created: placed in the pool's OU (and bootstrapped with
+    /// spec.baseline) before it is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
+    /// Where the account's bootstrap stands, while spec.baseline's stacks are being made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 /// Every CRD Silo owns, in the order `silo crd` prints them.

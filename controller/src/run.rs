@@ -168,6 +168,16 @@ pub async fn controllers(
     });
     let pool_controller = pool::controller::run(
         Arc::new(pool::controller::Context {
+            baselines: pool::bootstrap::Sources {
+                client: ctx.client.clone(),
+                aws: ctx.aws.clone(),
+                baselines: ctx.baselines.clone(),
+                revisions: ctx.revisions.clone(),
+                caches_ready: ctx.caches_ready.clone(),
+                rollouts: ctx.rollouts.clone(),
+                namespace: ctx.config.namespace.clone(),
+                external_id_namespace: ctx.config.external_id_namespace.clone(),
+            },
             client: ctx.client.clone(),
             org: org.clone(),
             tenants: tenants.clone(),

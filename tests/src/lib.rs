@@ -175,6 +175,27 @@ pub struct EnvInfo {
     pub audit_log: Option<PathBuf>,
 }
 
+/// A small Baseline template for the suites: an SNS topic named after the tenant, and
+/// outputs that echo its parameters.
+pub const BASELINE_TEMPLATE: &str = r#"
+Parameters:
+  TenantName: {Type: String}
+  AccountId: {Type: String}
+  Env: {Type: String, Default: dev}
+Resources:
+  Events:
+    Type: AWS::SNS::Topic
+    Properties:
+      TopicName: !Sub "${TenantName}-events"
+Outputs:
+  TopicArn:
+    Value: !Ref Events
+  Env:
+    Value: !Ref Env
+  Account:
+    Value: !Ref AccountId
+"#;
+
 /// The environment of this test binary, started on first use on a thread of its own that
 /// keeps it alive until the process exits. Panics with the reason if it cannot start.
 pub fn shared() -> &'static EnvInfo {

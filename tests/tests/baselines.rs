@@ -15,24 +15,7 @@ use silo_testenv::{SimClient, TestCase, checks::AFTERWARDS, test_case};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
-const TEMPLATE: &str = r#"
-Parameters:
-  TenantName: {Type: String}
-  AccountId: {Type: String}
-  Env: {Type: String, Default: dev}
-Resources:
-  Events:
-    Type: AWS::SNS::Topic
-    Properties:
-      TopicName: !Sub "${TenantName}-events"
-Outputs:
-  TopicArn:
-    Value: !Ref Events
-  Env:
-    Value: !Ref Env
-  Account:
-    Value: !Ref AccountId
-"#;
+use silo_testenv::BASELINE_TEMPLATE as TEMPLATE;
 
 async fn apply_baseline(case: &TestCase, name: &str, spec: serde_json::Value) {
     let baseline: Baseline = serde_json::from_value(json!({

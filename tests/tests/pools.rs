@@ -11,7 +11,7 @@ use kube::{
 };
 use serde_json::json;
 use silo::{Tenant, api::AccountPool, conditions};
-use silo_testenv::{TenantFixture, TestCase, test_case};
+use silo_testenv::{BASELINE_TEMPLATE, TenantFixture, TestCase, test_case};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
@@ -383,4 +383,60 @@ async fn sigkills_while_forty_tenants_claim_from_a_pool_of_twenty_leave_each_acc
         TENANTS - claimed
     );
     assert!(claimed >= POOL / 2, "the pool served Tenants under the kills: {claimed} of {POOL}");
+}
+
+/// The stack operations the simulator ran in one account, in order.
+async fn stack_operations_in(case: &TestCase, account_id: &str) -> Vec<String> {
+    let operations = case.sim.stack_operations().await.unwrap();
+    operations.into_iter().filter(|op| op.account == account_id).map(|op| op.operation).collect()
+}
+
+/// A pool with a Baseline readies an account only once its stack runs (the new account's
+/// role was waited for while nobody waited). A Tenant with the same Baseline takes it and
+/// updates the stack to its own parameters, creating nothing; a Tenant without a Baseline
+/// would leave the pool's stack behind, so it gets an account created instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_a_baseline_readies_bootstrapped_accounts_that_a_tenant_only_updates() {
+    let mut case = test_case().await;
+    start(&mut case, false).await;
+    let baseline = json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": "standard"},
+        "spec": {"template": BASELINE_TEMPLATE, "regions": ["us-east-1"]},
+    });
+    Api::<silo::api::Baseline>::all(case.client.clone())
+        .patch("standard", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&baseline))
+        .await
+        .unwrap();
+    let pool = json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "AccountPool", "metadata": {"name": "warm"},
+        "spec": {"size": 2, "organizationalUnit": "/Tenants/Pool", "emailTemplate": "aws+pool-{index}@example.com",
+                 "baseline": {"name": "standard", "parameters": {"Env": "spare"}}},
+    });
+    let pools = Api::<AccountPool>::all(case.client.clone());
+    pools.patch("warm", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&pool)).await.unwrap();
+    let ready = pool_with_ready(&case, 2).await;
+    for account in &ready {
+        assert_eq!(stack_operations_in(&case, account).await, ["CreateStack"], "bootstrapped before ready: {account}");
+    }
+    // No refill from here on.
+    let paused = json!({"spec": {"paused": true}});
+    pools.patch("warm", &PatchParams::default(), &Patch::Merge(&paused)).await.unwrap();
+
+    case.create(&TenantFixture::named("globex").from_pool("warm").baseline("standard")).await.unwrap();
+    let globex = case.wait_for("globex", conditions::READY, "True", WITHIN).await.unwrap();
+    let status = globex.status.clone().unwrap();
+    let taken = status.account_id.clone().unwrap();
+    assert_eq!(claimed_from(&globex).as_deref(), Some("warm"));
+    assert!(ready.contains(&taken));
+    assert_eq!(stack_operations_in(&case, &taken).await, ["CreateStack", "UpdateStack"], "updated, not created again");
+    let outputs = &status.baseline.as_ref().unwrap().stacks[0].outputs;
+    assert_eq!(outputs.get("Env").map(String::as_str), Some("dev"), "the Tenant's parameters: {outputs:?}");
+
+    let created_before = case.accounts_created().await;
+    case.create(&TenantFixture::named("unbaselined").from_pool("warm")).await.unwrap();
+    let plain = case.wait_for("unbaselined", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(claimed_from(&plain), None, "a Tenant without the Baseline does not take a bootstrapped account");
+    assert_eq!(case.accounts_created().await, created_before + 1);
+    assert_eq!(events(&case, "unbaselined", "PoolEmpty").await, 1);
+    assert_eq!(pool_with_ready(&case, 1).await.len(), 1, "the other bootstrapped account still waits");
 }

@@ -7,10 +7,12 @@
 //! - [`stack`]: the CloudFormation stack state machine.
 //! - [`rollout`]: how a new revision reaches the tenants (canary, waves, halts), pure.
 //! - [`revisions`]: the revisions as ControllerRevisions in Silo's namespace.
+//! - [`external_id`]: a Baseline's external id, read from its Secret.
 //! - [`controller`]: the Baseline controller, which records revisions, runs rollouts and
 //!   publishes counts.
 
 pub mod controller;
+pub mod external_id;
 pub mod revisions;
 pub mod rollout;
 pub mod stack;

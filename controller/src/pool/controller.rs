@@ -5,7 +5,8 @@
 //!    status, or the organization index gave it to one), every account no longer ACTIVE, and
 //!    the surplus of a pool that shrank; counts the Tenants holding one of its accounts;
 //! 2. moves each creation along: follow the CreateAccount request, record the account, place it
-//!    in the pool's OU, and only then list it as ready;
+//!    in the pool's OU, make `spec.baseline`'s stacks in it ([`super::bootstrap`]), and only
+//!    then list it as ready;
 //! 3. refills, once no Tenant that names the pool is still deciding where its account comes
 //!    from ([`tenants_deciding`]: signups racing for the last ready accounts must not find
 //!    their creation slots taken by the refill), and while the organization has room below its
@@ -43,11 +44,15 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Refill, identity, plan_refill, pool_tags, room_below_headroom, tenants_deciding, waits_in};
+use super::{
+    Error, Refill,
+    bootstrap::{Bootstrap, Sources, bootstrap},
+    identity, plan_refill, pool_tags, room_below_headroom, tenants_deciding, waits_in,
+};
 use crate::{
     api::{AccountPool, AccountPoolStatus, PoolAccount, PoolCreation, Tenant},
-    aws::{AwsError, AwsErrorKind, Priority},
-    caches::{CacheGone, Ready},
+    aws::{AwsErrorKind, Priority},
+    caches::Ready,
     conditions::{self, Conditions},
     config::Config,
     contract::{FIELD_MANAGER, ownership::TenantClaims},
@@ -75,22 +80,14 @@ const RECONCILE_BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration
 
 /// What the pool controller works with.
 pub struct Context {
+    /// The AWS clients, the Baselines and their revisions, for a pool's Baseline.
+    pub baselines: Sources,
     pub client: Client,
     pub org: Arc<Organization>,
     /// Every Tenant, from the Tenant controller's watch, and its first listing.
     pub tenants: Store<Tenant>,
     pub tenants_ready: Ready,
     pub config: Config,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Aws(#[from] AwsError),
-    #[error(transparent)]
-    CacheGone(#[from] CacheGone),
 }
 
 /// The AccountPool watch: a cache every Tenant reconcile reads (the ready accounts), and the
@@ -381,6 +378,20 @@ async fn advance(
         }
     };
     org.place(&account_id, &ou).await?;
+    if let Some(wanted) = &pool.spec.baseline {
+        let made = bootstrap(pool, wanted, &account_id, &creation.account_name, &ctx.baselines).await?;
+        match made {
+            Bootstrap::Done => creation.baseline = None,
+            Bootstrap::Waiting(message) => {
+                creation.baseline = Some(message);
+                return Ok(Advance::Waiting(None));
+            }
+            Bootstrap::Stalled { reason, message } => {
+                creation.baseline = Some(message.clone());
+                return Ok(Advance::Waiting(Some(Shortfall::stalled(reason, message, RECHECK_STALLED))));
+            }
+        }
+    }
     Ok(Advance::Ready(PoolAccount {
         account_id,
         index: creation.index,

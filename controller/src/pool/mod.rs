@@ -1,8 +1,9 @@
 //! Account pools: accounts created in advance, waiting in an OU, for Tenants that name the
 //! pool in `spec.pool` to take at once instead of waiting minutes for CreateAccount.
 //!
-//! This module is the pure part, shared by the pool controller ([`controller`]: refilling)
-//! and the Tenant's account step (claiming):
+//! This module is the pure part, shared by the pool controller ([`controller`]: refilling;
+//! [`bootstrap`]: a pool's Baseline, made before an account is ready) and the Tenant's account
+//! step (claiming):
 //! - the names, emails and tags of a pool's accounts ([`identity`], [`pool_tags`]);
 //! - which ready account a Tenant may take ([`candidate`]), and which Tenants are still
 //!   deciding, ahead of a refill ([`tenants_deciding`]);
@@ -18,6 +19,7 @@
 //! the same claim from the status; the pool drops an account from its ready list once any
 //! Tenant holds it.
 
+pub mod bootstrap;
 pub mod controller;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +31,17 @@ use crate::{
     conditions,
     contract::{POOL_TAG, POOL_UID_TAG, TENANT_UID_TAG},
 };
+
+/// What stops a pool reconcile (and a pool account's bootstrap); it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Aws(#[from] crate::aws::AwsError),
+    #[error(transparent)]
+    CacheGone(#[from] crate::caches::CacheGone),
+}
 
 /// The name and email of the pool's account number `index`.
 pub fn identity(pool: &AccountPool, index: u64) -> (String, String) {
@@ -55,6 +68,21 @@ pub fn waits_in(tags: &BTreeMap<String, String>, pool_uid: &str) -> bool {
 /// an account (the index's claims, the Tenants' statuses). Pure.
 pub fn candidate(ready: &[PoolAccount], held: impl Fn(&str) -> bool) -> Option<&PoolAccount> {
     ready.iter().find(|account| !held(&account.account_id))
+}
+
+/// Whether a Tenant's Baseline replaces the stacks a pool's Baseline made in its accounts,
+/// each given as its stack name and Regions (`None`: no Baseline, or one that does not
+/// exist): a pool without a Baseline is taken by any Tenant; otherwise the Tenant's stacks
+/// must have the same name, in every Region of the pool's, so that its bootstrap updates
+/// them in place and leaves none behind. Pure.
+pub fn replaces(pool: Option<(String, Vec<String>)>, tenant: Option<(String, Vec<String>)>) -> bool {
+    match (pool, tenant) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some((pool_stack, pool_regions)), Some((stack, regions))) => {
+            pool_stack == stack && pool_regions.iter().all(|r| regions.contains(r))
+        }
+    }
 }
 
 /// Which accounts the AccountPools keep (ready, or created and being placed), by pool UID.
@@ -254,6 +282,24 @@ mod tests {
         let all = [&deciding, &other_pool, &no_pool, &claimed, &creating, &stalled, &paused];
         assert_eq!(tenants_deciding(all, "warm"), 1, "only the one that has neither an account nor a creation");
         assert_eq!(tenants_deciding([&deciding, &deciding], "warm"), 2);
+    }
+
+    #[test]
+    fn a_tenant_takes_a_bootstrapped_account_only_if_its_baseline_replaces_the_pools_stacks() {
+        let stacks =
+            |name: &str, regions: &[&str]| Some((name.to_string(), regions.iter().map(|r| r.to_string()).collect()));
+        assert!(replaces(None, None), "a pool without a Baseline serves anyone");
+        assert!(replaces(None, stacks("silo-baseline", &["us-east-1"])));
+        assert!(!replaces(stacks("silo-baseline", &["us-east-1"]), None), "the pool's stacks would stay behind");
+        assert!(replaces(
+            stacks("silo-baseline", &["us-east-1"]),
+            stacks("silo-baseline", &["us-east-1", "eu-west-1"])
+        ));
+        assert!(!replaces(
+            stacks("silo-baseline", &["us-east-1", "eu-west-1"]),
+            stacks("silo-baseline", &["us-east-1"])
+        ));
+        assert!(!replaces(stacks("silo-baseline", &["us-east-1"]), stacks("other-stack", &["us-east-1"])));
     }
 
     #[test]

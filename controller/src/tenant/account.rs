@@ -814,6 +814,22 @@ impl AccountStep<'_> {
             let note = format!("AccountPool {pool_name} does not exist: creating an account instead");
             return self.create_instead_of_pool(note, progress, writer).await;
         };
+        if let Some(pool_baseline) = &pool.spec.baseline {
+            let stacks_of =
+                |name: &str| ctx.baselines.get(&kube::runtime::reflector::ObjectRef::new(name)).map(|b| b.spec.clone());
+            let pools = stacks_of(&pool_baseline.name);
+            let own = self.tenant.spec.baseline.as_ref().and_then(|b| stacks_of(&b.name));
+            let as_stacks = |spec: &crate::api::BaselineSpec| (spec.stack_name.clone(), spec.regions.clone());
+            if !crate::pool::replaces(pools.as_ref().map(as_stacks), own.as_ref().map(as_stacks)) {
+                let note = format!(
+                    "AccountPool {pool_name} bootstraps its accounts with Baseline {}, whose stacks this Tenant's \
+                     baseline would not replace (the same stack name in every one of their Regions): creating an \
+                     account instead",
+                    pool_baseline.name
+                );
+                return self.create_instead_of_pool(note, progress, writer).await;
+            }
+        }
         if !ctx.org.index.is_complete() {
             return Ok(StepOutcome::wait(
                 "ClaimingFromPool",

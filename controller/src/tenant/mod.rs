@@ -51,7 +51,7 @@ use futures::{
     StreamExt,
     channel::mpsc::{UnboundedReceiver, UnboundedSender},
 };
-use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -120,12 +120,7 @@ impl Context {
     /// The external id a Baseline names (`spec.externalId`): the `key` of Secret `name` in the
     /// external-id namespace, the only Secrets Silo can read. `None` when either is missing.
     pub async fn external_id(&self, name: &str, key: &str) -> Result<Option<String>, kube::Error> {
-        let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.config.external_id_namespace);
-        let secret = secrets.get_opt(name).await?;
-        Ok(secret
-            .and_then(|s| s.data)
-            .and_then(|data| data.get(key).cloned())
-            .and_then(|bytes| String::from_utf8(bytes.0).ok()))
+        crate::baseline::external_id::read(&self.client, &self.config.external_id_namespace, name, key).await
     }
 
     /// Publishes a Kubernetes Event about a tenant; failures are logged, never fatal.

@@ -215,6 +215,11 @@ pub struct Params {
     #[arg(long, env = "BENCH_SIGNUP_STACK_SECONDS", default_value_t = 10.0)]
     pub signup_stack_seconds: f64,
 
+    /// signup: the pool makes its accounts' Baseline (the Tenants' own) before they are ready,
+    /// so a Tenant that takes one updates its stack instead of creating it.
+    #[arg(long, env = "BENCH_SIGNUP_POOL_BASELINE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub signup_pool_baseline: bool,
+
     /// signup: Tenants arriving at random (Poisson) in the steady phase.
     #[arg(long, env = "BENCH_SIGNUP_TENANTS", default_value_t = 20)]
     pub signup_tenants: usize,

@@ -152,11 +152,14 @@ impl Bench {
         let (on, off) = (&runs[&true], &runs[&false]);
         let target = s + SILO_ALLOWANCE_SECONDS;
         let slots = CREATIONS_AT_ONCE;
-        let refill_bound = ((2 * size) as f64 / slots).ceil() * d + (size as f64 / slots).ceil() * d;
+        // A bootstrapped pool account is ready after its role and its stack too.
+        let bootstrap = if p.signup_pool_baseline { p.signup_role_seconds + s } else { 0.0 };
+        let refill_bound = ((2 * size) as f64 / slots).ceil() * d + (size as f64 / slots).ceil() * d + bootstrap;
 
         let mut table = Table::new(
             format!(
-                "signup: pool of {size}, D = {d} s, role after {} s, S = {s} s; {} steady arrivals at {:.3}/s, a burst of {}",
+                "signup: pool of {size} (its Baseline made in advance: {}), D = {d} s, role after {} s, S = {s} s; {} steady arrivals at {:.3}/s, a burst of {}",
+                p.signup_pool_baseline,
                 p.signup_role_seconds,
                 p.signup_tenants,
                 rate,
@@ -194,7 +197,8 @@ impl Bench {
             .row(vec![format!("steady p95 target (S + {SILO_ALLOWANCE_SECONDS} s)"), f(target, 1), String::new()])
             .row(vec!["burst: pool full again (s from the burst)".into(), show(burst.refilled), String::new()])
             .row(vec![
-                "  bound: ceil(2 size / 5) D (the created Tenants) + ceil(size / 5) D".into(),
+                "  bound: ceil(2 size / 5) D (the created Tenants) + ceil(size / 5) D (+ role + S with the Baseline)"
+                    .into(),
                 f(refill_bound, 1),
                 String::new(),
             ])
@@ -227,6 +231,7 @@ impl Bench {
             "create_seconds": d,
             "role_unassumable_seconds": p.signup_role_seconds,
             "stack_seconds": s,
+            "pool_baseline": p.signup_pool_baseline,
             "arrival_rate_per_second": rate,
             "arrival_rate_note": "BENCH_SIGNUP_LOAD times the refill rate, 5 creations per D",
             "steady_tenants": p.signup_tenants,
@@ -238,7 +243,7 @@ impl Bench {
             "target_steady_p95_seconds": target,
             "steady_p95_within_target": steady_p95.is_some_and(|p95| p95 <= target),
             "refill_bound_seconds": refill_bound,
-            "refill_bound_formula": "ceil(2 size / 5) D (the burst's created Tenants, ahead of the refill) + ceil(size / 5) D",
+            "refill_bound_formula": "ceil(2 size / 5) D (the burst's created Tenants, ahead of the refill) + ceil(size / 5) D, + the role's propagation + S when the pool makes its Baseline in advance",
             "create_account_refused": refused,
         });
         // Each Tenant's time, in arrival order (steady, then burst).
@@ -292,10 +297,13 @@ impl Bench {
         let mut first_fill = None;
         if pool_on {
             let started = Instant::now();
-            let pool = json!({
+            let mut pool = json!({
                 "apiVersion": "silo.dev/v1alpha1", "kind": "AccountPool", "metadata": {"name": POOL},
                 "spec": {"size": size, "organizationalUnit": POOL_OU, "emailTemplate": "aws+pool-{index}@example.com"},
             });
+            if p.signup_pool_baseline {
+                pool["spec"]["baseline"] = json!({"name": baseline});
+            }
             pools(&self.client).patch(POOL, &PatchParams::apply("silo-bench").force(), &Patch::Apply(&pool)).await?;
             self.wait_pool_full(&mut controller, size).await?;
             first_fill = Some(started.elapsed().as_secs_f64());
