@@ -20,7 +20,7 @@ rm -f "$logs"/*.log "$logs"/*.status
 
 # Longest first, so the lanes end together (figures: docs/performance-results.md); suites not
 # listed here run after these.
-longest_first=(rollouts accounts fleet faults safety baselines takeover pools)
+longest_first=(rollouts fleet accounts faults pools safety baselines takeover)
 ordered=()
 for suite in "${longest_first[@]}"; do
     for wanted in "$@"; do
