@@ -31,11 +31,11 @@ use crate::{
     baseline::{
         self, UndeclaredParameters, revisions,
         rollout::{self, Rollouts},
-        stack::{Limits, Memory, Observed, StackAction, next_action, request_token},
+        stack::{Limits, Memory, StackAction, next_action, request_token},
     },
     caches::Ready,
     contract::POOL_TAG,
-    tenant::bootstrap::{MAX_CREATE_ATTEMPTS, REVISION_TAG},
+    tenant::bootstrap::{IN_PROGRESS_TIMEOUT, MAX_CREATE_ATTEMPTS, REVISION_TAG, observed},
 };
 
 /// What a pool's Baseline is made with: the Tenant controller's AWS clients and caches.
@@ -213,14 +213,6 @@ pub async fn bootstrap(
 /// The next step on a pool account's stack towards `revision`. A failed create is never
 /// retried in place: the pool deletes the stack and says so. Pure.
 fn next_step(stack: Option<&Stack>, revision: &str) -> StackAction {
-    let observed = stack.map(|stack| Observed {
-        status: stack.status.clone(),
-        reason: stack.reason.clone(),
-        revision: stack.tags.get(REVISION_TAG).cloned(),
-        since: stack.since,
-    });
     let limits = Limits { max_create_attempts: MAX_CREATE_ATTEMPTS, in_progress_timeout: IN_PROGRESS_TIMEOUT };
-    next_action(observed.as_ref(), revision, &Memory::default(), limits)
+    next_action(stack.map(observed).as_ref(), revision, &Memory::default(), limits)
 }
-
-const IN_PROGRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -54,7 +54,8 @@ fn role_retry(waited: Duration) -> Duration {
 
 /// How often a failed create is deleted and created again before the tenant is Stalled.
 pub const MAX_CREATE_ATTEMPTS: u32 = 2;
-const IN_PROGRESS_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a stack may stay in progress before a person is told.
+pub const IN_PROGRESS_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Everything the baseline step works with in one reconcile.
 pub struct BaselineStep<'a> {
@@ -744,7 +745,7 @@ fn baseline_status(progress: &Progress) -> &TenantBaselineStatus {
 }
 
 /// What the state machine needs of a stack: its status and the revision its tag names.
-fn observed(stack: &Stack) -> Observed {
+pub fn observed(stack: &Stack) -> Observed {
     Observed {
         status: stack.status.clone(),
         reason: stack.reason.clone(),
