@@ -287,6 +287,13 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_from_pool: Option<String>,
 
+    /// The stacks the pool's Baseline left in a claimed account that this Tenant's own
+    /// Baseline does not replace (another stack name, other Regions, or no Baseline),
+    /// recorded with the claim; Silo deletes them once the Tenant's own baseline runs, then
+    /// forgets this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_stacks: Option<PoolStacks>,
+
     /// A one-word summary for humans: Pending, Creating, Ready, Paused, Stalled, Deleting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
@@ -316,6 +323,17 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Stacks a pool's Baseline made in an account, left for its claimant to delete.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStacks {
+    /// The pool's Baseline: its role deletes the stacks.
+    pub baseline: String,
+    pub stack_name: String,
+    /// The Regions whose stack is still to be deleted.
+    pub regions: Vec<String>,
 }
 
 /// The baseline of one tenant, as applied.
@@ -793,10 +811,9 @@ pub struct AccountPoolSpec {
 
     /// A Baseline to bootstrap in each account before it is ready (TenantName is the account's
     /// name in the pool, AccountId its id), so that a Tenant taking it waits for one stack
-    /// update, not for the new account's role and a stack creation. A Tenant takes an account
-    /// of this pool only if its own Baseline replaces these stacks: the same stack name, in
-    /// every Region of this one (the same Baseline always does); other Tenants get an account
-    /// created.
+    /// update, not for the new account's role and a stack creation. A Tenant whose own
+    /// Baseline does not replace these stacks (the same stack name, in the same Region) takes
+    /// an account too, and Silo deletes the stacks it does not use once its own baseline runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineRef>,
 }

@@ -391,10 +391,17 @@ async fn stack_operations_in(case: &TestCase, account_id: &str) -> Vec<String> {
     operations.into_iter().filter(|op| op.account == account_id).map(|op| op.operation).collect()
 }
 
+/// The operations on one stack of an account, in order, from the simulator's record.
+async fn operations_on(case: &TestCase, account_id: &str, stack_name: &str) -> Vec<String> {
+    let operations = case.sim.stack_operations().await.unwrap();
+    let on_the_stack = operations.into_iter().filter(|op| op.account == account_id && op.stack_name == stack_name);
+    on_the_stack.map(|op| op.operation).collect()
+}
+
 /// A pool with a Baseline readies an account only once its stack runs (the new account's
 /// role was waited for while nobody waited). A Tenant with the same Baseline takes it and
-/// updates the stack to its own parameters, creating nothing; a Tenant without a Baseline
-/// would leave the pool's stack behind, so it gets an account created instead.
+/// updates the stack to its own parameters, creating nothing; a Tenant with another Baseline,
+/// or none, takes one too, and the pool's stack is deleted once its own baseline runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_with_a_baseline_readies_bootstrapped_accounts_that_a_tenant_only_updates() {
     let mut case = test_case().await;
@@ -409,12 +416,20 @@ async fn a_pool_with_a_baseline_readies_bootstrapped_accounts_that_a_tenant_only
         .unwrap();
     let pool = json!({
         "apiVersion": "silo.dev/v1alpha1", "kind": "AccountPool", "metadata": {"name": "warm"},
-        "spec": {"size": 2, "organizationalUnit": "/Tenants/Pool", "emailTemplate": "aws+pool-{index}@example.com",
+        "spec": {"size": 3, "organizationalUnit": "/Tenants/Pool", "emailTemplate": "aws+pool-{index}@example.com",
                  "baseline": {"name": "standard", "parameters": {"Env": "spare"}}},
     });
     let pools = Api::<AccountPool>::all(case.client.clone());
     pools.patch("warm", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&pool)).await.unwrap();
-    let ready = pool_with_ready(&case, 2).await;
+    let other = json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": "other"},
+        "spec": {"template": BASELINE_TEMPLATE, "stackName": "other-stack", "regions": ["us-east-1"]},
+    });
+    Api::<silo::api::Baseline>::all(case.client.clone())
+        .patch("other", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&other))
+        .await
+        .unwrap();
+    let ready = pool_with_ready(&case, 3).await;
     for account in &ready {
         assert_eq!(stack_operations_in(&case, account).await, ["CreateStack"], "bootstrapped before ready: {account}");
     }
@@ -434,9 +449,20 @@ async fn a_pool_with_a_baseline_readies_bootstrapped_accounts_that_a_tenant_only
 
     let created_before = case.accounts_created().await;
     case.create(&TenantFixture::named("unbaselined").from_pool("warm")).await.unwrap();
-    let plain = case.wait_for("unbaselined", conditions::READY, "True", WITHIN).await.unwrap();
-    assert_eq!(claimed_from(&plain), None, "a Tenant without the Baseline does not take a bootstrapped account");
-    assert_eq!(case.accounts_created().await, created_before + 1);
-    assert_eq!(events(&case, "unbaselined", "PoolEmpty").await, 1);
-    assert_eq!(pool_with_ready(&case, 1).await.len(), 1, "the other bootstrapped account still waits");
+    case.create(&TenantFixture::named("otherbaselined").from_pool("warm").baseline("other")).await.unwrap();
+    for name in ["unbaselined", "otherbaselined"] {
+        let tenant = case.wait_for(name, conditions::READY, "True", WITHIN).await.unwrap();
+        let status = tenant.status.clone().unwrap();
+        assert_eq!(claimed_from(&tenant).as_deref(), Some("warm"), "{name} took a bootstrapped account");
+        assert_eq!(status.pool_stacks, None, "{name}: nothing of the pool's is left to delete");
+        let taken = status.account_id.clone().unwrap();
+        assert!(ready.contains(&taken));
+        let pools_stack = operations_on(&case, &taken, "silo-baseline").await;
+        assert_eq!(pools_stack, ["CreateStack", "DeleteStack"], "{name}: the pool's stack is deleted");
+        let own = operations_on(&case, &taken, "other-stack").await;
+        let expected: &[&str] = if name == "otherbaselined" { &["CreateStack"] } else { &[] };
+        assert_eq!(own, expected, "{name}: its own Baseline's stack");
+    }
+    assert_eq!(case.accounts_created().await, created_before, "no account created for either");
+    assert_eq!(events(&case, "unbaselined", "PoolEmpty").await + events(&case, "otherbaselined", "PoolEmpty").await, 0);
 }

@@ -156,9 +156,10 @@ pub fn resolve_parameters(
     Ok(parameters)
 }
 
-/// The regions of a Baseline revision, or the controller's region when it lists none.
-pub fn regions(spec: &Deployed, default_region: &str) -> Vec<String> {
-    if spec.regions.is_empty() { vec![default_region.to_string()] } else { spec.regions.clone() }
+/// The regions a Baseline (or one of its revisions) lists, or the controller's region when
+/// it lists none.
+pub fn regions(listed: &[String], default_region: &str) -> Vec<String> {
+    if listed.is_empty() { vec![default_region.to_string()] } else { listed.to_vec() }
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ pub async fn bootstrap(
         ]),
         termination_protection: deployed.termination_protection,
     };
-    for region in &deployed.regions {
+    for region in &baseline::regions(&deployed.regions, &ctx.aws.region()) {
         let stacks = ctx.aws.stacks(account_id, credentials.clone(), region, Priority::Background);
         let stack = stacks.describe(spec.name).await?;
         let in_region = |what: String| format!("{what} in {region} of account {account_id}");

@@ -5,7 +5,8 @@
 //! [`bootstrap`]: a pool's Baseline, made before an account is ready) and the Tenant's account
 //! step (claiming):
 //! - the names, emails and tags of a pool's accounts ([`identity`], [`pool_tags`]);
-//! - which ready account a Tenant may take ([`candidate`]), and which Tenants are still
+//! - which ready account a Tenant may take ([`candidate`]), which of the pool's stacks it
+//!   deletes once it runs its own baseline ([`leftover_regions`]), and which Tenants are still
 //!   deciding, ahead of a refill ([`tenants_deciding`]);
 //! - what a refill does next ([`plan_refill`]), within the room the organization's account
 //!   limit leaves ([`room_below_headroom`]).
@@ -70,19 +71,16 @@ pub fn candidate(ready: &[PoolAccount], held: impl Fn(&str) -> bool) -> Option<&
     ready.iter().find(|account| !held(&account.account_id))
 }
 
-/// Whether a Tenant's Baseline replaces the stacks a pool's Baseline made in its accounts,
-/// each given as its stack name and Regions (`None`: no Baseline, or one that does not
-/// exist): a pool without a Baseline is taken by any Tenant; otherwise the Tenant's stacks
-/// must have the same name, in every Region of the pool's, so that its bootstrap updates
-/// them in place and leaves none behind. Pure.
-pub fn replaces(pool: Option<(String, Vec<String>)>, tenant: Option<(String, Vec<String>)>) -> bool {
-    match (pool, tenant) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some((pool_stack, pool_regions)), Some((stack, regions))) => {
-            pool_stack == stack && pool_regions.iter().all(|r| regions.contains(r))
-        }
-    }
+/// The Regions where the stack a pool's Baseline made in its accounts (`pool`: stack name and
+/// Regions) stays behind when a Tenant takes one: those where the Tenant's own Baseline
+/// (`tenant`, `None` without one) runs no stack of the same name, which its bootstrap would
+/// update in place. The Tenant deletes the stacks in these Regions once its own baseline
+/// runs. Pure.
+pub fn leftover_regions(pool: (&str, &[String]), tenant: Option<(&str, &[String])>) -> Vec<String> {
+    let (pool_stack, pool_regions) = pool;
+    let replaced =
+        |region: &String| tenant.is_some_and(|(stack, regions)| stack == pool_stack && regions.contains(region));
+    pool_regions.iter().filter(|region| !replaced(region)).cloned().collect()
 }
 
 /// Which accounts the AccountPools keep (ready, or created and being placed), by pool UID.
@@ -285,21 +283,16 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_takes_a_bootstrapped_account_only_if_its_baseline_replaces_the_pools_stacks() {
-        let stacks =
-            |name: &str, regions: &[&str]| Some((name.to_string(), regions.iter().map(|r| r.to_string()).collect()));
-        assert!(replaces(None, None), "a pool without a Baseline serves anyone");
-        assert!(replaces(None, stacks("silo-baseline", &["us-east-1"])));
-        assert!(!replaces(stacks("silo-baseline", &["us-east-1"]), None), "the pool's stacks would stay behind");
-        assert!(replaces(
-            stacks("silo-baseline", &["us-east-1"]),
-            stacks("silo-baseline", &["us-east-1", "eu-west-1"])
-        ));
-        assert!(!replaces(
-            stacks("silo-baseline", &["us-east-1", "eu-west-1"]),
-            stacks("silo-baseline", &["us-east-1"])
-        ));
-        assert!(!replaces(stacks("silo-baseline", &["us-east-1"]), stacks("other-stack", &["us-east-1"])));
+    fn the_pools_stacks_stay_where_the_tenants_baseline_runs_no_stack_of_their_name() {
+        let regions = |names: &[&str]| names.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        let (both, east) = (regions(&["us-east-1", "eu-west-1"]), regions(&["us-east-1"]));
+        let pool = ("silo-baseline", both.as_slice());
+        assert_eq!(leftover_regions(pool, Some(("silo-baseline", &both))), Vec::<String>::new(), "updated in place");
+        assert_eq!(leftover_regions(pool, Some(("silo-baseline", &east))), ["eu-west-1"], "fewer Regions");
+        assert_eq!(leftover_regions(pool, Some(("other-stack", &both))), both, "another stack name");
+        assert_eq!(leftover_regions(pool, None), both, "no Baseline");
+        let more = regions(&["us-east-1", "eu-west-1", "ap-south-1"]);
+        assert!(leftover_regions(("silo-baseline", &east), Some(("silo-baseline", &more))).is_empty());
     }
 
     #[test]

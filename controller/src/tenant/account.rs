@@ -34,7 +34,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use kube::{ResourceExt, runtime::events::EventType};
+use kube::{
+    ResourceExt,
+    runtime::{events::EventType, reflector::ObjectRef},
+};
 use tracing::info;
 
 use super::{
@@ -44,7 +47,7 @@ use super::{
     status::{Progress, StatusWriter, trusted},
 };
 use crate::{
-    api::Tenant,
+    api::{PoolStacks, Tenant},
     aws::{
         Priority,
         organizations::{Account, CreateRequest, CreationState},
@@ -810,25 +813,33 @@ impl AccountStep<'_> {
         let ctx = self.ctx;
         ctx.pools_ready.wait().await?;
         ctx.tenants_ready.wait().await?;
-        let Some(pool) = ctx.pools.get(&kube::runtime::reflector::ObjectRef::new(pool_name)) else {
+        let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name)) else {
             let note = format!("AccountPool {pool_name} does not exist: creating an account instead");
             return self.create_instead_of_pool(note, progress, writer).await;
         };
+        // What the pool's Baseline left in its accounts that this Tenant's own would not
+        // replace: recorded with the claim, deleted once the Tenant's baseline runs.
+        let mut pool_stacks = None;
         if let Some(pool_baseline) = &pool.spec.baseline {
-            let stacks_of =
-                |name: &str| ctx.baselines.get(&kube::runtime::reflector::ObjectRef::new(name)).map(|b| b.spec.clone());
-            let pools = stacks_of(&pool_baseline.name);
-            let own = self.tenant.spec.baseline.as_ref().and_then(|b| stacks_of(&b.name));
-            let as_stacks = |spec: &crate::api::BaselineSpec| (spec.stack_name.clone(), spec.regions.clone());
-            if !crate::pool::replaces(pools.as_ref().map(as_stacks), own.as_ref().map(as_stacks)) {
+            let Some(made) = ctx.baselines.get(&ObjectRef::new(&pool_baseline.name)) else {
                 let note = format!(
-                    "AccountPool {pool_name} bootstraps its accounts with Baseline {}, whose stacks this Tenant's \
-                     baseline would not replace (the same stack name in every one of their Regions): creating an \
-                     account instead",
+                    "AccountPool {pool_name} bootstraps its accounts with Baseline {}, which no longer exists, so \
+                     what its accounts carry is unknown: creating an account instead",
                     pool_baseline.name
                 );
                 return self.create_instead_of_pool(note, progress, writer).await;
-            }
+            };
+            let made_regions = crate::baseline::regions(&made.spec.regions, &ctx.aws.region());
+            let own = self.tenant.spec.baseline.as_ref().and_then(|b| ctx.baselines.get(&ObjectRef::new(&b.name)));
+            let own_regions = own.as_ref().map(|b| crate::baseline::regions(&b.spec.regions, &ctx.aws.region()));
+            let own_stacks =
+                own.as_ref().zip(own_regions.as_ref()).map(|(b, r)| (b.spec.stack_name.as_str(), r.as_slice()));
+            let regions = crate::pool::leftover_regions((&made.spec.stack_name, &made_regions), own_stacks);
+            pool_stacks = (!regions.is_empty()).then(|| PoolStacks {
+                baseline: pool_baseline.name.clone(),
+                stack_name: made.spec.stack_name.clone(),
+                regions,
+            });
         }
         if !ctx.org.index.is_complete() {
             return Ok(StepOutcome::wait(
@@ -869,10 +880,11 @@ impl AccountStep<'_> {
             progress.status.email = Some(account.email.clone());
             progress.status.account_name = Some(account.name.clone());
             progress.status.claimed_from_pool = Some(pool_name.to_string());
+            progress.status.pool_stacks = pool_stacks;
             // The pool's tags were Silo's: the Tenant's replace them.
             progress.status.applied_tag_keys = crate::pool::pool_tags(&pool).into_keys().collect();
             writer.save_intent(progress, "TagResource").await?;
-            let _ = ctx.pool_wake.unbounded_send(kube::runtime::reflector::ObjectRef::from_obj(pool.as_ref()));
+            let _ = ctx.pool_wake.unbounded_send(ObjectRef::from_obj(pool.as_ref()));
             return self.settle(&id, Route::FromPool, progress, writer).await;
         }
         let note = format!("AccountPool {pool_name} has no ready account: creating one instead");

@@ -338,7 +338,7 @@ impl BaselineStep<'_> {
                 }
             };
         let revision = baseline::tenant_revision(&admitted, &parameters);
-        let regions = baseline::regions(&deployed, &ctx.aws.region());
+        let regions = baseline::regions(&deployed.regions, &ctx.aws.region());
         Ok(Target { admitted, deployed, parameters, revision, regions })
     }
 
@@ -532,7 +532,7 @@ impl BaselineStep<'_> {
         let parameters = baseline::resolve_parameters(&deployed, &wanted.parameters, &tenant.name_any(), account_id)
             .unwrap_or_default();
         let revision = baseline::tenant_revision(&rollout.revision, &parameters);
-        let regions = baseline::regions(&deployed, &ctx.aws.region());
+        let regions = baseline::regions(&deployed.regions, &ctx.aws.region());
         let target = Target { admitted: rollout.revision.clone(), deployed, parameters, revision, regions };
         let baseline = ctx.baselines.get(&ObjectRef::new(&wanted.name)).expect("the step found the Baseline");
         let spec = stack_spec(&baseline, &target, tenant);

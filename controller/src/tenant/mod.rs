@@ -9,7 +9,9 @@
 //! 3. [`placement`]: move it into the requested OU (`PlacementReady`).
 //! 4. [`account_settings`]: the account's name, alternate contacts and service control policies
 //!    (`SettingsReady`).
-//! 5. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`).
+//! 5. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`);
+//!    then [`pool_stacks`]: delete the stacks a pool left in a claimed account that the
+//!    Baseline does not use (`BaselineReady` until they are gone).
 //! 6. [`status`]: derive `Ready`, `Reconciling`, `Stalled` and write the status once.
 //!
 //! A step runs only when the steps before it are done. [`schedule`] says what a reconcile is
@@ -38,6 +40,7 @@ pub mod bootstrap;
 pub mod closure;
 pub mod identity;
 pub mod placement;
+pub mod pool_stacks;
 pub mod schedule;
 pub mod status;
 
@@ -411,6 +414,12 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     if progress.settings.as_ref().is_some_and(StepOutcome::is_done) {
         let step = BaselineStep { tenant, mode, ctx };
         progress.baseline = Some(surface(step.run(&mut progress, &mut writer).await)?);
+    }
+    if let Some(done) = progress.baseline.clone().filter(StepOutcome::is_done)
+        && progress.status.pool_stacks.is_some()
+    {
+        let removing = surface(pool_stacks::remove(tenant, ctx, &mut progress).await)?;
+        progress.baseline = Some(if removing.is_done() { done } else { removing });
     }
     finish(tenant, mode, progress, writer, ctx).await
 }
