@@ -515,9 +515,9 @@ pub struct BaselineSpec {
     #[schemars(range(min = 1, max = 100))]
     pub revision_history_limit: Option<u32>,
 
-    /// How a new revision reaches the tenants: a canary first, then waves, halting on
-    /// failures. Changes to roleName, externalId and sessionPolicy apply at once and are not
-    /// rolled.
+    /// How a new revision reaches the tenants: stages, the canary first, through a sliding
+    /// window of maxConcurrent tenants, halting on failures. Changes to roleName, externalId
+    /// and sessionPolicy apply at once and are not rolled.
     #[serde(default)]
     pub rollout: RolloutSpec,
 }
@@ -535,8 +535,21 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
 
-    /// Tenants with stack work in flight at once (all their regions count as one): a number,
-    /// or a percentage of the Baseline's tenants like "10%". Default 5.
+    /// The stages of a rollout: cumulative sizes, each a number of tenants or a percentage of
+    /// the Baseline's tenants, like [1, "5%", "25%", "100%"]. The first is the canary (unless
+    /// `canary` picks it); each stage finishes and bakes before the next opens, and a last
+    /// stage of every tenant is implied. Default: the canary, then every tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    // Not a regular expression as for maxConcurrent: over a list, its estimated cost is beyond
+    // the API server's budget.
+    #[x_kube(validation = Rule::new("self.all(s, type(s) == int ? s >= 1 : (size(s) >= 2 && size(s) <= 4 && s.endsWith('%') && !s.startsWith('0')))")
+        .message("spec.rollout.stages are numbers of tenants (at least 1) or percentages like 5%"))]
+    pub stages: Vec<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+
+    /// Tenants with stack work in flight at once (all their regions count as one): the next
+    /// tenant is admitted as soon as one finishes. A number, or a percentage of the Baseline's
+    /// tenants like "10%". Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^[1-9][0-9]?%$|^100%$')")
         .message("spec.rollout.maxConcurrent must be a number of tenants (at least 1) or a percentage like 10%"))]
@@ -549,8 +562,8 @@ pub struct RolloutSpec {
         .message("spec.rollout.failureTolerance must be a number of tenants or a percentage like 5%"))]
     pub failure_tolerance: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
 
-    /// Seconds to wait after the canary, and after each wave, with no new failures before
-    /// going on. Default 0.
+    /// Seconds to wait after each stage but the last (the canary is the first) with no new
+    /// failures before the next opens. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 86400))]
     pub bake_seconds: Option<u32>,
@@ -563,6 +576,36 @@ pub struct RolloutSpec {
     /// and the Baseline's status shows what would change; nothing is executed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preview: bool,
+
+    /// What a rollout does when failures exceed failureTolerance: Halt (nobody else is
+    /// admitted, the tenants it reached stay), or Rollback (the tenants it reached go back to
+    /// the last revision that completed, through the same window). Default Halt.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// What a rollout does when failures exceed `failureTolerance`.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Nobody else is admitted; the tenants the revision reached stay on it.
+    #[default]
+    Halt,
+    /// Nobody else is admitted, and the tenants the revision reached go back to the last
+    /// revision that completed.
+    Rollback,
+}
+
+/// A rollout's automatic rollback: the tenants the failed revision reached go back to `to`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// The last revision that completed, where the tenants go back to.
+    pub to: String,
+    /// How many tenants the failed revision had reached when the rollback started.
+    pub tenants: u32,
+    /// Every tenant on the failed revision whose name sorts at or before this one is sent back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
 }
 
 /// The canary of a rollout.
@@ -637,6 +680,10 @@ pub struct BaselineStatus {
     /// The rollout of the newest revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The last revision whose rollout completed: what a new tenant gets while the newest is
+    /// not through its canary, halted or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_complete_revision: Option<String>,
     /// What the canary tenants' change sets say the newest revision would change (with
     /// spec.rollout.preview).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -671,7 +718,7 @@ pub struct RolloutStatus {
     /// The last revision that completed: what new tenants get during a canary or a halt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
-    /// Progressing, Baking, Halted, Paused, Previewing or Complete.
+    /// Progressing, Baking, Halted, RollingBack, RolledBack, Paused, Previewing or Complete.
     pub phase: String,
     /// The canary tenants, fixed when the rollout started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -679,12 +726,15 @@ pub struct RolloutStatus {
     /// Whether the canary went through (and baked) without failing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub canary_passed: bool,
+    /// Every canary tenant whose name sorts at or before this one is admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_through: Option<String>,
     /// After the canary, every tenant whose name sorts at or before this one is admitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_through: Option<String>,
-    /// Waves admitted after the canary.
+    /// The stage open now: 0 is the canary.
     #[serde(default)]
-    pub wave: u32,
+    pub stage: u32,
     /// The end of the current bake (RFC 3339), while baking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_until: Option<String>,
@@ -695,6 +745,9 @@ pub struct RolloutStatus {
     /// The tenants that failed this revision, with their first failing resource.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedTenant>,
+    /// With spec.rollout.onFailure Rollback, once the revision failed: where its tenants go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
 }
 
 /// A tenant whose stacks failed to reach a revision.

@@ -143,6 +143,7 @@ pub struct Metrics {
     pub baseline_tenants: PerRevision,
     pub rollout_phase: Family<RolloutLabels, Gauge>,
     pub rollout_failures: Family<BaselineLabels, Gauge>,
+    pub rollout_rollbacks: Family<BaselineLabels, Counter>,
     pub orphan_accounts: Family<OrphanLabels, Gauge>,
     pub pool_accounts: Family<PoolLabels, Gauge>,
     pub pool_size: Family<PoolNameLabels, Gauge>,
@@ -235,6 +236,12 @@ impl Metrics {
             "Tenants that failed the revision a Baseline is rolling out",
             rollout_failures.clone(),
         );
+        let rollout_rollbacks = Family::<BaselineLabels, Counter>::default();
+        registry.register(
+            "rollout_rollbacks",
+            "Rollbacks started (spec.rollout.onFailure Rollback), by Baseline and the revision rolled back",
+            rollout_rollbacks.clone(),
+        );
         let orphan_accounts = Family::<OrphanLabels, Gauge>::default();
         registry.register(
             "orphan_accounts",
@@ -268,6 +275,7 @@ impl Metrics {
             baseline_tenants,
             rollout_phase,
             rollout_failures,
+            rollout_rollbacks,
             reconciles,
             reconcile_seconds,
             aws_errors,

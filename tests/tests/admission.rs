@@ -440,11 +440,27 @@ async fn invalid_baselines_are_refused_and_valid_ones_accepted() {
             baseline("b8", json!({"template": template, "parameters": {"TenantName": "x"}})),
             "spec.parameters must not set TenantName or AccountId",
         ),
+        (
+            "a stage of no tenants",
+            baseline("b9", json!({"template": template, "rollout": {"stages": [1, 0, "100%"]}})),
+            "spec.rollout.stages are numbers of tenants (at least 1) or percentages",
+        ),
+        (
+            "a stage of 0%",
+            baseline("b10", json!({"template": template, "rollout": {"stages": [1, "0%"]}})),
+            "spec.rollout.stages are numbers of tenants (at least 1) or percentages",
+        ),
+        (
+            "a stage that is no percentage",
+            baseline("b11", json!({"template": template, "rollout": {"stages": ["half"]}})),
+            "spec.rollout.stages are numbers of tenants (at least 1) or percentages",
+        ),
     ];
     let valid = baseline(
         "ok",
         json!({"template": "#".repeat(51_200), "regions": ["us-east-1", "eu-west-1"], "capabilities": ["CAPABILITY_NAMED_IAM"],
-               "externalId": {"name": "silo-external-id", "key": "id"}, "sessionPolicy": "{}"}),
+               "externalId": {"name": "silo-external-id", "key": "id"}, "sessionPolicy": "{}",
+               "rollout": {"stages": [1, "1%", "10%", "100%"], "maxConcurrent": 5}}),
     );
     let failures = judge(&api, &refused, &valid).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -1,6 +1,6 @@
-//! Progressive Baseline rollouts across a fleet of 30 tenants: waves never above
-//! maxConcurrent (counted from the simulator's own record of stack operations), canaries,
-//! halts, a fix, new tenants mid-rollout, SIGKILLs, and previews.
+//! Progressive Baseline rollouts across a fleet of 30 tenants: stages through a window never
+//! above maxConcurrent (counted from the simulator's own record of stack operations),
+//! canaries, halts, a fix, new tenants mid-rollout, SIGKILLs, and previews.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use silo_testenv::{
     test_case,
 };
 
-/// Enough tenants for a canary and several waves at every maxConcurrent the tests use (5,
+/// Enough tenants for a canary and several windows at every maxConcurrent the tests use (5,
 /// 6, 10), and for a halt that leaves a third of the fleet untouched.
 /// The largest fleet a test here needs; each test makes the smallest that shows its point.
 const FLEET: usize = 30;
@@ -115,18 +115,20 @@ fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-/// A change rolls in waves never above maxConcurrent in flight, counted from the simulator.
+/// A change rolls in stages, each finished and baked before the next opens, through a window
+/// never above maxConcurrent in flight, counted from the simulator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_rolls_in_waves_never_above_max_concurrent() {
+async fn a_change_rolls_in_stages_never_above_max_concurrent() {
     let mut case = test_case().await;
     case.sim.configure(json!({"stack_operation_seconds": 1})).await.unwrap();
     case.start_controller(TestCase::config());
-    // Two canaries, then 13 tenants: three waves of 5 at most.
+    // A canary of two, a stage to six, then the other nine, three at a time.
     let fleet = 15;
-    fleet_on_v1(&case, fleet, json!({"maxConcurrent": 5, "canary": {"count": 2}})).await;
+    let rollout = json!({"maxConcurrent": 3, "stages": [2, 6, "100%"], "bakeSeconds": 2});
+    fleet_on_v1(&case, fleet, rollout.clone()).await;
 
     let since = now();
-    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": {"maxConcurrent": 5, "canary": {"count": 2}}})).await;
+    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
     let done = wait_for_phase(&case, "Complete").await;
     case.wait_for_all(&names(fleet), conditions::READY, "True", WITHIN).await.unwrap();
     let versions = versions(&case).await;
@@ -135,22 +137,30 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
     assert_eq!(ops.len(), fleet, "one update per tenant");
     let most = most_in_flight(&ops, "UpdateStack", since);
     eprintln!("{} updates, at most {most} in flight", ops.len());
-    assert!(most <= 5, "at most maxConcurrent tenants in flight: {most}");
-    assert!(most >= 3, "waves really ran in parallel: {most}");
-    // The canary went first: its two updates ended before any other began.
+    assert!(most <= 3, "at most maxConcurrent tenants in flight: {most}");
+    assert!(most >= 2, "tenants really ran in parallel: {most}");
+    // Each stage finished (and baked) before the next began: the canary (the first two by
+    // name), then the next four, then the rest.
     let canary: Vec<String> = done.status.clone().unwrap().rollout.unwrap().canary;
     assert_eq!(canary, vec!["fleet-00", "fleet-01"]);
-    let mut canary_accounts = vec![];
-    for name in &canary {
-        canary_accounts.push(account_of(&case, name).await);
+    let all = names(fleet);
+    let mut accounts = vec![];
+    for name in &all {
+        accounts.push(account_of(&case, name).await);
     }
-    let canary_end =
-        ops.iter().filter(|op| canary_accounts.contains(&op.account)).filter_map(|op| op.finished).fold(0.0, f64::max);
-    let others_start =
-        ops.iter().filter(|op| !canary_accounts.contains(&op.account)).map(|op| op.started).fold(f64::MAX, f64::min);
-    assert!(canary_end <= others_start, "no tenant was updated before the canary finished");
+    let span = |stage: &[String]| {
+        let of_stage: Vec<&StackOperation> = ops.iter().filter(|op| stage.contains(&op.account)).collect();
+        let start = of_stage.iter().map(|op| op.started).fold(f64::MAX, f64::min);
+        let end = of_stage.iter().filter_map(|op| op.finished).fold(0.0, f64::max);
+        (start, end)
+    };
+    let stages = [&accounts[..2], &accounts[2..6], &accounts[6..]].map(span);
+    eprintln!("stages (start, end): {stages:?}");
+    for pair in stages.windows(2) {
+        assert!(pair[0].1 + 2.0 <= pair[1].0, "a stage opens after the one before ended and baked 2 s: {stages:?}");
+    }
 
-    // An Event for each step, each with its own note: the start, the canary, every wave, the end.
+    // An Event for each step, each with its own note: the start, the canary, every stage, the end.
     let rollout = done.status.unwrap().rollout.unwrap();
     let revision = &rollout.revision;
     let mut wanted = vec![
@@ -158,8 +168,8 @@ async fn a_change_rolls_in_waves_never_above_max_concurrent() {
         ("CanaryPassed", format!("The canary of revision {revision} passed")),
         ("RolloutComplete", format!("Revision {revision} is complete")),
     ];
-    wanted.extend((1..=rollout.wave).map(|wave| ("WaveAdmitted", format!("Wave {wave} of revision {revision}:"))));
-    assert!(rollout.wave >= 2, "the rollout ran in waves: {rollout:?}");
+    wanted.extend((1..=2).map(|stage| ("StageStarted", format!("Stage {stage} of revision {revision}:"))));
+    assert_eq!(rollout.stage, 2, "the canary, then two stages: {rollout:?}");
     case.eventually_every(WITHIN, Duration::from_millis(500), || async {
         let events = Api::<Event>::namespaced(case.client.clone(), "default").list(&Default::default()).await?;
         let seen: Vec<(String, String)> = events
@@ -218,9 +228,11 @@ async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
     .expect("a halt holds, with only the canary updated");
 }
 
-/// Failures beyond the tolerance mid-rollout halt it; a fixed revision completes it.
+/// Failures beyond the tolerance mid-rollout halt it; a fixed revision completes it. With
+/// `onFailure: Rollback`, the same failure sends the tenants the revision reached back to the
+/// last complete revision, through the window, and touches nobody else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_completes() {
+async fn failures_beyond_tolerance_halt_mid_rollout_or_roll_back_exactly_the_tenants_reached() {
     let mut case = test_case().await;
     case.start_controller(TestCase::config());
     let rollout = json!({"maxConcurrent": 5, "failureTolerance": 1});
@@ -240,10 +252,53 @@ async fn failures_beyond_tolerance_halt_mid_rollout_and_a_fixed_revision_complet
 
     // The fix: a new revision (v3, which the injected failure does not match).
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v3"}, "rollout": rollout})).await;
-    wait_for_phase(&case, "Complete").await;
+    let v3 = wait_for_phase(&case, "Complete").await.status.unwrap().revision;
     case.wait_for_all(&names(FLEET), conditions::READY, "True", WITHIN).await.unwrap();
-    let versions = versions(&case).await;
-    assert!(versions.values().all(|v| v == "v3"), "{versions:?}");
+    let versions_now = versions(&case).await;
+    assert!(versions_now.values().all(|v| v == "v3"), "{versions_now:?}");
+
+    // v4 fails the same way, and this rollout rolls back.
+    case.sim
+        .configure(json!({"stack_failures": [{"operations": ["UpdateStack"], "parameters": {"TenantName": "^fleet-1[0-3]$", "Version": "^v4$"}, "reason": "quota of topics reached"}]}))
+        .await
+        .unwrap();
+    let rolling_back = json!({"maxConcurrent": 5, "failureTolerance": 1, "onFailure": "Rollback"});
+    let since = now();
+    apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v4"}, "rollout": rolling_back}))
+        .await;
+    let rolled_back = wait_for_phase(&case, "RolledBack").await.status.unwrap();
+    assert_eq!(rolled_back.last_complete_revision, v3, "v3 is the last complete revision");
+    let rollback = rolled_back.rollout.unwrap().rollback.unwrap();
+    assert_eq!(Some(rollback.to), v3);
+    case.wait_for_all(&names(FLEET), conditions::READY, "True", WITHIN).await.unwrap();
+    case.eventually(WITHIN, || async {
+        let versions = versions(&case).await;
+        anyhow::ensure!(versions.values().all(|v| v == "v3"), "every tenant runs v3 again: {versions:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // From the simulator's record: the tenants v4 reached are the first ones by name, each
+    // updated there and back (a failed update rolled back by CloudFormation may need no update
+    // back), never more than maxConcurrent at once; every other tenant untouched.
+    let ops = updates(&case, since).await;
+    assert!(most_in_flight(&ops, "UpdateStack", since) <= 5, "the window holds while rolling back");
+    let mut touched = vec![];
+    for name in names(FLEET) {
+        let account = account_of(&case, &name).await;
+        let count = ops.iter().filter(|op| op.account == account).count();
+        let failing = ["fleet-10", "fleet-11", "fleet-12", "fleet-13"].contains(&name.as_str());
+        match count {
+            0 => {}
+            2 => touched.push(name),
+            1 if failing => touched.push(name),
+            n => panic!("{name}: {n} updates since v4"),
+        }
+    }
+    eprintln!("v4 reached {} tenants and rolled back: {touched:?}", touched.len());
+    assert_eq!(touched, names(touched.len()), "the tenants reached are the first by name: {touched:?}");
+    assert_eq!(touched.len(), rollback.tenants as usize, "the rollback counts the tenants it returned");
+    assert!(touched.len() >= 12 && touched.len() < FLEET, "it stopped mid-way: {touched:?}");
 }
 
 /// A tenant created during the canary gets the last complete revision; one created after
@@ -253,7 +308,7 @@ async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary(
     let mut case = test_case().await;
     case.start_controller(TestCase::config());
     // early-bird must be Ready within the canary's bake: once the canary passes, it is rolled
-    // forward in the first wave. One wave after the canary keeps the test's length with a
+    // forward with everyone else. One window after the canary keeps the test's length with a
     // bake long enough for a loaded machine.
     let rollout = json!({"maxConcurrent": 100, "bakeSeconds": 30});
     fleet_on_v1(&case, 10, rollout.clone()).await;

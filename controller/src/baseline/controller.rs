@@ -38,7 +38,7 @@ use kube::{
         watcher,
     },
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{
     Deployed, content_hash,
@@ -194,8 +194,14 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     let settings = rollout::ResolvedSpec::of(&baseline.spec.rollout, views.len());
     let recorded = baseline.status.as_ref().and_then(|s| s.rollout.clone());
     let current = recorded.or_else(|| ctx.shared.rollouts.get(&name));
-    let step =
-        rollout::step(current.as_ref(), &newest, &settings, &CanaryRule::of(&baseline.spec.rollout), &views, now);
+    let step = rollout::step(
+        current.as_ref(),
+        &newest,
+        &settings,
+        &CanaryRule::of(&baseline.spec.rollout, &settings),
+        &views,
+        now,
+    );
 
     // 4. The status first, then the tenants it admitted.
     let status = render(baseline, &newest, &step.status, &views, &users, now);
@@ -218,11 +224,16 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     for tenant in woken {
         let _ = ctx.shared.wake.unbounded_send(ObjectRef::new(&tenant));
     }
+    if let Some(rollback) = step.news.iter().find(|n| n.reason == "RollbackStarted") {
+        info!(baseline = %name, note = %rollback.note, "rolling back");
+        let labels = BaselineLabels { baseline: name.clone(), revision: step.status.revision.clone() };
+        METRICS.rollout_rollbacks.get_or_create(&labels).inc();
+    }
     for news in &step.news {
         // kube's Recorder folds Events with the same reason and action into one series that
-        // keeps the first note: the action names the revision and wave, so each is its own.
+        // keeps the first note: the action names the revision and stage, so each is its own.
         let type_ = if news.is_halt() { EventType::Warning } else { EventType::Normal };
-        let action = format!("{}/{}", step.status.revision, step.status.wave);
+        let action = format!("{}/{}", step.status.revision, step.status.stage);
         let event = Event { type_, reason: news.reason.into(), note: Some(news.note.clone()), action, secondary: None };
         if let Err(err) = ctx.recorder.publish(&event, &baseline.object_ref(&())).await {
             warn!(baseline = %name, %err, "could not publish event");
@@ -302,9 +313,29 @@ fn render(
         "Revision {newest}: {} tenants updated, {} in progress, {} failed, {} waiting",
         counts.current, counts.in_progress, counts.failed, counts.waiting
     );
+    status.last_complete_revision =
+        if rollout.phase == rollout::COMPLETE { Some(rollout.revision.clone()) } else { rollout.previous.clone() };
+    let failed: Vec<String> = rollout.failed.iter().map(|f| format!("{} ({})", f.name, f.reason)).collect();
     match rollout.phase.as_str() {
+        rollout::ROLLING_BACK | rollout::ROLLED_BACK => {
+            let back = rollout.rollback.clone().unwrap_or_default();
+            let message = format!(
+                "The rollout of revision {newest} failed: {} tenants failed, more than spec.rollout.failureTolerance: \
+                 {}. spec.rollout.onFailure is Rollback: the {} tenants it reached {} revision {}; fix the Baseline \
+                 (a new revision)",
+                rollout.failed.len(),
+                failed.join("; "),
+                back.tenants,
+                if rollout.phase == rollout::ROLLED_BACK { "run again" } else { "are going back to" },
+                back.to,
+            );
+            let reason = if rollout.phase == rollout::ROLLED_BACK { "RolledBack" } else { "RollingBack" };
+            let rolled_back = rollout.phase == rollout::ROLLED_BACK;
+            conds.set(conditions::READY, false, reason, &message);
+            conds.set(conditions::RECONCILING, !rolled_back, reason, if rolled_back { "" } else { &message });
+            conds.set(conditions::STALLED, rolled_back, reason, if rolled_back { &message } else { "" });
+        }
         rollout::HALTED => {
-            let failed: Vec<String> = rollout.failed.iter().map(|f| format!("{} ({})", f.name, f.reason)).collect();
             let message = format!(
                 "The rollout of revision {newest} halted: {} tenants failed, more than spec.rollout.failureTolerance: \
                  {}. Nothing rolls back on its own: fix the Baseline (a new revision) or raise failureTolerance",

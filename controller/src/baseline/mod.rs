@@ -5,7 +5,7 @@
 //! - [`resolve_parameters`]: the parameters one tenant's stack runs with, or why there are
 //!   none (a parameter the template does not declare).
 //! - [`stack`]: the CloudFormation stack state machine.
-//! - [`rollout`]: how a new revision reaches the tenants (canary, waves, halts), pure.
+//! - [`rollout`]: how a new revision reaches the tenants (stages, a sliding window, halts), pure.
 //! - [`revisions`]: the revisions as ControllerRevisions in Silo's namespace.
 //! - [`external_id`]: a Baseline's external id, read from its Secret.
 //! - [`controller`]: the Baseline controller, which records revisions, runs rollouts and

@@ -2,18 +2,27 @@
 //!
 //! A tenant stays on the revision it was admitted to until the rollout admits it to a newer
 //! one. The order is stable and documented, so a resumed rollout continues where it stopped:
-//! 1. the **canary** (the tenants a label selector picks, or the first `count` by name) goes
-//!    first, fixed when the rollout starts;
-//! 2. when every canary tenant is done and the canary has **baked** (`bakeSeconds` without a
-//!    new failure), the rest go in **waves** of `maxConcurrent` tenants, by name; each wave
-//!    finishes, then bakes, before the next is admitted, so never more than `maxConcurrent`
-//!    tenants have stack work in flight;
-//! 3. when failures exceed `failureTolerance`, the rollout **halts**: nobody else is
-//!    admitted, nothing rolls back. A new revision, or a raised tolerance, ends the halt;
-//!    toggling `paused` does not.
+//! 1. the rollout goes in **stages** (`spec.rollout.stages`, cumulative sizes like
+//!    `[1, 5%, 25%, 100%]`; default: the canary, then everyone). The first stage is the
+//!    **canary** (the tenants a label selector picks, or the first ones by name), fixed when
+//!    the rollout starts; the later stages take the other tenants by name;
+//! 2. within a stage, a **sliding window** of `maxConcurrent` tenants: the next tenant is
+//!    admitted as soon as one finishes, as a Deployment's rolling update does, so never more
+//!    than `maxConcurrent` tenants have stack work in flight and no slot waits for the
+//!    slowest;
+//! 3. each stage but the last finishes, then **bakes** (`bakeSeconds` without a new failure),
+//!    before the next opens;
+//! 4. when failures exceed `failureTolerance`, the rollout **halts**: nobody else is
+//!    admitted. A new revision, or a raised tolerance, ends the halt; toggling `paused` does
+//!    not. With `onFailure: Rollback` it **rolls back** instead: the tenants the revision
+//!    reached go back to the last revision that completed, through the same window, by name
+//!    (`rollback.through` records how far), and the rollout ends `RolledBack` until a new
+//!    revision.
 //!
-//! A tenant that has never been admitted to any revision (a new tenant) gets the newest
-//! revision that passed its canary: during a canary or a halt, the last complete one.
+//! What is admitted is recorded as two names: the canary tenants up to `canaryThrough`, and
+//! after the canary every tenant up to `admittedThrough`, by name. A tenant that has never
+//! been admitted to any revision (a new tenant) gets the newest revision that passed its
+//! canary: during a canary or a halt, the last complete one.
 //!
 //! Everything here is pure: [`step`] takes the recorded [`RolloutStatus`], the rollout's
 //! settings and what the tenants report, and returns the next status and whom it admits.
@@ -29,19 +38,25 @@ use std::{
 use k8s_openapi::{apimachinery::pkg::util::intstr::IntOrString, jiff::Timestamp};
 use kube::ResourceExt;
 
-use crate::api::{FailedTenant, RolloutSpec, RolloutStatus, Tenant};
+use crate::api::{FailedTenant, OnFailure, RollbackStatus, RolloutSpec, RolloutStatus, Tenant};
 
 /// Where a rollout stands. [`step`] decides it; the status records it by name
 /// (`status.rollout.phase` is a string in the API, so a name Silo does not know yet reads as
 /// no phase at all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// Admitting tenants (the canary, or a wave), or waiting for those admitted to finish.
+    /// Admitting tenants (the canary, or a later stage), or waiting for those admitted to
+    /// finish.
     Progressing,
-    /// The canary or the last wave finished; waiting `bakeSeconds` without a new failure.
+    /// A stage finished; waiting `bakeSeconds` without a new failure before the next opens.
     Baking,
     /// Failures exceed `failureTolerance`: nobody else is admitted.
     Halted,
+    /// Failures exceed `failureTolerance` with `onFailure: Rollback`: the tenants the revision
+    /// reached are going back to the last complete one.
+    RollingBack,
+    /// Every tenant the failed revision reached is back on the last complete one.
+    RolledBack,
     /// `paused`: nobody else is admitted.
     Paused,
     /// `preview`: the canary shows its changes, nobody is admitted.
@@ -51,8 +66,16 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] =
-        [Phase::Progressing, Phase::Baking, Phase::Halted, Phase::Paused, Phase::Previewing, Phase::Complete];
+    pub const ALL: [Phase; 8] = [
+        Phase::Progressing,
+        Phase::Baking,
+        Phase::Halted,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Paused,
+        Phase::Previewing,
+        Phase::Complete,
+    ];
 
     /// Its name in the status.
     pub const fn as_str(self) -> &'static str {
@@ -60,6 +83,8 @@ impl Phase {
             Phase::Progressing => "Progressing",
             Phase::Baking => "Baking",
             Phase::Halted => "Halted",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
             Phase::Paused => "Paused",
             Phase::Previewing => "Previewing",
             Phase::Complete => "Complete",
@@ -75,11 +100,13 @@ impl Phase {
 pub const PROGRESSING: &str = Phase::Progressing.as_str();
 pub const BAKING: &str = Phase::Baking.as_str();
 pub const HALTED: &str = Phase::Halted.as_str();
+pub const ROLLING_BACK: &str = Phase::RollingBack.as_str();
+pub const ROLLED_BACK: &str = Phase::RolledBack.as_str();
 pub const PAUSED: &str = Phase::Paused.as_str();
 pub const PREVIEWING: &str = Phase::Previewing.as_str();
 pub const COMPLETE: &str = Phase::Complete.as_str();
 /// Every phase's name, for metrics that show each one.
-pub const PHASES: [&str; 6] = [PROGRESSING, BAKING, HALTED, PAUSED, PREVIEWING, COMPLETE];
+pub const PHASES: [&str; 8] = [PROGRESSING, BAKING, HALTED, ROLLING_BACK, ROLLED_BACK, PAUSED, PREVIEWING, COMPLETE];
 
 /// Default tenants with stack work in flight at once.
 pub const DEFAULT_MAX_CONCURRENT: usize = 5;
@@ -89,28 +116,47 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 5;
 pub struct ResolvedSpec {
     pub max_concurrent: usize,
     pub failure_tolerance: usize,
+    /// The size of the first stage, the canary, when `canary` does not pick it.
+    pub canary: Option<usize>,
+    /// The cumulative sizes of the stages after the canary, the last one every tenant.
+    pub stages: Vec<usize>,
     pub bake: Duration,
     pub paused: bool,
     pub preview: bool,
+    /// Roll back, rather than only halt, when failures exceed the tolerance.
+    pub rollback: bool,
 }
 
 impl ResolvedSpec {
     /// Resolves a Baseline's `spec.rollout` for a fleet of `tenants`.
     pub fn of(spec: &RolloutSpec, tenants: usize) -> Self {
-        let resolve = |value: &Option<IntOrString>, default: usize, at_least: usize| match value {
-            None => default,
-            Some(IntOrString::Int(n)) => usize::try_from(*n).unwrap_or(0).max(at_least),
-            Some(IntOrString::String(percent)) => {
+        let resolve = |value: &IntOrString, at_least: usize| match value {
+            IntOrString::Int(n) => usize::try_from(*n).unwrap_or(0).max(at_least),
+            IntOrString::String(percent) => {
                 let percent: usize = percent.trim_end_matches('%').parse().unwrap_or(0);
                 (tenants * percent).div_ceil(100).max(at_least)
             }
         };
+        let optional = |value: &Option<IntOrString>, default: usize, at_least: usize| {
+            value.as_ref().map_or(default, |value| resolve(value, at_least))
+        };
+        let mut sizes: Vec<usize> = spec.stages.iter().map(|stage| resolve(stage, 1)).collect();
+        // Cumulative: a stage never holds fewer tenants than the one before; the last holds all.
+        for i in 1..sizes.len() {
+            sizes[i] = sizes[i].max(sizes[i - 1]);
+        }
+        let canary = (!sizes.is_empty()).then(|| sizes.remove(0));
+        sizes.retain(|&size| size < tenants);
+        sizes.push(tenants);
         Self {
-            max_concurrent: resolve(&spec.max_concurrent, DEFAULT_MAX_CONCURRENT, 1),
-            failure_tolerance: resolve(&spec.failure_tolerance, 0, 0),
+            max_concurrent: optional(&spec.max_concurrent, DEFAULT_MAX_CONCURRENT, 1),
+            failure_tolerance: optional(&spec.failure_tolerance, 0, 0),
+            canary,
+            stages: sizes,
             bake: Duration::from_secs(u64::from(spec.bake_seconds.unwrap_or(0))),
             paused: spec.paused,
             preview: spec.preview,
+            rollback: spec.on_failure == OnFailure::Rollback,
         }
     }
 }
@@ -146,15 +192,16 @@ pub enum CanaryRule {
 }
 
 impl CanaryRule {
-    /// The canary rule of a Baseline's `spec.rollout` (default: the first tenant by name).
-    pub fn of(spec: &RolloutSpec) -> Self {
+    /// The canary rule of a Baseline's `spec.rollout`: its `canary`, else the first stage's
+    /// size, else the first tenant by name.
+    pub fn of(spec: &RolloutSpec, settings: &ResolvedSpec) -> Self {
         match &spec.canary {
             Some(canary) => match (&canary.selector, canary.count) {
                 (Some(selector), _) => Self::Labels(selector.match_labels.clone().unwrap_or_default()),
                 (None, Some(n)) => Self::First(n as usize),
                 (None, None) => Self::First(1),
             },
-            None => Self::First(1),
+            None => Self::First(settings.canary.unwrap_or(1)),
         }
     }
 
@@ -176,8 +223,8 @@ pub struct Step {
     pub status: RolloutStatus,
     /// Tenants admitted by this step: wake them.
     pub admitted: Vec<String>,
-    /// Something worth an Event: the start, the canary passing, a wave, a halt, a resume,
-    /// completion.
+    /// Something worth an Event: the start, the canary passing, a stage opening, a halt, a
+    /// resume, completion.
     pub news: Vec<News>,
 }
 
@@ -201,14 +248,21 @@ impl News {
         Self { reason, note }
     }
 
+    /// A halt or a rollback: a Warning.
     pub fn is_halt(&self) -> bool {
-        self.reason == "RolloutHalted"
+        matches!(self.reason, "RolloutHalted" | "RollbackStarted")
     }
 }
 
 /// The revision a tenant should run now. `admitted`: the revision it was admitted to before,
 /// if any. Pure.
 pub fn target(rollout: &RolloutStatus, tenant: &str, admitted: Option<&str>) -> String {
+    if let Some(rollback) = &rollout.rollback
+        && admitted == Some(rollout.revision.as_str())
+        && rollback.through.as_deref().is_some_and(|last| tenant <= last)
+    {
+        return rollback.to.clone();
+    }
     match admitted {
         Some(admitted) if admitted == rollout.revision => rollout.revision.clone(),
         Some(_) if is_admitted(rollout, tenant) => rollout.revision.clone(),
@@ -234,13 +288,16 @@ pub fn tenant_wants_preview(rollout: &RolloutStatus, tenant: &Tenant) -> bool {
     wants_preview(rollout, &tenant.name_any(), previewed)
 }
 
-/// Whether the rollout has admitted `tenant` to its revision (canary, or within the waves).
+/// Whether the rollout has admitted `tenant` to its revision (in the canary, or after it).
 pub fn is_admitted(rollout: &RolloutStatus, tenant: &str) -> bool {
-    if Phase::of(rollout) == Some(Phase::Previewing) {
+    if Phase::of(rollout) == Some(Phase::Previewing) || rollout.rollback.is_some() {
         return false;
     }
-    rollout.canary.iter().any(|c| c == tenant)
-        || (rollout.canary_passed && rollout.admitted_through.as_deref().is_some_and(|last| tenant <= last))
+    let through = |last: &Option<String>| last.as_deref().is_some_and(|last| tenant <= last);
+    if rollout.canary.iter().any(|c| c == tenant) {
+        return through(&rollout.canary_through);
+    }
+    rollout.canary_passed && through(&rollout.admitted_through)
 }
 
 /// The next state of a Baseline's rollout. `newest`: the Baseline's newest revision;
@@ -256,10 +313,11 @@ pub fn step(
 ) -> Step {
     let mut tenants: Vec<&TenantView> = tenants.iter().collect();
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    // Only tenants already on some revision are rolled (new tenants get what `target` gives).
+    let rolled: Vec<&TenantView> = tenants.iter().copied().filter(|t| t.admitted.is_some()).collect();
     let mut status = match current {
         Some(current) if current.revision == newest => current.clone(),
-        // A new revision: a new rollout, its canary fixed now. Only tenants already on some
-        // revision are rolled (new tenants get what `target` gives them).
+        // A new revision: a new rollout, its canary fixed now.
         Some(previous) => RolloutStatus {
             revision: newest.to_string(),
             previous: if Phase::of(previous) == Some(Phase::Complete) {
@@ -268,7 +326,7 @@ pub fn step(
                 previous.previous.clone()
             },
             phase: Phase::Progressing.as_str().into(),
-            canary: canary_rule.pick(&tenants.iter().copied().filter(|t| t.admitted.is_some()).collect::<Vec<_>>()),
+            canary: canary_rule.pick(&rolled),
             ..RolloutStatus::default()
         },
         // The first revision: there is nothing older to stay on.
@@ -285,12 +343,12 @@ pub fn step(
     let revision = status.revision.clone();
     // Where each tenant admitted to the revision stands; one the rollout admitted that has not
     // recorded it yet counts as in flight.
-    let on_revision: Vec<(&str, State)> = tenants
+    let on_revision: Vec<(&str, State)> = rolled
         .iter()
         .filter_map(|t| {
             if t.admitted.as_deref() == Some(revision.as_str()) {
                 Some((t.name.as_str(), t.state.clone()))
-            } else if t.admitted.is_some() && is_admitted(&status, &t.name) {
+            } else if is_admitted(&status, &t.name) {
                 Some((t.name.as_str(), State::InFlight))
             } else {
                 None
@@ -311,6 +369,11 @@ pub fn step(
     }
     status.failed = failed.clone();
 
+    // A rollback goes on until every tenant the revision reached is back; only a new
+    // revision ends it.
+    if status.rollback.is_some() {
+        return roll_back(status, &rolled, settings, was, news);
+    }
     // A halt holds until a new revision or a raised tolerance.
     if let Some(tolerance) = status.halted_at_tolerance {
         if settings.failure_tolerance > tolerance as usize && failed.len() <= settings.failure_tolerance {
@@ -327,71 +390,156 @@ pub fn step(
         status.halted_at_tolerance = Some(u32::try_from(settings.failure_tolerance).unwrap_or(u32::MAX));
         status.bake_until = None;
         let names: Vec<&str> = failed.iter().map(|f| f.name.as_str()).collect();
-        news.push(News::new(
-            "RolloutHalted",
-            format!(
-                "Halted revision {revision}: {} tenants failed ({}), more than failureTolerance {}",
-                failed.len(),
-                names.join(", "),
-                settings.failure_tolerance
-            ),
-        ));
+        let why = format!(
+            "{} tenants failed ({}), more than failureTolerance {}",
+            failed.len(),
+            names.join(", "),
+            settings.failure_tolerance
+        );
+        if settings.rollback
+            && let Some(to) = status.previous.clone()
+        {
+            let reached = rolled.iter().filter(|t| t.admitted.as_deref() == Some(revision.as_str())).count();
+            let tenants = u32::try_from(reached).unwrap_or(u32::MAX);
+            news.push(News::new(
+                "RollbackStarted",
+                format!("Rolling back revision {revision}: {why}; its {tenants} tenants go back to revision {to}"),
+            ));
+            status.rollback = Some(RollbackStatus { to, tenants, through: None });
+            return roll_back(status, &rolled, settings, was, news);
+        }
+        news.push(News::new("RolloutHalted", format!("Halted revision {revision}: {why}")));
         return Step::at(Phase::Halted, status, vec![], news);
     }
+    // The window: how many more tenants may start stack work now.
+    let free = settings.max_concurrent.saturating_sub(in_flight);
     let mut admitted = vec![];
     if !status.canary_passed {
         if settings.preview {
             return Step::at(Phase::Previewing, status, admitted, news);
         }
-        // The canary is admitted as the rollout starts (or leaves a preview).
-        if started || current.and_then(Phase::of) == Some(Phase::Previewing) {
-            admitted = status.canary.clone();
+        let present = |name: &String| rolled.iter().any(|t| &t.name == name);
+        let waiting: Vec<String> =
+            status.canary.iter().filter(|name| present(name) && !is_admitted(&status, name)).cloned().collect();
+        let next: Vec<String> = waiting.into_iter().take(free).collect();
+        if let Some(last) = next.last() {
+            status.canary_through = Some(last.clone());
         }
-        let canary_done = status.canary.iter().all(|name| {
-            on_revision.iter().any(|(n, state)| n == name && *state != State::InFlight)
-                || !tenants.iter().any(|t| &t.name == name)
-        });
-        if !canary_done {
-            return Step::at(Phase::Progressing, status, admitted, news);
+        let canary_done = status
+            .canary
+            .iter()
+            .all(|name| on_revision.iter().any(|(n, state)| n == name && *state != State::InFlight) || !present(name));
+        if !canary_done || !next.is_empty() {
+            return Step::at(Phase::Progressing, status, next, news);
         }
         if !baked(&mut status, settings, now) {
             return Step::at(Phase::Baking, status, admitted, news);
         }
         status.canary_passed = true;
+        status.stage = 1;
         news.push(News::new("CanaryPassed", format!("The canary of revision {revision} passed")));
+        news.push(stage_opened(&status, settings));
     }
     if settings.paused {
         return Step::at(Phase::Paused, status, admitted, news);
     }
-    // Waves: the next one only when the last one is done and has baked.
-    let waiting: Vec<&&TenantView> = tenants
-        .iter()
-        .filter(|t| t.admitted.is_some() && t.admitted.as_deref() != Some(revision.as_str()))
-        .filter(|t| !is_admitted(&status, &t.name))
-        .collect();
-    if in_flight > 0 {
-        return Step::at(Phase::Progressing, status, admitted, news);
-    }
-    if waiting.is_empty() {
-        if was != Some(Phase::Complete) {
-            news.push(News::new("RolloutComplete", format!("Revision {revision} is complete")));
+    // The later stages, through the window.
+    loop {
+        let waiting: Vec<&str> = rolled
+            .iter()
+            .filter(|t| t.admitted.as_deref() != Some(revision.as_str()) && !is_admitted(&status, &t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        let reached = rolled.len() - waiting.len();
+        let goal = stage_size(&status, settings);
+        let room = goal.saturating_sub(reached).min(free);
+        if room > 0 && !waiting.is_empty() {
+            let next: Vec<String> = waiting.iter().take(room).map(|name| name.to_string()).collect();
+            status.admitted_through = next.last().cloned();
+            status.bake_until = None;
+            admitted.extend(next);
+            return Step::at(Phase::Progressing, status, admitted, news);
         }
-        status.bake_until = None;
-        return Step::at(Phase::Complete, status, admitted, news);
+        if in_flight > 0 {
+            return Step::at(Phase::Progressing, status, admitted, news);
+        }
+        if waiting.is_empty() {
+            if was != Some(Phase::Complete) {
+                news.push(News::new("RolloutComplete", format!("Revision {revision} is complete")));
+            }
+            status.bake_until = None;
+            return Step::at(Phase::Complete, status, admitted, news);
+        }
+        // The stage is done and others wait: it bakes, then the next one opens.
+        if !baked(&mut status, settings, now) {
+            return Step::at(Phase::Baking, status, admitted, news);
+        }
+        status.stage += 1;
+        news.push(stage_opened(&status, settings));
     }
-    if status.wave > 0 && !baked(&mut status, settings, now) {
-        return Step::at(Phase::Baking, status, admitted, news);
+}
+
+/// A rollback's next step: the tenants on the failed revision go back to `rollback.to` by
+/// name, through the window. One sent back counts as in flight until its stacks run the
+/// revision again, and so does one still on its way to the failed revision. Pure.
+fn roll_back(
+    mut status: RolloutStatus,
+    rolled: &[&TenantView],
+    settings: &ResolvedSpec,
+    was: Option<Phase>,
+    mut news: Vec<News>,
+) -> Step {
+    let mut rollback = status.rollback.clone().expect("a rollback is under way");
+    let failed_revision = status.revision.clone();
+    let sent_back = |name: &str| rollback.through.as_deref().is_some_and(|last| name <= last);
+    let on = |t: &TenantView, revision: &str| t.admitted.as_deref() == Some(revision);
+    let waiting: Vec<&str> =
+        rolled.iter().filter(|t| on(t, &failed_revision) && !sent_back(&t.name)).map(|t| t.name.as_str()).collect();
+    // In flight: stack work towards either revision, and the tenants sent back that have not
+    // taken it up yet.
+    let in_flight = rolled
+        .iter()
+        .filter(|t| on(t, &failed_revision) || on(t, &rollback.to))
+        .filter(|t| t.state == State::InFlight || (sent_back(&t.name) && on(t, &failed_revision)))
+        .count();
+    let free = settings.max_concurrent.saturating_sub(in_flight);
+    let admitted: Vec<String> = waiting.iter().take(free).map(|name| name.to_string()).collect();
+    if let Some(last) = admitted.last() {
+        rollback.through = Some(last.clone());
     }
-    let wave: Vec<String> = waiting.iter().take(settings.max_concurrent).map(|t| t.name.clone()).collect();
-    status.admitted_through = wave.last().cloned().or(status.admitted_through);
-    status.wave += 1;
+    let (to, tenants) = (rollback.to.clone(), rollback.tenants);
+    status.rollback = Some(rollback);
     status.bake_until = None;
-    news.push(News::new(
-        "WaveAdmitted",
-        format!("Wave {} of revision {revision}: {} tenants", status.wave, wave.len()),
-    ));
-    admitted.extend(wave);
-    Step::at(Phase::Progressing, status, admitted, news)
+    if waiting.is_empty() && in_flight == 0 {
+        if was != Some(Phase::RolledBack) {
+            news.push(News::new(
+                "RollbackComplete",
+                format!("Revision {failed_revision} rolled back: the {tenants} tenants it reached run revision {to}"),
+            ));
+        }
+        return Step::at(Phase::RolledBack, status, admitted, news);
+    }
+    Step::at(Phase::RollingBack, status, admitted, news)
+}
+
+/// How many of the rolled tenants the open stage (after the canary) takes the rollout to.
+fn stage_size(status: &RolloutStatus, settings: &ResolvedSpec) -> usize {
+    let index = usize::try_from(status.stage.saturating_sub(1)).unwrap_or(usize::MAX);
+    settings.stages.get(index).or(settings.stages.last()).copied().unwrap_or(usize::MAX)
+}
+
+/// The Event of a stage opening.
+fn stage_opened(status: &RolloutStatus, settings: &ResolvedSpec) -> News {
+    News::new(
+        "StageStarted",
+        format!(
+            "Stage {} of revision {}: up to {} tenants, {} at a time",
+            status.stage,
+            status.revision,
+            stage_size(status, settings),
+            settings.max_concurrent
+        ),
+    )
 }
 
 /// Bakes: true once `bake` has passed since the work in flight ended (starting the bake now
@@ -449,11 +597,14 @@ mod tests {
 
     fn settings(max_concurrent: usize, tolerance: usize, bake: u64) -> ResolvedSpec {
         ResolvedSpec {
+            canary: None,
+            stages: vec![usize::MAX],
             max_concurrent,
             failure_tolerance: tolerance,
             bake: Duration::from_secs(bake),
             paused: false,
             preview: false,
+            rollback: false,
         }
     }
 
@@ -494,7 +645,12 @@ mod tests {
             assert_eq!(Phase::of(&recorded), Some(phase));
         }
         assert_eq!(PHASES, Phase::ALL.map(Phase::as_str), "the metrics show every phase");
-        let unknown = RolloutStatus { phase: "Rolling".into(), canary: vec!["t00".into()], ..Default::default() };
+        let unknown = RolloutStatus {
+            phase: "Rolling".into(),
+            canary: vec!["t00".into()],
+            canary_through: Some("t00".into()),
+            ..Default::default()
+        };
         assert_eq!(Phase::of(&unknown), None);
         assert!(is_admitted(&unknown, "t00"), "an unknown phase is no preview");
     }
@@ -508,10 +664,10 @@ mod tests {
         let wave = step(Some(&first.status), NEW, &s, &CanaryRule::First(1), &fleet, at(1));
         assert_eq!(wave.admitted.len(), 3);
         let reasons: Vec<&str> = wave.news.iter().map(|n| n.reason).collect();
-        assert_eq!(reasons, ["CanaryPassed", "WaveAdmitted"], "one step, two Events");
+        assert_eq!(reasons, ["CanaryPassed", "StageStarted"], "one step, two Events");
         // The admitted tenants have not reconciled yet: the rollout must not admit more.
         let again = step(Some(&wave.status), NEW, &s, &CanaryRule::First(1), &fleet, at(2));
-        assert!(again.admitted.is_empty(), "the wave is still in flight");
+        assert!(again.admitted.is_empty(), "the window is full");
         assert_eq!(again.status.phase, PROGRESSING);
     }
 
@@ -523,7 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_revision_goes_canary_first_then_in_waves_never_above_max_concurrent() {
+    fn a_new_revision_goes_canary_first_then_never_above_max_concurrent() {
         let mut fleet = fleet(12, OLD, State::Current);
         let s = settings(5, 0, 0);
         let first = step(Some(&complete(OLD)), NEW, &s, &CanaryRule::First(2), &fleet, at(0));
@@ -548,7 +704,7 @@ mod tests {
             }
         }
         assert_eq!(status.phase, COMPLETE);
-        assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 5], "10 after the canary, in two waves");
+        assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 5], "10 after the canary, 5 at a time");
         assert!(fleet.iter().all(|t| t.admitted.as_deref() == Some(NEW)));
     }
 
@@ -585,11 +741,10 @@ mod tests {
         let mut halted = None;
         for round in 1..20 {
             let next = step(Some(&status), NEW, &s, &CanaryRule::First(1), &fleet, at(round));
-            // The second wave fails for two of its tenants.
-            let failing = next.status.wave == 2;
+            // Two tenants of the second window fail.
             for t in fleet.iter_mut().filter(|t| next.admitted.contains(&t.name)) {
                 t.admitted = Some(NEW.into());
-                t.state = if failing && (t.name == "t05" || t.name == "t06") {
+                t.state = if t.name == "t05" || t.name == "t06" {
                     State::Failed { reason: "boom".into() }
                 } else {
                     State::Current
@@ -603,12 +758,149 @@ mod tests {
         }
         assert!(halted.is_some(), "two failures with tolerance 1 halt the rollout");
         let untouched = fleet.iter().filter(|t| t.admitted.as_deref() == Some(OLD)).count();
-        assert_eq!(untouched, 3, "the third wave was never admitted");
+        assert_eq!(untouched, 3, "nobody admitted after the halt");
         // The fix is a new revision: it starts over from the canary.
         let fixed = step(Some(&status), "r3", &s, &CanaryRule::First(1), &fleet, at(100));
         assert_eq!(fixed.status.phase, PROGRESSING);
         assert_eq!(fixed.admitted, vec!["t00"]);
         assert_eq!(fixed.status.previous.as_deref(), Some(OLD), "r2 never completed");
+    }
+
+    #[test]
+    fn the_next_tenant_is_admitted_as_soon_as_one_finishes() {
+        let mut fleet = fleet(10, OLD, State::Current);
+        let s = settings(3, 0, 0);
+        let first = step(Some(&complete(OLD)), NEW, &s, &CanaryRule::First(1), &fleet, at(0));
+        admit(&mut fleet, &first, State::Current);
+        let mut status = step(Some(&first.status), NEW, &s, &CanaryRule::First(1), &fleet, at(1)).status;
+        let window: Vec<&str> = vec!["t01", "t02", "t03"];
+        for t in fleet.iter_mut().filter(|t| window.contains(&t.name.as_str())) {
+            t.admitted = Some(NEW.into());
+            t.state = State::InFlight;
+        }
+        let mut order = vec![];
+        for round in 2..40 {
+            // The slowest goes last: one tenant in flight finishes per round, the newest first.
+            if let Some(t) = fleet.iter_mut().rev().find(|t| t.state == State::InFlight) {
+                t.state = State::Current;
+            }
+            let next = step(Some(&status), NEW, &s, &CanaryRule::First(1), &fleet, at(round));
+            let in_flight = fleet.iter().filter(|t| t.state == State::InFlight).count();
+            assert!(in_flight + next.admitted.len() <= 3, "never above maxConcurrent");
+            if in_flight == 2 && next.status.phase != COMPLETE && order.len() < 6 {
+                assert_eq!(next.admitted.len(), 1, "a freed slot is taken at once, round {round}");
+            }
+            order.extend(next.admitted.clone());
+            admit(&mut fleet, &next, State::InFlight);
+            status = next.status;
+            if status.phase == COMPLETE {
+                break;
+            }
+        }
+        assert_eq!(status.phase, COMPLETE);
+        assert_eq!(order, ["t04", "t05", "t06", "t07", "t08", "t09"], "one at a time, by name, nobody twice");
+    }
+
+    #[test]
+    fn stages_finish_and_bake_in_order_and_the_last_one_does_not_bake() {
+        let mut fleet = fleet(20, OLD, State::Current);
+        let spec = RolloutSpec {
+            stages: vec![IntOrString::Int(1), IntOrString::String("25%".into()), IntOrString::String("100%".into())],
+            max_concurrent: Some(IntOrString::Int(2)),
+            bake_seconds: Some(60),
+            ..Default::default()
+        };
+        let s = ResolvedSpec::of(&spec, fleet.len());
+        assert_eq!((s.canary, s.stages.clone()), (Some(1), vec![5, 20]));
+        let rule = CanaryRule::of(&spec, &s);
+        let mut status = complete(OLD);
+        let (mut now, mut admissions, mut bakes) = (0, vec![], vec![]);
+        while status.phase != COMPLETE || status.revision != NEW {
+            let next = step(Some(&status), NEW, &s, &rule, &fleet, at(now));
+            finish(&mut fleet);
+            admit(&mut fleet, &next, State::InFlight);
+            let on_new = fleet.iter().filter(|t| t.admitted.as_deref() == Some(NEW)).count();
+            if next.status.phase == BAKING && status.phase != BAKING {
+                bakes.push((next.status.stage, on_new));
+            }
+            admissions.extend(next.admitted.iter().map(|name| (name.clone(), next.status.stage)));
+            status = next.status;
+            now += 10;
+            assert!(now < 10_000, "the rollout ends");
+        }
+        assert_eq!(bakes, [(0, 1), (1, 5)], "the canary bakes, then stage 1 once 5 tenants run the revision");
+        let stage_of = |name: &str| admissions.iter().find(|(n, _)| n == name).map(|(_, stage)| *stage);
+        assert_eq!(stage_of("t00"), Some(0));
+        assert_eq!(stage_of("t04"), Some(1));
+        assert_eq!(stage_of("t05"), Some(2));
+        let mut names: Vec<&String> = admissions.iter().map(|(n, _)| n).collect();
+        names.dedup();
+        assert_eq!(names.len(), 20, "each tenant admitted once");
+    }
+
+    #[test]
+    fn a_rollback_returns_exactly_the_tenants_the_failed_revision_reached_through_the_window() {
+        let mut fleet = fleet(12, OLD, State::Current);
+        let s = ResolvedSpec { rollback: true, ..settings(2, 0, 0) };
+        let rule = CanaryRule::First(1);
+        let mut status = complete(OLD);
+        let (mut reached, mut moves) = (std::collections::BTreeSet::new(), 0);
+        let mut news = vec![];
+        for round in 0..60 {
+            let next = step(Some(&status), NEW, &s, &rule, &fleet, at(round));
+            let in_flight = fleet.iter().filter(|t| t.state == State::InFlight).count();
+            assert!(in_flight + next.admitted.len() <= 2, "never above maxConcurrent, rolling back too");
+            finish(&mut fleet);
+            for t in fleet.iter_mut().filter(|t| next.admitted.contains(&t.name)) {
+                // As the tenant would: it runs what the rollout's target says.
+                let to = target(&next.status, &t.name, t.admitted.as_deref());
+                t.state = if to == NEW && t.name == "t04" {
+                    State::Failed { reason: "Topic: not allowed".into() }
+                } else {
+                    State::InFlight
+                };
+                if to == NEW {
+                    reached.insert(t.name.clone());
+                }
+                t.admitted = Some(to);
+                moves += 1;
+            }
+            news.extend(next.news.iter().map(|n| n.reason));
+            status = next.status;
+            if status.phase == ROLLED_BACK {
+                break;
+            }
+        }
+        assert_eq!(status.phase, ROLLED_BACK, "{status:?}");
+        assert_eq!(reached.iter().map(String::as_str).collect::<Vec<_>>(), ["t00", "t01", "t02", "t03", "t04"]);
+        assert!(fleet.iter().all(|t| t.admitted.as_deref() == Some(OLD)), "every tenant runs r1 again");
+        assert_eq!(moves, 2 * reached.len(), "each tenant it reached went there and back; no other moved");
+        assert_eq!(status.rollback.as_ref().map(|r| r.tenants), Some(5));
+        assert!(news.contains(&"RollbackStarted") && news.contains(&"RollbackComplete"), "{news:?}");
+        assert!(!news.contains(&"RolloutHalted"), "a rollback is announced as one");
+        assert_eq!(target(&status, "newcomer", None), OLD, "new tenants get the last complete revision");
+        // A rolled-back rollout admits nobody, whatever the tolerance, until a new revision.
+        let tolerant = ResolvedSpec { failure_tolerance: 5, ..s.clone() };
+        let still = step(Some(&status), NEW, &tolerant, &rule, &fleet, at(100));
+        assert_eq!((still.status.phase.as_str(), still.admitted.len()), (ROLLED_BACK, 0));
+        let fixed = step(Some(&status), "r3", &s, &rule, &fleet, at(101));
+        assert_eq!((fixed.status.phase.as_str(), fixed.status.rollback.clone()), (PROGRESSING, None));
+        assert_eq!(fixed.status.previous.as_deref(), Some(OLD));
+    }
+
+    #[test]
+    fn a_step_taken_again_from_the_same_record_admits_the_same_tenants() {
+        // A controller killed after recording the status and before waking anyone: the next
+        // process steps from the record and the tenants' statuses, and admits nobody new.
+        let mut fleet = fleet(8, OLD, State::Current);
+        let s = settings(3, 0, 0);
+        let first = step(Some(&complete(OLD)), NEW, &s, &CanaryRule::First(1), &fleet, at(0));
+        admit(&mut fleet, &first, State::Current);
+        let window = step(Some(&first.status), NEW, &s, &CanaryRule::First(1), &fleet, at(1));
+        assert_eq!(window.admitted, ["t01", "t02", "t03"]);
+        let again = step(Some(&window.status), NEW, &s, &CanaryRule::First(1), &fleet, at(2));
+        assert!(again.admitted.is_empty(), "the recorded admissions are in flight: {:?}", again.admitted);
+        assert_eq!(again.status.admitted_through, window.status.admitted_through);
     }
 
     #[test]
@@ -625,7 +917,7 @@ mod tests {
         assert!(still.admitted.is_empty());
         let passed = step(Some(&still.status), NEW, &s, &CanaryRule::First(1), &fleet, at(71));
         assert!(passed.status.canary_passed);
-        assert_eq!(passed.admitted.len(), 5);
+        assert_eq!(passed.admitted.len(), 5, "the window after the canary");
     }
 
     #[test]
@@ -635,6 +927,7 @@ mod tests {
             previous: Some(OLD.into()),
             phase: PROGRESSING.into(),
             canary: vec!["t00".into()],
+            canary_through: Some("t00".into()),
             ..Default::default()
         };
         assert_eq!(target(&during_canary, "zz-new", None), OLD);
@@ -693,6 +986,16 @@ mod tests {
         };
         let resolved = ResolvedSpec::of(&spec, 95);
         assert_eq!((resolved.max_concurrent, resolved.failure_tolerance), (10, 5), "rounded up");
-        assert_eq!(ResolvedSpec::of(&RolloutSpec::default(), 1000).max_concurrent, DEFAULT_MAX_CONCURRENT);
+        let defaults = ResolvedSpec::of(&RolloutSpec::default(), 1000);
+        assert_eq!(defaults.max_concurrent, DEFAULT_MAX_CONCURRENT);
+        assert_eq!((defaults.canary, defaults.stages), (None, vec![1000]), "the canary, then everyone");
+        let stages =
+            |sizes: Vec<IntOrString>| ResolvedSpec::of(&RolloutSpec { stages: sizes, ..Default::default() }, 1000);
+        let percent = |p: &str| IntOrString::String(p.into());
+        let resolved = stages(vec![IntOrString::Int(1), percent("1%"), percent("10%"), percent("100%")]);
+        assert_eq!((resolved.canary, resolved.stages.clone()), (Some(1), vec![10, 100, 1000]));
+        let short = stages(vec![IntOrString::Int(20), IntOrString::Int(5), percent("50%")]);
+        assert_eq!((short.canary, short.stages), (Some(20), vec![20, 500, 1000]), "cumulative; everyone last");
+        assert_eq!(CanaryRule::of(&RolloutSpec::default(), &resolved), CanaryRule::First(1));
     }
 }
