@@ -297,6 +297,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -516,6 +517,13 @@ class Config:
     stack_operation_seconds       how long CreateStack, UpdateStack,
                                   ExecuteChangeSet and DeleteStack stay
                                   *_IN_PROGRESS
+    stack_operation_p99_seconds   null: every operation takes
+                                  stack_operation_seconds; above it: each
+                                  takes a draw from a lognormal distribution
+                                  with stack_operation_seconds as its median
+                                  and this as its 99th percentile (real stack
+                                  operations are long-tailed), the same draws
+                                  after every reset
     stack_failure_seconds         CREATE_FAILED time before ROLLBACK_COMPLETE,
                                   UPDATE_ROLLBACK_IN_PROGRESS time before
                                   UPDATE_ROLLBACK_COMPLETE
@@ -554,6 +562,7 @@ class Config:
     failing_stacks: dict[str, str] = field(default_factory=dict)
     stack_failures: list[dict[str, Any]] = field(default_factory=list)
     stack_operation_seconds: float = DEFAULT_STACK_OPERATION_SECONDS
+    stack_operation_p99_seconds: float | None = None
     stack_failure_seconds: float = 2
     unassumable_roles_seconds: float = DEFAULT_ROLE_PROPAGATION_SECONDS
     enforce_trust_policies: bool = True
@@ -935,6 +944,8 @@ class State:
     # stack id -> (logical id, type) of the resource a DELETE_FAILED stack failed to delete
     delete_failed: dict[str, tuple[str, str]] = field(default_factory=dict)
     stack_failures_used: dict[int, int] = field(default_factory=dict)  # rule index -> matches
+    # Draws of stack operation times (stack_operation_p99_seconds): seeded, so runs repeat.
+    stack_random: random.Random = field(default_factory=lambda: random.Random(0))
     buckets: dict[str, Bucket] = field(default_factory=dict)
     refusals_used: dict[str, int] = field(default_factory=dict)
     creation_failures_used: dict[int, int] = field(default_factory=dict)  # rule index -> n
@@ -2337,6 +2348,16 @@ class SiloLayer:
             self.state.stack_tokens[(account, region, operation, stack.name, token)] = op
         return op
 
+    def stack_seconds(self) -> float:
+        """How long one stack operation stays *_IN_PROGRESS (lock held)."""
+        cfg = self.state.config
+        median, p99 = cfg.stack_operation_seconds, cfg.stack_operation_p99_seconds
+        if p99 is None or median <= 0 or p99 <= median:
+            return median
+        # The 99th percentile of a standard normal is 2.3263 standard deviations.
+        sigma = math.log(p99 / median) / 2.3263
+        return median * math.exp(self.state.stack_random.gauss(0.0, sigma))
+
     def start_creation(self, stack: Any, operation: str, reason: str | None,
                        change_set: Any = None, token: str | None = None) -> None:
         """A stack moto just created: CREATE_IN_PROGRESS without outputs, then
@@ -2346,7 +2367,7 @@ class SiloLayer:
         op = self.stack_op(stack, operation, change_set, token)
         stack.events = [e for e in stack.events if e.resource_status != "CREATE_COMPLETE"]
         stack.status = "CREATE_IN_PROGRESS"
-        done = now + cfg.stack_operation_seconds
+        done = now + self.stack_seconds()
         if reason is None:
             op.outputs = stack.output_map
             stack.output_map = _no_outputs(stack)
@@ -2378,7 +2399,7 @@ class SiloLayer:
         stack.stack_status_reason = None
         # AWS reports when a stack last changed; moto only knows its creation.
         stack.last_updated_time = moto_utcnow()
-        done = now + cfg.stack_operation_seconds
+        done = now + self.stack_seconds()
         if reason is None:
             op.steps = [(done, "update_complete")]
         else:
@@ -2404,7 +2425,7 @@ class SiloLayer:
         op = self.stack_op(stack, "DeleteStack")
         op.retain = retain
         _stack_event(stack, "DELETE_IN_PROGRESS", reason="User Initiated")
-        done = now + cfg.stack_operation_seconds
+        done = now + self.stack_seconds()
         if reason is None:
             op.steps = [(done, "delete_complete")]
         else:

@@ -1289,6 +1289,24 @@ def topic_names(sim: Sim, creds: dict[str, str] | None = None) -> set[str]:
             for t in sim.client("sns", creds).list_topics()["Topics"]}
 
 
+def test_stack_operation_times_can_be_long_tailed_and_repeat_after_a_reset() -> None:
+    sys.path.insert(0, HERE)
+    import silo_awssim
+    layer = silo_awssim.SiloLayer(lambda environ, start_response: [])
+    assert layer.stack_seconds() == silo_awssim.DEFAULT_STACK_OPERATION_SECONDS, "fixed by default"
+    layer.state.config.stack_operation_seconds = 3.0
+    layer.state.config.stack_operation_p99_seconds = 18.0
+    draws = sorted(layer.stack_seconds() for _ in range(4000))
+    median, p99 = draws[len(draws) // 2], draws[int(len(draws) * 0.99)]
+    assert 2.7 < median < 3.3, median
+    assert 15.0 < p99 < 21.0, p99
+    assert min(draws) > 0
+    layer.state = silo_awssim.State()  # what reset() starts from
+    layer.state.config.stack_operation_seconds = 3.0
+    layer.state.config.stack_operation_p99_seconds = 18.0
+    assert sorted(layer.stack_seconds() for _ in range(4000)) == draws, "the same draws after a reset"
+
+
 def test_stack_operations_take_time(sim: Sim) -> None:
     sim.configure(stack_operation_seconds=1)
     cfn = sim.client("cloudformation")
