@@ -1,5 +1,6 @@
 //! The `silo` command: `silo run` runs the controller, `silo crd` prints its CRDs, `silo
-//! import` and `silo orphans` take over an existing organization.
+//! import` and `silo orphans` take over an existing organization, `silo rollout` follows and
+//! steers a Baseline's rollout (also as the kubectl plugin `kubectl-silo`).
 
 use clap::{Parser, Subcommand};
 use silo::config::RunArgs;
@@ -28,6 +29,9 @@ enum Command {
     /// List active accounts no Tenant has: tagged by Silo for a Tenant that is gone, or in a
     /// tenant OU root without a Tenant. Reads AWS and the cluster; writes to neither.
     Orphans(Box<silo::takeover::orphans::OrphansArgs>),
+    /// Follow and steer a Baseline's rollout: status (exit 0 complete, 2 halted or rolled
+    /// back, 3 paused, 4 not complete yet), pause, resume, promote, undo, history.
+    Rollout(Box<silo::baseline::cli::RolloutArgs>),
 }
 
 #[tokio::main]
@@ -44,5 +48,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Import(args) => silo::takeover::import::run(*args).await,
         Command::Orphans(args) => silo::takeover::orphans::run(*args).await,
+        Command::Rollout(args) => std::process::exit(silo::baseline::cli::run(*args).await?),
     }
 }

@@ -14,7 +14,7 @@ use silo::{Baseline, Tenant, conditions};
 use silo_testenv::{
     TenantFixture, TestCase,
     awssim::{StackOperation, most_in_flight},
-    test_case,
+    silo_binary, test_case,
 };
 
 /// Enough tenants for a canary and several windows at every maxConcurrent the tests use (5,
@@ -100,6 +100,16 @@ async fn versions(case: &TestCase) -> std::collections::BTreeMap<String, String>
             Some((name, version))
         })
         .collect()
+}
+
+/// Runs `silo rollout <args>` against the environment; returns its exit status and output.
+async fn rollout_command(case: &TestCase, args: &[&str]) -> (i32, String) {
+    let mut command = std::process::Command::new(silo_binary().unwrap());
+    command.arg("rollout").args(args).env("KUBECONFIG", &case.info.kubeconfig);
+    let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("silo rollout {args:?}: {:?}\n{output}", out.status.code());
+    (out.status.code().expect("silo rollout exited by itself"), output)
 }
 
 async fn account_of(case: &TestCase, name: &str) -> String {
@@ -190,12 +200,13 @@ async fn a_change_rolls_in_stages_never_above_max_concurrent() {
 }
 
 /// A canary that fails halts the rollout: no other tenant is touched, the Baseline says
-/// which tenant failed and why.
+/// which tenant failed and why, and `silo rollout status` exits 2 (0 while complete).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
     let mut case = test_case().await;
     case.start_controller(TestCase::config());
     fleet_on_v1(&case, 10, json!({"maxConcurrent": 10})).await;
+    assert_eq!(rollout_command(&case, &["status", "fleet"]).await.0, 0, "complete");
     case.sim
         .configure(json!({"stack_failures": [{"operations": ["UpdateStack"], "parameters": {"TenantName": "^fleet-00$"}, "reason": "Topic policy refused by an SCP"}]}))
         .await
@@ -226,6 +237,9 @@ async fn a_failing_canary_halts_the_rollout_with_no_other_tenant_touched() {
     })
     .await
     .expect("a halt holds, with only the canary updated");
+    let (code, output) = rollout_command(&case, &["status", "fleet", "--watch", "--timeout", "60s"]).await;
+    assert_eq!(code, 2, "halted");
+    assert!(output.contains("Halted") && output.contains("failed: fleet-00"), "{output}");
 }
 
 /// Failures beyond the tolerance mid-rollout halt it; a fixed revision completes it. With
@@ -299,10 +313,25 @@ async fn failures_beyond_tolerance_halt_mid_rollout_or_roll_back_exactly_the_ten
     assert_eq!(touched, names(touched.len()), "the tenants reached are the first by name: {touched:?}");
     assert_eq!(touched.len(), rollback.tenants as usize, "the rollback counts the tenants it returned");
     assert!(touched.len() >= 12 && touched.len() < FLEET, "it stopped mid-way: {touched:?}");
+
+    // `silo rollout history` shows where things stand; `undo` writes v3's content back into the
+    // spec: the revision v3 again, which every tenant already runs.
+    let (code, history) = rollout_command(&case, &["history", "fleet"]).await;
+    assert_eq!(code, 0);
+    assert!(history.contains("newest (RolledBack)") && history.contains("30  last complete"), "{history}");
+    assert_eq!(rollout_command(&case, &["undo", "fleet"]).await.0, 0);
+    assert_eq!(rollout_command(&case, &["status", "fleet", "--watch", "--timeout", "120s"]).await.0, 0, "complete");
+    let undone = baseline(&case).await;
+    assert_eq!(undone.spec.parameters.get("Version").map(String::as_str), Some("v3"));
+    assert_eq!(undone.status.unwrap().revision, v3, "the content of v3 is revision v3 again");
+    let (_, history) = rollout_command(&case, &["history", "fleet"]).await;
+    assert!(history.contains("30  newest (Complete), last complete"), "{history}");
 }
 
 /// A tenant created during the canary gets the last complete revision; one created after
-/// the canary passed gets the new one.
+/// the canary passed gets the new one. The rollout is steered with `silo rollout`: a watch
+/// that times out during the bake (exit 4), pause and promote (the bake skipped, then exit 3),
+/// resume, and a watch to the end (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary() {
     let mut case = test_case().await;
@@ -310,20 +339,29 @@ async fn new_tenants_mid_rollout_get_the_newest_revision_that_passed_its_canary(
     // early-bird must be Ready within the canary's bake: once the canary passes, it is rolled
     // forward with everyone else. One window after the canary keeps the test's length with a
     // bake long enough for a loaded machine.
-    let rollout = json!({"maxConcurrent": 100, "bakeSeconds": 30});
+    // The bake is far longer than the test: only the promotion ends it.
+    let rollout = json!({"maxConcurrent": 100, "bakeSeconds": 3600});
     fleet_on_v1(&case, 10, rollout.clone()).await;
     apply_baseline(&case, json!({"template": TEMPLATE, "parameters": {"Version": "v2"}, "rollout": rollout})).await;
     wait_for_phase(&case, "Baking").await;
+    assert_eq!(rollout_command(&case, &["status", "fleet", "--watch", "--timeout", "2s"]).await.0, 4, "timed out");
     case.create(&TenantFixture::named("early-bird").baseline("fleet")).await.unwrap();
     case.wait_for("early-bird", conditions::READY, "True", WITHIN).await.unwrap();
     assert_eq!(versions(&case).await.get("early-bird").map(String::as_str), Some("v1"), "during the canary: v1");
 
+    assert_eq!(rollout_command(&case, &["pause", "fleet"]).await.0, 0);
+    assert_eq!(rollout_command(&case, &["promote", "fleet"]).await.0, 0);
     case.eventually(WITHIN, || async { baseline(&case).await.status.unwrap().rollout.unwrap().canary_passed })
         .await
-        .expect("the canary passes");
+        .expect("the promoted canary passes without its bake");
+    wait_for_phase(&case, "Paused").await;
+    assert_eq!(rollout_command(&case, &["status", "fleet"]).await.0, 3, "paused");
     case.create(&TenantFixture::named("late-bird").baseline("fleet")).await.unwrap();
     case.wait_for("late-bird", conditions::READY, "True", WITHIN).await.unwrap();
     assert_eq!(versions(&case).await.get("late-bird").map(String::as_str), Some("v2"), "after the canary: v2");
+    assert_eq!(versions(&case).await.get("fleet-05").map(String::as_str), Some("v1"), "paused: nobody admitted");
+    assert_eq!(rollout_command(&case, &["resume", "fleet"]).await.0, 0);
+    assert_eq!(rollout_command(&case, &["status", "fleet", "--watch", "--timeout", "300s"]).await.0, 0, "complete");
     wait_for_phase(&case, "Complete").await;
     case.eventually_every(WITHIN, Duration::from_millis(500), || async {
         versions(&case).await.get("early-bird").map(String::as_str) == Some("v2")

@@ -30,7 +30,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller, PredicateConfig, WatchStreamExt,
+        Controller, Predicate, PredicateConfig, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         predicates,
@@ -127,12 +127,13 @@ pub async fn run(
         shared,
     });
     let (store, writer) = reflector::store();
-    // Its own status writes do not trigger it: only spec changes, tenants and timers do.
+    // Its own status writes do not trigger it: only spec changes, annotations (a promotion),
+    // tenants and timers do.
     let changes = watcher(Api::<Baseline>::all(client), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
+        .predicate_filter(predicates::generation.combine(predicates::annotations), PredicateConfig::default());
     Controller::for_stream(changes, store)
         .reconcile_on(recounts)
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(2)))
@@ -191,7 +192,8 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
         .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name))
         .collect();
     let views: Vec<TenantView> = users.iter().map(|t| view(t, &name)).collect();
-    let settings = rollout::ResolvedSpec::of(&baseline.spec.rollout, views.len());
+    let mut settings = rollout::ResolvedSpec::of(&baseline.spec.rollout, views.len());
+    settings.promoted = baseline.annotations().get(crate::contract::PROMOTE_ANNOTATION).cloned();
     let recorded = baseline.status.as_ref().and_then(|s| s.rollout.clone());
     let current = recorded.or_else(|| ctx.shared.rollouts.get(&name));
     let step = rollout::step(

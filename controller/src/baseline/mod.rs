@@ -11,6 +11,7 @@
 //! - [`controller`]: the Baseline controller, which records revisions, runs rollouts and
 //!   publishes counts.
 
+pub mod cli;
 pub mod controller;
 pub mod external_id;
 pub mod revisions;

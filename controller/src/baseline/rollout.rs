@@ -125,6 +125,8 @@ pub struct ResolvedSpec {
     pub preview: bool,
     /// Roll back, rather than only halt, when failures exceed the tolerance.
     pub rollback: bool,
+    /// The revision whose remaining bakes a person skipped (`silo rollout promote`).
+    pub promoted: Option<String>,
 }
 
 impl ResolvedSpec {
@@ -157,6 +159,7 @@ impl ResolvedSpec {
             paused: spec.paused,
             preview: spec.preview,
             rollback: spec.on_failure == OnFailure::Rollback,
+            promoted: None,
         }
     }
 }
@@ -419,8 +422,15 @@ pub fn step(
             return Step::at(Phase::Previewing, status, admitted, news);
         }
         let present = |name: &String| rolled.iter().any(|t| &t.name == name);
-        let waiting: Vec<String> =
-            status.canary.iter().filter(|name| present(name) && !is_admitted(&status, name)).cloned().collect();
+        let on_it = |name: &String| rolled.iter().any(|t| &t.name == name && t.admitted.as_deref() == Some(&revision));
+        // A canary tenant already on the revision (a revision rolled out before, again) has
+        // nothing to do: it is not admitted, and the canary may pass in this step.
+        let waiting: Vec<String> = status
+            .canary
+            .iter()
+            .filter(|name| present(name) && !on_it(name) && !is_admitted(&status, name))
+            .cloned()
+            .collect();
         let next: Vec<String> = waiting.into_iter().take(free).collect();
         if let Some(last) = next.last() {
             status.canary_through = Some(last.clone());
@@ -432,7 +442,8 @@ pub fn step(
         if !canary_done || !next.is_empty() {
             return Step::at(Phase::Progressing, status, next, news);
         }
-        if !baked(&mut status, settings, now) {
+        // A canary that had nothing to do (it ran the revision already) has nothing to bake.
+        if status.canary_through.is_some() && !baked(&mut status, settings, now) {
             return Step::at(Phase::Baking, status, admitted, news);
         }
         status.canary_passed = true;
@@ -545,7 +556,8 @@ fn stage_opened(status: &RolloutStatus, settings: &ResolvedSpec) -> News {
 /// Bakes: true once `bake` has passed since the work in flight ended (starting the bake now
 /// if it had not started); while false, the rollout is [`Phase::Baking`].
 fn baked(status: &mut RolloutStatus, settings: &ResolvedSpec, now: Timestamp) -> bool {
-    if settings.bake.is_zero() {
+    if settings.bake.is_zero() || settings.promoted.as_deref() == Some(status.revision.as_str()) {
+        status.bake_until = None;
         return true;
     }
     let until = match status.bake_until.as_deref().and_then(|t| t.parse::<Timestamp>().ok()) {
@@ -605,6 +617,7 @@ mod tests {
             paused: false,
             preview: false,
             rollback: false,
+            promoted: None,
         }
     }
 
@@ -889,6 +902,15 @@ mod tests {
     }
 
     #[test]
+    fn a_revision_every_tenant_already_runs_completes_in_one_step() {
+        // `silo rollout undo` to the revision the tenants were rolled back to.
+        let fleet = fleet(5, OLD, State::Current);
+        let rolled_back = RolloutStatus { revision: NEW.into(), previous: Some(OLD.into()), ..complete(NEW) };
+        let again = step(Some(&rolled_back), OLD, &settings(2, 0, 60), &CanaryRule::First(1), &fleet, at(0));
+        assert_eq!((again.status.phase.as_str(), again.admitted.len()), (COMPLETE, 0));
+    }
+
+    #[test]
     fn a_step_taken_again_from_the_same_record_admits_the_same_tenants() {
         // A controller killed after recording the status and before waking anyone: the next
         // process steps from the record and the tenants' statuses, and admits nobody new.
@@ -918,6 +940,13 @@ mod tests {
         let passed = step(Some(&still.status), NEW, &s, &CanaryRule::First(1), &fleet, at(71));
         assert!(passed.status.canary_passed);
         assert_eq!(passed.admitted.len(), 5, "the window after the canary");
+        // Promoted: the bake of the promoted revision is skipped, not another revision's.
+        let promoted = ResolvedSpec { promoted: Some(NEW.into()), ..s.clone() };
+        let skipped = step(Some(&baking.status), NEW, &promoted, &CanaryRule::First(1), &fleet, at(11));
+        assert!(skipped.status.canary_passed && skipped.status.bake_until.is_none());
+        let elsewhere = ResolvedSpec { promoted: Some(OLD.into()), ..s.clone() };
+        let still = step(Some(&baking.status), NEW, &elsewhere, &CanaryRule::First(1), &fleet, at(11));
+        assert_eq!(still.status.phase, BAKING);
     }
 
     #[test]

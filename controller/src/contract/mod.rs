@@ -25,6 +25,9 @@ pub const TENANT_UID_TAG: &str = "silo.dev/tenant-uid";
 
 /// Tag carrying the AccountPool's name on an account that waits in the pool.
 pub const POOL_TAG: &str = "silo.dev/pool";
+/// The annotation on a Baseline naming the revision whose remaining bakes are skipped
+/// (`silo rollout promote`).
+pub const PROMOTE_ANNOTATION: &str = "silo.dev/promote";
 
 /// Tag carrying the AccountPool's UID on an account that waits in the pool: the proof that an
 /// account is the pool's to hand out. A Tenant that takes the account removes both pool tags
