@@ -356,6 +356,59 @@ pub struct TenantBaselineStatus {
     /// One entry per region.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<StackReport>,
+    /// The last drift check of the stacks (spec.drift on the Baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<TenantDrift>,
+}
+
+/// What drift detection found in one tenant's stacks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantDrift {
+    /// When the last detection completed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<String>,
+    /// Detections started and not read yet: one per region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detections: Vec<DriftDetectionRef>,
+    /// The resources that drifted, as the last detection found them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<DriftedResource>,
+    /// When Silo last put drifted resources back (spec.drift.repair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired_at: Option<String>,
+    /// How many times Silo put drifted resources back.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub repairs: u32,
+    /// A check is due at once (after a repair, to confirm it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recheck: bool,
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
+}
+
+/// A drift detection in flight in one region.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftDetectionRef {
+    pub region: String,
+    pub id: String,
+}
+
+/// A stack resource whose actual configuration differs from the template's.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftedResource {
+    pub region: String,
+    pub logical_id: String,
+    pub resource_type: String,
+    /// MODIFIED or DELETED.
+    pub status: String,
+    /// Each property that differs: its path, the expected and the actual value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<String>,
 }
 
 /// What a previewed update would change in one tenant's stacks.
@@ -520,6 +573,27 @@ pub struct BaselineSpec {
     /// and sessionPolicy apply at once and are not rolled.
     #[serde(default)]
     pub rollout: RolloutSpec,
+
+    /// Drift detection of the tenants' stacks: resources changed outside CloudFormation.
+    #[serde(default)]
+    pub drift: DriftSpec,
+}
+
+/// How a Baseline's stacks are checked for drift.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftSpec {
+    /// How often each tenant's stacks are checked, spread over the interval by tenant, at a
+    /// periodic verification (so at most as often as --resync-seconds). 0 turns detection off.
+    /// Default 86400 (daily).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 2592000))]
+    pub interval_seconds: Option<u32>,
+
+    /// Put drifted resources back: a change set in CloudFormation's REVERT_DRIFT deployment
+    /// mode, executed. Default false: drift is reported only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repair: bool,
 }
 
 /// How a Baseline's new revision is rolled across its tenants.
@@ -706,6 +780,9 @@ pub struct TenantCounts {
     /// Not admitted to the newest revision yet: still on an older one.
     #[serde(default)]
     pub waiting: u32,
+    /// Whose last drift check found resources changed outside CloudFormation (any state).
+    #[serde(default)]
+    pub drifted: u32,
 }
 
 /// Where a Baseline's rollout stands. Written before any tenant is admitted, so a restarted

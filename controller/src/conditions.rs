@@ -25,6 +25,9 @@ pub const ACCOUNT_READY: &str = "AccountReady";
 pub const PLACEMENT_READY: &str = "PlacementReady";
 pub const SETTINGS_READY: &str = "SettingsReady";
 pub const BASELINE_READY: &str = "BaselineReady";
+/// True while the last drift check found resources of the tenant's stacks changed outside
+/// CloudFormation; it does not affect Ready.
+pub const BASELINE_DRIFTED: &str = "BaselineDrifted";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 

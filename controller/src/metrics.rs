@@ -48,6 +48,11 @@ pub struct BaselineLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BaselineNameLabels {
+    pub baseline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutLabels {
     pub baseline: String,
     pub phase: &'static str,
@@ -144,6 +149,7 @@ pub struct Metrics {
     pub rollout_phase: Family<RolloutLabels, Gauge>,
     pub rollout_failures: Family<BaselineLabels, Gauge>,
     pub rollout_rollbacks: Family<BaselineLabels, Counter>,
+    pub baseline_drifted_tenants: Family<BaselineNameLabels, Gauge>,
     pub orphan_accounts: Family<OrphanLabels, Gauge>,
     pub pool_accounts: Family<PoolLabels, Gauge>,
     pub pool_size: Family<PoolNameLabels, Gauge>,
@@ -242,6 +248,12 @@ impl Metrics {
             "Rollbacks started (spec.rollout.onFailure Rollback), by Baseline and the revision rolled back",
             rollout_rollbacks.clone(),
         );
+        let baseline_drifted_tenants = Family::<BaselineNameLabels, Gauge>::default();
+        registry.register(
+            "baseline_drifted_tenants",
+            "Tenants of a Baseline whose last drift check found resources changed outside CloudFormation",
+            baseline_drifted_tenants.clone(),
+        );
         let orphan_accounts = Family::<OrphanLabels, Gauge>::default();
         registry.register(
             "orphan_accounts",
@@ -276,6 +288,7 @@ impl Metrics {
             rollout_phase,
             rollout_failures,
             rollout_rollbacks,
+            baseline_drifted_tenants,
             reconciles,
             reconcile_seconds,
             aws_errors,

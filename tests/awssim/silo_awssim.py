@@ -517,6 +517,8 @@ class Config:
     stack_operation_seconds       how long CreateStack, UpdateStack,
                                   ExecuteChangeSet and DeleteStack stay
                                   *_IN_PROGRESS
+    drift_detection_seconds       how long DetectStackDrift stays
+                                  DETECTION_IN_PROGRESS
     stack_operation_p99_seconds   null: every operation takes
                                   stack_operation_seconds; above it: each
                                   takes a draw from a lognormal distribution
@@ -563,6 +565,7 @@ class Config:
     stack_failures: list[dict[str, Any]] = field(default_factory=list)
     stack_operation_seconds: float = DEFAULT_STACK_OPERATION_SECONDS
     stack_operation_p99_seconds: float | None = None
+    drift_detection_seconds: float = 1
     stack_failure_seconds: float = 2
     unassumable_roles_seconds: float = DEFAULT_ROLE_PROPAGATION_SECONDS
     enforce_trust_policies: bool = True
@@ -944,6 +947,14 @@ class State:
     # stack id -> (logical id, type) of the resource a DELETE_FAILED stack failed to delete
     delete_failed: dict[str, tuple[str, str]] = field(default_factory=dict)
     stack_failures_used: dict[int, int] = field(default_factory=dict)  # rule index -> matches
+    # (account, region, stack name) -> logical id -> the drift a test made out of band
+    # (POST /_silo/drift): {"status": MODIFIED|DELETED, "differences": [...]}.
+    drifts: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # detection id -> (account, region, stack id, started (monotonic), drifts it found)
+    drift_detections: dict[str, tuple[str, str, str, float, dict[str, dict[str, Any]]]] = \
+        field(default_factory=dict)
+    # (account, region, stack name) -> the latest detection id
+    last_drift_detection: dict[tuple[str, str, str], str] = field(default_factory=dict)
     # Draws of stack operation times (stack_operation_p99_seconds): seeded, so runs repeat.
     stack_random: random.Random = field(default_factory=lambda: random.Random(0))
     buckets: dict[str, Bucket] = field(default_factory=dict)
@@ -1568,6 +1579,9 @@ class SiloLayer:
             "cloudformation:DescribeChangeSet": self.change_set_call,
             "cloudformation:DeleteChangeSet": self.change_set_call,
             "cloudformation:ListChangeSets": self.list_change_sets,
+            "cloudformation:DetectStackDrift": self.detect_stack_drift,
+            "cloudformation:DescribeStackDriftDetectionStatus": self.drift_detection_status,
+            "cloudformation:DescribeStackResourceDrifts": self.stack_resource_drifts,
             "sts:AssumeRole": self.assume_role,
             "organizations:AttachPolicy": self.attach_policy,
             "account:PutAlternateContact": self.alternate_contact,
@@ -2206,14 +2220,20 @@ class SiloLayer:
 
     def create_change_set(self, call: Call) -> Response:
         """moto makes the change set; the layer replaces its Changes with its
-        own comparison of the old and new template (see the module docstring)."""
+        own comparison of the old and new template (see the module docstring).
+        DeploymentMode REVERT_DRIFT (moto ignores it) is remembered: executing
+        that change set puts the stack's drifted resources back."""
+        revert = call.param("DeploymentMode") == "REVERT_DRIFT"
         with self.moto_lock:
-            resp = self.forward(call.environ)
+            # moto refuses a change set with the stack's own content ("No updates"), which
+            # is what a revert of drift is; as a CREATE change set it accepts it.
+            resp = self.forward(with_params(call, ChangeSetType="CREATE") if revert else call.environ)
             m = re.search(rb"<Id>([^<]+)</Id>", resp.body)
             if resp.status == 200 and m:
                 change_set = self.cfn_backend(call).change_sets.get(m.group(1).decode())
                 if change_set is not None:
                     change_set.changes = change_set_changes(change_set)
+                    change_set.silo_revert_drift = revert
         return resp
 
     def execute_change_set(self, call: Call) -> Response:
@@ -2238,6 +2258,16 @@ class SiloLayer:
             with self.lock:
                 reason = self.stack_failure("CreateStack" if creating else "UpdateStack",
                                             _stack_account(stack), stack.name, parameters)
+            if getattr(change_set, "silo_revert_drift", False):
+                # Puts the drifted resources back and changes nothing else: moto is not
+                # asked (it would make the resources again and fail on those that exist).
+                with self.lock:
+                    self.start_update(stack, "ExecuteChangeSet", reason, StackSnapshot.of(stack),
+                                      change_set)
+                    if reason is None:
+                        key = (_stack_account(stack), call.region or "us-east-1", stack.name)
+                        self.state.drifts.pop(key, None)
+                return query_response(call, "")
             resp = self.forward(with_params(call, ChangeSetName=change_set.change_set_id))
             if resp.status != 200:
                 return resp
@@ -2253,6 +2283,108 @@ class SiloLayer:
                 else:
                     self.start_update(stack, "ExecuteChangeSet", reason, snapshot, change_set)
         return resp
+
+    # ---- drift ------------------------------------------------------------
+
+    def detect_stack_drift(self, call: Call) -> Response:
+        """DetectStackDrift (moto lacks it): a detection that is
+        DETECTION_IN_PROGRESS for drift_detection_seconds, then reports the
+        drift made with POST /_silo/drift as it was when detection started.
+        As on AWS, not on a stack with an operation in progress."""
+        name = call.param("StackName") or ""
+        with self.moto_lock:
+            stack = self.find_stack(call, name)
+            if stack is None or stack.status == "DELETE_COMPLETE":
+                return aws_error(call, 400, "ValidationError", f"Stack with id {name} does not exist")
+            if stack.status.endswith("_IN_PROGRESS"):
+                return aws_error(call, 400, "ValidationError",
+                                 f"Drift detection is not supported for stack {stack.stack_id} "
+                                 f"in {stack.status}")
+            account, region = _stack_account(stack), call.region or "us-east-1"
+            detection = str(uuid.uuid4())
+            with self.lock:
+                found = copy.deepcopy(self.state.drifts.get((account, region, stack.name), {}))
+                self.state.drift_detections[detection] = (account, region, stack.stack_id,
+                                                          time.monotonic(), found)
+                self.state.last_drift_detection[(account, region, stack.name)] = detection
+        return query_response(call, f"<StackDriftDetectionId>{detection}</StackDriftDetectionId>")
+
+    def drift_detection_status(self, call: Call) -> Response:
+        """DescribeStackDriftDetectionStatus of a detection this simulator started."""
+        detection = call.param("StackDriftDetectionId") or ""
+        with self.lock:
+            found = self.state.drift_detections.get(detection)
+            if found is None:
+                return aws_error(call, 400, "ValidationError",
+                                 f"Drift detection with id {detection} does not exist")
+            _, _, stack_id, started, drifts = found
+            done = time.monotonic() - started >= self.state.config.drift_detection_seconds
+        status = "DETECTION_COMPLETE" if done else "DETECTION_IN_PROGRESS"
+        xml = (f"<StackId>{escape(stack_id)}</StackId>"
+               f"<StackDriftDetectionId>{detection}</StackDriftDetectionId>"
+               f"<DetectionStatus>{status}</DetectionStatus><Timestamp>{moto_utcnow().isoformat()}Z</Timestamp>")
+        if done:
+            drift = "DRIFTED" if drifts else "IN_SYNC"
+            xml += (f"<StackDriftStatus>{drift}</StackDriftStatus>"
+                    f"<DriftedStackResourceCount>{len(drifts)}</DriftedStackResourceCount>")
+        return query_response(call, xml)
+
+    def stack_resource_drifts(self, call: Call) -> Response:
+        """DescribeStackResourceDrifts: what the stack's latest completed
+        detection found, filtered by StackResourceDriftStatusFilters; one
+        page (the simulator's stacks are small)."""
+        name = call.param("StackName") or ""
+        wanted = {v for k, v in call.params.items()
+                  if k.startswith("StackResourceDriftStatusFilters.member.")}
+        with self.moto_lock:
+            stack = self.find_stack(call, name)
+            if stack is None:
+                return aws_error(call, 400, "ValidationError", f"Stack with id {name} does not exist")
+            resources = stack.template_dict.get("Resources") or {}
+            key = (_stack_account(stack), call.region or "us-east-1", stack.name)
+            with self.lock:
+                detection = self.state.drift_detections.get(self.state.last_drift_detection.get(key, ""))
+        drifts = detection[4] if detection else {}
+        members = []
+        for logical_id, drift in sorted(drifts.items()):
+            if wanted and drift["status"] not in wanted:
+                continue
+            kind = (resources.get(logical_id) or {}).get("Type", "AWS::CloudFormation::CustomResource")
+            differences = "".join(
+                f"<member><PropertyPath>{escape(d.get('PropertyPath', ''))}</PropertyPath>"
+                f"<ExpectedValue>{escape(str(d.get('ExpectedValue', '')))}</ExpectedValue>"
+                f"<ActualValue>{escape(str(d.get('ActualValue', '')))}</ActualValue>"
+                f"<DifferenceType>{escape(d.get('DifferenceType', 'NOT_EQUAL'))}</DifferenceType></member>"
+                for d in drift.get("differences", []))
+            members.append(
+                f"<member><StackId>{escape(stack.stack_id)}</StackId>"
+                f"<LogicalResourceId>{escape(logical_id)}</LogicalResourceId>"
+                f"<PhysicalResourceId>{escape(logical_id)}</PhysicalResourceId>"
+                f"<ResourceType>{escape(kind)}</ResourceType>"
+                f"<StackResourceDriftStatus>{drift['status']}</StackResourceDriftStatus>"
+                f"<PropertyDifferences>{differences}</PropertyDifferences>"
+                f"<Timestamp>{moto_utcnow().isoformat()}Z</Timestamp></member>")
+        return query_response(call, f"<StackResourceDrifts>{''.join(members)}</StackResourceDrifts>")
+
+    def make_drift(self, body: dict[str, Any]) -> Response:
+        """POST /_silo/drift: a resource of a stack changed out of band, as a
+        person in the console would: {account, region, stack, resource,
+        status: MODIFIED|DELETED|IN_SYNC, differences: [{PropertyPath,
+        ExpectedValue, ActualValue, DifferenceType}]}. IN_SYNC undoes it."""
+        try:
+            key = (str(body["account"]), str(body.get("region") or "us-east-1"), str(body["stack"]))
+            resource, status = str(body["resource"]), str(body.get("status") or "MODIFIED")
+        except KeyError as exc:
+            return json_response(400, {"error": f"missing {exc}"})
+        if status not in ("MODIFIED", "DELETED", "IN_SYNC"):
+            return json_response(400, {"error": f"status {status} is not MODIFIED, DELETED or IN_SYNC"})
+        with self.lock:
+            drifts = self.state.drifts.setdefault(key, {})
+            if status == "IN_SYNC":
+                drifts.pop(resource, None)
+            else:
+                drifts[resource] = {"status": status, "differences": list(body.get("differences") or [])}
+            return json_response(200, {k: v for k, v in drifts.items()})
 
     def change_set_call(self, call: Call) -> Response:
         """DescribeChangeSet / DeleteChangeSet: the change set named within
@@ -2691,8 +2823,14 @@ class SiloLayer:
             self.advance_clock()
             with self.lock:
                 return json_response(200, [op.public() for op in self.state.stack_ops])
+        if route == ("POST", "/_silo/drift"):
+            try:
+                body = json.loads(self._buffer_body(environ) or b"{}")
+            except ValueError as exc:
+                return json_response(400, {"error": str(exc)})
+            return self.make_drift(body)
         known = {"/_silo/health", "/_silo/reset", "/_silo/config", "/_silo/stats",
-                 "/_silo/log", "/_silo/stack_operations"}
+                 "/_silo/log", "/_silo/stack_operations", "/_silo/drift"}
         if path.rstrip("/") in known:
             return json_response(405, {"error": f"{method} not allowed on {path}"})
         return json_response(404, {"error": f"no admin endpoint {path}"})

@@ -1289,6 +1289,42 @@ def topic_names(sim: Sim, creds: dict[str, str] | None = None) -> set[str]:
             for t in sim.client("sns", creds).list_topics()["Topics"]}
 
 
+def test_drift_made_out_of_band_is_detected_reported_and_reverted(sim: Sim) -> None:
+    sim.configure(stack_operation_seconds=0, drift_detection_seconds=0.3)
+    cfn = sim.client("cloudformation")
+    account = "123456789012"
+    cfn.create_stack(StackName="drifty", TemplateBody=revision_template(), **rev_args("1"))
+    difference = {"PropertyPath": "/TopicName", "ExpectedValue": "topic", "ActualValue": "renamed",
+                  "DifferenceType": "NOT_EQUAL"}
+    status, _ = sim.admin("/_silo/drift", {"account": account, "region": REGION, "stack": "drifty",
+                                            "resource": "Topic", "differences": [difference]})
+    assert status == 200
+    detection = cfn.detect_stack_drift(StackName="drifty")["StackDriftDetectionId"]
+    assert cfn.describe_stack_drift_detection_status(StackDriftDetectionId=detection)[
+        "DetectionStatus"] == "DETECTION_IN_PROGRESS"
+    time.sleep(0.4)
+    done = cfn.describe_stack_drift_detection_status(StackDriftDetectionId=detection)
+    assert (done["DetectionStatus"], done["StackDriftStatus"], done["DriftedStackResourceCount"]) == \
+        ("DETECTION_COMPLETE", "DRIFTED", 1)
+    drifts = cfn.describe_stack_resource_drifts(
+        StackName="drifty", StackResourceDriftStatusFilters=["MODIFIED", "DELETED"])["StackResourceDrifts"]
+    assert [(d["LogicalResourceId"], d["ResourceType"], d["StackResourceDriftStatus"]) for d in drifts] == \
+        [("Topic", "AWS::SNS::Topic", "MODIFIED")]
+    assert drifts[0]["PropertyDifferences"][0]["ActualValue"] == "renamed"
+    assert cfn.describe_stack_resource_drifts(StackName="drifty", StackResourceDriftStatusFilters=[
+        "DELETED"])["StackResourceDrifts"] == []
+    # An update with the same content reverts nothing; a REVERT_DRIFT change set does.
+    cfn.create_change_set(StackName="drifty", ChangeSetName="revert", TemplateBody=revision_template(),
+                          ChangeSetType="UPDATE", DeploymentMode="REVERT_DRIFT", **rev_args("1"))
+    cfn.execute_change_set(StackName="drifty", ChangeSetName="revert")
+    wait_stack(cfn, "drifty", "UPDATE_IN_PROGRESS")
+    again = cfn.detect_stack_drift(StackName="drifty")["StackDriftDetectionId"]
+    time.sleep(0.4)
+    assert cfn.describe_stack_drift_detection_status(StackDriftDetectionId=again)[
+        "StackDriftStatus"] == "IN_SYNC"
+    assert cfn.describe_stack_resource_drifts(StackName="drifty")["StackResourceDrifts"] == []
+
+
 def test_stack_operation_times_can_be_long_tailed_and_repeat_after_a_reset() -> None:
     sys.path.insert(0, HERE)
     import silo_awssim

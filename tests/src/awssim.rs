@@ -175,6 +175,13 @@ impl SimClient {
         self.admin_post("config", &config).await.map(drop)
     }
 
+    /// Changes a resource of a stack out of band, as a person in the console would
+    /// (`POST /_silo/drift`: account, region, stack, resource, status, differences): drift
+    /// detection reports it until a REVERT_DRIFT change set is executed on the stack.
+    pub async fn drift(&self, change: Value) -> Result<()> {
+        self.admin_post("drift", &change).await.map(drop)
+    }
+
     /// The fault layer's whole configuration as it stands (`GET /_silo/config`).
     pub async fn config(&self) -> Result<Value> {
         let response = reqwest::get(format!("{}/_silo/config", self.endpoint)).await?;

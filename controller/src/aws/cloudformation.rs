@@ -10,7 +10,10 @@ use aws_config::{Region, SdkConfig, retry::RetryConfig};
 use aws_credential_types::Credentials;
 use aws_sdk_cloudformation::{
     Client,
-    types::{Capability, ChangeSetStatus, ChangeSetType, Parameter, ResourceStatus, Tag},
+    types::{
+        Capability, ChangeSetStatus, ChangeSetType, DeploymentMode, Parameter, ResourceStatus,
+        StackDriftDetectionStatus, StackDriftStatus, StackResourceDriftStatus, Tag,
+    },
 };
 use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
 
@@ -59,6 +62,27 @@ pub enum Update {
     Started,
     /// "No updates are to be performed": the stack already matches. Success.
     NothingToDo,
+}
+
+/// Where one drift detection (DetectStackDrift) stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detection {
+    InProgress,
+    InSync,
+    Drifted,
+    /// CloudFormation could not finish it: its reason.
+    Failed(String),
+}
+
+/// A resource that drifted, as DescribeStackResourceDrifts reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceDrift {
+    pub logical_id: String,
+    pub resource_type: String,
+    /// MODIFIED or DELETED.
+    pub status: String,
+    /// "path: expected -> actual" for each property that differs.
+    pub differences: Vec<String>,
 }
 
 /// How a [`Stacks`] paces its requests: the CloudFormation budget, the key (account,
@@ -206,43 +230,141 @@ impl Stacks {
         let existing = self.describe(spec.name).await?;
         let creating =
             existing.as_ref().is_none_or(|s| s.status == "DELETE_COMPLETE" || s.status == "REVIEW_IN_PROGRESS");
+        let kind = if creating { ChangeSetType::Create } else { ChangeSetType::Update };
+        let request = self.change_set(spec, name, kind);
+        let id = self.pacing.write("CreateChangeSet", || request.send()).await?.id.unwrap_or_else(|| name.to_string());
+        let changes = self.settle_change_set(&id, spec.name).await?.unwrap_or_default();
+        let request = self.client.delete_change_set().change_set_name(&id).stack_name(spec.name);
+        self.pacing.write("DeleteChangeSet", || request.send()).await?;
+        if creating {
+            // A change set for a new stack leaves the stack in REVIEW_IN_PROGRESS: remove it.
+            let request = self.client.delete_stack().stack_name(spec.name);
+            self.pacing.write("DeleteStack", || request.send()).await?;
+        }
+        Ok(changes)
+    }
+
+    /// DetectStackDrift: the detection's id, or `None` when the stack cannot be checked now
+    /// (an operation is in progress on it).
+    pub async fn detect_drift(&self, name: &str) -> Result<Option<String>, AwsError> {
+        let request = self.client.detect_stack_drift().stack_name(name);
+        match self.pacing.read("DetectStackDrift", || request.send()).await.map_err(Failure::into_aws) {
+            Ok(out) => Ok(out.stack_drift_detection_id),
+            Err(err) if err.has_code("ValidationError") && err.message.contains("IN_PROGRESS") => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// DescribeStackDriftDetectionStatus.
+    pub async fn detection(&self, id: &str) -> Result<Detection, AwsError> {
+        let request = self.client.describe_stack_drift_detection_status().stack_drift_detection_id(id);
+        let out = self.pacing.read("DescribeStackDriftDetectionStatus", || request.send()).await?;
+        Ok(match (&out.detection_status, &out.stack_drift_status) {
+            (Some(StackDriftDetectionStatus::DetectionInProgress), _) => Detection::InProgress,
+            (_, Some(StackDriftStatus::Drifted)) => Detection::Drifted,
+            (Some(StackDriftDetectionStatus::DetectionComplete), _) => Detection::InSync,
+            _ => Detection::Failed(out.detection_status_reason.unwrap_or_else(|| "no reason given".into())),
+        })
+    }
+
+    /// DescribeStackResourceDrifts: the resources the stack's last detection found MODIFIED
+    /// or DELETED, every page.
+    pub async fn resource_drifts(&self, name: &str) -> Result<Vec<ResourceDrift>, AwsError> {
+        let mut drifts = vec![];
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .client
+                .describe_stack_resource_drifts()
+                .stack_name(name)
+                .stack_resource_drift_status_filters(StackResourceDriftStatus::Modified)
+                .stack_resource_drift_status_filters(StackResourceDriftStatus::Deleted)
+                .set_next_token(token.clone());
+            let out = self.pacing.read("DescribeStackResourceDrifts", || request.send()).await?;
+            for drift in out.stack_resource_drifts() {
+                let differences = drift
+                    .property_differences()
+                    .iter()
+                    .map(|d| {
+                        let (path, expected, actual) = (d.property_path(), d.expected_value(), d.actual_value());
+                        format!("{}: {} -> {}", path.unwrap_or("?"), expected.unwrap_or(""), actual.unwrap_or(""))
+                    })
+                    .collect();
+                drifts.push(ResourceDrift {
+                    logical_id: drift.logical_resource_id().unwrap_or_default().to_string(),
+                    resource_type: drift.resource_type().unwrap_or_default().to_string(),
+                    status: drift.stack_resource_drift_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    differences,
+                });
+            }
+            token = out.next_token;
+            if token.is_none() {
+                return Ok(drifts);
+            }
+        }
+    }
+
+    /// Puts the stack's drifted resources back to what `spec` (the revision it runs) says: a
+    /// change set in the REVERT_DRIFT deployment mode named `name`, executed once ready.
+    pub async fn revert_drift(&self, spec: &StackSpec<'_>, name: &str) -> Result<(), AwsError> {
+        let request = self.change_set(spec, name, ChangeSetType::Update).deployment_mode(DeploymentMode::RevertDrift);
+        let id = self.pacing.write("CreateChangeSet", || request.send()).await?.id.unwrap_or_else(|| name.to_string());
+        if self.settle_change_set(&id, spec.name).await?.is_none() {
+            return Ok(());
+        }
+        let request = self.client.execute_change_set().change_set_name(&id).stack_name(spec.name);
+        self.pacing.write("ExecuteChangeSet", || request.send()).await?;
+        Ok(())
+    }
+
+    /// A CreateChangeSet request named `name` for what `spec` deploys.
+    fn change_set(
+        &self,
+        spec: &StackSpec<'_>,
+        name: &str,
+        kind: ChangeSetType,
+    ) -> aws_sdk_cloudformation::operation::create_change_set::builders::CreateChangeSetFluentBuilder {
         let input = StackInput::from(spec);
-        let request = self
-            .client
+        self.client
             .create_change_set()
             .stack_name(spec.name)
             .change_set_name(name)
-            .change_set_type(if creating { ChangeSetType::Create } else { ChangeSetType::Update })
+            .change_set_type(kind)
             .set_template_body(input.template_body)
             .set_template_url(input.template_url)
             .set_parameters(Some(input.parameters))
             .set_capabilities(Some(input.capabilities))
-            .set_tags(Some(input.tags));
-        let id = self.pacing.write("CreateChangeSet", || request.send()).await?.id.unwrap_or_else(|| name.to_string());
+            .set_tags(Some(input.tags))
+    }
+
+    /// Waits for a change set to be worked out: its changes, or `None` when it holds none
+    /// ("didn't contain changes").
+    async fn settle_change_set(&self, id: &str, stack: &str) -> Result<Option<Vec<ResourceChange>>, AwsError> {
         let started = std::time::Instant::now();
-        let changes = loop {
-            let request = self.client.describe_change_set().change_set_name(&id).stack_name(spec.name);
+        loop {
+            let request = self.client.describe_change_set().change_set_name(id).stack_name(stack);
             let out = self.pacing.read("DescribeChangeSet", || request.send()).await?;
             match out.status() {
                 Some(ChangeSetStatus::CreateComplete) => {
-                    break out
-                        .changes()
-                        .iter()
-                        .filter_map(|c| c.resource_change())
-                        .map(|c| ResourceChange {
-                            region: String::new(),
-                            action: c.action().map(|a| a.as_str().to_string()).unwrap_or_default(),
-                            logical_id: c.logical_resource_id().unwrap_or_default().to_string(),
-                            resource_type: c.resource_type().unwrap_or_default().to_string(),
-                            replacement: c.replacement().map(|r| r.as_str().to_string()),
-                        })
-                        .collect();
+                    return Ok(Some(
+                        out.changes()
+                            .iter()
+                            .filter_map(|c| c.resource_change())
+                            .map(|c| ResourceChange {
+                                region: String::new(),
+                                action: c.action().map(|a| a.as_str().to_string()).unwrap_or_default(),
+                                logical_id: c.logical_resource_id().unwrap_or_default().to_string(),
+                                resource_type: c.resource_type().unwrap_or_default().to_string(),
+                                replacement: c.replacement().map(|r| r.as_str().to_string()),
+                            })
+                            .collect(),
+                    ));
                 }
                 // "The submitted information didn't contain changes": nothing would change.
                 Some(ChangeSetStatus::Failed) => {
                     let reason = out.status_reason().unwrap_or_default();
                     if reason.contains("didn't contain changes") || reason.contains("No updates") {
-                        break vec![];
+                        return Ok(None);
                     }
                     return Err(AwsError {
                         operation: "CreateChangeSet",
@@ -256,15 +378,7 @@ impl Stacks {
                 }
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
-        };
-        let request = self.client.delete_change_set().change_set_name(&id).stack_name(spec.name);
-        self.pacing.write("DeleteChangeSet", || request.send()).await?;
-        if creating {
-            // A change set for a new stack leaves the stack in REVIEW_IN_PROGRESS: remove it.
-            let request = self.client.delete_stack().stack_name(spec.name);
-            self.pacing.write("DeleteStack", || request.send()).await?;
         }
-        Ok(changes)
     }
 
     /// ContinueUpdateRollback.

@@ -51,7 +51,7 @@ use crate::{
     caches::{CacheGone, Ready},
     conditions::{self, Conditions},
     contract::FIELD_MANAGER,
-    metrics::{BaselineLabels, METRICS, RolloutLabels},
+    metrics::{BaselineLabels, BaselineNameLabels, METRICS, RolloutLabels},
 };
 
 /// What the Baseline controller shares with the Tenant controller.
@@ -241,7 +241,7 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
             warn!(baseline = %name, %err, "could not publish event");
         }
     }
-    publish_metrics(&name, &step.status, &views);
+    publish_metrics(&name, &step.status, &views, status.tenants.drifted);
 
     // 5. History, never a revision in use.
     let mut in_use: BTreeSet<String> = views.iter().filter_map(|v| v.admitted.clone()).collect();
@@ -282,7 +282,11 @@ fn render(
     users: &[Arc<Tenant>],
     now: Timestamp,
 ) -> BaselineStatus {
-    let mut counts = TenantCounts::default();
+    let drifted = users
+        .iter()
+        .filter(|t| t.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::BASELINE_DRIFTED)))
+        .count();
+    let mut counts = TenantCounts { drifted: u32::try_from(drifted).unwrap_or(u32::MAX), ..Default::default() };
     for view in views {
         // A new tenant counts on the newest revision when the rollout gives it that one.
         let arriving = view.admitted.is_none() && rollout::target(rollout, &view.name, None) == newest;
@@ -371,7 +375,9 @@ fn render(
     status
 }
 
-fn publish_metrics(baseline: &str, rollout: &RolloutStatus, views: &[TenantView]) {
+fn publish_metrics(baseline: &str, rollout: &RolloutStatus, views: &[TenantView], drifted: u32) {
+    let labels = BaselineNameLabels { baseline: baseline.into() };
+    METRICS.baseline_drifted_tenants.get_or_create(&labels).set(i64::from(drifted));
     let mut per_revision: BTreeMap<String, i64> = BTreeMap::new();
     for view in views {
         *per_revision.entry(view.admitted.clone().unwrap_or_else(|| "none".into())).or_default() += 1;

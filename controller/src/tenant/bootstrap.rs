@@ -14,6 +14,8 @@
 //! makes that call and asks again. AWS's refusals reach the step as typed answers
 //! ([`crate::aws::stack_answers`]), never as error codes.
 
+pub mod drift;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aws_credential_types::Credentials;
@@ -488,6 +490,7 @@ impl BaselineStep<'_> {
             admitted_revision: Some(target.admitted.clone()),
             revision: target.revision.clone(),
             stacks: vec![],
+            drift: previous.as_ref().and_then(|p| p.drift.clone()),
             preview: previous.and_then(|p| p.preview),
         };
         for region in &target.regions {

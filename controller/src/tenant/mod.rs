@@ -11,7 +11,8 @@
 //!    (`SettingsReady`).
 //! 5. [`bootstrap`]: run the Baseline's stack in every region of the account (`BaselineReady`);
 //!    then [`pool_stacks`]: delete the stacks a pool left in a claimed account that the
-//!    Baseline does not use (`BaselineReady` until they are gone).
+//!    Baseline does not use (`BaselineReady` until they are gone); then, on its schedule, look
+//!    for drift in the stacks ([`bootstrap::drift`], `BaselineDrifted`).
 //! 6. [`status`]: derive `Ready`, `Reconciling`, `Stalled` and write the status once.
 //!
 //! A step runs only when the steps before it are done. [`schedule`] says what a reconcile is
@@ -421,6 +422,18 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         let removing = surface(pool_stacks::remove(tenant, ctx, &mut progress).await)?;
         progress.baseline = Some(if removing.is_done() { done } else { removing });
     }
+    // Drift is looked for in stacks that are done; a check that cannot go on now (AWS busy
+    // with user work) waits for the next look without holding up the status.
+    if progress.baseline.as_ref().is_some_and(StepOutcome::is_done) {
+        let step = BaselineStep { tenant, mode, ctx };
+        progress.look_again = match step.check_drift(&mut progress).await {
+            Ok(after) => after,
+            Err(err) => {
+                debug!(tenant = %tenant.name_any(), %err, "drift check deferred");
+                Some(Duration::from_secs(30))
+            }
+        };
+    }
     finish(tenant, mode, progress, writer, ctx).await
 }
 
@@ -472,7 +485,8 @@ async fn finish(
         None => {
             let last = progress.status.last_verified_time.as_deref().and_then(|t| t.parse().ok()).unwrap_or(now);
             let due = schedule::next_verification(&tenant.uid().unwrap_or_default(), last, ctx.config.resync_period);
-            Duration::try_from(due.duration_since(now)).unwrap_or(Duration::from_secs(1))
+            let verify = Duration::try_from(due.duration_since(now)).unwrap_or(Duration::from_secs(1));
+            progress.look_again.map_or(verify, |sooner| sooner.min(verify))
         }
     };
     Ok(Action::requeue(requeue.max(Duration::from_millis(100))))
@@ -484,12 +498,14 @@ fn baseline_view(status: Option<&crate::api::TenantStatus>) -> Option<impl Parti
     let status = status?;
     let ready = conditions::find(&status.conditions, conditions::BASELINE_READY)?;
     let stalled = conditions::is_true(&status.conditions, conditions::STALLED);
+    let drifted = conditions::is_true(&status.conditions, conditions::BASELINE_DRIFTED);
     let baseline = status.baseline.as_ref();
     Some((
         baseline.map(|b| (b.revision.clone(), b.admitted_revision.clone())),
         baseline.and_then(|b| b.preview.as_ref()).map(|p| p.revision.clone()),
         ready.status.clone(),
         stalled,
+        drifted,
     ))
 }
 

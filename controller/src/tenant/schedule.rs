@@ -29,7 +29,7 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{AlternateContacts, ContactKind, Tenant},
+    api::{AlternateContacts, ContactKind, Tenant, TenantDrift},
     aws::Priority,
     conditions,
 };
@@ -68,6 +68,11 @@ pub fn mode(tenant: &Tenant, now: Timestamp, period: Duration, baseline_changed:
     if !ready || status.observed_generation != tenant.metadata.generation || baseline_changed {
         return Mode::Converge;
     }
+    // A drift check in flight is read (or started again) without a verification: the steps
+    // are trusted, and only the check talks to AWS.
+    if drift_pending(status.baseline.as_ref().and_then(|b| b.drift.as_ref())) {
+        return Mode::Converge;
+    }
     let last = status
         .last_verified_time
         .as_deref()
@@ -79,6 +84,12 @@ pub fn mode(tenant: &Tenant, now: Timestamp, period: Duration, baseline_changed:
         Ok(wait) if !wait.is_zero() => Mode::Idle(wait),
         _ => Mode::Verify(Verification::Periodic),
     }
+}
+
+/// Whether the tenant's status asks for a drift pass before its next verification: detections
+/// to read, or a check to start again. Pure.
+pub fn drift_pending(drift: Option<&TenantDrift>) -> bool {
+    drift.is_some_and(|d| !d.detections.is_empty() || d.recheck)
 }
 
 /// One part of a tenant's account that can drift, and costs an AWS request to read.

@@ -15,7 +15,7 @@ use kube::{
 
 use super::{Error, schedule::Mode};
 use crate::{
-    api::{Tenant, TenantStatus},
+    api::{DriftedResource, Tenant, TenantStatus},
     conditions::{self, Conditions, StepOutcome},
     contract::FIELD_MANAGER,
 };
@@ -35,6 +35,8 @@ pub struct Progress {
     /// Overrides the derived phase (while deleting).
     pub phase: Option<&'static str>,
     pub paused: bool,
+    /// Work after the steps (a drift check) wants a look sooner than the next verification.
+    pub look_again: Option<std::time::Duration>,
 }
 
 impl Progress {
@@ -48,6 +50,7 @@ impl Progress {
             baseline: None,
             phase: None,
             paused: false,
+            look_again: None,
         }
     }
 
@@ -79,6 +82,21 @@ impl Progress {
         }
         let outcomes: Vec<&StepOutcome> = steps.iter().map(|(_, outcome)| *outcome).collect();
         conds.summarize(&outcomes);
+        // What the last drift check found; no check yet (or no Baseline), no condition.
+        let drift = status.baseline.as_ref().and_then(|b| b.drift.as_ref()).filter(|d| d.checked_at.is_some());
+        if let Some(drift) = drift {
+            match drift.resources.as_slice() {
+                [] => conds.set(conditions::BASELINE_DRIFTED, false, "InSync", "The last drift check found no drift"),
+                resources => {
+                    let message = format!(
+                        "Changed outside CloudFormation: {}{}",
+                        describe(resources),
+                        if drift.recheck { "; being put back (spec.drift.repair)" } else { "" }
+                    );
+                    conds.set(conditions::BASELINE_DRIFTED, true, "Drifted", &message);
+                }
+            }
+        }
         let derived = match outcomes.iter().find(|s| !s.is_done()) {
             None => "Ready",
             Some(StepOutcome::Stalled { .. }) => "Stalled",
@@ -86,6 +104,9 @@ impl Progress {
             Some(_) => "Provisioning",
         };
         status.phase = Some(self.phase.unwrap_or(derived).into());
+        if drift.is_none() {
+            status.conditions.retain(|c| c.type_ != conditions::BASELINE_DRIFTED);
+        }
         status
     }
 
@@ -167,6 +188,18 @@ impl StatusWriter {
     }
 }
 
+/// The drifted resources in a few words, for Events and the condition. Pure.
+pub fn describe(resources: &[DriftedResource]) -> String {
+    let each: Vec<String> = resources
+        .iter()
+        .map(|r| {
+            let what = if r.differences.is_empty() { String::new() } else { format!(": {}", r.differences.join("; ")) };
+            format!("{} ({}) in {} is {}{what}", r.logical_id, r.resource_type, r.region, r.status)
+        })
+        .collect();
+    each.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -204,5 +237,17 @@ mod tests {
         assert_eq!(progress.blocking().unwrap().reason(), "OrganizationalUnitNotFound");
         let status = progress.render(Timestamp::now());
         assert_eq!(status.phase.as_deref(), Some("Stalled"));
+    }
+
+    #[test]
+    fn the_description_names_each_resource_and_what_differs() {
+        let resources = [DriftedResource {
+            region: "us-east-1".into(),
+            logical_id: "Topic".into(),
+            resource_type: "AWS::SNS::Topic".into(),
+            status: "MODIFIED".into(),
+            differences: vec!["/TopicName: a -> b".into()],
+        }];
+        assert_eq!(describe(&resources), "Topic (AWS::SNS::Topic) in us-east-1 is MODIFIED: /TopicName: a -> b");
     }
 }
