@@ -442,7 +442,8 @@ class Config:
                                   ACCOUNT_LIMIT_EXCEEDED; None = no limit.
                                   Default 10, AWS's default quota: a test of a
                                   larger fleet raises it, as its owner would
-    max_concurrent_creations      creations IN_PROGRESS at once, else throttled
+    max_concurrent_creations      creations IN_PROGRESS at once in one
+                                  organization, else throttled
     list_accounts_lag_seconds     an account missing from ListAccounts,
                                   ListAccountsForParent and ListChildren for this
                                   long after it became ACTIVE (other calls see it);
@@ -962,7 +963,9 @@ class State:
     creation_failures_used: dict[int, int] = field(default_factory=dict)  # rule index -> n
     # Lower-cased emails of every account made since the reset, in any organization.
     emails_taken: set[str] = field(default_factory=set)
-    closes: collections.deque[float] = field(default_factory=collections.deque)  # monotonic
+    # management account -> when its organization closed accounts (monotonic): AWS's
+    # closure quota is per organization.
+    closes: dict[str, collections.deque[float]] = field(default_factory=dict)
     # id -> (account, when its State becomes CLOSED): SUSPENDED accounts still counting down.
     suspended: dict[str, tuple[Any, float]] = field(default_factory=dict)
     log: collections.deque[dict[str, Any]] = field(
@@ -1723,7 +1726,9 @@ class SiloLayer:
         with self.org_lock:
             with self.lock:
                 cfg, now = self.state.config, time.monotonic()
-                in_flight = sum(c.state(now) == "IN_PROGRESS" for c in self.settling(now))
+                # AWS limits the creations in flight per organization.
+                in_flight = sum(c.state(now) == "IN_PROGRESS" and c.org_account == backend.account_id
+                                for c in self.settling(now))
                 if cfg.max_concurrent_creations is not None \
                         and in_flight >= cfg.max_concurrent_creations:
                     self.state.count("throttled", call.key)
@@ -1942,7 +1947,8 @@ class SiloLayer:
                                  "The provided account is already closed.")
             with self.lock:
                 quota = self.close_quota(backend)
-                if quota is not None and len(self.state.closes) >= quota:
+                closes = self.state.closes.setdefault(backend.account_id, collections.deque())
+                if quota is not None and len(closes) >= quota:
                     return aws_error(
                         call, 400, "ConstraintViolationException",
                         "You have exceeded close account quota for the past 30 days.",
@@ -1952,7 +1958,7 @@ class SiloLayer:
                 return resp
             with self.lock:
                 now = time.monotonic()
-                self.state.closes.append(now)
+                self.state.closes.setdefault(backend.account_id, collections.deque()).append(now)
                 self.state.stats["accounts_closed"] += 1
                 pending = self.state.config.close_pending_seconds
                 if account is not None and pending > 0:
@@ -1964,14 +1970,15 @@ class SiloLayer:
         return resp
 
     def close_quota(self, backend: Any) -> int | None:
-        """How many closures the rolling window still holds in all, or None
-        for no quota (lock held). AWS: "You can close only 10% of member
-        accounts, between 10 and 1000, within a rolling 30 day period";
+        """How many closures the organization's rolling window holds in all,
+        or None for no quota (lock held). AWS: "You can close only 10% of
+        member accounts, between 10 and 1000, within a rolling 30 day period";
         permanently closed (CLOSED) accounts are no longer members."""
         cfg = self.state.config
         window_start = time.monotonic() - cfg.close_quota_window_seconds
-        while self.state.closes and self.state.closes[0] <= window_start:
-            self.state.closes.popleft()
+        closes = self.state.closes.setdefault(backend.account_id, collections.deque())
+        while closes and closes[0] <= window_start:
+            closes.popleft()
         if cfg.close_quota != "aws":
             return None if cfg.close_quota is None else int(cfg.close_quota)
         members = sum(1 for a in backend.accounts

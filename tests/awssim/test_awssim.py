@@ -381,6 +381,36 @@ def test_sixth_concurrent_creation_is_throttled(sim: Sim, org: Any) -> None:
     assert stats["throttled"] == {"organizations:CreateAccount": 1}
 
 
+def test_each_organization_has_its_own_creation_slots_and_closure_quota(sim: Sim, org: Any) -> None:
+    # A second organization, under another management account: entered with a role there
+    # (trust policies off, so that no IAM set-up is needed in that account).
+    sim.configure(enforce_trust_policies=False, create_account_delay_seconds=0)
+    creds = sim.client("sts").assume_role(RoleArn="arn:aws:iam::222222222222:role/admin",
+                                          RoleSessionName="second")["Credentials"]
+    other = sim.client("organizations", creds={
+        "aws_access_key_id": creds["AccessKeyId"], "aws_secret_access_key": creds["SecretAccessKey"],
+        "aws_session_token": creds["SessionToken"]})
+    other.create_organization(FeatureSet="ALL")
+    assert other.describe_organization()["Organization"]["MasterAccountId"] == "222222222222"
+    mine, theirs, another = new_account(org, "mine"), new_account(other, "theirs"), new_account(other, "another")
+
+    sim.configure(create_account_delay_seconds=60)
+    for i in range(5):
+        create_account(org, f"busy{i}")
+    with pytest.raises(ClientError) as exc:
+        create_account(org, "busy5")
+    assert error_code(exc) == "TooManyRequestsException", "the first organization's five slots are full"
+    create_account(other, "elsewhere")           # the second one's are not
+    assert len(other.list_create_account_status(States=["IN_PROGRESS"])["CreateAccountStatuses"]) == 1
+
+    sim.configure(close_quota=1, close_quota_window_seconds=600)
+    org.close_account(AccountId=mine)
+    other.close_account(AccountId=theirs)         # its own quota, untouched by the first's
+    with pytest.raises(ClientError) as exc:
+        other.close_account(AccountId=another)
+    assert exc.value.response["Reason"] == "CLOSE_ACCOUNT_QUOTA_EXCEEDED"
+
+
 def test_concurrent_creation_limit_holds_under_parallel_calls(sim: Sim, org: Any) -> None:
     sim.configure(create_account_delay_seconds=60, max_concurrent_creations=3)
     clients = [sim.client("organizations") for _ in range(8)]
