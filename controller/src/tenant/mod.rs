@@ -430,6 +430,11 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             Ok(after) => after,
             Err(err) => {
                 debug!(tenant = %tenant.name_any(), %err, "drift check deferred");
+                // Started again at the next look, even if this reconcile was a verification
+                // a person asked for and the next one would not be.
+                if let Some(applied) = progress.status.baseline.as_mut() {
+                    applied.drift.get_or_insert_with(Default::default).recheck = true;
+                }
                 Some(Duration::from_secs(30))
             }
         };
