@@ -431,7 +431,8 @@ pub fn step(
             .filter(|name| present(name) && !on_it(name) && !is_admitted(&status, name))
             .cloned()
             .collect();
-        let next: Vec<String> = waiting.into_iter().take(free).collect();
+        // Paused: not even the canary is admitted; those in flight finish.
+        let next: Vec<String> = waiting.into_iter().take(if settings.paused { 0 } else { free }).collect();
         if let Some(last) = next.last() {
             status.canary_through = Some(last.clone());
         }
@@ -440,7 +441,8 @@ pub fn step(
             .iter()
             .all(|name| on_revision.iter().any(|(n, state)| n == name && *state != State::InFlight) || !present(name));
         if !canary_done || !next.is_empty() {
-            return Step::at(Phase::Progressing, status, next, news);
+            let phase = if settings.paused { Phase::Paused } else { Phase::Progressing };
+            return Step::at(phase, status, next, news);
         }
         // A canary that had nothing to do (it ran the revision already) has nothing to bake.
         if status.canary_through.is_some() && !baked(&mut status, settings, now) {
@@ -983,6 +985,16 @@ mod tests {
         assert!(held.admitted.is_empty());
         let resumed = step(Some(&held.status), NEW, &s, &CanaryRule::First(1), &fleet, at(3));
         assert_eq!(resumed.admitted, vec!["t04", "t05", "t06"], "the next tenants by name");
+    }
+
+    #[test]
+    fn a_rollout_paused_from_its_start_admits_not_even_the_canary() {
+        let fleet = fleet(6, OLD, State::Current);
+        let paused = ResolvedSpec { paused: true, ..settings(1, 0, 0) };
+        let held = step(Some(&complete(OLD)), NEW, &paused, &CanaryRule::First(2), &fleet, at(0));
+        assert_eq!((held.status.phase.as_str(), held.admitted.len()), (PAUSED, 0));
+        let go = step(Some(&held.status), NEW, &settings(1, 0, 0), &CanaryRule::First(2), &fleet, at(1));
+        assert_eq!(go.admitted, ["t00"], "resumed: the canary, through a window of one");
     }
 
     #[test]
