@@ -15,6 +15,8 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 use silo_testenv::{Env, SimClient, process::tail};
 
+#[path = "rollout.rs"]
+mod rollout;
 #[path = "signup.rs"]
 mod signup;
 

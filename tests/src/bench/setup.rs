@@ -23,6 +23,7 @@ pub enum Scenario {
     Unthrottled,
     Import,
     Signup,
+    Rollout,
 }
 
 impl Scenario {
@@ -35,6 +36,7 @@ impl Scenario {
             Scenario::Unthrottled => "unthrottled",
             Scenario::Import => "import",
             Scenario::Signup => "signup",
+            Scenario::Rollout => "rollout",
         }
     }
 }
@@ -101,7 +103,7 @@ pub struct Params {
         long,
         env = "BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "onboard,restart,steady,baseline,unthrottled,import,signup"
+        default_value = "onboard,restart,steady,baseline,unthrottled,import,signup,rollout"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -231,6 +233,27 @@ pub struct Params {
     /// signup: the seed of the random arrivals (the same for the runs with and without a pool).
     #[arg(long, env = "BENCH_SIGNUP_SEED", default_value_t = 1)]
     pub signup_seed: u64,
+
+    /// rollout: N, Tenants on the one Baseline whose change is rolled out.
+    #[arg(long, env = "BENCH_ROLLOUT_TENANTS", default_value_t = 1000)]
+    pub rollout_tenants: usize,
+
+    /// rollout: S, the median seconds of a stack operation; the 99th percentile is 6 S
+    /// (lognormal: the simulator's `stack_operation_p99_seconds`).
+    #[arg(long, env = "BENCH_ROLLOUT_STACK_SECONDS", default_value_t = 3.0)]
+    pub rollout_stack_seconds: f64,
+
+    /// rollout: the Baseline's `spec.rollout.stages` (comma list of numbers and percentages).
+    #[arg(long, env = "BENCH_ROLLOUT_STAGES", value_delimiter = ',', default_value = "1,1%,10%,100%")]
+    pub rollout_stages: Vec<String>,
+
+    /// rollout: M, the Baseline's `spec.rollout.maxConcurrent`.
+    #[arg(long, env = "BENCH_ROLLOUT_MAX_CONCURRENT", default_value_t = 10)]
+    pub rollout_max_concurrent: usize,
+
+    /// rollout: B, the Baseline's `spec.rollout.bakeSeconds`.
+    #[arg(long, env = "BENCH_ROLLOUT_BAKE_SECONDS", default_value_t = 10)]
+    pub rollout_bake_seconds: u32,
 
     /// Give up when no Tenant became Ready for this many seconds while some are not.
     #[arg(long, env = "BENCH_STALL_SECONDS", default_value_t = 600)]
