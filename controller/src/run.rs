@@ -100,9 +100,9 @@ pub async fn controllers(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
-    let (tenants, tenant_changes) = tenant::watch(&client);
-    let (revisions, revision_changes) = baseline::controller::watch_revisions(&client, &config.namespace);
     let (recount, recounts) = futures::channel::mpsc::unbounded();
+    let (tenants, tenant_changes) = tenant::watch(&client, baseline::recount::Asks::new(recount));
+    let (revisions, revision_changes) = baseline::controller::watch_revisions(&client, &config.namespace);
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let (pools, pool_changes) = pool::controller::watch(&client);
     let pools_ready = caches::Ready::of(&pools);
@@ -157,7 +157,6 @@ pub async fn controllers(
         baselines: baseline_store,
         revisions: shared.revisions.clone(),
         rollouts: shared.rollouts.clone(),
-        recount,
         tenants: tenants.clone(),
         tenants_ready: shared.tenants_ready.clone(),
         pools_ready,

@@ -12,8 +12,10 @@
 //!    controller resumes from the status and never admits a tenant twice;
 //! 5. history beyond `revisionHistoryLimit` pruned, but never a revision in use.
 //!
-//! A tenant whose baseline state changed asks for a recount of its Baseline (debounced, so a
-//! rollout of thousands of tenants collapses into a few recounts); a bake ends with a timer.
+//! A tenant whose baseline state changed asks for a recount of its Baseline ([`super::recount`]),
+//! at once but at most every [`RECOUNT_SPACING`], so a rollout of thousands of tenants does not
+//! write the Baseline's status thousands of times a minute, and a slot a tenant frees is
+//! counted free within that spacing; a bake ends with a timer.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -93,6 +95,9 @@ enum Error {
 /// How often a Baseline is looked at without being asked (a templateURL is read again then).
 const RECOUNT: Duration = Duration::from_secs(300);
 
+/// The least time between two recounts of one Baseline that tenants asked for.
+pub const RECOUNT_SPACING: Duration = Duration::from_millis(200);
+
 /// The watch of Baseline revisions in Silo's namespace: a cache, and the stream that fills it
 /// (poll it for the cache to stay current).
 pub fn watch_revisions(
@@ -134,9 +139,10 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::annotations), PredicateConfig::default());
+    // No debounce: kube's debounce postpones a reconcile for as long as asks keep coming, and
+    // during a rollout they always do. `paced` bounds the rate instead.
     Controller::for_stream(changes, store)
-        .reconcile_on(recounts)
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(2)))
+        .reconcile_on(paced(recounts, RECOUNT_SPACING))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, |_, _: &Error, _| Action::requeue(Duration::from_secs(10)), ctx)
         .for_each(|result| async move {
@@ -145,6 +151,56 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The asks for recounts, at most one per Baseline every `spacing`: an ask is passed on at once
+/// when the Baseline's last recount is `spacing` old, else held until it is (asks meanwhile
+/// join it). No ask waits longer than `spacing`.
+fn paced(
+    asks: impl futures::Stream<Item = ObjectRef<Baseline>> + Unpin,
+    spacing: Duration,
+) -> impl futures::Stream<Item = ObjectRef<Baseline>> {
+    use tokio::time::{Instant, sleep_until};
+    struct Pacer<S> {
+        asks: S,
+        /// When each Baseline's last recount was passed on.
+        last: BTreeMap<String, Instant>,
+        /// Asks held, and when they go.
+        held: BTreeMap<String, Instant>,
+    }
+    let pacer = Pacer { asks, last: BTreeMap::new(), held: BTreeMap::new() };
+    futures::stream::unfold(pacer, move |mut p| async move {
+        loop {
+            let due = p.held.iter().min_by_key(|(_, at)| **at).map(|(name, at)| (name.clone(), *at));
+            let held = async {
+                match &due {
+                    Some((_, at)) => sleep_until(*at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let name = tokio::select! {
+                ask = p.asks.next() => {
+                    let name = ask?.name;
+                    let now = Instant::now();
+                    match p.last.get(&name) {
+                        _ if p.held.contains_key(&name) => continue,
+                        Some(last) if now < *last + spacing => {
+                            p.held.insert(name, *last + spacing);
+                            continue;
+                        }
+                        _ => name,
+                    }
+                }
+                () = held => {
+                    let (name, _) = due.expect("a held ask is due");
+                    p.held.remove(&name);
+                    name
+                }
+            };
+            p.last.insert(name.clone(), Instant::now());
+            return Some((ObjectRef::new(&name), p));
+        }
+    })
 }
 
 async fn reconcile(baseline: Arc<Baseline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -420,6 +476,34 @@ mod tests {
             ..Default::default()
         });
         t
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recount_goes_at_once_and_at_most_once_per_spacing() {
+        use tokio::time::Instant;
+        let spacing = Duration::from_millis(200);
+        let (asks, receiver) = futures::channel::mpsc::unbounded();
+        let mut paced = std::pin::pin!(paced(receiver, spacing));
+        let start = Instant::now();
+        let ask = |name: &str| asks.unbounded_send(ObjectRef::new(name)).unwrap();
+        let mut next = async || {
+            let name = paced.next().await.map(|r| r.name);
+            (name, start.elapsed())
+        };
+
+        ask("std");
+        assert_eq!(next().await, (Some("std".into()), Duration::ZERO), "the first ask goes at once");
+        for name in ["std", "std", "std", "edge"] {
+            ask(name);
+        }
+        assert_eq!(next().await, (Some("edge".into()), Duration::ZERO), "another Baseline is not held");
+        assert_eq!(next().await, (Some("std".into()), spacing), "three asks, one recount, one spacing later");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ask("std");
+        assert_eq!(next().await.0, Some("std".into()));
+        assert_eq!(start.elapsed(), spacing + Duration::from_secs(1), "after a quiet spell, at once again");
+        drop(asks);
+        assert_eq!(next().await.0, None, "nothing held: the stream ends with the asks");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! - [`rollout`]: how a new revision reaches the tenants (stages, a sliding window, halts), pure.
 //! - [`revisions`]: the revisions as ControllerRevisions in Silo's namespace.
 //! - [`external_id`]: a Baseline's external id, read from its Secret.
+//! - [`recount`]: which Baselines to count again, from the Tenant watch.
 //! - [`controller`]: the Baseline controller, which records revisions, runs rollouts and
 //!   publishes counts.
 
 pub mod cli;
 pub mod controller;
 pub mod external_id;
+pub mod recount;
 pub mod revisions;
 pub mod rollout;
 pub mod stack;

@@ -106,8 +106,6 @@ pub struct Context {
     pub caches_ready: [crate::caches::Ready; 2],
     /// The Baseline rollouts as this process last decided them.
     pub rollouts: Arc<crate::baseline::rollout::Rollouts>,
-    /// Asks the Baseline controller to recount a Baseline's tenants.
-    pub recount: UnboundedSender<ObjectRef<Baseline>>,
     /// Every Tenant, from the controller's own watch (which accounts the statuses name).
     pub tenants: Store<Tenant>,
     pub tenants_ready: crate::caches::Ready,
@@ -198,7 +196,10 @@ impl Error {
 
 /// The Tenant watch: a cache of every Tenant, and the stream of changes that trigger a
 /// reconcile. Created by [`crate::run`] so the Baseline controller can count from the cache.
-pub fn watch(client: &Client) -> (Store<Tenant>, impl futures::Stream<Item = Result<Tenant, watcher::Error>> + use<>) {
+pub fn watch(
+    client: &Client,
+    mut recounts: crate::baseline::recount::Asks,
+) -> (Store<Tenant>, impl futures::Stream<Item = Result<Tenant, watcher::Error>> + use<>) {
     let (store, writer) = reflector::store();
     // Paged (500 Tenants a page, read at the latest version) rather than `any_semantic`: the
     // API server answers "any version" from its cache in one response, which for a fleet of
@@ -208,6 +209,12 @@ pub fn watch(client: &Client) -> (Store<Tenant>, impl futures::Stream<Item = Res
         // The cache of a fleet of thousands holds what reconciles read, not the field history.
         .modify(|tenant: &mut Tenant| tenant.managed_fields_mut().clear())
         .reflect(writer)
+        // The Baselines whose counts a change makes stale, once the cache holds it.
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                recounts.observe(event);
+            }
+        })
         .applied_objects()
         // Silo's own status writes change none of this, so they trigger nothing.
         .predicate_filter(changes, PredicateConfig::default().ttl(Duration::from_secs(7 * 24 * 3600)));
@@ -475,13 +482,7 @@ async fn finish(
     if progress.all_done() && mode == Mode::Verify(Verification::Periodic) {
         progress.status.verification_count += 1;
     }
-    let before = writer.written().cloned();
     writer.write(&progress).await?;
-    if let Some(baseline) = &tenant.spec.baseline
-        && baseline_view(before.as_ref()) != baseline_view(writer.written())
-    {
-        let _ = ctx.recount.unbounded_send(ObjectRef::new(&baseline.name));
-    }
     let requeue = match progress.blocking().and_then(StepOutcome::look_again) {
         Some(after) if matches!(progress.blocking(), Some(StepOutcome::Stalled { .. })) => {
             ctx.config.max_stalled_retry.map_or(after, |cap| after.min(cap))
@@ -495,23 +496,6 @@ async fn finish(
         }
     };
     Ok(Action::requeue(requeue.max(Duration::from_millis(100))))
-}
-
-/// What the Baseline controller reads of a tenant: its revisions (applied, admitted, previewed)
-/// and conditions.
-fn baseline_view(status: Option<&crate::api::TenantStatus>) -> Option<impl PartialEq> {
-    let status = status?;
-    let ready = conditions::find(&status.conditions, conditions::BASELINE_READY)?;
-    let stalled = conditions::is_true(&status.conditions, conditions::STALLED);
-    let drifted = conditions::is_true(&status.conditions, conditions::BASELINE_DRIFTED);
-    let baseline = status.baseline.as_ref();
-    Some((
-        baseline.map(|b| (b.revision.clone(), b.admitted_revision.clone())),
-        baseline.and_then(|b| b.preview.as_ref()).map(|p| p.revision.clone()),
-        ready.status.clone(),
-        stalled,
-        drifted,
-    ))
 }
 
 /// Sorts a step's error: a terminal AWS refusal becomes the step's `Stalled` outcome, so a
