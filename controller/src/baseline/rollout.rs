@@ -483,8 +483,9 @@ pub fn step(
             status.bake_until = None;
             return Step::at(Phase::Complete, status, admitted, news);
         }
-        // The stage is done and others wait: it bakes, then the next one opens.
-        if !baked(&mut status, settings, now) {
+        // The stage is done and others wait: it bakes, then the next one opens. A stage that
+        // had nobody to admit (`1%` of 30 tenants after a canary of one) has nothing to bake.
+        if stage_took_it_further(&status, settings) && !baked(&mut status, settings, now) {
             return Step::at(Phase::Baking, status, admitted, news);
         }
         status.stage += 1;
@@ -537,8 +538,18 @@ fn roll_back(
 
 /// How many of the rolled tenants the open stage (after the canary) takes the rollout to.
 fn stage_size(status: &RolloutStatus, settings: &ResolvedSpec) -> usize {
-    let index = usize::try_from(status.stage.saturating_sub(1)).unwrap_or(usize::MAX);
+    size_of_stage(status.stage, settings)
+}
+
+fn size_of_stage(stage: u32, settings: &ResolvedSpec) -> usize {
+    let index = usize::try_from(stage.saturating_sub(1)).unwrap_or(usize::MAX);
     settings.stages.get(index).or(settings.stages.last()).copied().unwrap_or(usize::MAX)
+}
+
+/// Whether the open stage goes beyond the canary and every stage before it.
+fn stage_took_it_further(status: &RolloutStatus, settings: &ResolvedSpec) -> bool {
+    let before = (1..status.stage).map(|stage| size_of_stage(stage, settings)).max().unwrap_or(0);
+    stage_size(status, settings) > before.max(status.canary.len())
 }
 
 /// The Event of a stage opening.
@@ -816,17 +827,20 @@ mod tests {
         assert_eq!(order, ["t04", "t05", "t06", "t07", "t08", "t09"], "one at a time, by name, nobody twice");
     }
 
-    #[test]
-    fn stages_finish_and_bake_in_order_and_the_last_one_does_not_bake() {
-        let mut fleet = fleet(20, OLD, State::Current);
+    /// A bake: its stage, and how many tenants ran NEW when it began.
+    type Bake = (u32, usize);
+
+    /// Rolls NEW across `n` tenants with `stages`, a window of 2 and a bake of 60 s: the bakes
+    /// and each tenant's admissions (name, stage).
+    fn roll_in_stages(n: usize, stages: &[IntOrString]) -> (Vec<Bake>, Vec<(String, u32)>) {
+        let mut fleet = fleet(n, OLD, State::Current);
         let spec = RolloutSpec {
-            stages: vec![IntOrString::Int(1), IntOrString::String("25%".into()), IntOrString::String("100%".into())],
+            stages: stages.to_vec(),
             max_concurrent: Some(IntOrString::Int(2)),
             bake_seconds: Some(60),
             ..Default::default()
         };
         let s = ResolvedSpec::of(&spec, fleet.len());
-        assert_eq!((s.canary, s.stages.clone()), (Some(1), vec![5, 20]));
         let rule = CanaryRule::of(&spec, &s);
         let mut status = complete(OLD);
         let (mut now, mut admissions, mut bakes) = (0, vec![], vec![]);
@@ -835,7 +849,7 @@ mod tests {
             finish(&mut fleet);
             admit(&mut fleet, &next, State::InFlight);
             let on_new = fleet.iter().filter(|t| t.admitted.as_deref() == Some(NEW)).count();
-            if next.status.phase == BAKING && status.phase != BAKING {
+            if next.status.phase == BAKING && (status.phase != BAKING || status.stage != next.status.stage) {
                 bakes.push((next.status.stage, on_new));
             }
             admissions.extend(next.admitted.iter().map(|name| (name.clone(), next.status.stage)));
@@ -843,6 +857,15 @@ mod tests {
             now += 10;
             assert!(now < 10_000, "the rollout ends");
         }
+        (bakes, admissions)
+    }
+
+    #[test]
+    fn stages_finish_and_bake_in_order_and_the_last_one_does_not_bake() {
+        let stages = [IntOrString::Int(1), IntOrString::String("25%".into()), IntOrString::String("100%".into())];
+        let s = ResolvedSpec::of(&RolloutSpec { stages: stages.to_vec(), ..Default::default() }, 20);
+        assert_eq!((s.canary, s.stages.clone()), (Some(1), vec![5, 20]));
+        let (bakes, admissions) = roll_in_stages(20, &stages);
         assert_eq!(bakes, [(0, 1), (1, 5)], "the canary bakes, then stage 1 once 5 tenants run the revision");
         let stage_of = |name: &str| admissions.iter().find(|(n, _)| n == name).map(|(_, stage)| *stage);
         assert_eq!(stage_of("t00"), Some(0));
@@ -851,6 +874,18 @@ mod tests {
         let mut names: Vec<&String> = admissions.iter().map(|(n, _)| n).collect();
         names.dedup();
         assert_eq!(names.len(), 20, "each tenant admitted once");
+    }
+
+    #[test]
+    fn a_stage_with_nobody_to_admit_does_not_bake() {
+        // At 30 tenants, 1% is 1 tenant: the canary's size, so stage 1 has nobody to admit.
+        let stages: Vec<IntOrString> = ["1", "1%", "10%", "100%"]
+            .iter()
+            .map(|v| v.parse().map_or(IntOrString::String(v.to_string()), IntOrString::Int))
+            .collect();
+        let (bakes, admissions) = roll_in_stages(30, &stages);
+        assert_eq!(bakes, [(0, 1), (2, 3)], "the canary, then stage 2 (10%: 3 tenants); not stage 1");
+        assert!(admissions.iter().all(|(_, stage)| *stage != 1), "stage 1 admitted nobody: {admissions:?}");
     }
 
     #[test]
