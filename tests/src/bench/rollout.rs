@@ -15,14 +15,29 @@
 //! mean update time over M, plus a bake after every stage but the last. The mean is measured
 //! from the simulator's record of this run's UpdateStack operations, not assumed, so the bound
 //! follows the draws this run got.
+//!
+//! Then a second measured part, with the same controller and simulator: a revision that fails
+//! in stage 2 and is rolled back. The simulator fails UpdateStack with `Version` v3 for two
+//! tenants of stage 2 (picked by name: [`failing_positions`]), and the Baseline changes to v3
+//! with `onFailure: Rollback` (the same stages, M and B; `failureTolerance` at its default
+//! 0). The bench times the change to `status.rollout.phase` RolledBack and counts, from the
+//! simulator's record, the tenants v3 touched, those that failed, those updated back and
+//! those never touched. It fails unless every touched tenant runs v2 again, no tenant beyond
+//! the rollback's reach was updated, and never more than M UpdateStacks were in flight. A
+//! controller whose CRD does not declare `spec.rollout.onFailure` skips this part (`rollback`
+//! says so in the JSON).
 
 use std::{
     collections::BTreeMap,
+    ops::Range,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
-use kube::api::{Patch, PatchParams};
+use kube::{
+    ResourceExt as _,
+    api::{Patch, PatchParams},
+};
 use serde_json::{Value, json};
 use silo_testenv::{
     awssim::{StackOperation, most_in_flight},
@@ -42,6 +57,13 @@ const BASELINE: &str = "bench-rollout";
 const REGION: &str = "us-east-1";
 /// The change: `Version` from the first value to the second.
 const VERSIONS: [&str; 2] = ["v1", "v2"];
+/// The rollback part's change: `Version` v2 to this, which fails for two tenants of stage 2.
+const FAILING_VERSION: &str = "v3";
+/// Why the simulator fails their UpdateStack (CloudFormation then rolls the stack back).
+const FAILURE_REASON: &str = "quota of topics reached";
+/// How long the bench reads the tenants again after RolledBack before it says one is not
+/// back: a tenant's status may trail the Baseline's by a moment.
+const SETTLE: Duration = Duration::from_secs(120);
 /// Like the rollouts suite's: an SNS topic, and a parameter whose change is the new revision.
 const TEMPLATE: &str = "Parameters:
   TenantName: {Type: String}
@@ -95,14 +117,14 @@ fn baseline_doc(version: &str, stages: Option<&[Value]>, max_concurrent: usize, 
     doc
 }
 
-/// Whether the installed Baseline CRD declares `spec.rollout.stages` (the API server refuses
-/// an apply with a field its schema does not declare).
-async fn crd_declares_stages(client: &kube::Client) -> Result<bool> {
+/// Whether the installed Baseline CRD declares `spec.rollout.<field>` (`stages`, `onFailure`):
+/// the API server refuses an apply with a field its schema does not declare.
+async fn crd_declares(client: &kube::Client, field: &str) -> Result<bool> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crd = kube::Api::<CustomResourceDefinition>::all(client.clone()).get("baselines.silo.dev").await?;
     let spec = serde_json::to_value(&crd.spec)?;
     Ok(spec["versions"].as_array().into_iter().flatten().any(|version| {
-        !version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rollout"]["properties"]["stages"]
+        !version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rollout"]["properties"][field]
             .is_null()
     }))
 }
@@ -306,6 +328,109 @@ fn stats(mut values: Vec<f64>) -> Value {
     })
 }
 
+/// Which stage the rollback part's failure is in, and the positions (in name order) of the
+/// tenants whose update fails there: two of stage 2 (the stage after stage 1), its 4th and
+/// 5th tenants when it takes that many, else its last two, so that a small fleet still
+/// fails in stage 2 (N = 30 resolves the default stages to [1, 1, 3, 30]: stage 2 takes
+/// the 2nd and 3rd tenants, and both fail). When stage 2 takes nobody new, the next stage
+/// that does (stage 1 when there are only two stages); `None` when no stage after the canary
+/// takes anyone (N = 1).
+fn failing_positions(sizes: &[usize]) -> Option<(usize, Range<usize>)> {
+    let stage = (2..sizes.len()).chain(1..2.min(sizes.len())).find(|&i| sizes[i] > sizes[i - 1])?;
+    let (first, end) = (sizes[stage - 1], sizes[stage]);
+    let to = (first + 5).min(end);
+    Some((stage, to.saturating_sub(2).max(first)..to))
+}
+
+/// What the failing revision did to the fleet, tenant by tenant, from the simulator's record
+/// of UpdateStacks after its change. The record holds no parameters, but every tenant ran the
+/// last complete revision then, so its first UpdateStack is towards the failing revision and
+/// a later one is back.
+#[derive(Debug, Default, PartialEq)]
+struct Touched {
+    /// The tenants with an UpdateStack after the change, by name.
+    touched: Vec<String>,
+    /// Of them, those whose first UpdateStack failed (CloudFormation rolled it back).
+    failed: Vec<String>,
+    /// Of them, those updated again: back to the last complete revision.
+    sent_back: Vec<String>,
+    /// Of them, those updated more than there and back.
+    more_than_twice: Vec<String>,
+    /// The fleet's other tenants.
+    never: usize,
+}
+
+/// [`Touched`] from `updates` (UpdateStacks after the change, any order), the tenant of
+/// each account, and the fleet's size. An account no tenant reports is named by its id.
+fn touched(updates: &[&StackOperation], tenant_of: &BTreeMap<String, String>, fleet: usize) -> Touched {
+    let mut by_tenant: BTreeMap<String, Vec<&StackOperation>> = BTreeMap::new();
+    for op in updates {
+        let name = tenant_of.get(&op.account).cloned().unwrap_or_else(|| format!("account {}", op.account));
+        by_tenant.entry(name).or_default().push(op);
+    }
+    let mut out = Touched::default();
+    for (name, mut ops) in by_tenant {
+        ops.sort_by(|a, b| a.started.total_cmp(&b.started));
+        let result = ops[0].result.as_deref().unwrap_or_default();
+        if result.contains("ROLLBACK") || result.contains("FAILED") {
+            out.failed.push(name.clone());
+        }
+        if ops.len() >= 2 {
+            out.sent_back.push(name.clone());
+        }
+        if ops.len() > 2 {
+            out.more_than_twice.push(name.clone());
+        }
+        out.touched.push(name);
+    }
+    out.never = fleet.saturating_sub(out.touched.len());
+    out
+}
+
+/// Why a Tenant (its JSON, `status` included) is not back on the Baseline's `revision` with
+/// `Version` `version`: admitted to another revision, a stack on another revision or version,
+/// or not Ready. `None` when it is back.
+fn not_back(tenant: &Value, revision: &str, version: &str) -> Option<String> {
+    let status = &tenant["status"];
+    let baseline = &status["baseline"];
+    let admitted = baseline["admittedRevision"].as_str().unwrap_or("none");
+    if admitted != revision {
+        return Some(format!("admitted to revision {admitted}"));
+    }
+    let stacks = baseline["stacks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if stacks.is_empty() {
+        return Some("no stack in its status".into());
+    }
+    for stack in stacks {
+        let runs = stack["outputs"]["Version"].as_str().unwrap_or("none");
+        if runs != version || stack["revision"] != baseline["revision"] {
+            return Some(format!(
+                "its stack in {} runs Version {runs}, revision {} (the tenant's: {})",
+                stack["region"].as_str().unwrap_or("?"),
+                stack["revision"].as_str().unwrap_or("none"),
+                baseline["revision"].as_str().unwrap_or("none")
+            ));
+        }
+    }
+    let ready =
+        status["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+    (!ready).then(|| "not Ready".into())
+}
+
+/// The touched tenants a rollback should never have reached: past the stage the revision
+/// failed in (the first `stage_end` of `names`, which are in name order), or past the last
+/// tenant the Baseline's `status.rollout.rollback.through` says it sent back.
+fn beyond_reach<'a>(touched: &'a [String], names: &[String], stage_end: usize, through: Option<&str>) -> Vec<&'a str> {
+    touched
+        .iter()
+        .filter(|name| {
+            let past_stage = names.binary_search(name).map_or(true, |position| position >= stage_end);
+            past_stage || through.is_some_and(|last| name.as_str() > last)
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 impl Bench {
     pub async fn rollout(&mut self) -> Result<()> {
         let p = self.p.clone();
@@ -313,7 +438,7 @@ impl Bench {
         let (m, bake, s) = (p.rollout_max_concurrent, p.rollout_bake_seconds, p.rollout_stack_seconds);
         let stages = stages_json(&p.rollout_stages)?;
         let sizes = stage_sizes(&stages, n);
-        let declared = crd_declares_stages(&self.client).await?;
+        let declared = crd_declares(&self.client, "stages").await?;
         if !declared {
             eprintln!(
                 "silo-bench: rollout: the installed Baseline CRD has no spec.rollout.stages (a controller from before stages): the Baseline is applied without them"
@@ -411,7 +536,8 @@ impl Bench {
         };
         let d = Counters::read(&self.sim).await?.since(&before);
         let loadavg_end = setup::loadavg();
-        let usage = controller.stop();
+        // The controller goes on for the rollback part: its usage so far is the rollout's.
+        let usage = controller.usage();
         require_samples(&usage)?;
         eprintln!("silo-bench: rollout: revision {new_revision} Complete {took:.1} s after the change");
 
@@ -647,11 +773,316 @@ impl Bench {
             ],
             "vlines": [vline(bound_seconds, &format!("bound {bound_seconds:.0} s")), vline(took, &format!("Complete {took:.0} s"))],
         });
+
+        // The second part, with the same controller: a revision that fails in stage 2 is
+        // rolled back. Its results go into the JSON even when it fails.
+        let rollback = self.rollout_rollback(&mut controller, &sizes, applied_stages, &new_revision).await;
+        controller.stop();
+        results["rollback"] = match &rollback {
+            Ok(rollback) => rollback.clone(),
+            Err(err) => json!({"applicable": true, "error": format!("{err:#}")}),
+        };
         self.write(Scenario::Rollout, &args, results, plot_spec).await?;
         if peak > m {
             bail!("rollout: {peak} UpdateStacks were in flight at once, more than maxConcurrent {m}");
         }
+        let problems: Vec<String> = rollback?["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(String::from))
+            .collect();
+        if !problems.is_empty() {
+            bail!("rollout: the rollback of {FAILING_VERSION}: {}", problems.join("; "));
+        }
         Ok(())
+    }
+
+    /// The rollback part (see the module's doc): after `complete` (v2's revision) is Complete,
+    /// v3 fails for two tenants of stage 2 and is rolled back. Prints its table and summary
+    /// line, and returns its results, with the checks that failed as `problems`. Not
+    /// applicable when the installed CRD does not declare `spec.rollout.onFailure` (a
+    /// controller from before rollbacks) or no stage after the canary takes a tenant.
+    async fn rollout_rollback(
+        &mut self,
+        controller: &mut Controller,
+        sizes: &[usize],
+        stages: Option<&[Value]>,
+        complete: &str,
+    ) -> Result<Value> {
+        let p = self.p.clone();
+        let (n, m, bake) = (p.rollout_tenants, p.rollout_max_concurrent, p.rollout_bake_seconds);
+        let not_applicable = |why: &str| json!({"applicable": false, "note": why});
+        if !crd_declares(&self.client, "onFailure").await? {
+            let why =
+                "the installed CRD (the controller's own) does not declare spec.rollout.onFailure: no rollback part";
+            eprintln!("silo-bench: rollout: {why}");
+            self.summary.push(format!("rollout rollback: not applicable ({why})"));
+            return Ok(not_applicable(why));
+        }
+        let Some((stage, positions)) = failing_positions(sizes) else {
+            let why = "no stage after the canary takes a tenant of its own: no rollback part";
+            self.summary.push(format!("rollout rollback: not applicable ({why})"));
+            return Ok(not_applicable(why));
+        };
+        let names = fleet::names("ro", n);
+        let failing = names[positions.clone()].to_vec();
+        let rule = json!({
+            "operations": ["UpdateStack"],
+            "parameters": {"TenantName": format!("^({})$", failing.join("|")), "Version": format!("^{FAILING_VERSION}$")},
+            "reason": FAILURE_REASON,
+        });
+        self.sim.configure(json!({"stack_failures": [rule]})).await?;
+        eprintln!(
+            "silo-bench: rollout: changing {BASELINE} to {FAILING_VERSION} with onFailure Rollback; its UpdateStack fails for {} (stage {stage})",
+            failing.join(", ")
+        );
+
+        // The change.
+        let baselines = fleet::baselines(&self.client);
+        let usage_before = controller.usage();
+        let before = Counters::read(&self.sim).await?;
+        let t0 = wall_clock();
+        let started = Instant::now();
+        let mut doc = baseline_doc(FAILING_VERSION, stages, m, bake);
+        doc["spec"]["rollout"]["onFailure"] = json!("Rollback");
+        let patched = baselines.patch(BASELINE, &PatchParams::apply("silo-bench").force(), &Patch::Apply(&doc)).await?;
+        let generation = patched.metadata.generation.unwrap_or(0);
+
+        // Until RolledBack for the new revision; each change of the phase (or of how far the
+        // rollback sent tenants back) is kept.
+        let mut phases: Vec<Value> = vec![];
+        let mut rolling_back: Option<f64> = None;
+        let timeout = p.timeout(n).as_secs_f64();
+        let mut last_print = 0.0;
+        let (took, status) = loop {
+            controller.check()?;
+            let status = baselines.get(BASELINE).await?.data["status"].clone();
+            let t = started.elapsed().as_secs_f64();
+            let rollout = &status["rollout"];
+            let revision = status["revision"].as_str().unwrap_or_default();
+            let observed = status["observedGeneration"].as_i64().unwrap_or(0) >= generation;
+            let phase = rollout["phase"].as_str().unwrap_or("-");
+            let current = status["tenants"]["current"].as_u64().unwrap_or(0);
+            if observed
+                && !revision.is_empty()
+                && revision != complete
+                && rollout["revision"].as_str() == Some(revision)
+            {
+                let through = &rollout["rollback"]["through"];
+                if phases.last().is_none_or(|last| last[1] != phase || last[3] != *through) {
+                    phases.push(json!([t, phase, rollout["stage"], through, current]));
+                }
+                match phase {
+                    "RollingBack" => {
+                        rolling_back.get_or_insert(t);
+                    }
+                    "RolledBack" => break (t, status),
+                    "Complete" | "Halted" => bail!(
+                        "rollout: revision {revision} ({FAILING_VERSION}) is {phase}, not rolled back: the simulator was to fail its UpdateStack for {}; the Baseline's status: {status}",
+                        failing.join(", ")
+                    ),
+                    _ => {}
+                }
+            }
+            if t - last_print >= 15.0 {
+                eprintln!(
+                    "silo-bench: rollout: {t:.0} s after the {FAILING_VERSION} change: {revision} {phase}, {current}/{n} Tenants current"
+                );
+                last_print = t;
+            }
+            if t > timeout {
+                bail!(
+                    "rollout: {FAILING_VERSION} not RolledBack after {t:.0} s (BENCH_TIMEOUT_SECONDS); the Baseline's status: {status}; last lines of {}:\n{}",
+                    controller.log().display(),
+                    tail(&controller.log(), 30)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let d = Counters::read(&self.sim).await?.since(&before);
+        let cpu_seconds = controller.usage().cpu_seconds - usage_before.cpu_seconds;
+        let failing_revision = status["revision"].as_str().unwrap_or_default().to_string();
+        let rollback = status["rollout"]["rollback"].clone();
+        eprintln!(
+            "silo-bench: rollout: revision {failing_revision} ({FAILING_VERSION}) RolledBack {took:.1} s after the change"
+        );
+
+        // The simulator's record since the change: who was touched, who failed, who came back.
+        let ops: Vec<StackOperation> =
+            self.sim.stack_operations().await?.into_iter().filter(|op| op.started >= t0).collect();
+        let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+        for op in &ops {
+            *kinds.entry(op.operation.clone()).or_default() += 1;
+        }
+        let updates: Vec<&StackOperation> = ops.iter().filter(|op| op.operation == "UpdateStack").collect();
+        let peak = most_in_flight(&ops, "UpdateStack", t0);
+        // Every touched tenant back on v2, as its status reports its stacks (read again for up
+        // to SETTLE); every other one still admitted to v2 (v3 may admit a tenant that is sent
+        // back before it sends any update).
+        let deadline = Instant::now() + SETTLE;
+        let (counts, tenant_of, not_back_now) = loop {
+            let tenants = self.tenants().list(&Default::default()).await?.items;
+            let tenant_of: BTreeMap<String, String> = tenants
+                .iter()
+                .filter_map(|t| Some((t.data["status"]["accountId"].as_str()?.to_string(), t.name_any())))
+                .collect();
+            let counts = touched(&updates, &tenant_of, n);
+            // (name, touched, why not back)
+            let not_back_now: Vec<(String, bool, String)> = tenants
+                .iter()
+                .filter_map(|t| {
+                    let name = t.name_any();
+                    if counts.touched.contains(&name) {
+                        return Some((name, true, not_back(&t.data, complete, VERSIONS[1])?));
+                    }
+                    let admitted = t.data["status"]["baseline"]["admittedRevision"].as_str().unwrap_or("none");
+                    (admitted != complete)
+                        .then(|| (name, false, format!("never updated, admitted to revision {admitted}")))
+                })
+                .collect();
+            if not_back_now.is_empty() || Instant::now() > deadline {
+                break (counts, tenant_of, not_back_now);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let restored_by_cloudformation: Vec<&String> =
+            counts.failed.iter().filter(|name| !counts.sent_back.contains(name)).collect();
+        let through = rollback["through"].as_str();
+        let beyond = beyond_reach(&counts.touched, &names, sizes[stage], through);
+        let baseline_tenants = rollback["tenants"].as_u64();
+        let touched_back = counts.touched.len() - not_back_now.iter().filter(|(_, touched, _)| *touched).count();
+        let not_back_now: Vec<String> = not_back_now.iter().map(|(name, _, why)| format!("{name} ({why})")).collect();
+        let mut problems: Vec<String> = vec![];
+        if !not_back_now.is_empty() {
+            problems.push(format!(
+                "{} Tenants do not run {} (revision {complete}) again {} s after RolledBack: {}",
+                not_back_now.len(),
+                VERSIONS[1],
+                SETTLE.as_secs(),
+                not_back_now.join(", ")
+            ));
+        }
+        for (field, value) in
+            [("lastCompleteRevision", &status["lastCompleteRevision"]), ("rollout.rollback.to", &rollback["to"])]
+        {
+            if value.as_str() != Some(complete) {
+                problems.push(format!(
+                    "the Baseline's status.{field} is {value}, not {}'s revision {complete}",
+                    VERSIONS[1]
+                ));
+            }
+        }
+        if !beyond.is_empty() {
+            problems.push(format!(
+                "{} Tenants were updated beyond the rollback's reach (past stage {stage}, or past rollback.through {}): {}",
+                beyond.len(),
+                through.unwrap_or("-"),
+                beyond.join(", ")
+            ));
+        }
+        if peak > m {
+            problems.push(format!("{peak} UpdateStacks were in flight at once, more than maxConcurrent {m}"));
+        }
+
+        let mut table = Table::new(
+            format!(
+                "rollout: rollback of a revision failing in stage {stage} ({} -> {FAILING_VERSION} with onFailure Rollback; UpdateStack fails for {})",
+                VERSIONS[1],
+                failing.join(", ")
+            ),
+            &["", "value"],
+        );
+        table
+            .row(vec!["tenants touched (an UpdateStack after the change)".into(), counts.touched.len().to_string()])
+            .row(vec!["failed (UpdateStack rolled back by CloudFormation)".into(), counts.failed.len().to_string()])
+            .row(vec![format!("sent back (updated back to {})", VERSIONS[1]), counts.sent_back.len().to_string()])
+            .row(vec![
+                "failed, back by CloudFormation's rollback alone".into(),
+                restored_by_cloudformation.len().to_string(),
+            ])
+            .row(vec!["never touched".into(), counts.never.to_string()])
+            .row(vec![
+                "status.rollout.rollback.tenants (the Baseline's count)".into(),
+                baseline_tenants.map_or("-".into(), |t| t.to_string()),
+            ])
+            .row(vec![
+                format!("touched tenants on {} again", VERSIONS[1]),
+                format!("{touched_back} / {}", counts.touched.len()),
+            ])
+            .row(vec![
+                "time from the change to rollout phase RollingBack (s)".into(),
+                rolling_back.map_or("-".into(), |t| f(t, 1)),
+            ])
+            .row(vec!["time from the change to rollout phase RolledBack (s)".into(), f(took, 1)])
+            .row(vec!["UpdateStack operations".into(), updates.len().to_string()])
+            .row(vec![format!("peak UpdateStacks in flight (M = {m})"), peak.to_string()])
+            .row(vec!["cloudformation requests".into(), d.total("cloudformation").to_string()])
+            .row(vec!["CPU seconds of the controller".into(), f(cpu_seconds, 1)]);
+        println!("{}", table.render());
+        self.summary.push(format!(
+            "rollout rollback: {FAILING_VERSION} failing for {} of stage {stage}: RolledBack {took:.1} s after the change; {} tenants touched ({} failed, {} sent back), {} never touched, the Baseline counts {}; peak {peak} UpdateStacks in flight; {}",
+            failing.len(),
+            counts.touched.len(),
+            counts.failed.len(),
+            counts.sent_back.len(),
+            counts.never,
+            baseline_tenants.map_or("-".into(), |t| t.to_string()),
+            if problems.is_empty() { format!("every touched tenant on {} again", VERSIONS[1]) } else { "FAILED".into() },
+        ));
+
+        let mut results = json!({
+            "applicable": true,
+            "change": format!("parameters.Version {} -> {FAILING_VERSION} with spec.rollout.onFailure Rollback (failureTolerance at its default 0; stages, maxConcurrent and bakeSeconds as for the rollout)", VERSIONS[1]),
+            "failing_stage": stage,
+            "failing_stage_tenants": [sizes[stage - 1] + 1, sizes[stage]],
+            "failing_tenants": failing,
+            "failing_tenants_how": "two tenants of stage 2 by name: its 4th and 5th when it takes that many, else its last two (the next stage that takes anyone when stage 2 takes nobody new)",
+            "simulator_rule": rule,
+            "revision": failing_revision,
+            "back_to": complete,
+            "last_complete_revision": status["lastCompleteRevision"],
+            "measured_from": "just before the Baseline's server-side apply to the first read of status.rollout.phase RolledBack for the new revision (the status read every 250 ms)",
+            "time_to_rolling_back_seconds": rolling_back,
+            "time_to_rolled_back_seconds": took,
+            "tenants_touched": counts.touched.len(),
+            "tenants_failed": counts.failed.len(),
+            "tenants_sent_back": counts.sent_back.len(),
+            "tenants_failed_back_by_cloudformation_alone": restored_by_cloudformation.len(),
+            "tenants_never_touched": counts.never,
+            "tenants_updated_more_than_twice": counts.more_than_twice,
+            "baseline_rollback_tenants": baseline_tenants,
+            "baseline_rollback": rollback,
+            "baseline_failed": status["rollout"]["failed"],
+            "touched": counts.touched,
+            "failed": counts.failed,
+            "sent_back": counts.sent_back,
+            "how_counted": "from the simulator's record of UpdateStacks since the change (it holds no parameters): every tenant ran the last complete revision then, so a tenant's first UpdateStack is towards the failing revision and a later one is back; failed: the first ended in a CloudFormation rollback",
+            "not_back": not_back_now,
+            "beyond_reach": beyond,
+            "peak_update_stacks_in_flight": peak,
+            "max_concurrent": m,
+            "peak_within_max_concurrent": peak <= m,
+        });
+        // Apart: one json! of everything is beyond the macro's recursion limit.
+        results["update_stack_operations"] = json!({
+            "columns": ["seconds after the change it started", "seconds after the change it finished", "tenant", "result"],
+            "rows": updates.iter().map(|op| json!([op.started - t0, op.finished.map(|t| t - t0), tenant_of.get(&op.account).unwrap_or(&op.account), op.result])).collect::<Vec<_>>(),
+        });
+        results["stack_operations_by_kind"] = json!(kinds);
+        results["requests_by_operation"] = json!(d.requests);
+        results["throttled_by_operation"] = json!(d.throttled);
+        results["phases"] = json!(phases);
+        results["phases_columns"] = json!([
+            "seconds after the change",
+            "status.rollout.phase",
+            "status.rollout.stage",
+            "status.rollout.rollback.through",
+            "status.tenants.current"
+        ]);
+        results["controller_cpu_seconds"] = json!(cpu_seconds);
+        results["problems"] = json!(problems);
+        Ok(results)
     }
 
     /// `silo run`'s flags for making the fleet: the user's, with large budgets.
@@ -733,9 +1164,13 @@ impl Bench {
 mod tests {
     use serde_json::json;
 
+    use std::collections::BTreeMap;
+
+    use silo_testenv::awssim::StackOperation;
+
     use super::{
-        Sample, admission_lags, bound, current_lags, ideal_curve, mean_in_flight, quantile, stage_sizes,
-        starts_per_stretch, stretches,
+        Sample, admission_lags, beyond_reach, bound, current_lags, failing_positions, ideal_curve, mean_in_flight,
+        not_back, quantile, stage_sizes, starts_per_stretch, stretches, touched,
     };
 
     #[test]
@@ -807,6 +1242,103 @@ mod tests {
         assert_eq!(lags.len(), 2);
         // The third started 0.1 s after the status showed the first current; the fourth 4.2 s.
         assert!((lags[0] - 0.1).abs() < 1e-9 && (lags[1] - 4.2).abs() < 1e-9, "{lags:?}");
+    }
+
+    #[test]
+    fn the_failing_tenants_are_two_of_stage_2() {
+        let stages = [json!(1), json!("1%"), json!("10%"), json!("100%")];
+        // Stage 2 of 1,000 is the 11th to the 100th tenant: its 4th and 5th fail.
+        assert_eq!(failing_positions(&stage_sizes(&stages, 1000)), Some((2, 13..15)));
+        assert_eq!(failing_positions(&stage_sizes(&stages, 200)), Some((2, 5..7)));
+        // [1, 1, 3, 30]: stage 2 is the 2nd and 3rd tenants, its last two.
+        assert_eq!(failing_positions(&stage_sizes(&stages, 30)), Some((2, 1..3)));
+        // A stage 2 of one tenant: that one.
+        assert_eq!(failing_positions(&[1, 1, 2, 30]), Some((2, 1..2)));
+        // A stage 2 with nobody new: the next stage that has someone.
+        assert_eq!(failing_positions(&[1, 2, 2, 30]), Some((3, 5..7)));
+        // Two stages: the one after the canary.
+        assert_eq!(failing_positions(&stage_sizes(&[json!(5)], 30)), Some((1, 8..10)));
+        assert_eq!(failing_positions(&[1, 1]), None, "one tenant: nobody after the canary");
+    }
+
+    fn update(account: &str, started: f64, result: &str) -> StackOperation {
+        StackOperation {
+            account: account.into(),
+            region: "us-east-1".into(),
+            stack_name: "silo-baseline".into(),
+            operation: "UpdateStack".into(),
+            started,
+            finished: Some(started + 1.0),
+            result: Some(result.into()),
+        }
+    }
+
+    #[test]
+    fn the_first_update_is_there_and_a_later_one_back() {
+        let tenant_of: BTreeMap<String, String> =
+            [("111", "ro-00001"), ("222", "ro-00002"), ("333", "ro-00003"), ("444", "ro-00004")]
+                .into_iter()
+                .map(|(a, n)| (a.to_string(), n.to_string()))
+                .collect();
+        let ops = [
+            update("222", 5.0, "UPDATE_ROLLBACK_COMPLETE"),
+            update("111", 4.0, "UPDATE_COMPLETE"), // out of order: sorted by start
+            update("111", 1.0, "UPDATE_COMPLETE"),
+            update("333", 5.0, "UPDATE_ROLLBACK_COMPLETE"),
+            update("333", 9.0, "UPDATE_COMPLETE"),
+            update("444", 2.0, "UPDATE_COMPLETE"),
+            update("444", 3.0, "UPDATE_COMPLETE"),
+            update("444", 8.0, "UPDATE_COMPLETE"),
+        ];
+        let refs: Vec<&StackOperation> = ops.iter().collect();
+        let counts = touched(&refs, &tenant_of, 30);
+        assert_eq!(counts.touched, ["ro-00001", "ro-00002", "ro-00003", "ro-00004"]);
+        assert_eq!(counts.failed, ["ro-00002", "ro-00003"]);
+        assert_eq!(counts.sent_back, ["ro-00001", "ro-00003", "ro-00004"]);
+        assert_eq!(counts.more_than_twice, ["ro-00004"]);
+        assert_eq!(counts.never, 26);
+        // A later update that failed does not make the tenant a failed one: only its first.
+        let ops = [update("111", 1.0, "UPDATE_COMPLETE"), update("111", 2.0, "UPDATE_ROLLBACK_COMPLETE")];
+        let refs: Vec<&StackOperation> = ops.iter().collect();
+        assert!(touched(&refs, &tenant_of, 4).failed.is_empty());
+        // An account no tenant reports is named by its id.
+        let ops = [update("999", 1.0, "UPDATE_COMPLETE")];
+        let refs: Vec<&StackOperation> = ops.iter().collect();
+        assert_eq!(touched(&refs, &tenant_of, 4).touched, ["account 999"]);
+    }
+
+    #[test]
+    fn a_tenant_is_back_when_admitted_to_and_running_the_revision_and_ready() {
+        let tenant = |admitted: &str, version: &str, stack_revision: &str, ready: &str| {
+            json!({"status": {
+                "baseline": {
+                    "admittedRevision": admitted,
+                    "revision": "t-v2",
+                    "stacks": [{"region": "us-east-1", "revision": stack_revision, "outputs": {"Version": version}}],
+                },
+                "conditions": [{"type": "Ready", "status": ready}],
+            }})
+        };
+        assert_eq!(not_back(&tenant("r2", "v2", "t-v2", "True"), "r2", "v2"), None);
+        let why = |t: serde_json::Value| not_back(&t, "r2", "v2").unwrap_or_default();
+        assert!(why(tenant("r3", "v2", "t-v2", "True")).contains("admitted to revision r3"));
+        assert!(why(tenant("r2", "v3", "t-v2", "True")).contains("runs Version v3"));
+        assert!(why(tenant("r2", "v2", "t-v3", "True")).contains("revision t-v3"));
+        assert_eq!(why(tenant("r2", "v2", "t-v2", "False")), "not Ready");
+        assert_eq!(why(json!({"status": {"baseline": {"admittedRevision": "r2"}}})), "no stack in its status");
+        assert!(why(json!({})).contains("admitted to revision none"));
+    }
+
+    #[test]
+    fn beyond_reach_is_past_the_failing_stage_or_rollback_through() {
+        let names: Vec<String> = (1..=30).map(|i| format!("ro-{i:05}")).collect();
+        let touched: Vec<String> = ["ro-00001", "ro-00002", "ro-00003"].map(String::from).to_vec();
+        assert!(beyond_reach(&touched, &names, 3, Some("ro-00003")).is_empty());
+        assert!(beyond_reach(&touched, &names, 3, None).is_empty());
+        assert_eq!(beyond_reach(&touched, &names, 2, Some("ro-00003")), ["ro-00003"], "past the stage");
+        assert_eq!(beyond_reach(&touched, &names, 3, Some("ro-00002")), ["ro-00003"], "past through");
+        let stranger = vec!["account 999".to_string()];
+        assert_eq!(beyond_reach(&stranger, &names, 3, None), ["account 999"], "not a tenant of the fleet");
     }
 
     #[test]
