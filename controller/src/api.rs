@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the tenant is (not) ready"),
     printcolumn(name = "OU", type_ = "string", json_path = ".spec.organizationalUnit", description = "Requested organizational unit"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    selectable = ".spec.organization",
     validation = Rule::new("size(self.metadata.name) <= 50 || has(self.spec.accountName)")
         .message("metadata.name is longer than 50 characters, the most an AWS account name may have: set spec.accountName")
         .field_path(".spec.accountName"),
@@ -49,9 +50,19 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("!has(oldSelf.accountId) || (has(self.accountId) && self.accountId == oldSelf.accountId)")
         .message("spec.accountId cannot change once set: create a new Tenant to adopt another account")
         .field_path(".accountId"),
+    validation = Rule::new(ORGANIZATION_IMMUTABLE)
+        .message("spec.organization cannot change: a Tenant stays in the organization it was created in (an AWS account moves between organizations only by leaving one and accepting the other's invitation); create a new Tenant")
+        .field_path(".organization"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
+    /// The Organization (silo.dev) whose AWS organization holds this tenant's account. Empty:
+    /// the default organization, the one the controller's flags describe. Cannot change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(ORGANIZATION_NAME).message(ORGANIZATION_NAME_MESSAGE))]
+    pub organization: Option<String>,
+
     /// Name of the AWS account: 1 to 50 printable ASCII characters. Defaults to metadata.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 50))]
@@ -884,10 +895,23 @@ pub struct PreviewReport {
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         description = "Why the pool is (not) full"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    selectable = ".spec.organization"
+)]
+#[x_kube(
+    validation = Rule::new(ORGANIZATION_IMMUTABLE)
+        .message("spec.organization cannot change: the pool's accounts belong to the organization they were created in; create a new AccountPool")
+        .field_path(".organization"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AccountPoolSpec {
+    /// The Organization (silo.dev) the pool creates its accounts in; only Tenants of the same
+    /// organization take them. Empty: the default organization. Cannot change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(ORGANIZATION_NAME).message(ORGANIZATION_NAME_MESSAGE))]
+    pub organization: Option<String>,
+
     /// How many ready accounts to keep, 0 to 100. Shrinking the pool closes nothing: accounts
     /// beyond the size stay ready, tagged as the pool's.
     #[schemars(range(max = 100))]
@@ -1008,9 +1032,162 @@ pub struct PoolCreation {
     pub baseline: Option<String>,
 }
 
+/// `spec.organization` of a Tenant or AccountPool: an Organization's name.
+const ORGANIZATION_NAME: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+const ORGANIZATION_NAME_MESSAGE: &str =
+    "spec.organization must be the name of an Organization: lowercase letters, digits and '-', starting and ending with a letter or digit";
+/// `spec.organization` is set at creation or never, and never changes.
+const ORGANIZATION_IMMUTABLE: &str =
+    "has(self.organization) == has(oldSelf.organization) && (!has(self.organization) || self.organization == oldSelf.organization)";
+
+/// One AWS organization Silo vends accounts in: how to reach its management account, its
+/// quotas as Silo should respect them, and where tenant accounts may go.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "silo.dev",
+    version = "v1alpha1",
+    kind = "Organization",
+    plural = "organizations",
+    shortname = "org",
+    status = "OrganizationStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "An Organization is one AWS organization Silo creates and adopts tenant accounts in: the management role to assume, the budgets and creation slots Silo keeps to within its quotas, where tenant accounts may go, and closure settings. Tenants and AccountPools name it in spec.organization; the controller's flags describe the default one, which Tenants without spec.organization use.",
+    printcolumn(name = "Members", type_ = "integer", json_path = ".status.members", description = "Accounts in the organization"),
+    printcolumn(name = "Limit", type_ = "integer", json_path = ".status.accountLimit", description = "The organization's account quota, when known"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader", description = "The replica acting for this organization"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether Silo reaches the management account and acts for the organization"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationSpec {
+    /// The role in the organization's management account Silo assumes for Organizations and
+    /// Account Management requests, and from which it assumes tenant roles.
+    #[schemars(length(min = 20, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$')")
+            .message("spec.managementRoleArn must be an IAM role ARN like arn:aws:iam::111122223333:role/silo-management"),
+    )]
+    pub management_role_arn: String,
+
+    /// A Secret holding the external id the management role's trust policy requires, in the
+    /// controller's external-id namespace (--external-id-namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<SecretKeyRef>,
+
+    /// The Region of Silo's requests for this organization (CloudFormation stacks default to
+    /// it). Default: the controller's Region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]{2}(-[a-z]+)+-[0-9]+$')").message("spec.region must be an AWS Region like eu-west-1"))]
+    pub region: Option<String>,
+
+    /// OUs (paths like /Tenants, or ids) tenant accounts of this organization may be placed
+    /// in, with everything below them. Empty: anywhere but the root.
+    #[serde(default, rename = "tenantOURoots", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), extend("items" = {"type": "string", "minLength": 1, "maxLength": 1024}))]
+    #[x_kube(
+        validation = Rule::new("self.all(r, r.matches('^ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}$') || r.matches('^(/[^/]{1,128}){1,5}$'))")
+            .message("spec.tenantOURoots entries must be OU ids like ou-ab12-cdef3456 or paths of 1 to 5 OU names from the root like /Tenants"),
+    )]
+    pub tenant_ou_roots: Vec<String>,
+
+    /// The organization's account quota ("Default maximum number of accounts" in Service
+    /// Quotas): AccountPool refills stop poolAccountHeadroom accounts short of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub account_limit: Option<u32>,
+
+    /// Request budgets and creation slots; each field left out takes the controller's flag.
+    #[serde(default)]
+    pub budgets: OrganizationBudgets,
+
+    /// Closing the accounts of deleted Tenants whose deletionPolicy is Close.
+    #[serde(default)]
+    pub closure: ClosureSpec,
+
+    /// Alternate contacts every tenant account of this organization gets where its
+    /// spec.contacts sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_contacts: Option<AlternateContacts>,
+}
+
+/// What Silo may ask of one organization's AWS quotas; each left out takes the flag's value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationBudgets {
+    /// AWS Organizations requests started per second (--aws-requests-per-second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub organizations_requests_per_second: Option<u32>,
+    /// AWS Organizations requests in flight at once (--aws-max-in-flight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub organizations_max_in_flight: Option<u32>,
+    /// STS requests started per second (--sts-requests-per-second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub sts_requests_per_second: Option<u32>,
+    /// CreateAccount requests AWS runs at once (--max-concurrent-creations; AWS's quota is 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub creation_slots: Option<u32>,
+}
+
+/// Closure settings of one organization.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosureSpec {
+    /// Close the accounts of deleted Tenants whose deletionPolicy is Close
+    /// (--allow-account-closure). Default false: such Tenants wait, nothing is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    /// Close at most this many accounts in any 24 hours (--max-account-closures-per-day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_per_day: Option<u32>,
+}
+
+/// What Silo knows of one organization.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationStatus {
+    /// Accounts in the organization, from Silo's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
+    /// spec.accountLimit, or the flag's, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_limit: Option<u32>,
+    /// When the index last read the whole organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_refreshed_time: Option<String>,
+    /// CreateAccount requests in flight, and Tenants or pools waiting for a slot.
+    #[serde(default)]
+    pub creations: CreationQueueStatus,
+    /// Accounts closed in the last 24 hours, against spec.closure.maxPerDay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_last_day: Option<u32>,
+    /// The replica acting for the organization (its Lease's holder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling, Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// An organization's creation queue.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreationQueueStatus {
+    pub in_flight: u32,
+    pub waiting: u32,
+}
+
 /// Every CRD Silo owns, in the order `silo crd` prints them.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![Tenant::crd(), Baseline::crd(), AccountPool::crd()]
+    vec![Tenant::crd(), Baseline::crd(), AccountPool::crd(), Organization::crd()]
 }
 
 /// The YAML `silo crd` prints: every CRD, as one multi-document stream.

@@ -514,3 +514,96 @@ async fn invalid_account_pools_are_refused_and_valid_ones_accepted() {
     let failures = judge(&api, &refused, &valid).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A Tenant or an AccountPool stays in the organization it was created in, and each
+/// organization's objects can be listed alone (the controller watches them that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_and_pools_cannot_move_between_organizations() {
+    let case = test_case().await;
+    let tenants = raw_tenants(&case);
+    let gvk = GroupVersionKind::gvk("silo.dev", "v1alpha1", "AccountPool");
+    let pools: Api<DynamicObject> =
+        Api::all_with(case.client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "accountpools"));
+    let pool_spec = |organization: Value| json!({"size": 1, "organizationalUnit": "/Tenants/Pool", "emailTemplate": "aws+p-{index}@example.com", "organization": organization});
+    tenants.create(&PostParams::default(), &tenant("in-prod", json!({"organization": "prod"}))).await.unwrap();
+    tenants.create(&PostParams::default(), &tenant("in-default", json!({}))).await.unwrap();
+    pools.create(&PostParams::default(), &pool("prod-pool", pool_spec(json!("prod")))).await.unwrap();
+
+    let moves = [
+        (&tenants, "in-prod", json!({"spec": {"organization": "staging"}}), "moved to another organization"),
+        (&tenants, "in-prod", json!({"spec": {"organization": null}}), "moved to the default organization"),
+        (&tenants, "in-default", json!({"spec": {"organization": "prod"}}), "moved from the default organization"),
+        (&pools, "prod-pool", json!({"spec": {"organization": "staging"}}), "a pool moved"),
+    ];
+    for (api, name, patch, what) in moves {
+        match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(kube::Error::Api(status)) => {
+                assert!(status.message.contains("spec.organization cannot change"), "{what}: {:?}", status.message)
+            }
+            Err(other) => panic!("{what}: {other}"),
+        }
+    }
+    let refused = [(
+        "an organization name with capitals",
+        tenant("t-org", json!({"organization": "Prod"})),
+        "spec.organization must be the name of an Organization",
+    )];
+    let failures = judge(&tenants, &refused, &tenant("t-ok", json!({"organization": "eu-payer-2"}))).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The field selector the controller's watches use: an organization's Tenants, and the
+    // default organization's (no spec.organization reads as the empty value).
+    let names = |list: kube::core::ObjectList<DynamicObject>| -> Vec<String> {
+        list.items.into_iter().filter_map(|o| o.metadata.name).collect()
+    };
+    let of = |selector: &str| kube::api::ListParams::default().fields(selector).to_owned();
+    assert_eq!(names(tenants.list(&of("spec.organization=prod")).await.unwrap()), ["in-prod"]);
+    assert_eq!(names(tenants.list(&of("spec.organization=")).await.unwrap()), ["in-default"]);
+    assert_eq!(names(pools.list(&of("spec.organization=prod")).await.unwrap()), ["prod-pool"]);
+}
+
+fn organization(name: &str, spec: Value) -> DynamicObject {
+    object("Organization", name, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_organizations_are_refused_and_valid_ones_accepted() {
+    let case = test_case().await;
+    let gvk = GroupVersionKind::gvk("silo.dev", "v1alpha1", "Organization");
+    let api: Api<DynamicObject> =
+        Api::all_with(case.client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "organizations"));
+    let role = "arn:aws:iam::111122223333:role/silo-management";
+    let refused = [
+        ("no management role", organization("o1", json!({})), "managementRoleArn: Required value"),
+        (
+            "a user rather than a role",
+            organization("o2", json!({"managementRoleArn": "arn:aws:iam::111122223333:user/silo"})),
+            "spec.managementRoleArn must be an IAM role ARN",
+        ),
+        (
+            "a region that is none",
+            organization("o3", json!({"managementRoleArn": role, "region": "europe-west"})),
+            "spec.region must be an AWS Region",
+        ),
+        (
+            "the root as a tenant OU root",
+            organization("o4", json!({"managementRoleArn": role, "tenantOURoots": ["/"]})),
+            "spec.tenantOURoots entries must be OU ids",
+        ),
+        (
+            "no creation slot",
+            organization("o5", json!({"managementRoleArn": role, "budgets": {"creationSlots": 0}})),
+            "should be greater than or equal to 1",
+        ),
+    ];
+    let valid = organization(
+        "eu-payer",
+        json!({"managementRoleArn": role, "externalId": {"name": "eu-payer", "key": "id"}, "region": "eu-west-1",
+               "tenantOURoots": ["/Tenants", "ou-ab12-cdef3456"], "accountLimit": 5000,
+               "budgets": {"organizationsRequestsPerSecond": 10, "creationSlots": 5},
+               "closure": {"allowed": true, "maxPerDay": 10}}),
+    );
+    let failures = judge(&api, &refused, &valid).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
