@@ -1034,11 +1034,9 @@ pub struct PoolCreation {
 
 /// `spec.organization` of a Tenant or AccountPool: an Organization's name.
 const ORGANIZATION_NAME: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
-const ORGANIZATION_NAME_MESSAGE: &str =
-    "spec.organization must be the name of an Organization: lowercase letters, digits and '-', starting and ending with a letter or digit";
+const ORGANIZATION_NAME_MESSAGE: &str = "spec.organization must be the name of an Organization: lowercase letters, digits and '-', starting and ending with a letter or digit";
 /// `spec.organization` is set at creation or never, and never changes.
-const ORGANIZATION_IMMUTABLE: &str =
-    "has(self.organization) == has(oldSelf.organization) && (!has(self.organization) || self.organization == oldSelf.organization)";
+const ORGANIZATION_IMMUTABLE: &str = "has(self.organization) == has(oldSelf.organization) && (!has(self.organization) || self.organization == oldSelf.organization)";
 
 /// One AWS organization Silo vends accounts in: how to reach its management account, its
 /// quotas as Silo should respect them, and where tenant accounts may go.
@@ -1053,10 +1051,30 @@ const ORGANIZATION_IMMUTABLE: &str =
     derive = "PartialEq",
     derive = "Default",
     doc = "An Organization is one AWS organization Silo creates and adopts tenant accounts in: the management role to assume, the budgets and creation slots Silo keeps to within its quotas, where tenant accounts may go, and closure settings. Tenants and AccountPools name it in spec.organization; the controller's flags describe the default one, which Tenants without spec.organization use.",
-    printcolumn(name = "Members", type_ = "integer", json_path = ".status.members", description = "Accounts in the organization"),
-    printcolumn(name = "Limit", type_ = "integer", json_path = ".status.accountLimit", description = "The organization's account quota, when known"),
-    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader", description = "The replica acting for this organization"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether Silo reaches the management account and acts for the organization"),
+    printcolumn(
+        name = "Members",
+        type_ = "integer",
+        json_path = ".status.members",
+        description = "Accounts in the organization"
+    ),
+    printcolumn(
+        name = "Limit",
+        type_ = "integer",
+        json_path = ".status.accountLimit",
+        description = "The organization's account quota, when known"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.leader",
+        description = "The replica acting for this organization"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether Silo reaches the management account and acts for the organization"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

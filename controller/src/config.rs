@@ -7,8 +7,10 @@
 
 use std::{num::NonZeroU32, time::Duration};
 
+use kube::ResourceExt;
+
 use crate::{
-    api::{AlternateContacts, Contact, ContactKind},
+    api::{AlternateContacts, Contact, ContactKind, Organization},
     aws::{AwsConfig, BudgetLimits},
     telemetry::LogFormat,
 };
@@ -188,6 +190,50 @@ pub struct Config {
     pub external_id_namespace: String,
     /// Alternate contacts for every tenant account, by kind, where `spec.contacts` sets none.
     pub default_contacts: crate::api::AlternateContacts,
+    /// The Organization (silo.dev) these controllers act for; `None`: the default
+    /// organization, which the flags describe and Tenants without `spec.organization` use.
+    pub organization: Option<String>,
+}
+
+impl Config {
+    /// The configuration of the controllers acting for `organization`: its spec where it says
+    /// something, the flags' values (`self`, `aws`) where it does not. `external_id`: the
+    /// management role's external id, read from the Secret the spec names. Pure.
+    pub fn for_organization(
+        &self,
+        aws: &AwsConfig,
+        organization: &Organization,
+        external_id: Option<String>,
+    ) -> (Config, AwsConfig) {
+        let spec = &organization.spec;
+        let budgets = &spec.budgets;
+        let rate = |value: Option<u32>, flag: NonZeroU32| value.and_then(NonZeroU32::new).unwrap_or(flag);
+        let config = Config {
+            organization: Some(organization.name_any()),
+            tenant_ou_roots: spec.tenant_ou_roots.clone(),
+            account_limit: spec.account_limit.or(self.account_limit),
+            creation_slots: budgets.creation_slots.map_or(self.creation_slots, |n| n.max(1) as usize),
+            allow_account_closure: spec.closure.allowed.unwrap_or(self.allow_account_closure),
+            max_account_closures_per_day: spec.closure.max_per_day.unwrap_or(self.max_account_closures_per_day),
+            default_contacts: spec.default_contacts.clone().unwrap_or_else(|| self.default_contacts.clone()),
+            ..self.clone()
+        };
+        let aws = AwsConfig {
+            limits: BudgetLimits {
+                requests_per_second: rate(budgets.organizations_requests_per_second, aws.limits.requests_per_second),
+                max_in_flight: budgets.organizations_max_in_flight.map_or(aws.limits.max_in_flight, |n| n as usize),
+            },
+            sts_limits: BudgetLimits {
+                requests_per_second: rate(budgets.sts_requests_per_second, aws.sts_limits.requests_per_second),
+                ..aws.sts_limits
+            },
+            management_role_arn: Some(spec.management_role_arn.clone()),
+            management_external_id: external_id,
+            region: spec.region.clone().or_else(|| aws.region.clone()),
+            ..aws.clone()
+        };
+        (config, aws)
+    }
 }
 
 impl RunArgs {
@@ -213,6 +259,7 @@ impl RunArgs {
                 Some(path) => read_default_contacts(path)?,
                 None => Default::default(),
             },
+            organization: None,
         })
     }
 
@@ -234,6 +281,8 @@ impl RunArgs {
                 ..defaults.account_limits
             },
             management_role_arn: self.management_role_arn.clone(),
+            management_external_id: None,
+            region: None,
             tag_sessions: self.session_tags,
         }
     }
@@ -268,4 +317,62 @@ fn check_contact(contact: &Contact) -> anyhow::Result<()> {
     let (local, domain) = contact.email.split_once('@').unwrap_or_default();
     anyhow::ensure!(!local.is_empty() && domain.contains('.'), "email must look like name@example.com");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ClosureSpec, OrganizationBudgets, OrganizationSpec};
+
+    #[derive(clap::Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn flags() -> (Config, AwsConfig) {
+        let run = <Run as clap::Parser>::parse_from(["silo", "--tenant-ou-root", "/Tenants", "--account-limit", "10"]);
+        (run.args.config().unwrap(), run.args.aws())
+    }
+
+    #[test]
+    fn an_organization_takes_its_spec_where_it_says_something_and_the_flags_elsewhere() {
+        let (config, aws) = flags();
+        let bare = Organization::new(
+            "eu",
+            OrganizationSpec { management_role_arn: "arn:aws:iam::111122223333:role/m".into(), ..Default::default() },
+        );
+        let (c, a) = config.for_organization(&aws, &bare, None);
+        assert_eq!(c.organization.as_deref(), Some("eu"));
+        assert_eq!((c.creation_slots, c.account_limit, c.allow_account_closure), (5, Some(10), false), "the flags'");
+        assert!(c.tenant_ou_roots.is_empty(), "OU roots are the organization's own: the flags' name another's OUs");
+        assert_eq!(a.management_role_arn.as_deref(), Some("arn:aws:iam::111122223333:role/m"));
+        assert_eq!((a.limits.requests_per_second.get(), a.limits.max_in_flight), (10, 8));
+
+        let full = Organization::new(
+            "us",
+            OrganizationSpec {
+                management_role_arn: "arn:aws:iam::444455556666:role/m".into(),
+                region: Some("us-west-2".into()),
+                tenant_ou_roots: vec!["/Customers".into()],
+                account_limit: Some(5000),
+                budgets: OrganizationBudgets {
+                    organizations_requests_per_second: Some(3),
+                    organizations_max_in_flight: Some(2),
+                    sts_requests_per_second: Some(7),
+                    creation_slots: Some(2),
+                },
+                closure: ClosureSpec { allowed: Some(true), max_per_day: Some(1) },
+                ..Default::default()
+            },
+        );
+        let (c, a) = config.for_organization(&aws, &full, Some("secret".into()));
+        assert_eq!(c.tenant_ou_roots, ["/Customers"]);
+        assert_eq!((c.creation_slots, c.account_limit), (2, Some(5000)));
+        assert_eq!((c.allow_account_closure, c.max_account_closures_per_day), (true, 1));
+        assert_eq!((a.limits.requests_per_second.get(), a.limits.max_in_flight), (3, 2));
+        assert_eq!(a.sts_limits.requests_per_second.get(), 7);
+        assert_eq!((a.region.as_deref(), a.management_external_id.as_deref()), (Some("us-west-2"), Some("secret")));
+        assert_eq!(c.namespace, config.namespace, "what is not the organization's stays the flags'");
+    }
 }

@@ -309,6 +309,7 @@ impl TestCase {
             namespace: CONTROLLER_NAMESPACE.into(),
             external_id_namespace: EXTERNAL_ID_NAMESPACE.into(),
             default_contacts: Default::default(),
+            organization: None,
         }
     }
 

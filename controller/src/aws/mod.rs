@@ -70,6 +70,10 @@ pub struct AwsConfig {
     pub account_limits: BudgetLimits,
     /// A role in the management account to assume first (`--management-role-arn`).
     pub management_role_arn: Option<String>,
+    /// The external id the management role's trust policy requires, if any.
+    pub management_external_id: Option<String>,
+    /// The Region of the management clients; `None`: the environment's, else us-east-1.
+    pub region: Option<String>,
     /// Tag tenant sessions with the tenant (needs sts:TagSession in the role's trust policy,
     /// which OrganizationAccountAccessRole does not allow: off by default).
     pub tag_sessions: bool,
@@ -88,6 +92,8 @@ impl AwsConfig {
             cloudformation_limits: limits(5, 32),
             account_limits: limits(5, 4),
             management_role_arn: None,
+            management_external_id: None,
+            region: None,
             tag_sessions: false,
         }
     }
@@ -112,12 +118,18 @@ impl Aws {
     /// Loads the standard AWS configuration from the environment, then assumes the
     /// management role when one is given.
     pub async fn from_env(aws: &AwsConfig) -> Self {
-        let region =
-            aws_config::meta::region::RegionProviderChain::default_provider().or_else(Region::new(DEFAULT_REGION));
+        let region = match &aws.region {
+            Some(region) => aws_config::meta::region::RegionProviderChain::first_try(Region::new(region.clone())),
+            None => aws_config::meta::region::RegionProviderChain::default_provider(),
+        }
+        .or_else(Region::new(DEFAULT_REGION));
         let mut config = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
         if let Some(role) = &aws.management_role_arn {
-            let provider =
-                AssumeRoleProvider::builder(role).session_name("silo-controller").configure(&config).build().await;
+            let mut builder = AssumeRoleProvider::builder(role).session_name("silo-controller");
+            if let Some(external_id) = &aws.management_external_id {
+                builder = builder.external_id(external_id);
+            }
+            let provider = builder.configure(&config).build().await;
             config = config
                 .into_builder()
                 .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
