@@ -1040,6 +1040,7 @@ const ORGANIZATION_IMMUTABLE: &str = "has(self.organization) == has(oldSelf.orga
 
 /// One AWS organization Silo vends accounts in: how to reach its management account, its
 /// quotas as Silo should respect them, and where tenant accounts may go.
+#[allow(clippy::duplicated_attributes)] // printer columns of one type look alike to clippy
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "silo.dev",
