@@ -18,6 +18,8 @@
 //! Everything lives exactly as long as the Tenant controller: when it stops (shutdown, or a
 //! lost Lease), the organization and the gauges stop with it.
 
+pub mod router;
+
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
