@@ -5,18 +5,20 @@
 //! clients, waits for the leader Lease and hands its write fence to the AWS clients, then runs
 //! [`controllers`] until a signal arrives or the Lease is lost.
 //!
-//! [`controllers`] builds what the controllers share and runs, side by side:
-//! - the Tenant watch and the Baseline revision watch (one cache each, read by both
-//!   controllers);
-//! - the [`Organization`] (index, creation slots, Organizations budget), which wakes tenants;
-//! - the Tenant controller ([`tenant::controller`]), the Baseline controller
-//!   ([`baseline::controller::run`]) and the AccountPool controller
-//!   ([`pool::controller::run`]);
-//! - the fleet gauges ([`tenant::publish_fleet`]) and the orphan gauge
-//!   ([`takeover::orphans::publish`]).
+//! [`controllers`] builds what every organization shares and runs, side by side:
+//! - the Tenant watch and the Baseline revision watch (one cache each, read by every
+//!   controller), and the Baseline controller ([`baseline::controller::run`]), which counts
+//!   every Tenant;
+//! - the [`router`], which sends each Tenant's changes and wakes (a rollout admitted it, its
+//!   Baseline's spec changed, its organization freed a creation slot) to the controllers of
+//!   its organization only;
+//! - [`organization`] for the default organization: the [`Organization`] (index, creation
+//!   slots, Organizations budget), the Tenant controller ([`tenant::controller`]), the
+//!   AccountPool controller ([`pool::controller::run`]), the fleet gauges
+//!   ([`tenant::publish_fleet`]) and the orphan gauge ([`takeover::orphans::publish`]).
 //!
-//! Everything lives exactly as long as the Tenant controller: when it stops (shutdown, or a
-//! lost Lease), the organization and the gauges stop with it.
+//! An organization's parts live exactly as long as its Tenant controller: when it stops
+//! (shutdown, or a lost Lease), its engine and gauges stop with it.
 
 pub mod router;
 
@@ -24,16 +26,16 @@ use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     runtime::{
         PredicateConfig, WatchStreamExt,
         events::{Recorder, Reporter},
         predicates,
-        reflector::{self, ObjectRef},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     api::Baseline,
@@ -43,7 +45,9 @@ use crate::{
     leader::Leadership,
     metrics::{self, METRICS, Readiness},
     org::{OrgConfig, Organization},
-    pool, preflight, takeover, telemetry,
+    pool, preflight,
+    run::router::{Feed, Router},
+    takeover, telemetry,
     tenant::{self, Context, closure::ClosureLedger},
 };
 
@@ -102,20 +106,27 @@ pub async fn controllers(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
+    // What every organization shares: the Tenant, Baseline and revision caches, and the
+    // Baseline controller, which counts every Tenant.
     let (recount, recounts) = futures::channel::mpsc::unbounded();
     let (tenants, tenant_changes) = tenant::watch(&client, baseline::recount::Asks::new(recount));
+    let router = Router::new(tenants.clone());
     let (revisions, revision_changes) = baseline::controller::watch_revisions(&client, &config.namespace);
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    let (pools, pool_changes) = pool::controller::watch(&client);
-    let pools_ready = caches::Ready::of(&pools);
-    let (pool_wake, pools_woken) = futures::channel::mpsc::unbounded();
+    let (baseline_store, baseline_writer) = reflector::store();
+    let baseline_changes = watcher(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(baseline_writer)
+        .applied_objects()
+        // A Baseline's status writes change no stack: only its spec matters to tenants.
+        .predicate_filter(predicates::generation, PredicateConfig::default());
     let shared = baseline::controller::Shared {
         tenants_ready: caches::Ready::of(&tenants),
         revisions_ready: caches::Ready::of(&revisions),
         tenants: tenants.clone(),
         revisions,
         rollouts: Arc::default(),
-        wake: wake.clone(),
+        wake,
     };
     let baselines = baseline::controller::run(
         client.clone(),
@@ -126,24 +137,71 @@ pub async fn controllers(
         shutdown.clone(),
     );
 
+    // Each Tenant's changes, the rollout's wakes and its Baseline's spec changes reach the
+    // controllers of its organization only.
+    let route_changes = tenant_changes.take_until(shutdown.clone()).for_each(|change| {
+        match change {
+            Ok(tenant) => router.changed(tenant),
+            Err(err) => warn!(%err, "the Tenant watch failed; it retries"),
+        }
+        futures::future::ready(())
+    });
+    let route_wakes = woken.take_until(shutdown.clone()).for_each(|tenant| {
+        router.wake(tenant);
+        futures::future::ready(())
+    });
+    let route_baselines = baseline_changes.take_until(shutdown.clone()).for_each(|change| {
+        if let Ok(baseline) = change {
+            let name = baseline.name_any();
+            let users =
+                tenants.state().into_iter().filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name));
+            for user in users {
+                router.wake(ObjectRef::from_obj(user.as_ref()));
+            }
+        }
+        futures::future::ready(())
+    });
+    let shared = Shared { baselines: baseline_store, baseline: shared, router: router.clone() };
+
+    // The default organization, the one the flags describe.
+    let default = organization(client, aws, config, &shared, router.serve(""), shutdown.clone());
+    // The revision cache stays current while the stream is polled.
+    let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
+    tokio::join!(default, baselines, revisions, route_changes, route_wakes, route_baselines);
+    Ok(())
+}
+
+/// What the controllers of every organization share.
+struct Shared {
+    baselines: Store<Baseline>,
+    baseline: baseline::controller::Shared,
+    router: Arc<Router>,
+}
+
+/// Runs the controllers of one organization (its engine, Tenants, AccountPools and gauges)
+/// until `shutdown` completes.
+async fn organization(
+    client: Client,
+    aws: Aws,
+    config: Config,
+    shared: &Shared,
+    feed: Feed,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let tenants = shared.baseline.tenants.clone();
+    let (pools, pool_changes) = pool::controller::watch(&client);
+    let pools_ready = caches::Ready::of(&pools);
+    let (pool_wake, pools_woken) = futures::channel::mpsc::unbounded();
+    let router = shared.router.clone();
     let org = Arc::new(Organization::new(
         aws.organizations.clone(),
         OrgConfig { refresh_period: config.index_refresh_period, creation_slots: config.creation_slots },
-        move |name| {
-            let _ = wake.unbounded_send(ObjectRef::new(&name));
-        },
+        move |name| router.wake(ObjectRef::new(&name)),
     ));
-    let (baseline_store, baseline_writer) = reflector::store();
-    let baseline_changes = watcher(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(baseline_writer)
-        .applied_objects()
-        // A Baseline's status writes change no stack: only its spec matters to tenants.
-        .predicate_filter(predicates::generation, PredicateConfig::default());
     let orphans = takeover::orphans::publish(
         org.clone(),
         tenants.clone(),
-        shared.tenants_ready.clone(),
+        shared.baseline.tenants_ready.clone(),
         pools.clone(),
         pools_ready.clone(),
         config.tenant_ou_roots.clone(),
@@ -155,12 +213,12 @@ pub async fn controllers(
         client,
         aws,
         org: org.clone(),
-        caches_ready: [caches::Ready::of(&baseline_store), shared.revisions_ready.clone()],
-        baselines: baseline_store,
-        revisions: shared.revisions.clone(),
-        rollouts: shared.rollouts.clone(),
+        caches_ready: [caches::Ready::of(&shared.baselines), shared.baseline.revisions_ready.clone()],
+        baselines: shared.baselines.clone(),
+        revisions: shared.baseline.revisions.clone(),
+        rollouts: shared.baseline.rollouts.clone(),
         tenants: tenants.clone(),
-        tenants_ready: shared.tenants_ready.clone(),
+        tenants_ready: shared.baseline.tenants_ready.clone(),
         pools_ready,
         pools: pools.clone(),
         pool_wake,
@@ -182,7 +240,7 @@ pub async fn controllers(
             client: ctx.client.clone(),
             org: org.clone(),
             tenants: tenants.clone(),
-            tenants_ready: shared.tenants_ready.clone(),
+            tenants_ready: shared.baseline.tenants_ready.clone(),
             config,
         }),
         pools,
@@ -191,25 +249,19 @@ pub async fn controllers(
         shutdown.clone(),
     );
     let tenant_controller = {
-        let shutdown = shutdown.clone();
         let tenants = tenants.clone();
+        let changes = feed.changes.map(Ok);
         async move {
-            tenant::controller(ctx, tenants, tenant_changes, baseline_changes, woken, shutdown).await;
+            tenant::controller(ctx, tenants, changes, feed.wakes, shutdown).await;
             info!("controller stopped");
         }
     };
     // The organization and the gauges live exactly as long as the Tenant controller.
-    let tenants_and_org = async {
-        tokio::select! {
-            () = tenant_controller => {}
-            () = org.run() => {}
-            () = tenant::publish_fleet(tenants.clone()) => {}
-            () = orphans => {}
-            () = pool_controller => {}
-        }
-    };
-    // The revision cache stays current while the stream is polled.
-    let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
-    tokio::join!(tenants_and_org, baselines, revisions);
-    Ok(())
+    tokio::select! {
+        () = tenant_controller => {}
+        () = org.run() => {}
+        () = tenant::publish_fleet(tenants.clone()) => {}
+        () = orphans => {}
+        () = pool_controller => {}
+    }
 }

@@ -25,13 +25,13 @@ pub fn organization_of(tenant: &Tenant) -> &str {
 /// What one organization's Tenant controller is fed.
 pub struct Feed {
     /// Its Tenants' changes (those the Tenant watch passes on).
-    pub changes: UnboundedReceiver<Arc<Tenant>>,
+    pub changes: UnboundedReceiver<Tenant>,
     /// Its Tenants to reconcile now (a rollout admitted them, a creation slot freed).
     pub wakes: UnboundedReceiver<ObjectRef<Tenant>>,
 }
 
 struct Route {
-    changes: UnboundedSender<Arc<Tenant>>,
+    changes: UnboundedSender<Tenant>,
     wakes: UnboundedSender<ObjectRef<Tenant>>,
 }
 
@@ -54,7 +54,7 @@ impl Router {
         let (wakes, wakes_rx) = unbounded();
         let mut routes = self.routes.write().expect("the routes lock is never poisoned");
         for tenant in self.tenants.state().into_iter().filter(|t| organization_of(t) == organization) {
-            let _ = changes.unbounded_send(tenant);
+            let _ = changes.unbounded_send(tenant.as_ref().clone());
         }
         routes.insert(organization.to_string(), Route { changes, wakes });
         Feed { changes: changes_rx, wakes: wakes_rx }
@@ -66,7 +66,7 @@ impl Router {
     }
 
     /// A Tenant changed: its organization's controller hears of it, if one is served here.
-    pub fn changed(&self, tenant: Arc<Tenant>) {
+    pub fn changed(&self, tenant: Tenant) {
         let routes = self.routes.read().expect("the routes lock is never poisoned");
         if let Some(route) = routes.get(organization_of(&tenant)) {
             let _ = route.changes.unbounded_send(tenant);
@@ -121,7 +121,7 @@ mod tests {
     }
 
     fn changes(feed: &mut Feed) -> Vec<String> {
-        drain(&mut feed.changes, |t| kube::ResourceExt::name_any(t.as_ref()))
+        drain(&mut feed.changes, |t| kube::ResourceExt::name_any(&t))
     }
 
     fn wakes(feed: &mut Feed) -> Vec<String> {
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!((changes(&mut default), changes(&mut eu)), (vec!["a".into()], vec!["b".into()]), "the cache first");
 
         for t in [tenant("a", None), tenant("b", Some("eu")), tenant("c", Some("us"))] {
-            router.changed(Arc::new(t));
+            router.changed(t);
         }
         for name in ["a", "b", "c", "unknown"] {
             router.wake(ObjectRef::new(name));
@@ -153,7 +153,7 @@ mod tests {
         let mut us = router.serve("us");
         assert_eq!(changes(&mut us), ["c"]);
         router.stop("eu");
-        router.changed(Arc::new(tenant("b", Some("eu"))));
+        router.changed(tenant("b", Some("eu")));
         router.wake(ObjectRef::new("b"));
         assert_eq!((changes(&mut eu), wakes(&mut eu)), (vec![], vec![]));
         assert_eq!(router.unserved(), BTreeMap::from([("eu".to_string(), vec!["b".to_string()])]));

@@ -234,31 +234,20 @@ fn changes(tenant: &Tenant) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Runs the Tenant controller until `shutdown` completes; reconciles in flight finish first.
-/// A Tenant is reconciled when it changes (see [`watch`]), when a Baseline it uses changes
-/// its spec, and when the organization or a rollout wakes it (`woken`).
+/// Runs the Tenant controller of one organization until `shutdown` completes; reconciles in
+/// flight finish first. A Tenant is reconciled when it changes (see [`watch`]), and when it is
+/// woken (`woken`: its Baseline's spec changed, a rollout admitted it, the organization freed
+/// a creation slot for it).
 pub async fn controller(
     ctx: Arc<Context>,
     tenants: Store<Tenant>,
     changes: impl futures::Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static,
-    baseline_changes: impl futures::Stream<Item = Result<Baseline, watcher::Error>> + Send + 'static,
     woken: UnboundedReceiver<ObjectRef<Tenant>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let concurrency = ctx.config.concurrency;
     info!(concurrency, "starting the Tenant controller");
-    let users = tenants.clone();
-    let uses = move |baseline: Baseline| {
-        let name = baseline.name_any();
-        users
-            .state()
-            .into_iter()
-            .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name))
-            .map(|t| ObjectRef::from_obj(t.as_ref()))
-            .collect::<Vec<_>>()
-    };
     Controller::for_stream(changes, tenants)
-        .watches_stream(baseline_changes, uses)
         .reconcile_on(woken)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
