@@ -35,7 +35,7 @@ use kube::{
 };
 use silo::{
     Tenant,
-    aws::{Aws, AwsConfig},
+    aws::AwsConfig,
     config::Config,
 };
 
@@ -325,9 +325,11 @@ impl TestCase {
     }
 
     fn run_controller(&mut self, client: Client, settings: Config) {
-        let aws = Aws::from_config(&self.sim.sdk_config(), &Self::aws_config());
+        let source = silo::run::AwsSource { base: self.sim.sdk_config(), fence: silo::aws::Fence::open() };
         self.watchdog.spawn("controller", async move {
-            if let Err(err) = silo::run::controllers(client, aws, settings, std::future::pending()).await {
+            if let Err(err) =
+                silo::run::controllers(client, source, Self::aws_config(), settings, std::future::pending()).await
+            {
                 panic!("controller failed: {err:#}");
             }
         });

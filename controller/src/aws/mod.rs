@@ -118,12 +118,25 @@ impl Aws {
     /// Loads the standard AWS configuration from the environment, then assumes the
     /// management role when one is given.
     pub async fn from_env(aws: &AwsConfig) -> Self {
-        let region = match &aws.region {
-            Some(region) => aws_config::meta::region::RegionProviderChain::first_try(Region::new(region.clone())),
-            None => aws_config::meta::region::RegionProviderChain::default_provider(),
+        Self::from_base(&Self::env_config().await, aws).await
+    }
+
+    /// The standard AWS configuration of the environment (the controller's own identity),
+    /// in the environment's Region, else us-east-1.
+    pub async fn env_config() -> SdkConfig {
+        let region =
+            aws_config::meta::region::RegionProviderChain::default_provider().or_else(Region::new(DEFAULT_REGION));
+        aws_config::defaults(BehaviorVersion::latest()).region(region).load().await
+    }
+
+    /// Clients for the organization `aws` describes, from the controller's own configuration
+    /// `base`: in `aws.region` when it names one, as the management role when it names one
+    /// (with its external id), else as `base`'s identity.
+    pub async fn from_base(base: &SdkConfig, aws: &AwsConfig) -> Self {
+        let mut config = base.clone();
+        if let Some(region) = &aws.region {
+            config = config.into_builder().region(Region::new(region.clone())).build();
         }
-        .or_else(Region::new(DEFAULT_REGION));
-        let mut config = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
         if let Some(role) = &aws.management_role_arn {
             let mut builder = AssumeRoleProvider::builder(role).session_name("silo-controller");
             if let Some(external_id) = &aws.management_external_id {

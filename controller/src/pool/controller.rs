@@ -94,9 +94,12 @@ pub struct Context {
 /// changes of spec that trigger a pool reconcile.
 pub fn watch(
     client: &Client,
+    organization: &str,
 ) -> (Store<AccountPool>, impl futures::Stream<Item = Result<AccountPool, watcher::Error>> + use<>) {
     let (store, writer) = reflector::store();
-    let stream = watcher(Api::<AccountPool>::all(client.clone()), watcher::Config::default().any_semantic())
+    // Only the organization's pools (`""`: the default organization's, without spec.organization).
+    let config = watcher::Config::default().any_semantic().fields(&format!("spec.organization={organization}"));
+    let stream = watcher(Api::<AccountPool>::all(client.clone()), config)
         .default_backoff()
         .reflect(writer)
         .inspect(|event| {

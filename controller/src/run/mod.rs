@@ -20,6 +20,7 @@
 //! An organization's parts live exactly as long as its Tenant controller: when it stops
 //! (shutdown, or a lost Lease), its engine and gauges stop with it.
 
+mod organizations;
 pub mod router;
 
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::Baseline,
-    aws::Aws,
+    aws::{Aws, AwsConfig, Fence},
     baseline, caches,
     config::{Config, RunArgs},
     leader::Leadership,
@@ -62,7 +63,7 @@ pub async fn silo_run(args: RunArgs) -> anyhow::Result<()> {
     let client = preflight::kube_client().await?;
     let role = aws_config.management_role_arn.as_deref();
     preflight::check(&client, &config.namespace, &args.lease_name, role).await?;
-    let aws = Aws::from_env(&aws_config).await;
+    let base = Aws::env_config().await;
     readiness.set_ready();
     let result = if args.leader_election {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("silo-{}", std::process::id()));
@@ -71,17 +72,17 @@ pub async fn silo_run(args: RunArgs) -> anyhow::Result<()> {
             leadership = Leadership::acquire(client.clone(), &namespace, &args.lease_name, &identity, args.lease_seconds) => leadership?,
             _ = shutdown_signal() => return Ok(()),
         };
-        let aws = aws.fenced(leadership.fence());
+        let source = AwsSource { base, fence: leadership.fence() };
         let stop = async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = leadership.lost() => {}
             }
         };
-        controllers(client, aws, config, stop).await
+        controllers(client, source, aws_config, config, stop).await
     } else {
         METRICS.leader.set(1);
-        controllers(client, aws, config, shutdown_signal()).await
+        controllers(client, AwsSource { base, fence: Fence::open() }, aws_config, config, shutdown_signal()).await
     };
     METRICS.leader.set(0);
     server.abort();
@@ -97,15 +98,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// Where every organization's AWS clients come from: the controller's own configuration, and
+/// the write fence of its Lease.
+pub struct AwsSource {
+    pub base: aws_config::SdkConfig,
+    pub fence: Fence,
+}
+
+impl AwsSource {
+    /// The clients of the organization `aws` describes.
+    pub async fn clients(&self, aws: &AwsConfig) -> Aws {
+        Aws::from_base(&self.base, aws).await.fenced(self.fence.clone())
+    }
+}
+
 /// Runs the Tenant and Baseline controllers, and what they share, until `shutdown` completes;
-/// reconciles in flight finish first.
+/// reconciles in flight finish first. `aws` and `config`: the default organization's, which
+/// the Organization objects' take where their specs say nothing.
 pub async fn controllers(
     client: Client,
-    aws: Aws,
+    source: AwsSource,
+    aws_config: AwsConfig,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
+    let aws = source.clients(&aws_config).await;
     // What every organization shares: the Tenant, Baseline and revision caches, and the
     // Baseline controller, which counts every Tenant.
     let (recount, recounts) = futures::channel::mpsc::unbounded();
@@ -161,13 +179,14 @@ pub async fn controllers(
         }
         futures::future::ready(())
     });
-    let shared = Shared { baselines: baseline_store, baseline: shared, router: router.clone() };
+    let shared = Arc::new(Shared { baselines: baseline_store, baseline: shared, router: router.clone() });
 
-    // The default organization, the one the flags describe.
-    let default = organization(client, aws, config, &shared, router.serve(""), shutdown.clone());
+    // The default organization, the one the flags describe, and every Organization object.
+    let default = organization(client.clone(), aws, config.clone(), shared.clone(), router.serve(""), shutdown.clone());
+    let others = organizations::serve(client, source, config, aws_config, shared, shutdown.clone());
     // The revision cache stays current while the stream is polled.
     let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
-    tokio::join!(default, baselines, revisions, route_changes, route_wakes, route_baselines);
+    tokio::join!(default, others, baselines, revisions, route_changes, route_wakes, route_baselines);
     Ok(())
 }
 
@@ -184,12 +203,12 @@ async fn organization(
     client: Client,
     aws: Aws,
     config: Config,
-    shared: &Shared,
+    shared: Arc<Shared>,
     feed: Feed,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let tenants = shared.baseline.tenants.clone();
-    let (pools, pool_changes) = pool::controller::watch(&client);
+    let (pools, pool_changes) = pool::controller::watch(&client, config.organization.as_deref().unwrap_or(""));
     let pools_ready = caches::Ready::of(&pools);
     let (pool_wake, pools_woken) = futures::channel::mpsc::unbounded();
     let router = shared.router.clone();
@@ -209,7 +228,12 @@ async fn organization(
     let reporter = Reporter { controller: "silo".into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        closures: ClosureLedger::new(client.clone(), &config.namespace, config.max_account_closures_per_day),
+        closures: ClosureLedger::new(
+            client.clone(),
+            &config.namespace,
+            config.organization.as_deref(),
+            config.max_account_closures_per_day,
+        ),
         client,
         aws,
         org: org.clone(),

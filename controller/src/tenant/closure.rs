@@ -65,8 +65,14 @@ use crate::{
     metrics::METRICS,
 };
 
-/// Name of the ConfigMap that records recent closures, in the controller's namespace.
+/// Name of the ConfigMap that records the default organization's recent closures, in the
+/// controller's namespace; another organization's is this name, `-`, and its name.
 pub const LEDGER_NAME: &str = "silo-account-closures";
+
+/// The closure ledger's name for an organization (`None`: the default one).
+pub fn ledger_name(organization: Option<&str>) -> String {
+    organization.map_or_else(|| LEDGER_NAME.to_string(), |org| format!("{LEDGER_NAME}-{org}"))
+}
 const DAY: SignedDuration = SignedDuration::from_hours(24);
 /// AWS counts closures over a rolling 30 days.
 const AWS_WINDOW: SignedDuration = SignedDuration::from_hours(30 * 24);
@@ -126,20 +132,22 @@ pub fn judge_ledger(
 /// The record of recent closures, kept in a ConfigMap so it outlives the controller process.
 pub struct ClosureLedger {
     api: Api<ConfigMap>,
+    name: String,
     per_day: u32,
 }
 
 impl ClosureLedger {
-    pub fn new(client: kube::Client, namespace: &str, per_day: u32) -> Self {
+    /// The ledger of `organization` (`None`: the default one), in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str, organization: Option<&str>, per_day: u32) -> Self {
         METRICS.account_closures_per_day.set(i64::from(per_day));
-        Self { api: Api::namespaced(client, namespace), per_day }
+        Self { api: Api::namespaced(client, namespace), name: ledger_name(organization), per_day }
     }
 
     /// Records the closure of `account_id` if both budgets allow. Writes use the ConfigMap's
     /// resourceVersion, so two reconciles cannot both take the last slot: the loser gets a
     /// conflict and is retried.
     pub async fn reserve(&self, account_id: &str, now: Timestamp, members: usize) -> Result<LedgerAnswer, kube::Error> {
-        let existing = self.api.get_opt(LEDGER_NAME).await?;
+        let existing = self.api.get_opt(&self.name).await?;
         let entries: BTreeMap<String, Timestamp> = existing
             .as_ref()
             .and_then(|cm| cm.data.as_ref())
@@ -151,12 +159,12 @@ impl ClosureLedger {
         if keep != entries || existing.is_none() {
             let data = keep.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
             let mut cm = existing.clone().unwrap_or_else(|| ConfigMap {
-                metadata: ObjectMeta { name: Some(LEDGER_NAME.into()), ..Default::default() },
+                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
                 ..Default::default()
             });
             cm.data = Some(data);
             match existing {
-                Some(_) => self.api.replace(LEDGER_NAME, &PostParams::default(), &cm).await?,
+                Some(_) => self.api.replace(&self.name, &PostParams::default(), &cm).await?,
                 None => self.api.create(&PostParams::default(), &cm).await?,
             };
         }

@@ -1,0 +1,143 @@
+//! The Organizations (silo.dev) this process serves, each with its own controllers.
+//!
+//! Every Organization object gets what the default organization gets from the flags: its own
+//! AWS clients (its management role, Region and budgets), engine (index, creation slots),
+//! closure ledger, Tenant and AccountPool controllers, fed only its own Tenants by the
+//! [`Router`](super::router::Router). A changed spec restarts them, only once the ones before
+//! have stopped (reconciles in flight finish first), so an organization never has two sets of
+//! controllers at once; a deleted Organization stops them.
+
+use std::{collections::BTreeMap, pin::pin};
+
+use futures::{FutureExt, StreamExt, channel::oneshot, future::BoxFuture, stream::FuturesUnordered};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use tracing::{info, warn};
+
+use super::{AwsSource, Shared, organization};
+use crate::{
+    api::{Organization, OrganizationSpec},
+    aws::AwsConfig,
+    config::Config,
+};
+
+/// One served organization: the spec its controllers run with, and how to stop them.
+struct Served {
+    spec: OrganizationSpec,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// Serves every Organization object until `shutdown` completes, then waits for their
+/// controllers to stop.
+pub(super) async fn serve(
+    client: Client,
+    source: AwsSource,
+    config: Config,
+    aws: AwsConfig,
+    shared: std::sync::Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let events = watcher(Api::<Organization>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let mut events = pin!(events.take_until(shutdown.clone()));
+    let mut running: FuturesUnordered<BoxFuture<'static, String>> = FuturesUnordered::new();
+    let mut served: BTreeMap<String, Served> = BTreeMap::new();
+    // The latest spec of each Organization, started once its earlier controllers stopped.
+    let mut wanted: BTreeMap<String, Organization> = BTreeMap::new();
+    let mut relisted: Option<Vec<String>> = None;
+    loop {
+        let change: Option<String> = tokio::select! {
+            event = events.next() => match event {
+                None => break,
+                Some(Ok(watcher::Event::Apply(org) | watcher::Event::InitApply(org))) => {
+                    let name = org.name_any();
+                    if let Some(listed) = relisted.as_mut() {
+                        listed.push(name.clone());
+                    }
+                    wanted.insert(name.clone(), org);
+                    Some(name)
+                }
+                Some(Ok(watcher::Event::Delete(org))) => {
+                    wanted.remove(&org.name_any());
+                    Some(org.name_any())
+                }
+                Some(Ok(watcher::Event::Init)) => {
+                    relisted = Some(vec![]);
+                    None
+                }
+                // Organizations deleted while the watch was down.
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let listed = relisted.take().unwrap_or_default();
+                    wanted.retain(|name, _| listed.contains(name));
+                    for name in served.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect::<Vec<_>>() {
+                        stop(&mut served, &name);
+                    }
+                    None
+                }
+                Some(Err(err)) => {
+                    warn!(%err, "the Organization watch failed; it retries");
+                    None
+                }
+            },
+            Some(name) = running.next(), if !running.is_empty() => {
+                served.remove(&name);
+                shared.router.stop(&name);
+                info!(organization = %name, "stopped the organization's controllers");
+                Some(name)
+            }
+        };
+        let Some(name) = change else { continue };
+        match (wanted.get(&name), served.get(&name)) {
+            (Some(org), Some(now)) if now.spec == org.spec => {}
+            // A new spec: the controllers running now stop first; they start again when done.
+            (_, Some(_)) => stop(&mut served, &name),
+            (Some(org), None) => {
+                let external_id = match &org.spec.external_id {
+                    Some(secret) => {
+                        let read = crate::baseline::external_id::read(
+                            &client,
+                            &config.external_id_namespace,
+                            &secret.name,
+                            &secret.key,
+                        );
+                        read.await.unwrap_or_else(|err| {
+                            warn!(organization = %name, %err, "cannot read the management role's external id");
+                            None
+                        })
+                    }
+                    None => None,
+                };
+                let (org_config, org_aws) = config.for_organization(&aws, org, external_id);
+                let clients = source.clients(&org_aws).await;
+                let feed = shared.router.serve(&name);
+                let (stop_tx, stopped) = oneshot::channel::<()>();
+                let until = {
+                    let shutdown = shutdown.clone();
+                    async move {
+                        tokio::select! {
+                            () = shutdown => {}
+                            _ = stopped => {}
+                        }
+                    }
+                    .shared()
+                };
+                info!(organization = %name, "starting the organization's controllers");
+                let run = organization(client.clone(), clients, org_config, shared.clone(), feed, until);
+                let done = name.clone();
+                running.push(run.map(move |()| done).boxed());
+                served.insert(name, Served { spec: org.spec.clone(), stop: Some(stop_tx) });
+            }
+            (None, None) => {}
+        }
+    }
+    // Shutdown: every organization's controllers see it and finish their reconciles.
+    while running.next().await.is_some() {}
+}
+
+/// Asks an organization's controllers to stop (once).
+fn stop(served: &mut BTreeMap<String, Served>, name: &str) {
+    if let Some(stop) = served.get_mut(name).and_then(|s| s.stop.take()) {
+        let _ = stop.send(());
+    }
+}
