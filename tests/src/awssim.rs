@@ -219,6 +219,8 @@ impl SimClient {
     fn config_signed_by(&self, access_key: &str) -> SdkConfig {
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
+            .time_source(aws_smithy_async::time::SystemTimeSource::new())
+            .sleep_impl(aws_smithy_async::rt::sleep::TokioSleep::new())
             .region(Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
             .credentials_provider(aws_sdk_organizations::config::SharedCredentialsProvider::new(Credentials::new(
@@ -282,6 +284,44 @@ impl SimClient {
             bail!("answered {status}: {text}");
         }
         Ok(())
+    }
+
+    /// A second organization, whose management account is `account_id`: created through role
+    /// `role_name` there (the simulator's `enforce_trust_policies` must be off, so that no IAM
+    /// set-up is needed in that account), and an Organizations client of it for assertions.
+    pub async fn another_organization(
+        &self,
+        account_id: &str,
+        role_name: &str,
+    ) -> Result<aws_sdk_organizations::Client> {
+        let out = aws_sdk_sts::Client::new(&self.observer_config())
+            .assume_role()
+            .role_arn(format!("arn:aws:iam::{account_id}:role/{role_name}"))
+            .role_session_name("silo-tests")
+            .send()
+            .await
+            .with_context(|| format!("AssumeRole into {account_id}"))?;
+        let credentials = out.credentials.context("AssumeRole answered no credentials")?;
+        let config = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_organizations::config::SharedCredentialsProvider::new(Credentials::new(
+                credentials.access_key_id,
+                credentials.secret_access_key,
+                Some(credentials.session_token),
+                None,
+                "silo-tests",
+            )))
+            .build();
+        let organizations = aws_sdk_organizations::Client::new(&config);
+        organizations
+            .create_organization()
+            .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+            .send()
+            .await
+            .with_context(|| format!("CreateOrganization in {account_id}"))?;
+        Ok(organizations)
     }
 
     /// An Organizations client of the management account, for test assertions.
