@@ -70,4 +70,17 @@ async fn each_organization_makes_its_own_tenants_accounts_with_its_own_creation_
     assert!(!in_default.contains(&"aws+org-away@example.com".to_string()), "not in the default: {in_default:?}");
     let described = second.describe_account().account_id(&account_id).send().await.expect("DescribeAccount");
     assert_eq!(described.account.and_then(|a| a.email), Some("aws+org-away@example.com".into()));
+
+    // A Tenant naming an Organization that does not exist: Stalled, and nothing in AWS.
+    let before = case.sim.requests("organizations:CreateAccount").await.unwrap();
+    case.apply(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: org-nowhere}\nspec: {organization: nowhere}",
+    )
+    .await
+    .unwrap();
+    let nowhere = case.wait_for("org-nowhere", conditions::STALLED, "True", READY_WITHIN).await.unwrap();
+    let stalled = conditions::find(&nowhere.status.unwrap().conditions, conditions::STALLED).cloned().unwrap();
+    assert_eq!(stalled.reason, "OrganizationNotFound");
+    assert!(stalled.message.contains("Organization nowhere, which does not exist"), "{}", stalled.message);
+    assert_eq!(case.sim.requests("organizations:CreateAccount").await.unwrap(), before, "no CreateAccount for it");
 }

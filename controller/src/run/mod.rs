@@ -183,10 +183,11 @@ pub async fn controllers(
 
     // The default organization, the one the flags describe, and every Organization object.
     let default = organization(client.clone(), aws, config.clone(), shared.clone(), router.serve(""), shutdown.clone());
-    let others = organizations::serve(client, source, config, aws_config, shared, shutdown.clone());
+    let others = organizations::serve(client.clone(), source, config, aws_config, shared, shutdown.clone());
+    let unserved = organizations::report_unserved(client, router.clone(), shutdown.clone());
     // The revision cache stays current while the stream is polled.
     let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
-    tokio::join!(default, others, baselines, revisions, route_changes, route_wakes, route_baselines);
+    tokio::join!(default, others, unserved, baselines, revisions, route_changes, route_wakes, route_baselines);
     Ok(())
 }
 

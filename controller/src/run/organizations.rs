@@ -7,7 +7,7 @@
 //! have stopped (reconciles in flight finish first), so an organization never has two sets of
 //! controllers at once; a deleted Organization stops them.
 
-use std::{collections::BTreeMap, pin::pin};
+use std::{collections::BTreeMap, pin::pin, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt, channel::oneshot, future::BoxFuture, stream::FuturesUnordered};
 use kube::{
@@ -16,11 +16,13 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use super::{AwsSource, Shared, organization};
+use super::{AwsSource, Shared, organization, router::Router};
 use crate::{
-    api::{Organization, OrganizationSpec},
+    api::{Organization, OrganizationSpec, Tenant},
     aws::AwsConfig,
+    conditions::{self, Conditions},
     config::Config,
+    contract::FIELD_MANAGER,
 };
 
 /// One served organization: the spec its controllers run with, and how to stop them.
@@ -36,7 +38,7 @@ pub(super) async fn serve(
     source: AwsSource,
     config: Config,
     aws: AwsConfig,
-    shared: std::sync::Arc<Shared>,
+    shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let events = watcher(Api::<Organization>::all(client.clone()), watcher::Config::default()).default_backoff();
@@ -139,5 +141,72 @@ pub(super) async fn serve(
 fn stop(served: &mut BTreeMap<String, Served>, name: &str) {
     if let Some(stop) = served.get_mut(name).and_then(|s| s.stop.take()) {
         let _ = stop.send(());
+    }
+}
+
+/// How often Tenants of organizations nobody serves are looked for.
+const UNSERVED_EVERY: Duration = Duration::from_secs(30);
+
+/// Marks the Tenants whose `spec.organization` names no Organization: Stalled with reason
+/// `OrganizationNotFound` (nothing in AWS is done for them). Their organization's controllers
+/// take them over once it exists. An organization whose object exists but whose controllers
+/// are still starting is left alone.
+pub(super) async fn report_unserved(client: Client, router: Arc<Router>, shutdown: impl Future<Output = ()>) {
+    let organizations = Api::<Organization>::all(client.clone());
+    let tenants = Api::<Tenant>::all(client);
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(UNSERVED_EVERY) => {}
+        }
+        let unserved = router.unserved();
+        reported.retain(|name, organization| unserved.get(organization).is_some_and(|names| names.contains(name)));
+        if unserved.is_empty() {
+            continue;
+        }
+        // Which of them exist (a LIST: RBAC grants Silo no GET of Organizations).
+        let existing: Vec<String> = match organizations.list(&kube::api::ListParams::default()).await {
+            Ok(list) => list.items.iter().map(ResourceExt::name_any).collect(),
+            Err(err) => {
+                warn!(%err, "cannot list the Organizations");
+                continue;
+            }
+        };
+        for (organization, names) in unserved {
+            if existing.contains(&organization) {
+                continue;
+            }
+            for name in names {
+                if reported.get(&name) == Some(&organization) {
+                    continue;
+                }
+                let Ok(Some(tenant)) = tenants.get_opt(&name).await else { continue };
+                let mut status = tenant.status.clone().unwrap_or_default();
+                let message = format!(
+                    "spec.organization names Organization {organization}, which does not exist (kubectl get \
+                     organizations): create it, or create this tenant again in an existing organization \
+                     (spec.organization cannot change). Nothing is done in AWS meanwhile"
+                );
+                let mut conds = Conditions::new(
+                    &mut status.conditions,
+                    tenant.metadata.generation,
+                    k8s_openapi::jiff::Timestamp::now(),
+                );
+                conds.set(conditions::READY, false, "OrganizationNotFound", &message);
+                conds.set(conditions::RECONCILING, false, "OrganizationNotFound", "");
+                conds.set(conditions::STALLED, true, "OrganizationNotFound", &message);
+                let patch = serde_json::json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Tenant",
+                    "status": {"phase": "Pending", "conditions": status.conditions}});
+                let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+                match tenants.patch_status(&name, &params, &kube::api::Patch::Apply(&patch)).await {
+                    Ok(_) => {
+                        reported.insert(name, organization.clone());
+                    }
+                    Err(err) => warn!(tenant = %name, %err, "cannot report the missing Organization"),
+                }
+            }
+        }
     }
 }
