@@ -71,6 +71,19 @@ async fn each_organization_makes_its_own_tenants_accounts_with_its_own_creation_
     let described = second.describe_account().account_id(&account_id).send().await.expect("DescribeAccount");
     assert_eq!(described.account.and_then(|a| a.email), Some("aws+org-away@example.com".into()));
 
+    // The second Organization's status: what its controllers know of it.
+    let published = case
+        .eventually(READY_WITHIN, || async {
+            let org = organizations.get("second").await.ok()?;
+            let status = org.status?;
+            let ready = conditions::is_true(&status.conditions, conditions::READY);
+            (ready && status.members.is_some() && status.creations.in_flight == 0).then_some(status)
+        })
+        .await
+        .unwrap();
+    assert!(published.members >= Some(1), "at least org-away's account: {published:?}");
+    assert!(published.leader.is_some() && published.index_refreshed_time.is_some(), "{published:?}");
+
     // A Tenant naming an Organization that does not exist: Stalled, and nothing in AWS.
     let before = case.sim.requests("organizations:CreateAccount").await.unwrap();
     case.apply(

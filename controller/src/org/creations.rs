@@ -179,6 +179,11 @@ impl Creations {
         self.lock().in_use()
     }
 
+    /// Tenants and pool refills waiting in line for a slot.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
     /// Takes a slot for `tenant` if it is its turn; otherwise keeps its place in line.
     pub fn reserve(&self, tenant: &Applicant) -> Result<(), NotYet> {
         let mut slots = self.lock();

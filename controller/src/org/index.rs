@@ -73,6 +73,8 @@ struct View {
     complete: bool,
     /// Sweeps applied so far: what was read from AWS between two sweeps may be stale after.
     sweeps: u64,
+    /// When the last sweep was applied.
+    swept_at: Option<k8s_openapi::jiff::Timestamp>,
     writes: u64,
 }
 
@@ -167,6 +169,11 @@ impl OrgIndex {
     /// How many sweeps the index has applied: a change means the organization was read anew.
     pub fn sweeps(&self) -> u64 {
         self.read().sweeps
+    }
+
+    /// When the last sweep was applied (`None` before the first).
+    pub fn swept_at(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.read().swept_at
     }
 
     /// An OU's name and parent (when known), if the index knows the OU.
@@ -347,6 +354,7 @@ impl OrgIndex {
         view.org = Some(walk.org);
         view.complete = true;
         view.sweeps += 1;
+        view.swept_at = Some(k8s_openapi::jiff::Timestamp::now());
         publish(&view);
     }
 }

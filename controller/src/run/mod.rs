@@ -182,13 +182,26 @@ pub async fn controllers(
     let shared = Arc::new(Shared { baselines: baseline_store, baseline: shared, router: router.clone() });
 
     // The default organization, the one the flags describe, and every Organization object.
-    let default = organization(client.clone(), aws, config.clone(), shared.clone(), router.serve(""), shutdown.clone());
+    let default_engine = engine(&aws, &config, router.clone());
+    let feed = router.serve("");
+    let default =
+        organization(client.clone(), aws, config.clone(), shared.clone(), feed, default_engine, shutdown.clone());
     let others = organizations::serve(client.clone(), source, config, aws_config, shared, shutdown.clone());
     let unserved = organizations::report_unserved(client, router.clone(), shutdown.clone());
     // The revision cache stays current while the stream is polled.
     let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
     tokio::join!(default, others, unserved, baselines, revisions, route_changes, route_wakes, route_baselines);
     Ok(())
+}
+
+/// The engine of one organization (index, creation slots, Organizations budget), which wakes
+/// its Tenants through the router.
+fn engine(aws: &Aws, config: &Config, router: Arc<Router>) -> Arc<Organization> {
+    Arc::new(Organization::new(
+        aws.organizations.clone(),
+        OrgConfig { refresh_period: config.index_refresh_period, creation_slots: config.creation_slots },
+        move |name| router.wake(ObjectRef::new(&name)),
+    ))
 }
 
 /// What the controllers of every organization share.
@@ -206,18 +219,13 @@ async fn organization(
     config: Config,
     shared: Arc<Shared>,
     feed: Feed,
+    org: Arc<Organization>,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let tenants = shared.baseline.tenants.clone();
     let (pools, pool_changes) = pool::controller::watch(&client, config.organization.as_deref().unwrap_or(""));
     let pools_ready = caches::Ready::of(&pools);
     let (pool_wake, pools_woken) = futures::channel::mpsc::unbounded();
-    let router = shared.router.clone();
-    let org = Arc::new(Organization::new(
-        aws.organizations.clone(),
-        OrgConfig { refresh_period: config.index_refresh_period, creation_slots: config.creation_slots },
-        move |name| router.wake(ObjectRef::new(&name)),
-    ));
     let orphans = takeover::orphans::publish(
         org.clone(),
         tenants.clone(),

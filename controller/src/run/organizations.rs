@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{AwsSource, Shared, organization, router::Router};
 use crate::{
-    api::{Organization, OrganizationSpec, Tenant},
+    api::{CreationQueueStatus, Organization, OrganizationSpec, OrganizationStatus, Tenant},
     aws::AwsConfig,
     conditions::{self, Conditions},
     config::Config,
@@ -125,7 +125,16 @@ pub(super) async fn serve(
                     .shared()
                 };
                 info!(organization = %name, "starting the organization's controllers");
-                let run = organization(client.clone(), clients, org_config, shared.clone(), feed, until);
+                let engine = super::engine(&clients, &org_config, shared.router.clone());
+                let status = publish_status(client.clone(), org, engine.clone(), &org_config);
+                let controllers =
+                    organization(client.clone(), clients, org_config, shared.clone(), feed, engine, until.clone());
+                let run = async move {
+                    tokio::select! {
+                        () = controllers => {}
+                        () = async { status.await; until.await } => {}
+                    }
+                };
                 let done = name.clone();
                 running.push(run.map(move |()| done).boxed());
                 served.insert(name, Served { spec: org.spec.clone(), stop: Some(stop_tx) });
@@ -208,5 +217,128 @@ pub(super) async fn report_unserved(client: Client, router: Arc<Router>, shutdow
                 }
             }
         }
+    }
+}
+
+/// How often an Organization's status is published.
+const STATUS_EVERY: Duration = Duration::from_secs(15);
+
+/// Publishes what the organization's controllers know in its Organization's status, until it
+/// cannot (the returned future then ends; the controllers go on).
+fn publish_status(
+    client: Client,
+    object: &Organization,
+    engine: Arc<crate::org::Organization>,
+    config: &Config,
+) -> impl Future<Output = ()> + Send + 'static {
+    let name = object.name_any();
+    let generation = object.metadata.generation;
+    let ledger = crate::tenant::closure::ClosureLedger::new(
+        client.clone(),
+        &config.namespace,
+        config.organization.as_deref(),
+        config.max_account_closures_per_day,
+    );
+    let account_limit = config.account_limit;
+    let api = Api::<Organization>::all(client);
+    let leader = std::env::var("POD_NAME").unwrap_or_else(|_| format!("silo-{}", std::process::id()));
+    async move {
+        let mut conditions_now = vec![];
+        let mut published: Option<OrganizationStatus> = None;
+        loop {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let closed = ledger.closed_within_a_day(now).await.ok();
+            let seen = Seen {
+                members: engine.index.is_complete().then(|| engine.index.quota_usage().members),
+                swept_at: engine.index.swept_at(),
+                in_flight: engine.creations.in_use(),
+                waiting: engine.creations.waiting(),
+                closed,
+            };
+            let status = status_of(&seen, account_limit, &leader, generation, &mut conditions_now, now);
+            if published.as_ref() != Some(&status) {
+                let patch =
+                    serde_json::json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Organization", "status": status});
+                let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+                match api.patch_status(&name, &params, &kube::api::Patch::Apply(&patch)).await {
+                    Ok(_) => published = Some(status),
+                    Err(kube::Error::Api(err)) if err.code == 404 => return,
+                    Err(err) => warn!(organization = %name, %err, "cannot publish the Organization's status"),
+                }
+            }
+            tokio::time::sleep(STATUS_EVERY).await;
+        }
+    }
+}
+
+/// What the controllers of an organization know of it at one moment.
+struct Seen {
+    /// Accounts counting against the quota, once the index has read the organization.
+    members: Option<usize>,
+    swept_at: Option<k8s_openapi::jiff::Timestamp>,
+    in_flight: usize,
+    waiting: usize,
+    closed: Option<usize>,
+}
+
+/// The Organization's status from what its controllers know. `conditions` keeps transition
+/// times between calls. Pure.
+fn status_of(
+    seen: &Seen,
+    account_limit: Option<u32>,
+    leader: &str,
+    generation: Option<i64>,
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> OrganizationStatus {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut conds = Conditions::new(conditions, generation, now);
+    match seen.members {
+        Some(members) => {
+            let message = format!("Silo acts for this organization: {members} accounts, read from AWS");
+            conds.set(conditions::READY, true, "Serving", &message);
+            conds.set(conditions::STALLED, false, "Serving", "");
+        }
+        None => {
+            let message = "Silo is reading the organization's accounts for the first time; if this lasts, check \
+                           that it can assume spec.managementRoleArn (its log says why not)";
+            conds.set(conditions::READY, false, "Reading", message);
+            conds.set(conditions::STALLED, false, "Reading", "");
+        }
+    }
+    OrganizationStatus {
+        members: seen.members.map(count),
+        account_limit,
+        index_refreshed_time: seen.swept_at.map(|t| t.to_string()),
+        creations: CreationQueueStatus { in_flight: count(seen.in_flight), waiting: count(seen.waiting) },
+        closed_last_day: seen.closed.map(count),
+        leader: Some(leader.to_string()),
+        observed_generation: generation,
+        conditions: conditions.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_organization_is_ready_once_its_accounts_are_read() {
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let mut conditions = vec![];
+        let reading = Seen { members: None, swept_at: None, in_flight: 0, waiting: 2, closed: Some(0) };
+        let status = status_of(&reading, Some(10), "silo-0", Some(3), &mut conditions, now);
+        let ready = conditions::find(&status.conditions, conditions::READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Reading"));
+        assert_eq!((status.members, status.creations.waiting, status.observed_generation), (None, 2, Some(3)));
+
+        let read = Seen { members: Some(7), swept_at: Some(now), in_flight: 1, waiting: 0, closed: Some(1) };
+        let status = status_of(&read, Some(10), "silo-0", Some(3), &mut conditions, now);
+        let ready = conditions::find(&status.conditions, conditions::READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Serving"));
+        assert!(ready.message.contains("7 accounts"), "{}", ready.message);
+        assert_eq!((status.members, status.account_limit, status.closed_last_day), (Some(7), Some(10), Some(1)));
+        assert_eq!((status.creations.in_flight, status.leader.as_deref()), (1, Some("silo-0")));
+        assert_eq!(status.index_refreshed_time, Some(now.to_string()));
     }
 }

@@ -143,6 +143,13 @@ impl ClosureLedger {
         Self { api: Api::namespaced(client, namespace), name: ledger_name(organization), per_day }
     }
 
+    /// How many closures the ledger records in the 24 hours before `now`.
+    pub async fn closed_within_a_day(&self, now: Timestamp) -> Result<usize, kube::Error> {
+        let existing = self.api.get_opt(&self.name).await?;
+        let data = existing.and_then(|cm| cm.data).unwrap_or_default();
+        Ok(data.values().filter_map(|v| v.parse::<Timestamp>().ok()).filter(|at| now.duration_since(*at) < DAY).count())
+    }
+
     /// Records the closure of `account_id` if both budgets allow. Writes use the ConfigMap's
     /// resourceVersion, so two reconciles cannot both take the last slot: the loser gets a
     /// conflict and is retried.
