@@ -1076,7 +1076,10 @@ const ORGANIZATION_IMMUTABLE: &str = "has(self.organization) == has(oldSelf.orga
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         description = "Whether Silo reaches the management account and acts for the organization"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name != 'default'")
+        .message("metadata.name cannot be default: that is the organization the controller's flags describe (its metrics say organization=\"default\"); pick another name")
+        .field_path(".metadata.name"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrganizationSpec {

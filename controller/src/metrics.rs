@@ -108,7 +108,31 @@ pub struct PoolLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OrphanLabels {
+    pub organization: String,
     pub kind: &'static str,
+}
+
+/// One organization: an Organization's name, or `default` for the one the flags describe.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrganizationLabels {
+    pub organization: String,
+}
+
+/// The `organization` label of the default organization (the flags'); no Organization may
+/// take this name.
+pub const DEFAULT_ORGANIZATION: &str = "default";
+
+impl OrganizationLabels {
+    /// The label of `organization` (`None`: the default one).
+    pub fn of(organization: Option<&str>) -> Self {
+        Self { organization: organization.unwrap_or(DEFAULT_ORGANIZATION).to_string() }
+    }
+}
+
+impl Default for OrganizationLabels {
+    fn default() -> Self {
+        Self::of(None)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,15 +160,15 @@ pub struct Metrics {
     pub aws_requests: Family<AwsRequestLabels, Counter>,
     pub tenants: Family<PhaseLabels, Gauge>,
     pub tenants_stalled: Family<ReasonLabels, Gauge>,
-    pub creation_queue_length: Gauge,
-    pub creation_slots_in_use: Gauge,
-    pub creation_slots: Gauge,
-    pub index_accounts: Gauge,
-    pub index_complete: Gauge,
-    pub index_sweeps: Counter,
+    pub creation_queue_length: Family<OrganizationLabels, Gauge>,
+    pub creation_slots_in_use: Family<OrganizationLabels, Gauge>,
+    pub creation_slots: Family<OrganizationLabels, Gauge>,
+    pub index_accounts: Family<OrganizationLabels, Gauge>,
+    pub index_complete: Family<OrganizationLabels, Gauge>,
+    pub index_sweeps: Family<OrganizationLabels, Counter>,
     pub leader: Gauge,
-    pub account_closures_recorded: Gauge,
-    pub account_closures_per_day: Gauge,
+    pub account_closures_recorded: Family<OrganizationLabels, Gauge>,
+    pub account_closures_per_day: Family<OrganizationLabels, Gauge>,
     pub baseline_tenants: PerRevision,
     pub rollout_phase: Family<RolloutLabels, Gauge>,
     pub rollout_failures: Family<BaselineLabels, Gauge>,
@@ -203,31 +227,39 @@ impl Metrics {
             registry.register(name, help, gauge.clone());
             gauge
         };
+        let per_organization = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<OrganizationLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
         let creation_queue_length =
-            gauge(&mut registry, "creation_queue_length", "Tenants waiting for a CreateAccount slot");
-        let creation_slots_in_use = gauge(
+            per_organization(&mut registry, "creation_queue_length", "Tenants waiting for a CreateAccount slot");
+        let creation_slots_in_use = per_organization(
             &mut registry,
             "creation_slots_in_use",
             "CreateAccount requests reserved or in progress in the organization (Silo's and others' it saw)",
         );
-        let creation_slots = gauge(
+        let creation_slots = per_organization(
             &mut registry,
             "creation_slots",
             "CreateAccount requests AWS runs at once (--max-concurrent-creations)",
         );
-        let index_accounts = gauge(&mut registry, "index_accounts", "Accounts in the organization index");
+        let index_accounts = per_organization(&mut registry, "index_accounts", "Accounts in the organization index");
         let index_complete =
-            gauge(&mut registry, "index_complete", "1 once a sweep of the whole organization has completed");
-        let index_sweeps = Counter::default();
+            per_organization(&mut registry, "index_complete", "1 once a sweep of the whole organization has completed");
+        let index_sweeps = Family::<OrganizationLabels, Counter>::default();
         registry.register("index_sweeps", "Completed sweeps of the organization", index_sweeps.clone());
         let leader = gauge(&mut registry, "leader", "1 while this replica holds the Lease and runs the controllers");
-        let account_closures_recorded = gauge(
+        let account_closures_recorded = per_organization(
             &mut registry,
             "account_closures_recorded",
             "Account closures recorded in the ledger in the last 24 hours",
         );
-        let account_closures_per_day =
-            gauge(&mut registry, "account_closures_per_day", "The closure budget (--max-account-closures-per-day)");
+        let account_closures_per_day = per_organization(
+            &mut registry,
+            "account_closures_per_day",
+            "The closure budget (--max-account-closures-per-day, or the Organization's spec.closure.maxPerDay)",
+        );
         let baseline_tenants = PerRevision::default();
         registry.register(
             "baseline_tenants",

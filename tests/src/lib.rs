@@ -33,11 +33,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
     runtime::wait::{await_condition, conditions},
 };
-use silo::{
-    Tenant,
-    aws::AwsConfig,
-    config::Config,
-};
+use silo::{Tenant, aws::AwsConfig, config::Config};
 
 pub use awssim::{AwsSim, SimClient};
 pub use control_plane::{ControlPlane, ControlPlaneOptions};

@@ -592,6 +592,11 @@ async fn invalid_organizations_are_refused_and_valid_ones_accepted() {
             "spec.tenantOURoots entries must be OU ids",
         ),
         (
+            "the default organization's name",
+            organization("default", json!({"managementRoleArn": role})),
+            "metadata.name cannot be default",
+        ),
+        (
             "no creation slot",
             organization("o5", json!({"managementRoleArn": role, "budgets": {"creationSlots": 0}})),
             "should be greater than or equal to 1",

@@ -225,16 +225,24 @@ async fn a_tenant_applied_while_the_index_is_built_does_not_wait_for_it() {
     case.create(&TenantFixture::named("early").in_ou("/Tenants/Early")).await.unwrap();
     case.wait_for("early", conditions::READY, "True", WITHIN).await.unwrap();
     let exposition = scrape(&metrics).await.unwrap();
-    assert_eq!(metric(&exposition, "silo_index_complete"), Some(0.0), "Ready before the index was built");
+    assert_eq!(
+        metric(&exposition, "silo_index_complete{organization=\"default\"}"),
+        Some(0.0),
+        "Ready before the index was built"
+    );
 
     // The index does get built (a listing per parent, a minute each).
     case.eventually(3 * WITHIN, || async {
-        metric(&scrape(&metrics).await.unwrap(), "silo_index_complete") == Some(1.0)
+        metric(&scrape(&metrics).await.unwrap(), "silo_index_complete{organization=\"default\"}") == Some(1.0)
     })
     .await
     .expect("the index is built");
     let exposition = scrape(&metrics).await.unwrap();
-    assert_eq!(metric(&exposition, "silo_index_accounts"), Some(2.0), "the management account and early's");
+    assert_eq!(
+        metric(&exposition, "silo_index_accounts{organization=\"default\"}"),
+        Some(2.0),
+        "the management account and early's"
+    );
     controller.kill();
 }
 

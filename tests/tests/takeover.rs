@@ -274,7 +274,7 @@ async fn orphans_are_listed_and_counted() {
     let row = table.stdout.lines().find(|l| l.starts_with(&stray)).unwrap_or_default();
     assert_eq!(row.split_whitespace().collect::<Vec<_>>(), [&stray, "stray", "untracked_in_tenant_ou", "/Tenants"]);
 
-    let gauge = |kind: &str| format!("silo_orphan_accounts{{kind=\"{kind}\"}}");
+    let gauge = |kind: &str| format!("silo_orphan_accounts{{organization=\"default\",kind=\"{kind}\"}}");
     let wait_for_gauges = |tagged: f64, untracked: f64| {
         let (metrics, gauge, case) = (metrics.clone(), gauge, &case);
         async move {

@@ -32,9 +32,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::{
     aws::organizations::{CreateRequest, CreationState},
-    metrics::METRICS,
+    metrics::{METRICS, OrganizationLabels},
 };
 
 /// A tenant woken for a free slot that has not come to take it after this long no longer
@@ -131,10 +133,13 @@ impl Slots {
         self.reserved.len() + self.in_flight.len()
     }
 
-    fn publish(&self, capacity: usize) {
-        METRICS.creation_slots_in_use.set(i64::try_from(self.in_use()).unwrap_or(i64::MAX));
-        METRICS.creation_queue_length.set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
-        METRICS.creation_slots.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    fn publish(&self, capacity: usize, label: &OrganizationLabels) {
+        let gauge = |family: &prometheus_client::metrics::family::Family<OrganizationLabels, Gauge>, n: usize| {
+            family.get_or_create(label).set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        gauge(&METRICS.creation_slots_in_use, self.in_use());
+        gauge(&METRICS.creation_queue_length, self.waiting.len());
+        gauge(&METRICS.creation_slots, capacity);
     }
 
     fn first_check(&self, now: Instant) -> Instant {
@@ -147,6 +152,8 @@ impl Slots {
 /// The organization's creation slots and the requests in flight.
 pub struct Creations {
     capacity: usize,
+    /// The organization, in metrics.
+    label: OrganizationLabels,
     slots: Mutex<Slots>,
     /// Wakes the tracker when a request is added.
     pub(super) changed: tokio::sync::Notify,
@@ -156,10 +163,15 @@ pub struct Creations {
 
 impl Creations {
     /// `wake` is called with a Tenant's name when it should be reconciled now.
-    pub fn new(capacity: usize, wake: impl Fn(String) + Send + Sync + 'static) -> Self {
-        let creations =
-            Self { capacity, slots: Mutex::default(), changed: tokio::sync::Notify::new(), wake: Box::new(wake) };
-        creations.lock().publish(capacity);
+    pub fn new(capacity: usize, label: OrganizationLabels, wake: impl Fn(String) + Send + Sync + 'static) -> Self {
+        let creations = Self {
+            capacity,
+            label,
+            slots: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
+            wake: Box::new(wake),
+        };
+        creations.lock().publish(capacity, &creations.label);
         creations
     }
 
@@ -209,7 +221,7 @@ impl Creations {
                 Err(NotYet::InLine { position: ahead + 1, in_use: slots.in_use() })
             }
         };
-        slots.publish(self.capacity);
+        slots.publish(self.capacity, &self.label);
         result
     }
 
@@ -219,7 +231,7 @@ impl Creations {
         if slots.reserved.remove(uid).is_some() {
             self.wake_next(&mut slots);
         }
-        slots.publish(self.capacity);
+        slots.publish(self.capacity, &self.label);
     }
 
     /// The tenant no longer wants an account created (deleted, paused, adopting instead).
@@ -230,7 +242,7 @@ impl Creations {
         if released {
             self.wake_next(&mut slots);
         }
-        slots.publish(self.capacity);
+        slots.publish(self.capacity, &self.label);
     }
 
     /// AWS answered CreateAccount for the tenant holding a slot: the slot now belongs to the
@@ -251,7 +263,7 @@ impl Creations {
                 self.wake_next(&mut slots);
             }
         }
-        slots.publish(self.capacity);
+        slots.publish(self.capacity, &self.label);
     }
 
     /// A tenant follows a request it found by name after a crash: wake it when it ends.
@@ -343,7 +355,7 @@ impl Creations {
                 self.wake_next(&mut slots);
             }
         }
-        slots.publish(self.capacity);
+        slots.publish(self.capacity, &self.label);
     }
 
     /// A check found the request still in progress: look again a little later, backing off.
@@ -410,7 +422,8 @@ mod tests {
     fn creations(capacity: usize) -> (Creations, Arc<Mutex<Vec<String>>>) {
         let woken = Arc::new(Mutex::new(vec![]));
         let log = woken.clone();
-        let creations = Creations::new(capacity, move |name| log.lock().unwrap().push(name));
+        let creations =
+            Creations::new(capacity, OrganizationLabels::default(), move |name| log.lock().unwrap().push(name));
         (creations, woken)
     }
 

@@ -95,9 +95,16 @@ impl View {
 #[derive(Default)]
 pub struct OrgIndex {
     view: RwLock<View>,
+    /// The organization, in metrics.
+    label: crate::metrics::OrganizationLabels,
 }
 
 impl OrgIndex {
+    /// An empty index of the organization `label` names.
+    pub fn labelled(label: crate::metrics::OrganizationLabels) -> Self {
+        Self { label, ..Self::default() }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
         self.view.read().expect("index lock")
     }
@@ -252,7 +259,7 @@ impl OrgIndex {
             account,
         };
         view.put_account(value);
-        publish(&view);
+        publish(&self.label, &view);
     }
 
     /// An account is gone from the organization (AWS said it does not know it).
@@ -262,7 +269,7 @@ impl OrgIndex {
         if let Some(entry) = view.accounts.remove(id) {
             view.by_email.remove(&entry.value.account.email.to_ascii_lowercase());
         }
-        publish(&view);
+        publish(&self.label, &view);
     }
 
     /// Applies a change to a known account (MoveAccount, tags, CloseAccount succeeded).
@@ -355,13 +362,13 @@ impl OrgIndex {
         view.complete = true;
         view.sweeps += 1;
         view.swept_at = Some(k8s_openapi::jiff::Timestamp::now());
-        publish(&view);
+        publish(&self.label, &view);
     }
 }
 
-fn publish(view: &View) {
-    METRICS.index_accounts.set(i64::try_from(view.accounts.len()).unwrap_or(i64::MAX));
-    METRICS.index_complete.set(i64::from(view.complete));
+fn publish(label: &crate::metrics::OrganizationLabels, view: &View) {
+    METRICS.index_accounts.get_or_create(label).set(i64::try_from(view.accounts.len()).unwrap_or(i64::MAX));
+    METRICS.index_complete.get_or_create(label).set(i64::from(view.complete));
 }
 
 #[cfg(test)]

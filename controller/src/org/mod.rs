@@ -50,6 +50,8 @@ pub struct OrgConfig {
     pub refresh_period: Duration,
     /// CreateAccount requests AWS runs at once for the organization.
     pub creation_slots: usize,
+    /// The organization, in metrics.
+    pub label: crate::metrics::OrganizationLabels,
 }
 
 /// Where a placement target points.
@@ -98,8 +100,8 @@ impl Organization {
     pub fn new(api: Organizations, config: OrgConfig, wake: impl Fn(String) + Send + Sync + 'static) -> Self {
         Self {
             api,
-            index: OrgIndex::default(),
-            creations: Creations::new(config.creation_slots, wake),
+            index: OrgIndex::labelled(config.label.clone()),
+            creations: Creations::new(config.creation_slots, config.label.clone(), wake),
             config,
             last_refusal_listing: Mutex::default(),
             refresh_now: tokio::sync::Notify::new(),
@@ -107,6 +109,11 @@ impl Organization {
             account_trust: Default::default(),
             info_read: Default::default(),
         }
+    }
+
+    /// The organization, in metrics.
+    pub fn label(&self) -> &crate::metrics::OrganizationLabels {
+        &self.config.label
     }
 
     /// Asks for a sweep of the organization soon (at most one every 30 s): something the index
@@ -152,7 +159,7 @@ impl Organization {
                         ?priority,
                         "swept the organization"
                     );
-                    crate::metrics::METRICS.index_sweeps.inc();
+                    crate::metrics::METRICS.index_sweeps.get_or_create(&self.config.label).inc();
                     priority = Priority::Background;
                     failures = 0;
                     tokio::select! {

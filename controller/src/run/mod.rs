@@ -199,7 +199,11 @@ pub async fn controllers(
 fn engine(aws: &Aws, config: &Config, router: Arc<Router>) -> Arc<Organization> {
     Arc::new(Organization::new(
         aws.organizations.clone(),
-        OrgConfig { refresh_period: config.index_refresh_period, creation_slots: config.creation_slots },
+        OrgConfig {
+            refresh_period: config.index_refresh_period,
+            creation_slots: config.creation_slots,
+            label: crate::metrics::OrganizationLabels::of(config.organization.as_deref()),
+        },
         move |name| router.wake(ObjectRef::new(&name)),
     ))
 }

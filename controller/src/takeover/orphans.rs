@@ -247,7 +247,8 @@ pub async fn publish(
     tenant_ou_roots: Vec<String>,
 ) {
     for kind in OrphanKind::ALL {
-        METRICS.orphan_accounts.get_or_create(&OrphanLabels { kind: kind.label() }).set(0);
+        let organization = org.label().organization.clone();
+        METRICS.orphan_accounts.get_or_create(&OrphanLabels { organization, kind: kind.label() }).set(0);
     }
     if tenants_ready.wait().await.is_err() || pools_ready.wait().await.is_err() {
         return;
@@ -284,7 +285,8 @@ pub async fn publish(
             facts.push(AccountFacts { account, ancestors, tags });
         }
         for (kind, n) in count(&classify(&facts, &claims, &holds, &roots, &info.management_account_id)) {
-            METRICS.orphan_accounts.get_or_create(&OrphanLabels { kind: kind.label() }).set(n);
+            let organization = org.label().organization.clone();
+            METRICS.orphan_accounts.get_or_create(&OrphanLabels { organization, kind: kind.label() }).set(n);
         }
     }
 }

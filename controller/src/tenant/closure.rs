@@ -134,13 +134,16 @@ pub struct ClosureLedger {
     api: Api<ConfigMap>,
     name: String,
     per_day: u32,
+    /// The organization, in metrics.
+    label: crate::metrics::OrganizationLabels,
 }
 
 impl ClosureLedger {
     /// The ledger of `organization` (`None`: the default one), in `namespace`.
     pub fn new(client: kube::Client, namespace: &str, organization: Option<&str>, per_day: u32) -> Self {
-        METRICS.account_closures_per_day.set(i64::from(per_day));
-        Self { api: Api::namespaced(client, namespace), name: ledger_name(organization), per_day }
+        let label = crate::metrics::OrganizationLabels::of(organization);
+        METRICS.account_closures_per_day.get_or_create(&label).set(i64::from(per_day));
+        Self { api: Api::namespaced(client, namespace), name: ledger_name(organization), per_day, label }
     }
 
     /// How many closures the ledger records in the 24 hours before `now`.
@@ -162,7 +165,7 @@ impl ClosureLedger {
             .unwrap_or_default();
         let (decision, keep) = judge_ledger(&entries, account_id, now, self.per_day, members);
         let today = keep.values().filter(|at| now.duration_since(**at) < DAY).count();
-        METRICS.account_closures_recorded.set(i64::try_from(today).unwrap_or(i64::MAX));
+        METRICS.account_closures_recorded.get_or_create(&self.label).set(i64::try_from(today).unwrap_or(i64::MAX));
         if keep != entries || existing.is_none() {
             let data = keep.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
             let mut cm = existing.clone().unwrap_or_else(|| ConfigMap {
