@@ -1078,8 +1078,7 @@ const ORGANIZATION_IMMUTABLE: &str = "has(self.organization) == has(oldSelf.orga
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name != 'default'")
-        .message("metadata.name cannot be default: that is the organization the controller's flags describe (its metrics say organization=\"default\"); pick another name")
-        .field_path(".metadata.name"),
+        .message("metadata.name cannot be default: that is the organization the controller's flags describe (its metrics say organization=\"default\"); pick another name"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrganizationSpec {
