@@ -276,6 +276,10 @@ pub async fn test_case_with(options: &EnvOptions) -> TestCase {
         .delete_collection(&DeleteParams::default(), &Default::default())
         .await
         .expect("remove AccountPools left by an earlier test");
+    Api::<silo::api::Organization>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .expect("remove Organizations left by an earlier test");
     let ledger = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
     let _ = ledger.delete(silo::tenant::closure::LEDGER_NAME, &DeleteParams::default()).await;
     // Each test's controller creates the leader Lease itself, as a first install would.
