@@ -86,7 +86,9 @@ async fn thirty_percent_throttling_is_weather_not_failure() {
     let throttled: u64 = stats["throttled"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
     let requests: u64 = stats["requests"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
     eprintln!("throttled {throttled} of {requests} AWS requests; every tenant Ready, none Stalled");
-    assert!(throttled > 0 && throttled * 100 >= requests * 15, "the fault layer really throttled: {stats}");
+    // About 35 requests at a rate of 0.3: 4 throttled happened (a 2% tail), so the check is
+    // that the layer throttled at all, at a rate no unlucky draw misses (1 in 5,000).
+    assert!(throttled > 1 && throttled * 20 >= requests, "the fault layer really throttled: {stats}");
     let counts = accounts_by_email(&case.sim).await;
     for name in &names {
         assert_eq!(counts.get(&format!("aws+{name}@example.com")), Some(&1), "one account for {name}");
