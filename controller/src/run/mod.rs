@@ -7,15 +7,16 @@
 //!
 //! [`controllers`] builds what every organization shares and runs, side by side:
 //! - the Tenant watch and the Baseline revision watch (one cache each, read by every
-//!   controller), and the Baseline controller ([`baseline::controller::run`]), which counts
-//!   every Tenant;
+//!   controller), the Baseline controller ([`baseline::controller::run`]), which counts every
+//!   Tenant, and the fleet gauges ([`tenant::publish_fleet`]);
 //! - the [`router`], which sends each Tenant's changes and wakes (a rollout admitted it, its
 //!   Baseline's spec changed, its organization freed a creation slot) to the controllers of
 //!   its organization only;
 //! - [`organization`] for the default organization: the [`Organization`] (index, creation
 //!   slots, Organizations budget), the Tenant controller ([`tenant::controller`]), the
-//!   AccountPool controller ([`pool::controller::run`]), the fleet gauges
-//!   ([`tenant::publish_fleet`]) and the orphan gauge ([`takeover::orphans::publish`]).
+//!   AccountPool controller ([`pool::controller::run`]) and the orphan gauge
+//!   ([`takeover::orphans::publish`]); the same for each Organization object
+//!   ([`organizations`]), and Tenants of an organization nobody serves are reported.
 //!
 //! An organization's parts live exactly as long as its Tenant controller: when it stops
 //! (shutdown, or a lost Lease), its engine and gauges stop with it.
@@ -188,9 +189,20 @@ pub async fn controllers(
         organization(client.clone(), aws, config.clone(), shared.clone(), feed, default_engine, shutdown.clone());
     let others = organizations::serve(client.clone(), source, config, aws_config, shared, shutdown.clone());
     let unserved = organizations::report_unserved(client, router.clone(), shutdown.clone());
+    // The fleet gauges count every organization's Tenants, once.
+    let fleet = {
+        let shutdown = shutdown.clone();
+        let tenants = tenants.clone();
+        async move {
+            tokio::select! {
+                () = tenant::publish_fleet(tenants) => {}
+                () = shutdown => {}
+            }
+        }
+    };
     // The revision cache stays current while the stream is polled.
     let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
-    tokio::join!(default, others, unserved, baselines, revisions, route_changes, route_wakes, route_baselines);
+    tokio::join!(default, others, unserved, fleet, baselines, revisions, route_changes, route_wakes, route_baselines);
     Ok(())
 }
 
@@ -297,7 +309,6 @@ async fn organization(
     tokio::select! {
         () = tenant_controller => {}
         () = org.run() => {}
-        () = tenant::publish_fleet(tenants.clone()) => {}
         () = orphans => {}
         () = pool_controller => {}
     }
