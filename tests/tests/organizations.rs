@@ -1,7 +1,7 @@
 //! Several AWS organizations from one controller: every Organization object gets controllers
 //! of its own, with its own management role and quotas, and each Tenant's account is made in
-//! the organization it names. A real kube-apiserver, the controller in this process, and the
-//! AWS simulator serving two organizations.
+//! the organization it names. A real kube-apiserver, the controller in this process as Silo's
+//! ServiceAccount, and the AWS simulator serving two organizations.
 
 use std::time::Duration;
 
@@ -38,9 +38,11 @@ async fn each_organization_makes_its_own_tenants_accounts_with_its_own_creation_
                        "create_account_delays": {"^aws\\+org-held@": 3600}});
     case.sim.configure(knobs).await.unwrap();
     let second = case.sim.another_organization(SECOND, ROLE).await.unwrap();
+    // As the `silo` ServiceAccount: what it reads and writes of Organizations and Tenants
+    // must be granted by Silo's RBAC.
     let mut config = TestCase::config();
     config.creation_slots = 1;
-    case.start_controller(config);
+    case.start_controller_as_service_account(config).await.unwrap();
     let organizations = Api::<Organization>::all(case.client.clone());
     let spec = OrganizationSpec {
         management_role_arn: format!("arn:aws:iam::{SECOND}:role/{ROLE}"),

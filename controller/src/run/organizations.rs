@@ -171,7 +171,9 @@ pub(super) async fn report_unserved(client: Client, router: Arc<Router>, shutdow
             () = tokio::time::sleep(UNSERVED_EVERY) => {}
         }
         let unserved = router.unserved();
-        reported.retain(|name, organization| unserved.get(organization).is_some_and(|names| names.contains(name)));
+        reported.retain(|name, organization| {
+            unserved.get(organization).is_some_and(|tenants| tenants.iter().any(|t| &t.name_any() == name))
+        });
         if unserved.is_empty() {
             continue;
         }
@@ -183,15 +185,16 @@ pub(super) async fn report_unserved(client: Client, router: Arc<Router>, shutdow
                 continue;
             }
         };
-        for (organization, names) in unserved {
+        for (organization, unserved_tenants) in unserved {
             if existing.contains(&organization) {
                 continue;
             }
-            for name in names {
+            // From the cache: RBAC grants Silo no GET of Tenants.
+            for tenant in unserved_tenants {
+                let name = tenant.name_any();
                 if reported.get(&name) == Some(&organization) {
                     continue;
                 }
-                let Ok(Some(tenant)) = tenants.get_opt(&name).await else { continue };
                 let mut status = tenant.status.clone().unwrap_or_default();
                 let message = format!(
                     "spec.organization names Organization {organization}, which does not exist (kubectl get \

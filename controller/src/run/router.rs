@@ -83,17 +83,15 @@ impl Router {
         }
     }
 
-    /// The organizations of cached Tenants that no controller here serves, with their Tenants.
-    pub fn unserved(&self) -> BTreeMap<String, Vec<String>> {
+    /// The organizations of cached Tenants that no controller here serves, with their Tenants
+    /// (from the cache).
+    pub fn unserved(&self) -> BTreeMap<String, Vec<Arc<Tenant>>> {
         let routes = self.routes.read().expect("the routes lock is never poisoned");
-        let mut unserved: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut unserved: BTreeMap<String, Vec<Arc<Tenant>>> = BTreeMap::new();
         for tenant in self.tenants.state() {
             let organization = organization_of(&tenant);
             if !routes.contains_key(organization) {
-                unserved
-                    .entry(organization.to_string())
-                    .or_default()
-                    .push(kube::ResourceExt::name_any(tenant.as_ref()));
+                unserved.entry(organization.to_string()).or_default().push(tenant);
             }
         }
         unserved
@@ -118,6 +116,12 @@ mod tests {
         }
         names.sort();
         names
+    }
+
+    fn unserved(router: &Router) -> BTreeMap<String, Vec<String>> {
+        let names =
+            |tenants: Vec<Arc<Tenant>>| tenants.iter().map(|t| kube::ResourceExt::name_any(t.as_ref())).collect();
+        router.unserved().into_iter().map(|(org, tenants)| (org, names(tenants))).collect()
     }
 
     fn changes(feed: &mut Feed) -> Vec<String> {
@@ -147,7 +151,7 @@ mod tests {
         }
         assert_eq!((changes(&mut default), wakes(&mut default)), (vec!["a".into()], vec!["a".into()]));
         assert_eq!((changes(&mut eu), wakes(&mut eu)), (vec!["b".into()], vec!["b".into()]));
-        assert_eq!(router.unserved(), BTreeMap::from([("us".to_string(), vec!["c".to_string()])]));
+        assert_eq!(unserved(&router), BTreeMap::from([("us".to_string(), vec!["c".to_string()])]));
 
         // An organization served later hears of its Tenants at once; one stopped, no more.
         let mut us = router.serve("us");
@@ -156,6 +160,6 @@ mod tests {
         router.changed(tenant("b", Some("eu")));
         router.wake(ObjectRef::new("b"));
         assert_eq!((changes(&mut eu), wakes(&mut eu)), (vec![], vec![]));
-        assert_eq!(router.unserved(), BTreeMap::from([("eu".to_string(), vec!["b".to_string()])]));
+        assert_eq!(unserved(&router), BTreeMap::from([("eu".to_string(), vec!["b".to_string()])]));
     }
 }
