@@ -56,6 +56,11 @@ Stats (GET /_silo/stats), per `service:Operation` unless noted:
                               Validate or Estimate (CreateAccount, MoveAccount,
                               TagResource, CreateStack, ExecuteChangeSet,
                               AttachPolicy, PutAlternateContact, ...)
+    writes_by_session         {role session name: {service:Operation: n}}
+                              the same writes, signed with a role session's
+                              temporary key, by the RoleSessionName it was
+                              asked with (which replica acted, as CloudTrail
+                              tells it)
     Like `requests`, both count every request, throttled or failed ones too.
 
 Request log (GET /_silo/log): every AWS request the layer answered, in the
@@ -977,8 +982,10 @@ class State:
         "latency_injected": {}, "response_delayed": {}, "accounts_created": 0,
         "create_account_failures": {}, "accounts_closed": 0, "stacks_failed": 0,
         "assume_role_denied": 0, "sessions": [], "by_access_key": {},
-        "writes_by_access_key": {}, "refused": {},
+        "writes_by_access_key": {}, "writes_by_session": {}, "refused": {},
     })
+    # The role session name of each temporary access key AssumeRole handed out.
+    session_of_key: dict[str, str] = field(default_factory=dict)
 
     def count(self, table: str, key: str) -> None:
         self.stats[table][key] = self.stats[table].get(key, 0) + 1
@@ -988,6 +995,10 @@ class State:
         for table in tables:
             per_key = self.stats[table].setdefault(call.access_key, {})
             per_key[call.key] = per_key.get(call.key, 0) + 1
+        session = self.session_of_key.get(call.access_key)
+        if call.is_write and session is not None:
+            per_session = self.stats["writes_by_session"].setdefault(session, {})
+            per_session[call.key] = per_session.get(call.key, 0) + 1
 
 
 def reset_moto() -> None:
@@ -2687,7 +2698,12 @@ class SiloLayer:
                 if denied:
                     self.state.stats["assume_role_denied"] += 1
             if not denied:
-                return self.forward(call.environ)
+                resp = self.forward(call.environ)
+                issued = re.search(rb"<AccessKeyId>([^<]+)</AccessKeyId>", resp.body or b"")
+                if resp.status == 200 and issued:
+                    with self.lock:
+                        self.state.session_of_key[issued.group(1).decode()] = session["name"]
+                return resp
         action = "sts:TagSession" if denied == "tag session" else "sts:AssumeRole"
         return aws_error(call, 403, "AccessDenied",
                          f"User: {caller.arn} is not authorized to perform: "

@@ -851,6 +851,21 @@ def test_assumed_role_acts_in_member_account(sim: Sim, org: Any) -> None:
     assert len(sim.client("sns", creds).list_topics()["Topics"]) == 1   # tenant-member's
 
 
+def test_writes_are_counted_by_the_role_session_that_made_them(sim: Sim, org: Any) -> None:
+    account = new_account(org, "session-writer")
+    role_arn = f"arn:aws:iam::{account}:role/{ROLE}"
+    for name in ["replica-a", "replica-b"]:
+        creds = sim.client("sts").assume_role(RoleArn=role_arn, RoleSessionName=name)["Credentials"]
+        cfn = sim.client("cloudformation", {"aws_access_key_id": creds["AccessKeyId"],
+                                            "aws_secret_access_key": creds["SecretAccessKey"],
+                                            "aws_session_token": creds["SessionToken"]})
+        cfn.create_stack(StackName=f"by-{name}", TemplateBody=template(name))
+        cfn.describe_stacks()
+    by_session = sim.stats()["writes_by_session"]
+    assert by_session["replica-a"] == {"cloudformation:CreateStack": 1}
+    assert by_session["replica-b"] == {"cloudformation:CreateStack": 1}
+
+
 def trust(*principals: str, external_id: str | None = None, like: bool = False) -> str:
     """A trust policy letting `principals` (account ids or ARNs) sts:AssumeRole,
     with the external id (StringEquals, or StringLike) when given."""
