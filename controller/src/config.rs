@@ -283,9 +283,16 @@ impl RunArgs {
             management_role_arn: self.management_role_arn.clone(),
             management_external_id: None,
             region: None,
+            session_name: replica_identity(),
             tag_sessions: self.session_tags,
         }
     }
+}
+
+/// This replica's name in Leases and in AWS session names: its pod's (`POD_NAME`), else
+/// `silo-<process id>`.
+pub fn replica_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| format!("silo-{}", std::process::id()))
 }
 
 /// Reads the controller's default contacts (`--default-contacts-file`): YAML with the keys

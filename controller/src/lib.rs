@@ -14,7 +14,8 @@
 //!   that refills them).
 //! - [`org`]: the one owner of the organization's quotas: the Organizations budget, the
 //!   creation slots, the organization index, OU resolution and service control policies.
-//! - [`leader`]: the leader Lease, which opens and closes the AWS write fence.
+//! - [`leader`]: the Leases (the main one and each organization's), which open and close the
+//!   AWS write fences, and how replicas share the organizations ([`leader::share`]).
 //! - [`aws`]: the one client layer every AWS call goes through: budgets, the write fence, and
 //!   the classification of AWS errors.
 //! - The ground floor, usable from anywhere: [`contract`] (the names Silo shares with its users,

@@ -167,6 +167,7 @@ pub struct Metrics {
     pub index_complete: Family<OrganizationLabels, Gauge>,
     pub index_sweeps: Family<OrganizationLabels, Counter>,
     pub leader: Gauge,
+    pub organization_leader: Family<OrganizationLabels, Gauge>,
     pub account_closures_recorded: Family<OrganizationLabels, Gauge>,
     pub account_closures_per_day: Family<OrganizationLabels, Gauge>,
     pub baseline_tenants: PerRevision,
@@ -249,7 +250,16 @@ impl Metrics {
             per_organization(&mut registry, "index_complete", "1 once a sweep of the whole organization has completed");
         let index_sweeps = Family::<OrganizationLabels, Counter>::default();
         registry.register("index_sweeps", "Completed sweeps of the organization", index_sweeps.clone());
-        let leader = gauge(&mut registry, "leader", "1 while this replica holds the Lease and runs the controllers");
+        let leader = gauge(
+            &mut registry,
+            "leader",
+            "1 while this replica holds the main Lease: it runs the Baseline controller and the default organization",
+        );
+        let organization_leader = per_organization(
+            &mut registry,
+            "organization_leader",
+            "1 while this replica holds the organization's Lease and runs its controllers",
+        );
         let account_closures_recorded = per_organization(
             &mut registry,
             "account_closures_recorded",
@@ -335,6 +345,7 @@ impl Metrics {
             index_complete,
             index_sweeps,
             leader,
+            organization_leader,
             account_closures_recorded,
             account_closures_per_day,
             registry,

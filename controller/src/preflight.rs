@@ -86,8 +86,9 @@ async fn check_namespace_and_lease(client: &Client, ns: &str, lease_name: &str) 
     let lease = Lease { metadata: ObjectMeta { name: Some(lease_name.to_string()), ..Default::default() }, spec: None };
     let params = PostParams { dry_run: true, field_manager: Some("silo-preflight".into()) };
     match leases.create(&params, &lease).await {
-        Ok(_) => None,
-        Err(kube::Error::Api(status)) if status.code == 409 => None, // it exists: fine
+        // Replicas also list the Leases, to share the organizations.
+        Ok(_) => check_lease_listing(&leases, ns).await,
+        Err(kube::Error::Api(status)) if status.code == 409 => check_lease_listing(&leases, ns).await, // it exists: fine
         Err(kube::Error::Api(status)) if status.code == 404 => Some(format!(
             "namespace {ns} does not exist: run `kubectl create namespace {ns}` (or install with \
              `kubectl apply --server-side -k manifests/base`, which creates it), or pass --namespace \
@@ -107,6 +108,18 @@ async fn check_namespace_and_lease(client: &Client, ns: &str, lease_name: &str) 
             "cannot talk to the Kubernetes API server ({err}): check KUBECONFIG, or that the pod can \
              reach the API server"
         )),
+    }
+}
+
+/// Lists one Lease: replicas list them to share the organizations.
+async fn check_lease_listing(leases: &Api<Lease>, ns: &str) -> Option<String> {
+    match leases.list_metadata(&ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(status)) if status.code == 403 => Some(format!(
+            "Silo may not list the Leases of {ns} ({}): apply its RBAC with \
+             `kubectl apply --server-side -k manifests/base`, and run Silo as the silo ServiceAccount",
+            status.message
+        )),
+        _ => None,
     }
 }
 

@@ -280,11 +280,17 @@ pub async fn test_case_with(options: &EnvOptions) -> TestCase {
         .delete_collection(&DeleteParams::default(), &Default::default())
         .await
         .expect("remove Organizations left by an earlier test");
-    let ledger = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
-    let _ = ledger.delete(silo::tenant::closure::LEDGER_NAME, &DeleteParams::default()).await;
-    // Each test's controller creates the leader Lease itself, as a first install would.
+    // The closure ledgers and the Leases (every organization's and replica's): each test's
+    // controllers create them, as a first install would.
+    let ledgers = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
     let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
-    let _ = leases.delete(LEASE_NAME, &DeleteParams::default()).await;
+    for (kind, deleted) in [
+        ("ConfigMaps", ledgers.delete_collection(&DeleteParams::default(), &Default::default()).await.map(|_| ())),
+        ("Leases", leases.delete_collection(&DeleteParams::default(), &Default::default()).await.map(|_| ())),
+    ] {
+        deleted
+            .unwrap_or_else(|err| panic!("remove the {kind} left by an earlier test in {CONTROLLER_NAMESPACE}: {err}"));
+    }
     sim.reset().await.expect("reset the AWS simulator");
     TestCase { client, sim, info, watchdog: checks::Watchdog::default(), _exclusive: exclusive }
 }
@@ -325,10 +331,10 @@ impl TestCase {
     }
 
     fn run_controller(&mut self, client: Client, settings: Config) {
-        let source = silo::run::AwsSource { base: self.sim.sdk_config(), fence: silo::aws::Fence::open() };
+        let source = silo::run::AwsSource { base: self.sim.sdk_config() };
         self.watchdog.spawn("controller", async move {
             if let Err(err) =
-                silo::run::controllers(client, source, Self::aws_config(), settings, std::future::pending()).await
+                silo::run::controllers(client, source, Self::aws_config(), settings, None, std::future::pending()).await
             {
                 panic!("controller failed: {err:#}");
             }

@@ -3,16 +3,17 @@
 //! the organization it names. A real kube-apiserver, the controller in this process as Silo's
 //! ServiceAccount, and the AWS simulator serving two organizations.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use aws_sdk_organizations::Client as Organizations;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, api::PostParams};
 use serde_json::json;
 use silo::{
     api::{Organization, OrganizationBudgets, OrganizationSpec},
     conditions,
 };
-use silo_testenv::{TestCase, test_case};
+use silo_testenv::{CONTROLLER_NAMESPACE, LEASE_NAME, Spawn, TestCase, test_case};
 
 const READY_WITHIN: Duration = Duration::from_secs(90);
 /// The second organization's management account, and the role Silo assumes there.
@@ -98,4 +99,120 @@ async fn each_organization_makes_its_own_tenants_accounts_with_its_own_creation_
     assert_eq!(stalled.reason, "OrganizationNotFound");
     assert!(stalled.message.contains("Organization nowhere, which does not exist"), "{}", stalled.message);
     assert_eq!(case.sim.requests("organizations:CreateAccount").await.unwrap(), before, "no CreateAccount for it");
+}
+
+/// What a replica wrote to AWS through its management sessions (the second organization's:
+/// the default one's are signed with its own key), by the session name it runs as.
+async fn management_writes(case: &TestCase, replica: &str) -> u64 {
+    let stats = case.sim.stats().await.unwrap();
+    stats["writes_by_session"][replica].as_object().map_or(0, |ops| ops.values().filter_map(|n| n.as_u64()).sum())
+}
+
+/// The holder of a Lease in Silo's namespace.
+async fn holder(case: &TestCase, lease: &str) -> Option<String> {
+    let leases = Api::<Lease>::namespaced(case.client.clone(), CONTROLLER_NAMESPACE);
+    leases.get_opt(lease).await.ok().flatten()?.spec?.holder_identity
+}
+
+/// Two replicas share the two organizations (the default one and `second`), one each, under
+/// their own Leases. The one leading `second` is killed (SIGKILL) with a CreateAccount of
+/// `second` in flight: the other takes `second` over once its Lease expires, finishes that
+/// creation without making the account again, and makes the next. A third replica joins: the
+/// survivor, now above its fair share, hands `second` over to it. From the simulator's
+/// record of writes by role session (each replica's sessions carry its name), `second` had
+/// one writer at a time: nobody but its leader wrote to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_organization_has_one_leader_as_replicas_die_and_join() {
+    let case = test_case().await;
+    // Duplicate emails are accepted, so an account made twice would be counted below.
+    let knobs = json!({"enforce_trust_policies": false, "create_account_delay_seconds": 4, "unique_emails": false});
+    case.sim.configure(knobs).await.unwrap();
+    let second = case.sim.another_organization(SECOND, ROLE).await.unwrap();
+    let spec =
+        OrganizationSpec { management_role_arn: format!("arn:aws:iam::{SECOND}:role/{ROLE}"), ..Default::default() };
+    Api::<Organization>::all(case.client.clone())
+        .create(&PostParams::default(), &Organization::new("second", spec))
+        .await
+        .unwrap();
+    let replica = |name: &'static str| {
+        let spawn = Spawn { access_key: Some(name), identity: Some(name), ..Spawn::default() };
+        case.spawn_controller_with(&[], &format!("{name}.log"), spawn).unwrap()
+    };
+    let mut replicas = BTreeMap::from([("replica-a", replica("replica-a")), ("replica-b", replica("replica-b"))]);
+
+    // One organization each.
+    let (main, away) = case
+        .eventually(READY_WITHIN, || async {
+            let main = holder(&case, LEASE_NAME).await?;
+            let away = holder(&case, "silo-org-second").await?;
+            (main != away).then_some((main, away))
+        })
+        .await
+        .expect("each replica leads one organization");
+    let tenant = |name: &str, organization: &str| {
+        format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{{organization}}}")
+    };
+    case.apply(&tenant("shared-home", "")).await.unwrap();
+    case.apply(&tenant("shared-away", "organization: second")).await.unwrap();
+    for name in ["shared-home", "shared-away"] {
+        case.wait_for(name, conditions::READY, "True", READY_WITHIN).await.unwrap();
+    }
+    assert!(management_writes(&case, &away).await > 0, "{away} made shared-away's account");
+    assert_eq!(management_writes(&case, &main).await, 0, "{main} never wrote to the organization it does not lead");
+
+    // Kill the leader of `second` as soon as it has sent a CreateAccount there.
+    case.apply(&tenant("shared-orphaned", "organization: second")).await.unwrap();
+    case.eventually_every(READY_WITHIN, Duration::from_millis(50), || async {
+        let stats = case.sim.stats().await.unwrap();
+        stats["writes_by_session"][&away]["organizations:CreateAccount"].as_u64().unwrap_or(0) >= 2
+    })
+    .await
+    .expect("the leader of second sends shared-orphaned's CreateAccount");
+    replicas.get_mut(away.as_str()).unwrap().kill();
+    let killed_wrote = management_writes(&case, &away).await;
+    case.eventually(READY_WITHIN, || async { holder(&case, "silo-org-second").await.filter(|h| *h == main) })
+        .await
+        .expect("the survivor takes second over once its Lease expires");
+    case.apply(&tenant("shared-after", "organization: second")).await.unwrap();
+    for name in ["shared-orphaned", "shared-after"] {
+        case.wait_for(name, conditions::READY, "True", READY_WITHIN).await.unwrap();
+    }
+    assert!(management_writes(&case, &main).await > 0, "{main} acts for second now");
+    assert_eq!(management_writes(&case, &away).await, killed_wrote, "the killed replica wrote nothing more");
+
+    // A third replica joins: second is handed over to it.
+    replicas.insert("replica-c", replica("replica-c"));
+    case.eventually(READY_WITHIN, || async { holder(&case, "silo-org-second").await.filter(|h| h == "replica-c") })
+        .await
+        .expect("the new replica takes second over");
+    let main_wrote = management_writes(&case, &main).await;
+    case.apply(&tenant("shared-joined", "organization: second")).await.unwrap();
+    case.wait_for("shared-joined", conditions::READY, "True", READY_WITHIN).await.unwrap();
+    assert!(management_writes(&case, "replica-c").await > 0, "replica-c acts for second");
+    assert_eq!(
+        management_writes(&case, &main).await,
+        main_wrote,
+        "{main} handed second over and stopped writing to it"
+    );
+    assert_eq!(holder(&case, LEASE_NAME).await.as_deref(), Some(main.as_str()), "the main Lease stayed");
+    for (_, mut process) in replicas {
+        process.kill();
+    }
+
+    // One account per Tenant, in its organization (once listings show them all).
+    let away = ["shared-away", "shared-orphaned", "shared-after", "shared-joined"];
+    let in_second = case
+        .eventually(READY_WITHIN, || async {
+            let in_second = emails(&second).await;
+            away.iter().all(|name| in_second.contains(&format!("aws+{name}@example.com"))).then_some(in_second)
+        })
+        .await
+        .expect("the second organization lists every account made there");
+    for name in away {
+        let email = format!("aws+{name}@example.com");
+        assert_eq!(in_second.iter().filter(|e| **e == email).count(), 1, "one account for {name}: {in_second:?}");
+    }
+    let counts = case.sim.accounts_by_email().await.unwrap();
+    assert_eq!(counts.get("aws+shared-home@example.com"), Some(&1));
+    assert_eq!(case.accounts_created().await, 5, "one CreateAccount answered per Tenant");
 }

@@ -74,6 +74,9 @@ pub struct AwsConfig {
     pub management_external_id: Option<String>,
     /// The Region of the management clients; `None`: the environment's, else us-east-1.
     pub region: Option<String>,
+    /// The session name of the management role's sessions: the replica's, so that AWS
+    /// (CloudTrail) says which replica made each request.
+    pub session_name: String,
     /// Tag tenant sessions with the tenant (needs sts:TagSession in the role's trust policy,
     /// which OrganizationAccountAccessRole does not allow: off by default).
     pub tag_sessions: bool,
@@ -94,6 +97,7 @@ impl AwsConfig {
             management_role_arn: None,
             management_external_id: None,
             region: None,
+            session_name: "silo-controller".into(),
             tag_sessions: false,
         }
     }
@@ -138,7 +142,8 @@ impl Aws {
             config = config.into_builder().region(Region::new(region.clone())).build();
         }
         if let Some(role) = &aws.management_role_arn {
-            let mut builder = AssumeRoleProvider::builder(role).session_name("silo-controller");
+            let mut builder =
+                AssumeRoleProvider::builder(role).session_name(tenant_access::role_session_name(&aws.session_name));
             if let Some(external_id) = &aws.management_external_id {
                 builder = builder.external_id(external_id);
             }

@@ -47,19 +47,23 @@ pub struct SessionKey {
 }
 
 /// Names the session after the tenant: `silo-<tenant>`, in RoleSessionName's alphabet and
-/// length (2 to 64 characters of `[A-Za-z0-9+=,.@_-]`). A name too long is cut and ends with
-/// a hash of the whole name, so two long tenant names never share a session name. Pure.
+/// length ([`role_session_name`]). Pure.
 pub fn session_name(tenant: &str) -> String {
+    role_session_name(&format!("silo-{tenant}"))
+}
+
+/// `name` in RoleSessionName's alphabet and length (2 to 64 characters of
+/// `[A-Za-z0-9+=,.@_-]`). A name too long is cut and ends with a hash of the whole name, so
+/// two long names never share a session name. Pure.
+pub fn role_session_name(name: &str) -> String {
     const MAX: usize = 64;
-    let cleaned: String = format!("silo-{tenant}")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) { c } else { '-' })
-        .collect();
+    let cleaned: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) { c } else { '-' }).collect();
     if cleaned.len() <= MAX {
-        return cleaned;
+        return format!("{cleaned:-<2}");
     }
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(tenant.as_bytes());
+    let digest = Sha256::digest(name.as_bytes());
     let suffix: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     format!("{}-{suffix}", &cleaned[..MAX - suffix.len() - 1])
 }

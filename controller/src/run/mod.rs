@@ -2,24 +2,26 @@
 //! tenant; it connects the parts, once, in one place.
 //!
 //! [`silo_run`] serves metrics and health, checks the install (preflight), builds the AWS
-//! clients, waits for the leader Lease and hands its write fence to the AWS clients, then runs
-//! [`controllers`] until a signal arrives or the Lease is lost.
+//! configuration, then runs [`controllers`] until a signal arrives or the main Lease is lost.
 //!
-//! [`controllers`] builds what every organization shares and runs, side by side:
-//! - the Tenant watch and the Baseline revision watch (one cache each, read by every
-//!   controller), the Baseline controller ([`baseline::controller::run`]), which counts every
-//!   Tenant, and the fleet gauges ([`tenant::publish_fleet`]);
+//! [`controllers`] builds what every replica keeps, and runs, side by side:
+//! - the Tenant, Baseline and revision watches (one cache each, read by every controller);
 //! - the [`router`], which sends each Tenant's changes and wakes (a rollout admitted it, its
 //!   Baseline's spec changed, its organization freed a creation slot) to the controllers of
-//!   its organization only;
-//! - [`organization`] for the default organization: the [`Organization`] (index, creation
-//!   slots, Organizations budget), the Tenant controller ([`tenant::controller`]), the
-//!   AccountPool controller ([`pool::controller::run`]) and the orphan gauge
-//!   ([`takeover::orphans::publish`]); the same for each Organization object
-//!   ([`organizations`]), and Tenants of an organization nobody serves are reported.
+//!   its organization only, if this replica leads it;
+//! - [`main`], once this replica holds the main Lease (`--lease-name`): the Baseline
+//!   controller ([`baseline::controller::run`]), which counts every Tenant, the fleet gauges
+//!   ([`tenant::publish_fleet`]), the report of Tenants of missing organizations, and
+//!   [`organization`] for the default organization: the [`Organization`] engine (index,
+//!   creation slots, Organizations budget), the Tenant controller ([`tenant::controller`]),
+//!   the AccountPool controller ([`pool::controller::run`]) and the orphan gauge
+//!   ([`takeover::orphans::publish`]);
+//! - [`organizations::serve`]: the same [`organization`] for each Organization object this
+//!   replica leads, each behind its own Lease, up to its fair share
+//!   ([`crate::leader::share`]).
 //!
 //! An organization's parts live exactly as long as its Tenant controller: when it stops
-//! (shutdown, or a lost Lease), its engine and gauges stop with it.
+//! (shutdown, a hand-over, or a lost Lease), its engine and gauges stop with it.
 
 mod organizations;
 pub mod router;
@@ -30,9 +32,8 @@ use futures::{FutureExt, StreamExt};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
-        PredicateConfig, WatchStreamExt,
+        WatchStreamExt,
         events::{Recorder, Reporter},
-        predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -40,7 +41,7 @@ use kube::{
 use tracing::{info, warn};
 
 use crate::{
-    api::Baseline,
+    api::{Baseline, Tenant},
     aws::{Aws, AwsConfig, Fence},
     baseline, caches,
     config::{Config, RunArgs},
@@ -53,8 +54,8 @@ use crate::{
     tenant::{self, Context, closure::ClosureLedger},
 };
 
-/// `silo run`: the controller process, until SIGTERM or SIGINT, or until the Lease is lost
-/// (the pod then restarts as a clean follower).
+/// `silo run`: the controller process, until SIGTERM or SIGINT, or until the main Lease is
+/// lost (the pod then restarts as a clean follower).
 pub async fn silo_run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let config = args.config()?;
@@ -66,25 +67,13 @@ pub async fn silo_run(args: RunArgs) -> anyhow::Result<()> {
     preflight::check(&client, &config.namespace, &args.lease_name, role).await?;
     let base = Aws::env_config().await;
     readiness.set_ready();
-    let result = if args.leader_election {
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("silo-{}", std::process::id()));
-        let namespace = config.namespace.clone();
-        let leadership = tokio::select! {
-            leadership = Leadership::acquire(client.clone(), &namespace, &args.lease_name, &identity, args.lease_seconds) => leadership?,
-            _ = shutdown_signal() => return Ok(()),
-        };
-        let source = AwsSource { base, fence: leadership.fence() };
-        let stop = async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = leadership.lost() => {}
-            }
-        };
-        controllers(client, source, aws_config, config, stop).await
-    } else {
-        METRICS.leader.set(1);
-        controllers(client, AwsSource { base, fence: Fence::open() }, aws_config, config, shutdown_signal()).await
-    };
+    let leases = args.leader_election.then(|| Leases {
+        namespace: config.namespace.clone(),
+        identity: crate::config::replica_identity(),
+        main: args.lease_name.clone(),
+        seconds: args.lease_seconds,
+    });
+    let result = controllers(client, AwsSource { base }, aws_config, config, leases, shutdown_signal()).await;
     METRICS.leader.set(0);
     server.abort();
     result
@@ -99,34 +88,55 @@ async fn shutdown_signal() {
     }
 }
 
-/// Where every organization's AWS clients come from: the controller's own configuration, and
-/// the write fence of its Lease.
+/// Where every organization's AWS clients come from: the controller's own configuration.
+#[derive(Clone)]
 pub struct AwsSource {
     pub base: aws_config::SdkConfig,
-    pub fence: Fence,
 }
 
 impl AwsSource {
-    /// The clients of the organization `aws` describes.
-    pub async fn clients(&self, aws: &AwsConfig) -> Aws {
-        Aws::from_base(&self.base, aws).await.fenced(self.fence.clone())
+    /// The clients of the organization `aws` describes, writing only while `fence` allows.
+    pub async fn clients(&self, aws: &AwsConfig, fence: Fence) -> Aws {
+        Aws::from_base(&self.base, aws).await.fenced(fence)
     }
 }
 
-/// Runs the Tenant and Baseline controllers, and what they share, until `shutdown` completes;
-/// reconciles in flight finish first. `aws` and `config`: the default organization's, which
-/// the Organization objects' take where their specs say nothing.
+/// How replicas share the work: the Leases, in `namespace`, that say which replica leads
+/// what. Without them (`--leader-election false`), this process leads everything, alone.
+#[derive(Clone)]
+pub struct Leases {
+    pub namespace: String,
+    pub identity: String,
+    /// The main Lease (`--lease-name`): the Baseline controller and the default organization.
+    pub main: String,
+    pub seconds: u64,
+}
+
+/// Runs the controllers, and what they share, until `shutdown` completes (or the main Lease
+/// is lost); reconciles in flight finish first. `aws` and `config`: the default
+/// organization's, which the Organization objects' take where their specs say nothing.
+///
+/// Every replica keeps the caches and leads its share of the Organization objects
+/// ([`organizations::serve`]); the one holding the main Lease also runs the Baseline
+/// controller, the default organization and the fleet-wide reports ([`main`]).
 pub async fn controllers(
     client: Client,
     source: AwsSource,
     aws_config: AwsConfig,
     config: Config,
+    leases: Option<Leases>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let shutdown = shutdown.shared();
-    let aws = source.clients(&aws_config).await;
-    // What every organization shares: the Tenant, Baseline and revision caches, and the
-    // Baseline controller, which counts every Tenant.
+    // Losing the main Lease stops everything: the pod restarts as a clean follower.
+    let (main_lost, main_lost_rx) = futures::channel::oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = main_lost_rx => {}
+        }
+    }
+    .shared();
+    // What every organization shares: the Tenant, Baseline and revision caches.
     let (recount, recounts) = futures::channel::mpsc::unbounded();
     let (tenants, tenant_changes) = tenant::watch(&client, baseline::recount::Asks::new(recount));
     let router = Router::new(tenants.clone());
@@ -136,27 +146,22 @@ pub async fn controllers(
     let baseline_changes = watcher(Api::<Baseline>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(baseline_writer)
-        .applied_objects()
-        // A Baseline's status writes change no stack: only its spec matters to tenants.
-        .predicate_filter(predicates::generation, PredicateConfig::default());
-    let shared = baseline::controller::Shared {
-        tenants_ready: caches::Ready::of(&tenants),
-        revisions_ready: caches::Ready::of(&revisions),
-        tenants: tenants.clone(),
-        revisions,
-        rollouts: Arc::default(),
-        wake,
-    };
-    let baselines = baseline::controller::run(
-        client.clone(),
-        aws.config.clone(),
-        config.namespace.clone(),
-        shared.clone(),
-        recounts,
-        shutdown.clone(),
-    );
+        .applied_objects();
+    let shared = Arc::new(Shared {
+        baselines: baseline_store,
+        baseline: baseline::controller::Shared {
+            tenants_ready: caches::Ready::of(&tenants),
+            revisions_ready: caches::Ready::of(&revisions),
+            tenants: tenants.clone(),
+            revisions,
+            rollouts: Arc::default(),
+            wake,
+        },
+        router: router.clone(),
+    });
+    let (leads_default, leading_default) = tokio::sync::watch::channel(false);
 
-    // Each Tenant's changes, the rollout's wakes and its Baseline's spec changes reach the
+    // Each Tenant's changes, the rollout's wakes and its Baseline's changes reach the
     // controllers of its organization only.
     let route_changes = tenant_changes.take_until(shutdown.clone()).for_each(|change| {
         match change {
@@ -169,41 +174,171 @@ pub async fn controllers(
         router.wake(tenant);
         futures::future::ready(())
     });
-    let route_baselines = baseline_changes.take_until(shutdown.clone()).for_each(|change| {
-        if let Ok(baseline) = change {
-            let name = baseline.name_any();
-            let users =
-                tenants.state().into_iter().filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name));
-            for user in users {
-                router.wake(ObjectRef::from_obj(user.as_ref()));
+    let route_baselines = {
+        let mut seen = BaselinesSeen::default();
+        let leading_default = leading_default.clone();
+        let router = router.clone();
+        baseline_changes.take_until(shutdown.clone()).for_each(move |change| {
+            if let Ok(baseline) = change {
+                let woken = seen.wakes(&baseline, &tenants, *leading_default.borrow());
+                for tenant in woken {
+                    router.wake(tenant);
+                }
             }
-        }
-        futures::future::ready(())
-    });
-    let shared = Arc::new(Shared { baselines: baseline_store, baseline: shared, router: router.clone() });
+            futures::future::ready(())
+        })
+    };
 
-    // The default organization, the one the flags describe, and every Organization object.
-    let default_engine = engine(&aws, &config, router.clone());
-    let feed = router.serve("");
-    let default =
-        organization(client.clone(), aws, config.clone(), shared.clone(), feed, default_engine, shutdown.clone());
-    let others = organizations::serve(client.clone(), source, config, aws_config, shared, shutdown.clone());
-    let unserved = organizations::report_unserved(client, router.clone(), shutdown.clone());
-    // The fleet gauges count every organization's Tenants, once.
-    let fleet = {
-        let shutdown = shutdown.clone();
-        let tenants = tenants.clone();
-        async move {
+    // Boxed, as every organization's parts are: their futures are large, and a debug build
+    // moves them on the stack as they are built.
+    let main = Box::pin(main(
+        client.clone(),
+        &source,
+        aws_config.clone(),
+        config.clone(),
+        leases.clone(),
+        shared.clone(),
+        recounts,
+        leads_default,
+        shutdown.clone(),
+    ));
+    let main = async move {
+        if let Err(err) = main.await {
+            warn!(err = format!("{err:#}"), "the main Lease cannot be taken");
+        }
+        // Lost, failed or shut down: everything stops.
+        let _ = main_lost.send(());
+    };
+    let others =
+        organizations::serve(client, &source, config, aws_config, shared, leases, leading_default, shutdown.clone());
+    // The revision cache stays current while the stream is polled.
+    let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
+    tokio::join!(main, others, revisions, route_changes, route_wakes, route_baselines);
+    Ok(())
+}
+
+/// What the holder of the main Lease runs: the Baseline controller (it counts every
+/// organization's Tenants), the default organization, the fleet gauges and the report of
+/// Tenants whose organization does not exist. Waits for the Lease first; returns when it is
+/// lost or at shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn main(
+    client: Client,
+    source: &AwsSource,
+    aws_config: AwsConfig,
+    config: Config,
+    leases: Option<Leases>,
+    shared: Arc<Shared>,
+    mut recounts: futures::channel::mpsc::UnboundedReceiver<ObjectRef<Baseline>>,
+    leads_default: tokio::sync::watch::Sender<bool>,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let mut leadership = match &leases {
+        None => None,
+        Some(l) => {
+            let acquire = Leadership::acquire(client.clone(), &l.namespace, &l.main, &l.identity, l.seconds);
+            // Until then, nobody here counts: the asks are dropped (the Baseline controller
+            // counts every Baseline when it starts).
+            let drop_asks = async { while recounts.next().await.is_some() {} };
             tokio::select! {
-                () = tenant::publish_fleet(tenants) => {}
-                () = shutdown => {}
+                leadership = acquire => Some(leadership?),
+                () = shutdown.clone() => return Ok(()),
+                () = drop_asks => return Ok(()),
             }
         }
     };
-    // The revision cache stays current while the stream is polled.
-    let revisions = revision_changes.take_until(shutdown).for_each(|()| async {});
-    tokio::join!(default, others, unserved, fleet, baselines, revisions, route_changes, route_wakes, route_baselines);
+    METRICS.leader.set(1);
+    let _ = leads_default.send(true);
+    let fence = leadership.as_ref().map_or_else(Fence::open, Leadership::fence);
+    let aws = source.clients(&aws_config, fence).await;
+    let (lost, lost_rx) = futures::channel::oneshot::channel::<()>();
+    let until = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = lost_rx => {}
+            }
+        }
+        .shared()
+    };
+    let baselines = Box::pin(baseline::controller::run(
+        client.clone(),
+        aws.config.clone(),
+        config.namespace.clone(),
+        shared.baseline.clone(),
+        recounts,
+        until.clone(),
+    ));
+    let default_engine = engine(&aws, &config, shared.router.clone());
+    let feed = shared.router.serve("");
+    let labels = metrics::OrganizationLabels::of(None);
+    METRICS.organization_leader.get_or_create(&labels).set(1);
+    let default =
+        Box::pin(organization(client.clone(), aws, config, shared.clone(), feed, default_engine, until.clone()));
+    let unserved = organizations::report_unserved(client, shared.router.clone(), until.clone());
+    // The fleet gauges count every organization's Tenants, once.
+    let fleet = {
+        let until = until.clone();
+        let tenants = shared.baseline.tenants.clone();
+        async move {
+            tokio::select! {
+                () = tenant::publish_fleet(tenants) => {}
+                () = until => {}
+            }
+        }
+    };
+    let parts = async { tokio::join!(default, unserved, fleet, baselines) };
+    let lease = async {
+        match leadership.as_mut() {
+            Some(leadership) => leadership.lost().await,
+            None => std::future::pending().await,
+        }
+        let _ = lost.send(());
+    };
+    // A lost Lease stops the parts (through `until`); they finish either way.
+    let mut parts = std::pin::pin!(parts);
+    tokio::select! {
+        _ = &mut parts => {}
+        () = lease => { parts.await; }
+    }
+    METRICS.organization_leader.get_or_create(&labels).set(0);
+    METRICS.leader.set(0);
+    let _ = leads_default.send(false);
+    shared.router.stop("");
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
     Ok(())
+}
+
+/// What the Baseline watch last showed of each Baseline, to wake only the Tenants a change
+/// concerns.
+#[derive(Default)]
+struct BaselinesSeen(std::collections::HashMap<String, (Option<i64>, Option<crate::api::RolloutStatus>)>);
+
+impl BaselinesSeen {
+    /// The Tenants to wake for this version of `baseline`: all its Tenants when its spec
+    /// changed; when only its rollout moved, those it now sends elsewhere, unless this process
+    /// leads the rollout itself (`leads_rollouts`: its Baseline controller wakes them).
+    fn wakes(&mut self, baseline: &Baseline, tenants: &Store<Tenant>, leads_rollouts: bool) -> Vec<ObjectRef<Tenant>> {
+        let name = baseline.name_any();
+        let rollout = baseline.status.as_ref().and_then(|s| s.rollout.clone());
+        let before = self.0.insert(name.clone(), (baseline.metadata.generation, rollout.clone()));
+        let (spec_changed, rollout_changed) = match &before {
+            None => (true, false),
+            Some((generation, seen)) => (*generation != baseline.metadata.generation, *seen != rollout),
+        };
+        let users = tenants.state().into_iter().filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name));
+        let woken: Vec<Arc<Tenant>> = match &rollout {
+            _ if spec_changed => users.collect(),
+            Some(rollout) if rollout_changed && !leads_rollouts => {
+                users.filter(|t| tenant::bootstrap::rollout_moves(t, &name, rollout)).collect()
+            }
+            _ => vec![],
+        };
+        woken.iter().map(|t| ObjectRef::from_obj(t.as_ref())).collect()
+    }
 }
 
 /// The engine of one organization (index, creation slots, Organizations budget), which wakes

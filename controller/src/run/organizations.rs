@@ -16,40 +16,67 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use super::{AwsSource, Shared, organization, router::Router};
+use super::{AwsSource, Leases, Shared, organization, router::Router};
 use crate::{
     api::{CreationQueueStatus, Organization, OrganizationSpec, OrganizationStatus, Tenant},
     aws::AwsConfig,
+    aws::Fence,
     conditions::{self, Conditions},
     config::Config,
     contract::FIELD_MANAGER,
+    leader::{
+        Leadership,
+        share::{self, Presence, Step},
+    },
+    metrics::{METRICS, OrganizationLabels},
 };
 
-/// One served organization: the spec its controllers run with, and how to stop them.
+/// One organization this process leads, or is trying to: the spec its controllers run
+/// with, and how to stop them.
 struct Served {
     spec: OrganizationSpec,
     stop: Option<oneshot::Sender<()>>,
 }
 
-/// Serves every Organization object until `shutdown` completes, then waits for their
-/// controllers to stop.
+/// Why an organization's controllers were stopped: what happens once they have.
+#[derive(PartialEq)]
+enum Stopping {
+    /// Its spec changed: start again at once, with the new one.
+    Restart,
+    /// Deleted, or handed over to another replica: not again until a look says so.
+    Leave,
+}
+
+/// Serves the Organization objects until `shutdown` completes, then waits for their
+/// controllers to stop: every one of them without `leases`; with them, this replica's fair
+/// share ([`share::step`], looked at every half lease), each behind its own Lease.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn serve(
     client: Client,
-    source: AwsSource,
+    source: &AwsSource,
     config: Config,
     aws: AwsConfig,
     shared: Arc<Shared>,
+    leases: Option<Leases>,
+    leading_default: tokio::sync::watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let events = watcher(Api::<Organization>::all(client.clone()), watcher::Config::default()).default_backoff();
     let mut events = pin!(events.take_until(shutdown.clone()));
     let mut running: FuturesUnordered<BoxFuture<'static, String>> = FuturesUnordered::new();
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
+    let mut stopping: BTreeMap<String, Stopping> = BTreeMap::new();
     // The latest spec of each Organization, started once its earlier controllers stopped.
     let mut wanted: BTreeMap<String, Organization> = BTreeMap::new();
     let mut relisted: Option<Vec<String>> = None;
+    let lease_api = leases.as_ref().map(|l| share::leases(client.clone(), &l.namespace));
+    let _presence = leases.as_ref().zip(lease_api.clone()).map(|(l, api)| Presence::start(api, &l.identity, l.seconds));
+    let look_every = leases.as_ref().map_or(Duration::MAX, |l| Duration::from_secs(l.seconds).div_f64(2.0));
+    let mut looks = tokio::time::interval(look_every.min(Duration::from_secs(3600)));
+    looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let change: Option<String> = tokio::select! {
+        // An organization to look at again, and whether its controllers may start here now.
+        let change: Option<(String, bool)> = tokio::select! {
             event = events.next() => match event {
                 None => break,
                 Some(Ok(watcher::Event::Apply(org) | watcher::Event::InitApply(org))) => {
@@ -58,11 +85,14 @@ pub(super) async fn serve(
                         listed.push(name.clone());
                     }
                     wanted.insert(name.clone(), org);
-                    Some(name)
+                    // With Leases, a new organization starts here only when a look says so.
+                    Some((name, leases.is_none()))
                 }
                 Some(Ok(watcher::Event::Delete(org))) => {
                     wanted.remove(&org.name_any());
-                    Some(org.name_any())
+                    // Nobody leads it any more, and nobody should: no series says otherwise.
+                    METRICS.organization_leader.remove(&OrganizationLabels::of(Some(&org.name_any())));
+                    Some((org.name_any(), false))
                 }
                 Some(Ok(watcher::Event::Init)) => {
                     relisted = Some(vec![]);
@@ -73,7 +103,7 @@ pub(super) async fn serve(
                     let listed = relisted.take().unwrap_or_default();
                     wanted.retain(|name, _| listed.contains(name));
                     for name in served.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect::<Vec<_>>() {
-                        stop(&mut served, &name);
+                        stop(&mut served, &mut stopping, &name, Stopping::Leave);
                     }
                     None
                 }
@@ -84,72 +114,165 @@ pub(super) async fn serve(
             },
             Some(name) = running.next(), if !running.is_empty() => {
                 served.remove(&name);
-                shared.router.stop(&name);
-                info!(organization = %name, "stopped the organization's controllers");
-                Some(name)
+                if !wanted.contains_key(&name) {
+                    METRICS.organization_leader.remove(&OrganizationLabels::of(Some(&name)));
+                }
+                info!(organization = %name, "the organization's controllers stopped");
+                match stopping.remove(&name) {
+                    Some(Stopping::Restart) => Some((name, true)),
+                    _ => None,
+                }
+            }
+            _ = looks.tick(), if leases.is_some() => {
+                let (Some(l), Some(api)) = (&leases, &lease_api) else { continue };
+                let view = match share::look(api, &l.identity, k8s_openapi::jiff::Timestamp::now()).await {
+                    Ok(view) => view,
+                    Err(err) => {
+                        warn!(%err, "cannot read the Leases; the organizations stay as they are");
+                        continue;
+                    }
+                };
+                let organizations = wanted.keys().cloned().collect();
+                let leading = served.keys().filter(|n| !stopping.contains_key(*n)).cloned().collect();
+                match share::step(&l.identity, &organizations, &leading, *leading_default.borrow(), &view) {
+                    Step::Take(name) => Some((name, true)),
+                    Step::HandOver(name) => {
+                        info!(organization = %name, replicas = view.replicas, "handing the organization over");
+                        stop(&mut served, &mut stopping, &name, Stopping::Leave);
+                        None
+                    }
+                    Step::Stay => None,
+                }
             }
         };
-        let Some(name) = change else { continue };
+        let Some((name, may_start)) = change else { continue };
         match (wanted.get(&name), served.get(&name)) {
             (Some(org), Some(now)) if now.spec == org.spec => {}
             // A new spec: the controllers running now stop first; they start again when done.
-            (_, Some(_)) => stop(&mut served, &name),
-            (Some(org), None) => {
-                let external_id = match &org.spec.external_id {
-                    Some(secret) => {
-                        let read = crate::baseline::external_id::read(
-                            &client,
-                            &config.external_id_namespace,
-                            &secret.name,
-                            &secret.key,
-                        );
-                        read.await.unwrap_or_else(|err| {
-                            warn!(organization = %name, %err, "cannot read the management role's external id");
-                            None
-                        })
-                    }
-                    None => None,
-                };
-                let (org_config, org_aws) = config.for_organization(&aws, org, external_id);
-                let clients = source.clients(&org_aws).await;
-                let feed = shared.router.serve(&name);
+            (Some(_), Some(_)) => stop(&mut served, &mut stopping, &name, Stopping::Restart),
+            (None, Some(_)) => stop(&mut served, &mut stopping, &name, Stopping::Leave),
+            (Some(org), None) if may_start => {
                 let (stop_tx, stopped) = oneshot::channel::<()>();
-                let until = {
-                    let shutdown = shutdown.clone();
-                    async move {
-                        tokio::select! {
-                            () = shutdown => {}
-                            _ = stopped => {}
-                        }
-                    }
-                    .shared()
-                };
-                info!(organization = %name, "starting the organization's controllers");
-                let engine = super::engine(&clients, &org_config, shared.router.clone());
-                let status = publish_status(client.clone(), org, engine.clone(), &org_config);
-                let controllers =
-                    organization(client.clone(), clients, org_config, shared.clone(), feed, engine, until.clone());
-                let run = async move {
-                    tokio::select! {
-                        () = controllers => {}
-                        () = async { status.await; until.await } => {}
-                    }
-                };
+                let run = Box::pin(lead(
+                    client.clone(),
+                    source.clone(),
+                    config.clone(),
+                    aws.clone(),
+                    shared.clone(),
+                    leases.clone(),
+                    org.clone(),
+                    stopped,
+                    shutdown.clone(),
+                ));
                 let done = name.clone();
                 running.push(run.map(move |()| done).boxed());
                 served.insert(name, Served { spec: org.spec.clone(), stop: Some(stop_tx) });
             }
-            (None, None) => {}
+            (_, None) => {}
         }
     }
     // Shutdown: every organization's controllers see it and finish their reconciles.
     while running.next().await.is_some() {}
 }
 
-/// Asks an organization's controllers to stop (once).
-fn stop(served: &mut BTreeMap<String, Served>, name: &str) {
+/// Asks an organization's controllers to stop (once), saying what comes after.
+fn stop(served: &mut BTreeMap<String, Served>, stopping: &mut BTreeMap<String, Stopping>, name: &str, then: Stopping) {
     if let Some(stop) = served.get_mut(name).and_then(|s| s.stop.take()) {
         let _ = stop.send(());
+    }
+    if served.contains_key(name) {
+        // A restart asked for after a hand-over does not undo it.
+        let after = stopping.entry(name.to_string()).or_insert(Stopping::Restart);
+        if then == Stopping::Leave {
+            *after = Stopping::Leave;
+        }
+    }
+}
+
+/// Leads one organization: takes its Lease (with `leases`; gives up when another replica
+/// holds it), then runs its controllers behind the Lease's fence until `stopped`, shutdown
+/// or the Lease is lost, then releases the Lease.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    client: Client,
+    source: AwsSource,
+    config: Config,
+    aws: AwsConfig,
+    shared: Arc<Shared>,
+    leases: Option<Leases>,
+    org: Organization,
+    stopped: oneshot::Receiver<()>,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let name = org.name_any();
+    let mut leadership = match &leases {
+        None => None,
+        Some(l) => {
+            let lease = share::lease_name(&name);
+            let seconds = l.seconds;
+            let within = Duration::from_secs(seconds);
+            let taken = Leadership::try_acquire(client.clone(), &l.namespace, &lease, &l.identity, seconds, within);
+            let Some(leadership) = taken.await else { return };
+            Some(leadership)
+        }
+    };
+    let fence = leadership.as_ref().map_or_else(Fence::open, Leadership::fence);
+    let external_id = match &org.spec.external_id {
+        Some(secret) => {
+            let read =
+                crate::baseline::external_id::read(&client, &config.external_id_namespace, &secret.name, &secret.key);
+            read.await.unwrap_or_else(|err| {
+                warn!(organization = %name, %err, "cannot read the management role's external id");
+                None
+            })
+        }
+        None => None,
+    };
+    let (org_config, org_aws) = config.for_organization(&aws, &org, external_id);
+    let clients = source.clients(&org_aws, fence).await;
+    let feed = shared.router.serve(&name);
+    let (lost, lost_rx) = oneshot::channel::<()>();
+    let until = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = stopped => {}
+            _ = lost_rx => {}
+        }
+    }
+    .shared();
+    info!(organization = %name, "starting the organization's controllers");
+    let labels = OrganizationLabels::of(Some(&name));
+    METRICS.organization_leader.get_or_create(&labels).set(1);
+    let engine = super::engine(&clients, &org_config, shared.router.clone());
+    let status = publish_status(client.clone(), &org, engine.clone(), &org_config);
+    let controllers =
+        Box::pin(organization(client.clone(), clients, org_config, shared.clone(), feed, engine, until.clone()));
+    let run = {
+        let until = until.clone();
+        async move {
+            tokio::select! {
+                () = controllers => {}
+                () = async { status.await; until.await } => {}
+            }
+        }
+    };
+    let lease = async {
+        match leadership.as_mut() {
+            Some(leadership) => leadership.lost().await,
+            None => std::future::pending().await,
+        }
+        let _ = lost.send(());
+    };
+    // A lost Lease stops the controllers (through `until`); they finish either way.
+    let mut run = pin!(run);
+    tokio::select! {
+        () = &mut run => {}
+        () = lease => run.await,
+    }
+    shared.router.stop(&name);
+    METRICS.organization_leader.get_or_create(&labels).set(0);
+    if let Some(leadership) = leadership {
+        leadership.release().await;
     }
 }
 
@@ -244,7 +367,7 @@ fn publish_status(
     );
     let account_limit = config.account_limit;
     let api = Api::<Organization>::all(client);
-    let leader = std::env::var("POD_NAME").unwrap_or_else(|_| format!("silo-{}", std::process::id()));
+    let leader = crate::config::replica_identity();
     async move {
         let mut conditions_now = vec![];
         let mut published: Option<OrganizationStatus> = None;

@@ -606,17 +606,24 @@ fn stack_spec<'t>(baseline: &Baseline, target: &'t Target, tenant: &Tenant) -> S
     }
 }
 
+/// Whether `rollout` (of the tenant's Baseline `baseline`) sends the tenant to another
+/// revision than the one it was admitted to, or wants its preview. Pure.
+pub fn rollout_moves(tenant: &Tenant, baseline: &str, rollout: &RolloutStatus) -> bool {
+    let admitted_before = admitted(tenant, baseline);
+    let target = rollout::target(rollout, &tenant.name_any(), admitted_before.as_deref());
+    admitted_before.as_deref() != Some(target.as_str()) || rollout::tenant_wants_preview(rollout, tenant)
+}
+
 /// Whether the tenant's baseline has work to do that no spec change of the Tenant announced:
 /// its Baseline's rollout admits it to another revision, or wants its preview. No AWS call.
 pub fn baseline_changed(tenant: &Tenant, ctx: &Context) -> bool {
     let (Some(wanted), Some(status)) = (&tenant.spec.baseline, &tenant.status) else { return false };
     let Some(baseline) = ctx.baselines.get(&ObjectRef::new(&wanted.name)) else { return false };
     let Some(rollout) = rollout_of(ctx, &baseline) else { return false };
-    let admitted_before = admitted(tenant, &wanted.name);
-    let target = rollout::target(&rollout, &tenant.name_any(), admitted_before.as_deref());
-    if admitted_before.as_deref() != Some(target.as_str()) || rollout::tenant_wants_preview(&rollout, tenant) {
+    if rollout_moves(tenant, &wanted.name, &rollout) {
         return true;
     }
+    let target = rollout::target(&rollout, &tenant.name_any(), admitted(tenant, &wanted.name).as_deref());
     let Some(deployed) = revisions::find(&ctx.revisions, &ctx.config.namespace, &wanted.name, &target) else {
         return false;
     };

@@ -1,14 +1,18 @@
-//! Leader election: with several replicas, exactly one runs the controllers, and a leader
-//! that cannot prove it still leads stops writing to AWS.
+//! Leader election: for each organization, exactly one replica acts, and a leader that
+//! cannot prove it still leads stops writing to AWS.
 //!
 //! Two controllers acting at once could both send CreateAccount for the same Tenant, or move
-//! and tag the same account, so `silo run` first takes a Lease (`--lease-name` in the
-//! controller's namespace) through `kube-lease-manager`, and runs the controllers only while
-//! it holds it.
+//! and tag the same account, so every organization has a Lease (in the controller's
+//! namespace, through `kube-lease-manager`): `--lease-name` for the default organization and
+//! the Baseline controller, `silo-org-<name>` for each Organization object. A replica runs an
+//! organization's controllers only while it holds its Lease ([`Leadership`]); how replicas
+//! share the organizations is [`share`]'s.
 //!
 //! ## Guarantees
-//! - A replica that loses the Lease stops its controllers (letting in-flight reconciles
-//!   finish) and exits, so its pod restarts as a clean follower.
+//! - A replica that loses a Lease stops that organization's controllers (letting in-flight
+//!   reconciles finish); one that loses the main Lease stops everything and exits, so its pod
+//!   restarts as a clean follower. A replica handing an organization over stops its
+//!   controllers first, then releases the Lease ([`Leadership::release`]).
 //! - A leader cut off from the API server does not learn that it lost the Lease (it cannot
 //!   read it), while another replica takes over once the Lease expires. So Silo keeps its own
 //!   proof: it reads its Lease every [`CONFIRM_EVERY`] of the lease duration, and each time
@@ -31,6 +35,8 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub mod share;
+
 use crate::aws::Fence;
 
 /// How often, as a fraction of the lease duration, Silo reads its own Lease.
@@ -43,11 +49,14 @@ fn margin(duration: Duration) -> Duration {
     SAFETY_MARGIN.min(duration / 5)
 }
 
-/// A held Lease. Completes [`Leadership::lost`] when it is lost.
+/// A held Lease. Completes [`Leadership::lost`] when it is lost; [`Leadership::release`]
+/// hands it over.
 pub struct Leadership {
+    name: String,
     state: watch::Receiver<bool>,
     fence: Fence,
     confirm: tokio::task::JoinHandle<()>,
+    manager: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
 }
 
 impl Leadership {
@@ -68,13 +77,12 @@ impl Leadership {
             .build()
             .await
             .context("set up the leader-election Lease")?;
-        let (mut state, _task) = manager.watch().await;
+        let (mut state, manager) = manager.watch().await;
         info!(lease = lease_name, identity, "waiting to become the leader");
         while !*state.borrow_and_update() {
             state.changed().await.context("the lease manager stopped")?;
         }
         info!(lease = lease_name, identity, "became the leader");
-        crate::metrics::METRICS.leader.set(1);
         // Closed until the first renewal Silo sees (half a lease after taking it): when the
         // Lease was taken is not known precisely enough to write before that.
         let fence = Fence::closed();
@@ -82,7 +90,28 @@ impl Leadership {
         let leases = Api::<Lease>::namespaced(client, namespace);
         let confirm =
             tokio::spawn(confirm(leases, lease_name.to_string(), identity.to_string(), duration, fence.clone()));
-        Ok(Self { state, fence, confirm })
+        Ok(Self { name: lease_name.to_string(), state, fence, confirm, manager })
+    }
+
+    /// [`Leadership::acquire`], giving up after `within` (the Lease stays another's).
+    pub async fn try_acquire(
+        client: kube::Client,
+        namespace: &str,
+        lease_name: &str,
+        identity: &str,
+        lease_seconds: u64,
+        within: Duration,
+    ) -> Option<Self> {
+        let acquire = Self::acquire(client, namespace, lease_name, identity, lease_seconds);
+        match tokio::time::timeout(within, acquire).await {
+            Ok(Ok(leadership)) => Some(leadership),
+            Ok(Err(err)) => {
+                warn!(lease = lease_name, err = format!("{err:#}"), "cannot take the Lease");
+                None
+            }
+            // Dropping the attempt stops its lease manager, which never held the Lease.
+            Err(_) => None,
+        }
     }
 
     /// The fence every AWS write checks while this replica leads.
@@ -90,22 +119,35 @@ impl Leadership {
         self.fence.clone()
     }
 
-    /// Completes when the Lease is lost (or its manager stops).
-    pub async fn lost(mut self) {
+    /// Completes when the Lease is lost (or its manager stops); AWS writes stop first.
+    pub async fn lost(&mut self) {
         loop {
             if self.state.changed().await.is_err() || !*self.state.borrow_and_update() {
-                info!("lost the leader Lease");
+                info!(lease = %self.name, "lost the Lease");
                 self.fence.close();
                 self.confirm.abort();
-                crate::metrics::METRICS.leader.set(0);
-                // Keep the receiver alive a moment so the manager does not release a Lease
-                // it no longer holds before we stop.
-                tokio::time::sleep(Duration::from_millis(10)).await;
                 return;
             }
         }
     }
+
+    /// Hands the Lease over: AWS writes stop, then the Lease is released (its holder
+    /// cleared), so another replica may take it at once rather than after it expires.
+    pub async fn release(self) {
+        self.fence.close();
+        self.confirm.abort();
+        drop(self.state);
+        // The manager sees its last receiver gone, releases the Lease and stops.
+        match tokio::time::timeout(RELEASE_WITHIN, self.manager).await {
+            Ok(Ok(Ok(_))) => info!(lease = %self.name, "released the Lease"),
+            Ok(Ok(Err(err))) => warn!(lease = %self.name, %err, "cannot release the Lease; it expires instead"),
+            Ok(Err(_)) | Err(_) => warn!(lease = %self.name, "cannot release the Lease in time; it expires instead"),
+        }
+    }
 }
+
+/// How long a release may take before the Lease is left to expire.
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Reads the Lease again and again; each new renewal this replica made extends the fence to
 /// a lease duration after the read before it began.
