@@ -337,8 +337,18 @@ impl SimClient {
     /// Creates an account outside Silo, as a person or an earlier controller would, with
     /// these tags, and waits until AWS has made it (creations take time): its id.
     pub async fn create_account(&self, name: &str, email: &str, tags: &[(&str, &str)]) -> Result<String> {
+        Self::create_account_in(&self.organizations(), name, email, tags).await
+    }
+
+    /// [`SimClient::create_account`] in the organization `org` manages (one of
+    /// [`SimClient::another_organization`], say).
+    pub async fn create_account_in(
+        org: &aws_sdk_organizations::Client,
+        name: &str,
+        email: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<String> {
         use aws_sdk_organizations::types::{CreateAccountState, Tag};
-        let org = self.organizations();
         let tags = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect::<Result<Vec<_>, _>>()?;
         let created = org.create_account().account_name(name).email(email).set_tags(Some(tags)).send().await?;
         let id = created.create_account_status().and_then(|s| s.id()).context("CreateAccount gave no request id")?;

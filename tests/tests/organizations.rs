@@ -10,10 +10,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, api::PostParams};
 use serde_json::json;
 use silo::{
-    api::{Organization, OrganizationBudgets, OrganizationSpec},
+    api::{Organization, OrganizationBudgets, OrganizationSpec, Tenant},
     conditions,
 };
-use silo_testenv::{CONTROLLER_NAMESPACE, LEASE_NAME, Spawn, TestCase, test_case};
+use silo_testenv::{CONTROLLER_NAMESPACE, LEASE_NAME, SimClient, Spawn, TestCase, silo_binary, test_case};
 
 const READY_WITHIN: Duration = Duration::from_secs(90);
 /// The second organization's management account, and the role Silo assumes there.
@@ -215,4 +215,73 @@ async fn each_organization_has_one_leader_as_replicas_die_and_join() {
     let counts = case.sim.accounts_by_email().await.unwrap();
     assert_eq!(counts.get("aws+shared-home@example.com"), Some(&1));
     assert_eq!(case.accounts_created().await, 5, "one CreateAccount answered per Tenant");
+}
+
+/// Runs `silo <args>` to its end against the environment, and fails unless it exits 0: its
+/// standard output.
+async fn silo(case: &TestCase, args: &[&str]) -> String {
+    let mut command = std::process::Command::new(silo_binary().unwrap());
+    command.args(args).env("KUBECONFIG", &case.info.kubeconfig).envs(case.sim.env());
+    let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "silo {args:?} exited with {}: {stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Tenants of a `---` separated YAML stream.
+fn tenants_of(yaml: &str) -> Vec<Tenant> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect::<Vec<Option<Tenant>>>()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// `silo orphans` and `silo import` with `--organization second` read the second
+/// organization, through the management role its Organization names, and nothing else: an
+/// account made outside Silo in the second organization's tenant OU root is listed and
+/// imported (the Tenant names `spec.organization: second`); one made outside Silo in the
+/// default organization is not, and the default organization's import does not see the
+/// second's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_orphans_read_one_organization() {
+    let case = test_case().await;
+    // Listings show new accounts at once: the commands read one listing, and this test is
+    // about which organization they read, not about when AWS lists an account.
+    let knobs = json!({"enforce_trust_policies": false, "list_accounts_lag_seconds": 0});
+    case.sim.configure(knobs).await.unwrap();
+    let second = case.sim.another_organization(SECOND, ROLE).await.unwrap();
+    let root = second.list_roots().send().await.unwrap().roots()[0].id().unwrap().to_string();
+    let ou = second.create_organizational_unit().parent_id(&root).name("Tenants").send().await.unwrap();
+    let ou = ou.organizational_unit().and_then(|ou| ou.id()).unwrap().to_string();
+    let away = SimClient::create_account_in(&second, "legacy-away", "legacy-away@example.com", &[]).await.unwrap();
+    second.move_account().account_id(&away).source_parent_id(&root).destination_parent_id(&ou).send().await.unwrap();
+    let home = case.sim.create_account("legacy-home", "legacy-home@example.com", &[]).await.unwrap();
+    let spec = OrganizationSpec {
+        management_role_arn: format!("arn:aws:iam::{SECOND}:role/{ROLE}"),
+        tenant_ou_roots: vec!["/Tenants".into()],
+        ..Default::default()
+    };
+    Api::<Organization>::all(case.client.clone())
+        .create(&PostParams::default(), &Organization::new("second", spec))
+        .await
+        .unwrap();
+
+    let orphans: Vec<serde_json::Value> =
+        serde_json::from_str(&silo(&case, &["orphans", "--organization", "second", "-o", "json"]).await).unwrap();
+    let listed: Vec<(&str, &str)> =
+        orphans.iter().map(|o| (o["accountId"].as_str().unwrap(), o["kind"].as_str().unwrap())).collect();
+    assert_eq!(listed, vec![(away.as_str(), "untracked_in_tenant_ou")], "only the second organization's orphan");
+
+    let imported = tenants_of(&silo(&case, &["import", "--organization", "second"]).await);
+    let adopted: Vec<(Option<&str>, Option<&str>)> =
+        imported.iter().map(|t| (t.spec.account_id.as_deref(), t.spec.organization.as_deref())).collect();
+    assert_eq!(adopted, vec![(Some(away.as_str()), Some("second"))], "the second organization's account only");
+
+    let imported = tenants_of(&silo(&case, &["import"]).await);
+    let adopted: Vec<&str> = imported.iter().filter_map(|t| t.spec.account_id.as_deref()).collect();
+    assert!(adopted.contains(&home.as_str()), "the default organization's import sees its account: {adopted:?}");
+    assert!(!adopted.contains(&away.as_str()), "and not the second's: {adopted:?}");
+    assert!(imported.iter().all(|t| t.spec.organization.is_none()), "default organization Tenants name none");
 }

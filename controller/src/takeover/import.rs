@@ -355,20 +355,22 @@ fn account_of(outcome: &Outcome) -> &Account {
 
 /// Runs `silo import`.
 pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
-    let claims = if args.no_cluster {
-        eprintln!("silo import: --no-cluster: existing Tenants are not looked at");
-        None
-    } else {
-        let client = crate::preflight::kube_client().await?;
-        let tenants = Api::<Tenant>::all(client).list(&Default::default()).await.map_err(|err| {
+    let client = if args.no_cluster { None } else { Some(crate::preflight::kube_client().await?) };
+    // Every Tenant's claims count, whatever its organization: an account some Tenant has is
+    // never imported again.
+    let claims = if let Some(client) = &client {
+        let tenants = Api::<Tenant>::all(client.clone()).list(&Default::default()).await.map_err(|err| {
             anyhow::anyhow!(
                 "cannot list the cluster's Tenants ({err}): import must know which accounts Tenants have. Check \
                  KUBECONFIG and that the CRDs are installed, or pass --no-cluster to import without looking"
             )
         })?;
         Some(TenantClaims::of(&tenants.items))
+    } else {
+        eprintln!("silo import: --no-cluster: existing Tenants are not looked at");
+        None
     };
-    let api = args.pacing.organizations().await;
+    let (api, scope) = args.pacing.organizations(client.as_ref()).await?;
     let tree = OrgTree::read(&api).await.context("read the organization")?;
     let mut filter = Filter { tags: args.tags.clone(), ..Filter::default() };
     for ou in &args.ous {
@@ -376,7 +378,13 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         filter.ous.push(id);
     }
     filter.name = args.name_pattern.as_deref().map(NamePattern::parse).transpose()?;
-    let outcomes = plan(&api, &tree, &filter, claims.as_ref(), args.pacing.aws_max_in_flight).await?;
+    let mut outcomes = plan(&api, &tree, &filter, claims.as_ref(), args.pacing.aws_max_in_flight).await?;
+    // The Tenants belong to the organization read.
+    for outcome in &mut outcomes {
+        if let Outcome::Import { tenant, .. } = outcome {
+            tenant.spec.organization = scope.organization.clone();
+        }
+    }
     let imported = outcomes.iter().filter(|o| matches!(o, Outcome::Import { .. })).count();
     let skipped = outcomes.len() - imported;
     for outcome in &outcomes {

@@ -42,12 +42,41 @@ pub struct Pacing {
     /// A role in the management account to assume before anything else.
     #[arg(long, env = "SILO_MANAGEMENT_ROLE_ARN")]
     pub management_role_arn: Option<String>,
+
+    /// Read this Organization (`kubectl get organizations`): its management role, Region,
+    /// external id and tenant OU roots, instead of the flags'. Left out: the default
+    /// organization, the one the flags describe.
+    #[arg(long)]
+    pub organization: Option<String>,
+
+    /// The namespace of the Organization's external-id Secret (the controller's flag).
+    #[arg(long, env = "SILO_EXTERNAL_ID_NAMESPACE", default_value = "silo-external-ids")]
+    pub external_id_namespace: String,
+}
+
+/// The organization a command reads: the default one, or an Organization object's.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// The Organization's name; `None`: the default organization.
+    pub organization: Option<String>,
+    /// The Organization's tenant OU roots (the default organization's are flags).
+    pub tenant_ou_roots: Vec<String>,
+}
+
+impl Scope {
+    /// Whether a Tenant's or pool's `spec.organization` names this organization.
+    pub fn contains(&self, organization: Option<&str>) -> bool {
+        organization.filter(|o| !o.is_empty()) == self.organization.as_deref()
+    }
 }
 
 impl Pacing {
-    /// The Organizations client of the management account, paced by these flags.
-    pub async fn organizations(&self) -> Organizations {
-        let config = AwsConfig {
+    /// The Organizations client of the organization to read (`--organization`, read from the
+    /// cluster through `client`, else the flags'), paced by these flags, and that
+    /// organization.
+    pub async fn organizations(&self, client: Option<&kube::Client>) -> anyhow::Result<(Organizations, Scope)> {
+        use anyhow::Context as _;
+        let mut config = AwsConfig {
             limits: BudgetLimits {
                 requests_per_second: self.aws_requests_per_second,
                 max_in_flight: self.aws_max_in_flight.max(1),
@@ -55,7 +84,31 @@ impl Pacing {
             management_role_arn: self.management_role_arn.clone(),
             ..AwsConfig::defaults()
         };
-        crate::aws::Aws::from_env(&config).await.organizations
+        let mut scope = Scope::default();
+        if let Some(name) = &self.organization {
+            let client = client.context("--organization reads the Organization from the cluster: drop --no-cluster")?;
+            let org =
+                kube::Api::<crate::api::Organization>::all(client.clone()).get(name).await.with_context(|| {
+                    format!("--organization {name}: cannot read the Organization (kubectl get organizations)")
+                })?;
+            config.management_external_id = match &org.spec.external_id {
+                Some(secret) => {
+                    crate::baseline::external_id::read(client, &self.external_id_namespace, &secret.name, &secret.key)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "the external id of Organization {name} (Secret {}/{})",
+                                self.external_id_namespace, secret.name
+                            )
+                        })?
+                }
+                None => None,
+            };
+            config.management_role_arn = Some(org.spec.management_role_arn.clone());
+            config.region = org.spec.region.clone();
+            scope = Scope { organization: Some(name.clone()), tenant_ou_roots: org.spec.tenant_ou_roots.clone() };
+        }
+        Ok((crate::aws::Aws::from_env(&config).await.organizations, scope))
     }
 }
 

@@ -180,14 +180,20 @@ pub async fn run(args: OrphansArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("cannot list the cluster's Tenants ({err}): check KUBECONFIG and that the CRDs are installed")
     })?;
     let claims = TenantClaims::of(&tenants.items);
-    let pools = Api::<AccountPool>::all(client).list(&Default::default()).await.map_err(|err| {
+    let pools = Api::<AccountPool>::all(client.clone()).list(&Default::default()).await.map_err(|err| {
         anyhow::anyhow!("cannot list the cluster's AccountPools ({err}): check that the CRDs are installed")
     })?;
-    let pools = PoolHolds::of(&pools.items);
-    let api = args.pacing.organizations().await;
+    let (api, scope) = args.pacing.organizations(Some(&client)).await?;
+    // The organization's pools; every Tenant's claims count (an account some Tenant has is
+    // nobody's orphan).
+    let pools: Vec<AccountPool> =
+        pools.items.into_iter().filter(|p| scope.contains(p.spec.organization.as_deref())).collect();
+    let pools = PoolHolds::of(&pools);
     let tree = OrgTree::read(&api).await.context("read the organization")?;
     let mut roots = vec![];
-    for root in &args.tenant_ou_roots {
+    // An Organization's tenant OU roots are its own; the flag's are the default organization's.
+    let wanted_roots = if args.tenant_ou_roots.is_empty() { &scope.tenant_ou_roots } else { &args.tenant_ou_roots };
+    for root in wanted_roots {
         roots.push(tree.resolve(root).with_context(|| format!("--tenant-ou-root {root}: no such OU"))?);
     }
     let mut facts = vec![];
