@@ -87,6 +87,20 @@ async fn each_organization_makes_its_own_tenants_accounts_with_its_own_creation_
     assert!(published.members >= Some(1), "at least org-away's account: {published:?}");
     assert!(published.leader.is_some() && published.index_refreshed_time.is_some(), "{published:?}");
 
+    // A default-organization Tenant naming org-away's account: Stalled with a reason that
+    // says which organization has it, and the account keeps its tags.
+    let tags_before = second.list_tags_for_resource().resource_id(&account_id).send().await.unwrap().tags;
+    let misplaced = format!(
+        "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: org-misplaced}}\nspec: {{accountId: \"{account_id}\"}}"
+    );
+    case.apply(&misplaced).await.unwrap();
+    let misplaced = case.wait_for("org-misplaced", conditions::STALLED, "True", READY_WITHIN).await.unwrap();
+    let stalled = conditions::find(&misplaced.status.unwrap().conditions, conditions::STALLED).cloned().unwrap();
+    assert_eq!(stalled.reason, "AccountInAnotherOrganization", "{}", stalled.message);
+    assert!(stalled.message.contains("Organization second"), "{}", stalled.message);
+    let tags_after = second.list_tags_for_resource().resource_id(&account_id).send().await.unwrap().tags;
+    assert_eq!(tags_after, tags_before, "the other organization's account is untouched");
+
     // A Tenant naming an Organization that does not exist: Stalled, and nothing in AWS.
     let before = case.sim.requests("organizations:CreateAccount").await.unwrap();
     case.apply(

@@ -17,6 +17,7 @@
 
 pub mod creations;
 pub mod index;
+pub mod neighbours;
 pub mod policies;
 pub mod units;
 

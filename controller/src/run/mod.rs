@@ -47,7 +47,7 @@ use crate::{
     config::{Config, RunArgs},
     leader::Leadership,
     metrics::{self, METRICS, Readiness},
-    org::{OrgConfig, Organization},
+    org::{OrgConfig, Organization, neighbours::Neighbours},
     pool, preflight,
     run::router::{Feed, Router},
     takeover, telemetry,
@@ -158,7 +158,10 @@ pub async fn controllers(
             wake,
         },
         router: router.clone(),
+        neighbours: Arc::default(),
     });
+    let default_read_only = source.clients(&aws_config, Fence::closed()).await;
+    shared.neighbours.set("", default_read_only.organizations);
     let (leads_default, leading_default) = tokio::sync::watch::channel(false);
 
     // Each Tenant's changes, the rollout's wakes and its Baseline's changes reach the
@@ -360,6 +363,8 @@ struct Shared {
     baselines: Store<Baseline>,
     baseline: baseline::controller::Shared,
     router: Arc<Router>,
+    /// Every organization's Organizations API, read-only: who has an account.
+    neighbours: Arc<Neighbours>,
 }
 
 /// Runs the controllers of one organization (its engine, Tenants, AccountPools and gauges)
@@ -408,6 +413,7 @@ async fn organization(
         pool_wake,
         config: config.clone(),
         failures: Default::default(),
+        neighbours: shared.neighbours.clone(),
     });
     let pool_controller = pool::controller::run(
         Arc::new(pool::controller::Context {

@@ -84,12 +84,16 @@ pub(super) async fn serve(
                     if let Some(listed) = relisted.as_mut() {
                         listed.push(name.clone());
                     }
+                    // Every replica can ask every organization whether it has an account.
+                    let (_, read_only) = clients_of(&client, source, &config, &aws, &org, Fence::closed()).await;
+                    shared.neighbours.set(&name, read_only.organizations);
                     wanted.insert(name.clone(), org);
                     // With Leases, a new organization starts here only when a look says so.
                     Some((name, leases.is_none()))
                 }
                 Some(Ok(watcher::Event::Delete(org))) => {
                     wanted.remove(&org.name_any());
+                    shared.neighbours.remove(&org.name_any());
                     // Nobody leads it any more, and nobody should: no series says otherwise.
                     METRICS.organization_leader.remove(&OrganizationLabels::of(Some(&org.name_any())));
                     Some((org.name_any(), false))
@@ -217,19 +221,7 @@ async fn lead(
         }
     };
     let fence = leadership.as_ref().map_or_else(Fence::open, Leadership::fence);
-    let external_id = match &org.spec.external_id {
-        Some(secret) => {
-            let read =
-                crate::baseline::external_id::read(&client, &config.external_id_namespace, &secret.name, &secret.key);
-            read.await.unwrap_or_else(|err| {
-                warn!(organization = %name, %err, "cannot read the management role's external id");
-                None
-            })
-        }
-        None => None,
-    };
-    let (org_config, org_aws) = config.for_organization(&aws, &org, external_id);
-    let clients = source.clients(&org_aws, fence).await;
+    let (org_config, clients) = clients_of(&client, &source, &config, &aws, &org, fence).await;
     let feed = shared.router.serve(&name);
     let (lost, lost_rx) = oneshot::channel::<()>();
     let until = async move {
@@ -274,6 +266,32 @@ async fn lead(
     if let Some(leadership) = leadership {
         leadership.release().await;
     }
+}
+
+/// The configuration and AWS clients of the Organization `org` (its management role, with the
+/// external id its Secret holds), writing only while `fence` allows.
+async fn clients_of(
+    client: &Client,
+    source: &AwsSource,
+    config: &Config,
+    aws: &AwsConfig,
+    org: &Organization,
+    fence: Fence,
+) -> (Config, crate::aws::Aws) {
+    let external_id = match &org.spec.external_id {
+        Some(secret) => {
+            let read =
+                crate::baseline::external_id::read(client, &config.external_id_namespace, &secret.name, &secret.key);
+            read.await.unwrap_or_else(|err| {
+                warn!(organization = %org.name_any(), %err, "cannot read the management role's external id");
+                None
+            })
+        }
+        None => None,
+    };
+    let (org_config, org_aws) = config.for_organization(aws, org, external_id);
+    let clients = source.clients(&org_aws, fence).await;
+    (org_config, clients)
 }
 
 /// How often Tenants of organizations nobody serves are looked for.

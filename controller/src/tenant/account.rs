@@ -183,6 +183,10 @@ pub enum Title {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountVerdict {
     NotInOrganization,
+    /// Not in the tenant's organization, but in another that Silo serves (`""`: the default).
+    InAnotherOrganization {
+        organization: String,
+    },
     NotActive {
         state: String,
     },
@@ -472,6 +476,17 @@ impl AccountStep<'_> {
         let applied = &progress.status.applied_tag_keys;
         let verdict = judge_account(account.as_ref().map(|a| &a.account), &tags, &desired, applied, &ownership);
         let AccountVerdict::Fine { title, to_set, to_remove } = verdict else {
+            // An account named by spec.accountId that another organization has: say which.
+            let verdict = match verdict {
+                AccountVerdict::NotInOrganization if route == Route::SpecAccountId => {
+                    let own = self.tenant.spec.organization.as_deref().unwrap_or("");
+                    match self.ctx.neighbours.holder(account_id, own).await {
+                        Some(organization) => AccountVerdict::InAnotherOrganization { organization },
+                        None => verdict,
+                    }
+                }
+                verdict => verdict,
+            };
             return Ok(self.refusal(&verdict, account_id, route, progress));
         };
         // One claim per account, taken atomically before any tag is written.
@@ -564,6 +579,20 @@ impl AccountStep<'_> {
                 "AccountNotInOrganization",
                 format!("Account {account_id} is no longer in the organization; it was removed outside Silo"),
             ),
+            AccountVerdict::InAnotherOrganization { organization } => {
+                let there = match organization.as_str() {
+                    "" => "the default organization (a Tenant without spec.organization)".to_string(),
+                    name => format!("Organization {name} (spec.organization: {name})"),
+                };
+                (
+                    "AccountInAnotherOrganization",
+                    format!(
+                        "spec.accountId {account_id} is an account of {there}, not of this Tenant's organization; an \
+                         account changes organization only by leaving one and accepting the other's invitation, which \
+                         Silo does not do. Create this Tenant again there (spec.organization cannot change), or fix the id"
+                    ),
+                )
+            }
             AccountVerdict::NotActive { state } => (
                 "AccountNotActive",
                 format!("Account {account_id} is {state}, not ACTIVE; it was suspended or closed outside Silo"),

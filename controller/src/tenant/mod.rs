@@ -116,6 +116,8 @@ pub struct Context {
     pub pool_wake: UnboundedSender<ObjectRef<AccountPool>>,
     /// Consecutive failed reconciles per Tenant, for exponential backoff.
     pub(crate) failures: Mutex<HashMap<String, u32>>,
+    /// Every organization Silo serves, read-only: which one has an account this one has not.
+    pub neighbours: Arc<crate::org::neighbours::Neighbours>,
 }
 
 impl Context {
