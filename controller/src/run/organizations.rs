@@ -84,9 +84,12 @@ pub(super) async fn serve(
                     if let Some(listed) = relisted.as_mut() {
                         listed.push(name.clone());
                     }
-                    // Every replica can ask every organization whether it has an account.
-                    let (_, read_only) = clients_of(&client, source, &config, &aws, &org, Fence::closed()).await;
-                    shared.neighbours.set(&name, read_only.organizations);
+                    // Every replica can ask every organization whether it has an account
+                    // (clients made again only when the spec changes, not at status writes).
+                    if wanted.get(&name).map(|known| &known.spec) != Some(&org.spec) {
+                        let (_, read_only) = clients_of(&client, source, &config, &aws, &org, Fence::closed()).await;
+                        shared.neighbours.set(&name, read_only.organizations);
+                    }
                     wanted.insert(name.clone(), org);
                     // With Leases, a new organization starts here only when a look says so.
                     Some((name, leases.is_none()))
