@@ -11,7 +11,7 @@ use kube::{
 };
 use serde_json::json;
 use silo::{Baseline, Tenant, conditions};
-use silo_testenv::{SimClient, TestCase, checks::AFTERWARDS, test_case};
+use silo_testenv::{SimClient, Spawn, TestCase, checks::AFTERWARDS, test_case};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
@@ -452,10 +452,13 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     let management = format!("arn:aws:iam::{MANAGEMENT_ACCOUNT}:root");
     case.sim.create_role(MANAGEMENT_ACCOUNT, "silo-management", &trust_policy(&management, None)).await.unwrap();
     let metrics = format!("127.0.0.1:{}", silo_testenv::process::free_port().unwrap());
+    // Its management sessions are named after the replica (POD_NAME), as CloudTrail shows it.
+    let replica = Spawn { identity: Some("silo-7d9f-replica"), ..Spawn::default() };
     let mut controller = case
-        .spawn_controller(
+        .spawn_controller_with(
             &["--session-tags=true", "--management-role-arn", management_role, "--metrics-address", &metrics],
             "chain.log",
+            replica,
         )
         .unwrap();
 
@@ -491,7 +494,7 @@ async fn sessions_are_named_and_tagged_after_the_tenant_and_carry_the_baselines_
     let sessions = case.sim.stats().await.unwrap()["sessions"].as_array().cloned().unwrap();
     assert!(
         sessions.iter().any(|s| s["role"] == management_role
-            && s["name"] == "silo-controller"
+            && s["name"] == "silo-7d9f-replica"
             && s["tags"] == json!({})
             && s["denied"].is_null()),
         "the management role is assumed first, untagged: {sessions:?}"
