@@ -20,8 +20,10 @@
 //!   From that moment, no other replica can take over for a lease duration; the [`Fence`]
 //!   allows AWS writes until then, less [`SAFETY_MARGIN`]. When the API server is
 //!   unreachable, the proof is not renewed and every AWS write stops before another replica
-//!   can start. A new leader writes from the first renewal it sees (half a lease after it
-//!   took the Lease).
+//!   can start. A new leader whose Lease shows a renewal time (written by itself, from its own
+//!   clock) after it began waiting writes at once, until a lease duration after the wait
+//!   began: the same proof. Otherwise (a long wait, or the Lease its identity held before a
+//!   restart) it writes from the first renewal it sees (half a lease after it took the Lease).
 //! - How the fence holds writes back (checked before and after the wait for a budget
 //!   permit) is [`crate::aws::fence`]'s guarantee; this module only decides until when it is
 //!   open.
@@ -68,6 +70,9 @@ impl Leadership {
         identity: &str,
         lease_seconds: u64,
     ) -> anyhow::Result<Self> {
+        // When the wait began, by both clocks: a Lease this replica wrote after it cannot be
+        // taken by another replica for a lease duration from then.
+        let (began, began_wall) = (Instant::now(), k8s_openapi::jiff::Timestamp::now());
         let manager = LeaseManagerBuilder::new(client.clone(), lease_name)
             .with_namespace(namespace)
             .with_identity(identity)
@@ -83,11 +88,22 @@ impl Leadership {
             state.changed().await.context("the lease manager stopped")?;
         }
         info!(lease = lease_name, identity, "became the leader");
-        // Closed until the first renewal Silo sees (half a lease after taking it): when the
-        // Lease was taken is not known precisely enough to write before that.
-        let fence = Fence::closed();
         let duration = Duration::from_secs(lease_seconds);
+        let fence = Fence::closed();
         let leases = Api::<Lease>::namespaced(client, namespace);
+        // When the Lease was written (taken, or renewed) by this process after the wait began
+        // (its renewal time, from this process's own clock, says so), no other replica can take
+        // it before a lease duration after that: writes may start now. Otherwise (a Lease this
+        // identity held before a restart, or a long wait), the fence opens at the first renewal
+        // Silo sees, half a lease later.
+        let written_since = |lease: Option<Lease>| {
+            lease.and_then(|l| l.spec).is_some_and(|spec| {
+                spec.holder_identity.as_deref() == Some(identity) && spec.renew_time.is_some_and(|t| t.0 >= began_wall)
+            })
+        };
+        if written_since(leases.get_opt(lease_name).await.ok().flatten()) {
+            fence.allow_until(began + duration - margin(duration));
+        }
         let confirm =
             tokio::spawn(confirm(leases, lease_name.to_string(), identity.to_string(), duration, fence.clone()));
         Ok(Self { name: lease_name.to_string(), state, fence, confirm, manager })

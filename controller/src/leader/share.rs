@@ -2,8 +2,11 @@
 //! and every organization has exactly one leader.
 //!
 //! - Every replica announces itself with a presence Lease, `silo-replica-<identity>` (label
-//!   `silo.dev/replica`), renewed every third of a lease ([`Presence`]). A presence not
-//!   renewed for a lease duration is a replica gone (or cut off).
+//!   `silo.dev/replica`), renewed every ninth of a lease and lasting a third of one
+//!   ([`Presence`]). A presence not renewed for that long is a replica gone (or cut off): its
+//!   presence ends before its organizations' Leases expire, so the others count it out in
+//!   time to take them over. Presence only shapes the fair share; the Leases alone decide
+//!   who writes.
 //! - Every organization has its own Lease: `silo-org-<name>` for an Organization object
 //!   ([`lease_name`]), `--lease-name` for the default organization (the one the flags
 //!   describe; its leader also runs the Baseline controller). Its holder is the one replica
@@ -163,7 +166,8 @@ impl Presence {
             ..Default::default()
         });
         let identity = identity.to_string();
-        let every = Duration::from_secs(lease_seconds).div_f64(3.0).max(Duration::from_millis(300));
+        let lasts = Duration::from_secs(lease_seconds).div_f64(3.0).max(Duration::from_secs(1));
+        let every = lasts.div_f64(3.0);
         let task = tokio::spawn(async move {
             loop {
                 let lease = serde_json::json!({
@@ -172,7 +176,7 @@ impl Presence {
                     "metadata": {"name": name, "labels": {REPLICA_LABEL: "true"}, "ownerReferences": owner.iter().collect::<Vec<_>>()},
                     "spec": {
                         "holderIdentity": identity,
-                        "leaseDurationSeconds": i32::try_from(lease_seconds).unwrap_or(i32::MAX),
+                        "leaseDurationSeconds": i32::try_from(lasts.as_secs()).unwrap_or(i32::MAX),
                         "renewTime": MicroTime(Timestamp::now()),
                     },
                 });
