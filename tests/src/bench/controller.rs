@@ -46,13 +46,43 @@ impl Controller {
     /// against the environment, with its output appended to `log`. `started` is taken just
     /// before the process is spawned: the scenarios measure from there.
     pub async fn start(silo: &Path, args: &[String], kubeconfig: &Path, sim: &SimClient, log: &Path) -> Result<Self> {
+        Self::spawn(silo, args, kubeconfig, sim, log, None).await
+    }
+
+    /// [`Controller::start`], but as one replica of several under leader election, named
+    /// `identity` (its POD_NAME: its Leases' holder and its AWS session name).
+    pub async fn start_replica(
+        silo: &Path,
+        args: &[String],
+        kubeconfig: &Path,
+        sim: &SimClient,
+        log: &Path,
+        identity: &str,
+    ) -> Result<Self> {
+        Self::spawn(silo, args, kubeconfig, sim, log, Some(identity)).await
+    }
+
+    async fn spawn(
+        silo: &Path,
+        args: &[String],
+        kubeconfig: &Path,
+        sim: &SimClient,
+        log: &Path,
+        replica: Option<&str>,
+    ) -> Result<Self> {
         let metrics_address = format!("127.0.0.1:{}", silo_testenv::process::free_port()?);
         let mut full: Vec<String> = vec!["run".into()];
         full.extend(args.iter().cloned());
-        full.extend(["--metrics-address".into(), metrics_address.clone(), "--leader-election".into(), "false".into()]);
+        full.extend(["--metrics-address".into(), metrics_address.clone()]);
+        if replica.is_none() {
+            full.extend(["--leader-election".into(), "false".into()]);
+        }
         let mut command = Command::new(silo);
         command.args(&full);
         scrub_env(&mut command);
+        if let Some(identity) = replica {
+            command.env("POD_NAME", identity);
+        }
         // NO_COLOR: plain text in the log file (tracing colours its output by default).
         command
             .env("KUBECONFIG", kubeconfig)

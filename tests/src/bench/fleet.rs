@@ -221,7 +221,11 @@ pub struct Org {
 }
 
 pub async fn create_ou(sim: &SimClient) -> Result<Org> {
-    let org = sim.organizations();
+    create_ou_in(&sim.organizations()).await
+}
+
+/// [`create_ou`] in the organization `org` manages.
+pub async fn create_ou_in(org: &aws_sdk_organizations::Client) -> Result<Org> {
     let roots = org.list_roots().send().await.context("ListRoots")?;
     let root_id = roots.roots().first().and_then(|r| r.id()).context("the organization has no root")?.to_string();
     let ou = org
@@ -247,6 +251,9 @@ pub struct LogEntry {
     pub key: String,
     #[serde(default)]
     pub access_key: Option<String>,
+    /// The account the request acted as (a management account, for Organizations requests).
+    #[serde(default)]
+    pub caller_account: Option<String>,
 }
 
 #[derive(serde::Deserialize)]

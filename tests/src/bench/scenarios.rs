@@ -15,6 +15,8 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 use silo_testenv::{Env, SimClient, process::tail};
 
+#[path = "organizations.rs"]
+mod organizations;
 #[path = "rollout.rs"]
 mod rollout;
 #[path = "signup.rs"]
@@ -1582,7 +1584,13 @@ mod tests {
     use super::*;
 
     fn entry(time: f64, op: &str) -> fleet::LogEntry {
-        fleet::LogEntry { time, duration: 0.01, key: format!("organizations:{op}"), access_key: None }
+        fleet::LogEntry {
+            time,
+            duration: 0.01,
+            key: format!("organizations:{op}"),
+            access_key: None,
+            caller_account: None,
+        }
     }
 
     #[test]
@@ -1597,6 +1605,7 @@ mod tests {
                 duration: 0.01,
                 key: "organizations:ListTagsForResource".into(),
                 access_key: None,
+                caller_account: None,
             },
             entry(30.3, "ListAccountsForParent"),
             entry(30.5, "ListCreateAccountStatus"),

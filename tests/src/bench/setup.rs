@@ -24,6 +24,7 @@ pub enum Scenario {
     Import,
     Signup,
     Rollout,
+    Organizations,
 }
 
 impl Scenario {
@@ -37,6 +38,7 @@ impl Scenario {
             Scenario::Import => "import",
             Scenario::Signup => "signup",
             Scenario::Rollout => "rollout",
+            Scenario::Organizations => "organizations",
         }
     }
 }
@@ -103,7 +105,7 @@ pub struct Params {
         long,
         env = "BENCH_SCENARIOS",
         value_delimiter = ',',
-        default_value = "onboard,restart,steady,baseline,unthrottled,import,signup,rollout"
+        default_value = "onboard,restart,steady,baseline,unthrottled,import,signup,rollout,organizations"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -254,6 +256,10 @@ pub struct Params {
     /// rollout: B, the Baseline's `spec.rollout.bakeSeconds`.
     #[arg(long, env = "BENCH_ROLLOUT_BAKE_SECONDS", default_value_t = 10)]
     pub rollout_bake_seconds: u32,
+
+    /// organizations: Tenants spread over three organizations.
+    #[arg(long, env = "BENCH_ORGANIZATIONS_TENANTS", default_value_t = 600)]
+    pub organizations_tenants: usize,
 
     /// Give up when no Tenant became Ready for this many seconds while some are not.
     #[arg(long, env = "BENCH_STALL_SECONDS", default_value_t = 600)]

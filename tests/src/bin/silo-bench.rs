@@ -3,7 +3,7 @@
 //! Starts the project's test environment (a real kube-apiserver and etcd, and the AWS
 //! simulator), sets the simulator to AWS-like quotas, and runs `silo run` as a separate
 //! process through the scenarios selected by `BENCH_SCENARIOS`: onboard, restart, steady,
-//! baseline, unthrottled, import, signup, rollout. Each prints its tables and writes `<scenario>.json`
+//! baseline, unthrottled, import, signup, rollout, organizations. Each prints its tables and writes `<scenario>.json`
 //! and `<scenario>.png` under `BENCH_OUT` (`restart` one pair per point of the verification
 //! schedule: `restart-random`, `restart-outage`). `BENCH_PROFILE` says what the Tenants carry
 //! (`bare`, `full`). `silo-bench --help` lists every knob and its variable.
@@ -79,6 +79,7 @@ async fn run(params: Params) -> Result<()> {
         Scenario::Import,
         Scenario::Signup,
         Scenario::Rollout,
+        Scenario::Organizations,
     ] {
         if !params.selected(scenario) {
             continue;
@@ -94,6 +95,7 @@ async fn run(params: Params) -> Result<()> {
             Scenario::Import => bench.import().await,
             Scenario::Signup => bench.signup().await,
             Scenario::Rollout => bench.rollout().await,
+            Scenario::Organizations => bench.organizations().await,
         };
         result.with_context(|| format!("scenario {}", scenario.name()))?;
         eprintln!("silo-bench: {} took {:.0} s", scenario.name(), t.elapsed().as_secs_f64());
