@@ -229,6 +229,7 @@ impl Config {
             },
             management_role_arn: Some(spec.management_role_arn.clone()),
             management_external_id: external_id,
+            organization: Some(organization.name_any()),
             region: spec.region.clone().or_else(|| aws.region.clone()),
             ..aws.clone()
         };
@@ -283,6 +284,7 @@ impl RunArgs {
             management_role_arn: self.management_role_arn.clone(),
             management_external_id: None,
             region: None,
+            organization: None,
             session_name: replica_identity(),
             tag_sessions: self.session_tags,
         }
@@ -354,6 +356,7 @@ mod tests {
         assert_eq!((c.creation_slots, c.account_limit, c.allow_account_closure), (5, Some(10), false), "the flags'");
         assert!(c.tenant_ou_roots.is_empty(), "OU roots are the organization's own: the flags' name another's OUs");
         assert_eq!(a.management_role_arn.as_deref(), Some("arn:aws:iam::111122223333:role/m"));
+        assert_eq!(a.organization.as_deref(), Some("eu"), "its requests count for it");
         assert_eq!((a.limits.requests_per_second.get(), a.limits.max_in_flight), (10, 8));
 
         let full = Organization::new(

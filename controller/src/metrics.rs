@@ -34,6 +34,8 @@ pub struct AwsErrorLabels {
 pub struct AwsRequestLabels {
     pub service: &'static str,
     pub operation: &'static str,
+    /// The organization the request was made for (`default`: the flags' one).
+    pub organization: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

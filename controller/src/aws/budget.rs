@@ -50,6 +50,7 @@ use super::{
     error::{AwsError, Failure},
     fence::Fence,
 };
+use crate::metrics::DEFAULT_ORGANIZATION;
 
 /// Limits for one AWS API (one service, one organization).
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +70,8 @@ pub enum Priority {
 /// The right to send one request; the request may run while the permit lives.
 pub struct Permit {
     _in_flight: OwnedSemaphorePermit,
+    /// The organization whose budget granted it (`organization` in `silo_aws_requests_total`).
+    organization: Arc<str>,
 }
 
 /// A shared rate and concurrency budget with two priorities. Cheap to clone.
@@ -78,6 +81,7 @@ pub struct Budget {
     in_flight: Arc<Semaphore>,
     users_waiting: Arc<AtomicUsize>,
     users_done: Arc<Notify>,
+    organization: Arc<str>,
 }
 
 /// The burst of a [`Budget`]: half its rate, at least 1.
@@ -108,7 +112,17 @@ impl Budget {
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             users_waiting: Arc::default(),
             users_done: Arc::default(),
+            organization: Arc::from(DEFAULT_ORGANIZATION),
         }
+    }
+
+    /// The same budget, counting its requests for `organization` (its metrics label).
+    pub fn for_organization(self, organization: &str) -> Self {
+        Self { organization: Arc::from(organization), ..self }
+    }
+
+    fn granted(&self, in_flight: OwnedSemaphorePermit) -> Permit {
+        Permit { _in_flight: in_flight, organization: self.organization.clone() }
     }
 
     /// A permit at `priority`: waits for it, except at [`Priority::IfIdle`], which gets
@@ -126,7 +140,7 @@ impl Budget {
         let _waiting = UserWaiting::enter(self);
         let in_flight = self.in_flight.clone().acquire_owned().await.expect("the budget's semaphore is never closed");
         self.rate.until_ready().await;
-        Permit { _in_flight: in_flight }
+        self.granted(in_flight)
     }
 
     /// Waits until no user request is waiting and a slot and a token are free.
@@ -153,7 +167,7 @@ impl Budget {
             }
             let in_flight = self.in_flight.clone().try_acquire_owned().ok()?;
             match self.rate.check() {
-                Ok(()) => return Some(Permit { _in_flight: in_flight }),
+                Ok(()) => return Some(self.granted(in_flight)),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.rate.clock().now());
                     if wait > IF_IDLE_MAX_WAIT {
@@ -174,7 +188,7 @@ impl Budget {
         }
         let in_flight = self.in_flight.clone().try_acquire_owned().ok()?;
         self.rate.check().ok()?;
-        Some(Permit { _in_flight: in_flight })
+        Some(self.granted(in_flight))
     }
 }
 
@@ -238,8 +252,8 @@ pub(super) async fn call<T, E, F>(
 where
     F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
 {
-    let _permit = permit.await.map_err(Failure::NotSent)?;
-    count_request(service, operation);
+    let permit = permit.await.map_err(Failure::NotSent)?;
+    count_request(service, operation, &permit.organization);
     send().await.map_err(|error| Failure::Sent { operation, error })
 }
 
@@ -249,6 +263,7 @@ where
 pub struct KeyedBudget {
     rate: Arc<DefaultKeyedRateLimiter<(String, String)>>,
     in_flight: Arc<Semaphore>,
+    organization: Arc<str>,
 }
 
 impl KeyedBudget {
@@ -256,7 +271,13 @@ impl KeyedBudget {
         Self {
             rate: Arc::new(RateLimiter::keyed(Quota::per_second(limits.requests_per_second))),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            organization: Arc::from(DEFAULT_ORGANIZATION),
         }
+    }
+
+    /// The same budget, counting its requests for `organization` (its metrics label).
+    pub fn for_organization(self, organization: &str) -> Self {
+        Self { organization: Arc::from(organization), ..self }
     }
 
     /// A permit for `key` (account, region); `None` at [`Priority::IfIdle`] when there is
@@ -276,7 +297,7 @@ impl KeyedBudget {
         if self.rate.len() > 50_000 {
             self.rate.retain_recent();
         }
-        Some(Permit { _in_flight: in_flight })
+        Some(Permit { _in_flight: in_flight, organization: self.organization.clone() })
     }
 }
 
@@ -315,7 +336,8 @@ mod tests {
 
     /// How many `operation` requests `service` sent, as `silo_aws_requests_total` counts them.
     fn sent(service: &'static str, operation: &'static str) -> u64 {
-        METRICS.aws_requests.get_or_create(&AwsRequestLabels { service, operation }).get()
+        let organization = DEFAULT_ORGANIZATION.to_string();
+        METRICS.aws_requests.get_or_create(&AwsRequestLabels { service, operation, organization }).get()
     }
 
     fn budget(rps: u32, in_flight: usize) -> Budget {
@@ -422,6 +444,21 @@ mod tests {
         let err = refusal.await.unwrap_err().into_aws();
         assert_eq!((err.operation, err.kind), ("ListRoots", AwsErrorKind::Throttled), "the error names it too");
         assert_eq!(sent("test-gate", "ListRoots"), 2, "a refused request was sent: it counts");
+    }
+
+    #[tokio::test]
+    async fn a_request_counts_for_the_organization_of_its_budget() {
+        let eu = Gate::new("test-organization", budget(1000, 4).for_organization("eu"));
+        eu.read(Priority::User, "ListRoots", || async { Answer::Ok(()) }).await.unwrap();
+        let count = |organization: &str| {
+            let labels = AwsRequestLabels {
+                service: "test-organization",
+                operation: "ListRoots",
+                organization: organization.to_string(),
+            };
+            METRICS.aws_requests.get_or_create(&labels).get()
+        };
+        assert_eq!((count("eu"), count(DEFAULT_ORGANIZATION)), (1, 0));
     }
 
     #[tokio::test]

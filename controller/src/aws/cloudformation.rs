@@ -448,7 +448,11 @@ mod tests {
     type Answer = Result<(), SdkError<CreateStackError, HttpResponse>>;
 
     fn sent(operation: &'static str) -> u64 {
-        METRICS.aws_requests.get_or_create(&AwsRequestLabels { service: "cloudformation", operation }).get()
+        let organization = crate::metrics::DEFAULT_ORGANIZATION.to_string();
+        METRICS
+            .aws_requests
+            .get_or_create(&AwsRequestLabels { service: "cloudformation", operation, organization })
+            .get()
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ pub use fence::Fence;
 pub use organizations::Organizations;
 pub use tenant_access::{SessionKey, TenantAccess};
 
-use crate::metrics::{AwsRequestLabels, METRICS};
+use crate::metrics::{AwsRequestLabels, METRICS, OrganizationLabels};
 
 /// How long ago an AWS timestamp was; `None` for a time in the future or out of range.
 pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
@@ -44,9 +44,10 @@ pub fn age(time: &aws_smithy_types::DateTime) -> Option<std::time::Duration> {
     now.checked_sub(std::time::Duration::from_secs(u64::try_from(time.secs()).ok()?))
 }
 
-/// Counts one request sent to AWS.
-pub(crate) fn count_request(service: &'static str, operation: &'static str) {
-    METRICS.aws_requests.get_or_create(&AwsRequestLabels { service, operation }).inc();
+/// Counts one request sent to AWS for `organization` (its metrics label).
+pub(crate) fn count_request(service: &'static str, operation: &'static str, organization: &str) {
+    let organization = organization.to_string();
+    METRICS.aws_requests.get_or_create(&AwsRequestLabels { service, operation, organization }).inc();
     METRICS.aws_operation_seen(operation);
 }
 
@@ -74,6 +75,9 @@ pub struct AwsConfig {
     pub management_external_id: Option<String>,
     /// The Region of the management clients; `None`: the environment's, else us-east-1.
     pub region: Option<String>,
+    /// The organization these clients act for (`None`: the default one), for the
+    /// `organization` label of their requests.
+    pub organization: Option<String>,
     /// The session name of the management role's sessions: the replica's, so that AWS
     /// (CloudTrail) says which replica made each request.
     pub session_name: String,
@@ -97,6 +101,7 @@ impl AwsConfig {
             management_role_arn: None,
             management_external_id: None,
             region: None,
+            organization: None,
             session_name: "silo-controller".into(),
             tag_sessions: false,
         }
@@ -159,11 +164,14 @@ impl Aws {
     /// Clients from a loaded configuration, with Silo's retry policy and one budget per service.
     pub fn from_config(config: &SdkConfig, aws: &AwsConfig) -> Self {
         let config = config.to_builder().retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS)).build();
+        // Each budget counts its requests for the organization (silo_aws_requests_total).
+        let label = OrganizationLabels::of(aws.organization.as_deref()).organization;
+        let budget = |limits| Budget::new(limits).for_organization(&label);
         Self {
-            organizations: Organizations::new(aws_sdk_organizations::Client::new(&config), Budget::new(aws.limits)),
-            accounts: AccountManagement::new(aws_sdk_account::Client::new(&config), Budget::new(aws.account_limits)),
-            tenants: TenantAccess::new(&config, Budget::new(aws.sts_limits), aws.tag_sessions),
-            stacks_budget: KeyedBudget::new(aws.cloudformation_limits),
+            organizations: Organizations::new(aws_sdk_organizations::Client::new(&config), budget(aws.limits)),
+            accounts: AccountManagement::new(aws_sdk_account::Client::new(&config), budget(aws.account_limits)),
+            tenants: TenantAccess::new(&config, budget(aws.sts_limits), aws.tag_sessions),
+            stacks_budget: KeyedBudget::new(aws.cloudformation_limits).for_organization(&label),
             fence: Fence::open(),
             config,
         }

@@ -58,7 +58,8 @@ impl Templates {
 
     /// The template's bytes (GetObject).
     pub async fn read(&self, location: &Location) -> Result<Vec<u8>, AwsError> {
-        count_request("s3", "GetObject");
+        // Templates are the Baseline controller's, which the default organization's leader runs.
+        count_request("s3", "GetObject", crate::metrics::DEFAULT_ORGANIZATION);
         let out = self
             .s3
             .get_object()
