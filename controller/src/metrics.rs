@@ -369,6 +369,25 @@ impl Metrics {
         }
     }
 
+    /// Removes an organization's series of its quotas, index and closure ledger, on a replica
+    /// that stops leading it: dashboards and alerts then see only its leader's values, never a
+    /// former leader's last ones. `silo_organization_leader` stays, at 0.
+    pub fn forget_organization(&self, organization: &str) {
+        let labels = OrganizationLabels { organization: organization.to_string() };
+        for family in [
+            &self.creation_queue_length,
+            &self.creation_slots_in_use,
+            &self.creation_slots,
+            &self.index_accounts,
+            &self.index_complete,
+            &self.account_closures_recorded,
+            &self.account_closures_per_day,
+        ] {
+            family.remove(&labels);
+        }
+        self.index_sweeps.remove(&labels);
+    }
+
     /// Records one finished reconcile.
     pub fn reconciled(&self, controller: &'static str, result: &'static str, seconds: f64) {
         let labels = ReconcileLabels { controller, result };

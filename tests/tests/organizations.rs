@@ -148,9 +148,17 @@ async fn each_organization_has_one_leader_as_replicas_die_and_join() {
         .create(&PostParams::default(), &Organization::new("second", spec))
         .await
         .unwrap();
+    let metrics: BTreeMap<&str, String> = ["replica-a", "replica-b", "replica-c"]
+        .into_iter()
+        .map(|name| (name, format!("127.0.0.1:{}", silo_testenv::process::free_port().unwrap())))
+        .collect();
     let replica = |name: &'static str| {
         let spawn = Spawn { access_key: Some(name), identity: Some(name), ..Spawn::default() };
-        case.spawn_controller_with(&[], &format!("{name}.log"), spawn).unwrap()
+        case.spawn_controller_with(&["--metrics-address", &metrics[name]], &format!("{name}.log"), spawn).unwrap()
+    };
+    let scrape = |name: &str| {
+        let url = format!("http://{}/metrics", metrics[name]);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
     };
     let mut replicas = BTreeMap::from([("replica-a", replica("replica-a")), ("replica-b", replica("replica-b"))]);
 
@@ -209,6 +217,15 @@ async fn each_organization_has_one_leader_as_replicas_die_and_join() {
         "{main} handed second over and stopped writing to it"
     );
     assert_eq!(holder(&case, LEASE_NAME).await.as_deref(), Some(main.as_str()), "the main Lease stayed");
+    // The metrics of second: its leader's only, so dashboards and alerts never read a former
+    // leader's last values.
+    let (before, now) = (scrape(&main).await, scrape("replica-c").await);
+    assert!(before.contains("silo_organization_leader{organization=\"second\"} 0"), "{before}");
+    assert!(!before.contains("silo_creation_queue_length{organization=\"second\"}"), "{before}");
+    assert!(now.contains("silo_organization_leader{organization=\"second\"} 1"), "{now}");
+    assert!(now.contains("silo_creation_queue_length{organization=\"second\"}"), "{now}");
+    let created_for_second = "operation=\"CreateAccount\",organization=\"second\"";
+    assert!(now.contains(created_for_second), "replica-c counts its requests for second: {now}");
     for (_, mut process) in replicas {
         process.kill();
     }

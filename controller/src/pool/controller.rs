@@ -134,6 +134,14 @@ pub async fn run(
         .await;
 }
 
+/// Removes the series of every pool in `pools`, on a replica that stops leading their
+/// organization: another replica publishes them now, or none.
+pub fn forget_all(pools: &Store<AccountPool>) {
+    for pool in pools.state() {
+        forget(&pool.name_any());
+    }
+}
+
 fn error_policy(_pool: Arc<AccountPool>, err: &Error, _ctx: Arc<Context>) -> Action {
     let pause = match err {
         Error::Aws(err) if err.kind == AwsErrorKind::Busy => Duration::from_secs(1),

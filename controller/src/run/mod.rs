@@ -379,7 +379,9 @@ async fn organization(
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let tenants = shared.baseline.tenants.clone();
+    let label = metrics::OrganizationLabels::of(config.organization.as_deref()).organization;
     let (pools, pool_changes) = pool::controller::watch(&client, config.organization.as_deref().unwrap_or(""));
+    let known_pools = pools.clone();
     let pools_ready = caches::Ready::of(&pools);
     let (pool_wake, pools_woken) = futures::channel::mpsc::unbounded();
     let orphans = takeover::orphans::publish(
@@ -453,4 +455,8 @@ async fn organization(
         () = orphans => {}
         () = pool_controller => {}
     }
+    // Its series are its next leader's to publish.
+    METRICS.forget_organization(&label);
+    takeover::orphans::forget(&label);
+    pool::controller::forget_all(&known_pools);
 }

@@ -241,6 +241,13 @@ fn table(orphans: &[Orphan], tree: &OrgTree) -> String {
 /// candidate's tags are not known since the last sweep).
 const PUBLISH_PERIOD: Duration = Duration::from_secs(15);
 
+/// Removes an organization's orphan series, on a replica that stops leading it.
+pub fn forget(organization: &str) {
+    for kind in OrphanKind::ALL {
+        METRICS.orphan_accounts.remove(&OrphanLabels { organization: organization.to_string(), kind: kind.label() });
+    }
+}
+
 /// Keeps `silo_orphan_accounts{kind}` current, from the organization index and the Tenant
 /// watch cache, until the future is dropped. Tags are read only for candidates, at
 /// [`Priority::IfIdle`], and kept until the index's next sweep.
