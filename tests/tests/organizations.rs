@@ -7,13 +7,18 @@ use std::{collections::BTreeMap, time::Duration};
 
 use aws_sdk_organizations::Client as Organizations;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, api::PostParams};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde_json::json;
 use silo::{
-    api::{Organization, OrganizationBudgets, OrganizationSpec, Tenant},
+    api::{Baseline, Organization, OrganizationBudgets, OrganizationSpec, Tenant},
     conditions,
 };
-use silo_testenv::{CONTROLLER_NAMESPACE, LEASE_NAME, SimClient, Spawn, TestCase, silo_binary, test_case};
+use silo_testenv::{
+    BASELINE_TEMPLATE, CONTROLLER_NAMESPACE, LEASE_NAME, SimClient, Spawn, TestCase, silo_binary, test_case,
+};
 
 const READY_WITHIN: Duration = Duration::from_secs(90);
 /// The second organization's management account, and the role Silo assumes there.
@@ -122,6 +127,19 @@ async fn management_writes(case: &TestCase, replica: &str) -> u64 {
     stats["writes_by_session"][replica].as_object().map_or(0, |ops| ops.values().filter_map(|n| n.as_u64()).sum())
 }
 
+/// Applies the Baseline `shared` with this template.
+async fn apply_baseline(case: &TestCase, template: &str) {
+    let baseline: Baseline = serde_json::from_value(json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "metadata": {"name": "shared"},
+        "spec": {"template": template},
+    }))
+    .unwrap();
+    Api::<Baseline>::all(case.client.clone())
+        .patch("shared", &PatchParams::apply("silo-tests").force(), &Patch::Apply(&baseline))
+        .await
+        .unwrap();
+}
+
 /// The holder of a Lease in Silo's namespace.
 async fn holder(case: &TestCase, lease: &str) -> Option<String> {
     let leases = Api::<Lease>::namespaced(case.client.clone(), CONTROLLER_NAMESPACE);
@@ -129,7 +147,7 @@ async fn holder(case: &TestCase, lease: &str) -> Option<String> {
 }
 
 /// Two replicas share the two organizations (the default one and `second`), one each, under
-/// their own Leases. The one leading `second` is killed (SIGKILL) with a CreateAccount of
+/// their own Leases, and a Baseline's change reaches the Tenants of both. The one leading `second` is killed (SIGKILL) with a CreateAccount of
 /// `second` in flight: the other takes `second` over once its Lease expires, finishes that
 /// creation without making the account again, and makes the next. A third replica joins: the
 /// survivor, now above its fair share, hands `second` over to it. From the simulator's
@@ -174,10 +192,25 @@ async fn each_organization_has_one_leader_as_replicas_die_and_join() {
     let tenant = |name: &str, organization: &str| {
         format!("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec: {{{organization}}}")
     };
-    case.apply(&tenant("shared-home", "")).await.unwrap();
-    case.apply(&tenant("shared-away", "organization: second")).await.unwrap();
+    // Both run one Baseline, whose rollout the main Lease's holder leads.
+    apply_baseline(&case, BASELINE_TEMPLATE).await;
+    case.apply(&tenant("shared-home", "baseline: {name: shared}")).await.unwrap();
+    case.apply(&tenant("shared-away", "organization: second, baseline: {name: shared}")).await.unwrap();
     for name in ["shared-home", "shared-away"] {
         case.wait_for(name, conditions::READY, "True", READY_WITHIN).await.unwrap();
+    }
+    // A change to the Baseline reaches the Tenant of second too (the canary: the first by
+    // name), whose replica learns of it from the Baseline's status, not from the main
+    // replica's own wakes.
+    apply_baseline(&case, &format!("{BASELINE_TEMPLATE}  Version:\n    Value: v2\n")).await;
+    for name in ["shared-away", "shared-home"] {
+        case.eventually(READY_WITHIN, || async {
+            let tenant = case.tenants().get(name).await.ok()?;
+            let stacks = tenant.status?.baseline?.stacks;
+            stacks.iter().any(|s| s.outputs.get("Version").map(String::as_str) == Some("v2")).then_some(())
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{name} runs the Baseline's new revision: {err:#}"));
     }
     assert!(management_writes(&case, &away).await > 0, "{away} made shared-away's account");
     assert_eq!(management_writes(&case, &main).await, 0, "{main} never wrote to the organization it does not lead");
