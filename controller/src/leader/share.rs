@@ -20,6 +20,10 @@
 //!
 //! What each replica sees of the others comes from one LIST of the Leases in Silo's namespace
 //! per look ([`look`]).
+//!
+//! A Silo from before per-organization Leases, holding the main Lease, acts for every
+//! organization and writes no presence: while one leads (an upgrade's first minutes, or a
+//! rollback), the others take no organization and hand back those they lead.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -57,6 +61,10 @@ pub struct View {
     pub replicas: usize,
     /// The Organization objects whose Lease a replica holds and renews; the others are free.
     pub held: BTreeMap<String, String>,
+    /// The main Lease is held by a replica that has no presence Lease: a Silo from before
+    /// per-organization Leases, which runs every organization itself (during an upgrade, or
+    /// after a rollback). While it leads, no other replica may act for any organization.
+    pub older_leader: Option<String>,
 }
 
 /// What a replica should do after a look.
@@ -85,6 +93,10 @@ pub fn step(
     leads_default: bool,
     view: &View,
 ) -> Step {
+    if view.older_leader.is_some() {
+        // It acts for every organization: hand them all back, one per look.
+        return leading.last().map_or(Step::Stay, |name| Step::HandOver(name.clone()));
+    }
     let share = fair_share(organizations.len(), view.replicas);
     let held = leading.len() + usize::from(leads_default);
     if held > share {
@@ -112,15 +124,17 @@ pub fn step(
 
 /// Reads what replica `identity` needs for a [`step`]: the presences and the organizations'
 /// Leases in `namespace`, at `now`.
-pub async fn look(leases: &Api<Lease>, identity: &str, now: Timestamp) -> kube::Result<View> {
+pub async fn look(leases: &Api<Lease>, identity: &str, main: &str, now: Timestamp) -> kube::Result<View> {
     let list = leases.list(&ListParams::default()).await?;
-    Ok(view_of(&list.items, identity, now))
+    Ok(view_of(&list.items, identity, main, now))
 }
 
-/// The [`View`] from the Leases of Silo's namespace. Pure.
-pub fn view_of(leases: &[Lease], identity: &str, now: Timestamp) -> View {
+/// The [`View`] from the Leases of Silo's namespace (`main`: the main Lease's name). Pure.
+pub fn view_of(leases: &[Lease], identity: &str, main: &str, now: Timestamp) -> View {
     // This replica counts even before its presence is written (or while it cannot renew it).
-    let mut view = View { replicas: 1, held: BTreeMap::new() };
+    let mut view = View { replicas: 1, held: BTreeMap::new(), older_leader: None };
+    let mut present = std::collections::BTreeSet::from([identity.to_string()]);
+    let mut main_holder = None;
     for lease in leases {
         let Some(spec) = &lease.spec else { continue };
         let Some(holder) = spec.holder_identity.clone() else { continue };
@@ -136,12 +150,18 @@ pub fn view_of(leases: &[Lease], identity: &str, now: Timestamp) -> View {
             if alive && holder != identity {
                 view.replicas += 1;
             }
+            // Any presence, even one not renewed lately: a replica of this version that
+            // cannot reach the API server for a moment is not an older Silo.
+            present.insert(holder);
+        } else if name == main {
+            main_holder = alive.then_some(holder);
         } else if let Some(organization) = name.strip_prefix(ORGANIZATION_LEASE_PREFIX)
             && alive
         {
             view.held.insert(organization.to_string(), holder);
         }
     }
+    view.older_leader = main_holder.filter(|holder| !present.contains(holder));
     view
 }
 
@@ -211,7 +231,7 @@ mod tests {
     }
 
     fn view(replicas: usize, held: &[(&str, &str)]) -> View {
-        View { replicas, held: held.iter().map(|(o, h)| (o.to_string(), h.to_string())).collect() }
+        View { replicas, held: held.iter().map(|(o, h)| (o.to_string(), h.to_string())).collect(), older_leader: None }
     }
 
     #[test]
@@ -254,7 +274,7 @@ mod tests {
             for replica in replicas {
                 let held: BTreeMap<String, String> =
                     leading.iter().flat_map(|(r, os)| os.iter().map(|o| (o.clone(), r.to_string()))).collect();
-                let view = View { replicas: replicas.len(), held };
+                let view = View { replicas: replicas.len(), held, older_leader: None };
                 match step(replica, &orgs, &leading[replica], replica == "r0", &view) {
                     Step::Take(name) => {
                         assert!(!view.held.contains_key(&name), "{replica} takes a held {name}");
@@ -295,10 +315,37 @@ mod tests {
             lease("silo-org-us", "gone", 60, false),
             lease("silo-controller", "a", 1, false),
         ];
-        let view = view_of(&leases, "a", now);
+        let view = view_of(&leases, "a", "silo-controller", now);
         assert_eq!(view.replicas, 2);
         assert_eq!(view.held, [("eu".to_string(), "b".to_string())].into());
+        assert_eq!(view.older_leader, None, "the main Lease's holder announces itself");
         // A replica whose presence is not written yet still counts itself.
-        assert_eq!(view_of(&leases, "new", now).replicas, 3);
+        assert_eq!(view_of(&leases, "new", "silo-controller", now).replicas, 3);
+    }
+
+    #[test]
+    fn an_older_silo_holding_the_main_lease_leads_every_organization_alone() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let lease = |name: &str, holder: &str, presence: bool| Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                labels: presence.then(|| [(REPLICA_LABEL.to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(now)),
+                ..Default::default()
+            }),
+        };
+        // The main Lease's holder writes no presence: an older Silo, during an upgrade.
+        let leases = vec![lease("silo-controller", "old-0", false), lease("silo-replica-new-1", "new-1", true)];
+        let view = view_of(&leases, "new-1", "silo-controller", now);
+        assert_eq!(view.older_leader.as_deref(), Some("old-0"));
+        let orgs = names(&["eu", "us"]);
+        assert_eq!(step("new-1", &orgs, &names(&[]), false, &view), Step::Stay, "it takes nothing");
+        let leading = names(&["eu", "us"]);
+        assert_eq!(step("new-1", &orgs, &leading, false, &view), Step::HandOver("us".into()), "and hands back");
     }
 }

@@ -134,7 +134,7 @@ pub(super) async fn serve(
             }
             _ = looks.tick(), if leases.is_some() => {
                 let (Some(l), Some(api)) = (&leases, &lease_api) else { continue };
-                let view = match share::look(api, &l.identity, k8s_openapi::jiff::Timestamp::now()).await {
+                let view = match share::look(api, &l.identity, &l.main, k8s_openapi::jiff::Timestamp::now()).await {
                     Ok(view) => view,
                     Err(err) => {
                         warn!(%err, "cannot read the Leases; the organizations stay as they are");
