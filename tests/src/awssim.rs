@@ -217,19 +217,18 @@ impl SimClient {
     }
 
     fn config_signed_by(&self, access_key: &str) -> SdkConfig {
+        self.config_with(Credentials::new(access_key, access_key, None, None, "silo-tests"))
+    }
+
+    /// An SDK configuration for the simulator, signing with `credentials`.
+    fn config_with(&self, credentials: Credentials) -> SdkConfig {
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .time_source(aws_smithy_async::time::SystemTimeSource::new())
             .sleep_impl(aws_smithy_async::rt::sleep::TokioSleep::new())
             .region(Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_organizations::config::SharedCredentialsProvider::new(Credentials::new(
-                access_key,
-                access_key,
-                None,
-                None,
-                "silo-tests",
-            )))
+            .credentials_provider(aws_sdk_organizations::config::SharedCredentialsProvider::new(credentials))
             .build()
     }
 
@@ -302,18 +301,13 @@ impl SimClient {
             .await
             .with_context(|| format!("AssumeRole into {account_id}"))?;
         let credentials = out.credentials.context("AssumeRole answered no credentials")?;
-        let config = SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_organizations::config::SharedCredentialsProvider::new(Credentials::new(
-                credentials.access_key_id,
-                credentials.secret_access_key,
-                Some(credentials.session_token),
-                None,
-                "silo-tests",
-            )))
-            .build();
+        let config = self.config_with(Credentials::new(
+            credentials.access_key_id,
+            credentials.secret_access_key,
+            Some(credentials.session_token),
+            None,
+            "silo-tests",
+        ));
         let organizations = aws_sdk_organizations::Client::new(&config);
         organizations
             .create_organization()
