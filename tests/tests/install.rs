@@ -152,6 +152,9 @@ fn deployment_run(pod_name: &str) -> DeploymentRun {
             (Value::String(value), _) => value.clone(),
             (_, Some("metadata.namespace")) => namespace.to_string(),
             (_, Some("metadata.name")) => pod_name.to_string(),
+            // No Pod object exists here (no kubelet, and no garbage collector to delete the
+            // presence Lease it would own): a UID of the right shape.
+            (_, Some("metadata.uid")) => "5f0c6a3e-1d2b-4c8e-9f7a-0b1c2d3e4f50".to_string(),
             other => panic!("the test cannot provide env {name} from {other:?}: teach it"),
         };
         env.push((name, value));
