@@ -210,7 +210,7 @@ async fn lead(
     shared: Arc<Shared>,
     leases: Option<Leases>,
     org: Organization,
-    stopped: oneshot::Receiver<()>,
+    mut stopped: oneshot::Receiver<()>,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let name = org.name_any();
@@ -221,7 +221,13 @@ async fn lead(
             let seconds = l.seconds;
             let within = Duration::from_secs(seconds);
             let taken = Leadership::try_acquire(client.clone(), &l.namespace, &lease, &l.identity, seconds, within);
-            let Some(leadership) = taken.await else { return };
+            // Stopped or shut down while waiting: nothing was started, nothing to hand over.
+            let taken = tokio::select! {
+                taken = taken => taken,
+                _ = &mut stopped => None,
+                () = shutdown.clone() => None,
+            };
+            let Some(leadership) = taken else { return };
             Some(leadership)
         }
     };
