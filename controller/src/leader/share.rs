@@ -291,10 +291,9 @@ mod tests {
         assert_eq!(counts, vec![1, 1, 1, 1], "{leading:?}");
     }
 
-    #[test]
-    fn the_view_counts_live_replicas_and_held_organizations() {
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let lease = |name: &str, holder: &str, renewed_ago: i64, presence: bool| Lease {
+    /// A Lease held by `holder`, renewed at `renewed` for 15 s; a presence Lease if `presence`.
+    fn lease_at(name: &str, holder: &str, renewed: Timestamp, presence: bool) -> Lease {
+        Lease {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
                 labels: presence.then(|| [(REPLICA_LABEL.to_string(), "true".to_string())].into()),
@@ -303,9 +302,17 @@ mod tests {
             spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
                 holder_identity: Some(holder.into()),
                 lease_duration_seconds: Some(15),
-                renew_time: Some(MicroTime(now - k8s_openapi::jiff::SignedDuration::from_secs(renewed_ago))),
+                renew_time: Some(MicroTime(renewed)),
                 ..Default::default()
             }),
+        }
+    }
+
+    #[test]
+    fn the_view_counts_live_replicas_and_held_organizations() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let lease = |name: &str, holder: &str, renewed_ago: i64, presence: bool| {
+            lease_at(name, holder, now - k8s_openapi::jiff::SignedDuration::from_secs(renewed_ago), presence)
         };
         let leases = vec![
             lease("silo-replica-a", "a", 1, true),
@@ -326,19 +333,7 @@ mod tests {
     #[test]
     fn an_older_silo_holding_the_main_lease_leads_every_organization_alone() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let lease = |name: &str, holder: &str, presence: bool| Lease {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                labels: presence.then(|| [(REPLICA_LABEL.to_string(), "true".to_string())].into()),
-                ..Default::default()
-            },
-            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-                holder_identity: Some(holder.into()),
-                lease_duration_seconds: Some(15),
-                renew_time: Some(MicroTime(now)),
-                ..Default::default()
-            }),
-        };
+        let lease = |name: &str, holder: &str, presence: bool| lease_at(name, holder, now, presence);
         // The main Lease's holder writes no presence: an older Silo, during an upgrade.
         let leases = vec![lease("silo-controller", "old-0", false), lease("silo-replica-new-1", "new-1", true)];
         let view = view_of(&leases, "new-1", "silo-controller", now);
