@@ -332,13 +332,17 @@ impl BaselinesSeen {
             None => (true, false),
             Some((generation, seen)) => (*generation != baseline.metadata.generation, *seen != rollout),
         };
+        let moved = rollout.as_ref().filter(|_| rollout_changed && !leads_rollouts);
+        if !spec_changed && moved.is_none() {
+            // Most events are the Baseline's counts changing: no Tenant is read for them.
+            return vec![];
+        }
         let users = tenants.state().into_iter().filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name));
-        let woken: Vec<Arc<Tenant>> = match &rollout {
-            _ if spec_changed => users.collect(),
-            Some(rollout) if rollout_changed && !leads_rollouts => {
+        let woken: Vec<Arc<Tenant>> = match moved {
+            Some(rollout) if !spec_changed => {
                 users.filter(|t| tenant::bootstrap::rollout_moves(t, &name, rollout)).collect()
             }
-            _ => vec![],
+            _ => users.collect(),
         };
         woken.iter().map(|t| ObjectRef::from_obj(t.as_ref())).collect()
     }
