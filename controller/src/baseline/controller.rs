@@ -14,8 +14,10 @@
 //!
 //! A tenant whose baseline state changed asks for a recount of its Baseline ([`super::recount`]),
 //! at once but at most every [`RECOUNT_SPACING`], so a rollout of thousands of tenants does not
-//! write the Baseline's status thousands of times a minute, and a slot a tenant frees is
-//! counted free within that spacing; a bake ends with a timer.
+//! write the Baseline's status thousands of times a minute; a tenant whose stack work ended
+//! asks at once, so the slot it frees is taken without waiting for that spacing. A recount
+//! reads the Baseline's members from the [`Roster`] the Tenant watch keeps: what it costs grows
+//! with the Baseline's tenants, never with copies of their status. A bake ends with a timer.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -44,6 +46,7 @@ use tracing::{info, warn};
 
 use super::{
     Deployed, content_hash,
+    recount::{Ask, Member, Roster},
     revisions::{self, DEFAULT_HISTORY_LIMIT},
     rollout::{self, CanaryRule, Rollouts, State, TenantView},
 };
@@ -61,6 +64,8 @@ use crate::{
 pub struct Shared {
     /// Every Tenant, from the Tenant controller's watch.
     pub tenants: Store<Tenant>,
+    /// Every Baseline's tenants as its count reads them, kept by the same watch.
+    pub roster: Roster,
     /// Every Baseline revision, from a watch of Silo's namespace.
     pub revisions: Store<ControllerRevision>,
     /// The two caches above hold their first listing (await these, never the stores).
@@ -120,7 +125,7 @@ pub async fn run(
     config: aws_config::SdkConfig,
     namespace: String,
     shared: Shared,
-    recounts: UnboundedReceiver<ObjectRef<Baseline>>,
+    recounts: UnboundedReceiver<Ask>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let reporter = Reporter { controller: "silo-baseline".into(), instance: std::env::var("POD_NAME").ok() };
@@ -155,9 +160,10 @@ pub async fn run(
 
 /// The asks for recounts, at most one per Baseline every `spacing`: an ask is passed on at once
 /// when the Baseline's last recount is `spacing` old, else held until it is (asks meanwhile
-/// join it). No ask waits longer than `spacing`.
+/// join it). No ask waits longer than `spacing`, and one that frees a slot ([`Ask::now`])
+/// does not wait at all.
 fn paced(
-    asks: impl futures::Stream<Item = ObjectRef<Baseline>> + Unpin,
+    asks: impl futures::Stream<Item = Ask> + Unpin,
     spacing: Duration,
 ) -> impl futures::Stream<Item = ObjectRef<Baseline>> {
     use tokio::time::{Instant, sleep_until};
@@ -180,9 +186,14 @@ fn paced(
             };
             let name = tokio::select! {
                 ask = p.asks.next() => {
-                    let name = ask?.name;
+                    let ask = ask?;
+                    let name = ask.baseline.name;
                     let now = Instant::now();
                     match p.last.get(&name) {
+                        _ if ask.now => {
+                            p.held.remove(&name);
+                            name
+                        }
                         _ if p.held.contains_key(&name) => continue,
                         Some(last) if now < *last + spacing => {
                             p.held.insert(name, *last + spacing);
@@ -240,15 +251,9 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     revisions::record(&api, baseline, &existing, &newest, &deployed).await?;
 
     // 3. The rollout's next step.
-    let users: Vec<Arc<Tenant>> = ctx
-        .shared
-        .tenants
-        .state()
-        .into_iter()
-        .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == name))
-        .collect();
-    let views: Vec<TenantView> = users.iter().map(|t| view(t, &name)).collect();
-    let mut settings = rollout::ResolvedSpec::of(&baseline.spec.rollout, views.len());
+    let members = ctx.shared.roster.of(&name);
+    let views = || members.iter().map(|m| &m.view);
+    let mut settings = rollout::ResolvedSpec::of(&baseline.spec.rollout, members.len());
     settings.promoted = baseline.annotations().get(crate::contract::PROMOTE_ANNOTATION).cloned();
     let recorded = baseline.status.as_ref().and_then(|s| s.rollout.clone());
     let current = recorded.or_else(|| ctx.shared.rollouts.get(&name));
@@ -257,12 +262,13 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
         &newest,
         &settings,
         &CanaryRule::of(&baseline.spec.rollout, &settings),
-        &views,
+        views(),
         now,
     );
 
     // 4. The status first, then the tenants it admitted.
-    let status = render(baseline, &newest, &step.status, &views, &users, now);
+    let canaries = canaries(&ctx.shared.tenants, &name, &step.status);
+    let status = render(baseline, &newest, &step.status, &members, &canaries, now);
     if baseline.status.as_ref() != Some(&status) {
         let patch = serde_json::json!({"apiVersion": "silo.dev/v1alpha1", "kind": "Baseline", "status": status});
         Api::<Baseline>::all(ctx.client.clone())
@@ -273,10 +279,9 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     // Woken: the tenants it admitted now, those admitted before that have not taken it up (a
     // process killed between recording the status and waking them), and the canaries that still
     // owe a preview.
-    let lagging = views
-        .iter()
-        .filter(|v| v.admitted.as_deref().is_some_and(|a| rollout::target(&step.status, &v.name, Some(a)) != a));
-    let previewers = users.iter().filter(|t| rollout::tenant_wants_preview(&step.status, t)).map(|t| t.name_any());
+    let lagging =
+        views().filter(|v| v.admitted.as_deref().is_some_and(|a| rollout::target(&step.status, &v.name, Some(a)) != a));
+    let previewers = canaries.iter().filter(|t| rollout::tenant_wants_preview(&step.status, t)).map(|t| t.name_any());
     let woken: BTreeSet<String> =
         step.admitted.iter().cloned().chain(lagging.map(|v| v.name.clone())).chain(previewers).collect();
     for tenant in woken {
@@ -297,12 +302,12 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
             warn!(baseline = %name, %err, "could not publish event");
         }
     }
-    publish_metrics(&name, &step.status, &views, status.tenants.drifted);
+    publish_metrics(&name, &step.status, views(), status.tenants.drifted);
 
     // 5. History, never a revision in use.
-    let mut in_use: BTreeSet<String> = views.iter().filter_map(|v| v.admitted.clone()).collect();
-    in_use.insert(newest.clone());
-    in_use.extend(step.status.previous.clone());
+    let mut in_use: BTreeSet<&str> = views().filter_map(|v| v.admitted.as_deref()).collect();
+    in_use.insert(&newest);
+    in_use.extend(step.status.previous.as_deref());
     let limit = baseline.spec.revision_history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     revisions::prune(&api, &revisions::to_prune(&existing, &in_use, limit)).await?;
 
@@ -312,21 +317,15 @@ async fn roll(baseline: &Baseline, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(wait))
 }
 
-/// What the rollout needs to know of one tenant, from its status. Pure.
-pub fn view(tenant: &Tenant, baseline: &str) -> TenantView {
-    let status = tenant.status.clone().unwrap_or_default();
-    let admitted = status.baseline.as_ref().filter(|b| b.name == baseline).and_then(|b| b.admitted_revision.clone());
-    let ready = conditions::find(&status.conditions, conditions::BASELINE_READY);
-    let stalled = conditions::find(&status.conditions, conditions::STALLED).filter(|c| c.status == "True");
-    let state = match (ready, stalled) {
-        (Some(ready), _) if ready.status == "True" => State::Current,
-        // Stalled by the baseline step itself (not by an earlier step).
-        (Some(ready), Some(stalled)) if stalled.reason == ready.reason => {
-            State::Failed { reason: ready.message.clone() }
-        }
-        _ => State::InFlight,
-    };
-    TenantView { name: tenant.name_any(), labels: tenant.labels().clone(), admitted, state }
+/// The rollout's canary tenants that still use `baseline`, from the cache (their previews are
+/// read from their status).
+fn canaries(tenants: &Store<Tenant>, baseline: &str, rollout: &RolloutStatus) -> Vec<Arc<Tenant>> {
+    rollout
+        .canary
+        .iter()
+        .filter_map(|name| tenants.get(&ObjectRef::new(name)))
+        .filter(|t| t.spec.baseline.as_ref().is_some_and(|b| b.name == baseline))
+        .collect()
 }
 
 /// The Baseline's status after a step. Pure.
@@ -334,16 +333,13 @@ fn render(
     baseline: &Baseline,
     newest: &str,
     rollout: &RolloutStatus,
-    views: &[TenantView],
-    users: &[Arc<Tenant>],
+    members: &[Arc<Member>],
+    canaries: &[Arc<Tenant>],
     now: Timestamp,
 ) -> BaselineStatus {
-    let drifted = users
-        .iter()
-        .filter(|t| t.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::BASELINE_DRIFTED)))
-        .count();
+    let drifted = members.iter().filter(|m| m.drifted).count();
     let mut counts = TenantCounts { drifted: u32::try_from(drifted).unwrap_or(u32::MAX), ..Default::default() };
-    for view in views {
+    for view in members.iter().map(|m| &m.view) {
         // A new tenant counts on the newest revision when the rollout gives it that one.
         let arriving = view.admitted.is_none() && rollout::target(rollout, &view.name, None) == newest;
         let on_newest = arriving || view.admitted.as_deref() == Some(newest);
@@ -354,9 +350,8 @@ fn render(
             _ => counts.in_progress += 1,
         }
     }
-    let preview: Vec<PreviewReport> = users
+    let preview: Vec<PreviewReport> = canaries
         .iter()
-        .filter(|t| rollout.canary.contains(&t.name_any()))
         .filter_map(|t| {
             let preview = t.status.as_ref()?.baseline.as_ref()?.preview.as_ref()?;
             (preview.revision == newest)
@@ -431,13 +426,19 @@ fn render(
     status
 }
 
-fn publish_metrics(baseline: &str, rollout: &RolloutStatus, views: &[TenantView], drifted: u32) {
+fn publish_metrics<'v>(
+    baseline: &str,
+    rollout: &RolloutStatus,
+    views: impl Iterator<Item = &'v TenantView>,
+    drifted: u32,
+) {
     let labels = BaselineNameLabels { baseline: baseline.into() };
     METRICS.baseline_drifted_tenants.get_or_create(&labels).set(i64::from(drifted));
-    let mut per_revision: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_revision: BTreeMap<&str, i64> = BTreeMap::new();
     for view in views {
-        *per_revision.entry(view.admitted.clone().unwrap_or_else(|| "none".into())).or_default() += 1;
+        *per_revision.entry(view.admitted.as_deref().unwrap_or("none")).or_default() += 1;
     }
+    let per_revision = per_revision.into_iter().map(|(revision, n)| (revision.to_string(), n)).collect();
     METRICS.baseline_tenants.replace(baseline, per_revision);
     for phase in rollout::PHASES {
         let labels = RolloutLabels { baseline: baseline.into(), phase };
@@ -452,10 +453,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     use super::*;
-    use crate::api::{TenantBaselineStatus, TenantSpec, TenantStatus};
+    use crate::api::{BaselineRef, TenantBaselineStatus, TenantSpec, TenantStatus};
 
     fn tenant(name: &str, admitted: &str, conditions: &[(&str, &str, &str)]) -> Tenant {
-        let mut t = Tenant::new(name, TenantSpec::default());
+        let mut t = Tenant::new(name, uses_std());
         t.status = Some(TenantStatus {
             baseline: Some(TenantBaselineStatus {
                 name: "std".into(),
@@ -478,6 +479,10 @@ mod tests {
         t
     }
 
+    fn uses_std() -> TenantSpec {
+        TenantSpec { baseline: Some(BaselineRef { name: "std".into(), ..Default::default() }), ..Default::default() }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_recount_goes_at_once_and_at_most_once_per_spacing() {
         use tokio::time::Instant;
@@ -485,7 +490,8 @@ mod tests {
         let (asks, receiver) = futures::channel::mpsc::unbounded();
         let mut paced = std::pin::pin!(paced(receiver, spacing));
         let start = Instant::now();
-        let ask = |name: &str| asks.unbounded_send(ObjectRef::new(name)).unwrap();
+        let send = |name: &str, now: bool| asks.unbounded_send(Ask { baseline: ObjectRef::new(name), now }).unwrap();
+        let ask = |name: &str| send(name, false);
         let mut next = async || {
             let name = paced.next().await.map(|r| r.name);
             (name, start.elapsed())
@@ -500,8 +506,12 @@ mod tests {
         assert_eq!(next().await, (Some("std".into()), spacing), "three asks, one recount, one spacing later");
         tokio::time::sleep(Duration::from_secs(1)).await;
         ask("std");
-        assert_eq!(next().await.0, Some("std".into()));
-        assert_eq!(start.elapsed(), spacing + Duration::from_secs(1), "after a quiet spell, at once again");
+        let quiet = spacing + Duration::from_secs(1);
+        assert_eq!(next().await, (Some("std".into()), quiet), "after a quiet spell, at once again");
+        // Within the spacing, an ask that frees a slot goes at once, and takes the held one along.
+        ask("std");
+        send("std", true);
+        assert_eq!(next().await, (Some("std".into()), quiet), "a freed slot is counted at once");
         drop(asks);
         assert_eq!(next().await.0, None, "nothing held: the stream ends with the asks");
     }
@@ -517,16 +527,15 @@ mod tests {
             ..Default::default()
         };
         let ready = |users: &[Tenant]| {
-            let users: Vec<Arc<Tenant>> = users.iter().cloned().map(Arc::new).collect();
-            let views: Vec<TenantView> = users.iter().map(|t| view(t, "std")).collect();
-            let status = render(&baseline, "r1", &rollout, &views, &users, Timestamp::now());
+            let members: Vec<Arc<Member>> = users.iter().map(|t| Arc::new(Member::of(t).unwrap().1)).collect();
+            let status = render(&baseline, "r1", &rollout, &members, &[], Timestamp::now());
             let ready = conditions::find(&status.conditions, conditions::READY).unwrap().clone();
             (ready.status, ready.reason, status.tenants.in_progress)
         };
         let current = tenant("a", "r1", &[("BaselineReady", "True", "BaselineApplied")]);
         assert_eq!(ready(std::slice::from_ref(&current)), ("True".into(), "AllCurrent".into(), 0));
         // A new tenant, still creating its account: on its way to r1.
-        let new = Tenant::new("b", TenantSpec::default());
+        let new = Tenant::new("b", uses_std());
         assert_eq!(ready(&[current, new]), ("False".into(), "RollingOut".into(), 1));
         // A new tenant whose first apply failed (a parameter its template lacks) failed it.
         let mut typo = tenant(
@@ -536,25 +545,5 @@ mod tests {
         );
         typo.status.as_mut().unwrap().baseline = None;
         assert_eq!(ready(&[typo]), ("False".into(), "TenantsFailed".into(), 0));
-    }
-
-    #[test]
-    fn a_tenant_fails_a_revision_only_when_its_baseline_step_is_stalled() {
-        let current = tenant("a", "r1", &[("BaselineReady", "True", "BaselineApplied")]);
-        assert_eq!(view(&current, "std").state, State::Current);
-        let failed = tenant(
-            "b",
-            "r1",
-            &[("BaselineReady", "False", "StackUpdateRolledBack"), ("Stalled", "True", "StackUpdateRolledBack")],
-        );
-        assert!(matches!(view(&failed, "std").state, State::Failed { .. }));
-        // Stalled by placement: the baseline step never ran, so it did not fail the revision.
-        let elsewhere = tenant(
-            "c",
-            "r1",
-            &[("BaselineReady", "False", "WaitingForPlacement"), ("Stalled", "True", "OrganizationalUnitNotAllowed")],
-        );
-        assert_eq!(view(&elsewhere, "std").state, State::InFlight);
-        assert_eq!(view(&current, "other").admitted, None, "another Baseline's revision is not this one's");
     }
 }

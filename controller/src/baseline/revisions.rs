@@ -94,7 +94,7 @@ pub async fn record(
 }
 
 /// The revision objects to delete: beyond `limit`, oldest first, never one in use. Pure.
-pub fn to_prune(existing: &[ControllerRevision], in_use: &BTreeSet<String>, limit: u32) -> Vec<String> {
+pub fn to_prune(existing: &[ControllerRevision], in_use: &BTreeSet<&str>, limit: u32) -> Vec<String> {
     let unused: Vec<&ControllerRevision> =
         existing.iter().filter(|r| !in_use.iter().any(|u| r.name_any().ends_with(&format!("-{u}")))).collect();
     let excess = unused.len().saturating_sub(limit as usize);
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn history_is_pruned_oldest_first_but_never_a_revision_in_use() {
         let existing: Vec<ControllerRevision> = (1..=6).map(|n| revision("std", &format!("h{n}"), n)).collect();
-        let in_use = BTreeSet::from(["h1".to_string(), "h6".to_string()]);
+        let in_use = BTreeSet::from(["h1", "h6"]);
         assert_eq!(to_prune(&existing, &in_use, 2), vec!["std-h2".to_string(), "std-h3".to_string()]);
         assert!(to_prune(&existing, &in_use, 10).is_empty());
     }

@@ -306,15 +306,15 @@ pub fn is_admitted(rollout: &RolloutStatus, tenant: &str) -> bool {
 /// The next state of a Baseline's rollout. `newest`: the Baseline's newest revision;
 /// `current`: the recorded rollout, if any; `tenants`: every tenant that uses the Baseline.
 /// Pure.
-pub fn step(
+pub fn step<'t>(
     current: Option<&RolloutStatus>,
     newest: &str,
     settings: &ResolvedSpec,
     canary_rule: &CanaryRule,
-    tenants: &[TenantView],
+    tenants: impl IntoIterator<Item = &'t TenantView>,
     now: Timestamp,
 ) -> Step {
-    let mut tenants: Vec<&TenantView> = tenants.iter().collect();
+    let mut tenants: Vec<&TenantView> = tenants.into_iter().collect();
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
     // Only tenants already on some revision are rolled (new tenants get what `target` gives).
     let rolled: Vec<&TenantView> = tenants.iter().copied().filter(|t| t.admitted.is_some()).collect();

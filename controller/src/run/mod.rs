@@ -138,7 +138,8 @@ pub async fn controllers(
     .shared();
     // What every organization shares: the Tenant, Baseline and revision caches.
     let (recount, recounts) = futures::channel::mpsc::unbounded();
-    let (tenants, tenant_changes) = tenant::watch(&client, baseline::recount::Asks::new(recount));
+    let roster = baseline::recount::Roster::default();
+    let (tenants, tenant_changes) = tenant::watch(&client, baseline::recount::Asks::new(recount, roster.clone()));
     let router = Router::new(tenants.clone());
     let (revisions, revision_changes) = baseline::controller::watch_revisions(&client, &config.namespace);
     let (wake, woken) = futures::channel::mpsc::unbounded();
@@ -153,6 +154,7 @@ pub async fn controllers(
             tenants_ready: caches::Ready::of(&tenants),
             revisions_ready: caches::Ready::of(&revisions),
             tenants: tenants.clone(),
+            roster,
             revisions,
             rollouts: Arc::default(),
             wake,
@@ -232,7 +234,7 @@ async fn main(
     config: Config,
     leases: Option<Leases>,
     shared: Arc<Shared>,
-    mut recounts: futures::channel::mpsc::UnboundedReceiver<ObjectRef<Baseline>>,
+    mut recounts: futures::channel::mpsc::UnboundedReceiver<baseline::recount::Ask>,
     leads_default: tokio::sync::watch::Sender<bool>,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
