@@ -90,6 +90,31 @@ async fn wait_healthy(process: &mut Process, endpoint: &str) -> Result<()> {
     .await
 }
 
+/// One entry of the simulator's request log (`GET /_silo/log`).
+#[derive(serde::Deserialize, Clone, Debug)]
+pub struct LogEntry {
+    /// Wall clock (seconds) when the request arrived.
+    pub time: f64,
+    /// Seconds from arrival to answer.
+    pub duration: f64,
+    /// `service:Operation`.
+    pub key: String,
+    #[serde(default)]
+    pub access_key: Option<String>,
+    /// The account the request acted as (a management account, for Organizations requests).
+    #[serde(default)]
+    pub caller_account: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct LogPage {
+    next: u64,
+    entries: Vec<LogEntry>,
+    more: bool,
+    #[serde(default)]
+    dropped: u64,
+}
+
 /// One CreateStack, UpdateStack, ExecuteChangeSet or DeleteStack, as the simulator saw it.
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct StackOperation {
@@ -403,6 +428,36 @@ impl SimClient {
     /// Every stack operation the simulator accepted (`GET /_silo/stack_operations`).
     pub async fn stack_operations(&self) -> Result<Vec<StackOperation>> {
         let response = reqwest::get(format!("{}/_silo/stack_operations", self.endpoint)).await?;
+        Ok(response.error_for_status()?.json().await?)
+    }
+
+    /// Where the request log ends now: pass it to [`SimClient::read_log`] later to read what
+    /// came since.
+    pub async fn log_position(&self) -> Result<u64> {
+        Ok(self.log_page(u64::from(u32::MAX), 0).await?.next)
+    }
+
+    /// Every request the simulator answered since `since` (a [`SimClient::log_position`]),
+    /// oldest first, an observer's own requests left out. Fails when the log dropped some.
+    pub async fn read_log(&self, since: u64) -> Result<Vec<LogEntry>> {
+        let mut entries = vec![];
+        let mut at = since;
+        loop {
+            let page = self.log_page(at, 10_000).await?;
+            if page.dropped > 0 {
+                bail!("the simulator's request log dropped {} entries after {since}", page.dropped);
+            }
+            entries.extend(page.entries.into_iter().filter(|e| e.access_key.as_deref() != Some(OBSERVER_ACCESS_KEY)));
+            at = page.next;
+            if !page.more {
+                return Ok(entries);
+            }
+        }
+    }
+
+    async fn log_page(&self, since: u64, limit: u64) -> Result<LogPage> {
+        let url = format!("{}/_silo/log?since={since}&limit={limit}", self.endpoint);
+        let response = reqwest::get(url).await.context("GET /_silo/log")?;
         Ok(response.error_for_status()?.json().await?)
     }
 

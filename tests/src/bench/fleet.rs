@@ -240,60 +240,6 @@ pub async fn create_ou_in(org: &aws_sdk_organizations::Client) -> Result<Org> {
     Ok(Org { root_id, ou_id })
 }
 
-/// One entry of the simulator's request log (`GET /_silo/log`).
-#[derive(serde::Deserialize, Clone, Debug)]
-pub struct LogEntry {
-    /// Wall clock (seconds) when the request arrived.
-    pub time: f64,
-    /// Seconds from arrival to answer.
-    pub duration: f64,
-    /// `service:Operation`.
-    pub key: String,
-    #[serde(default)]
-    pub access_key: Option<String>,
-    /// The account the request acted as (a management account, for Organizations requests).
-    #[serde(default)]
-    pub caller_account: Option<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct LogPage {
-    next: u64,
-    entries: Vec<LogEntry>,
-    more: bool,
-    #[serde(default)]
-    dropped: u64,
-}
-
-async fn log_page(sim: &SimClient, since: u64, limit: u64) -> Result<LogPage> {
-    let url = format!("{}/_silo/log?since={since}&limit={limit}", sim.endpoint);
-    let response = reqwest::get(url).await.context("GET /_silo/log")?;
-    Ok(response.error_for_status()?.json().await?)
-}
-
-/// Where the request log ends now: pass it to [`read_log`] later to read what came since.
-pub async fn log_position(sim: &SimClient) -> Result<u64> {
-    Ok(log_page(sim, u64::from(u32::MAX), 0).await?.next)
-}
-
-/// Every request the simulator answered since `since` (a [`log_position`]), oldest first,
-/// the bench's own observer requests left out. Fails when the log dropped some of them.
-pub async fn read_log(sim: &SimClient, since: u64) -> Result<Vec<LogEntry>> {
-    let mut entries = vec![];
-    let mut at = since;
-    loop {
-        let page = log_page(sim, at, 10_000).await?;
-        if page.dropped > 0 {
-            bail!("the simulator's request log dropped {} entries after {since}", page.dropped);
-        }
-        entries.extend(page.entries.into_iter().filter(|e| e.access_key.as_deref() != Some("observer")));
-        at = page.next;
-        if !page.more {
-            return Ok(entries);
-        }
-    }
-}
-
 /// The simulator's counters (`GET /_silo/stats`), per `service:Operation`.
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct Counters {

@@ -214,7 +214,7 @@ impl Bench {
             })
             .collect();
         fleet::apply_all(&self.tenants(), docs, p.apply_concurrency).await?;
-        let log_start = fleet::log_position(&self.sim).await?;
+        let log_start = self.sim.log_position().await?;
         let before = Counters::read(&self.sim).await?;
 
         let mut controllers: Vec<(String, Controller)> = vec![];
@@ -287,7 +287,7 @@ impl Bench {
             }
             OTHERS.iter().find(|(_, a)| *a == account).map_or(format!("account {account}"), |(n, _)| n.to_string())
         };
-        let entries = fleet::read_log(&self.sim, log_start).await?;
+        let entries = self.sim.read_log(log_start).await?;
         let mut requests: BTreeMap<String, u64> = BTreeMap::new();
         let mut first_write: BTreeMap<String, f64> = BTreeMap::new();
         let mut resumed: Option<f64> = None;

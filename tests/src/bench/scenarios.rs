@@ -710,7 +710,7 @@ impl Bench {
             ticker.tick().await;
             controller.check()?;
             let t = controller.elapsed();
-            let log_at = fleet::log_position(&self.sim).await?;
+            let log_at = self.sim.log_position().await?;
             let now = Counters::read(&self.sim).await?;
             let since = now.since(&start);
             for service in SERVICES {
@@ -755,7 +755,7 @@ impl Bench {
         if verified == 0 {
             bail!("no Tenant recorded a verification (status.lastVerifiedTime) in the window: nothing to scale");
         }
-        let log = fleet::read_log(&self.sim, log_start).await?;
+        let log = self.sim.read_log(log_start).await?;
         let sweeps = Sweeps::of(&log);
 
         // Scaling (the "scaling" text of the results says the same).
@@ -1525,7 +1525,7 @@ struct Sweeps {
 }
 
 impl Sweeps {
-    fn of(log: &[fleet::LogEntry]) -> Self {
+    fn of(log: &[silo_testenv::awssim::LogEntry]) -> Self {
         let mut sweeps = Sweeps::default();
         let mut open: Option<(f64, BTreeMap<String, u64>)> = None;
         for entry in log.iter().filter(|e| is_list_key(&e.key)) {
@@ -1583,8 +1583,8 @@ impl Sweeps {
 mod tests {
     use super::*;
 
-    fn entry(time: f64, op: &str) -> fleet::LogEntry {
-        fleet::LogEntry {
+    fn entry(time: f64, op: &str) -> silo_testenv::awssim::LogEntry {
+        silo_testenv::awssim::LogEntry {
             time,
             duration: 0.01,
             key: format!("organizations:{op}"),
@@ -1600,7 +1600,7 @@ mod tests {
             entry(0.1, "ListCreateAccountStatus"),
             entry(30.0, "DescribeOrganization"),
             entry(30.1, "ListRoots"),
-            fleet::LogEntry {
+            silo_testenv::awssim::LogEntry {
                 time: 30.2,
                 duration: 0.01,
                 key: "organizations:ListTagsForResource".into(),
