@@ -326,15 +326,19 @@ impl TestCase {
 
     /// Runs the Tenant controller in this process against the environment.
     pub fn start_controller(&mut self, settings: Config) {
-        let client = self.client.clone();
-        self.run_controller(client, settings);
+        self.start_controller_with_aws(settings, Self::aws_config());
     }
 
-    fn run_controller(&mut self, client: Client, settings: Config) {
+    /// [`TestCase::start_controller`], reaching AWS as `aws` says (its budgets, say).
+    pub fn start_controller_with_aws(&mut self, settings: Config, aws: AwsConfig) {
+        let client = self.client.clone();
+        self.run_controller(client, settings, aws);
+    }
+
+    fn run_controller(&mut self, client: Client, settings: Config, aws: AwsConfig) {
         let source = silo::run::AwsSource { base: self.sim.sdk_config() };
         self.watchdog.spawn("controller", async move {
-            if let Err(err) =
-                silo::run::controllers(client, source, Self::aws_config(), settings, None, std::future::pending()).await
+            if let Err(err) = silo::run::controllers(client, source, aws, settings, None, std::future::pending()).await
             {
                 panic!("controller failed: {err:#}");
             }
@@ -385,7 +389,7 @@ impl TestCase {
     /// grants is allowed.
     pub async fn start_controller_as_service_account(&mut self, settings: Config) -> Result<()> {
         let client = self.service_account_client().await?;
-        self.run_controller(client, settings);
+        self.run_controller(client, settings, Self::aws_config());
         Ok(())
     }
 

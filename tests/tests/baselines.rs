@@ -253,6 +253,84 @@ async fn template_changes_update_every_tenant_and_parameter_changes_only_one() {
     assert_eq!(executed(&case).await, 1, "one REVERT_DRIFT change set executed");
 }
 
+/// A drift check goes at IfIdle priority: while user work queues for the CloudFormation
+/// budget (one request in flight at a time here, each look at a stack answered after 1 s),
+/// the check a person asked for is not sent; it goes once that work is done. Sent at user
+/// priority, it would take its turn among the updates' looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_check_waits_while_user_work_queues_for_cloudformation() {
+    let mut case = test_case().await;
+    let mut aws = TestCase::aws_config();
+    aws.cloudformation_limits.max_in_flight = 1;
+    case.start_controller_with_aws(TestCase::config(), aws);
+    let busy_spec = |template: &str| json!({"template": template, "rollout": {"maxConcurrent": 4, "stages": ["100%"]}});
+    apply_baseline(&case, "quiet", json!({"template": TEMPLATE})).await;
+    apply_baseline(&case, "busy", busy_spec(TEMPLATE)).await;
+    let busy: Vec<String> = (0..4).map(|i| format!("busy-{i}")).collect();
+    for name in busy.iter().map(String::as_str).chain(["watched"]) {
+        let baseline = if name == "watched" { "quiet" } else { "busy" };
+        apply_tenant(&case, name, json!({"name": baseline}), json!({})).await;
+    }
+    for name in busy.iter().map(String::as_str).chain(["watched"]) {
+        case.wait_for(name, conditions::READY, "True", WITHIN).await.unwrap();
+    }
+    let watched = case.tenants().get("watched").await.unwrap().status.unwrap().account_id.unwrap();
+    let renamed = json!({"PropertyPath": "/TopicName", "ExpectedValue": "watched-events", "ActualValue": "renamed",
+                         "DifferenceType": "NOT_EQUAL"});
+    let drift = json!({"account": watched, "region": "us-east-1", "stack": "silo-baseline",
+                       "resource": "Events", "status": "MODIFIED", "differences": [renamed]});
+    case.sim.drift(drift).await.unwrap();
+
+    // User work: the busy tenants' stacks update for 12 s each, and every look at them holds
+    // the only CloudFormation slot for 1 s.
+    case.sim
+        .configure(
+            json!({"stack_operation_seconds": 12, "response_delays_ms": {"cloudformation:DescribeStacks": 1000}}),
+        )
+        .await
+        .unwrap();
+    let log_start = case.sim.log_position().await.unwrap();
+    let changed = format!("{TEMPLATE}  Version:\n    Value: v2\n");
+    apply_baseline(&case, "busy", busy_spec(&changed)).await;
+    case.eventually(WITHIN, || async {
+        let updates = case.sim.stack_operations().await?.into_iter().filter(|op| op.operation == "UpdateStack").count();
+        anyhow::ensure!(updates == busy.len(), "{updates} of the busy tenants' updates started");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let verify = json!({"metadata": {"annotations": {"silo.dev/verify": "while-busy"}}});
+    case.tenants().patch("watched", &PatchParams::default(), &Patch::Merge(&verify)).await.unwrap();
+    case.wait_for("watched", conditions::BASELINE_DRIFTED, "True", Duration::from_secs(180)).await.unwrap();
+
+    // From the simulator's record: the verification read the stack while the updates ran,
+    // and its DetectStackDrift went only after the last of them ended.
+    let operations = case.sim.stack_operations().await.unwrap();
+    let busy_until = operations
+        .iter()
+        .filter(|op| op.operation == "UpdateStack")
+        .map(|op| op.finished.expect("every update finished"))
+        .fold(0.0, f64::max);
+    let log = case.sim.read_log(log_start).await.unwrap();
+    let by_watched = |key: &str| -> Vec<f64> {
+        log.iter()
+            .filter(|e| e.key == key && e.caller_account.as_deref() == Some(watched.as_str()))
+            .map(|e| e.time)
+            .collect()
+    };
+    let reads = by_watched("cloudformation:DescribeStacks");
+    let detections = by_watched("cloudformation:DetectStackDrift");
+    assert!(
+        reads.iter().any(|&t| t < busy_until),
+        "the verification ran while the updates did: {reads:?}, {busy_until}"
+    );
+    assert!(!detections.is_empty(), "the drift was found, so it was detected");
+    assert!(
+        detections.iter().all(|&t| t >= busy_until),
+        "DetectStackDrift at {detections:?}, before the user work ended at {busy_until}"
+    );
+}
+
 async fn drifted_status(case: &TestCase, name: &str) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     case.tenants().get(name).await.unwrap().status.unwrap().conditions
 }
