@@ -686,7 +686,9 @@ pub enum OnFailure {
 pub struct RollbackStatus {
     /// The last revision that completed, where the tenants go back to.
     pub to: String,
-    /// How many tenants the failed revision had reached when the rollback started.
+    /// How many tenants the failed revision had reached when the rollback started, as the
+    /// controller's cache showed them then: a tenant whose move to the failed revision was not
+    /// in the cache yet is sent back too, but not counted here.
     pub tenants: u32,
     /// Every tenant on the failed revision whose name sorts at or before this one is sent back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
