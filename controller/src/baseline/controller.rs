@@ -450,10 +450,11 @@ fn publish_metrics<'v>(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-
     use super::*;
-    use crate::api::{BaselineRef, TenantBaselineStatus, TenantSpec, TenantStatus};
+    use crate::{
+        api::{BaselineRef, TenantBaselineStatus, TenantSpec, TenantStatus},
+        baseline::recount::tests::condition,
+    };
 
     fn tenant(name: &str, admitted: &str, conditions: &[(&str, &str, &str)]) -> Tenant {
         let mut t = Tenant::new(name, uses_std());
@@ -463,17 +464,7 @@ mod tests {
                 admitted_revision: Some(admitted.into()),
                 ..Default::default()
             }),
-            conditions: conditions
-                .iter()
-                .map(|(type_, status, reason)| Condition {
-                    type_: type_.to_string(),
-                    status: status.to_string(),
-                    reason: reason.to_string(),
-                    message: format!("{reason}: Topic failed"),
-                    observed_generation: None,
-                    last_transition_time: Time(Timestamp::now()),
-                })
-                .collect(),
+            conditions: conditions.iter().map(|(type_, status, reason)| condition(type_, status, reason)).collect(),
             ..Default::default()
         });
         t

@@ -197,7 +197,7 @@ pub fn view(tenant: &Tenant, baseline: &str) -> TenantView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use futures::channel::mpsc;
     use k8s_openapi::{
         apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -207,7 +207,8 @@ mod tests {
     use super::*;
     use crate::api::{BaselineRef, TenantBaselineStatus, TenantSpec, TenantStatus};
 
-    fn condition(type_: &str, status: &str, reason: &str) -> Condition {
+    /// A condition set now, its message naming a failing resource after `reason`.
+    pub(in crate::baseline) fn condition(type_: &str, status: &str, reason: &str) -> Condition {
         Condition {
             type_: type_.into(),
             status: status.into(),
