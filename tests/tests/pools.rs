@@ -385,6 +385,58 @@ async fn sigkills_while_forty_tenants_claim_from_a_pool_of_twenty_leave_each_acc
     assert!(claimed >= POOL / 2, "the pool served Tenants under the kills: {claimed} of {POOL}");
 }
 
+/// A claim the controller holds only in memory never takes the account out of the pool: with
+/// the claim's read of the account (DescribeAccount) held back, the pool looks at its list
+/// (its spec changed), and the controller is SIGKILLed before the Tenant's status names the
+/// account. The pool still lists it, and after the restart the Tenant takes that same account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cut_short_by_a_sigkill_leaves_its_account_in_the_pool() {
+    let case = test_case().await;
+    let flags = ["--create-missing-ous", "--tenant-ou-root", "/Tenants", "--leader-election", "false"];
+    let log = "cut-claim-controller.log";
+    let mut controller = case.spawn_controller(&flags, log).unwrap();
+    apply_pool(&case, 2, false).await;
+    let pooled = pool_with_ready(&case, 2).await;
+    apply_pool(&case, 2, true).await;
+
+    let held_back = json!({"response_delays_ms": {"organizations:DescribeAccount": 120_000}});
+    case.sim.configure(held_back).await.unwrap();
+    case.create(&TenantFixture::named("cut").from_pool("warm")).await.unwrap();
+    case.eventually(WITHIN, || async {
+        let stats = case.sim.stats().await?;
+        let held = stats["response_delayed"]["organizations:DescribeAccount"].as_u64().unwrap_or(0);
+        anyhow::ensure!(held > 0, "no DescribeAccount held back yet: {}", stats["response_delayed"]);
+        Ok(())
+    })
+    .await
+    .expect("the claim reads its account from AWS");
+    // A new generation: the pool reconciles while the claim is in memory only.
+    apply_pool(&case, 3, true).await;
+    let pools = Api::<AccountPool>::all(case.client.clone());
+    let looked = case
+        .eventually(WITHIN, || async {
+            let pool = pools.get("warm").await?;
+            let status = pool.status.unwrap_or_default();
+            anyhow::ensure!(status.observed_generation == pool.metadata.generation, "not looked at yet: {status:?}");
+            Ok(status)
+        })
+        .await
+        .expect("the pool looks at its new spec");
+    let tenant = case.tenants().get("cut").await.unwrap();
+    assert_eq!(tenant.status.and_then(|s| s.account_id), None, "the claim is not recorded yet");
+    controller.kill();
+    let listed: Vec<_> = looked.accounts.iter().map(|a| a.account_id.clone()).collect();
+    assert_eq!(listed, pooled, "an unrecorded claim took nothing from the pool");
+
+    case.sim.configure(json!({"response_delays_ms": {}})).await.unwrap();
+    let mut controller = case.spawn_controller(&flags, log).unwrap();
+    let tenant = case.wait_for("cut", conditions::READY, "True", WITHIN).await.unwrap();
+    assert_eq!(claimed_from(&tenant).as_deref(), Some("warm"));
+    assert_eq!(tenant.status.as_ref().unwrap().account_id.as_ref(), Some(&pooled[0]), "the same, oldest, account");
+    assert_eq!(pool_with_ready(&case, 1).await, pooled[1..], "the other one is still ready");
+    controller.kill();
+}
+
 /// The stack operations the simulator ran in one account, in order.
 async fn stack_operations_in(case: &TestCase, account_id: &str) -> Vec<String> {
     let operations = case.sim.stack_operations().await.unwrap();

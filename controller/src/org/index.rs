@@ -61,10 +61,18 @@ struct Unit {
     parent: Option<String>,
 }
 
+/// A Tenant's claim on an account, in this process's memory.
+#[derive(Clone, Debug)]
+struct Claim {
+    uid: String,
+    /// The Tenant's status names the account: the claim outlives this process.
+    recorded: bool,
+}
+
 #[derive(Default)]
 struct View {
-    /// Which Tenant (UID) claimed which account, as this process decided it: never swept away.
-    claims: HashMap<String, String>,
+    /// Which Tenant claimed which account, as this process decided it: never swept away.
+    claims: HashMap<String, Claim>,
     org: Option<OrganizationInfo>,
     root: Option<String>,
     accounts: HashMap<String, Entry<IndexedAccount>>,
@@ -88,6 +96,15 @@ impl View {
         let written = self.touch();
         self.by_email.insert(value.account.email.to_ascii_lowercase(), value.account.id.clone());
         self.accounts.insert(value.account.id.clone(), Entry { value, written });
+    }
+
+    /// Who holds the account: a claim `counts` accepts, else the UID tag the index knows.
+    fn holder(&self, account_id: &str, counts: impl Fn(&Claim) -> bool) -> Option<String> {
+        let claim = self.claims.get(account_id).filter(|claim| counts(claim)).map(|claim| claim.uid.clone());
+        claim.or_else(|| {
+            let tags = self.accounts.get(account_id)?.value.tags.as_ref()?;
+            tagged_uid(tags).map(str::to_string)
+        })
     }
 }
 
@@ -215,11 +232,22 @@ impl OrgIndex {
     /// The Tenant (UID) that holds the account: from this process's claims, else from the
     /// account's `silo.dev/tenant-uid` tag when the index knows its tags.
     pub fn claimant(&self, account_id: &str) -> Option<String> {
-        let view = self.read();
-        view.claims.get(account_id).cloned().or_else(|| {
-            let tags = view.accounts.get(account_id)?.value.tags.as_ref()?;
-            tagged_uid(tags).map(str::to_string)
-        })
+        self.read().holder(account_id, |_| true)
+    }
+
+    /// The Tenant (UID) that holds the account by what outlives this process: a claim its
+    /// status records ([`OrgIndex::claim_recorded`]), or the account's `silo.dev/tenant-uid`
+    /// tag. A claim only in memory is left out: the Tenant may never record it (stopped, or
+    /// taking another account), and whoever acts on it would lose the account.
+    pub fn recorded_claimant(&self, account_id: &str) -> Option<String> {
+        self.read().holder(account_id, |claim| claim.recorded)
+    }
+
+    /// Says that the Tenant `uid`'s status now names the account it claimed.
+    pub fn claim_recorded(&self, account_id: &str, uid: &str) {
+        if let Some(claim) = self.write().claims.get_mut(account_id).filter(|claim| claim.uid == uid) {
+            claim.recorded = true;
+        }
     }
 
     /// Claims an account for a Tenant, atomically: two Tenants taking one account at once
@@ -227,14 +255,11 @@ impl OrgIndex {
     /// the UID of the Tenant that holds it otherwise.
     pub fn claim(&self, account_id: &str, uid: &str, replacing: Option<&str>) -> Result<(), String> {
         let mut view = self.write();
-        let holder = view.claims.get(account_id).cloned().or_else(|| {
-            let tags = view.accounts.get(account_id)?.value.tags.as_ref()?;
-            tagged_uid(tags).map(str::to_string)
-        });
-        match holder {
+        match view.holder(account_id, |_| true) {
             Some(holder) if holder != uid && Some(holder.as_str()) != replacing => Err(holder),
+            Some(holder) if holder == uid && view.claims.contains_key(account_id) => Ok(()),
             _ => {
-                view.claims.insert(account_id.to_string(), uid.to_string());
+                view.claims.insert(account_id.to_string(), Claim { uid: uid.to_string(), recorded: false });
                 Ok(())
             }
         }
@@ -487,6 +512,30 @@ mod tests {
             Some(BTreeMap::from([(crate::contract::TENANT_UID_TAG.to_string(), "uid-c".to_string())])),
         );
         assert_eq!(index.claim("222", "uid-d", None), Err("uid-c".into()));
+    }
+
+    #[test]
+    fn a_claim_counts_as_recorded_once_the_tenant_says_its_status_names_the_account() {
+        let index = OrgIndex::default();
+        sweep(&index, "o-1", &[("111", "a@example.com")]);
+        index.claim("111", "uid-a", None).unwrap();
+        assert_eq!(index.claimant("111").as_deref(), Some("uid-a"));
+        assert_eq!(index.recorded_claimant("111"), None, "only in memory: it may never be recorded");
+        index.claim_recorded("111", "uid-b");
+        assert_eq!(index.recorded_claimant("111"), None, "another Tenant cannot record it");
+        index.claim_recorded("111", "uid-a");
+        assert_eq!(index.recorded_claimant("111").as_deref(), Some("uid-a"));
+        index.claim("111", "uid-a", None).unwrap();
+        assert_eq!(index.recorded_claimant("111").as_deref(), Some("uid-a"), "claiming again keeps it recorded");
+        index.claim("111", "uid-b", Some("uid-a")).unwrap();
+        assert_eq!(index.recorded_claimant("111"), None, "a reclaim starts unrecorded");
+        // A UID tag is on the account in AWS: it outlives the process.
+        index.record_account(
+            account("222", "b@example.com"),
+            None,
+            Some(BTreeMap::from([(crate::contract::TENANT_UID_TAG.to_string(), "uid-c".to_string())])),
+        );
+        assert_eq!(index.recorded_claimant("222").as_deref(), Some("uid-c"));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! One reconcile of a pool:
 //! 1. drops from the ready list every account a Tenant now holds (a Tenant names it in its
-//!    status, or the organization index gave it to one), every account no longer ACTIVE, and
-//!    the surplus of a pool that shrank; counts the Tenants holding one of its accounts;
+//!    status, or carries its UID tag; a claim the index gave but no status records yet does
+//!    not count), every account no longer ACTIVE, and the surplus of a pool that shrank;
+//!    counts the Tenants holding one of its accounts;
 //! 2. moves each creation along: follow the CreateAccount request, record the account, place it
 //!    in the pool's OU, make `spec.baseline`'s stacks in it ([`super::bootstrap`]), and only
 //!    then list it as ready;
@@ -188,7 +189,9 @@ async fn reconcile(pool: Arc<AccountPool>, ctx: Arc<Context>) -> Result<Action, 
     // 1. Accounts a Tenant holds are no longer the pool's to hand out.
     let tenants = ctx.tenants.state();
     let claims = TenantClaims::of(tenants.iter().map(|t| t.as_ref()));
-    let held = |id: &str| claims.naming(id).is_some() || ctx.org.index.claimant(id).is_some();
+    // Only what outlives this process counts: a claim in memory alone may never be recorded
+    // (the Tenant is stopped, or takes another account), and the account would be lost.
+    let held = |id: &str| claims.naming(id).is_some() || ctx.org.index.recorded_claimant(id).is_some();
     status.accounts.retain(|a| !held(&a.account_id));
     // An account closed or suspended out of band is never handed out.
     let closed = |id: &str| ctx.org.index.account(id).is_some_and(|a| !a.account.is_active());

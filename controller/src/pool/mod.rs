@@ -17,8 +17,9 @@
 //! process) gave it the account and no other Tenant names it in its status; it records the
 //! account (`status.accountId`, `status.claimedFromPool`) before any AWS write, then puts its
 //! own UID tag on and the pool's tags off. A controller stopped anywhere in between resumes
-//! the same claim from the status; the pool drops an account from its ready list once any
-//! Tenant holds it.
+//! the same claim from the status; the pool drops an account from its ready list once a
+//! Tenant's status names it (or its UID tag is on it). A claim only in the index's memory
+//! never drops it: a Tenant stopped, or refused, before recording it leaves it ready.
 
 pub mod bootstrap;
 pub mod controller;

@@ -502,6 +502,7 @@ impl AccountStep<'_> {
             progress.status.adopted = !matches!(title, Title::Tagged | Title::FromPool);
             writer.save_intent(progress, "TagResource").await?;
         }
+        org.index.claim_recorded(account_id, &ownership.uid);
         org.change_tags(account_id, &to_set, &to_remove).await?;
         progress.status.applied_tag_keys = desired.into_keys().collect();
         record_account(progress, account.as_ref().map(|a| &a.account));
@@ -913,6 +914,8 @@ impl AccountStep<'_> {
             // The pool's tags were Silo's: the Tenant's replace them.
             progress.status.applied_tag_keys = crate::pool::pool_tags(&pool).into_keys().collect();
             writer.save_intent(progress, "TagResource").await?;
+            // Recorded: the pool may drop the account from its ready list now.
+            ctx.org.index.claim_recorded(&id, &uid);
             let _ = ctx.pool_wake.unbounded_send(ObjectRef::from_obj(pool.as_ref()));
             return self.settle(&id, Route::FromPool, progress, writer).await;
         }
