@@ -370,6 +370,10 @@ pub struct TenantBaselineStatus {
     /// The last drift check of the stacks (spec.drift on the Baseline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<TenantDrift>,
+    /// Set when the Baseline's automatic rollback sent this tenant back to its admitted
+    /// revision; the Baseline counts these tenants. Cleared by its next admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
 }
 
 /// What drift detection found in one tenant's stacks.
@@ -686,13 +690,28 @@ pub enum OnFailure {
 pub struct RollbackStatus {
     /// The last revision that completed, where the tenants go back to.
     pub to: String,
-    /// How many tenants the failed revision had reached when the rollback started, as the
-    /// controller's cache showed them then: a tenant whose move to the failed revision was not
-    /// in the cache yet is sent back too, but not counted here.
+    /// How many tenants the failed revision reached: those still on it, and those the
+    /// rollback sent back (each records it in `status.baseline.rolledBack`). It grows when a
+    /// tenant whose move to the failed revision the controller had not seen yet shows up.
     pub tenants: u32,
     /// Every tenant on the failed revision whose name sorts at or before this one is sent back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub through: Option<String>,
+    /// When the rollback started (RFC 3339): with the failed revision, what the tenants it
+    /// sent back record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// The rollback that sent a tenant back from a failed revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    /// The revision that failed, which this tenant had been admitted to.
+    pub from: String,
+    /// When the rollback started (the Baseline's `status.rollout.rollback.startedAt`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub started_at: String,
 }
 
 /// The canary of a rollout.

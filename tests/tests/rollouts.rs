@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::events::v1::Event;
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use silo::{Baseline, Tenant, conditions};
+use silo::{Baseline, Tenant, api::RolledBack, conditions};
 use silo_testenv::{
     TenantFixture, TestCase,
     awssim::{StackOperation, most_in_flight},
@@ -282,7 +282,8 @@ async fn failures_beyond_tolerance_halt_mid_rollout_or_roll_back_exactly_the_ten
         .await;
     let rolled_back = wait_for_phase(&case, "RolledBack").await.status.unwrap();
     assert_eq!(rolled_back.last_complete_revision, v3, "v3 is the last complete revision");
-    let rollback = rolled_back.rollout.unwrap().rollback.unwrap();
+    let rollout = rolled_back.rollout.unwrap();
+    let (v4, rollback) = (rollout.revision, rollout.rollback.unwrap());
     assert_eq!(Some(rollback.to), v3);
     case.wait_for_all(&names(FLEET), conditions::READY, "True", WITHIN).await.unwrap();
     case.eventually(WITHIN, || async {
@@ -312,6 +313,16 @@ async fn failures_beyond_tolerance_halt_mid_rollout_or_roll_back_exactly_the_ten
     eprintln!("v4 reached {} tenants and rolled back: {touched:?}", touched.len());
     assert_eq!(touched, names(touched.len()), "the tenants reached are the first by name: {touched:?}");
     assert_eq!(touched.len(), rollback.tenants as usize, "the rollback counts the tenants it returned");
+    // Each tenant sent back records this rollback, and no other tenant does.
+    let this_rollback = Some(RolledBack { from: v4, started_at: rollback.started_at.clone().unwrap() });
+    let tenants = case.tenants().list(&Default::default()).await.unwrap().items;
+    let mut recorded: Vec<String> = tenants
+        .iter()
+        .filter(|t| t.status.as_ref().and_then(|s| s.baseline.as_ref()?.rolled_back.clone()) == this_rollback)
+        .map(|t| t.name_any())
+        .collect();
+    recorded.sort();
+    assert_eq!(recorded, touched, "status.baseline.rolledBack");
     assert!(touched.len() >= 12 && touched.len() < FLEET, "it stopped mid-way: {touched:?}");
 
     // `silo rollout history` shows where things stand; `undo` writes v3's content back into the

@@ -178,10 +178,9 @@ impl Asks {
 /// What the rollout needs to know of one tenant, from its status. Pure.
 pub fn view(tenant: &Tenant, baseline: &str) -> TenantView {
     let status = tenant.status.as_ref();
-    let admitted = status
-        .and_then(|s| s.baseline.as_ref())
-        .filter(|b| b.name == baseline)
-        .and_then(|b| b.admitted_revision.clone());
+    let own = status.and_then(|s| s.baseline.as_ref()).filter(|b| b.name == baseline);
+    let admitted = own.and_then(|b| b.admitted_revision.clone());
+    let rolled_back = own.and_then(|b| b.rolled_back.clone());
     let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let ready = conditions::find(conditions, conditions::BASELINE_READY);
     let stalled = conditions::find(conditions, conditions::STALLED).filter(|c| c.status == "True");
@@ -193,7 +192,7 @@ pub fn view(tenant: &Tenant, baseline: &str) -> TenantView {
         }
         _ => State::InFlight,
     };
-    TenantView { name: tenant.name_any(), labels: tenant.labels().clone(), admitted, state }
+    TenantView { name: tenant.name_any(), labels: tenant.labels().clone(), admitted, state, rolled_back }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use std::{
 use k8s_openapi::{apimachinery::pkg::util::intstr::IntOrString, jiff::Timestamp};
 use kube::ResourceExt;
 
-use crate::api::{FailedTenant, OnFailure, RollbackStatus, RolloutSpec, RolloutStatus, Tenant};
+use crate::api::{FailedTenant, OnFailure, RollbackStatus, RolledBack, RolloutSpec, RolloutStatus, Tenant};
 
 /// Where a rollout stands. [`step`] decides it; the status records it by name
 /// (`status.rollout.phase` is a string in the API, so a name Silo does not know yet reads as
@@ -183,6 +183,8 @@ pub struct TenantView {
     /// The revision it was admitted to, if any yet.
     pub admitted: Option<String>,
     pub state: State,
+    /// The rollback that sent it back to `admitted`, if one did.
+    pub rolled_back: Option<RolledBack>,
 }
 
 /// Who goes first.
@@ -289,6 +291,16 @@ pub fn tenant_wants_preview(rollout: &RolloutStatus, tenant: &Tenant) -> bool {
     let previewed =
         tenant.status.as_ref().and_then(|s| s.baseline.as_ref()?.preview.as_ref()).map(|p| p.revision.as_str());
     wants_preview(rollout, &tenant.name_any(), previewed)
+}
+
+/// The record a tenant keeps when `target` sends it back from the rollout's failed revision
+/// (`admitted`: the revision it was admitted to before; `target`: what `target` gave). Pure.
+pub fn rolled_back(rollout: &RolloutStatus, admitted: Option<&str>, target: &str) -> Option<RolledBack> {
+    let rollback = rollout.rollback.as_ref()?;
+    (admitted == Some(rollout.revision.as_str()) && target == rollback.to).then(|| RolledBack {
+        from: rollout.revision.clone(),
+        started_at: rollback.started_at.clone().unwrap_or_default(),
+    })
 }
 
 /// Whether the rollout has admitted `tenant` to its revision (in the canary, or after it).
@@ -408,7 +420,8 @@ pub fn step<'t>(
                 "RollbackStarted",
                 format!("Rolling back revision {revision}: {why}; its {tenants} tenants go back to revision {to}"),
             ));
-            status.rollback = Some(RollbackStatus { to, tenants, through: None });
+            let started_at = Some(now.to_string());
+            status.rollback = Some(RollbackStatus { to, tenants, through: None, started_at });
             return roll_back(status, &rolled, settings, was, news);
         }
         news.push(News::new("RolloutHalted", format!("Halted revision {revision}: {why}")));
@@ -521,6 +534,15 @@ fn roll_back(
     if let Some(last) = admitted.last() {
         rollback.through = Some(last.clone());
     }
+    // Reached: still on the failed revision, or sent back by this rollback (the tenant
+    // records it). A tenant whose move to the failed revision the cache had not shown when
+    // the rollback started is counted once it shows; one deleted since stays counted.
+    let sent_by_this_one = |record: &RolledBack| {
+        record.from == failed_revision && Some(record.started_at.as_str()) == rollback.started_at.as_deref()
+    };
+    let returned = rolled.iter().filter(|t| t.rolled_back.as_ref().is_some_and(sent_by_this_one));
+    let reached = rolled.iter().filter(|t| on(t, &failed_revision)).count() + returned.count();
+    rollback.tenants = rollback.tenants.max(u32::try_from(reached).unwrap_or(u32::MAX));
     let (to, tenants) = (rollback.to.clone(), rollback.tenants);
     status.rollback = Some(rollback);
     status.bake_until = None;
@@ -642,6 +664,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 admitted: Some(admitted.into()),
                 state: state.clone(),
+                rolled_back: None,
             })
             .collect()
     }
@@ -936,6 +959,68 @@ mod tests {
         let fixed = step(Some(&status), "r3", &s, &rule, &fleet, at(101));
         assert_eq!((fixed.status.phase.as_str(), fixed.status.rollback.clone()), (PROGRESSING, None));
         assert_eq!(fixed.status.previous.as_deref(), Some(OLD));
+    }
+
+    /// As every tenant does on its next reconcile: follow `target`, recording the rollback that
+    /// sends it back; a tenant that moves has stack work in flight.
+    fn follow(fleet: &mut [TenantView], status: &RolloutStatus) {
+        for t in fleet.iter_mut() {
+            let to = target(status, &t.name, t.admitted.as_deref());
+            if t.admitted.as_deref() != Some(to.as_str()) {
+                t.rolled_back = rolled_back(status, t.admitted.as_deref(), &to);
+                t.admitted = Some(to);
+                t.state = State::InFlight;
+            }
+        }
+    }
+
+    #[test]
+    fn a_rollback_counts_the_tenants_it_sent_back_and_one_the_cache_showed_late() {
+        let s = ResolvedSpec { rollback: true, ..settings(3, 0, 0) };
+        let rule = CanaryRule::First(1);
+        let mut fleet = fleet(8, OLD, State::Current);
+        // NEW reached t00..t05 and failed in t02; t01 had moved to it, but the cache shows it
+        // on OLD still. t07 carries the record of an earlier rollback of NEW.
+        for i in [0, 2, 3, 4, 5] {
+            fleet[i].admitted = Some(NEW.into());
+        }
+        fleet[2].state = State::Failed { reason: "Topic: not allowed".into() };
+        fleet[7].rolled_back = Some(RolledBack { from: NEW.into(), started_at: "2026-01-01T00:00:00Z".into() });
+        let mut status = RolloutStatus {
+            revision: NEW.into(),
+            previous: Some(OLD.into()),
+            phase: PROGRESSING.into(),
+            canary: vec!["t00".into()],
+            canary_passed: true,
+            canary_through: Some("t00".into()),
+            admitted_through: Some("t05".into()),
+            stage: 1,
+            ..Default::default()
+        };
+        for round in 0..30 {
+            finish(&mut fleet);
+            if round == 1 {
+                fleet[1].admitted = Some(NEW.into());
+            }
+            let next = step(Some(&status), NEW, &s, &rule, &fleet, at(round));
+            if round == 0 {
+                assert_eq!(next.status.rollback.as_ref().map(|r| r.tenants), Some(5), "five on NEW in the cache");
+                assert_eq!(next.admitted, ["t00", "t02", "t03"], "t01 is not on NEW as far as the cache knows");
+            }
+            follow(&mut fleet, &next.status);
+            status = next.status;
+            if status.phase == ROLLED_BACK {
+                break;
+            }
+        }
+        assert_eq!(status.phase, ROLLED_BACK, "{status:?}");
+        let rollback = status.rollback.clone().unwrap();
+        assert_eq!(rollback.tenants, 6, "t01, which showed late and was sent back behind the cursor, counts");
+        assert!(fleet.iter().all(|t| t.admitted.as_deref() == Some(OLD)), "{fleet:?}");
+        let this_rollback = Some(RolledBack { from: NEW.into(), started_at: rollback.started_at.unwrap() });
+        let recorded: Vec<&str> =
+            fleet.iter().filter(|t| t.rolled_back == this_rollback).map(|t| t.name.as_str()).collect();
+        assert_eq!(recorded, ["t00", "t01", "t02", "t03", "t04", "t05"]);
     }
 
     #[test]

@@ -27,7 +27,9 @@ use super::{
     status::{Progress, StatusWriter},
 };
 use crate::{
-    api::{Baseline, ResourceChange, RolloutStatus, StackReport, Tenant, TenantBaselineStatus, TenantPreview},
+    api::{
+        Baseline, ResourceChange, RolledBack, RolloutStatus, StackReport, Tenant, TenantBaselineStatus, TenantPreview,
+    },
     aws::{
         AwsError, AwsErrorKind, Priority, SessionKey,
         cloudformation::{Stack, StackSpec, Stacks, Update},
@@ -77,6 +79,8 @@ struct Target {
     /// What the stacks must run: the revision and this tenant's parameters.
     revision: String,
     regions: Vec<String>,
+    /// The rollback that sends the tenant back to `admitted`, when one does.
+    rolled_back: Option<RolledBack>,
 }
 
 /// The external id the Baseline names, as its Secret holds it.
@@ -341,7 +345,8 @@ impl BaselineStep<'_> {
             };
         let revision = baseline::tenant_revision(&admitted, &parameters);
         let regions = baseline::regions(&deployed.regions, &ctx.aws.region());
-        Ok(Target { admitted, deployed, parameters, revision, regions })
+        let rolled_back = rollout::rolled_back(rollout, admitted_before.as_deref(), &admitted);
+        Ok(Target { admitted, deployed, parameters, revision, regions, rolled_back })
     }
 
     /// What the step knows before any call: the spec, the status, the watch caches and the
@@ -491,6 +496,11 @@ impl BaselineStep<'_> {
             revision: target.revision.clone(),
             stacks: vec![],
             drift: previous.as_ref().and_then(|p| p.drift.clone()),
+            // Kept while the admission stands; a new admission records its own rollback, or none.
+            rolled_back: match &previous {
+                Some(p) if p.admitted_revision.as_ref() == Some(&target.admitted) => p.rolled_back.clone(),
+                _ => target.rolled_back.clone(),
+            },
             preview: previous.and_then(|p| p.preview),
         };
         for region in &target.regions {
@@ -536,7 +546,8 @@ impl BaselineStep<'_> {
             .unwrap_or_default();
         let revision = baseline::tenant_revision(&rollout.revision, &parameters);
         let regions = baseline::regions(&deployed.regions, &ctx.aws.region());
-        let target = Target { admitted: rollout.revision.clone(), deployed, parameters, revision, regions };
+        let target =
+            Target { admitted: rollout.revision.clone(), deployed, parameters, revision, regions, rolled_back: None };
         let baseline = ctx.baselines.get(&ObjectRef::new(&wanted.name)).expect("the step found the Baseline");
         let spec = stack_spec(&baseline, &target, tenant);
         let mut changes = vec![];
