@@ -243,6 +243,15 @@ impl OrgIndex {
         self.read().holder(account_id, |claim| claim.recorded)
     }
 
+    /// Drops the Tenant `uid`'s claim on the account unless its status records it: the Tenant
+    /// did not take the account after all.
+    pub fn release_unrecorded(&self, account_id: &str, uid: &str) {
+        let mut view = self.write();
+        if view.claims.get(account_id).is_some_and(|claim| claim.uid == uid && !claim.recorded) {
+            view.claims.remove(account_id);
+        }
+    }
+
     /// Says that the Tenant `uid`'s status now names the account it claimed.
     pub fn claim_recorded(&self, account_id: &str, uid: &str) {
         if let Some(claim) = self.write().claims.get_mut(account_id).filter(|claim| claim.uid == uid) {
@@ -527,8 +536,14 @@ mod tests {
         assert_eq!(index.recorded_claimant("111").as_deref(), Some("uid-a"));
         index.claim("111", "uid-a", None).unwrap();
         assert_eq!(index.recorded_claimant("111").as_deref(), Some("uid-a"), "claiming again keeps it recorded");
+        index.release_unrecorded("111", "uid-a");
+        assert_eq!(index.claimant("111").as_deref(), Some("uid-a"), "a recorded claim is never released");
         index.claim("111", "uid-b", Some("uid-a")).unwrap();
         assert_eq!(index.recorded_claimant("111"), None, "a reclaim starts unrecorded");
+        index.release_unrecorded("111", "uid-a");
+        assert_eq!(index.claimant("111").as_deref(), Some("uid-b"), "only its own claim is released");
+        index.release_unrecorded("111", "uid-b");
+        assert_eq!(index.claimant("111"), None, "an unrecorded claim is released");
         // A UID tag is on the account in AWS: it outlives the process.
         index.record_account(
             account("222", "b@example.com"),

@@ -3,8 +3,9 @@
 //! One reconcile of a pool:
 //! 1. drops from the ready list every account a Tenant now holds (a Tenant names it in its
 //!    status, or carries its UID tag; a claim the index gave but no status records yet does
-//!    not count), every account no longer ACTIVE, and the surplus of a pool that shrank;
-//!    counts the Tenants holding one of its accounts;
+//!    not count), every account no longer ACTIVE or no longer tagged as the pool's (as the
+//!    index last saw it), and the surplus of a pool that shrank; counts the Tenants holding
+//!    one of its accounts;
 //! 2. moves each creation along: follow the CreateAccount request, record the account, place it
 //!    in the pool's OU, make `spec.baseline`'s stacks in it ([`super::bootstrap`]), and only
 //!    then list it as ready;
@@ -48,7 +49,7 @@ use tracing::info;
 use super::{
     Error, Refill,
     bootstrap::{Bootstrap, Sources, bootstrap},
-    identity, plan_refill, pool_tags, room_below_headroom, tenants_deciding, waits_in,
+    identity, plan_refill, pool_tags, room_below_headroom, tenants_deciding, unusable, waits_in,
 };
 use crate::{
     api::{AccountPool, AccountPoolStatus, PoolAccount, PoolCreation, Tenant},
@@ -193,9 +194,11 @@ async fn reconcile(pool: Arc<AccountPool>, ctx: Arc<Context>) -> Result<Action, 
     // (the Tenant is stopped, or takes another account), and the account would be lost.
     let held = |id: &str| claims.naming(id).is_some() || ctx.org.index.recorded_claimant(id).is_some();
     status.accounts.retain(|a| !held(&a.account_id));
-    // An account closed or suspended out of band is never handed out.
-    let closed = |id: &str| ctx.org.index.account(id).is_some_and(|a| !a.account.is_active());
-    status.accounts.retain(|a| !closed(&a.account_id));
+    // An account closed or suspended out of band, or whose tags no longer say it waits here,
+    // is never handed out.
+    let pool_uid = pool.uid().unwrap_or_default();
+    let spoilt = |id: &str| ctx.org.index.account(id).is_some_and(|known| unusable(&known, &pool_uid));
+    status.accounts.retain(|a| !spoilt(&a.account_id));
     // A pool that shrank keeps its oldest accounts; the surplus stays tagged as the pool's
     // (never closed) and `silo orphans` lists it.
     let size = usize::try_from(pool.spec.size).unwrap_or(usize::MAX);

@@ -19,7 +19,8 @@
 //! own UID tag on and the pool's tags off. A controller stopped anywhere in between resumes
 //! the same claim from the status; the pool drops an account from its ready list once a
 //! Tenant's status names it (or its UID tag is on it). A claim only in the index's memory
-//! never drops it: a Tenant stopped, or refused, before recording it leaves it ready.
+//! never drops it, and the Tenant releases it on every way out short of recording it: a
+//! Tenant stopped, or whose reads failed, before recording it leaves the account ready.
 
 pub mod bootstrap;
 pub mod controller;
@@ -32,6 +33,7 @@ use crate::{
     api::{AccountPool, PoolAccount, Tenant},
     conditions,
     contract::{POOL_TAG, POOL_UID_TAG, TENANT_UID_TAG},
+    org::IndexedAccount,
 };
 
 /// What stops a pool reconcile (and a pool account's bootstrap); it is retried.
@@ -64,6 +66,13 @@ pub fn pool_tags(pool: &AccountPool) -> BTreeMap<String, String> {
 /// Whether an account's tags say it waits in this pool (the pool's UID, and no Tenant's).
 pub fn waits_in(tags: &BTreeMap<String, String>, pool_uid: &str) -> bool {
     tags.get(POOL_UID_TAG).is_some_and(|uid| uid == pool_uid) && !tags.contains_key(TENANT_UID_TAG)
+}
+
+/// Whether a ready account can no longer be handed out, by what the organization index
+/// knows of it: not ACTIVE (closed or suspended out of band), or tags last read or written
+/// that no longer say it waits in the pool whose UID is `pool_uid`. Pure.
+pub fn unusable(known: &IndexedAccount, pool_uid: &str) -> bool {
+    !known.account.is_active() || known.tags.as_ref().is_some_and(|tags| !waits_in(tags, pool_uid))
 }
 
 /// The first ready account no Tenant holds, oldest first. `held` says whether a Tenant holds
@@ -228,6 +237,29 @@ mod tests {
         let mut taken = tags.clone();
         taken.insert(TENANT_UID_TAG.into(), "tenant".into());
         assert!(!waits_in(&taken, "pool-uid"), "an account a Tenant tagged is no longer the pool's");
+    }
+
+    #[test]
+    fn an_account_closed_or_no_longer_tagged_as_the_pools_is_unusable() {
+        let known = |state: &str, tags: Option<BTreeMap<String, String>>| IndexedAccount {
+            account: crate::aws::organizations::Account {
+                id: "1".into(),
+                arn: String::new(),
+                name: "warm-1".into(),
+                email: "aws+pool-1@example.com".into(),
+                state: state.into(),
+            },
+            parent: None,
+            tags,
+        };
+        let pool_tags = pool_tags(&pool());
+        assert!(!unusable(&known("ACTIVE", None), "pool-uid"), "tags not read: the claim reads them");
+        assert!(!unusable(&known("ACTIVE", Some(pool_tags.clone())), "pool-uid"));
+        assert!(unusable(&known("SUSPENDED", Some(pool_tags.clone())), "pool-uid"));
+        assert!(unusable(&known("ACTIVE", Some(pool_tags.clone())), "another-pool"));
+        let mut taken = pool_tags;
+        taken.insert(TENANT_UID_TAG.into(), "tenant".into());
+        assert!(unusable(&known("ACTIVE", Some(taken)), "pool-uid"), "a Tenant tagged it");
     }
 
     #[test]

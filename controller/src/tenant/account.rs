@@ -889,23 +889,30 @@ impl AccountStep<'_> {
                 passed.contains(id)
                     || claims.naming(id).is_some_and(|holder| holder != name)
                     || ctx.org.index.claimant(id).is_some_and(|holder| holder != uid)
+                    || ctx.org.index.account(id).is_some_and(|known| crate::pool::unusable(&known, &pool_uid))
             };
             let Some(candidate) = crate::pool::candidate(&ready, held) else { break };
             let id = candidate.account_id.clone();
             passed.insert(id.clone());
             // Claimed in the index first (in memory, atomic), so that of the Tenants racing
             // for one account only the one that got it reads it from AWS. Then only an ACTIVE
-            // account that still waits in this pool is taken; one that is not stays claimed by
-            // this Tenant in the index, where no other Tenant could take it either.
+            // account that still waits in this pool is taken. Until the status records the
+            // claim, every other way out releases it: the account is another Tenant's to try
+            // (one found unusable is known as such in the index now, and passed over).
             if ctx.org.index.claim(&id, &uid, None).is_err() {
                 continue;
             }
-            let Some(account) = ctx.org.describe_account_fresh(&id).await?.filter(|a| a.is_active()) else {
-                continue;
+            let account = match self.usable_pool_account(&id, &pool_uid).await {
+                Ok(Some(account)) => account,
+                Ok(None) => {
+                    ctx.org.index.release_unrecorded(&id, &uid);
+                    continue;
+                }
+                Err(err) => {
+                    ctx.org.index.release_unrecorded(&id, &uid);
+                    return Err(err);
+                }
             };
-            if !crate::pool::waits_in(&ctx.org.tags(&id, Priority::User).await?, &pool_uid) {
-                continue;
-            }
             record_account(progress, Some(&account));
             progress.status.email = Some(account.email.clone());
             progress.status.account_name = Some(account.name.clone());
@@ -921,6 +928,16 @@ impl AccountStep<'_> {
         }
         let note = format!("AccountPool {pool_name} has no ready account: creating one instead");
         self.create_instead_of_pool(note, progress, writer).await
+    }
+
+    /// The pool account `id` as AWS has it now (both reads recorded in the index), if it is
+    /// ACTIVE and still waits in the pool whose UID is `pool_uid`.
+    async fn usable_pool_account(&self, id: &str, pool_uid: &str) -> Result<Option<Account>, Error> {
+        let org = &self.ctx.org;
+        let Some(account) = org.describe_account_fresh(id).await?.filter(|a| a.is_active()) else {
+            return Ok(None);
+        };
+        Ok(crate::pool::waits_in(&org.tags(id, Priority::User).await?, pool_uid).then_some(account))
     }
 
     /// The pool could not serve this Tenant: an Event says so, and the account is created.
