@@ -386,7 +386,9 @@ pub fn step<'t>(
 
     // A rollback goes on until every tenant the revision reached is back; only a new
     // revision ends it.
-    if status.rollback.is_some() {
+    if let Some(rollback) = status.rollback.as_mut() {
+        // One started by a Silo that kept no start: from now on, as far as records go.
+        rollback.started_at.get_or_insert_with(|| now.to_string());
         return roll_back(status, &rolled, settings, was, news);
     }
     // A halt holds until a new revision or a raised tolerance.
@@ -1021,6 +1023,23 @@ mod tests {
         let recorded: Vec<&str> =
             fleet.iter().filter(|t| t.rolled_back == this_rollback).map(|t| t.name.as_str()).collect();
         assert_eq!(recorded, ["t00", "t01", "t02", "t03", "t04", "t05"]);
+    }
+
+    #[test]
+    fn a_rollback_started_by_a_silo_that_kept_no_start_gets_one() {
+        let fleet = fleet(3, NEW, State::Current);
+        let s = ResolvedSpec { rollback: true, ..settings(1, 0, 0) };
+        let rollback = RollbackStatus { to: OLD.into(), tenants: 3, through: None, started_at: None };
+        let rolling_back = RolloutStatus {
+            revision: NEW.into(),
+            previous: Some(OLD.into()),
+            rollback: Some(rollback),
+            ..complete(NEW)
+        };
+        let next = step(Some(&rolling_back), NEW, &s, &CanaryRule::First(1), &fleet, at(5));
+        let started_at = next.status.rollback.as_ref().and_then(|r| r.started_at.clone());
+        assert_eq!(started_at, Some(at(5).to_string()), "the tenants it sends back from now on record it");
+        assert_eq!(next.admitted, ["t00"]);
     }
 
     #[test]
