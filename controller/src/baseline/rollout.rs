@@ -297,10 +297,13 @@ pub fn tenant_wants_preview(rollout: &RolloutStatus, tenant: &Tenant) -> bool {
 /// (`admitted`: the revision it was admitted to before; `target`: what `target` gave). Pure.
 pub fn rolled_back(rollout: &RolloutStatus, admitted: Option<&str>, target: &str) -> Option<RolledBack> {
     let rollback = rollout.rollback.as_ref()?;
-    (admitted == Some(rollout.revision.as_str()) && target == rollback.to).then(|| RolledBack {
-        from: rollout.revision.clone(),
-        started_at: rollback.started_at.clone().unwrap_or_default(),
-    })
+    (admitted == Some(rollout.revision.as_str()) && target == rollback.to)
+        .then(|| record_of(rollback, &rollout.revision))
+}
+
+/// What a tenant that `rollback` sent back from the revision `failed` records.
+fn record_of(rollback: &RollbackStatus, failed: &str) -> RolledBack {
+    RolledBack { from: failed.to_string(), started_at: rollback.started_at.clone().unwrap_or_default() }
 }
 
 /// Whether the rollout has admitted `tenant` to its revision (in the canary, or after it).
@@ -539,10 +542,8 @@ fn roll_back(
     // Reached: still on the failed revision, or sent back by this rollback (the tenant
     // records it). A tenant whose move to the failed revision the cache had not shown when
     // the rollback started is counted once it shows; one deleted since stays counted.
-    let sent_by_this_one = |record: &RolledBack| {
-        record.from == failed_revision && Some(record.started_at.as_str()) == rollback.started_at.as_deref()
-    };
-    let returned = rolled.iter().filter(|t| t.rolled_back.as_ref().is_some_and(sent_by_this_one));
+    let this_rollback = Some(record_of(&rollback, &failed_revision));
+    let returned = rolled.iter().filter(|t| t.rolled_back == this_rollback);
     let reached = rolled.iter().filter(|t| on(t, &failed_revision)).count() + returned.count();
     rollback.tenants = rollback.tenants.max(u32::try_from(reached).unwrap_or(u32::MAX));
     let (to, tenants) = (rollback.to.clone(), rollback.tenants);
